@@ -1,0 +1,32 @@
+"""Configuration of the distribution stage (``http:`` and ``hls:`` sections)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nearcast.settings import check
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    listen: str = "0.0.0.0:8080"
+    cors_origin: str = "*"
+
+    def __post_init__(self) -> None:
+        check(":" in self.listen, "listen", "must be HOST:PORT")
+
+
+@dataclass(frozen=True)
+class HlsConfig:
+    segment_duration: float = 2.0
+    window: int = 6
+    max_segment_bytes: int = 16 * 1024 * 1024
+    grace_period: float = 10.0
+    retain_ended: float = 60.0
+
+    def __post_init__(self) -> None:
+        check(0.5 <= self.segment_duration <= 10, "segment_duration", "must be between 0.5 and 10")
+        check(3 <= self.window <= 100, "window", "must be between 3 and 100")
+        check(self.max_segment_bytes >= 65536, "max_segment_bytes", "must be at least 65536")
+        check(self.grace_period >= 0, "grace_period", "must not be negative")
+        check(self.retain_ended >= 0, "retain_ended", "must not be negative")

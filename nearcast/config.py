@@ -1,0 +1,74 @@
+"""The node's configuration: one annotated ``nearcast.yml`` (STYLE rule 5).
+
+The built-in defaults are the dataclass defaults of each stage's section; the
+shipped ``nearcast.yml`` states the same values with a comment on every key,
+and ``tests/test_config.py`` proves the two agree.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from distribute.config import HlsConfig, HttpConfig
+from ingest.config import RtmpConfig
+from nearcast.settings import ConfigError, apply_env, build, check, load_yaml
+from placement.config import PlacementConfig
+from transcode.config import TranscodeConfig
+
+__all__ = ["Config", "ConfigError", "NodeSection", "RedisConfig", "load", "SHIPPED_CONFIG"]
+
+SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "nearcast.yml"
+
+
+@dataclass(frozen=True)
+class NodeSection:
+    id: str = "edge-local"
+    tier: str = "edge"
+    region: str = "local"
+    city: str = "local"
+    isp: str = "local"
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        check(bool(self.id), "id", "must not be empty")
+        check(self.tier in ("edge", "mec", "cloud"), "tier", "must be edge, mec or cloud")
+        check(
+            self.log_level in ("DEBUG", "INFO", "WARNING", "ERROR"),
+            "log_level",
+            "must be DEBUG, INFO, WARNING or ERROR",
+        )
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: str = "redis://127.0.0.1:6379/0"
+
+
+@dataclass(frozen=True)
+class Config:
+    node: NodeSection = field(default_factory=NodeSection)
+    rtmp: RtmpConfig = field(default_factory=RtmpConfig)
+    transcode: TranscodeConfig = field(default_factory=TranscodeConfig)
+    hls: HlsConfig = field(default_factory=HlsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+
+
+def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load ``path`` (or ``$NEARCAST_CONFIG``, or built-in defaults) plus env overrides."""
+    env = os.environ if environ is None else environ
+    path = path or env.get("NEARCAST_CONFIG") or None
+    data = load_yaml(path) if path else {}
+    return build(Config, apply_env(Config, data, env))
+
+
+def parse_hostport(value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    try:
+        return host.strip("[]") or "0.0.0.0", int(port)
+    except ValueError:
+        raise ConfigError(f"{value!r} is not HOST:PORT") from None

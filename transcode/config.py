@@ -1,0 +1,72 @@
+"""Configuration of the transcode stage (the ``transcode:`` section)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from nearcast.settings import check
+
+
+@dataclass(frozen=True)
+class Rendition:
+    name: str
+    width: int
+    height: int
+    video_bitrate: int
+    fps: float = 0.0
+    maxrate: int = 0
+    bufsize: int = 0
+    codec: str = "libx264"
+    preset: str = "veryfast"
+    profile: str = "high"
+    level: str = "4.1"
+
+    def __post_init__(self) -> None:
+        check(
+            re.fullmatch(r"[A-Za-z0-9_-]{1,32}", self.name) is not None,
+            "name",
+            f"must be 1-32 letters, digits, '-' or '_', not {self.name!r}",
+        )
+        check(self.width > 0 and self.width % 2 == 0, "width", "must be a positive even number")
+        check(self.height > 0 and self.height % 2 == 0, "height", "must be a positive even number")
+        check(self.video_bitrate > 0, "video_bitrate", "must be greater than zero")
+        check(self.fps >= 0, "fps", "must be zero (keep the source rate) or positive")
+
+
+def _default_ladder() -> list[Rendition]:
+    return [
+        Rendition("720p", 1280, 720, 2_800_000, maxrate=2_800_000, bufsize=5_600_000),
+        Rendition("480p", 854, 480, 1_200_000, maxrate=1_200_000, bufsize=2_400_000),
+        Rendition("360p", 640, 360, 700_000, maxrate=700_000, bufsize=1_400_000),
+    ]
+
+
+@dataclass(frozen=True)
+class AudioProfile:
+    codec: str = "aac"
+    bitrate: int = 128_000
+    sample_rate: int = 48_000
+    channels: int = 2
+
+    def __post_init__(self) -> None:
+        check(self.bitrate > 0, "bitrate", "must be greater than zero")
+        check(self.sample_rate in (44_100, 48_000), "sample_rate", "must be 44100 or 48000")
+        check(self.channels in (1, 2), "channels", "must be 1 or 2")
+
+
+@dataclass(frozen=True)
+class TranscodeConfig:
+    ladder: list[Rendition] = field(default_factory=_default_ladder)
+    audio: AudioProfile = field(default_factory=AudioProfile)
+    x264_threads: int = 0
+    input_queue_packets: int = 600
+    restart_backoff: float = 0.5
+
+    def __post_init__(self) -> None:
+        check(len(self.ladder) > 0, "ladder", "must hold at least one rendition")
+        names = [r.name for r in self.ladder]
+        check(len(set(names)) == len(names), "ladder", "has two renditions with the same name")
+        check(self.x264_threads >= 0, "x264_threads", "must be zero (auto) or positive")
+        check(self.input_queue_packets >= 32, "input_queue_packets", "must be at least 32")
+        check(self.restart_backoff >= 0, "restart_backoff", "must not be negative")
