@@ -1,0 +1,232 @@
+"""asyncio adapter around the sans-I/O RTMP core.
+
+One task per TCP connection: read bytes, feed :class:`ServerSession`, write
+what it wants sent, and turn its events into calls on the node's
+:class:`~ingest.sink.IngestSink`. All protocol decisions live in the core; the
+adapter only adds timeouts, back-pressure and logging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from urllib.parse import parse_qs
+
+from ingest.config import RtmpConfig
+from ingest.metrics import IngestMetrics
+from ingest.rtmp import session as rtmp
+from ingest.rtmp.exceptions import RtmpProtocolError
+from ingest.sink import IngestSink, Publication, PublishRefused, PublishRequest
+from media import StreamKey
+
+log = logging.getLogger(__name__)
+
+# onStatus codes (Adobe RTMP command messages, NetStream status codes).
+BAD_NAME = "NetStream.Publish.BadName"
+UNAUTHORIZED = "NetStream.Publish.Unauthorized"
+REFUSED = "NetStream.Publish.Rejected"
+
+_REFUSAL_CODES = {"duplicate": BAD_NAME, "auth": UNAUTHORIZED}
+
+
+class _Connection:
+    def __init__(
+        self,
+        server: RtmpServer,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        self.server = server
+        self.config = server.config
+        self.reader = reader
+        self.writer = writer
+        peer = writer.get_extra_info("peername")
+        self.remote = f"{peer[0]}:{peer[1]}" if peer else "?"
+        self.session = rtmp.ServerSession(
+            chunk_size=self.config.chunk_size,
+            window_ack_size=self.config.window_ack_size,
+            max_message_size=self.config.max_message_size,
+        )
+        self.app = ""
+        self.app_query = ""
+        self.publication: Publication | None = None
+        self.publish_key: StreamKey | None = None
+        self.prefix = f"[rtmp {self.remote}]"
+
+    async def run(self) -> None:
+        m = self.server.metrics
+        deadline = time.monotonic() + self.config.handshake_timeout
+        try:
+            while True:
+                # Until publishing starts, the whole setup must fit in the
+                # handshake timeout (slowloris); afterwards, media must keep flowing.
+                if self.publication is None:
+                    timeout = deadline - time.monotonic()
+                    if timeout <= 0:
+                        raise TimeoutError
+                else:
+                    timeout = self.config.idle_timeout
+                data = await asyncio.wait_for(self.reader.read(65536), timeout)
+                if not data:
+                    break
+                m.bytes.labels("rtmp").inc(len(data))
+                events = self.session.receive_data(data)
+                for ev in events:
+                    await self._handle(ev)
+                out = self.session.data_to_send()
+                if out:
+                    self.writer.write(out)
+                    await self.writer.drain()
+        except TimeoutError:
+            reason = "timeout" if self.publication else "handshake_timeout"
+            log.warning("%s closed: no %s in time", self.prefix, "media" if self.publication else "publish")
+            m.rejected.labels(reason).inc()
+        except RtmpProtocolError as exc:
+            log.warning("%s protocol error, closing: %s", self.prefix, exc)
+            m.rejected.labels("protocol").inc()
+        except _Refused as exc:
+            log.warning("%s publish refused (%s): %s", self.prefix, exc.reason, exc)
+            m.rejected.labels(exc.reason).inc()
+        except (ConnectionError, OSError) as exc:
+            log.info("%s connection lost: %s", self.prefix, exc)
+        finally:
+            await self._finish()
+
+    async def _flush(self) -> None:
+        out = self.session.data_to_send()
+        if out:
+            self.writer.write(out)
+            with contextlib.suppress(ConnectionError, OSError):
+                await self.writer.drain()
+
+    async def _handle(self, ev: object) -> None:
+        m = self.server.metrics
+        if isinstance(ev, rtmp.ConnectRequested):
+            self.app = ev.app
+            self.app_query = getattr(ev, "query", "") or ""
+            if self.app not in self.config.tenants:
+                self.session.reject_connect(f"unknown tenant {self.app!r}")
+                await self._flush()
+                raise _Refused("tenant", f"connect to unknown tenant {self.app!r}")
+            self.session.accept_connect()
+        elif isinstance(ev, rtmp.PublishRequested):
+            await self._publish(ev)
+        elif isinstance(ev, rtmp.MediaReceived):
+            if self.publication is not None:
+                m.frames.labels("rtmp", ev.packet.kind).inc()
+                await self.publication.media(ev.packet)
+        elif isinstance(ev, rtmp.MetadataReceived):
+            if self.publication is not None:
+                self.publication.metadata(dict(ev.metadata))
+        elif isinstance(ev, rtmp.PublishStopped):
+            await self._unpublish()
+        elif isinstance(ev, rtmp.PlayRequested):
+            raise _Refused("play", f"play of {ev.name!r} is not served over RTMP; use HLS")
+
+    async def _publish(self, ev: rtmp.PublishRequested) -> None:
+        name = ev.name
+        if not name or "/" in name or len(name) > 200:
+            self.session.reject_publish(ev.stream_id, BAD_NAME, f"invalid stream name {name!r}")
+            await self._flush()
+            raise _Refused("name", f"invalid stream name {name!r}")
+        if self.publication is not None:
+            self.session.reject_publish(ev.stream_id, BAD_NAME, "already publishing")
+            await self._flush()
+            raise _Refused("duplicate", "second publish on one connection")
+        key = StreamKey(self.app, name)
+        query = "&".join(q for q in (self.app_query, ev.query) if q)
+        request = PublishRequest(key=key, protocol="rtmp", remote=self.remote, query=query)
+        try:
+            self.publication = await self.server.sink.open_publish(request)
+        except PublishRefused as exc:
+            code = _REFUSAL_CODES.get(exc.reason, REFUSED)
+            self.session.reject_publish(ev.stream_id, code, exc.description)
+            await self._flush()
+            raise _Refused(exc.reason, exc.description) from None
+        self.publish_key = key
+        self.prefix = f"[rtmp {key}]"
+        self.session.accept_publish(ev.stream_id)
+        self.server.metrics.sessions.labels("rtmp", key.tenant).inc()
+        log.info("%s publishing from %s", self.prefix, self.remote)
+
+    async def _unpublish(self) -> None:
+        pub, self.publication = self.publication, None
+        if pub is None:
+            return
+        assert self.publish_key is not None
+        self.server.metrics.sessions.labels("rtmp", self.publish_key.tenant).dec()
+        log.info("%s unpublished", self.prefix)
+        await pub.close()
+
+    async def _finish(self) -> None:
+        with contextlib.suppress(Exception):
+            self.writer.close()
+        try:
+            await self._unpublish()
+        except Exception:
+            log.exception("%s error while closing the publication", self.prefix)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.writer.wait_closed(), 2)
+
+
+class _Refused(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def parse_query(query: str) -> dict[str, str]:
+    return {k: v[-1] for k, v in parse_qs(query, keep_blank_values=True).items()}
+
+
+class RtmpServer:
+    def __init__(self, config: RtmpConfig, sink: IngestSink, metrics: IngestMetrics) -> None:
+        self.config = config
+        self.sink = sink
+        self.metrics = metrics
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+        self.port = 0
+
+    @property
+    def serving(self) -> bool:
+        return self._server is not None and self._server.is_serving()
+
+    async def start(self) -> None:
+        host, _, port = self.config.listen.rpartition(":")
+        host = host.strip("[]") or "0.0.0.0"
+        self._server = await asyncio.start_server(
+            self._accept, host, int(port), reuse_address=True, backlog=256
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        try:
+            await _Connection(self, reader, writer).run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("rtmp connection handler failed")
+        finally:
+            self._conns.discard(task)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._conns):
+            t.cancel()
+        if self._conns:
+            await asyncio.wait(list(self._conns), timeout=15)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)

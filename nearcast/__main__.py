@@ -1,0 +1,5 @@
+import sys
+
+from nearcast.cli import main
+
+sys.exit(main())

@@ -1,0 +1,297 @@
+"""Assembly of an edge node: ingest -> transcode -> distribute.
+
+This module only wires the stages together and owns the per-stream lifecycle
+(publish, grace period, reconnect, end). The stages know nothing of each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from typing import Any
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from distribute.api import create_api
+from distribute.hls.store import LiveStream, Store
+from distribute.http import MediaApp, MediaMetrics
+from ingest.metrics import IngestMetrics
+from ingest.rtmp.server import RtmpServer
+from ingest.sink import PublishRefused, PublishRequest
+from media import MediaPacket, StreamKey
+from nearcast.config import Config, parse_hostport
+from transcode.metrics import TranscodeMetrics
+from transcode.pool import Transcoder, WorkerState
+from transcode.protocol import SegmentFrame
+from transcode.worker import Spec
+
+log = logging.getLogger(__name__)
+
+
+class _StoreSink:
+    """Reports of one stream's worker, applied to its HLS store entry."""
+
+    def __init__(self, node: Node, stream: LiveStream) -> None:
+        self.node = node
+        self.stream = stream
+        self.key = str(stream.key)
+
+    def on_renditions(self, info: dict[str, Any]) -> None:
+        self.stream.set_renditions(info)
+
+    def on_segment(self, segment: SegmentFrame) -> None:
+        self.stream.add_segment(segment)
+        self.node.tmetrics.segments.inc()
+
+    def on_restart(self) -> None:
+        self.node.tmetrics.restarts.inc()
+        self.stream.begin_generation()
+
+    def on_stats(self, stats: dict[str, Any]) -> None:
+        prev = self.stream.stats
+        self.stream.stats = stats
+        dt = stats.get("wall_seconds", 0) - prev.get("wall_seconds", 0)
+        if prev and dt > 0:
+            for name, frames in stats.get("renditions", {}).items():
+                before = prev.get("renditions", {}).get(name, 0)
+                self.node.tmetrics.fps.labels(self.key, name).set((frames - before) / dt)
+        self.node.tmetrics.lag.labels(self.key).set(
+            max(0.0, stats.get("wall_seconds", 0) - stats.get("media_seconds", 0))
+        )
+
+
+class StreamSession:
+    """One publish of one stream: its packets go to one transcode worker."""
+
+    def __init__(self, node: Node, request: PublishRequest, stream: LiveStream) -> None:
+        self.node = node
+        self.request = request
+        self.key = request.key
+        self.stream = stream
+        self.transcoder: Transcoder | None = None
+        self._meta: dict[str, Any] = dict(request.metadata)
+        self.started = time.time()
+        self.closed = False
+        self._closing: asyncio.Task[None] | None = None
+
+    def metadata(self, values: dict[str, Any]) -> None:
+        self._meta.update(values)
+
+    def _spec(self) -> Spec:
+        cfg = self.node.config
+        fps = self._meta.get("framerate") or self._meta.get("fps") or 0.0
+        try:
+            fps = float(fps)
+        except (TypeError, ValueError):
+            fps = 0.0
+        return Spec(
+            stream=str(self.key),
+            ladder=list(cfg.transcode.ladder),
+            audio=cfg.transcode.audio,
+            segment_duration=cfg.hls.segment_duration,
+            x264_threads=cfg.transcode.x264_threads,
+            fps_hint=fps if 1 <= fps <= 240 else 0.0,
+        )
+
+    async def media(self, packet: MediaPacket) -> None:
+        if self.closed:
+            return
+        if self.transcoder is None:
+            # Start lazily: by the first media packet @setDataFrame has told us
+            # the frame rate, so the encoders open with the right one.
+            self.stream.begin_generation()
+            self.transcoder = Transcoder(
+                self.key,
+                self._spec(),
+                _StoreSink(self.node, self.stream),
+                queue_packets=self.node.config.transcode.input_queue_packets,
+                restart_backoff=self.node.config.transcode.restart_backoff,
+            )
+            self.transcoder.start()
+        await self.transcoder.send(packet)
+
+    async def close(self) -> None:
+        """Flush the worker and start the grace period. Every caller waits for the same flush."""
+        self.closed = True
+        if self._closing is None:
+            self._closing = asyncio.create_task(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
+        if self.transcoder is not None:
+            await self.transcoder.finish()
+        self.node._unpublished(self)
+
+
+class Node:
+    def __init__(self, config: Config, registry: CollectorRegistry | None = None) -> None:
+        self.config = config
+        self.registry = registry or CollectorRegistry()
+        self.imetrics = IngestMetrics(self.registry)
+        self.tmetrics = TranscodeMetrics(self.registry)
+        self.store = Store(config.hls)
+        self.sessions: dict[StreamKey, StreamSession] = {}
+        self._grace: dict[StreamKey, asyncio.TimerHandle] = {}
+        self.rtmp = RtmpServer(config.rtmp, self, self.imetrics)
+        api = create_api(self.store, self.registry, self._ready, self.info)
+        self.http_app = MediaApp(self.store, api, MediaMetrics(self.registry), config.http.cors_origin)
+        self._http_server: uvicorn.Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
+        self._http_sock: socket.socket | None = None
+        self.started = time.time()
+
+    # -- IngestSink -----------------------------------------------------------------
+
+    async def open_publish(self, request: PublishRequest) -> StreamSession:
+        key = request.key
+        if key.tenant not in self.config.rtmp.tenants:
+            raise PublishRefused("tenant", f"tenant {key.tenant!r} is not configured on this node")
+        if key in self.sessions:
+            raise PublishRefused("duplicate", f"stream {key} is already being published")
+        timer = self._grace.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+            log.info("[node %s] publisher is back within the grace period", key)
+        stream = self.store.open(key)
+        stream.publisher_connected = True
+        session = StreamSession(self, request, stream)
+        self.sessions[key] = session
+        return session
+
+    def _unpublished(self, session: StreamSession) -> None:
+        key = session.key
+        if self.sessions.get(key) is session:
+            del self.sessions[key]
+        session.stream.publisher_connected = False
+        grace = self.config.hls.grace_period
+        loop = asyncio.get_running_loop()
+        self._grace[key] = loop.call_later(grace, self._end_stream, key, session.stream)
+
+    def _end_stream(self, key: StreamKey, stream: LiveStream) -> None:
+        self._grace.pop(key, None)
+        if key not in self.sessions:
+            log.info("[node %s] no publisher within the grace period; playlist ended", key)
+            stream.end(time.time())
+
+    # -- views ------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        n = self.config.node
+        return {
+            "id": n.id,
+            "tier": n.tier,
+            "region": n.region,
+            "city": n.city,
+            "isp": n.isp,
+            "uptime": round(time.time() - self.started, 3),
+            "rtmp_port": self.rtmp_port,
+            "http_port": self.http_port,
+        }
+
+    def _ready(self) -> dict[str, bool]:
+        return {
+            "rtmp": self.rtmp.serving,
+            "http": self._http_server is not None and self._http_server.started,
+        }
+
+    @property
+    def rtmp_port(self) -> int:
+        return self.rtmp.port
+
+    @property
+    def http_port(self) -> int:
+        return self._http_sock.getsockname()[1] if self._http_sock else 0
+
+    def _update_worker_gauge(self) -> None:
+        counts = {s: 0 for s in WorkerState}
+        for sess in self.sessions.values():
+            if sess.transcoder is not None:
+                counts[sess.transcoder.state] += 1
+        for state, n in counts.items():
+            self.tmetrics.workers.labels(state.value).set(n)
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.rtmp.start()
+        host, port = parse_hostport(self.config.http.listen)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        self._http_sock = sock
+        server = _EmbeddedServer(
+            uvicorn.Config(
+                self.http_app,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+                timeout_keep_alive=30,
+            )
+        )
+        self._http_server = server
+        self._http_task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
+        deadline = time.monotonic() + 10
+        while not server.started:
+            if self._http_task.done():
+                self._http_task.result()
+            if time.monotonic() > deadline:
+                raise RuntimeError("HTTP server did not start within 10 s")
+            await asyncio.sleep(0.01)
+        self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+        log.info(
+            "node %s up: rtmp://%s:%d  http://%s:%d",
+            self.config.node.id,
+            *parse_hostport(self.config.rtmp.listen)[:1],
+            self.rtmp_port,
+            host,
+            self.http_port,
+        )
+
+    async def _housekeep(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                for key in self.store.expire(time.time()):
+                    log.info("[node %s] ended stream dropped from the store", key)
+                    self.tmetrics.fps.clear()
+                self._update_worker_gauge()
+            except Exception:
+                log.exception("housekeeping failed")
+
+    async def stop(self) -> None:
+        """Stop ingest, flush every worker, stop HTTP. Never hangs."""
+        log.info("node stopping")
+        await self.rtmp.stop()
+        sessions = list(self.sessions.values())
+        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        for t in self._grace.values():
+            t.cancel()
+        self._grace.clear()
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeping
+        if self._http_server is not None and self._http_task is not None:
+            self._http_server.should_exit = True
+            try:
+                await asyncio.wait_for(self._http_task, 5)
+            except (TimeoutError, asyncio.CancelledError):
+                self._http_task.cancel()
+        if self._http_sock is not None:
+            self._http_sock.close()
+        log.info("node stopped")
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the node decides when to stop."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[no-untyped-def]
+        yield

@@ -1,0 +1,33 @@
+"""Transcode metrics (STYLE rule 11)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class TranscodeMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        # transcode_workers{state}: worker processes by state (starting, running, ...).
+        self.workers = Gauge(
+            "transcode_workers", "Transcode workers by state", ["state"], registry=registry
+        )
+        # transcode_restarts_total: workers restarted after dying unexpectedly.
+        self.restarts = Counter(
+            "transcode_restarts_total", "Transcode workers restarted", registry=registry
+        )
+        # transcode_fps{stream,rendition}: output frame rate over the last stats period.
+        # Bounded by the live streams: series are removed when a stream ends.
+        self.fps = Gauge(
+            "transcode_fps", "Encoded frames per second", ["stream", "rendition"],
+            registry=registry,
+        )
+        # transcode_lag_seconds{stream}: how far the encoder output trails real time
+        # (wall time since start minus media time encoded).
+        self.lag = Gauge(
+            "transcode_lag_seconds", "Transcode lag behind real time", ["stream"],
+            registry=registry,
+        )
+        # transcode_segments_total{rendition_kind}: segments produced.
+        self.segments = Counter(
+            "transcode_segments_total", "Media segments produced", registry=registry
+        )

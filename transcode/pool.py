@@ -1,0 +1,277 @@
+"""Node-side handles on transcode worker processes.
+
+The event loop never touches a codec: it moves compressed packets into a
+bounded queue per stream, a writer task streams them into the worker's stdin,
+and a reader task turns the worker's stdout into segment callbacks. A worker
+that dies while its publisher is still live is restarted with the same spec;
+the stream continues in the same playlists after a discontinuity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import os
+import signal
+import sys
+from dataclasses import asdict
+from typing import Any, Protocol
+
+from media import MediaPacket, StreamKey
+from transcode.protocol import (
+    FrameReader,
+    FramingError,
+    FrameType,
+    SegmentFrame,
+    encode_json,
+    encode_packet,
+)
+from transcode.worker import Spec
+
+log = logging.getLogger(__name__)
+
+
+class TranscodeSink(Protocol):
+    """What the pool reports to, per stream (the distribution store)."""
+
+    def on_renditions(self, info: dict[str, Any]) -> None: ...
+    def on_segment(self, segment: SegmentFrame) -> None: ...
+    def on_restart(self) -> None: ...
+    def on_stats(self, stats: dict[str, Any]) -> None: ...
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    FINISHING = "finishing"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+def spec_to_json(spec: Spec) -> dict[str, Any]:
+    return {
+        "stream": spec.stream,
+        "ladder": [asdict(r) for r in spec.ladder],
+        "audio": asdict(spec.audio),
+        "segment_duration": spec.segment_duration,
+        "x264_threads": spec.x264_threads,
+        "fps_hint": spec.fps_hint,
+    }
+
+
+class Transcoder:
+    """One stream's worker process, supervised."""
+
+    def __init__(
+        self,
+        key: StreamKey,
+        spec: Spec,
+        sink: TranscodeSink,
+        *,
+        queue_packets: int = 600,
+        restart_backoff: float = 0.5,
+        max_restarts: int = 20,
+    ) -> None:
+        self.key = key
+        self.spec = spec
+        self.sink = sink
+        self.restarts = 0
+        self.fatal: str | None = None
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=queue_packets)
+        self._backoff = restart_backoff
+        self._max_restarts = max_restarts
+        self._proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._configs: dict[str, bytes] = {}
+        self._need_keyframe = False
+        self._state = WorkerState.STARTING
+        self._finishing = False
+        self._done = asyncio.Event()
+        self.prefix = f"[transcode {key}]"
+
+    # -- state -----------------------------------------------------------------
+
+    @property
+    def state(self) -> WorkerState:
+        return self._state
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def _set_state(self, state: WorkerState) -> None:
+        if state is not self._state:
+            log.info("%s %s -> %s", self.prefix, self._state.value, state.value)
+            self._state = state
+            if state in (WorkerState.STOPPED, WorkerState.FAILED):
+                self._done.set()
+
+    # -- public ------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise(), name=f"transcode {self.key}")
+
+    async def send(self, packet: MediaPacket) -> None:
+        """Queue one packet; waits (throttling the publisher) when the queue is full."""
+        if self._state in (WorkerState.STOPPED, WorkerState.FAILED) or self._finishing:
+            return
+        if packet.config:
+            self._configs[packet.kind] = encode_packet(packet)
+        await self._queue.put(encode_packet(packet))
+
+    async def finish(self, timeout: float = 10.0) -> None:
+        """Flush: the worker encodes what it has, emits its last segments and exits."""
+        if self._finishing:
+            await self._wait_done(timeout)
+            return
+        self._finishing = True
+        await self._queue.put(None)
+        await self._wait_done(timeout)
+
+    async def stop(self) -> None:
+        """Stop now, without waiting for a flush. Never hangs."""
+        self._finishing = True
+        await self._kill()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._state not in (WorkerState.STOPPED, WorkerState.FAILED):
+            self._set_state(WorkerState.STOPPED)
+
+    async def _wait_done(self, timeout: float) -> None:
+        try:
+            await asyncio.wait_for(self._done.wait(), timeout)
+        except TimeoutError:
+            log.warning("%s worker did not finish in %.0f s; killing it", self.prefix, timeout)
+            await self.stop()
+
+    # -- supervision -------------------------------------------------------------------
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "transcode.worker",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+            # The worker ignores SIGINT; the node decides when it ends, so a
+            # Ctrl-C still flushes the last segments instead of losing them.
+            preexec_fn=_ignore_sigint,
+        )
+
+    async def _supervise(self) -> None:
+        try:
+            while True:
+                self._proc = await self._spawn()
+                log.info("%s worker pid %d started", self.prefix, self._proc.pid)
+                self._set_state(WorkerState.RUNNING)
+                clean = await self._run_once(self._proc)
+                if clean or self._finishing:
+                    self._set_state(WorkerState.STOPPED)
+                    return
+                if self.fatal is not None:
+                    log.error("%s stream refused: %s", self.prefix, self.fatal)
+                    self._set_state(WorkerState.FAILED)
+                    return
+                self.restarts += 1
+                if self.restarts > self._max_restarts:
+                    log.error("%s worker crashed %d times; giving up", self.prefix, self.restarts)
+                    self._set_state(WorkerState.FAILED)
+                    return
+                log.warning(
+                    "%s worker exited with %s; restart %d",
+                    self.prefix,
+                    self._proc.returncode,
+                    self.restarts,
+                )
+                self._set_state(WorkerState.STARTING)
+                self._need_keyframe = True
+                self.sink.on_restart()
+                await asyncio.sleep(self._backoff)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s supervisor failed", self.prefix)
+            self._set_state(WorkerState.FAILED)
+        finally:
+            await self._kill()
+
+    async def _run_once(self, proc: asyncio.subprocess.Process) -> bool:
+        assert proc.stdin is not None and proc.stdout is not None
+        writer = asyncio.create_task(self._write(proc.stdin))
+        try:
+            clean = await self._read(proc.stdout)
+        finally:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await writer
+            with contextlib.suppress(ProcessLookupError):
+                if proc.returncode is None and not clean:
+                    proc.kill()
+            await proc.wait()
+        return clean
+
+    async def _write(self, stdin: asyncio.StreamWriter) -> None:
+        try:
+            stdin.write(encode_json(FrameType.START, spec_to_json(self.spec)))
+            for cfg in self._configs.values():
+                stdin.write(cfg)
+            while True:
+                item = await self._queue.get()
+                if item is None:
+                    stdin.write(encode_json(FrameType.END, {}))
+                    await stdin.drain()
+                    return
+                if self._need_keyframe:
+                    # After a restart the new decoder can only start on a keyframe.
+                    if item[5] == 0 and not (item[6] & 0x03):
+                        continue
+                    if item[5] == 0 and item[6] & 0x01:
+                        self._need_keyframe = False
+                stdin.write(item)
+                await stdin.drain()
+        except (ConnectionResetError, BrokenPipeError):
+            return
+
+    async def _read(self, stdout: asyncio.StreamReader) -> bool:
+        reader = FrameReader()
+        while True:
+            chunk = await stdout.read(1 << 16)
+            if not chunk:
+                return False
+            try:
+                frames = reader.feed(chunk)
+            except FramingError as exc:
+                log.error("%s corrupt output from worker: %s", self.prefix, exc)
+                return False
+            for ftype, payload in frames:
+                if ftype is FrameType.SEGMENT:
+                    self.sink.on_segment(SegmentFrame.parse(payload))
+                elif ftype is FrameType.RENDITIONS:
+                    self.sink.on_renditions(json.loads(payload))
+                elif ftype is FrameType.STATS:
+                    self.sink.on_stats(json.loads(payload))
+                elif ftype is FrameType.FATAL:
+                    self.fatal = str(json.loads(payload).get("error"))
+                elif ftype is FrameType.DONE:
+                    return True
+
+    async def _kill(self) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(proc.wait(), 5)
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,0 +1,143 @@
+"""Framing between the node and its transcode workers (pure, no I/O).
+
+A worker is a child process that reads frames on stdin and writes frames on
+stdout. Every frame is ``type (1 byte) | length (4 bytes, big endian) |
+payload``. Control frames carry JSON; packet and segment frames carry a small
+binary header followed by the raw bytes, so a megabyte keyframe is never
+re-encoded as text.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from media import MediaPacket
+
+HEADER = struct.Struct(">BI")
+# kind (0 video, 1 audio) | flags | pts | dts | codec name length
+PACKET_HEADER = struct.Struct(">BBqqB")
+FLAG_KEYFRAME = 0x01
+FLAG_CONFIG = 0x02
+MAX_FRAME = 64 * 1024 * 1024
+
+
+class FrameType(enum.IntEnum):
+    # node -> worker
+    START = 1
+    PACKET = 2
+    END = 3
+    # worker -> node
+    RENDITIONS = 10
+    SEGMENT = 11
+    STATS = 12
+    FATAL = 13
+    DONE = 14
+
+
+class FramingError(ValueError):
+    """The byte stream between node and worker is corrupt."""
+
+
+def encode_frame(ftype: FrameType, payload: bytes) -> bytes:
+    return HEADER.pack(ftype, len(payload)) + payload
+
+
+def encode_json(ftype: FrameType, obj: Any) -> bytes:
+    return encode_frame(ftype, json.dumps(obj, separators=(",", ":")).encode())
+
+
+def encode_packet(packet: MediaPacket) -> bytes:
+    codec = packet.codec.encode()
+    flags = (FLAG_KEYFRAME if packet.keyframe else 0) | (FLAG_CONFIG if packet.config else 0)
+    head = PACKET_HEADER.pack(
+        0 if packet.kind == "video" else 1, flags, packet.pts, packet.dts, len(codec)
+    )
+    body = head + codec + packet.data
+    return HEADER.pack(FrameType.PACKET, len(body)) + body
+
+
+def decode_packet(payload: bytes) -> MediaPacket:
+    if len(payload) < PACKET_HEADER.size:
+        raise FramingError("packet frame is shorter than its header")
+    kind, flags, pts, dts, clen = PACKET_HEADER.unpack_from(payload)
+    start = PACKET_HEADER.size
+    codec = payload[start : start + clen].decode()
+    return MediaPacket(
+        kind="video" if kind == 0 else "audio",
+        codec=codec,
+        pts=pts,
+        dts=dts,
+        data=payload[start + clen :],
+        keyframe=bool(flags & FLAG_KEYFRAME),
+        config=bool(flags & FLAG_CONFIG),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentFrame:
+    """One finished media segment of one rendition."""
+
+    rendition: str
+    index: int  # segment number within this worker run; the store maps it to an MSN
+    start: float  # seconds, on the worker's media timeline
+    duration: float
+    codecs: str
+    data: bytes
+
+    def encode(self) -> bytes:
+        meta = json.dumps(
+            {
+                "rendition": self.rendition,
+                "index": self.index,
+                "start": self.start,
+                "duration": self.duration,
+                "codecs": self.codecs,
+            },
+            separators=(",", ":"),
+        ).encode()
+        body = struct.pack(">I", len(meta)) + meta + self.data
+        return encode_frame(FrameType.SEGMENT, body)
+
+    @classmethod
+    def parse(cls, payload: bytes) -> SegmentFrame:
+        if len(payload) < 4:
+            raise FramingError("segment frame is shorter than its header")
+        (mlen,) = struct.unpack_from(">I", payload)
+        meta = json.loads(payload[4 : 4 + mlen])
+        return cls(
+            rendition=str(meta["rendition"]),
+            index=int(meta["index"]),
+            start=float(meta["start"]),
+            duration=float(meta["duration"]),
+            codecs=str(meta["codecs"]),
+            data=payload[4 + mlen :],
+        )
+
+
+class FrameReader:
+    """Incremental parser: feed bytes, get ``(type, payload)`` frames."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[tuple[FrameType, bytes]]:
+        self._buf += data
+        out: list[tuple[FrameType, bytes]] = []
+        while len(self._buf) >= HEADER.size:
+            ftype, length = HEADER.unpack_from(self._buf)
+            if length > MAX_FRAME:
+                raise FramingError(f"frame of {length} bytes exceeds the {MAX_FRAME} limit")
+            end = HEADER.size + length
+            if len(self._buf) < end:
+                break
+            try:
+                kind = FrameType(ftype)
+            except ValueError:
+                raise FramingError(f"unknown frame type {ftype}") from None
+            out.append((kind, bytes(self._buf[HEADER.size : end])))
+            del self._buf[:end]
+        return out

@@ -1,0 +1,440 @@
+"""The transcode worker: one child process per live stream.
+
+Run as ``python -m transcode.worker``. It reads framed compressed packets on
+stdin (see :mod:`transcode.protocol`), decodes each once, scales and encodes
+every rung of the ladder, and writes finished MPEG-TS segments on stdout.
+
+Threading follows the measurements in the performance notes: the main thread
+reads and decodes; one thread per rung scales (its own swscale context, one
+swscale thread) and encodes. PyAV releases the GIL in decode, scale, encode and
+mux, so the rungs run in parallel on all cores.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, BinaryIO
+
+import av
+import av.video.reformatter
+from av.audio.resampler import AudioResampler
+from av.video.frame import PictureType
+
+from distribute.hls.tsmux import TsSegmenter
+from media import MediaPacket
+from transcode.config import AudioProfile, Rendition
+from transcode.ladder import Rung, plan
+from transcode.protocol import (
+    FrameReader,
+    FrameType,
+    SegmentFrame,
+    decode_packet,
+    encode_json,
+)
+
+log = logging.getLogger("transcode.worker")
+
+MS = Fraction(1, 1000)
+_STOP = object()
+
+
+@dataclass
+class Spec:
+    """What the node asks of a worker (sent as the START frame)."""
+
+    stream: str
+    ladder: list[Rendition]
+    audio: AudioProfile = field(default_factory=AudioProfile)
+    segment_duration: float = 2.0
+    x264_threads: int = 0
+    fps_hint: float = 0.0
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> Spec:
+        return cls(
+            stream=str(obj["stream"]),
+            ladder=[Rendition(**r) for r in obj["ladder"]],
+            audio=AudioProfile(**obj.get("audio", {})),
+            segment_duration=float(obj.get("segment_duration", 2.0)),
+            x264_threads=int(obj.get("x264_threads", 0)),
+            fps_hint=float(obj.get("fps_hint", 0.0)),
+        )
+
+
+class Output:
+    """Thread-safe framed writer to the node."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self._fh = fh
+        self._lock = threading.Lock()
+
+    def write(self, data: bytes) -> None:
+        with self._lock:
+            self._fh.write(data)
+            self._fh.flush()
+
+
+class RungEncoder:
+    """Scale + encode + segment one rung, on its own thread."""
+
+    def __init__(
+        self, rung: Rung, spec: Spec, audio_rate: int | None, out: Output, gop_frames: int
+    ) -> None:
+        self.rung = rung
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=4)
+        self.frames_out = 0
+        self.error: BaseException | None = None
+        self._out = out
+        self._scaler = av.video.reformatter.VideoReformatter()
+        enc = av.CodecContext.create(rung.codec, "w")
+        assert isinstance(enc, av.VideoCodecContext)
+        enc.width = rung.width
+        enc.height = rung.height
+        enc.pix_fmt = "yuv420p"
+        enc.time_base = MS
+        enc.framerate = Fraction(rung.fps).limit_denominator(1001)
+        enc.bit_rate = rung.video_bitrate
+        enc.gop_size = gop_frames * 2
+        enc.sample_aspect_ratio = Fraction(1, 1)
+        # AUTO threading must be chosen before the codec opens: PyAV's default
+        # is SLICE, which costs 1.76x wall time on this ladder.
+        enc.thread_type = "AUTO"
+        enc.thread_count = spec.x264_threads
+        opts = {
+            "preset": rung.preset,
+            "maxrate": str(rung.maxrate),
+            "bufsize": str(rung.bufsize),
+            "forced-idr": "1",
+        }
+        if rung.codec == "libx264":
+            opts["profile"] = rung.profile
+            opts["level"] = rung.level
+            # IDRs come only from the PTS grid the decoder thread forces;
+            # scene cuts would break cross-rendition alignment.
+            opts["x264-params"] = f"keyint={gop_frames * 2}:min-keyint={gop_frames}:scenecut=0"
+        enc.options = opts
+        enc.open()
+        self._enc = enc
+        self._seg = TsSegmenter(
+            rung.name,
+            width=rung.width,
+            height=rung.height,
+            audio_rate=audio_rate,
+            on_segment=lambda s: out.write(s.encode()),
+        )
+        self.thread = threading.Thread(target=self._run, name=f"rung-{rung.name}", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                item = self.queue.get()
+                if item is _STOP:
+                    for p in self._enc.encode(None):
+                        self._seg.video(p)
+                    self._seg.flush()
+                    return
+                kind, obj, force = item
+                if kind == "a":
+                    self._seg.audio(obj)
+                    continue
+                frame = obj
+                if frame.width != self.rung.width or frame.height != self.rung.height or (
+                    frame.format.name != "yuv420p"
+                ):
+                    frame = self._scaler.reformat(
+                        frame,
+                        width=self.rung.width,
+                        height=self.rung.height,
+                        format="yuv420p",
+                        interpolation="BILINEAR",
+                        threads=1,
+                    )
+                frame.pict_type = PictureType.I if force else PictureType.NONE
+                for p in self._enc.encode(frame):
+                    self._seg.video(p)
+                self.frames_out += 1
+        except BaseException as exc:  # reported to the node by the main thread
+            self.error = exc
+            log.exception("rung %s failed", self.rung.name)
+            while True:  # keep draining so the decoder never blocks on us
+                if self.queue.get() is _STOP:
+                    return
+
+
+class Pipeline:
+    def __init__(self, spec: Spec, out: Output) -> None:
+        self.spec = spec
+        self.out = out
+        self._vdec: av.CodecContext | None = None
+        self._adec: av.CodecContext | None = None
+        self._aenc: av.AudioCodecContext | None = None
+        self._resampler: AudioResampler | None = None
+        self._rungs: list[RungEncoder] = []
+        self._t0: int | None = None
+        self._next_boundary = 0
+        self._seg_ms = int(round(spec.segment_duration * 1000))
+        self._video_dts: list[int] = []
+        self._audio_seen = False
+        self._audio_next: int | None = None  # next audio pts, in samples
+        self.frames_in = 0
+        self._last_stats = time.monotonic()
+        self._started = time.monotonic()
+        self._media_ms = 0
+
+    # -- decoders ------------------------------------------------------------
+
+    def _open_video(self, pkt: MediaPacket) -> None:
+        if pkt.codec not in ("h264", "hevc", "av1", "vp8", "vp9"):
+            raise ValueError(f"video codec {pkt.codec!r} cannot be transcoded")
+        dec = av.CodecContext.create(pkt.codec, "r")
+        if pkt.config:
+            dec.extradata = pkt.data
+        dec.thread_type = "AUTO"
+        self._vdec = dec
+
+    def _open_audio(self, pkt: MediaPacket) -> None:
+        if pkt.codec not in ("aac", "opus", "mp3"):
+            raise ValueError(f"audio codec {pkt.codec!r} cannot be transcoded")
+        dec = av.CodecContext.create(pkt.codec, "r")
+        if pkt.config:
+            dec.extradata = pkt.data
+        self._adec = dec
+        self._audio_seen = True
+
+    def _start_rungs(self, frame: av.VideoFrame) -> None:
+        fps = self.spec.fps_hint or self._estimate_fps()
+        rungs = plan(self.spec.ladder, frame.width, frame.height, fps)
+        gop_frames = max(1, int(round(fps * self.spec.segment_duration)))
+        audio_rate = self.spec.audio.sample_rate if self._audio_seen else None
+        if audio_rate:
+            a = self.spec.audio
+            aenc = av.CodecContext.create(a.codec, "w")
+            assert isinstance(aenc, av.AudioCodecContext)
+            aenc.sample_rate = a.sample_rate
+            aenc.layout = "stereo" if a.channels == 2 else "mono"
+            aenc.format = "fltp"
+            aenc.bit_rate = a.bitrate
+            aenc.time_base = Fraction(1, a.sample_rate)
+            aenc.open()
+            self._aenc = aenc
+            self._resampler = AudioResampler(
+                format="fltp", layout=aenc.layout, rate=a.sample_rate, frame_size=aenc.frame_size
+            )
+        self._rungs = [RungEncoder(r, self.spec, audio_rate, self.out, gop_frames) for r in rungs]
+        for r in self._rungs:
+            r.thread.start()
+        self.out.write(
+            encode_json(
+                FrameType.RENDITIONS,
+                {
+                    "source": {"width": frame.width, "height": frame.height, "fps": fps},
+                    "audio": bool(audio_rate),
+                    "renditions": [
+                        {
+                            "name": r.name,
+                            "width": r.width,
+                            "height": r.height,
+                            "fps": r.fps,
+                            "video_bitrate": r.video_bitrate,
+                            "maxrate": r.maxrate,
+                            "audio_bitrate": self.spec.audio.bitrate if audio_rate else 0,
+                        }
+                        for r in rungs
+                    ],
+                },
+            )
+        )
+        log.info(
+            "[%s] source %dx%d@%.2f -> %s",
+            self.spec.stream,
+            frame.width,
+            frame.height,
+            fps,
+            ", ".join(f"{r.name} {r.width}x{r.height}" for r in rungs),
+        )
+
+    def _estimate_fps(self) -> float:
+        d = sorted(b - a for a, b in zip(self._video_dts, self._video_dts[1:], strict=False) if b > a)
+        if not d:
+            return 30.0
+        median = d[len(d) // 2]
+        fps = 1000.0 / median
+        # Snap to the common broadcast rates; ms timestamps jitter by one tick.
+        for std in (60.0, 59.94, 50.0, 30.0, 29.97, 25.0, 24.0, 23.976, 15.0):
+            if abs(fps - std) / std < 0.04:
+                return std
+        return round(fps, 3)
+
+    # -- packets ---------------------------------------------------------------
+
+    def feed(self, pkt: MediaPacket) -> None:
+        if pkt.kind == "video":
+            if pkt.config or self._vdec is None:
+                self._open_video(pkt)
+                if pkt.config:
+                    return
+            self._decode_video(pkt)
+        else:
+            if pkt.config or self._adec is None:
+                self._open_audio(pkt)
+                if pkt.config:
+                    return
+            self._decode_audio(pkt)
+        self._maybe_stats()
+
+    def _decode_video(self, pkt: MediaPacket) -> None:
+        assert self._vdec is not None
+        if len(self._video_dts) < 30:
+            self._video_dts.append(pkt.dts)
+        p = av.Packet(pkt.data)
+        p.pts = pkt.pts
+        p.dts = pkt.dts
+        p.time_base = MS
+        try:
+            frames = self._vdec.decode(p)
+        except av.error.InvalidDataError:
+            log.warning("[%s] undecodable video packet at %d ms dropped", self.spec.stream, pkt.dts)
+            return
+        for frame in frames:
+            self._on_frame(frame)  # type: ignore[arg-type]
+
+    def _on_frame(self, frame: av.VideoFrame) -> None:
+        if frame.pts is None:
+            return
+        self.frames_in += 1
+        if not self._rungs:
+            self._start_rungs(frame)
+        t = int(frame.pts)
+        if self._t0 is None:
+            self._t0 = t
+            self._next_boundary = t
+        force = False
+        if t >= self._next_boundary:
+            force = True
+            k = (t - self._t0) // self._seg_ms + 1
+            self._next_boundary = self._t0 + k * self._seg_ms
+        self._media_ms = t
+        for r in self._rungs:
+            r.queue.put(("v", frame, force))
+
+    def _decode_audio(self, pkt: MediaPacket) -> None:
+        if self._adec is None:
+            return
+        p = av.Packet(pkt.data)
+        p.pts = pkt.pts
+        p.dts = pkt.dts
+        p.time_base = MS
+        try:
+            frames = self._adec.decode(p)
+        except av.error.InvalidDataError:
+            log.warning("[%s] undecodable audio packet at %d ms dropped", self.spec.stream, pkt.dts)
+            return
+        if self._aenc is None or self._resampler is None:
+            return  # audio before the first video frame: the ladder isn't open yet
+        rate = self.spec.audio.sample_rate
+        expected_ms = pkt.pts
+        if self._audio_next is None or abs(self._audio_next - expected_ms * rate // 1000) > rate // 5:
+            # First audio, or a gap/jump of more than 200 ms: re-anchor on the
+            # publisher's clock; otherwise count samples so AAC frames abut.
+            self._audio_next = expected_ms * rate // 1000
+        for frame in frames:
+            frame.pts = None
+            for rf in self._resampler.resample(frame):  # type: ignore[arg-type]
+                rf.pts = self._audio_next
+                rf.time_base = Fraction(1, rate)
+                self._audio_next += rf.samples
+                for ap in self._aenc.encode(rf):
+                    for r in self._rungs:
+                        r.queue.put(("a", ap, False))
+
+    def _maybe_stats(self) -> None:
+        now = time.monotonic()
+        if now - self._last_stats < 2.0:
+            return
+        self._last_stats = now
+        self.out.write(
+            encode_json(
+                FrameType.STATS,
+                {
+                    "frames_in": self.frames_in,
+                    "media_seconds": (self._media_ms - (self._t0 or 0)) / 1000.0,
+                    "wall_seconds": now - self._started,
+                    "renditions": {r.rung.name: r.frames_out for r in self._rungs},
+                },
+            )
+        )
+
+    def finish(self) -> None:
+        if self._vdec is not None:
+            try:
+                for frame in self._vdec.decode(None):
+                    self._on_frame(frame)  # type: ignore[arg-type]
+            except av.error.FFmpegError:
+                pass
+        if self._aenc is not None:
+            for ap in self._aenc.encode(None):
+                for r in self._rungs:
+                    r.queue.put(("a", ap, False))
+        for r in self._rungs:
+            r.queue.put(_STOP)
+        for r in self._rungs:
+            r.thread.join()
+
+
+def run(stdin: BinaryIO, stdout: BinaryIO) -> int:
+    out = Output(stdout)
+    reader = FrameReader()
+    pipeline: Pipeline | None = None
+    while True:
+        chunk = stdin.read1(1 << 16) if hasattr(stdin, "read1") else stdin.read(1 << 16)
+        if not chunk:
+            break
+        for ftype, payload in reader.feed(chunk):
+            if ftype is FrameType.START:
+                pipeline = Pipeline(Spec.from_json(json.loads(payload)), out)
+            elif ftype is FrameType.PACKET:
+                if pipeline is None:
+                    raise ValueError("packet before START")
+                try:
+                    pipeline.feed(decode_packet(payload))
+                except ValueError as exc:
+                    out.write(encode_json(FrameType.FATAL, {"error": str(exc)}))
+                    return 2
+                for r in pipeline._rungs:
+                    if r.error is not None:
+                        out.write(encode_json(FrameType.FATAL, {"error": str(r.error)}))
+                        return 3
+            elif ftype is FrameType.END:
+                if pipeline is not None:
+                    pipeline.finish()
+                out.write(encode_json(FrameType.DONE, {}))
+                return 0
+    if pipeline is not None:
+        pipeline.finish()
+    out.write(encode_json(FrameType.DONE, {}))
+    return 0
+
+
+def main() -> int:
+    logging.basicConfig(
+        level=os.environ.get("NEARCAST_WORKER_LOG", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    av.logging.set_level(av.logging.ERROR)
+    try:
+        return run(sys.stdin.buffer, sys.stdout.buffer)
+    except (BrokenPipeError, KeyboardInterrupt):
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
