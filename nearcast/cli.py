@@ -11,6 +11,7 @@ import sys
 
 from nearcast import publish
 from nearcast.config import Config, ConfigError, load
+from transcode import offline
 
 log = logging.getLogger("nearcast")
 
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_node)
     publish.register(sub)
+    offline.register(sub)
     return parser
 
 

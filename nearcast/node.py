@@ -64,6 +64,29 @@ class _StoreSink:
         )
 
 
+class _RateMeter:
+    """Bits per second over the last few seconds, updated once a second."""
+
+    def __init__(self, window: float = 5.0) -> None:
+        self.window = window
+        self._buckets: list[tuple[float, int]] = []
+        self._bucket_start = 0.0
+        self._bucket_bytes = 0
+        self.value = 0
+
+    def add(self, now: float, nbytes: int) -> int:
+        if now - self._bucket_start >= 1.0:
+            if self._bucket_start:
+                self._buckets.append((self._bucket_start, self._bucket_bytes))
+            self._buckets = [b for b in self._buckets if now - b[0] <= self.window]
+            if self._buckets:
+                span = now - self._buckets[0][0]
+                self.value = int(sum(b for _, b in self._buckets) * 8 / span) if span else 0
+            self._bucket_start, self._bucket_bytes = now, 0
+        self._bucket_bytes += nbytes
+        return self.value
+
+
 class StreamSession:
     """One publish of one stream: its packets go to one transcode worker."""
 
@@ -77,6 +100,7 @@ class StreamSession:
         self.started = time.time()
         self.closed = False
         self._closing: asyncio.Task[None] | None = None
+        self._rate = _RateMeter()
 
     def metadata(self, values: dict[str, Any]) -> None:
         self._meta.update(values)
@@ -100,6 +124,11 @@ class StreamSession:
     async def media(self, packet: MediaPacket) -> None:
         if self.closed:
             return
+        ingest = self.stream.ingest
+        if packet.config:
+            ingest[f"{packet.kind}_codec"] = packet.codec
+        else:
+            ingest["bitrate"] = self._rate.add(time.monotonic(), len(packet.data))
         if self.transcoder is None:
             # Start lazily: by the first media packet @setDataFrame has told us
             # the frame rate, so the encoders open with the right one.

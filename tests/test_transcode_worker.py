@@ -8,7 +8,7 @@ from pathlib import Path
 import av
 import pytest
 
-from mediautil import file_packets
+from transcode.offline import file_packets
 from transcode.config import Rendition
 from transcode.protocol import FrameReader, FrameType, SegmentFrame
 from transcode.worker import Output, Pipeline, Spec

@@ -72,6 +72,8 @@ class LiveStream:
         self.renditions: dict[str, RenditionTrack] = {}
         self.audio = False
         self.source: dict[str, Any] = {}
+        # Filled by the ingest side: codecs and the measured publisher bit rate.
+        self.ingest: dict[str, Any] = {}
         self.created = now
         self.ended = False
         self.ended_at: float | None = None
@@ -204,7 +206,12 @@ class LiveStream:
             "stream": self.key.stream,
             "live": not self.ended,
             "publisher_connected": self.publisher_connected,
-            "source": self.source,
+            "source": {
+                "codec": self.ingest.get("video_codec"),
+                "audio_codec": self.ingest.get("audio_codec"),
+                "bitrate": self.ingest.get("bitrate", 0),
+                **self.source,
+            },
             "uptime": round(now - self.created, 3),
             "generation": self.generation,
             "segments": self.segments_total,
