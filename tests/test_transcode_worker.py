@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import av
@@ -68,3 +69,20 @@ def test_durations_follow_the_grid(segments: dict[str, list[SegmentFrame]]) -> N
         for s in segs[:-1]:
             assert 1.9 <= s.duration <= 2.1
         assert round(segs[-1].duration) <= 2
+
+
+def test_missing_hardware_encoder_falls_back_to_x264(caplog: pytest.LogCaptureFixture) -> None:
+    """A profile naming NVENC still plays on a node without a GPU."""
+    buf = io.BytesIO()
+    ladder = [Rendition("240p", 426, 240, 400_000, codec="h264_nvenc")]
+    pipeline = Pipeline(Spec(stream="t/hw", ladder=ladder, x264_threads=1), Output(buf))
+    for n, p in enumerate(file_packets(SMALL)):
+        pipeline.feed(p)
+        if n > 120:
+            break
+    pipeline.finish()
+    frames = FrameReader().feed(buf.getvalue())
+    info = next(json.loads(p) for t, p in frames if t is FrameType.RENDITIONS)
+    assert info["renditions"][0]["encoder"] == "libx264"
+    assert any(t is FrameType.SEGMENT for t, _ in frames)
+    assert "falling back to libx264" in caplog.text

@@ -82,6 +82,50 @@ class Output:
             self._fh.flush()
 
 
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow")
+# x264 preset names mapped onto NVENC's p1 (fastest) .. p7 (best).
+NVENC_PRESETS = {"ultrafast": "p1", "superfast": "p1", "veryfast": "p2", "faster": "p3",
+                 "fast": "p4", "medium": "p4", "slow": "p6"}
+
+
+def open_video_encoder(rung: Rung, codec: str, threads: int, gop_frames: int) -> av.VideoCodecContext:
+    enc = av.CodecContext.create(codec, "w")
+    assert isinstance(enc, av.VideoCodecContext)
+    enc.width = rung.width
+    enc.height = rung.height
+    enc.pix_fmt = "yuv420p"
+    enc.time_base = MS
+    enc.framerate = Fraction(rung.fps).limit_denominator(1001)
+    enc.bit_rate = rung.video_bitrate
+    enc.gop_size = gop_frames * 2
+    enc.sample_aspect_ratio = Fraction(1, 1)
+    # AUTO threading must be chosen before the codec opens: PyAV's default
+    # is SLICE, which costs 1.76x wall time on this ladder.
+    enc.thread_type = "AUTO"
+    enc.thread_count = threads
+    opts = {
+        "maxrate": str(rung.maxrate),
+        "bufsize": str(rung.bufsize),
+        "forced-idr": "1",
+        "profile": rung.profile,
+        "level": rung.level,
+    }
+    if codec == "libx264":
+        opts["preset"] = rung.preset
+        # IDRs come only from the PTS grid the decoder thread forces;
+        # scene cuts would break cross-rendition alignment.
+        opts["x264-params"] = f"keyint={gop_frames * 2}:min-keyint={gop_frames}:scenecut=0"
+    elif codec.endswith("_nvenc"):
+        opts["preset"] = NVENC_PRESETS.get(rung.preset, rung.preset)
+        opts["no-scenecut"] = "1"
+        opts["bf"] = "0"
+    else:
+        opts["preset"] = rung.preset
+    enc.options = opts
+    enc.open()
+    return enc
+
+
 class RungEncoder:
     """Scale + encode + segment one rung, on its own thread."""
 
@@ -94,34 +138,20 @@ class RungEncoder:
         self.error: BaseException | None = None
         self._out = out
         self._scaler = av.video.reformatter.VideoReformatter()
-        enc = av.CodecContext.create(rung.codec, "w")
-        assert isinstance(enc, av.VideoCodecContext)
-        enc.width = rung.width
-        enc.height = rung.height
-        enc.pix_fmt = "yuv420p"
-        enc.time_base = MS
-        enc.framerate = Fraction(rung.fps).limit_denominator(1001)
-        enc.bit_rate = rung.video_bitrate
-        enc.gop_size = gop_frames * 2
-        enc.sample_aspect_ratio = Fraction(1, 1)
-        # AUTO threading must be chosen before the codec opens: PyAV's default
-        # is SLICE, which costs 1.76x wall time on this ladder.
-        enc.thread_type = "AUTO"
-        enc.thread_count = spec.x264_threads
-        opts = {
-            "preset": rung.preset,
-            "maxrate": str(rung.maxrate),
-            "bufsize": str(rung.bufsize),
-            "forced-idr": "1",
-        }
-        if rung.codec == "libx264":
-            opts["profile"] = rung.profile
-            opts["level"] = rung.level
-            # IDRs come only from the PTS grid the decoder thread forces;
-            # scene cuts would break cross-rendition alignment.
-            opts["x264-params"] = f"keyint={gop_frames * 2}:min-keyint={gop_frames}:scenecut=0"
-        enc.options = opts
-        enc.open()
+        self.codec = rung.codec
+        try:
+            enc = open_video_encoder(rung, rung.codec, spec.x264_threads, gop_frames)
+        except (av.error.FFmpegError, ValueError) as exc:
+            if rung.codec == "libx264":
+                raise
+            # A profile may name a hardware encoder the node does not have (no
+            # GPU, no driver, sessions exhausted): serve the rung with x264.
+            log.warning(
+                "[%s] %s: encoder %s unavailable (%s); falling back to libx264",
+                spec.stream, rung.name, rung.codec, exc,
+            )
+            self.codec = "libx264"
+            enc = open_video_encoder(rung, "libx264", spec.x264_threads, gop_frames)
         self._enc = enc
         self._seg = TsSegmenter(
             rung.name,
@@ -154,7 +184,7 @@ class RungEncoder:
                         width=self.rung.width,
                         height=self.rung.height,
                         format="yuv420p",
-                        interpolation="BILINEAR",
+                        interpolation="BICUBIC",
                         threads=1,
                     )
                 frame.pict_type = PictureType.I if force else PictureType.NONE
@@ -246,8 +276,9 @@ class Pipeline:
                             "video_bitrate": r.video_bitrate,
                             "maxrate": r.maxrate,
                             "audio_bitrate": self.spec.audio.bitrate if audio_rate else 0,
+                            "encoder": enc.codec,
                         }
-                        for r in rungs
+                        for r, enc in zip(rungs, self._rungs, strict=True)
                     ],
                 },
             )
