@@ -52,6 +52,12 @@ class _StoreSink:
         self.stream.begin_generation()
 
     def on_stats(self, stats: dict[str, Any]) -> None:
+        if "degradation" in stats:
+            d = stats["degradation"]
+            self.stream.degradation = int(d["level"])
+            if d.get("up"):
+                self.node.tmetrics.degradations.labels(d["step"]).inc()
+            return
         prev = self.stream.stats
         self.stream.stats = stats
         dt = stats.get("wall_seconds", 0) - prev.get("wall_seconds", 0)

@@ -25,6 +25,8 @@ def test_every_key_in_shipped_file_has_a_comment() -> None:
             or prev.strip().startswith("- ")
             or stripped.startswith("- ")
             or (prev_indent == indent and ":" in prev)
+            # a nested mapping is described by the comment on its parent key
+            or (prev.rstrip().endswith(":") and prev_indent < indent)
         )
         assert ok, f"line {i + 1} ({stripped!r}) has no comment above it"
 

@@ -11,9 +11,9 @@ from nearcast.settings import check
 @dataclass(frozen=True)
 class Rendition:
     name: str
-    width: int
-    height: int
-    video_bitrate: int
+    width: int = 0
+    height: int = 0
+    video_bitrate: int = 0
     fps: float = 0.0
     maxrate: int = 0
     bufsize: int = 0
@@ -28,6 +28,9 @@ class Rendition:
             "name",
             f"must be 1-32 letters, digits, '-' or '_', not {self.name!r}",
         )
+        if self.codec == "copy":
+            # The source rendition: passed through as published, size and rate its own.
+            return
         check(self.width > 0 and self.width % 2 == 0, "width", "must be a positive even number")
         check(self.height > 0 and self.height % 2 == 0, "height", "must be a positive even number")
         check(self.video_bitrate > 0, "video_bitrate", "must be greater than zero")
@@ -56,17 +59,69 @@ class AudioProfile:
 
 
 @dataclass(frozen=True)
+class Profile:
+    """A named ladder: what a tenant or a stream can ask for instead of the default."""
+
+    ladder: list[Rendition]
+    audio: AudioProfile = field(default_factory=AudioProfile)
+
+    def __post_init__(self) -> None:
+        _check_ladder(self.ladder, "ladder")
+
+
+def _check_ladder(ladder: list[Rendition], key: str) -> None:
+    check(len(ladder) > 0, key, "must hold at least one rendition")
+    names = [r.name for r in ladder]
+    check(len(set(names)) == len(names), key, "has two renditions with the same name")
+
+
+def _default_profiles() -> dict[str, Profile]:
+    return {
+        "passthrough": Profile(ladder=[Rendition("source", codec="copy")]),
+        "source_plus": Profile(
+            ladder=[
+                Rendition("source", codec="copy"),
+                Rendition("360p", 640, 360, 700_000, maxrate=700_000, bufsize=1_400_000),
+            ]
+        ),
+    }
+
+
+@dataclass(frozen=True)
 class TranscodeConfig:
     ladder: list[Rendition] = field(default_factory=_default_ladder)
     audio: AudioProfile = field(default_factory=AudioProfile)
+    profiles: dict[str, Profile] = field(default_factory=_default_profiles)
+    tenant_profiles: dict[str, str] = field(default_factory=dict)
+    stream_profile_param: bool = True
     x264_threads: int = 0
     input_queue_packets: int = 600
     restart_backoff: float = 0.5
+    capacity_units: float = 0.0
+    overflow: str = "passthrough"
+    degrade_lag: float = 1.5
 
     def __post_init__(self) -> None:
-        check(len(self.ladder) > 0, "ladder", "must hold at least one rendition")
-        names = [r.name for r in self.ladder]
-        check(len(set(names)) == len(names), "ladder", "has two renditions with the same name")
+        _check_ladder(self.ladder, "ladder")
+        check("default" not in self.profiles, "profiles", "must not redefine 'default' (it is 'ladder')")
+        for tenant, name in self.tenant_profiles.items():
+            check(
+                name == "default" or name in self.profiles,
+                f"tenant_profiles.{tenant}",
+                f"names unknown profile {name!r}",
+            )
+        check(self.capacity_units >= 0, "capacity_units", "must be zero (calibrate) or positive")
+        check(self.overflow in ("refuse", "passthrough"), "overflow", "must be refuse or passthrough")
+        check(self.degrade_lag > 0, "degrade_lag", "must be greater than zero")
         check(self.x264_threads >= 0, "x264_threads", "must be zero (auto) or positive")
         check(self.input_queue_packets >= 32, "input_queue_packets", "must be at least 32")
         check(self.restart_backoff >= 0, "restart_backoff", "must not be negative")
+
+    def profile(self, name: str) -> Profile:
+        """``default`` is the top-level ladder; anything else must be in ``profiles``."""
+        if name == "default":
+            return Profile(ladder=list(self.ladder), audio=self.audio)
+        try:
+            return self.profiles[name]
+        except KeyError:
+            raise KeyError(f"unknown transcode profile {name!r}") from None

@@ -49,7 +49,14 @@ def fit(rendition: Rendition, src_w: int, src_h: int) -> tuple[int, int]:
 def plan(ladder: list[Rendition], src_w: int, src_h: int, src_fps: float) -> list[Rung]:
     if src_w <= 0 or src_h <= 0:
         raise ValueError(f"source size {src_w}x{src_h} is invalid")
-    rungs: list[Rung] = []
+    rungs: list[Rung] = [
+        Rung(r.name, src_w, src_h, src_fps, r.video_bitrate, r.maxrate, r.bufsize, "copy", "", "", "")
+        for r in ladder
+        if r.codec == "copy"
+    ]
+    ladder = [r for r in ladder if r.codec != "copy"]
+    if not ladder:
+        return rungs
     chosen = [r for r in ladder if r.height <= src_h]
     if not chosen:
         smallest = min(ladder, key=lambda r: r.height)

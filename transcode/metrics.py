@@ -27,6 +27,20 @@ class TranscodeMetrics:
             "transcode_lag_seconds", "Transcode lag behind real time", ["stream"],
             registry=registry,
         )
+        # transcode_degradations_total{step}: overload steps taken (faster_preset,
+        # drop_top_rung, drop_frames), counted when a worker steps down.
+        self.degradations = Counter(
+            "transcode_degradations_total", "Overload degradation steps taken", ["step"],
+            registry=registry,
+        )
+        # transcode_capacity_units / transcode_used_units: the node's transcode capacity in
+        # ladder units (1 = one default 720p30 ladder in real time) and what live streams use.
+        self.capacity = Gauge(
+            "transcode_capacity_units", "Transcode capacity in ladder units", registry=registry
+        )
+        self.used = Gauge(
+            "transcode_used_units", "Ladder units used by live streams", registry=registry
+        )
         # transcode_segments_total{rendition_kind}: segments produced.
         self.segments = Counter(
             "transcode_segments_total", "Media segments produced", registry=registry

@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from dataclasses import asdict
 from typing import Any, Protocol
 
@@ -59,6 +60,9 @@ def spec_to_json(spec: Spec) -> dict[str, Any]:
         "segment_duration": spec.segment_duration,
         "x264_threads": spec.x264_threads,
         "fps_hint": spec.fps_hint,
+        "live": spec.live,
+        "degrade_lag": spec.degrade_lag,
+        "recover_after": spec.recover_after,
     }
 
 
@@ -118,9 +122,10 @@ class Transcoder:
         """Queue one packet; waits (throttling the publisher) when the queue is full."""
         if self._state in (WorkerState.STOPPED, WorkerState.FAILED) or self._finishing:
             return
+        frame = encode_packet(packet, time.time())
         if packet.config:
-            self._configs[packet.kind] = encode_packet(packet)
-        await self._queue.put(encode_packet(packet))
+            self._configs[packet.kind] = frame
+        await self._queue.put(frame)
 
     async def finish(self, timeout: float = 10.0) -> None:
         """Flush: the worker encodes what it has, emits its last segments and exits."""

@@ -18,8 +18,9 @@ from typing import Any
 from media import MediaPacket
 
 HEADER = struct.Struct(">BI")
-# kind (0 video, 1 audio) | flags | pts | dts | codec name length
-PACKET_HEADER = struct.Struct(">BBqqB")
+# kind (0 video, 1 audio) | flags | pts | dts | arrival (wall-clock seconds at the node) |
+# codec name length. The arrival time lets the worker measure its own lag exactly.
+PACKET_HEADER = struct.Struct(">BBqqdB")
 FLAG_KEYFRAME = 0x01
 FLAG_CONFIG = 0x02
 MAX_FRAME = 64 * 1024 * 1024
@@ -50,23 +51,24 @@ def encode_json(ftype: FrameType, obj: Any) -> bytes:
     return encode_frame(ftype, json.dumps(obj, separators=(",", ":")).encode())
 
 
-def encode_packet(packet: MediaPacket) -> bytes:
+def encode_packet(packet: MediaPacket, arrival: float = 0.0) -> bytes:
     codec = packet.codec.encode()
     flags = (FLAG_KEYFRAME if packet.keyframe else 0) | (FLAG_CONFIG if packet.config else 0)
     head = PACKET_HEADER.pack(
-        0 if packet.kind == "video" else 1, flags, packet.pts, packet.dts, len(codec)
+        0 if packet.kind == "video" else 1, flags, packet.pts, packet.dts, arrival, len(codec)
     )
     body = head + codec + packet.data
     return HEADER.pack(FrameType.PACKET, len(body)) + body
 
 
-def decode_packet(payload: bytes) -> MediaPacket:
+def decode_packet(payload: bytes) -> tuple[MediaPacket, float]:
+    """The packet and its arrival time at the node."""
     if len(payload) < PACKET_HEADER.size:
         raise FramingError("packet frame is shorter than its header")
-    kind, flags, pts, dts, clen = PACKET_HEADER.unpack_from(payload)
+    kind, flags, pts, dts, arrival, clen = PACKET_HEADER.unpack_from(payload)
     start = PACKET_HEADER.size
     codec = payload[start : start + clen].decode()
-    return MediaPacket(
+    packet = MediaPacket(
         kind="video" if kind == 0 else "audio",
         codec=codec,
         pts=pts,
@@ -75,6 +77,7 @@ def decode_packet(payload: bytes) -> MediaPacket:
         keyframe=bool(flags & FLAG_KEYFRAME),
         config=bool(flags & FLAG_CONFIG),
     )
+    return packet, arrival
 
 
 @dataclass(frozen=True, slots=True)

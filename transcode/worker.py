@@ -12,6 +12,7 @@ mux, so the rungs run in parallel on all cores.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -19,6 +20,7 @@ import queue
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, BinaryIO
@@ -30,6 +32,7 @@ from av.video.frame import PictureType
 
 from distribute.hls.tsmux import TsSegmenter
 from media import MediaPacket
+from media.h264 import AvcConfig, to_annexb
 from transcode.config import AudioProfile, Rendition
 from transcode.ladder import Rung, plan
 from transcode.protocol import (
@@ -44,6 +47,8 @@ log = logging.getLogger("transcode.worker")
 
 MS = Fraction(1, 1000)
 _STOP = object()
+# Overload steps, in the order they are taken (issue: graceful overload).
+DEGRADE_STEPS = ("faster_preset", "drop_top_rung", "drop_frames")
 
 
 @dataclass
@@ -56,6 +61,9 @@ class Spec:
     segment_duration: float = 2.0
     x264_threads: int = 0
     fps_hint: float = 0.0
+    live: bool = True
+    degrade_lag: float = 1.5
+    recover_after: float = 10.0
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Spec:
@@ -66,6 +74,9 @@ class Spec:
             segment_duration=float(obj.get("segment_duration", 2.0)),
             x264_threads=int(obj.get("x264_threads", 0)),
             fps_hint=float(obj.get("fps_hint", 0.0)),
+            live=bool(obj.get("live", True)),
+            degrade_lag=float(obj.get("degrade_lag", 1.5)),
+            recover_after=float(obj.get("recover_after", 10.0)),
         )
 
 
@@ -136,8 +147,17 @@ class RungEncoder:
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=4)
         self.frames_out = 0
         self.error: BaseException | None = None
-        self._out = out
+        # Seconds from the node receiving a frame to this rung having encoded it.
+        self.lag = 0.0
+        # Set by the overload controller; applied on the next segment boundary,
+        # where an IDR starts a new segment anyway, so the switch is invisible.
+        self.preset_override: str | None = None
+        self.suspended = False
+        self._active = True
+        self._spec = spec
+        self._gop_frames = gop_frames
         self._scaler = av.video.reformatter.VideoReformatter()
+        self._indexes: deque[int] = deque()
         self.codec = rung.codec
         try:
             enc = open_video_encoder(rung, rung.codec, spec.x264_threads, gop_frames)
@@ -153,6 +173,7 @@ class RungEncoder:
             self.codec = "libx264"
             enc = open_video_encoder(rung, "libx264", spec.x264_threads, gop_frames)
         self._enc = enc
+        self._preset = rung.preset
         self._seg = TsSegmenter(
             rung.name,
             width=rung.width,
@@ -162,18 +183,48 @@ class RungEncoder:
         )
         self.thread = threading.Thread(target=self._run, name=f"rung-{rung.name}", daemon=True)
 
+    def _drain(self, packets: Any) -> None:
+        for p in packets:
+            if p.is_keyframe:
+                self._seg.video(p, self._indexes.popleft() if self._indexes else None)
+            else:
+                self._seg.video(p)
+
+    def _boundary(self) -> None:
+        """At a grid boundary: apply preset changes and suspension."""
+        want = self.preset_override or self.rung.preset
+        if self.suspended and self._active:
+            self._drain(self._enc.encode(None))
+            self._seg.flush()
+            self._active = False
+            self._reopen(want)
+        elif not self.suspended and not self._active:
+            self._active = True
+        if self._active and want != self._preset and self.codec == "libx264":
+            self._drain(self._enc.encode(None))
+            self._reopen(want)
+
+    def _reopen(self, preset: str) -> None:
+        rung = dataclasses.replace(self.rung, preset=preset)
+        self._enc = open_video_encoder(rung, self.codec, self._spec.x264_threads, self._gop_frames)
+        self._preset = preset
+
     def _run(self) -> None:
         try:
             while True:
                 item = self.queue.get()
                 if item is _STOP:
-                    for p in self._enc.encode(None):
-                        self._seg.video(p)
+                    if self._active:
+                        self._drain(self._enc.encode(None))
                     self._seg.flush()
                     return
-                kind, obj, force = item
+                kind, obj, index, arrival = item
                 if kind == "a":
                     self._seg.audio(obj)
+                    continue
+                if index is not None:
+                    self._boundary()
+                if not self._active:
                     continue
                 frame = obj
                 if frame.width != self.rung.width or frame.height != self.rung.height or (
@@ -187,16 +238,74 @@ class RungEncoder:
                         interpolation="BICUBIC",
                         threads=1,
                     )
-                frame.pict_type = PictureType.I if force else PictureType.NONE
-                for p in self._enc.encode(frame):
-                    self._seg.video(p)
+                if index is not None:
+                    frame.pict_type = PictureType.I
+                    self._indexes.append(index)
+                else:
+                    frame.pict_type = PictureType.NONE
+                self._drain(self._enc.encode(frame))
                 self.frames_out += 1
+                if arrival:
+                    self.lag = time.time() - arrival
         except BaseException as exc:  # reported to the node by the main thread
             self.error = exc
             log.exception("rung %s failed", self.rung.name)
             while True:  # keep draining so the decoder never blocks on us
                 if self.queue.get() is _STOP:
                     return
+
+
+class SourceRung:
+    """The ``copy`` rendition: the publisher's own H.264, re-framed for MPEG-TS, no encode."""
+
+    def __init__(
+        self, rung: Rung, spec: Spec, audio_rate: int | None, out: Output, avc: AvcConfig
+    ) -> None:
+        self.rung = rung
+        self.codec = "copy"
+        self.queue: queue.Queue[Any] = queue.Queue(maxsize=64)
+        self.frames_out = 0
+        self.error: BaseException | None = None
+        self.avc = avc
+        self._seg = TsSegmenter(
+            rung.name,
+            width=rung.width,
+            height=rung.height,
+            audio_rate=audio_rate,
+            on_segment=lambda s: out.write(s.encode()),
+            min_duration=spec.segment_duration * 0.9,
+        )
+        self.thread = threading.Thread(target=self._run, name=f"rung-{rung.name}", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                item = self.queue.get()
+                if item is _STOP:
+                    self._seg.flush()
+                    return
+                kind, obj, _, _ = item
+                if kind == "a":
+                    self._seg.audio(obj)
+                    continue
+                if kind != "src":
+                    continue
+                mp: MediaPacket = obj
+                try:
+                    data = to_annexb(mp.data, self.avc, mp.keyframe)
+                except ValueError as exc:
+                    log.warning("[source %s] packet at %d ms dropped: %s", self.rung.name, mp.dts, exc)
+                    continue
+                p = av.Packet(data)
+                p.pts, p.dts, p.time_base = mp.pts, mp.dts, MS
+                p.is_keyframe = mp.keyframe
+                self._seg.video(p)
+                self.frames_out += 1
+        except BaseException as exc:
+            self.error = exc
+            log.exception("source rung %s failed", self.rung.name)
+            while self.queue.get() is not _STOP:
+                pass
 
 
 class Pipeline:
@@ -207,7 +316,8 @@ class Pipeline:
         self._adec: av.CodecContext | None = None
         self._aenc: av.AudioCodecContext | None = None
         self._resampler: AudioResampler | None = None
-        self._rungs: list[RungEncoder] = []
+        self._rungs: list[RungEncoder | SourceRung] = []
+        self._avc: AvcConfig | None = None
         self._t0: int | None = None
         self._next_boundary = 0
         self._seg_ms = int(round(spec.segment_duration * 1000))
@@ -215,6 +325,14 @@ class Pipeline:
         self._audio_seen = False
         self._audio_next: int | None = None  # next audio pts, in samples
         self.frames_in = 0
+        self.frames_dropped = 0
+        self.level = 0
+        self._stride = 1
+        self._frame_no = 0
+        self._arrivals: dict[int, float] = {}
+        self._last_control = time.monotonic()
+        self._level_changed = 0.0
+        self._calm_since: float | None = None
         self._last_stats = time.monotonic()
         self._started = time.monotonic()
         self._media_ms = 0
@@ -227,6 +345,11 @@ class Pipeline:
         dec = av.CodecContext.create(pkt.codec, "r")
         if pkt.config:
             dec.extradata = pkt.data
+            if pkt.codec == "h264":
+                try:
+                    self._avc = AvcConfig.parse(pkt.data)
+                except ValueError as exc:
+                    log.warning("[%s] %s; the source cannot be passed through", self.spec.stream, exc)
         dec.thread_type = "AUTO"
         self._vdec = dec
 
@@ -258,7 +381,14 @@ class Pipeline:
             self._resampler = AudioResampler(
                 format="fltp", layout=aenc.layout, rate=a.sample_rate, frame_size=aenc.frame_size
             )
-        self._rungs = [RungEncoder(r, self.spec, audio_rate, self.out, gop_frames) for r in rungs]
+        if any(r.codec == "copy" for r in rungs) and self._avc is None:
+            raise ValueError("only H.264 with a sequence header can be passed through as 'copy'")
+        self._rungs = [
+            SourceRung(r, self.spec, audio_rate, self.out, self._avc)  # type: ignore[arg-type]
+            if r.codec == "copy"
+            else RungEncoder(r, self.spec, audio_rate, self.out, gop_frames)
+            for r in rungs
+        ]
         for r in self._rungs:
             r.thread.start()
         self.out.write(
@@ -306,25 +436,38 @@ class Pipeline:
 
     # -- packets ---------------------------------------------------------------
 
-    def feed(self, pkt: MediaPacket) -> None:
+    def feed(self, pkt: MediaPacket, arrival: float = 0.0) -> None:
         if pkt.kind == "video":
             if pkt.config or self._vdec is None:
                 self._open_video(pkt)
                 if pkt.config:
                     return
-            self._decode_video(pkt)
+            self._decode_video(pkt, arrival)
         else:
             if pkt.config or self._adec is None:
                 self._open_audio(pkt)
                 if pkt.config:
                     return
             self._decode_audio(pkt)
+        now = time.monotonic()
+        if self.spec.live and now - self._last_control >= 0.5:
+            self._last_control = now
+            self._control(now)
         self._maybe_stats()
 
-    def _decode_video(self, pkt: MediaPacket) -> None:
+    def _decode_video(self, pkt: MediaPacket, arrival: float) -> None:
         assert self._vdec is not None
         if len(self._video_dts) < 30:
             self._video_dts.append(pkt.dts)
+        for r in self._rungs:
+            if isinstance(r, SourceRung):
+                r.queue.put(("src", pkt, None, 0.0))
+        if self._rungs and not self._encoders:
+            return  # passthrough only: no picture is ever needed again
+        if arrival:
+            self._arrivals[pkt.pts] = arrival
+            if len(self._arrivals) > 256:
+                self._arrivals.pop(next(iter(self._arrivals)))
         p = av.Packet(pkt.data)
         p.pts = pkt.pts
         p.dts = pkt.dts
@@ -344,17 +487,79 @@ class Pipeline:
         if not self._rungs:
             self._start_rungs(frame)
         t = int(frame.pts)
+        arrival = self._arrivals.pop(t, 0.0)
         if self._t0 is None:
             self._t0 = t
             self._next_boundary = t
-        force = False
+        index: int | None = None
         if t >= self._next_boundary:
-            force = True
-            k = (t - self._t0) // self._seg_ms + 1
-            self._next_boundary = self._t0 + k * self._seg_ms
+            index = (t - self._t0) // self._seg_ms
+            self._next_boundary = self._t0 + (index + 1) * self._seg_ms
         self._media_ms = t
-        for r in self._rungs:
-            r.queue.put(("v", frame, force))
+        if index is None:
+            self._frame_no += 1
+            # Overload step 3: encode every other frame; far behind, only boundaries.
+            if self._stride > 1 and self._frame_no % self._stride:
+                self.frames_dropped += 1
+                return
+            if self._catching_up():
+                self.frames_dropped += 1
+                return
+        for r in self._encoders:
+            r.queue.put(("v", frame, index, arrival))
+
+    # -- overload --------------------------------------------------------------------
+
+    def _lag(self) -> float:
+        return max((r.lag for r in self._encoders if not r.suspended), default=0.0)
+
+    def _catching_up(self) -> bool:
+        return self.spec.live and self.level >= 3 and self._lag() > 3 * self.spec.degrade_lag
+
+    def _control(self, now: float) -> None:
+        """Step down when behind real time, back up when calm (logged, counted by the node)."""
+        if not self._encoders:
+            return
+        lag = self._lag()
+        limit = self.spec.degrade_lag
+        if lag > limit:
+            self._calm_since = None
+            if self.level < 3 and now - self._level_changed >= 2.0:
+                self._set_level(self.level + 1, lag, now)
+        elif lag < limit / 3:
+            if self._calm_since is None:
+                self._calm_since = now
+            elif self.level > 0 and now - self._calm_since >= self.spec.recover_after:
+                self._set_level(self.level - 1, lag, now)
+                self._calm_since = now
+        else:
+            self._calm_since = None
+
+    def _set_level(self, level: int, lag: float, now: float) -> None:
+        up = level > self.level
+        step = DEGRADE_STEPS[max(level, self.level) - 1]
+        log.warning(
+            "[%s] %s %s (lag %.2f s)",
+            self.spec.stream, "degrading:" if up else "recovering:", step, lag,
+        )
+        self.level = level
+        self._level_changed = now
+        for r in self._encoders:
+            r.preset_override = "ultrafast" if level >= 1 else None
+        if len(self._encoders) > 1:
+            top = max(self._encoders, key=lambda r: r.rung.width * r.rung.height)
+            top.suspended = level >= 2
+        self._stride = 2 if level >= 3 else 1
+        self.out.write(
+            encode_json(
+                FrameType.STATS,
+                {"degradation": {"level": level, "step": step, "up": up, "lag": lag}},
+            )
+        )
+
+    @property
+    def _encoders(self) -> list[RungEncoder]:
+        return [r for r in self._rungs if isinstance(r, RungEncoder)]
 
     def _decode_audio(self, pkt: MediaPacket) -> None:
         if self._adec is None:
@@ -384,7 +589,7 @@ class Pipeline:
                 self._audio_next += rf.samples
                 for ap in self._aenc.encode(rf):
                     for r in self._rungs:
-                        r.queue.put(("a", ap, False))
+                        r.queue.put(("a", ap, None, 0.0))
 
     def _maybe_stats(self) -> None:
         now = time.monotonic()
@@ -399,6 +604,9 @@ class Pipeline:
                     "media_seconds": (self._media_ms - (self._t0 or 0)) / 1000.0,
                     "wall_seconds": now - self._started,
                     "renditions": {r.rung.name: r.frames_out for r in self._rungs},
+                    "lag": self._lag(),
+                    "level": self.level,
+                    "frames_dropped": self.frames_dropped,
                 },
             )
         )
@@ -413,7 +621,7 @@ class Pipeline:
         if self._aenc is not None:
             for ap in self._aenc.encode(None):
                 for r in self._rungs:
-                    r.queue.put(("a", ap, False))
+                    r.queue.put(("a", ap, None, 0.0))
         for r in self._rungs:
             r.queue.put(_STOP)
         for r in self._rungs:
@@ -435,7 +643,7 @@ def run(stdin: BinaryIO, stdout: BinaryIO) -> int:
                 if pipeline is None:
                     raise ValueError("packet before START")
                 try:
-                    pipeline.feed(decode_packet(payload))
+                    pipeline.feed(*decode_packet(payload))
                 except ValueError as exc:
                     out.write(encode_json(FrameType.FATAL, {"error": str(exc)}))
                     return 2

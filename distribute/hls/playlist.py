@@ -13,6 +13,7 @@ class SegmentRef:
     duration: float
     uri: str
     discontinuity: bool = False
+    gap: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,8 @@ def media_playlist(
     for s in segments:
         if s.discontinuity:
             lines.append("#EXT-X-DISCONTINUITY")
+        if s.gap:
+            lines.append("#EXT-X-GAP")
         lines.append(f"#EXTINF:{s.duration:.3f},")
         lines.append(s.uri)
     if ended:

@@ -30,6 +30,7 @@ class Segment:
     data: bytes
     discontinuity: bool
     start: float
+    gap: bool = False
 
 
 @dataclass
@@ -86,6 +87,7 @@ class LiveStream:
         self.master: bytes = b""
         self.stats: dict[str, Any] = {}
         self.segments_total = 0
+        self.degradation = 0
         self.dropped_segments = 0
 
     # -- transcode side ------------------------------------------------------------------
@@ -136,6 +138,16 @@ class LiveStream:
             )
             return
         msn = self._base + seg.index
+        if track.segments and msn <= track.segments[-1].msn:
+            log.warning("[hls %s] %s segment %d out of order; dropped", self.key, seg.rendition, msn)
+            return
+        if track.segments and msn > track.segments[-1].msn + 1:
+            # A rung suspended under overload skipped grid slots: list them as
+            # EXT-X-GAP (RFC 8216bis §4.4.4.7) so every rendition keeps one numbering.
+            for missing in range(track.segments[-1].msn + 1, msn):
+                track.segments.append(
+                    Segment(missing, self._duration_of(missing), b"", False, 0.0, gap=True)
+                )
         disc = self._pending_discontinuity and seg.index == 0
         s = Segment(msn, seg.duration, seg.data, disc, seg.start)
         track.segments.append(s)
@@ -161,8 +173,15 @@ class LiveStream:
         ):
             self._pending_discontinuity = False
         self._render(track)
-        if changed_codecs or not self.master:
+        if changed_codecs or not self.master or track.peak_bps > track.variant().bandwidth:
             self._render_master()
+
+    def _duration_of(self, msn: int) -> float:
+        for t in self.renditions.values():
+            s = t.by_msn.get(msn)
+            if s is not None:
+                return s.duration
+        return self.config.segment_duration
 
     def end(self, now: float) -> None:
         """The publisher did not come back within the grace period: §4.4.3.4 ENDLIST."""
@@ -184,7 +203,7 @@ class LiveStream:
         # Count discontinuities that already slid out of the playlist.
         gone = sum(1 for s in track.segments if s.discontinuity and s.msn < first)
         text = media_playlist(
-            [SegmentRef(s.msn, s.duration, f"{s.msn}.ts", s.discontinuity) for s in window],
+            [SegmentRef(s.msn, s.duration, f"{s.msn}.ts", s.discontinuity, s.gap) for s in window],
             configured_target=self.config.segment_duration,
             discontinuity_sequence=track.evicted_discontinuities + gone,
             ended=self.ended,
@@ -214,6 +233,7 @@ class LiveStream:
             },
             "uptime": round(now - self.created, 3),
             "generation": self.generation,
+            "degradation": self.degradation,
             "segments": self.segments_total,
             "renditions": [
                 {

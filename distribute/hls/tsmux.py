@@ -74,6 +74,7 @@ class TsSegmenter:
         audio_rate: int | None,
         audio_channels: int = 2,
         on_segment: Callable[[SegmentFrame], None],
+        min_duration: float = 0.0,
     ) -> None:
         self.rendition = rendition
         self._width = width
@@ -81,6 +82,9 @@ class TsSegmenter:
         self._audio_rate = audio_rate
         self._audio_channels = audio_channels
         self._on_segment = on_segment
+        # Transcoded rungs only have keyframes on the grid; a passed-through
+        # source may have them more often, and must not make short segments.
+        self._min_duration = min_duration
         self._pending_audio: deque[av.Packet] = deque()
         self._buf: io.BytesIO | None = None
         self._mux: av.container.OutputContainer | None = None
@@ -142,15 +146,18 @@ class TsSegmenter:
                 pkt.stream = self._astream
                 self._mux.mux_one(pkt)
 
-    def video(self, packet: av.Packet) -> None:
+    def video(self, packet: av.Packet, index: int | None = None) -> None:
+        """Mux one video packet; a keyframe may start segment ``index`` (the grid's number)."""
         if packet.pts is None or packet.dts is None:
             return
         tb = packet.time_base
         t = float(packet.pts * tb)
-        if packet.is_keyframe:
+        if packet.is_keyframe and (self._mux is None or t - self._start >= self._min_duration):
             if self._mux is not None:
                 self._mux_audio_until(t)
                 self._close(t)
+            if index is not None:
+                self._index = index
             if self._index == 0 and self.segments == 0:
                 codecs = h264_codec_string(bytes(packet))
                 if codecs:

@@ -1,0 +1,480 @@
+"""``nearcast publish``: push a media file to an RTMP URL in real time.
+
+This is a test source, not part of the node. It deliberately uses FFmpeg's own RTMP client
+(through PyAV) and only remuxes, so what a node receives is what OBS or
+``ffmpeg -re -i FILE -c copy -f flv URL`` would send: the source's H.264/AAC packets in
+FLV tags, paced at the rate they would be captured.
+
+Example::
+
+    nearcast publish samples/lecture-720p.mp4 rtmp://127.0.0.1:1935/live/lecture --loop
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from fractions import Fraction
+from multiprocessing.connection import Connection
+from typing import Protocol
+
+import av
+import av.container
+import av.error
+import av.stream
+
+logger = logging.getLogger(__name__)
+
+# What FLV can carry without re-encoding. Classic FLV has H.264 and AAC/MP3; enhanced RTMP
+# (FFmpeg >= 6.1) adds HEVC, AV1, VP9 and Opus, which most servers do not accept yet, so
+# they are refused here with a message rather than sent to fail somewhere downstream.
+VIDEO_CODECS = frozenset({"h264"})
+AUDIO_CODECS = frozenset({"aac", "mp3"})
+
+
+class PublishError(Exception):
+    """Publishing cannot start or could not continue; the message names the source or URL."""
+
+
+@dataclass(frozen=True)
+class PublishStats:
+    """What was sent.
+
+    ``media_seconds`` is the media time covered (the end of the last packet, across loops);
+    ``loops`` is the number of passes over the source that were started (1 without ``loop``).
+    """
+
+    packets: int
+    bytes: int
+    media_seconds: float
+    loops: int
+
+
+def _seconds(ts: int, time_base: Fraction) -> Fraction:
+    return ts * time_base
+
+
+def _pick_streams(
+    source: str, container: av.container.InputContainer
+) -> tuple[av.stream.Stream | None, av.stream.Stream | None]:
+    video = next(iter(container.streams.video), None)
+    audio = next(iter(container.streams.audio), None)
+    if video is None and audio is None:
+        raise PublishError(f"{source}: no audio or video stream")
+    if video is not None and video.codec_context.name not in VIDEO_CODECS:
+        raise PublishError(
+            f"{source}: video codec {video.codec_context.name!r} cannot be sent over RTMP "
+            f"without re-encoding; expected one of {sorted(VIDEO_CODECS)}"
+        )
+    if audio is not None and audio.codec_context.name not in AUDIO_CODECS:
+        raise PublishError(
+            f"{source}: audio codec {audio.codec_context.name!r} cannot be sent over RTMP "
+            f"without re-encoding; expected one of {sorted(AUDIO_CODECS)}"
+        )
+    return video, audio
+
+
+def _earliest_dts(
+    source: str, container: av.container.InputContainer, streams: list[av.stream.Stream]
+) -> Fraction:
+    """The earliest DTS, in seconds, over ``streams``: each stream's first packet has its
+    smallest DTS, and with B-frames video starts below zero, possibly after audio in the
+    file. Reads until every stream has shown a packet (a few packets for an interleaved file).
+    """
+    firsts: dict[int, Fraction] = {}
+    for packet in container.demux(streams):
+        if packet.dts is not None and packet.size and packet.stream_index not in firsts:
+            firsts[packet.stream_index] = _seconds(packet.dts, packet.time_base)
+            if len(firsts) == len(streams):
+                break
+    if not firsts:
+        raise PublishError(f"{source}: no packets")
+    return min(firsts.values())
+
+
+def _open_source(source: str, open_timeout: float) -> av.container.InputContainer:
+    try:
+        return av.open(source, "r", timeout=open_timeout)
+    except av.error.FFmpegError as exc:
+        raise PublishError(f"cannot open {source}: {exc.strerror}") from exc
+
+
+def _reopen(
+    source: str, container: av.container.InputContainer, open_timeout: float
+) -> av.container.InputContainer:
+    # Reopening rather than seeking: some demuxers (e.g. MPEG-TS) seek only approximately.
+    container.close()
+    return _open_source(source, open_timeout)
+
+
+class _StopEvent(Protocol):
+    def is_set(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+def _publish_here(
+    source: str,
+    url: str,
+    loop: bool,
+    realtime: bool,
+    duration: float | None,
+    stop: _StopEvent,
+    open_timeout: float,
+    report: Callable[[str], None],
+) -> PublishStats:
+    """The publisher proper; runs in the child process :func:`publish` starts."""
+    limit = Fraction(duration) if duration is not None else None
+    prefix = f"[publish {url}]"
+
+    packets = 0
+    sent_bytes = 0
+    passes = 0
+    # Media time at which the current pass starts, and the furthest packet end sent so far.
+    offset = Fraction(0)
+    media_end = Fraction(0)
+
+    source_container = _open_source(source, open_timeout)
+    try:
+        video, audio = _pick_streams(source, source_container)
+        # Each pass is rebased so the earliest DTS of the file (negative with B-frames) lands
+        # on `offset`: FLV timestamps are unsigned, and each pass must start where the
+        # previous one ended for the receiver to see one stream.
+        first_dts = _earliest_dts(
+            source, source_container, [s for s in (video, audio) if s is not None]
+        )
+        source_container = _reopen(source, source_container, open_timeout)
+        video, audio = _pick_streams(source, source_container)
+        try:
+            output = av.open(url, "w", format="flv")
+        except av.error.FFmpegError as exc:
+            raise PublishError(f"cannot open {url}: {exc.strerror}") from exc
+        out_streams: dict[str, av.stream.Stream] = {}
+        connected = False
+        try:
+            if video is not None:
+                out_streams["video"] = output.add_stream_from_template(video)
+            if audio is not None:
+                out_streams["audio"] = output.add_stream_from_template(audio)
+            logger.info("%s connecting", prefix)
+            report("connecting")
+            try:
+                # Opens the RTMP session (TCP connect, handshake, connect/publish commands)
+                # and sends the FLV header.
+                output.start_encoding()
+            except av.error.FFmpegError as exc:
+                raise PublishError(f"cannot connect to {url}: {exc.strerror}") from exc
+            connected = True
+            report("connected")
+            logger.info(
+                "%s publishing %s (%s)%s",
+                prefix,
+                source,
+                " + ".join(s.codec_context.name for s in out_streams.values()),
+                ", looping" if loop else "",
+            )
+            wall_start = time.monotonic()
+            finished = False
+            while not finished and not stop.is_set():
+                passes += 1
+                if passes > 1:
+                    logger.info("%s pass %d starts at %.3f s", prefix, passes, float(offset))
+                    source_container = _reopen(source, source_container, open_timeout)
+                    video, audio = _pick_streams(source, source_container)
+                selected = [s for s in (video, audio) if s is not None]
+                video_index = video.index if video is not None else -1
+                shift = offset - first_dts
+                # Per stream: (first DTS, end of last packet), in source seconds.
+                spans: dict[int, tuple[Fraction, Fraction]] = {}
+                for packet in source_container.demux(selected):
+                    if packet.dts is None or packet.size == 0:
+                        continue  # demuxer flush packets carry no data
+                    tb = packet.time_base
+                    dts = _seconds(packet.dts, tb) + shift
+                    if limit is not None and dts >= limit:
+                        finished = True
+                        break
+                    if realtime:
+                        delay = float(dts) - (time.monotonic() - wall_start)
+                        if delay > 0 and stop.wait(delay):
+                            break
+                    elif stop.is_set():
+                        break
+                    pts = packet.pts if packet.pts is not None else packet.dts
+                    shift_ticks = round(shift / tb)
+                    packet.dts += shift_ticks
+                    packet.pts = pts + shift_ticks
+                    end = dts + _seconds(packet.duration or 0, tb)
+                    media_end = max(media_end, end)
+                    first = spans.get(packet.stream_index, (dts - shift, end))[0]
+                    spans[packet.stream_index] = (first, end - shift)
+                    kind = "video" if packet.stream_index == video_index else "audio"
+                    size = packet.size
+                    packet.stream = out_streams[kind]
+                    try:
+                        output.mux(packet)
+                    except av.error.FFmpegError as exc:
+                        raise PublishError(
+                            f"{url}: sending failed after {packets} packets: {exc.strerror}"
+                        ) from exc
+                    packets += 1
+                    sent_bytes += size
+                if not loop:
+                    break
+                if not spans:
+                    raise PublishError(f"{source}: no packets to loop over")
+                # The next pass starts one file length later, the same shift for every
+                # stream to keep A/V sync. The length is the longest stream's own span
+                # (first DTS to last packet end) so that stream continues without a gap;
+                # video's B-frame DTS lead and AAC priming then cost a shorter stream at
+                # most a frame, instead of adding up into a visible jump.
+                offset += max(end - first for first, end in spans.values())
+        finally:
+            _close_output(output, connected, prefix)
+    finally:
+        source_container.close()
+
+    stats = PublishStats(packets, sent_bytes, float(media_end), passes)
+    logger.info(
+        "%s done: %d packets, %d bytes, %.3f s of media, %d pass(es)",
+        prefix,
+        stats.packets,
+        stats.bytes,
+        stats.media_seconds,
+        stats.loops,
+    )
+    return stats
+
+
+def _close_output(output: av.container.OutputContainer, connected: bool, prefix: str) -> None:
+    if not connected:
+        # Closing an unopened output would write the header, i.e. connect, just to hang up.
+        # A half-finished connect is left to its (daemon) helper thread.
+        return
+    try:
+        # Writes the FLV trailer and closes the RTMP session (FCUnpublish/deleteStream).
+        output.close()
+    except av.error.FFmpegError as exc:
+        # The peer is usually already gone when this fails; the caller has the real error.
+        logger.warning("%s closing failed: %s", prefix, exc.strerror)
+
+
+def _child(
+    source: str,
+    url: str,
+    loop: bool,
+    realtime: bool,
+    duration: float | None,
+    stop: _StopEvent,
+    conn: Connection,
+    open_timeout: float,
+    log_level: int,
+) -> None:
+    # The parent turns Ctrl-C into `stop`, so the connection is closed properly here.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        stats = _publish_here(
+            source,
+            url,
+            loop,
+            realtime,
+            duration,
+            stop,
+            open_timeout,
+            lambda state: conn.send((state, None)),
+        )
+    except PublishError as exc:
+        conn.send(("error", str(exc)))
+    except Exception as exc:
+        logger.exception("[publish %s] failed", url)
+        conn.send(("error", f"{url}: publishing failed: {exc!r}"))
+    else:
+        conn.send(("done", stats))
+    finally:
+        conn.close()
+
+
+def publish(
+    source: str,
+    url: str,
+    *,
+    loop: bool = False,
+    realtime: bool = True,
+    duration: float | None = None,
+    stop: threading.Event | None = None,
+    open_timeout: float = 10.0,
+) -> PublishStats:
+    """Remux the first video and first audio stream of ``source`` to ``url`` as FLV.
+
+    With ``realtime`` each packet is sent when the wall clock reaches its decode timestamp
+    (what ``ffmpeg -re`` does), so a receiver sees a live source. With ``loop`` the source
+    restarts at its end and timestamps carry on from where the last pass ended, so the
+    receiver sees one continuous stream. Publishing ends at the end of the source (without
+    ``loop``), after ``duration`` seconds of media, or when ``stop`` is set (also while
+    connecting; the stats are then all zero).
+
+    ``open_timeout`` bounds opening ``source`` and the RTMP connect and handshake.
+
+    The work runs in a child process: PyAV 18.1 opens an output and writes its header
+    (the whole RTMP connect and handshake) while holding the GIL, so in-process it would
+    freeze every other thread, deadlock against an RTMP server running in this process,
+    and leave no way to enforce ``open_timeout``. Blocks until publishing ends.
+
+    Raises :class:`PublishError` when the source cannot be read or the URL cannot be
+    reached or stops accepting data. ``KeyboardInterrupt`` is let through after the child
+    has closed the connection.
+    """
+    if duration is not None and duration <= 0:
+        raise ValueError(f"'duration' must be greater than zero, got {duration}")
+    if open_timeout <= 0:
+        raise ValueError(f"'open_timeout' must be greater than zero, got {open_timeout}")
+    # spawn, not fork: callers (servers, test harnesses) have threads, and forking those
+    # can copy a held lock into the child.
+    ctx = multiprocessing.get_context("spawn")
+    child_stop = ctx.Event()
+    receiver, sender = ctx.Pipe(duplex=False)
+    proc = ctx.Process(
+        target=_child,
+        args=(
+            source,
+            url,
+            loop,
+            realtime,
+            duration,
+            child_stop,
+            sender,
+            open_timeout,
+            logger.getEffectiveLevel(),
+        ),
+        name="nearcast-publish",
+        daemon=True,
+    )
+    proc.start()
+    sender.close()
+    state = "starting"
+    deadline: float | None = None
+    try:
+        while True:
+            if stop is not None and stop.is_set():
+                child_stop.set()
+                if state != "connected":
+                    # Stuck in connect() where it cannot see `stop`; nothing was sent.
+                    return PublishStats(0, 0, 0.0, 0)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise PublishError(f"cannot connect to {url}: timed out after {open_timeout:g} s")
+            if not receiver.poll(0.05):
+                continue
+            try:
+                kind, value = receiver.recv()
+            except EOFError:
+                proc.join(timeout=1)
+                raise PublishError(
+                    f"{url}: publisher process ended unexpectedly (exit code {proc.exitcode})"
+                ) from None
+            if kind == "connecting":
+                state, deadline = kind, time.monotonic() + open_timeout
+            elif kind == "connected":
+                state, deadline = kind, None
+            elif kind == "error":
+                raise PublishError(value)
+            else:
+                assert isinstance(value, PublishStats)
+                return value
+    except KeyboardInterrupt:
+        logger.info("[publish %s] interrupted, closing", url)
+        raise
+    finally:
+        child_stop.set()
+        if state == "connected":
+            proc.join(timeout=5)  # it closes the RTMP session within one pacing wait
+        if proc.is_alive():
+            proc.kill()
+        proc.join(timeout=5)
+        receiver.close()
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
+        stats = publish(
+            args.source,
+            args.url,
+            loop=args.loop,
+            realtime=args.realtime,
+            duration=args.duration,
+            open_timeout=args.open_timeout,
+        )
+    except PublishError as exc:
+        print(f"nearcast publish: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("nearcast publish: interrupted", file=sys.stderr)
+        return 130  # the shell's convention for SIGINT
+    print(
+        f"sent {stats.packets} packets, {stats.bytes} bytes, "
+        f"{stats.media_seconds:.1f} s of media in {stats.loops} pass(es)"
+    )
+    return 0
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than zero, got {text}")
+    return value
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add the ``publish`` subcommand to the ``nearcast`` CLI."""
+    parser = subparsers.add_parser(
+        "publish",
+        help="push a media file to an RTMP URL in real time (a test source)",
+        description=(
+            "Push the first video and audio stream of SOURCE to an RTMP URL, paced in real "
+            "time like a live encoder. Packets are remuxed, not re-encoded, so SOURCE must "
+            "be H.264 video and AAC (or MP3) audio, e.g. the clips in samples/. "
+            "Exits 0 when done, 1 on an error, 130 on Ctrl-C."
+        ),
+        epilog=(
+            "example: nearcast publish samples/lecture-720p.mp4 "
+            "rtmp://127.0.0.1:1935/live/lecture --loop"
+        ),
+    )
+    parser.add_argument("source", metavar="SOURCE", help="media file to send (any PyAV input)")
+    parser.add_argument(
+        "url",
+        metavar="URL",
+        help="RTMP URL ending in the app and stream key, e.g. rtmp://HOST:1935/live/KEY",
+    )
+    parser.add_argument(
+        "--loop",
+        action="store_true",
+        help="restart SOURCE at its end, forever or until --duration; timestamps keep "
+        "increasing so the receiver sees one continuous stream",
+    )
+    parser.add_argument(
+        "--no-realtime",
+        dest="realtime",
+        action="store_false",
+        help="send as fast as the connection allows instead of at the media's own pace",
+    )
+    parser.add_argument(
+        "--duration",
+        type=_positive_float,
+        metavar="S",
+        help="stop after S seconds of media (default: end of SOURCE, or never with --loop)",
+    )
+    parser.add_argument(
+        "--open-timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="S",
+        help="give up if opening SOURCE or connecting to URL takes longer (default: 10)",
+    )
+    parser.set_defaults(func=_main)
