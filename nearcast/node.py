@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import json
 import socket
+import sys
 import time
 from typing import Any
 
@@ -20,10 +22,11 @@ from distribute.api import create_api
 from distribute.hls.store import LiveStream, Store
 from distribute.http import MediaApp, MediaMetrics
 from ingest.metrics import IngestMetrics
-from ingest.rtmp.server import RtmpServer
+from ingest.rtmp.server import RtmpServer, parse_query
 from ingest.sink import PublishRefused, PublishRequest
 from media import MediaPacket, StreamKey
 from nearcast.config import Config, parse_hostport
+from transcode.capacity import Capacity, ladder_units
 from transcode.metrics import TranscodeMetrics
 from transcode.pool import Transcoder, WorkerState
 from transcode.protocol import SegmentFrame
@@ -96,8 +99,18 @@ class _RateMeter:
 class StreamSession:
     """One publish of one stream: its packets go to one transcode worker."""
 
-    def __init__(self, node: Node, request: PublishRequest, stream: LiveStream) -> None:
+    def __init__(
+        self,
+        node: Node,
+        request: PublishRequest,
+        stream: LiveStream,
+        profile: str = "default",
+        units: float = 0.0,
+    ) -> None:
         self.node = node
+        self.profile = profile
+        self.units = units
+        stream.ingest["profile"] = profile
         self.request = request
         self.key = request.key
         self.stream = stream
@@ -118,13 +131,15 @@ class StreamSession:
             fps = float(fps)
         except (TypeError, ValueError):
             fps = 0.0
+        profile = cfg.transcode.profile(self.profile)
         return Spec(
             stream=str(self.key),
-            ladder=list(cfg.transcode.ladder),
-            audio=cfg.transcode.audio,
+            ladder=list(profile.ladder),
+            audio=profile.audio,
             segment_duration=cfg.hls.segment_duration,
             x264_threads=cfg.transcode.x264_threads,
             fps_hint=fps if 1 <= fps <= 240 else 0.0,
+            degrade_lag=cfg.transcode.degrade_lag,
         )
 
     async def media(self, packet: MediaPacket) -> None:
@@ -169,6 +184,8 @@ class Node:
         self.imetrics = IngestMetrics(self.registry)
         self.tmetrics = TranscodeMetrics(self.registry)
         self.store = Store(config.hls)
+        self.capacity = Capacity(config.transcode.capacity_units)
+        self.tmetrics.capacity.set(config.transcode.capacity_units)
         self.sessions: dict[StreamKey, StreamSession] = {}
         self._grace: dict[StreamKey, asyncio.TimerHandle] = {}
         self.rtmp = RtmpServer(config.rtmp, self, self.imetrics)
@@ -177,6 +194,7 @@ class Node:
         self._http_server: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._calibration: asyncio.Task[None] | None = None
         self._http_sock: socket.socket | None = None
         self.started = time.time()
 
@@ -188,21 +206,53 @@ class Node:
             raise PublishRefused("tenant", f"tenant {key.tenant!r} is not configured on this node")
         if key in self.sessions:
             raise PublishRefused("duplicate", f"stream {key} is already being published")
+        profile, units = self._admit(request)
         timer = self._grace.pop(key, None)
         if timer is not None:
             timer.cancel()
             log.info("[node %s] publisher is back within the grace period", key)
         stream = self.store.open(key)
         stream.publisher_connected = True
-        session = StreamSession(self, request, stream)
+        session = StreamSession(self, request, stream, profile, units)
         self.sessions[key] = session
+        self.capacity.reserve(key, units)
+        self.tmetrics.used.set(self.capacity.in_use)
         return session
+
+    def _admit(self, request: PublishRequest) -> tuple[str, float]:
+        """Pick the stream's profile and check it fits the node's transcode capacity."""
+        tc = self.config.transcode
+        profile = tc.tenant_profiles.get(request.key.tenant, "default")
+        asked = parse_query(request.query).get("profile") if tc.stream_profile_param else None
+        if asked:
+            profile = asked
+        try:
+            ladder = tc.profile(profile).ladder
+        except KeyError:
+            raise PublishRefused("profile", f"unknown transcode profile {profile!r}") from None
+        units = ladder_units(ladder)
+        if self.capacity.fits(units):
+            return profile, units
+        if tc.overflow == "refuse":
+            raise PublishRefused(
+                "capacity",
+                f"no transcode capacity for {request.key}: {self.capacity.in_use:.2f} of "
+                f"{self.capacity.total:.2f} units in use, {profile!r} needs {units:.2f}",
+            )
+        log.warning(
+            "[node %s] over capacity (%.2f of %.2f units): serving the source untranscoded",
+            request.key, self.capacity.in_use, self.capacity.total,
+        )
+        self.tmetrics.degradations.labels("passthrough").inc()
+        return "passthrough", 0.0
 
     def _unpublished(self, session: StreamSession) -> None:
         key = session.key
         if self.sessions.get(key) is session:
             del self.sessions[key]
         session.stream.publisher_connected = False
+        self.capacity.release(key)
+        self.tmetrics.used.set(self.capacity.in_use)
         grace = self.config.hls.grace_period
         loop = asyncio.get_running_loop()
         self._grace[key] = loop.call_later(grace, self._end_stream, key, session.stream)
@@ -280,6 +330,8 @@ class Node:
                 raise RuntimeError("HTTP server did not start within 10 s")
             await asyncio.sleep(0.01)
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+        if self.config.transcode.capacity_units == 0:
+            self._calibration = asyncio.create_task(self._calibrate(), name="calibration")
         log.info(
             "node %s up: rtmp://%s:%d  http://%s:%d",
             self.config.node.id,
@@ -288,6 +340,28 @@ class Node:
             host,
             self.http_port,
         )
+
+    async def _calibrate(self) -> None:
+        """Measure capacity in a child process, so the event loop and GIL stay free."""
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "transcode.calibrate",
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            )
+            try:
+                out, _ = await proc.communicate()
+            except asyncio.CancelledError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+                raise
+            units = float(json.loads(out)["capacity_units"])
+        except (OSError, ValueError, KeyError) as exc:
+            log.warning("capacity calibration failed (%s); admitting every stream", exc)
+            return
+        self.capacity.total = units
+        self.tmetrics.capacity.set(units)
+        log.info("transcode capacity measured: %.2f ladder units", units)
 
     async def _housekeep(self) -> None:
         while True:
@@ -309,6 +383,10 @@ class Node:
         for t in self._grace.values():
             t.cancel()
         self._grace.clear()
+        if self._calibration is not None:
+            self._calibration.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._calibration
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -232,6 +232,7 @@ class LiveStream:
                 **self.source,
             },
             "uptime": round(now - self.created, 3),
+            "profile": self.ingest.get("profile", "default"),
             "generation": self.generation,
             "degradation": self.degradation,
             "segments": self.segments_total,

@@ -18,7 +18,7 @@ from urllib.parse import parse_qs
 from ingest.config import RtmpConfig
 from ingest.metrics import IngestMetrics
 from ingest.rtmp import session as rtmp
-from ingest.rtmp.exceptions import RtmpProtocolError
+from ingest.rtmp.exceptions import RtmpProtocolError, UnsupportedCodec
 from ingest.sink import IngestSink, Publication, PublishRefused, PublishRequest
 from media import StreamKey
 
@@ -74,16 +74,22 @@ class _Connection:
                     break
                 m.bytes.labels("rtmp").inc(len(data))
                 events = self.session.receive_data(data)
-                for ev in events:
-                    await self._handle(ev)
+                while events:
+                    # Accepting a connect or publish releases what the core held
+                    # back meanwhile; those events are handled in order, right here.
+                    events = [*await self._handle(events[0]), *events[1:]]
                 out = self.session.data_to_send()
                 if out:
                     self.writer.write(out)
                     await self.writer.drain()
         except TimeoutError:
             reason = "timeout" if self.publication else "handshake_timeout"
-            log.warning("%s closed: no %s in time", self.prefix, "media" if self.publication else "publish")
+            what = "media" if self.publication else "publish"
+            log.warning("%s closed: no %s in time", self.prefix, what)
             m.rejected.labels(reason).inc()
+        except UnsupportedCodec as exc:
+            log.warning("%s unsupported codec, closing: %s", self.prefix, exc)
+            m.rejected.labels("codec").inc()
         except RtmpProtocolError as exc:
             log.warning("%s protocol error, closing: %s", self.prefix, exc)
             m.rejected.labels("protocol").inc()
@@ -102,7 +108,8 @@ class _Connection:
             with contextlib.suppress(ConnectionError, OSError):
                 await self.writer.drain()
 
-    async def _handle(self, ev: object) -> None:
+    async def _handle(self, ev: object) -> list[rtmp.Event]:
+        """Act on one event; returns events the core released as a result."""
         m = self.server.metrics
         if isinstance(ev, rtmp.ConnectRequested):
             self.app = ev.app
@@ -112,8 +119,10 @@ class _Connection:
                 await self._flush()
                 raise _Refused("tenant", f"connect to unknown tenant {self.app!r}")
             self.session.accept_connect()
+            return self.session.receive_data(b"")
         elif isinstance(ev, rtmp.PublishRequested):
             await self._publish(ev)
+            return self.session.receive_data(b"")
         elif isinstance(ev, rtmp.MediaReceived):
             if self.publication is not None:
                 m.frames.labels("rtmp", ev.packet.kind).inc()
@@ -124,7 +133,9 @@ class _Connection:
         elif isinstance(ev, rtmp.PublishStopped):
             await self._unpublish()
         elif isinstance(ev, rtmp.PlayRequested):
+            await self._flush()  # the core queued NetStream.Play.Failed
             raise _Refused("play", f"play of {ev.name!r} is not served over RTMP; use HLS")
+        return []
 
     async def _publish(self, ev: rtmp.PublishRequested) -> None:
         name = ev.name
