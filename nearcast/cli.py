@@ -11,6 +11,7 @@ import sys
 
 from nearcast import publish
 from nearcast.config import Config, ConfigError, load
+from placement import cli as placement_cli
 from transcode import offline
 
 log = logging.getLogger("nearcast")
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_node)
     publish.register(sub)
     offline.register(sub)
+    placement_cli.register(sub)
     return parser
 
 

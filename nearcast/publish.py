@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import multiprocessing
 import signal
 import sys
@@ -119,6 +120,10 @@ class _StopEvent(Protocol):
     def wait(self, timeout: float | None = None) -> bool: ...
 
 
+class _ChildStopEvent(_StopEvent, Protocol):
+    def set(self) -> None: ...
+
+
 def _publish_here(
     source: str,
     url: str,
@@ -149,6 +154,8 @@ def _publish_here(
         first_dts = _earliest_dts(
             source, source_container, [s for s in (video, audio) if s is not None]
         )
+        rate = (video.average_rate or video.guessed_rate) if video is not None else None
+        frame_duration = 1 / Fraction(rate) if rate else None
         source_container = _reopen(source, source_container, open_timeout)
         video, audio = _pick_streams(source, source_container)
         try:
@@ -176,7 +183,7 @@ def _publish_here(
                 "%s publishing %s (%s)%s",
                 prefix,
                 source,
-                " + ".join(s.codec_context.name for s in out_streams.values()),
+                " + ".join(s.codec_context.name for s in (video, audio) if s is not None),
                 ", looping" if loop else "",
             )
             wall_start = time.monotonic()
@@ -233,8 +240,14 @@ def _publish_here(
                 # stream to keep A/V sync. The length is the longest stream's own span
                 # (first DTS to last packet end) so that stream continues without a gap;
                 # video's B-frame DTS lead and AAC priming then cost a shorter stream at
-                # most a frame, instead of adding up into a visible jump.
-                offset += max(end - first for first, end in spans.values())
+                # most one of the longer stream's frames, instead of adding up into a jump.
+                period = max(end - first for first, end in spans.values())
+                if frame_duration is not None:
+                    # Whole video frames, so every pass sits on the first pass's frame grid.
+                    # Otherwise the grid shifts a little each pass, and after FLV's rounding
+                    # to 1 ms a receiver mapping back to 1/fps sees two frames on one tick.
+                    period = math.ceil(period / frame_duration) * frame_duration
+                offset += period
         finally:
             _close_output(output, connected, prefix)
     finally:
@@ -271,7 +284,7 @@ def _child(
     loop: bool,
     realtime: bool,
     duration: float | None,
-    stop: _StopEvent,
+    stop: _ChildStopEvent,
     conn: Connection,
     open_timeout: float,
     log_level: int,
@@ -279,6 +292,14 @@ def _child(
     # The parent turns Ctrl-C into `stop`, so the connection is closed properly here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=log_level, format="%(levelname)s %(name)s: %(message)s")
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        # If the parent dies without stopping us (SIGKILL), stop rather than publish forever.
+        def watch_parent() -> None:
+            parent.join()
+            stop.set()
+
+        threading.Thread(target=watch_parent, name="nearcast-publish-parent", daemon=True).start()
     try:
         stats = _publish_here(
             source,

@@ -2,9 +2,83 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from nearcast.settings import check
+
+
+@dataclass(frozen=True)
+class LivenessConfig:
+    heartbeat_interval: float = 2.0
+    ttl: float = 6.0
+    full_stats_interval: float = 10.0
+    autonomy_window: float = 10.0
+    mass_disconnect_threshold: float = 0.55
+
+    def __post_init__(self) -> None:
+        check(0.05 <= self.heartbeat_interval <= 60, "heartbeat_interval", "must be 0.05-60")
+        check(
+            self.ttl >= 2 * self.heartbeat_interval,
+            "ttl",
+            "must be at least twice 'heartbeat_interval'",
+        )
+        check(
+            self.full_stats_interval >= self.heartbeat_interval,
+            "full_stats_interval",
+            "must be at least 'heartbeat_interval'",
+        )
+        check(self.autonomy_window >= 0, "autonomy_window", "must not be negative")
+        check(
+            0 < self.mass_disconnect_threshold <= 1,
+            "mass_disconnect_threshold",
+            "must be greater than 0 and at most 1",
+        )
+
+
+@dataclass(frozen=True)
+class GeoConfig:
+    cidr_csv: str = ""
+    mmdb: str = ""
 
 
 @dataclass(frozen=True)
 class PlacementConfig:
     url: str = ""
+    listen: str = "0.0.0.0:8090"
+    operator_token: str = ""
+    node_token: str = ""
+    node_tokens: dict[str, str] = field(default_factory=dict)
+    policy_file: str = ""
+    key_prefix: str = "nc"
+    snapshot_interval: float = 1.0
+    snapshot_max_age: float = 30.0
+    lease_ttl: float = 30.0
+    degraded_headroom: float = 0.5
+    decision_log_size: int = 1000
+    liveness: LivenessConfig = field(default_factory=LivenessConfig)
+    geo: GeoConfig = field(default_factory=GeoConfig)
+
+    def __post_init__(self) -> None:
+        check(
+            self.url == "" or self.url.startswith(("http://", "https://")),
+            "url",
+            "must be empty or an http(s) URL",
+        )
+        check(":" in self.listen, "listen", "must be HOST:PORT")
+        check(bool(self.key_prefix), "key_prefix", "must not be empty")
+        check(
+            "{" not in self.key_prefix and "}" not in self.key_prefix,
+            "key_prefix",
+            "must not contain braces (they delimit Redis Cluster hash tags)",
+        )
+        check(0.05 <= self.snapshot_interval <= 10, "snapshot_interval", "must be 0.05-10")
+        check(
+            self.snapshot_max_age >= self.snapshot_interval,
+            "snapshot_max_age",
+            "must be at least 'snapshot_interval'",
+        )
+        check(self.lease_ttl >= 1, "lease_ttl", "must be at least 1")
+        check(0 < self.degraded_headroom <= 1, "degraded_headroom", "must be in (0, 1]")
+        check(self.decision_log_size >= 0, "decision_log_size", "must not be negative")
+        for node, token in self.node_tokens.items():
+            check(bool(token), f"node_tokens.{node}", "must not be empty")

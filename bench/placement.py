@@ -1,0 +1,222 @@
+"""Placement decision benchmark: ``python -m bench.placement [--quick] [--redis URL]``.
+
+For fleets of 1,000, 10,000 and 100,000 synthetic nodes it measures decision
+latency (p50/p99) and decisions per second for the pure core, for the
+in-process service (decision + in-memory reservation), and for the service
+with the Redis Lua reservation, sequentially and with concurrent requests.
+Prints a table; the last line is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+import uuid
+from dataclasses import replace
+from typing import Any
+
+from placement.config import PlacementConfig
+from placement.core import decide
+from placement.model import Capacity, FleetSnapshot, Location, Node, PlacementRequest, Tier
+from placement.policy import DEFAULT_POLICY
+from placement.registry.memory import InProcessRegistry
+from placement.registry.redis import RedisRegistry
+from placement.service import PlacementService
+from placement.simulate import build_fleet
+
+NOW = 1_700_000_000.0
+TARGETS = {
+    "10000/inprocess_p99_ms": 2.0,
+    "10000/redis_p99_ms": 5.0,
+    "10000/redis_concurrent_per_s": 2000.0,
+    "100000/inprocess_p99_ms": 10.0,
+}
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))] * 1000.0 if s else 0.0
+
+
+def fleet(n: int) -> tuple[list[Node], list[Location]]:
+    f = build_fleet(n, seed=1, now=NOW)
+    # Roomy edges so a long run measures decisions, not a fleet filling up.
+    nodes = [
+        replace(x, capacity=Capacity(1000, 1_000_000.0, 10_000)) if x.tier is Tier.EDGE else x
+        for x in f.nodes
+    ]
+    rng = random.Random(n)
+    locs = [
+        Location(c.name, rng.choice(("isp-a", "isp-b", "isp-c")), c.region, c.lat, c.lon, "bench")
+        for c in f.cities
+    ]
+    return nodes, locs
+
+
+def requests(locs: list[Location], count: int, seed: int) -> list[PlacementRequest]:
+    rng = random.Random(seed)
+    return [PlacementRequest("bench", f"s{i}", rng.choice(locs)) for i in range(count)]
+
+
+def summary(lat: list[float], wall: float, count: int) -> dict[str, float]:
+    return {
+        "p50_ms": round(pct(lat, 0.50), 3),
+        "p99_ms": round(pct(lat, 0.99), 3),
+        "per_s": round(count / wall, 1) if wall > 0 else 0.0,
+    }
+
+
+def bench_core(nodes: list[Node], reqs: list[PlacementRequest]) -> dict[str, float]:
+    t0 = time.perf_counter()
+    snap = FleetSnapshot.build(nodes, "bench", NOW)
+    build = time.perf_counter() - t0
+    lat = []
+    t0 = time.perf_counter()
+    for r in reqs:
+        t = time.perf_counter()
+        decide(snap, r, DEFAULT_POLICY, NOW, ttl=6.0)
+        lat.append(time.perf_counter() - t)
+    out = summary(lat, time.perf_counter() - t0, len(reqs))
+    out["snapshot_build_ms"] = round(build * 1000, 1)
+    return out
+
+
+async def bench_service(
+    svc: PlacementService, reqs: list[PlacementRequest], concurrency: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    lat = []
+    t0 = time.perf_counter()
+    for r in reqs:
+        t = time.perf_counter()
+        placed = await svc.place(r)
+        lat.append(time.perf_counter() - t)
+        await svc.end_session(placed.session.id)
+    seq = summary(lat, time.perf_counter() - t0, len(reqs))
+    seq["per_s"] = round(len(reqs) / sum(lat), 1)  # releases are not decisions
+
+    queue = list(reqs)
+    clat: list[float] = []
+    ids: list[str] = []
+
+    async def worker() -> None:
+        while queue:
+            r = queue.pop()
+            t = time.perf_counter()
+            placed = await svc.place(replace(r, stream=r.stream + "c"))
+            clat.append(time.perf_counter() - t)
+            ids.append(placed.session.id)
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    conc = summary(clat, time.perf_counter() - t0, len(reqs))
+    for sid in ids:
+        await svc.end_session(sid)
+    return seq, conc
+
+
+async def cleanup(url: str, prefix: str) -> None:
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(url)
+    try:
+        batch = []
+        async for k in r.scan_iter(match=f"{{{prefix}:*", count=5000):
+            batch.append(k)
+            if len(batch) >= 5000:
+                await r.delete(*batch)
+                batch = []
+        if batch:
+            await r.delete(*batch)
+    finally:
+        await r.aclose()
+
+
+async def run(sizes: list[int], count: int, redis_url: str, concurrency: int) -> dict[str, Any]:
+    cfg = PlacementConfig(snapshot_interval=10.0, snapshot_max_age=600.0, decision_log_size=0)
+    results: dict[str, Any] = {}
+    for n in sizes:
+        nodes, locs = fleet(n)
+        reqs = requests(locs, count, seed=n)
+        row: dict[str, Any] = {"core": bench_core(nodes, reqs)}
+
+        mem = InProcessRegistry()
+        for x in nodes:
+            await mem.register(x, NOW)
+        svc = PlacementService(cfg, mem, clock=lambda: NOW)
+        await svc.start(background=False)
+        row["inprocess"], row["inprocess_concurrent"] = await bench_service(svc, reqs, concurrency)
+        await svc.stop()
+
+        prefix = f"bench{uuid.uuid4().hex[:8]}"
+        reg = RedisRegistry.from_url(redis_url, prefix, max_connections=concurrency + 8)
+        try:
+            await reg.register_many(nodes, NOW)
+            svc = PlacementService(cfg, reg, clock=lambda: NOW)
+            t0 = time.perf_counter()
+            await svc.start(background=False)
+            refresh_ms = round((time.perf_counter() - t0) * 1000, 1)
+            row["redis"], row["redis_concurrent"] = await bench_service(svc, reqs, concurrency)
+            row["redis"]["snapshot_refresh_ms"] = refresh_ms
+            await svc.stop()
+        finally:
+            await reg.close()
+            await cleanup(redis_url, prefix)
+        results[str(n)] = row
+        print(f"  {n} nodes done", file=sys.stderr)
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = [
+        f"{'nodes':>7} {'mode':<22} {'p50 ms':>8} {'p99 ms':>8} {'decisions/s':>12}",
+    ]
+    for n, row in results.items():
+        for mode, fig in row.items():
+            lines.append(
+                f"{n:>7} {mode:<22} {fig['p50_ms']:>8.3f} {fig['p99_ms']:>8.3f} "
+                f"{fig['per_s']:>12,.0f}"
+            )
+    return "\n".join(lines)
+
+
+def checks(results: dict[str, Any]) -> dict[str, Any]:
+    figures = {}
+    for key, limit in TARGETS.items():
+        n, name = key.split("/")
+        if n not in results:
+            continue
+        if name == "inprocess_p99_ms":
+            value = results[n]["inprocess"]["p99_ms"]
+        elif name == "redis_p99_ms":
+            value = results[n]["redis"]["p99_ms"]
+        else:
+            value = results[n]["redis_concurrent"]["per_s"]
+        ok = value >= limit if name.endswith("per_s") else value <= limit
+        figures[key] = {"value": value, "target": limit, "ok": ok}
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.placement", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="1k and 10k nodes, fewer decisions")
+    ap.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="Redis URL")
+    ap.add_argument("--decisions", type=int, default=0, help="decisions per fleet size")
+    ap.add_argument("--concurrency", type=int, default=32, help="concurrent requests")
+    args = ap.parse_args(argv)
+    sizes = [1000, 10000] if args.quick else [1000, 10000, 100000]
+    count = args.decisions or (500 if args.quick else 2000)
+    results = asyncio.run(run(sizes, count, args.redis, args.concurrency))
+    print(table(results))
+    targets = checks(results)
+    for key, t in targets.items():
+        print(f"target {key}: {t['value']} (target {t['target']}) {'ok' if t['ok'] else 'MISSED'}")
+    print(json.dumps({"decisions": count, "results": results, "targets": targets}, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,70 @@
+"""Prometheus metrics of the placement service (STYLE rule 11: part of the interface).
+
+Label values are bounded: tiers, node states, outcomes and fallback reasons
+are fixed sets; node, tenant and session ids never become labels.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from placement.model import NodeState, Tier
+
+# tier: edge|mec|cloud|none; outcome: placed (session reserved), routed (viewer
+# sent to a node), rejected (no capacity anywhere), conflict (every candidate's
+# reservation was lost to a concurrent request).
+DECISIONS = "placement_decisions_total"
+# Wall time of one placement or route call, reservation included.
+DECISION_SECONDS = "placement_decision_seconds"
+# Nodes in the last snapshot; state is ready|draining|cordoned|stale (missed TTL).
+NODES = "placement_nodes"
+# Why a decision did not take the first choice. reason: edge_unavailable (fell
+# past the local edge), mec_unavailable (fell to the cloud), reservation_conflict
+# (lost a race, tried the next candidate), no_capacity, degraded (answered from
+# the last snapshot), mass_disconnect (migrations frozen in a pool).
+FALLBACKS = "placement_fallbacks_total"
+# 1 while the registry (Redis) is unreachable and answers come from the last snapshot.
+DEGRADED = "placement_degraded"
+
+FALLBACK_REASONS = (
+    "edge_unavailable",
+    "mec_unavailable",
+    "reservation_conflict",
+    "no_capacity",
+    "degraded",
+    "mass_disconnect",
+)
+
+
+class PlacementMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.decisions = Counter(
+            DECISIONS,
+            "Placement and routing decisions by chosen tier and outcome.",
+            ["tier", "outcome"],
+            registry=self.registry,
+        )
+        self.decision_seconds = Histogram(
+            DECISION_SECONDS,
+            "Seconds to take one placement or routing decision, reservation included.",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=self.registry,
+        )
+        self.nodes = Gauge(
+            NODES, "Nodes in the last fleet snapshot.", ["tier", "state"], registry=self.registry
+        )
+        self.fallbacks = Counter(
+            FALLBACKS,
+            "Decisions that could not take the first choice, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.degraded = Gauge(
+            DEGRADED, "1 while answering from the last snapshot.", registry=self.registry
+        )
+        for tier in Tier:
+            for state in [*(s.value for s in NodeState), "stale"]:
+                self.nodes.labels(tier.value, state).set(0)
+        for reason in FALLBACK_REASONS:
+            self.fallbacks.labels(reason)

@@ -1,0 +1,71 @@
+"""Where the fleet, sessions, policies and the decision log live.
+
+Two backends with one behaviour (the same test suite runs against both):
+:class:`~placement.registry.memory.InProcessRegistry` for a single node that
+registers itself, and :class:`~placement.registry.redis.RedisRegistry` for a
+fleet. Every method takes ``now`` explicitly so behaviour is testable without
+sleeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from placement.model import Load, Node, NodeState, Session
+
+
+class Registry(Protocol):
+    name: str
+
+    async def register(self, node: Node, now: float) -> None:
+        """Upsert a node's descriptor and full stats; keeps an operator-set state."""
+
+    async def heartbeat(self, node_id: str, load: Load, now: float) -> bool:
+        """Record liveness; ``False`` means the node is unknown and must re-register."""
+
+    async def set_state(self, node_id: str, state: NodeState) -> Node:
+        """Drain, cordon or uncordon; raises UnknownNode."""
+
+    async def nodes(self, now: float) -> list[Node]:
+        """Every node with its reservations (expired leases already returned)."""
+
+    async def reserve(
+        self, session: Session, now: float, headroom: float = 1.0, force: bool = False
+    ) -> bool:
+        """Atomically check capacity, take it and write session -> node with a lease.
+
+        ``force`` records a session that already runs (reconciliation) even if
+        the node looks full. Raises UnknownNode if the node is not registered.
+        """
+
+    async def release(self, session_id: str, now: float) -> Session | None: ...
+
+    async def get_session(self, session_id: str, now: float) -> Session | None: ...
+
+    async def stream_session(self, tenant: str, stream: str, now: float) -> Session | None: ...
+
+    async def sessions(self, now: float) -> list[Session]: ...
+
+    async def renew(
+        self, node_id: str, session_ids: Sequence[str], now: float, lease_s: float
+    ) -> list[str]:
+        """Extend leases of sessions live on ``node_id``; returns the ids it does not hold."""
+
+    async def move(self, session: Session, target: Session, now: float) -> bool:
+        """Reserve ``target`` (same id, new node), then free ``session``'s node."""
+
+    async def policies(self) -> dict[int, str]:
+        """Stored policy YAML by version."""
+
+    async def store_policy(self, version: int, text: str, activate: bool) -> None: ...
+
+    async def active_policy_version(self) -> int | None: ...
+
+    async def log_decisions(self, entries: Sequence[dict[str, Any]], keep: int) -> None: ...
+
+    async def recent_decisions(self, limit: int) -> list[dict[str, Any]]: ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...

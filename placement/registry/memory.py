@@ -1,0 +1,170 @@
+"""In-process registry: the embedded default for a single node (LiveKit's LocalRouter).
+
+Methods never await between checking and taking capacity, so on one event
+loop a reservation is atomic without locks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from placement.errors import UnknownNode
+from placement.model import Load, Node, NodeState, Session, SessionState, stream_key
+
+
+class InProcessRegistry:
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._nodes: dict[str, Node] = {}
+        self._sessions: dict[str, Session] = {}
+        self._streams: dict[str, str] = {}
+        self._policies: dict[int, str] = {}
+        self._active: int | None = None
+        self._log: deque[str] = deque()
+
+    def _expire(self, now: float) -> None:
+        for sid in [s.id for s in self._sessions.values() if s.lease_expires < now]:
+            self._drop(sid)
+
+    def _drop(self, sid: str) -> Session | None:
+        s = self._sessions.pop(sid, None)
+        if s is None:
+            return None
+        node = self._nodes.get(s.node_id)
+        if node is not None:
+            self._nodes[node.id] = replace(
+                node,
+                reserved_slots=node.reserved_slots - s.slots,
+                reserved_egress_mbps=node.reserved_egress_mbps - s.egress_mbps,
+            )
+        key = stream_key(s.tenant, s.stream)
+        if self._streams.get(key) == sid:
+            del self._streams[key]
+        return s
+
+    async def register(self, node: Node, now: float) -> None:
+        old = self._nodes.get(node.id)
+        self._nodes[node.id] = replace(
+            node,
+            state=old.state if old else node.state,
+            reserved_slots=old.reserved_slots if old else 0,
+            reserved_egress_mbps=old.reserved_egress_mbps if old else 0.0,
+            last_heartbeat=now,
+        )
+
+    async def heartbeat(self, node_id: str, load: Load, now: float) -> bool:
+        node = self._nodes.get(node_id)
+        if node is None:
+            return False
+        self._nodes[node_id] = replace(node, load=load, last_heartbeat=now)
+        return True
+
+    async def set_state(self, node_id: str, state: NodeState) -> Node:
+        node = self._nodes.get(node_id)
+        if node is None:
+            raise UnknownNode(node_id)
+        node = replace(node, state=state)
+        self._nodes[node_id] = node
+        return node
+
+    async def nodes(self, now: float) -> list[Node]:
+        self._expire(now)
+        return list(self._nodes.values())
+
+    async def reserve(
+        self, session: Session, now: float, headroom: float = 1.0, force: bool = False
+    ) -> bool:
+        self._expire(now)
+        node = self._nodes.get(session.node_id)
+        if node is None:
+            raise UnknownNode(session.node_id)
+        if session.id in self._sessions:
+            return self._sessions[session.id].node_id == session.node_id
+        if not force:
+            if node.state is not NodeState.READY:
+                return False
+            if node.reserved_slots + session.slots > node.capacity.slots * headroom:
+                return False
+            egress = node.reserved_egress_mbps + session.egress_mbps
+            if egress > node.capacity.egress_mbps * headroom + 1e-9:
+                return False
+        self._nodes[node.id] = replace(
+            node,
+            reserved_slots=node.reserved_slots + session.slots,
+            reserved_egress_mbps=node.reserved_egress_mbps + session.egress_mbps,
+        )
+        self._sessions[session.id] = session
+        self._streams[stream_key(session.tenant, session.stream)] = session.id
+        return True
+
+    async def release(self, session_id: str, now: float) -> Session | None:
+        self._expire(now)
+        return self._drop(session_id)
+
+    async def get_session(self, session_id: str, now: float) -> Session | None:
+        self._expire(now)
+        return self._sessions.get(session_id)
+
+    async def stream_session(self, tenant: str, stream: str, now: float) -> Session | None:
+        self._expire(now)
+        sid = self._streams.get(stream_key(tenant, stream))
+        return self._sessions.get(sid) if sid else None
+
+    async def sessions(self, now: float) -> list[Session]:
+        self._expire(now)
+        return sorted(self._sessions.values(), key=lambda s: s.id)
+
+    async def renew(
+        self, node_id: str, session_ids: Sequence[str], now: float, lease_s: float
+    ) -> list[str]:
+        self._expire(now)
+        missing: list[str] = []
+        for sid in session_ids:
+            s = self._sessions.get(sid)
+            if s is None or s.node_id != node_id:
+                missing.append(sid)
+                continue
+            self._sessions[sid] = replace(s, lease_expires=now + lease_s, state=SessionState.LIVE)
+        return missing
+
+    async def move(self, session: Session, target: Session, now: float) -> bool:
+        self._expire(now)
+        node = self._nodes.get(target.node_id)
+        if node is None:
+            raise UnknownNode(target.node_id)
+        old = self._drop(session.id)
+        ok = await self.reserve(target, now)
+        if not ok and old is not None:
+            await self.reserve(old, now, force=True)
+        return ok
+
+    async def policies(self) -> dict[int, str]:
+        return dict(self._policies)
+
+    async def store_policy(self, version: int, text: str, activate: bool) -> None:
+        self._policies[version] = text
+        if activate:
+            self._active = version
+
+    async def active_policy_version(self) -> int | None:
+        return self._active
+
+    async def log_decisions(self, entries: Sequence[dict[str, Any]], keep: int) -> None:
+        for e in entries:
+            self._log.appendleft(json.dumps(e))
+        while len(self._log) > keep:
+            self._log.pop()
+
+    async def recent_decisions(self, limit: int) -> list[dict[str, Any]]:
+        return [json.loads(e) for e in list(self._log)[:limit]]
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

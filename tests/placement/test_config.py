@@ -1,0 +1,54 @@
+"""The ``placement:`` section: defaults, validation, and the shipped file agreeing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from nearcast.config import SHIPPED_CONFIG, load
+from nearcast.settings import ConfigError, build, to_dict
+from placement.config import PlacementConfig
+
+
+def test_shipped_section_states_the_defaults() -> None:
+    shipped = load(str(SHIPPED_CONFIG), environ={})
+    assert to_dict(shipped.placement) == to_dict(PlacementConfig())
+
+
+def test_every_shipped_key_has_a_comment() -> None:
+    text = SHIPPED_CONFIG.read_text()
+    section = text[text.index("\nplacement:") + 1 :].splitlines()[1:]
+    previous = ""
+    for line in section:
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#") and ":" in stripped:
+            assert previous.startswith("#"), f"no comment above {stripped!r}"
+        if stripped:
+            previous = stripped
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"url": "ftp://x"}, "'placement.url' must be empty or an http(s) URL"),
+        ({"key_prefix": "a{b"}, "'placement.key_prefix' must not contain braces"),
+        ({"liveness": {"ttl": 1}}, "'placement.liveness.ttl' must be at least twice"),
+        (
+            {"liveness": {"mass_disconnect_threshold": 0}},
+            "'placement.liveness.mass_disconnect_threshold'",
+        ),
+        ({"degraded_headroom": 2}, "'placement.degraded_headroom' must be in (0, 1]"),
+        ({"snapshot_max_age": 0.1}, "'placement.snapshot_max_age' must be at least"),
+        ({"node_tokens": {"e1": ""}}, "'placement.node_tokens.e1' must not be empty"),
+    ],
+)
+def test_validation_names_the_key(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        build(PlacementConfig, data, prefix="placement")
+    assert str(exc.value).startswith(message)
+
+
+def test_environment_override(tmp_path: Path) -> None:
+    cfg = load(None, environ={"NEARCAST_PLACEMENT_LIVENESS_TTL": "9"})
+    assert cfg.placement.liveness.ttl == 9.0

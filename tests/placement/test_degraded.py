@@ -1,0 +1,189 @@
+"""Registry outages: answers from the last snapshot, conservative reservations, recovery.
+
+The Redis test stops and restarts a redis-server this test started itself.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import httpx
+import pytest
+
+from placement.agent import NodeAgent
+from placement.app import create_app
+from placement.config import LivenessConfig, PlacementConfig
+from placement.errors import NoCapacity, RegistryUnavailable, SnapshotTooOld
+from placement.model import Load, Location, Node, NodeState, PlacementRequest, Session
+from placement.registry.memory import InProcessRegistry
+from placement.registry.redis import RedisRegistry
+from placement.service import PlacementService
+from placement.testing import Clock, RedisServer, make_node, wait_for
+
+LYON = Location("lyon", "orange", "west", 45.76, 4.84)
+
+
+class FlakyRegistry(InProcessRegistry):
+    """An in-process registry that can be switched off, like a Redis outage."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise RegistryUnavailable("registry is down (test)")
+
+    async def nodes(self, now: float) -> list[Node]:
+        self._check()
+        return await super().nodes(now)
+
+    async def reserve(
+        self, session: Session, now: float, headroom: float = 1.0, force: bool = False
+    ) -> bool:
+        self._check()
+        return await super().reserve(session, now, headroom, force)
+
+    async def get_session(self, session_id: str, now: float) -> Session | None:
+        self._check()
+        return await super().get_session(session_id, now)
+
+    async def active_policy_version(self) -> int | None:
+        self._check()
+        return await super().active_policy_version()
+
+    async def log_decisions(self, entries: Sequence[dict[str, Any]], keep: int) -> None:
+        self._check()
+        await super().log_decisions(entries, keep)
+
+    async def heartbeat(self, node_id: str, load: Load, now: float) -> bool:
+        self._check()
+        return await super().heartbeat(node_id, load, now)
+
+
+async def test_degraded_answers_conservatively_then_ages_out(clock: Clock) -> None:
+    reg = FlakyRegistry()
+    svc = PlacementService(PlacementConfig(), reg, clock=clock)
+    await svc.start(background=False)
+    await reg.register(make_node("e1", slots=4), clock())
+    await svc.refresh()
+    first = await svc.place(PlacementRequest("s", "a", LYON))
+    assert not first.degraded
+    reg.down = True
+    clock.advance(20)  # long past the TTL: judged as of the snapshot, the node is still alive
+    second = await svc.place(PlacementRequest("s", "b", LYON))
+    assert second.degraded and svc.degraded and svc.metrics.degraded._value.get() == 1
+    assert (await svc.get_session(first.session.id)) == (first.session, True)
+    with pytest.raises(NoCapacity):  # headroom 0.5 of 4 slots: 2 taken already
+        await svc.place(PlacementRequest("s", "c", LYON))
+    assert (await svc.heartbeat("e1", Load()))["degraded"] is True
+    clock.advance(11)  # the snapshot is now older than snapshot_max_age (30 s)
+    with pytest.raises(SnapshotTooOld):
+        await svc.place(PlacementRequest("s", "d", LYON))
+    reg.down = False
+    await reg.register(make_node("e1", slots=4), clock())
+    await svc.refresh()
+    assert not svc.degraded
+    got = await reg.get_session(second.session.id, clock())
+    assert got is not None and not got.degraded  # written back after the outage
+
+
+async def test_no_snapshot_at_all_is_unavailable(clock: Clock) -> None:
+    reg = FlakyRegistry()
+    reg.down = True
+    svc = PlacementService(PlacementConfig(), reg, clock=clock)
+    await svc.start(background=False)
+    with pytest.raises(SnapshotTooOld):
+        await svc.place(PlacementRequest("s", "a", LYON))
+
+
+async def test_redis_restart_end_to_end(redis_server: RedisServer) -> None:
+    hb = 0.2
+    cfg = PlacementConfig(
+        url="http://placement",
+        operator_token="op",
+        node_token="node",
+        node_tokens={"*": "node"},
+        snapshot_interval=0.1,
+        lease_ttl=10.0,
+        liveness=LivenessConfig(
+            heartbeat_interval=hb, ttl=0.6, full_stats_interval=1.0, autonomy_window=1.0
+        ),
+    )
+    prefix = f"t{uuid.uuid4().hex[:8]}"
+    registry = RedisRegistry.from_url(redis_server.url, prefix, timeout=0.3)
+    app = create_app(cfg, registry)
+    svc: PlacementService = app.state.service
+    await svc.start(background=True)
+    transport = httpx.ASGITransport(app=app)
+    served: dict[str, list[str]] = {}
+    agents = []
+    for i in range(3):
+        node = replace(make_node(f"e{i}", slots=4), state=NodeState.READY)
+        served[node.id] = []
+        agents.append(
+            NodeAgent(
+                node,
+                lambda: Load(cpu=0.1),
+                cfg,
+                transport=transport,
+                sessions=lambda nid=node.id: served[nid],
+            )
+        )
+    op = {"Authorization": "Bearer op"}
+    try:
+        for a in agents:
+            await a.start()
+
+        async def fleet_ready() -> bool:
+            nodes, _ = await svc.list_nodes()
+            return len([n for n in nodes if n["alive"]]) == 3
+
+        await wait_for(fleet_ready, 5.0, "three nodes registered")
+        async with httpx.AsyncClient(transport=transport, base_url="http://placement") as c:
+            body = {"tenant": "school", "stream": "a", "location": {"city": "lyon"}}
+            r = await c.post("/v1/sessions", json=body, headers=op)
+            assert r.status_code == 201 and r.json()["degraded"] is False
+            a_id, a_node = r.json()["id"], r.json()["node"]
+            served[a_node].append(a_id)
+
+            redis_server.stop()
+            r = await c.post("/v1/sessions", json={**body, "stream": "b"}, headers=op)
+            assert r.status_code == 201, r.text
+            assert r.json()["degraded"] is True
+            b_id = r.json()["id"]
+            served[r.json()["node"]].append(b_id)
+            r = await c.get(f"/v1/sessions/{a_id}")
+            assert r.status_code == 200 and r.json()["degraded"] is True
+            r = await c.get("/v1/route", params={"tenant": "school", "stream": "a", "city": "lyon"})
+            assert r.status_code == 200 and r.json()["degraded"] is True
+
+            redis_server.start()
+            back = time.monotonic()
+
+            async def reconciled() -> bool:
+                if svc.degraded:
+                    return False
+                try:
+                    nodes = await registry.nodes(time.time())
+                    a = await registry.get_session(a_id, time.time())
+                    b = await registry.get_session(b_id, time.time())
+                except RegistryUnavailable:
+                    return False
+                return len(nodes) == 3 and a is not None and b is not None
+
+            await wait_for(reconciled, 5.0, "nodes re-registered and sessions reconciled")
+            took = time.monotonic() - back
+            # Two heartbeat intervals, plus one snapshot refresh and scheduling slack.
+            assert took <= 2 * hb + cfg.snapshot_interval + 0.5, took
+            r = await c.get(f"/v1/sessions/{b_id}")
+            assert r.status_code == 200 and r.json()["degraded"] is False
+    finally:
+        for a in agents:
+            await a.stop()
+        await svc.stop()
+        await registry.close()

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import pytest
+
+from placement.liveness import is_orphaned, is_stale, pool_health, sessions_to_migrate
+from placement.model import Session, Tier
+from placement.testing import make_node
+
+NOW = 1_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("age", "stale", "orphaned"),
+    [(5.9, False, False), (6.5, True, False), (16.5, True, True)],
+)
+def test_stale_then_orphaned(age: float, stale: bool, orphaned: bool) -> None:
+    n = make_node("a", hb=NOW - age)
+    assert is_stale(n, NOW, 6.0) is stale
+    assert is_orphaned(n, NOW, 6.0, 10.0) is orphaned
+
+
+@pytest.mark.parametrize(("stale", "frozen"), [(5, False), (6, True)])
+def test_mass_disconnect_threshold(stale: int, frozen: bool) -> None:
+    nodes = [make_node(f"n{i}", hb=NOW - (30 if i < stale else 0)) for i in range(10)]
+    assert pool_health(nodes, NOW, 6.0, 0.55)["west"].frozen is frozen
+
+
+def test_sessions_to_migrate_respects_freeze() -> None:
+    nodes = {
+        n.id: n
+        for n in [
+            make_node("dead", hb=NOW - 30),
+            make_node("ok1"),
+            make_node("ok2"),
+            make_node("gone", region="east", hb=NOW - 30),
+        ]
+    }
+    sessions = [
+        Session("west~1", "t", "s1", "dead", Tier.EDGE, "west", 1, 1, 0, NOW + 30),
+        Session("west~2", "t", "s2", "ok1", Tier.EDGE, "west", 1, 1, 0, NOW + 30),
+        Session("east~3", "t", "s3", "gone", Tier.EDGE, "east", 1, 1, 0, NOW + 30),
+    ]
+    health = pool_health(nodes.values(), NOW, 6.0, 0.55)
+    moved = sessions_to_migrate(sessions, nodes, health, NOW, 6.0, 10.0)
+    assert [s.id for s in moved] == ["west~1"]  # east is 1/1 stale: frozen
