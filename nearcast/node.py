@@ -195,6 +195,7 @@ class Node:
         self._http_task: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
         self._calibration: asyncio.Task[None] | None = None
+        self.agent: Any = None
         self._http_sock: socket.socket | None = None
         self.started = time.time()
 
@@ -332,6 +333,7 @@ class Node:
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
         if self.config.transcode.capacity_units == 0:
             self._calibration = asyncio.create_task(self._calibrate(), name="calibration")
+        await self._start_agent(host)
         log.info(
             "node %s up: rtmp://%s:%d  http://%s:%d",
             self.config.node.id,
@@ -340,6 +342,49 @@ class Node:
             host,
             self.http_port,
         )
+
+    async def _start_agent(self, host: str) -> None:
+        """Register with placement (remote, or the embedded registry). Never blocks media."""
+        from placement import model as pm
+        from placement.agent import NodeAgent
+        from placement.registry.memory import InProcessRegistry
+
+        n = self.config.node
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        tenant = self.config.rtmp.tenants[0]
+        desc = pm.Node(
+            id=n.id,
+            tier=pm.Tier(n.tier),
+            region=n.region,
+            city=n.city,
+            isp=n.isp,
+            lat=0.0,
+            lon=0.0,
+            urls=pm.Urls(
+                rtmp=f"rtmp://{shown}:{self.rtmp_port}/{tenant}",
+                http=f"http://{shown}:{self.http_port}",
+                whip=f"http://{shown}:{self.http_port}",
+            ),
+            capacity=pm.Capacity(
+                slots=max(1, int(self.capacity.total) or 1), egress_mbps=1000.0, viewers=1000
+            ),
+        )
+
+        def load() -> pm.Load:
+            used = self.capacity.in_use
+            total = self.capacity.total or 1.0
+            return pm.Load(cpu=min(1.5, used / total), transcodes=len(self.sessions))
+
+        try:
+            registry = None if self.config.placement.url else InProcessRegistry()
+            self.agent = NodeAgent(
+                desc, load, self.config.placement, registry=registry,
+                streams=lambda: [str(k) for k in self.sessions],
+            )
+            await self.agent.start()
+        except Exception:
+            log.exception("placement agent failed to start; serving without it")
+            self.agent = None
 
     async def _calibrate(self) -> None:
         """Measure capacity in a child process, so the event loop and GIL stay free."""
@@ -377,6 +422,9 @@ class Node:
     async def stop(self) -> None:
         """Stop ingest, flush every worker, stop HTTP. Never hangs."""
         log.info("node stopping")
+        if self.agent is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.agent.stop(), 5)
         await self.rtmp.stop()
         sessions = list(self.sessions.values())
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
