@@ -21,17 +21,22 @@ LADDER = [
 
 def test_worker_behind_real_time_degrades_in_order_and_recovers() -> None:
     buf = io.BytesIO()
-    spec = Spec(stream="t/overload", ladder=LADDER, degrade_lag=0.3, recover_after=0.5)
+    spec = Spec(stream="t/overload", ladder=LADDER, degrade_lag=0.6, recover_after=0.5)
     pipeline = Pipeline(spec, Output(buf))
     packets = list(file_packets(LECTURE))
     start = time.time()
     # The first 9 s "arrive" ten times faster than real time: no 2-core machine
     # encodes 720p at preset medium that fast, so the worker falls behind.
-    # The rest arrives as it is fed: lag vanishes and the worker steps back up.
+    # The rest is paced like a live publisher: lag vanishes and the worker steps back up.
+    tail_start: float | None = None
     for p in packets:
         if p.dts < 9000:
             arrival = start + p.dts / 1000 / 10
         else:
+            if tail_start is None:
+                tail_start = time.time()
+            due = tail_start + (p.dts - 9000) / 1000
+            time.sleep(max(0.0, due - time.time()))  # pacing the source, not synchronising
             arrival = time.time()
         pipeline.feed(p, arrival)
     pipeline.finish()

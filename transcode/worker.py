@@ -526,7 +526,7 @@ class Pipeline:
             self._calm_since = None
             if self.level < 3 and now - self._level_changed >= 2.0:
                 self._set_level(self.level + 1, lag, now)
-        elif lag < limit / 3:
+        elif lag < limit / 2:
             if self._calm_since is None:
                 self._calm_since = now
             elif self.level > 0 and now - self._calm_since >= self.spec.recover_after:
