@@ -225,7 +225,9 @@ class RtmpServer:
         try:
             await _Connection(self, reader, writer).run()
         except asyncio.CancelledError:
-            raise
+            # Only stop() cancels connection tasks; asyncio's stream callback would log a
+            # cancelled handler as an error, so end quietly instead of re-raising.
+            return
         except Exception:
             log.exception("rtmp connection handler failed")
         finally:
