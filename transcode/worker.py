@@ -38,7 +38,6 @@ from transcode.ladder import Rung, plan
 from transcode.protocol import (
     FrameReader,
     FrameType,
-    SegmentFrame,
     decode_packet,
     encode_json,
 )
@@ -468,15 +467,7 @@ class Pipeline:
             self._arrivals[pkt.pts] = arrival
             if len(self._arrivals) > 256:
                 self._arrivals.pop(next(iter(self._arrivals)))
-        p = av.Packet(pkt.data)
-        p.pts = pkt.pts
-        p.dts = pkt.dts
-        p.time_base = MS
-        try:
-            frames = self._vdec.decode(p)
-        except av.error.InvalidDataError:
-            log.warning("[%s] undecodable video packet at %d ms dropped", self.spec.stream, pkt.dts)
-            return
+        frames = self._decode(self._vdec, pkt)
         for frame in frames:
             self._on_frame(frame)  # type: ignore[arg-type]
 
@@ -561,18 +552,20 @@ class Pipeline:
     def _encoders(self) -> list[RungEncoder]:
         return [r for r in self._rungs if isinstance(r, RungEncoder)]
 
+    def _decode(self, dec: av.CodecContext, pkt: MediaPacket) -> list[Any]:
+        """Decode one ms-timestamped packet; a corrupt one is dropped, not fatal."""
+        p = av.Packet(pkt.data)
+        p.pts, p.dts, p.time_base = pkt.pts, pkt.dts, MS
+        try:
+            return list(dec.decode(p))
+        except av.error.InvalidDataError:
+            log.warning("[%s] undecodable %s packet at %d ms dropped", self.spec.stream, pkt.kind, pkt.dts)
+            return []
+
     def _decode_audio(self, pkt: MediaPacket) -> None:
         if self._adec is None:
             return
-        p = av.Packet(pkt.data)
-        p.pts = pkt.pts
-        p.dts = pkt.dts
-        p.time_base = MS
-        try:
-            frames = self._adec.decode(p)
-        except av.error.InvalidDataError:
-            log.warning("[%s] undecodable audio packet at %d ms dropped", self.spec.stream, pkt.dts)
-            return
+        frames = self._decode(self._adec, pkt)
         if self._aenc is None or self._resampler is None:
             return  # audio before the first video frame: the ladder isn't open yet
         rate = self.spec.audio.sample_rate
