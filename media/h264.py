@@ -26,33 +26,26 @@ class AvcConfig:
         if len(data) < 7 or data[0] != 1:
             raise ValueError("AVCDecoderConfigurationRecord is invalid")
         length_size = (data[4] & 0x03) + 1
-        n_sps = data[5] & 0x1F
-        pos = 6
-        sps: list[bytes] = []
-        for _ in range(n_sps):
-            if pos + 2 > len(data):
-                raise ValueError("AVCDecoderConfigurationRecord is truncated in its SPS list")
-            size = int.from_bytes(data[pos : pos + 2], "big")
-            pos += 2
-            if pos + size > len(data):
-                raise ValueError("AVCDecoderConfigurationRecord SPS overruns the record")
-            sps.append(data[pos : pos + size])
-            pos += size
+        sps, pos = _parameter_sets(data, 6, data[5] & 0x1F, "SPS")
         if pos >= len(data):
             raise ValueError("AVCDecoderConfigurationRecord has no PPS count")
-        n_pps = data[pos]
-        pos += 1
-        pps: list[bytes] = []
-        for _ in range(n_pps):
-            if pos + 2 > len(data):
-                raise ValueError("AVCDecoderConfigurationRecord is truncated in its PPS list")
-            size = int.from_bytes(data[pos : pos + 2], "big")
-            pos += 2
-            if pos + size > len(data):
-                raise ValueError("AVCDecoderConfigurationRecord PPS overruns the record")
-            pps.append(data[pos : pos + size])
-            pos += size
+        pps, _ = _parameter_sets(data, pos + 1, data[pos], "PPS")
         return cls(data[1], data[2], data[3], length_size, tuple(sps), tuple(pps))
+
+
+def _parameter_sets(data: bytes, pos: int, count: int, what: str) -> tuple[list[bytes], int]:
+    """``count`` 16-bit-length-prefixed parameter sets from ``pos``; returns them and the end."""
+    sets: list[bytes] = []
+    for _ in range(count):
+        if pos + 2 > len(data):
+            raise ValueError(f"AVCDecoderConfigurationRecord is truncated in its {what} list")
+        size = int.from_bytes(data[pos : pos + 2], "big")
+        pos += 2
+        if pos + size > len(data):
+            raise ValueError(f"AVCDecoderConfigurationRecord {what} overruns the record")
+        sets.append(data[pos : pos + size])
+        pos += size
+    return sets, pos
 
 
 def split_nals(data: bytes, length_size: int = 4) -> list[bytes]:

@@ -369,6 +369,15 @@ def _markdown(results: Sequence[Result], nodes: int, classes: int, seed: int) ->
     return "\n".join(lines) + "\n"
 
 
+def _save(fig: Any, out_dir: str, name: str) -> str:
+    import matplotlib.pyplot as plt
+
+    path = os.path.join(out_dir, name)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def _plots(results: Sequence[Result], out_dir: str) -> list[str]:
     import matplotlib
 
@@ -386,10 +395,7 @@ def _plots(results: Sequence[Result], out_dir: str) -> list[str]:
     ax.set_ylabel("share of sessions")
     ax.set_title("Where sessions were placed")
     ax.legend()
-    path = os.path.join(out_dir, "tiers.png")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    files.append(path)
+    files.append(_save(fig, out_dir, "tiers.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in results:
@@ -400,10 +406,7 @@ def _plots(results: Sequence[Result], out_dir: str) -> list[str]:
     ax.set_ylabel("CDF")
     ax.set_title("Viewer latency")
     ax.legend()
-    path = os.path.join(out_dir, "latency.png")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    files.append(path)
+    files.append(_save(fig, out_dir, "latency.png"))
 
     fig, ax = plt.subplots(figsize=(7, 4))
     for r in results:
@@ -417,10 +420,7 @@ def _plots(results: Sequence[Result], out_dir: str) -> list[str]:
     ax.set_ylabel("local-serve ratio")
     ax.set_title("Viewers served in their own city")
     ax.legend()
-    path = os.path.join(out_dir, "local_by_hour.png")
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    files.append(path)
+    files.append(_save(fig, out_dir, "local_by_hour.png"))
     return files
 
 

@@ -59,6 +59,17 @@ _FOURCC_BY_CODEC = {name: fourcc for fourcc, name in VIDEO_FOURCCS.items()}
 _AUDIO_FOURCC_BY_CODEC = {name: fourcc for fourcc, name in AUDIO_FOURCCS.items()}
 
 
+
+def _fourcc(body: bytes, offset: int, kind: str, table: dict[bytes, str]) -> tuple[str, int]:
+    """Read an Enhanced RTMP FourCC and map it to an FFmpeg codec name."""
+    if len(body) < offset + 4:
+        raise RtmpProtocolError(f"Enhanced RTMP {kind} tag is {len(body)} bytes, FourCC missing")
+    fourcc = bytes(body[offset : offset + 4])
+    codec = table.get(fourcc)
+    if codec is None:
+        raise UnsupportedCodec(f"Enhanced RTMP {kind} FourCC {fourcc!r} is not supported")
+    return codec, offset + 4
+
 def _legacy_audio_codec(sound_format: int, sound_size: int) -> str:
     if sound_format in (0, 3):
         # 0 is "platform endian" PCM; FFmpeg's flvdec treats it as little endian too.
@@ -153,20 +164,14 @@ def _parse_enhanced_video(timestamp: int, body: bytes) -> MediaPacket | None:
         return None  # Enhanced RTMP: a VideoCommand byte instead of a FourCC and data.
     if packet_type == PACKET_MULTITRACK:
         raise UnsupportedCodec("Enhanced RTMP multitrack video is not supported")
-    if len(body) < offset + 4:
-        raise RtmpProtocolError(f"Enhanced RTMP video tag is {len(body)} bytes, FourCC missing")
-    fourcc = bytes(body[offset : offset + 4])
-    offset += 4
-    codec = VIDEO_FOURCCS.get(fourcc)
-    if codec is None:
-        raise UnsupportedCodec(f"Enhanced RTMP video FourCC {fourcc!r} is not supported")
+    codec, offset = _fourcc(body, offset, "video", VIDEO_FOURCCS)
     if packet_type == PACKET_SEQUENCE_START:
         return MediaPacket(VIDEO, codec, timestamp, timestamp, bytes(body[offset:]), config=True)
     keyframe = frame_type == FRAME_KEY
     if packet_type == PACKET_CODED_FRAMES:
         pts = timestamp
         # Only AVC and HEVC carry a composition time offset in CodedFrames.
-        if fourcc in (b"avc1", b"hvc1"):
+        if codec in ("h264", "hevc"):
             if len(body) < offset + 3:
                 raise RtmpProtocolError("Enhanced RTMP CodedFrames tag is missing its SI24 cts")
             pts += _si24(body, offset)
@@ -209,13 +214,7 @@ def _parse_enhanced_audio(timestamp: int, body: bytes) -> MediaPacket | None:
         packet_type, offset = _skip_modex(body, offset, "audio")
     if packet_type == AUDIO_PACKET_MULTITRACK:
         raise UnsupportedCodec("Enhanced RTMP multitrack audio is not supported")
-    if len(body) < offset + 4:
-        raise RtmpProtocolError(f"Enhanced RTMP audio tag is {len(body)} bytes, FourCC missing")
-    fourcc = bytes(body[offset : offset + 4])
-    offset += 4
-    codec = AUDIO_FOURCCS.get(fourcc)
-    if codec is None:
-        raise UnsupportedCodec(f"Enhanced RTMP audio FourCC {fourcc!r} is not supported")
+    codec, offset = _fourcc(body, offset, "audio", AUDIO_FOURCCS)
     data = bytes(body[offset:])
     if packet_type == PACKET_SEQUENCE_START:
         return MediaPacket(AUDIO, codec, timestamp, timestamp, data, config=True)
