@@ -1,11 +1,14 @@
 #!/bin/sh
-# Make sure the independent clients the test suite drives are installed:
-# Debian's ffmpeg CLI, Chromium for hls.js playback, and redis-server.
+# Make sure the independent clients the test suite and benchmarks drive are
+# installed: Debian's ffmpeg CLI, Chromium for hls.js playback, redis-server,
+# and nginx plus wrk as the fan-out reference.
 set -eu
 missing=""
-command -v ffmpeg >/dev/null 2>&1 || missing="$missing ffmpeg"
-command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
-command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
+for pair in ffmpeg:ffmpeg chromium:chromium redis-server:redis-server nginx:nginx-light wrk:wrk; do
+    cmd=${pair%%:*}
+    pkg=${pair#*:}
+    command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing="$missing $pkg"
+done
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "nearcast: installing Debian packages:$missing"
