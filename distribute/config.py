@@ -23,8 +23,18 @@ class HlsConfig:
     max_segment_bytes: int = 16 * 1024 * 1024
     grace_period: float = 10.0
     retain_ended: float = 60.0
+    segment_format: str = "ts"
+    low_latency: bool = False
+    part_duration: float = 0.333
 
     def __post_init__(self) -> None:
+        check(self.segment_format in ("ts", "fmp4"), "segment_format", "must be ts or fmp4")
+        check(
+            not self.low_latency or self.segment_format == "fmp4",
+            "low_latency",
+            "needs segment_format fmp4",
+        )
+        check(0.2 <= self.part_duration <= 1.0, "part_duration", "must be between 0.2 and 1.0")
         check(0.5 <= self.segment_duration <= 10, "segment_duration", "must be between 0.5 and 10")
         check(3 <= self.window <= 100, "window", "must be between 3 and 100")
         check(self.max_segment_bytes >= 65536, "max_segment_bytes", "must be at least 65536")

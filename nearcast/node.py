@@ -140,6 +140,8 @@ class StreamSession:
             x264_threads=cfg.transcode.x264_threads,
             fps_hint=fps if 1 <= fps <= 240 else 0.0,
             degrade_lag=cfg.transcode.degrade_lag,
+            segment_format=cfg.hls.segment_format,
+            part_duration=cfg.hls.part_duration if cfg.hls.low_latency else 0.0,
         )
 
     async def media(self, packet: MediaPacket) -> None:

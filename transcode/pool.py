@@ -63,6 +63,9 @@ def spec_to_json(spec: Spec) -> dict[str, Any]:
         "live": spec.live,
         "degrade_lag": spec.degrade_lag,
         "recover_after": spec.recover_after,
+        "segment_format": spec.segment_format,
+        "part_duration": spec.part_duration,
+        "tap": spec.tap,
     }
 
 

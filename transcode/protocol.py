@@ -37,6 +37,9 @@ class FrameType(enum.IntEnum):
     STATS = 12
     FATAL = 13
     DONE = 14
+    INIT = 15  # fMP4 init segment (ftyp+moov) of one rendition
+    PART = 16  # LL-HLS partial segment (moof+mdat) of one rendition
+    TAP = 17  # one encoded packet for WebRTC viewers (tap rendition's H.264, Opus audio)
 
 
 class FramingError(ValueError):
@@ -51,14 +54,16 @@ def encode_json(ftype: FrameType, obj: Any) -> bytes:
     return encode_frame(ftype, json.dumps(obj, separators=(",", ":")).encode())
 
 
-def encode_packet(packet: MediaPacket, arrival: float = 0.0) -> bytes:
+def encode_packet(
+    packet: MediaPacket, arrival: float = 0.0, ftype: FrameType = FrameType.PACKET
+) -> bytes:
     codec = packet.codec.encode()
     flags = (FLAG_KEYFRAME if packet.keyframe else 0) | (FLAG_CONFIG if packet.config else 0)
     head = PACKET_HEADER.pack(
         0 if packet.kind == "video" else 1, flags, packet.pts, packet.dts, arrival, len(codec)
     )
     body = head + codec + packet.data
-    return HEADER.pack(FrameType.PACKET, len(body)) + body
+    return HEADER.pack(ftype, len(body)) + body
 
 
 def decode_packet(payload: bytes) -> tuple[MediaPacket, float]:
@@ -118,6 +123,88 @@ class SegmentFrame:
             duration=float(meta["duration"]),
             codecs=str(meta["codecs"]),
             data=payload[4 + mlen :],
+        )
+
+
+def _encode_meta(ftype: FrameType, meta: dict[str, Any], data: bytes) -> bytes:
+    raw = json.dumps(meta, separators=(",", ":")).encode()
+    return encode_frame(ftype, struct.pack(">I", len(raw)) + raw + data)
+
+
+def _parse_meta(payload: bytes, what: str) -> tuple[dict[str, Any], bytes]:
+    if len(payload) < 4:
+        raise FramingError(f"{what} frame is shorter than its header")
+    (mlen,) = struct.unpack_from(">I", payload)
+    if 4 + mlen > len(payload):
+        raise FramingError(f"{what} frame metadata overruns the frame")
+    try:
+        meta = json.loads(payload[4 : 4 + mlen])
+    except ValueError as exc:
+        raise FramingError(f"{what} frame metadata is not JSON: {exc}") from None
+    return meta, payload[4 + mlen :]
+
+
+@dataclass(frozen=True, slots=True)
+class InitFrame:
+    """The fMP4 initialization segment (``EXT-X-MAP``) of one rendition.
+
+    Sent before the first part or segment of the rendition, and again whenever
+    it changes (a restarted worker, new codec parameters).
+    """
+
+    rendition: str
+    codecs: str
+    data: bytes
+
+    def encode(self) -> bytes:
+        return _encode_meta(FrameType.INIT, {"rendition": self.rendition, "codecs": self.codecs}, self.data)
+
+    @classmethod
+    def parse(cls, payload: bytes) -> InitFrame:
+        meta, data = _parse_meta(payload, "init")
+        return cls(rendition=str(meta["rendition"]), codecs=str(meta["codecs"]), data=data)
+
+
+@dataclass(frozen=True, slots=True)
+class PartFrame:
+    """One LL-HLS partial segment (``EXT-X-PART``): a moof+mdat of one rendition.
+
+    ``index`` is the segment it belongs to (the same numbering as
+    :class:`SegmentFrame`), ``part`` its position within that segment. The
+    complete segment follows as a SegmentFrame whose data is the concatenation
+    of its parts.
+    """
+
+    rendition: str
+    index: int
+    part: int
+    start: float
+    duration: float
+    independent: bool
+    data: bytes
+
+    def encode(self) -> bytes:
+        meta = {
+            "rendition": self.rendition,
+            "index": self.index,
+            "part": self.part,
+            "start": self.start,
+            "duration": self.duration,
+            "independent": self.independent,
+        }
+        return _encode_meta(FrameType.PART, meta, self.data)
+
+    @classmethod
+    def parse(cls, payload: bytes) -> PartFrame:
+        meta, data = _parse_meta(payload, "part")
+        return cls(
+            rendition=str(meta["rendition"]),
+            index=int(meta["index"]),
+            part=int(meta["part"]),
+            start=float(meta["start"]),
+            duration=float(meta["duration"]),
+            independent=bool(meta["independent"]),
+            data=data,
         )
 
 

@@ -63,6 +63,13 @@ class Spec:
     live: bool = True
     degrade_lag: float = 1.5
     recover_after: float = 10.0
+    # "ts" (MPEG-TS segments) or "fmp4" (CMAF: INIT frame, then fMP4 segments).
+    segment_format: str = "ts"
+    # LL-HLS part target in seconds; 0 sends no PART frames. Only with "fmp4".
+    part_duration: float = 0.0
+    # Rendition whose encoded H.264 packets, plus the stream's audio as Opus,
+    # are sent as TAP frames for WebRTC viewers; empty sends none.
+    tap: str = ""
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Spec:
@@ -76,6 +83,9 @@ class Spec:
             live=bool(obj.get("live", True)),
             degrade_lag=float(obj.get("degrade_lag", 1.5)),
             recover_after=float(obj.get("recover_after", 10.0)),
+            segment_format=str(obj.get("segment_format", "ts")),
+            part_duration=float(obj.get("part_duration", 0.0)),
+            tap=str(obj.get("tap", "")),
         )
 
 

@@ -1,0 +1,54 @@
+"""Framing between node and worker: every frame kind round-trips, corrupt input is a FramingError."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from media import MediaPacket
+from transcode.protocol import (
+    FrameReader,
+    FrameType,
+    FramingError,
+    InitFrame,
+    PartFrame,
+    SegmentFrame,
+    decode_packet,
+    encode_packet,
+)
+
+
+def _one(data: bytes) -> tuple[FrameType, bytes]:
+    frames = FrameReader().feed(data)
+    assert len(frames) == 1
+    return frames[0]
+
+
+def test_init_and_part_round_trip() -> None:
+    init = InitFrame("480p", "avc1.64001f,mp4a.40.2", b"\x00\x00\x00\x18ftyp")
+    assert _one(init.encode()) == (FrameType.INIT, init.encode()[5:])
+    assert InitFrame.parse(_one(init.encode())[1]) == init
+    part = PartFrame("480p", 7, 2, 14.666, 0.333, False, b"moof" * 10)
+    ftype, payload = _one(part.encode())
+    assert ftype is FrameType.PART
+    assert PartFrame.parse(payload) == part
+
+
+def test_tap_packet_keeps_its_frame_type() -> None:
+    pkt = MediaPacket("audio", "opus", 20, 20, b"\xfc" * 40, keyframe=True)
+    ftype, payload = _one(encode_packet(pkt, 1.5, FrameType.TAP))
+    assert ftype is FrameType.TAP
+    assert decode_packet(payload) == (pkt, 1.5)
+
+
+@given(st.binary(max_size=64))
+def test_corrupt_meta_is_a_framing_error(data: bytes) -> None:
+    for parse in (InitFrame.parse, PartFrame.parse, SegmentFrame.parse):
+        try:
+            parse(data)
+        except (FramingError, KeyError, TypeError, ValueError):
+            pass
+
+
+def test_short_meta_is_refused() -> None:
+    with pytest.raises(FramingError):
+        PartFrame.parse(b"\x00\x00\x10\x00{}")
