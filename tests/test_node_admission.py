@@ -1,0 +1,131 @@
+"""Profile selection and admission control on a real node.
+
+A node with room for one transcode of its default ladder: the first stream is
+transcoded, the next one overflows to the source passthrough (or is refused,
+per policy); ``?profile=`` and per-tenant profiles pick named ladders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import m3u8
+import pytest
+import yaml
+from nodeutil import LECTURE, SMALL, SMALL_LADDER, NodeProcess, Publisher, segment_numbers, wait_for
+
+from transcode.capacity import ladder_units
+from transcode.config import Rendition
+
+UNITS = ladder_units([Rendition(**r) for r in yaml.safe_load(SMALL_LADDER)])
+
+
+def _metric(node: NodeProcess, prefix: str) -> float:
+    for line in node.get("/metrics").text.splitlines():
+        if line.startswith(prefix):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def _variants(node: NodeProcess, path: str) -> list[m3u8.Playlist] | None:
+    r = node.get(f"/{path}/index.m3u8")
+    if r.status_code != 200:
+        return None
+    playlists = m3u8.loads(r.text).playlists
+    for p in playlists:
+        media = node.get(f"/{path}/{p.uri}")
+        if media.status_code != 200 or not segment_numbers(media.text):
+            return None
+    return list(playlists)
+
+
+def _stream(node: NodeProcess, path: str) -> dict:
+    tenant, name = path.split("/")
+    for s in node.get("/v1/streams").json()["streams"]:
+        if s["tenant"] == tenant and s["stream"] == name:
+            return s
+    raise AssertionError(f"{path} not in /v1/streams")
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    n = NodeProcess(
+        tmp_path_factory.mktemp("admission") / "node.log",
+        NEARCAST_TRANSCODE_LADDER=SMALL_LADDER,
+        NEARCAST_TRANSCODE_CAPACITY_UNITS=str(UNITS * 1.5),
+        NEARCAST_TRANSCODE_TENANT_PROFILES="{school: source_plus}",
+        NEARCAST_RTMP_TENANTS="[live, school]",
+        NEARCAST_HLS_GRACE_PERIOD="0",
+    )
+    yield n
+    n.stop()
+
+
+def test_over_capacity_stream_is_served_as_passthrough(node: NodeProcess) -> None:
+    first = Publisher(SMALL, node.rtmp("live/first"), loop=True)
+    second = None
+    try:
+        ladder = wait_for(lambda: _variants(node, "live/first"), 60, "the first stream's ladder")
+        assert len(ladder) == 3
+        assert _stream(node, "live/first")["profile"] == "default"
+        before = _metric(node, 'transcode_degradations_total{step="passthrough"}')
+        second = Publisher(SMALL, node.rtmp("live/second"), loop=True)
+        source = wait_for(lambda: _variants(node, "live/second"), 60, "the second stream")
+        # Beyond capacity: one variant, the source re-packaged at its own size.
+        assert [p.uri for p in source] == ["source/index.m3u8"]
+        assert source[0].stream_info.resolution == (640, 360)
+        assert _stream(node, "live/second")["profile"] == "passthrough"
+        assert _metric(node, 'transcode_degradations_total{step="passthrough"}') == before + 1
+        assert _metric(node, "transcode_used_units") == pytest.approx(UNITS, rel=1e-3)
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+
+
+def test_profile_from_stream_key_and_tenant(node: NodeProcess) -> None:
+    by_key = Publisher(SMALL, node.rtmp("live/keyed?profile=passthrough"), loop=True)
+    by_tenant = Publisher(LECTURE, node.rtmp("school/maths"), loop=True)
+    try:
+        keyed = wait_for(lambda: _variants(node, "live/keyed"), 60, "?profile=passthrough")
+        assert [p.uri for p in keyed] == ["source/index.m3u8"]
+        school = wait_for(lambda: _variants(node, "school/maths"), 60, "the tenant's profile")
+        # source_plus: the 720p source untouched, plus a 360p rung.
+        sizes = {p.uri.split("/")[0]: p.stream_info.resolution for p in school}
+        assert sizes == {"source": (1280, 720), "360p": (640, 360)}
+        assert _stream(node, "school/maths")["profile"] == "source_plus"
+    finally:
+        by_key.stop()
+        by_tenant.stop()
+
+
+def test_unknown_profile_is_refused(node: NodeProcess) -> None:
+    before = _metric(node, 'ingest_rejected_total{reason="profile"}')
+    pub = Publisher(SMALL, node.rtmp("live/bad?profile=nosuch"), loop=False)
+    pub.wait(30)
+    assert pub.error is not None
+    wait_for(
+        lambda: _metric(node, 'ingest_rejected_total{reason="profile"}') > before, 10, "the refusal"
+    )
+    assert "nosuch" in node.log()
+
+
+def test_refuse_policy_turns_the_publish_away(tmp_path: Path) -> None:
+    n = NodeProcess(
+        tmp_path / "node.log",
+        NEARCAST_TRANSCODE_LADDER=SMALL_LADDER,
+        NEARCAST_TRANSCODE_CAPACITY_UNITS=str(UNITS / 2),
+        NEARCAST_TRANSCODE_OVERFLOW="refuse",
+    )
+    try:
+        pub = Publisher(SMALL, n.rtmp("live/full"), loop=False)
+        pub.wait(30)
+        assert pub.error is not None
+        wait_for(
+            lambda: _metric(n, 'ingest_rejected_total{reason="capacity"}') == 1, 10, "the refusal"
+        )
+        assert "no transcode capacity" in n.log()
+        assert n.get("/live/full/index.m3u8").status_code == 404
+    finally:
+        n.stop()
