@@ -68,9 +68,12 @@ class _StoreSink:
             for name, frames in stats.get("renditions", {}).items():
                 before = prev.get("renditions", {}).get(name, 0)
                 self.node.tmetrics.fps.labels(self.key, name).set((frames - before) / dt)
-        self.node.tmetrics.lag.labels(self.key).set(
-            max(0.0, stats.get("wall_seconds", 0) - stats.get("media_seconds", 0))
-        )
+        # The worker's own figure: how long ago its slowest rung's latest encoded
+        # frame arrived at the node. Wall minus media time is the fallback.
+        lag = stats.get("lag")
+        if lag is None:
+            lag = stats.get("wall_seconds", 0) - stats.get("media_seconds", 0)
+        self.node.tmetrics.lag.labels(self.key).set(max(0.0, float(lag)))
 
 
 class _RateMeter:

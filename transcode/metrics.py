@@ -22,7 +22,7 @@ class TranscodeMetrics:
             registry=registry,
         )
         # transcode_lag_seconds{stream}: how far the encoder output trails real time
-        # (wall time since start minus media time encoded).
+        # (the age, at encode, of the slowest rung's latest frame since it reached the node).
         self.lag = Gauge(
             "transcode_lag_seconds", "Transcode lag behind real time", ["stream"],
             registry=registry,
