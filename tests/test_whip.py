@@ -8,12 +8,14 @@ Each publishes a few seconds; the node must transcode them into the ladder.
 from __future__ import annotations
 
 import asyncio
-import fractions
+import datetime
 import io
 import math
-import multiprocessing
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import av
 import httpx
@@ -28,6 +30,10 @@ from aiortc import (
     RTCSessionDescription,
     VideoStreamTrack,
 )
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from nodeutil import SMALL, NodeProcess, segment_numbers, wait_for
 
 LADDER = "[{name: 240p, width: 426, height: 240, video_bitrate: 400000}, {name: 180p, width: 320, height: 180, video_bitrate: 250000}]"
@@ -182,3 +188,181 @@ def test_aiortc_publisher_is_transcoded(node: NodeProcess, codec: str) -> None:
     # DELETE ended the publish: after the grace period the playlists end.
     wait_for(lambda: ended(node, path), 15, "EXT-X-ENDLIST after DELETE")
     assert metric(node, 'ingest_sessions{protocol="whip"') == 0
+
+
+# FFmpeg's WHIP muxer, fed by re-encoding the sample the way a WebRTC sender must: H.264
+# constrained baseline without B-frames (global header: the muxer reads SPS/PPS from
+# extradata) and Opus. Runs in its own process: PyAV holds the GIL during network I/O.
+FFMPEG_WHIP = r"""
+import sys, time, av
+from av.codec.context import Flags
+url, source, seconds, cert, key = sys.argv[1:6]
+seconds = float(seconds)
+options = {"handshake_timeout": "10000", "cert_file": cert, "key_file": key}
+if len(sys.argv) > 6:
+    options["authorization"] = sys.argv[6]
+with av.open(source) as src:
+    vin, ain = src.streams.video[0], src.streams.audio[0]
+    out = av.open(url, "w", format="whip", options=options)
+    v = out.add_stream("libx264", rate=30, options={
+        "preset": "ultrafast", "tune": "zerolatency", "profile": "baseline", "g": "60", "bf": "0"})
+    v.width, v.height, v.pix_fmt = vin.codec_context.width, vin.codec_context.height, "yuv420p"
+    v.codec_context.flags |= Flags.global_header
+    a = out.add_stream("libopus", rate=48000, layout="stereo")
+    a.bit_rate = 64000
+    a.codec_context.flags |= Flags.global_header
+    t0 = time.monotonic()
+    for frame in src.decode(vin, ain):
+        t = float(frame.pts * frame.time_base)
+        if t > seconds:
+            break
+        ahead = t - (time.monotonic() - t0)
+        if ahead > 0:
+            time.sleep(ahead)
+        if isinstance(frame, av.VideoFrame):
+            frame.pict_type = av.video.frame.PictureType.NONE
+            out.mux(v.encode(frame))
+        else:
+            frame.pts = None
+            out.mux(a.encode(frame))
+    out.mux(v.encode())
+    out.close()  # sends the DELETE
+print("published", seconds)
+"""
+
+
+@pytest.fixture(scope="module")
+def dtls_identity(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A P-256 certificate for FFmpeg's DTLS.
+
+    FFmpeg 8.1 built with GnuTLS (as PyAV bundles it) generates a secp224r1 certificate,
+    a curve OpenSSL 4 no longer accepts for TLS, so aiortc (and any OpenSSL-based WebRTC
+    stack) refuses the handshake with "wrong curve". RFC 8827 §6.5 makes P-256 the curve
+    every WebRTC endpoint must support; the muxer's cert_file/key_file options take it.
+    """
+    d = tmp_path_factory.mktemp("dtls")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ffmpeg-whip")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = d / "cert.pem", d / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+def test_ffmpeg_whip_muxer_is_transcoded(node: NodeProcess, dtls_identity: tuple[str, str]) -> None:
+    path = "live/ffmpeg"
+    proc = subprocess.run(
+        [sys.executable, "-c", FFMPEG_WHIP, f"{node.http}/{path}/whip", SMALL, "4", *dtls_identity],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    wait_for(lambda: ready(node, path, 2), 20, f"segments of {path}")
+    check_ladder(node, path)
+    # The muxer's close sent DELETE: the stream ends after the grace period.
+    wait_for(lambda: ended(node, path), 15, "EXT-X-ENDLIST after the muxer closed")
+    assert "ended: DELETE by the client" in node.log()
+
+
+# -- refusals ----------------------------------------------------------------------------
+
+
+async def _offer(codec: str = "h264") -> str:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver(MovingPicture(), direction="sendonly")
+    pc.addTransceiver(Tone(), direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+def test_unknown_tenant_is_refused_like_rtmp(node: NodeProcess) -> None:
+    before = metric(node, 'ingest_rejected_total{reason="tenant"}')
+    r = node.client.post(
+        "/nosuch/class/whip", content=asyncio.run(_offer()),
+        headers={"Content-Type": "application/sdp"},
+    )
+    assert r.status_code == 404
+    assert "tenant 'nosuch' is not configured" in r.text
+    assert r.headers["access-control-allow-origin"] == "*"
+    assert metric(node, 'ingest_rejected_total{reason="tenant"}') == before + 1
+
+
+def test_bad_offers_get_clear_errors(node: NodeProcess) -> None:
+    url = "/live/bad/whip"
+    sdp = {"Content-Type": "application/sdp"}
+    r = node.client.post(url, content="hello", headers=sdp)
+    assert r.status_code == 400 and "does not start with 'v=0'" in r.text
+    r = node.client.post(url, content="v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96\r\n", headers=sdp)
+    assert r.status_code == 400 and "SDP offer" in r.text
+    r = node.client.post(url, content=asyncio.run(_offer()), headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415 and r.headers["accept-post"] == "application/sdp"
+    # Only VP9 video offered: refused with the codecs named.
+    offer = asyncio.run(_offer())
+    lines = [ln for ln in offer.split("\r\n") if not ln.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"))]
+    vp9 = "\r\n".join(
+        ln.replace("a=mid:0", "a=mid:0\r\na=rtpmap:98 VP9/90000") if ln.startswith("a=mid:0") else ln
+        for ln in lines
+    )
+    vp9 = vp9.replace("a=mid:1", "a=mid:1\r\na=rtpmap:111 opus/48000/2")
+    r = node.client.post(url, content=vp9, headers=sdp)
+    assert r.status_code == 400 and "no acceptable video codec" in r.text and "VP9" in r.text, r.text
+    assert node.get("/v1/streams/live/bad").status_code == 404  # nothing was opened
+
+
+def test_cors_preflight_patch_and_methods(node: NodeProcess) -> None:
+    r = node.client.options(
+        "/live/cors/whip",
+        headers={"Origin": "https://school.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"},
+    )
+    assert r.status_code == 204
+    assert r.headers["access-control-allow-origin"] == "*"
+    assert "POST" in r.headers["access-control-allow-methods"]
+    allowed = r.headers["access-control-allow-headers"].lower()
+    assert "authorization" in allowed and "content-type" in allowed
+    assert "location" in r.headers["access-control-expose-headers"].lower()
+    assert node.client.get("/live/cors/whip").status_code == 405
+    assert node.client.patch("/live/cors/whip/nosuch").status_code == 404
+    assert node.client.delete("/live/cors/whip/nosuch").status_code == 404
+
+
+def test_patch_is_405_with_allow_and_session_ends_by_timeout(node: NodeProcess) -> None:
+    """A session whose publisher never connects: PATCH gets 405, the node frees the stream."""
+    r = node.client.post(
+        "/live/patch/whip", content=asyncio.run(_offer()), headers={"Content-Type": "application/sdp"}
+    )
+    assert r.status_code == 201
+    location = r.headers["location"]
+    assert location.startswith("/live/patch/whip/")
+    p = node.client.patch(
+        location, content="a=ice-ufrag:x\r\n",
+        headers={"Content-Type": "application/trickle-ice-sdpfrag"},
+    )
+    assert p.status_code == 405
+    assert set(p.headers["allow"].replace(" ", "").split(",")) == {"DELETE", "OPTIONS"}
+    o = node.client.options(location)
+    assert o.status_code == 204 and "DELETE" in o.headers["access-control-allow-methods"]
+    assert metric(node, 'ingest_sessions{protocol="whip",tenant="live"}') == 1
+    # No ICE ever arrives (the offer's peer is gone): dropped after connect_timeout.
+    wait_for(lambda: node.client.delete(location).status_code == 404, 15, "the session to time out")
+    assert metric(node, 'ingest_sessions{protocol="whip",tenant="live"}') == 0
+
+
+def test_publish_page_is_served(node: NodeProcess) -> None:
+    r = node.get("/live/page/publish")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
+    assert "application/sdp" in r.text and "getUserMedia" in r.text and "<script src" not in r.text
