@@ -100,6 +100,12 @@ def check_offer(text: str) -> aiosdp.SessionDescription:
     return desc
 
 
+def _rank(offered: list[str], name: str) -> int:
+    if name == "rtx":
+        return len(offered) + 1  # after every media codec, as aiortc expects
+    return offered.index(name) if name in offered else len(offered)
+
+
 def _bearer(request: Request) -> str | None:
     value = request.headers.get("authorization", "")
     scheme, _, token = value.partition(" ")
@@ -291,10 +297,13 @@ class WhipServer:
                     accepted = VIDEO_CODECS if m.kind == "video" else AUDIO_CODECS
                     caps = RTCRtpReceiver.getCapabilities(m.kind)
                     assert caps is not None
-                    t.setCodecPreferences([
-                        c for c in caps.codecs
-                        if c.mimeType.split("/")[1].lower() in (*accepted, "rtx")
-                    ])
+                    # The publisher's order wins: it knows which encoder it has in hardware.
+                    offered = [c.name.lower() for c in m.rtp.codecs]
+                    t.setCodecPreferences(sorted(
+                        (c for c in caps.codecs
+                         if c.mimeType.split("/")[1].lower() in (*accepted, "rtx")),
+                        key=lambda c: _rank(offered, c.mimeType.split("/")[1].lower()),
+                    ))
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
             session.attach()
             await pc.setLocalDescription(await pc.createAnswer())
