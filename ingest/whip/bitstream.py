@@ -109,13 +109,13 @@ class AnnexBToAvcc:
             if kind == NAL_IDR:
                 keyframe = True
             out += len(nal).to_bytes(4, "big") + nal
+        if not out:
+            return None  # parameter sets alone: announced with the next picture
         config: bytes | None = None
         if self.sps and self.pps:
             record = avc_decoder_config([self.sps], [self.pps])
             if record != self.announced:
                 self.announced = config = record
-        if not out:
-            return None
         return AvcAccessUnit(bytes(out), keyframe, config)
 
 
