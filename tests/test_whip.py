@@ -48,6 +48,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
         NEARCAST_TRANSCODE_LADDER=LADDER,
         NEARCAST_HLS_SEGMENT_DURATION="1",
         NEARCAST_HLS_GRACE_PERIOD="1",
+        NEARCAST_TRANSCODE_CAPACITY_UNITS="8",  # no start-up calibration encode
         NEARCAST_WHIP_CONNECT_TIMEOUT="5",
         NEARCAST_WHIP_IDLE_TIMEOUT="3",
     )
@@ -274,6 +275,24 @@ def test_ffmpeg_whip_muxer_is_transcoded(node: NodeProcess, dtls_identity: tuple
     # The muxer's close sent DELETE: the stream ends after the grace period.
     wait_for(lambda: ended(node, path), 15, "EXT-X-ENDLIST after the muxer closed")
     assert "ended: DELETE by the client" in node.log()
+
+
+def test_passthrough_asks_for_a_keyframe_every_segment(node: NodeProcess) -> None:
+    """The source rung cuts only on the publisher's keyframes; aiortc's x264 makes one in 250
+    frames unless asked, so segments of about 1 s prove the node's PLIs got through."""
+    path = "live/aiortc-copy"
+    asyncio.run(aiortc_publish(f"{node.http}/{path}/whip?profile=passthrough", "h264", 4.5))
+    playlist = wait_for(
+        lambda: (t := node.get(f"/{path}/source/index.m3u8").text) and len(segment_numbers(t)) >= 3 and t,
+        20, "three passthrough segments",
+    )
+    durations = [seg.duration for seg in m3u8.loads(playlist).segments]
+    assert max(durations[:-1]) < 2.5, durations
+    msn = segment_numbers(playlist)[1]
+    with av.open(io.BytesIO(node.get(f"/{path}/source/{msn}.ts").content), format="mpegts") as c:
+        first = next(p for p in c.demux(c.streams.video[0]) if p.size)
+        assert first.is_keyframe
+        assert c.streams.video[0].codec_context.width == 320
 
 
 # -- refusals ----------------------------------------------------------------------------

@@ -28,6 +28,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
         NEARCAST_TRANSCODE_LADDER=LADDER,
         NEARCAST_HLS_SEGMENT_DURATION="1",
         NEARCAST_HLS_GRACE_PERIOD="1",
+        NEARCAST_TRANSCODE_CAPACITY_UNITS="8",  # no start-up calibration encode
     )
     yield n
     n.stop()

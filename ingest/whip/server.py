@@ -135,6 +135,11 @@ class WhipServer:
         self.keyframe_interval = keyframe_interval or (lambda _pub: config.keyframe_interval)
         self.sessions: dict[str, WhipSession] = {}
         self.router = self._routes()
+        # aioice logs every candidate pair check at INFO: keep the node's log readable
+        # unless someone asked for those loggers explicitly.
+        for name in ("aioice", "aiortc"):
+            if logging.getLogger(name).level == logging.NOTSET:
+                logging.getLogger(name).setLevel(logging.WARNING)
 
     # -- HTTP edge ------------------------------------------------------------------
 

@@ -108,6 +108,13 @@ class WhipSession:
         self, track: _Track
     ) -> Callable[[RTCRtpCodecParameters, JitterFrame], None]:
         def on_frame(codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
+            # Runs inside aiortc's RTP handling: an exception here would break its transport.
+            try:
+                deliver(codec, frame)
+            except Exception:
+                log.exception("[whip %s] frame handling failed", self.key)
+
+        def deliver(codec: RTCRtpCodecParameters, frame: JitterFrame) -> None:
             if self.closed or track.mapper is None:
                 return
             now = time.monotonic()
