@@ -180,10 +180,14 @@ def ended(node: NodeProcess, path: str) -> bool:
 def test_aiortc_publisher_is_transcoded(node: NodeProcess, codec: str) -> None:
     path = f"live/aiortc-{codec}"
     frames_before = metric(node, 'ingest_frames_total{kind="video",protocol="whip"}')
+    audio_before = metric(node, 'ingest_frames_total{kind="audio",protocol="whip"}')
+    bytes_before = metric(node, 'ingest_bytes_total{protocol="whip"}')
     asyncio.run(aiortc_publish(f"{node.http}/{path}/whip", codec, 4.0))
     wait_for(lambda: ready(node, path, 2), 20, f"segments of {path}")
     check_ladder(node, path)
     assert metric(node, 'ingest_frames_total{kind="video",protocol="whip"}') > frames_before + 60
+    assert metric(node, 'ingest_frames_total{kind="audio",protocol="whip"}') > audio_before + 100
+    assert metric(node, 'ingest_bytes_total{protocol="whip"}') > bytes_before + 20_000
     streams = {s["stream"]: s for s in node.get("/v1/streams").json()["streams"]}
     assert streams[path.split("/")[1]]["source"]["codec"] == codec
     # DELETE ended the publish: after the grace period the playlists end.

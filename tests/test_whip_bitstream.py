@@ -147,3 +147,38 @@ def test_mapper_refuses_codecs_the_node_does_not_take() -> None:
         TrackMapper.for_codec("video", "AV1", 90000, Timeline())
     with pytest.raises(ValueError, match="audio codec PCMU is not accepted"):
         TrackMapper.for_codec("audio", "PCMU", 8000, Timeline())
+
+
+@given(st.text(max_size=400))
+@settings(max_examples=300)
+def test_check_offer_refuses_any_text_with_offer_error(text: str) -> None:
+    from ingest.whip.server import OfferError, check_offer
+
+    try:
+        check_offer(text)
+    except OfferError as exc:
+        assert str(exc)
+    else:  # only a real offer with H.264/VP8 video, ICE and DTLS gets through
+        raise AssertionError(f"accepted {text!r}")
+
+
+@given(
+    st.lists(
+        st.sampled_from([
+            "v=0", "o=- 1 1 IN IP4 0.0.0.0", "s=-", "t=0 0", "m=video 9 UDP/TLS/RTP/SAVPF 96",
+            "m=audio 9 UDP/TLS/RTP/SAVPF 111", "a=rtpmap:96 VP8/90000", "a=rtpmap:111 opus/48000/2",
+            "a=sendonly", "a=mid:0", "a=ice-ufrag:abcd", "a=ice-pwd:0123456789abcdef01234567",
+            "a=fingerprint:sha-256 " + ":".join(["AB"] * 32), "a=setup:actpass", "c=IN IP4 0.0.0.0",
+            "a=rtpmap:", "m=video", "a=candidate:1 1 udp 1 1.2.3.4 5 typ host", "a=fmtp:96 x",
+        ]),
+        max_size=20,
+    )
+)
+@settings(max_examples=300)
+def test_check_offer_on_shuffled_sdp_lines(lines: list[str]) -> None:
+    from ingest.whip.server import OfferError, check_offer
+
+    try:
+        check_offer("\r\n".join(lines) + "\r\n")
+    except OfferError:
+        pass
