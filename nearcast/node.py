@@ -153,7 +153,7 @@ class StreamSession:
             ingest[f"{packet.kind}_codec"] = packet.codec
         else:
             ingest["bitrate"] = self._rate.add(time.monotonic(), len(packet.data))
-            ingest.setdefault(f"{packet.kind}_codec", packet.codec)  # codecs without a config (VP8)
+            ingest.setdefault(f"{packet.kind}_codec", packet.codec)  # VP8 has no config
         if self.transcoder is None:
             # Start lazily: by the first media packet @setDataFrame has told us
             # the frame rate, so the encoders open with the right one.
@@ -257,7 +257,10 @@ class Node:
         return "passthrough", 0.0
 
     def _whip_keyframe_interval(self, publication: Any) -> float:
-        """Keyframe requests to a WebRTC publisher: once a segment when its source is passed through."""
+        """Seconds between keyframe requests to a WebRTC publisher (0: none).
+
+        Once a segment when the stream's profile passes the source through.
+        """
         if self.config.whip.keyframe_interval:
             return self.config.whip.keyframe_interval
         ladder = self.config.transcode.profile(getattr(publication, "profile", "default")).ladder

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import av
 import httpx
@@ -36,7 +35,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from nodeutil import SMALL, NodeProcess, segment_numbers, wait_for
 
-LADDER = "[{name: 240p, width: 426, height: 240, video_bitrate: 400000}, {name: 180p, width: 320, height: 180, video_bitrate: 250000}]"
+LADDER = (
+    "[{name: 240p, width: 426, height: 240, video_bitrate: 400000},"
+    " {name: 180p, width: 320, height: 180, video_bitrate: 250000}]"
+)
 SIZES = {"240p": (426, 240), "180p": (320, 180)}
 
 
@@ -248,10 +250,13 @@ def dtls_identity(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     d = tmp_path_factory.mktemp("dtls")
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ffmpeg-whip")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1))
         .not_valid_after(now + datetime.timedelta(days=7))
         .sign(key, hashes.SHA256())
@@ -260,7 +265,8 @@ def dtls_identity(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
         key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
         )
     )
@@ -271,7 +277,9 @@ def test_ffmpeg_whip_muxer_is_transcoded(node: NodeProcess, dtls_identity: tuple
     path = "live/ffmpeg"
     proc = subprocess.run(
         [sys.executable, "-c", FFMPEG_WHIP, f"{node.http}/{path}/whip", SMALL, "4", *dtls_identity],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     wait_for(lambda: ready(node, path, 2), 20, f"segments of {path}")
@@ -287,8 +295,13 @@ def test_passthrough_asks_for_a_keyframe_every_segment(node: NodeProcess) -> Non
     path = "live/aiortc-copy"
     asyncio.run(aiortc_publish(f"{node.http}/{path}/whip?profile=passthrough", "h264", 4.5))
     playlist = wait_for(
-        lambda: (t := node.get(f"/{path}/source/index.m3u8").text) and len(segment_numbers(t)) >= 3 and t,
-        20, "three passthrough segments",
+        lambda: (
+            (t := node.get(f"/{path}/source/index.m3u8").text)
+            and len(segment_numbers(t)) >= 3
+            and t
+        ),
+        20,
+        "three passthrough segments",
     )
     durations = [seg.duration for seg in m3u8.loads(playlist).segments]
     assert max(durations[:-1]) < 2.5, durations
@@ -315,7 +328,8 @@ async def _offer(codec: str = "h264") -> str:
 def test_unknown_tenant_is_refused_like_rtmp(node: NodeProcess) -> None:
     before = metric(node, 'ingest_rejected_total{reason="tenant"}')
     r = node.client.post(
-        "/nosuch/class/whip", content=asyncio.run(_offer()),
+        "/nosuch/class/whip",
+        content=asyncio.run(_offer()),
         headers={"Content-Type": "application/sdp"},
     )
     assert r.status_code == 404
@@ -329,28 +343,41 @@ def test_bad_offers_get_clear_errors(node: NodeProcess) -> None:
     sdp = {"Content-Type": "application/sdp"}
     r = node.client.post(url, content="hello", headers=sdp)
     assert r.status_code == 400 and "does not start with 'v=0'" in r.text
-    r = node.client.post(url, content="v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96\r\n", headers=sdp)
+    r = node.client.post(
+        url, content="v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96\r\n", headers=sdp
+    )
     assert r.status_code == 400 and "SDP offer" in r.text
     r = node.client.post(url, content=asyncio.run(_offer()), headers={"Content-Type": "text/plain"})
     assert r.status_code == 415 and r.headers["accept-post"] == "application/sdp"
     # Only VP9 video offered: refused with the codecs named.
     offer = asyncio.run(_offer())
-    lines = [ln for ln in offer.split("\r\n") if not ln.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"))]
+    lines = [
+        ln
+        for ln in offer.split("\r\n")
+        if not ln.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"))
+    ]
     vp9 = "\r\n".join(
-        ln.replace("a=mid:0", "a=mid:0\r\na=rtpmap:98 VP9/90000") if ln.startswith("a=mid:0") else ln
+        ln.replace("a=mid:0", "a=mid:0\r\na=rtpmap:98 VP9/90000")
+        if ln.startswith("a=mid:0")
+        else ln
         for ln in lines
     )
     vp9 = vp9.replace("a=mid:1", "a=mid:1\r\na=rtpmap:111 opus/48000/2")
     r = node.client.post(url, content=vp9, headers=sdp)
-    assert r.status_code == 400 and "no acceptable video codec" in r.text and "VP9" in r.text, r.text
+    assert r.status_code == 400 and "no acceptable video codec" in r.text and "VP9" in r.text, (
+        r.text
+    )
     assert node.get("/v1/streams/live/bad").status_code == 404  # nothing was opened
 
 
 def test_cors_preflight_patch_and_methods(node: NodeProcess) -> None:
     r = node.client.options(
         "/live/cors/whip",
-        headers={"Origin": "https://school.example", "Access-Control-Request-Method": "POST",
-                 "Access-Control-Request-Headers": "authorization, content-type"},
+        headers={
+            "Origin": "https://school.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
     )
     assert r.status_code == 204
     assert r.headers["access-control-allow-origin"] == "*"
@@ -366,13 +393,16 @@ def test_cors_preflight_patch_and_methods(node: NodeProcess) -> None:
 def test_patch_is_405_with_allow_and_session_ends_by_timeout(node: NodeProcess) -> None:
     """A session whose publisher never connects: PATCH gets 405, the node frees the stream."""
     r = node.client.post(
-        "/live/patch/whip", content=asyncio.run(_offer()), headers={"Content-Type": "application/sdp"}
+        "/live/patch/whip",
+        content=asyncio.run(_offer()),
+        headers={"Content-Type": "application/sdp"},
     )
     assert r.status_code == 201
     location = r.headers["location"]
     assert location.startswith("/live/patch/whip/")
     p = node.client.patch(
-        location, content="a=ice-ufrag:x\r\n",
+        location,
+        content="a=ice-ufrag:x\r\n",
         headers={"Content-Type": "application/trickle-ice-sdpfrag"},
     )
     assert p.status_code == 405

@@ -20,15 +20,20 @@ from media.h264 import AvcConfig, split_nals, to_annexb
 
 def nal_units(min_size: int = 1) -> st.SearchStrategy[bytes]:
     """NAL units as an encoder emits them: no start code inside (emulation prevention)."""
-    return st.binary(min_size=min_size, max_size=64).filter(
-        lambda b: b"\x00\x00" not in b and b[-1:] != b"\x00"
-    ).map(lambda b: bytes([b[0] & 0x7F]) + b[1:])
+    return (
+        st.binary(min_size=min_size, max_size=64)
+        .filter(lambda b: b"\x00\x00" not in b and b[-1:] != b"\x00")
+        .map(lambda b: bytes([b[0] & 0x7F]) + b[1:])
+    )
 
 
-@given(st.lists(nal_units(), min_size=1, max_size=8), st.lists(st.booleans(), min_size=8, max_size=8))
+@given(
+    st.lists(nal_units(), min_size=1, max_size=8), st.lists(st.booleans(), min_size=8, max_size=8)
+)
 def test_split_annexb_recovers_nal_units(nals: list[bytes], long_codes: list[bool]) -> None:
     stream = b"".join(
-        (b"\x00\x00\x00\x01" if long_codes[i] else b"\x00\x00\x01") + nal for i, nal in enumerate(nals)
+        (b"\x00\x00\x00\x01" if long_codes[i] else b"\x00\x00\x01") + nal
+        for i, nal in enumerate(nals)
     )
     assert split_annexb(stream) == nals
     assert split_annexb(stream + b"\x00\x00") == nals  # trailing_zero_8bits
@@ -69,7 +74,9 @@ def test_annexb_to_avcc_round_trips_through_to_annexb(slices: list[bytes], idr: 
     back = split_annexb(to_annexb(au.data, config, au.keyframe))
     assert back[1:] == ([SPS, PPS] if idr else []) + slices
     # The same parameter sets again: no new record.
-    again = conv.convert(b"\x00\x00\x00\x01" + SPS + b"\x00\x00\x00\x01" + PPS + b"\x00\x00\x01" + slices[0])
+    again = conv.convert(
+        b"\x00\x00\x00\x01" + SPS + b"\x00\x00\x00\x01" + PPS + b"\x00\x00\x01" + slices[0]
+    )
     assert again is not None and again.config is None
 
 
@@ -164,13 +171,29 @@ def test_check_offer_refuses_any_text_with_offer_error(text: str) -> None:
 
 @given(
     st.lists(
-        st.sampled_from([
-            "v=0", "o=- 1 1 IN IP4 0.0.0.0", "s=-", "t=0 0", "m=video 9 UDP/TLS/RTP/SAVPF 96",
-            "m=audio 9 UDP/TLS/RTP/SAVPF 111", "a=rtpmap:96 VP8/90000", "a=rtpmap:111 opus/48000/2",
-            "a=sendonly", "a=mid:0", "a=ice-ufrag:abcd", "a=ice-pwd:0123456789abcdef01234567",
-            "a=fingerprint:sha-256 " + ":".join(["AB"] * 32), "a=setup:actpass", "c=IN IP4 0.0.0.0",
-            "a=rtpmap:", "m=video", "a=candidate:1 1 udp 1 1.2.3.4 5 typ host", "a=fmtp:96 x",
-        ]),
+        st.sampled_from(
+            [
+                "v=0",
+                "o=- 1 1 IN IP4 0.0.0.0",
+                "s=-",
+                "t=0 0",
+                "m=video 9 UDP/TLS/RTP/SAVPF 96",
+                "m=audio 9 UDP/TLS/RTP/SAVPF 111",
+                "a=rtpmap:96 VP8/90000",
+                "a=rtpmap:111 opus/48000/2",
+                "a=sendonly",
+                "a=mid:0",
+                "a=ice-ufrag:abcd",
+                "a=ice-pwd:0123456789abcdef01234567",
+                "a=fingerprint:sha-256 " + ":".join(["AB"] * 32),
+                "a=setup:actpass",
+                "c=IN IP4 0.0.0.0",
+                "a=rtpmap:",
+                "m=video",
+                "a=candidate:1 1 udp 1 1.2.3.4 5 typ host",
+                "a=fmtp:96 x",
+            ]
+        ),
         max_size=20,
     )
 )

@@ -51,7 +51,9 @@ def test_chromium_publish_page(node: NodeProcess, codec: str) -> None:
             page.wait_for_function(
                 "['publishing', 'error'].includes(document.body.dataset.state)", timeout=30_000
             )
-            state = page.evaluate("[document.body.dataset.state, document.getElementById('detail').textContent]")
+            state = page.evaluate(
+                "[document.body.dataset.state, document.getElementById('detail').textContent]"
+            )
             assert state[0] == "publishing", state
             wait_for(lambda: ready(node, path, 2), 40, f"segments of {path}")
             stream = node.get(f"/v1/streams/{path}").json()

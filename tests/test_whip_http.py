@@ -62,7 +62,9 @@ async def offer() -> str:
 
 def make(sink: FakeSink, **kw: Any) -> tuple[WhipServer, httpx.AsyncClient, IngestMetrics]:
     metrics = IngestMetrics(CollectorRegistry())
-    server = WhipServer(WhipConfig(connect_timeout=30), sink, metrics, cors_origin="https://school.example", **kw)
+    server = WhipServer(
+        WhipConfig(connect_timeout=30), sink, metrics, cors_origin="https://school.example", **kw
+    )
     app = FastAPI()
     app.include_router(server.router)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://node")
@@ -72,7 +74,9 @@ def make(sink: FakeSink, **kw: Any) -> tuple[WhipServer, httpx.AsyncClient, Inge
 def test_token_reaches_the_auth_hook_and_the_publish_request() -> None:
     seen: list[tuple[Any, ...]] = []
 
-    async def authorize(tenant: str, stream: str, token: str | None, ip: str, protocol: str) -> str | None:
+    async def authorize(
+        tenant: str, stream: str, token: str | None, ip: str, protocol: str
+    ) -> str | None:
         seen.append((tenant, stream, token, protocol))
         return None if token == "good" else "token signature is invalid"
 
@@ -83,12 +87,15 @@ def test_token_reaches_the_auth_hook_and_the_publish_request() -> None:
         r = await client.post("/live/a/whip", content=sdp, headers=SDP)
         assert r.status_code == 401 and "publish refused: token signature is invalid" in r.text
         assert r.headers["www-authenticate"].startswith("Bearer")
-        r = await client.post("/live/a/whip", content=sdp, headers={**SDP, "Authorization": "Bearer bad"})
+        r = await client.post(
+            "/live/a/whip", content=sdp, headers={**SDP, "Authorization": "Bearer bad"}
+        )
         assert r.status_code == 403
         assert metrics.rejected.labels("auth")._value.get() == 2
         assert sink.requests == []  # refused before the node was asked
         r = await client.post(
-            "/live/a/whip?profile=passthrough", content=sdp,
+            "/live/a/whip?profile=passthrough",
+            content=sdp,
             headers={**SDP, "Authorization": "Bearer good"},
         )
         assert r.status_code == 201, r.text

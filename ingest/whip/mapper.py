@@ -49,12 +49,20 @@ class TrackMapper:
     _configured: bool = False
 
     @classmethod
-    def for_codec(cls, kind: str, rtp_name: str, clock_rate: int, timeline: Timeline,
-                  channels: int | None = None) -> TrackMapper:
+    def for_codec(
+        cls,
+        kind: str,
+        rtp_name: str,
+        clock_rate: int,
+        timeline: Timeline,
+        channels: int | None = None,
+    ) -> TrackMapper:
         names = VIDEO_CODECS if kind == VIDEO else AUDIO_CODECS
         codec = names.get(rtp_name.lower())
         if codec is None:
-            raise ValueError(f"{kind} codec {rtp_name} is not accepted (accepted: {', '.join(names)})")
+            raise ValueError(
+                f"{kind} codec {rtp_name} is not accepted (accepted: {', '.join(names)})"
+            )
         if clock_rate <= 0:
             raise ValueError(f"{rtp_name} clock rate {clock_rate} is invalid")
         return cls(kind, codec, clock_rate, timeline, channels or 2, waiting_keyframe=kind == VIDEO)
@@ -99,7 +107,9 @@ class TrackMapper:
                 return out
             payload, keyframe = data, True
             if not self._configured:
-                out.append(MediaPacket(AUDIO, "opus", ms, ms, opus_head(self.channels), config=True))
+                out.append(
+                    MediaPacket(AUDIO, "opus", ms, ms, opus_head(self.channels), config=True)
+                )
                 self._configured = True
         if self.waiting_keyframe:
             if not keyframe:

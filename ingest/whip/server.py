@@ -86,12 +86,15 @@ def check_offer(text: str) -> aiosdp.SessionDescription:
     for kind, lines, accepted in (("video", video, VIDEO_CODECS), ("audio", audio, AUDIO_CODECS)):
         for m in lines:
             if m.direction not in ("sendonly", "sendrecv", None):
-                raise OfferError(f"the {kind} m-line is {m.direction}; a WHIP offer must send media")
+                raise OfferError(
+                    f"the {kind} m-line is {m.direction}; a WHIP offer must send media"
+                )
             names = [c.name for c in m.rtp.codecs if c.name.lower() not in ("rtx", "red", "ulpfec")]
             if not any(n.lower() in accepted for n in names):
+                offered = ", ".join(names) or "none"
+                wanted = ", ".join(n.upper() if n != "opus" else "Opus" for n in accepted)
                 raise OfferError(
-                    f"no acceptable {kind} codec in the offer (offered: {', '.join(names) or 'none'};"
-                    f" accepted: {', '.join(n.upper() if n != 'opus' else 'Opus' for n in accepted)})"
+                    f"no acceptable {kind} codec (offered: {offered}; accepted: {wanted})"
                 )
             if m.ice is None or not m.ice.usernameFragment or not m.ice.password:
                 raise OfferError(f"the {kind} m-line has no a=ice-ufrag and a=ice-pwd")
@@ -157,7 +160,9 @@ class WhipServer:
 
     def _error(self, status: int, message: str, methods: str, **extra: str) -> Response:
         return Response(
-            message.rstrip("\n") + "\n", status_code=status, media_type="text/plain",
+            message.rstrip("\n") + "\n",
+            status_code=status,
+            media_type="text/plain",
             headers=self._headers(methods, **extra),
         )
 
@@ -170,15 +175,18 @@ class WhipServer:
         async def preflight(tenant: str, stream: str) -> Response:
             return Response(
                 status_code=204,
-                headers=self._headers(endpoint, **{"Access-Control-Max-Age": "86400",
-                                                   "Accept-Post": SDP_TYPE}),
+                headers=self._headers(
+                    endpoint, **{"Access-Control-Max-Age": "86400", "Accept-Post": SDP_TYPE}
+                ),
             )
 
         @router.post("/{tenant}/{stream}/whip")
         async def publish(tenant: str, stream: str, request: Request) -> Response:
             return await self._post(StreamKey(tenant, stream), request)
 
-        @router.api_route("/{tenant}/{stream}/whip", methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"])
+        @router.api_route(
+            "/{tenant}/{stream}/whip", methods=["GET", "HEAD", "PUT", "PATCH", "DELETE"]
+        )
         async def endpoint_other(tenant: str, stream: str) -> Response:
             return self._error(405, "the WHIP endpoint takes POST with an SDP offer", endpoint)
 
@@ -193,18 +201,27 @@ class WhipServer:
         async def stop(tenant: str, stream: str, session_id: str) -> Response:
             session = self._find(tenant, stream, session_id)
             if session is None:
-                return self._error(404, f"no WHIP session {session_id} for {tenant}/{stream}", resource)
+                return self._error(
+                    404, f"no WHIP session {session_id} for {tenant}/{stream}", resource
+                )
             await session.close("DELETE by the client")
             return Response(status_code=200, headers=self._headers(resource))
 
         @router.api_route(
             "/{tenant}/{stream}/whip/{session_id}", methods=["PATCH", "GET", "HEAD", "POST", "PUT"]
         )
-        async def resource_other(tenant: str, stream: str, session_id: str, request: Request) -> Response:
+        async def resource_other(
+            tenant: str, stream: str, session_id: str, request: Request
+        ) -> Response:
             if self._find(tenant, stream, session_id) is None:
-                return self._error(404, f"no WHIP session {session_id} for {tenant}/{stream}", resource)
+                return self._error(
+                    404, f"no WHIP session {session_id} for {tenant}/{stream}", resource
+                )
             if request.method == "PATCH":
-                msg = "trickle ICE and ICE restarts are not supported: the answer carries every candidate"
+                msg = (
+                    "trickle ICE and ICE restarts are not supported:"
+                    " the answer carries every candidate"
+                )
             else:
                 msg = f"{request.method} is not allowed on a WHIP session"
             return self._error(405, msg, resource)
@@ -227,13 +244,17 @@ class WhipServer:
         if ctype != SDP_TYPE:
             self.metrics.rejected.labels("protocol").inc()
             return self._error(
-                415, f"a WHIP offer must be {SDP_TYPE}, not {ctype or 'without a Content-Type'}", methods,
+                415,
+                f"a WHIP offer must be {SDP_TYPE}, not {ctype or 'without a Content-Type'}",
+                methods,
                 **{"Accept-Post": SDP_TYPE},
             )
         body = await request.body()
         if len(body) > self.config.max_offer_bytes:
             self.metrics.rejected.labels("protocol").inc()
-            return self._error(413, f"the SDP offer is larger than {self.config.max_offer_bytes} bytes", methods)
+            return self._error(
+                413, f"the SDP offer is larger than {self.config.max_offer_bytes} bytes", methods
+            )
         try:
             text = body.decode("utf-8")
             check_offer(text)
@@ -276,7 +297,10 @@ class WhipServer:
         self.sessions[session.id] = session
         self.metrics.sessions.labels("whip", key.tenant).inc()
         log.info(
-            "[whip %s] publishing from %s, session %s (%s)", key, remote, session.id,
+            "[whip %s] publishing from %s, session %s (%s)",
+            key,
+            remote,
+            session.id,
             ", ".join(f"{k} {v}" for k, v in sorted(session.codecs.items())),
         )
         headers = self._headers(methods, Location=session.path)
@@ -291,7 +315,12 @@ class WhipServer:
         servers = [RTCIceServer(urls=url) for url in self.config.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
         session = WhipSession(
-            self, secrets.token_urlsafe(12), key, remote, pc, publication,
+            self,
+            secrets.token_urlsafe(12),
+            key,
+            remote,
+            pc,
+            publication,
             self.keyframe_interval(publication),
         )
         try:
@@ -304,11 +333,16 @@ class WhipServer:
                     assert caps is not None
                     # The publisher's order wins: it knows which encoder it has in hardware.
                     offered = [c.name.lower() for c in m.rtp.codecs]
-                    t.setCodecPreferences(sorted(
-                        (c for c in caps.codecs
-                         if c.mimeType.split("/")[1].lower() in (*accepted, "rtx")),
-                        key=lambda c: _rank(offered, c.mimeType.split("/")[1].lower()),
-                    ))
+                    t.setCodecPreferences(
+                        sorted(
+                            (
+                                c
+                                for c in caps.codecs
+                                if c.mimeType.split("/")[1].lower() in (*accepted, "rtx")
+                            ),
+                            key=lambda c: _rank(offered, c.mimeType.split("/")[1].lower()),
+                        )
+                    )
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
             session.attach()
             await pc.setLocalDescription(await pc.createAnswer())

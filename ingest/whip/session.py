@@ -6,8 +6,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCPeerConnection, RTCRtpReceiver
 from aiortc.jitterbuffer import JitterFrame
@@ -66,7 +66,7 @@ class WhipSession:
         self._pump: asyncio.Task[None] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[object]] = set()
+        self._tasks: set[asyncio.Future[object]] = set()
 
     @property
     def path(self) -> str:
@@ -178,8 +178,8 @@ class WhipSession:
         track.last_pli = now
         self._spawn(request_keyframe(track.receiver))
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, object]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -244,7 +244,7 @@ class WhipSession:
             self._queue.put_nowait(None)
             try:
                 await asyncio.wait_for(asyncio.shield(self._pump), 10)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 self._pump.cancel()
         for task in list(self._tasks):
             task.cancel()
