@@ -312,6 +312,9 @@ def test_passthrough_asks_for_a_keyframe_every_segment(node: NodeProcess) -> Non
         assert c.streams.video[0].codec_context.width == 320
 
 
+SDP_TYPE = {"Content-Type": "application/sdp"}
+
+
 # -- refusals ----------------------------------------------------------------------------
 
 
@@ -410,6 +413,8 @@ def test_patch_is_405_with_allow_and_session_ends_by_timeout(node: NodeProcess) 
     o = node.client.options(location)
     assert o.status_code == 204 and "DELETE" in o.headers["access-control-allow-methods"]
     assert metric(node, 'ingest_sessions{protocol="whip",tenant="live"}') == 1
+    again = node.client.post("/live/patch/whip", content=asyncio.run(_offer()), headers=SDP_TYPE)
+    assert again.status_code == 409 and "already being published" in again.text
     # No ICE ever arrives (the offer's peer is gone): dropped after connect_timeout.
     wait_for(lambda: node.client.delete(location).status_code == 404, 15, "the session to time out")
     assert metric(node, 'ingest_sessions{protocol="whip",tenant="live"}') == 0

@@ -9,6 +9,12 @@ headers, so a page on another origin can publish.
 
 The encoded frames reach :class:`ingest.sink.Publication` exactly as RTMP's do;
 the transcode worker decodes them once (H.264, VP8, Opus -> the ladder + AAC).
+
+Interop note: FFmpeg 8.1 built with GnuTLS (PyAV's wheels) signs DTLS with a
+self-generated secp224r1 certificate, which OpenSSL 4 (aiortc's DTLS) no longer
+accepts ("wrong curve"). Give its WHIP muxer a P-256 certificate with
+``-cert_file``/``-key_file``; RFC 8827 §6.5 makes P-256 the curve every WebRTC
+endpoint supports.
 """
 
 from __future__ import annotations
