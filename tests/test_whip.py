@@ -122,6 +122,11 @@ async def aiortc_publish(url: str, codec: str, seconds: float, *, delete: bool =
             assert time.monotonic() < deadline, "aiortc publisher did not connect"
             await asyncio.sleep(0.05)
         await asyncio.sleep(seconds)
+        if not delete:
+            # Vanish: stop sending without a word (no DTLS close_notify, no RTCP BYE).
+            for t in pc.getTransceivers():
+                await t.sender.stop()
+            return location
         if delete:
             d = await client.delete(location)
             assert d.status_code == 200, d.text
@@ -184,7 +189,11 @@ def test_aiortc_publisher_is_transcoded(node: NodeProcess, codec: str) -> None:
     frames_before = metric(node, 'ingest_frames_total{kind="video",protocol="whip"}')
     audio_before = metric(node, 'ingest_frames_total{kind="audio",protocol="whip"}')
     bytes_before = metric(node, 'ingest_bytes_total{protocol="whip"}')
-    asyncio.run(aiortc_publish(f"{node.http}/{path}/whip", codec, 4.0))
+    # The VP8 publisher vanishes without a DELETE (a closed laptop): the node must notice.
+    vanish = codec == "vp8"
+    location = asyncio.run(
+        aiortc_publish(f"{node.http}/{path}/whip", codec, 4.0, delete=not vanish)
+    )
     wait_for(lambda: ready(node, path, 2), 20, f"segments of {path}")
     check_ladder(node, path)
     assert metric(node, 'ingest_frames_total{kind="video",protocol="whip"}') > frames_before + 60
@@ -192,9 +201,13 @@ def test_aiortc_publisher_is_transcoded(node: NodeProcess, codec: str) -> None:
     assert metric(node, 'ingest_bytes_total{protocol="whip"}') > bytes_before + 20_000
     streams = {s["stream"]: s for s in node.get("/v1/streams").json()["streams"]}
     assert streams[path.split("/")[1]]["source"]["codec"] == codec
-    # DELETE ended the publish: after the grace period the playlists end.
-    wait_for(lambda: ended(node, path), 15, "EXT-X-ENDLIST after DELETE")
+    # DELETE, or the vanished peer, ended the publish: after the grace period the playlists end.
+    wait_for(lambda: ended(node, path), 15, "EXT-X-ENDLIST after the publisher left")
     assert metric(node, 'ingest_sessions{protocol="whip"') == 0
+    session = location.rsplit("/", 1)[1]
+    ends = [ln for ln in node.log().splitlines() if f"session {session} " in ln and "ended:" in ln]
+    assert ends, node.log()
+    assert ("no media for 3 s" if vanish else "DELETE by the client") in ends[0], ends
 
 
 # FFmpeg's WHIP muxer, fed by re-encoding the sample the way a WebRTC sender must: H.264
