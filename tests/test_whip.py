@@ -123,7 +123,8 @@ async def aiortc_publish(url: str, codec: str, seconds: float, *, delete: bool =
             await asyncio.sleep(0.05)
         await asyncio.sleep(seconds)
         if not delete:
-            # Vanish: stop sending without a word (no DTLS close_notify, no RTCP BYE).
+            # Vanish: media stops, no DELETE and no DTLS close (aiortc still sends an RTCP
+            # BYE, which the node does not rely on: a sleeping laptop sends nothing at all).
             for t in pc.getTransceivers():
                 await t.sender.stop()
             return location
