@@ -14,6 +14,7 @@ from pathlib import Path
 
 from distribute.config import HlsConfig, HttpConfig
 from ingest.config import RtmpConfig
+from ingest.whip.config import WhipConfig
 from nearcast.settings import ConfigError, apply_env, build, check, load_yaml
 from placement.config import PlacementConfig
 from transcode.config import TranscodeConfig
@@ -54,6 +55,7 @@ class Config:
     transcode: TranscodeConfig = field(default_factory=TranscodeConfig)
     hls: HlsConfig = field(default_factory=HlsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    whip: WhipConfig = field(default_factory=WhipConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
 

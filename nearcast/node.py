@@ -24,6 +24,7 @@ from distribute.http import MediaApp, MediaMetrics
 from ingest.metrics import IngestMetrics
 from ingest.rtmp.server import RtmpServer, parse_query
 from ingest.sink import PublishRefused, PublishRequest
+from ingest.whip import WhipServer
 from media import MediaPacket, StreamKey
 from nearcast.config import Config, parse_hostport
 from transcode.capacity import Capacity, ladder_units
@@ -155,6 +156,7 @@ class StreamSession:
             ingest[f"{packet.kind}_codec"] = packet.codec
         else:
             ingest["bitrate"] = self._rate.add(time.monotonic(), len(packet.data))
+            ingest.setdefault(f"{packet.kind}_codec", packet.codec)  # VP8 has no config
         if self.transcoder is None:
             # Start lazily: by the first media packet @setDataFrame has told us
             # the frame rate, so the encoders open with the right one.
@@ -195,6 +197,11 @@ class Node:
         self._grace: dict[StreamKey, asyncio.TimerHandle] = {}
         self.rtmp = RtmpServer(config.rtmp, self, self.imetrics)
         api = create_api(self.store, self.registry, self._ready, self.info)
+        self.whip = WhipServer(
+            config.whip, self, self.imetrics, cors_origin=config.http.cors_origin,
+            keyframe_interval=self._whip_keyframe_interval,
+        )
+        api.include_router(self.whip.router)
         self.http_app = MediaApp(self.store, api, MediaMetrics(self.registry), config.http.cors_origin)
         self._http_server: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -251,6 +258,16 @@ class Node:
         )
         self.tmetrics.degradations.labels("passthrough").inc()
         return "passthrough", 0.0
+
+    def _whip_keyframe_interval(self, publication: Any) -> float:
+        """Seconds between keyframe requests to a WebRTC publisher (0: none).
+
+        Once a segment when the stream's profile passes the source through.
+        """
+        if self.config.whip.keyframe_interval:
+            return self.config.whip.keyframe_interval
+        ladder = self.config.transcode.profile(getattr(publication, "profile", "default")).ladder
+        return self.config.hls.segment_duration if any(r.codec == "copy" for r in ladder) else 0.0
 
     def _unpublished(self, session: StreamSession) -> None:
         key = session.key
@@ -431,6 +448,7 @@ class Node:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.agent.stop(), 5)
         await self.rtmp.stop()
+        await self.whip.stop()
         sessions = list(self.sessions.values())
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
         for t in self._grace.values():
