@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from nearcast.settings import check
 
 
+X264_TUNES = ("", "zerolatency", "film", "animation", "grain", "stillimage", "fastdecode", "psnr", "ssim")
+
+
 @dataclass(frozen=True)
 class Rendition:
     name: str
@@ -21,12 +24,19 @@ class Rendition:
     preset: str = "veryfast"
     profile: str = "high"
     level: str = "4.1"
+    # x264 tune ("" none; "zerolatency": no B-frames, no lookahead, sliced threads).
+    tune: str = ""
 
     def __post_init__(self) -> None:
         check(
             re.fullmatch(r"[A-Za-z0-9_-]{1,32}", self.name) is not None,
             "name",
             f"must be 1-32 letters, digits, '-' or '_', not {self.name!r}",
+        )
+        check(
+            self.tune in X264_TUNES,
+            "tune",
+            f"must be one of {', '.join(repr(t) for t in X264_TUNES)}, not {self.tune!r}",
         )
         if self.codec == "copy":
             # The source rendition: passed through as published, size and rate its own.
