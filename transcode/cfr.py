@@ -103,8 +103,10 @@ class Timeline:
             self._offset[kind] = self._current
         else:
             delta = pts - last
-            backwards = delta < -self.max_backstep_ms
-            ahead = delta > self.max_gap_ms and all(
+            # Measured from the furthest this kind has reached, so small steps back cannot add up.
+            reach = pts + self._offset[kind] - self._last_out[kind]
+            backwards = reach < -self.max_backstep_ms
+            ahead = reach > self.max_gap_ms and all(
                 abs(pts - other) > self.max_gap_ms for k, other in self._last_in.items() if k != kind
             )
             if backwards or ahead:
@@ -114,6 +116,9 @@ class Timeline:
                     and abs(delta - self._jump) <= self.max_gap_ms
                 ):
                     self._offset[kind] = self._current  # the same jump, seen by another kind
+                    if pts + self._current < self._last_out[kind] - self.max_backstep_ms:
+                        # It was not: continue this kind on its own rather than go back.
+                        self._offset[kind] = self._last_out[kind] + step_ms - pts
                 else:
                     latest = max(self._last_out.values())
                     self._current = latest + step_ms - pts
