@@ -519,6 +519,7 @@ class Pipeline:
         self._opus: av.AudioCodecContext | None = None
         self._opus_resampler: AudioResampler | None = None
         self._opus_next: int | None = None
+        self._src_backlog: list[tuple[MediaPacket, float]] = []
         self._arrivals: dict[int, float] = {}
         self._last_control = time.monotonic()
         self._level_changed = 0.0
@@ -585,6 +586,10 @@ class Pipeline:
         ]
         for r in self._rungs:
             r.thread.start()
+            if isinstance(r, SourceRung):
+                for pkt, arrival in self._src_backlog:
+                    r.queue.put(("src", pkt, None, arrival))
+        self._src_backlog.clear()
         self.out.write(
             encode_json(
                 FrameType.RENDITIONS,
@@ -684,6 +689,11 @@ class Pipeline:
         assert self._vdec is not None
         if len(self._video_dts) < 30:
             self._video_dts.append(pkt.dts)
+        if not self._rungs:
+            # The ladder opens on the first decoded picture, frames after the first
+            # packet: hold what a passthrough rung will need, its first IDR included.
+            self._src_backlog.append((pkt, arrival))
+            del self._src_backlog[:-256]
         for r in self._rungs:
             if isinstance(r, SourceRung):
                 r.queue.put(("src", pkt, None, arrival))

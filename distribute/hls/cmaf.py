@@ -155,7 +155,7 @@ class CmafPackager:
             not self._seg_open
             or index is not None
             or new_params
-            or pts - self._seg_start >= self._min_ticks > 0
+            or pts - self._seg_pts >= self._min_ticks > 0
         ):
             if self._seg_open:
                 if self._pending and not self._pending[-1].duration:
