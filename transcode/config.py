@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
@@ -93,6 +94,12 @@ def _default_profiles() -> dict[str, Profile]:
                 Rendition("source", codec="copy"),
                 Rendition("360p", 640, 360, 700_000, maxrate=700_000, bufsize=1_400_000),
             ]
+        ),
+        # The default ladder for LL-HLS and WebRTC: x264 without lookahead or
+        # B-frames (0 frames of encoder delay instead of ~17 at veryfast), for
+        # about 10-15% more bits at the same quality.
+        "lowlatency": Profile(
+            ladder=[dataclasses.replace(r, tune="zerolatency") for r in _default_ladder()]
         ),
     }
 

@@ -86,8 +86,6 @@ class Spec:
             raise ValueError(f"segment_format must be ts or fmp4, not {self.segment_format!r}")
         if self.part_duration < 0 or (self.part_duration and self.segment_format != "fmp4"):
             raise ValueError("part_duration needs segment_format fmp4 and must not be negative")
-        if self.tap and self.tap not in {r.name for r in self.ladder}:
-            raise ValueError(f"tap names no rendition of the ladder: {self.tap!r}")
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> Spec:
@@ -141,9 +139,12 @@ def open_video_encoder(
     enc.bit_rate = rung.video_bitrate
     enc.gop_size = gop_frames * 2
     enc.sample_aspect_ratio = Fraction(1, 1)
+    tune = "zerolatency" if low_delay else rung.tune
     # AUTO threading must be chosen before the codec opens: PyAV's default
-    # is SLICE, which costs 1.76x wall time on this ladder.
-    enc.thread_type = "AUTO"
+    # is SLICE, which costs 1.76x wall time on this ladder. zerolatency is the
+    # exception: frame threads would hold back (threads - 1) pictures, and
+    # FFmpeg only lets x264 use sliced threads when SLICE alone is asked for.
+    enc.thread_type = "SLICE" if tune == "zerolatency" else "AUTO"
     enc.thread_count = threads
     opts = {
         "maxrate": str(rung.maxrate),
@@ -152,7 +153,6 @@ def open_video_encoder(
         "profile": rung.profile,
         "level": rung.level,
     }
-    tune = "zerolatency" if low_delay else rung.tune
     if codec == "libx264":
         opts["preset"] = rung.preset
         if tune:
@@ -541,7 +541,11 @@ class Pipeline:
                     self._avc = AvcConfig.parse(pkt.data)
                 except ValueError as exc:
                     log.warning("[%s] %s; the source cannot be passed through", self.spec.stream, exc)
-        dec.thread_type = "AUTO"
+        # Frame threads hold back (threads - 1) pictures; with LL-HLS parts or a
+        # WebRTC tap that latency matters more than the decoder's throughput
+        # (decode runs ~25x real time on one core anyway).
+        low_latency = self.spec.part_duration > 0 or bool(self.spec.tap)
+        dec.thread_type = "SLICE" if low_latency else "AUTO"
         self._vdec = dec
 
     def _open_audio(self, pkt: MediaPacket) -> None:
@@ -584,6 +588,11 @@ class Pipeline:
             else RungEncoder(r, self.spec, audio, self.out, int(frame.pts), self._timeline.max_gap_ms)
             for r in rungs
         ]
+        if self.spec.tap and not any(r.tap for r in self._rungs):
+            log.warning(
+                "[%s] tap rendition %r is not in this stream's ladder; WebRTC gets no video",
+                self.spec.stream, self.spec.tap,
+            )
         for r in self._rungs:
             r.thread.start()
             if isinstance(r, SourceRung):
@@ -888,7 +897,12 @@ def run(stdin: BinaryIO, stdout: BinaryIO) -> int:
             break
         for ftype, payload in reader.feed(chunk):
             if ftype is FrameType.START:
-                pipeline = Pipeline(Spec.from_json(json.loads(payload)), out)
+                try:
+                    spec = Spec.from_json(json.loads(payload))
+                except (ValueError, KeyError, TypeError) as exc:
+                    out.write(encode_json(FrameType.FATAL, {"error": f"invalid spec: {exc}"}))
+                    return 2
+                pipeline = Pipeline(spec, out)
             elif ftype is FrameType.PACKET:
                 if pipeline is None:
                     raise ValueError("packet before START")
