@@ -108,9 +108,14 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=12.0)
     ap.add_argument("--part", type=float, default=0.333)
     ap.add_argument("--rungs", type=int, default=0, help="only the N smallest rungs (0: all)")
-    ap.add_argument("--profile", action="append", help="profiles to compare (default: default, lowlatency)")
+    ap.add_argument(
+        "--profile", action="append", help="profiles to compare (default: default, lowlatency)"
+    )
     args = ap.parse_args()
-    results = [run(p, args.seconds, args.part, args.rungs) for p in (args.profile or ["default", "lowlatency"])]
+    results = [
+        run(p, args.seconds, args.part, args.rungs)
+        for p in (args.profile or ["default", "lowlatency"])
+    ]
     cols = list(results[0])
     print(" | ".join(f"{c:>26}" for c in cols))
     for r in results:

@@ -29,8 +29,14 @@ def video_packets(
     enc.time_base = Fraction(1, 1000)
     enc.framerate = Fraction(fps).limit_denominator(1001)
     enc.flags |= av.codec.context.Flags.global_header
-    enc.options = {"preset": "ultrafast", "tune": "zerolatency", "x264-params": f"keyint={gop}:annexb=0"}
-    dark = av.VideoFrame.from_ndarray(np.full((H, W, 3), 20, np.uint8), format="rgb24").reformat(format="yuv420p")
+    enc.options = {
+        "preset": "ultrafast",
+        "tune": "zerolatency",
+        "x264-params": f"keyint={gop}:annexb=0",
+    }
+    dark = av.VideoFrame.from_ndarray(np.full((H, W, 3), 20, np.uint8), format="rgb24").reformat(
+        format="yuv420p"
+    )
     white = av.VideoFrame.from_ndarray(np.full((H, W, 3), 235, np.uint8), format="rgb24").reformat(
         format="yuv420p"
     )
@@ -38,7 +44,9 @@ def video_packets(
 
     def emit(packets: Iterable[av.Packet]) -> None:
         for p in packets:
-            out.append(MediaPacket("video", "h264", int(p.pts), int(p.dts), bytes(p), p.is_keyframe))
+            out.append(
+                MediaPacket("video", "h264", int(p.pts), int(p.dts), bytes(p), p.is_keyframe)
+            )
 
     for pts, flash in frames:
         f = white if flash else dark
@@ -78,12 +86,15 @@ def audio_packets(
     return bytes(enc.extradata or b""), out
 
 
-def interleave(vcfg: bytes, video: list[MediaPacket], acfg: bytes | None, audio: list[MediaPacket]) -> list[MediaPacket]:
+def interleave(
+    vcfg: bytes, video: list[MediaPacket], acfg: bytes | None, audio: list[MediaPacket]
+) -> list[MediaPacket]:
     head = [MediaPacket("video", "h264", 0, 0, vcfg, config=True)]
     if acfg is not None:
         head.append(MediaPacket("audio", "aac", 0, 0, acfg, config=True))
     merged = sorted(
-        [(p.dts, 0, i, p) for i, p in enumerate(video)] + [(p.dts, 1, i, p) for i, p in enumerate(audio)],
+        [(p.dts, 0, i, p) for i, p in enumerate(video)]
+        + [(p.dts, 1, i, p) for i, p in enumerate(audio)],
         key=lambda x: (x[0], x[1], x[2]),
     )
     return head + [x[3] for x in merged]

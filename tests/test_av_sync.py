@@ -13,8 +13,8 @@ import logging
 
 import av
 import numpy as np
-
 from synth import audio_packets, interleave, video_packets
+
 from transcode.config import AudioProfile, Rendition
 from transcode.protocol import FrameReader, FrameType, InitFrame, SegmentFrame
 from transcode.worker import Output, Pipeline, Spec
@@ -37,7 +37,9 @@ def test_audio_and_video_stay_within_one_frame_over_ten_minutes() -> None:
     for e in events:
         flash.update((e, e + 1, e + 2))
     vcfg, video = video_packets(((frame_ms(n), n in flash) for n in range(n_frames)), FPS)
-    acfg, audio = audio_packets(SECONDS, [frame_ms(e) * RATE // 1000 for e in events], RATE // 10, RATE)
+    acfg, audio = audio_packets(
+        SECONDS, [frame_ms(e) * RATE // 1000 for e in events], RATE // 10, RATE
+    )
     buf = io.BytesIO()
     spec = Spec(
         stream="t/avsync",
@@ -53,7 +55,9 @@ def test_audio_and_video_stay_within_one_frame_over_ten_minutes() -> None:
     pipeline.finish()
     frames = FrameReader().feed(buf.getvalue())
     init = next(InitFrame.parse(p) for t, p in frames if t is FrameType.INIT)
-    data = init.data + b"".join(SegmentFrame.parse(p).data for t, p in frames if t is FrameType.SEGMENT)
+    data = init.data + b"".join(
+        SegmentFrame.parse(p).data for t, p in frames if t is FrameType.SEGMENT
+    )
 
     vts: list[float] = []
     luma: list[float] = []
@@ -73,7 +77,9 @@ def test_audio_and_video_stay_within_one_frame_over_ten_minutes() -> None:
     steps = np.diff(np.array(sorted(vts)))
     assert len(vts) >= n_frames - FPS and np.allclose(steps, 1 / FPS, atol=1e-6)
 
-    flashes = [t for i, (t, y) in enumerate(zip(vts, luma)) if y > 128 and (i == 0 or luma[i - 1] <= 128)]
+    flashes = [
+        t for i, (t, y) in enumerate(zip(vts, luma, strict=True)) if y > 128 and (i == 0 or luma[i - 1] <= 128)
+    ]
     assert len(flashes) == len(events)
     rate = as_.codec_context.sample_rate
     pcm = np.concatenate(chunks)
@@ -85,7 +91,14 @@ def test_audio_and_video_stay_within_one_frame_over_ten_minutes() -> None:
         first = loud[np.searchsorted(loud, max(lo, 0))]
         offsets.append(first / rate + t0 - ft)
     worst = max(abs(o) for o in offsets)
-    log.info("A/V offset over %d events: mean %.4f s, worst %.4f s", len(offsets), float(np.mean(offsets)), worst)
-    assert worst < 1 / FPS, f"A/V drift: worst offset {worst * 1000:.1f} ms over {len(offsets)} events"
+    log.info(
+        "A/V offset over %d events: mean %.4f s, worst %.4f s",
+        len(offsets),
+        float(np.mean(offsets)),
+        worst,
+    )
+    assert worst < 1 / FPS, (
+        f"A/V drift: worst offset {worst * 1000:.1f} ms over {len(offsets)} events"
+    )
     # And no drift: the last events are no further apart than the first.
     assert abs(np.mean(offsets[-10:]) - np.mean(offsets[:10])) < 0.005

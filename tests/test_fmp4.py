@@ -76,18 +76,34 @@ def test_fragment_round_trips_through_the_parser(
     channels=st.integers(1, 2),
 )
 @settings(max_examples=100, deadline=None)
-def test_init_segment_round_trips(width: int, height: int, timescale: int, rate: int, channels: int) -> None:
+def test_init_segment_round_trips(
+    width: int, height: int, timescale: int, rate: int, channels: int
+) -> None:
     asc = audio_specific_config(rate, channels)
     data = init_segment(
-        [VideoTrack(1, timescale, width, height, (SPS,), (PPS,)), AudioTrack(2, rate, channels, asc)]
+        [
+            VideoTrack(1, timescale, width, height, (SPS,), (PPS,)),
+            AudioTrack(2, rate, channels, asc),
+        ]
     )
     v, a = parse_init(data)
     assert (v.track_id, v.handler, v.timescale, v.codec, v.width, v.height) == (
-        1, "vide", timescale, "avc1", width, height,
+        1,
+        "vide",
+        timescale,
+        "avc1",
+        width,
+        height,
     )
     assert v.config == avcc_record((SPS,), (PPS,))
     assert (a.track_id, a.handler, a.timescale, a.codec, a.config, a.channels, a.sample_rate) == (
-        2, "soun", rate, "mp4a", asc, channels, rate,
+        2,
+        "soun",
+        rate,
+        "mp4a",
+        asc,
+        channels,
+        rate,
     )
 
 
@@ -137,7 +153,9 @@ def _encode(seconds: float, bframes: int = 3) -> tuple[list[av.Packet], list[av.
         img[:, (n * 3) % W] = 255
         f = av.VideoFrame.from_ndarray(img, format="rgb24").reformat(format="yuv420p")
         f.pts = 3000 * n
-        f.pict_type = av.video.frame.PictureType.I if n % FPS == 0 else av.video.frame.PictureType.NONE
+        f.pict_type = (
+            av.video.frame.PictureType.I if n % FPS == 0 else av.video.frame.PictureType.NONE
+        )
         video += enc.encode(f)
     video += enc.encode(None)
     aenc = av.CodecContext.create("aac", "w")
@@ -233,12 +251,16 @@ def test_debian_ffprobe_reads_concatenated_file(packaged: dict[str, list], tmp_p
     path.write_bytes(packaged["init"][0].data + b"".join(s.data for s in packaged["segment"]))
     res = subprocess.run(
         ["ffprobe", "-v", "error", "-count_frames", "-show_streams", "-of", "json", str(path)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     streams = {s["codec_type"]: s for s in json.loads(res.stdout)["streams"]}
     assert int(streams["video"]["nb_read_frames"]) == 4 * FPS
     assert streams["audio"]["codec_name"] == "aac"
     dec = subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"], capture_output=True, text=True
+        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"],
+        capture_output=True,
+        text=True,
     )
     assert dec.returncode == 0 and not dec.stderr.strip(), dec.stderr

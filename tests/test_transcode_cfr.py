@@ -13,7 +13,12 @@ from transcode.cfr import FrameRateConverter, Timeline, exact_rate
 
 @pytest.mark.parametrize(
     ("fps", "rate"),
-    [(30.0, Fraction(30)), (29.97, Fraction(30000, 1001)), (23.976, Fraction(24000, 1001)), (25, Fraction(25))],
+    [
+        (30.0, Fraction(30)),
+        (29.97, Fraction(30000, 1001)),
+        (23.976, Fraction(24000, 1001)),
+        (25, Fraction(25)),
+    ],
 )
 def test_exact_rate(fps: float, rate: Fraction) -> None:
     assert exact_rate(fps) == rate
@@ -103,7 +108,11 @@ def test_timeline_keeps_a_real_gap_in_one_kind() -> None:
     assert tl.map("video", 2900, 33) == 2900 and tl.jumps == 0
 
 
-@given(st.lists(st.tuples(st.sampled_from(["video", "audio"]), st.integers(-(10**9), 10**9)), max_size=100))
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["video", "audio"]), st.integers(-(10**9), 10**9)), max_size=100
+    )
+)
 @settings(max_examples=200, deadline=None)
 def test_timeline_never_steps_back_more_than_the_tolerance(seq: list[tuple[str, int]]) -> None:
     tl = Timeline()

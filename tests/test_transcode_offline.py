@@ -1,4 +1,4 @@
-"""``nearcast transcode``: any configured profile, TS or fMP4 VOD packages, read by FFmpeg and m3u8."""
+"""`nearcast transcode`: any configured profile, TS or fMP4 VOD packages, read by FFmpeg."""
 
 from __future__ import annotations
 
@@ -19,7 +19,10 @@ SMALL = str(ROOT / "samples" / "small-360p.mp4")
 def _transcode(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "nearcast", "transcode", SMALL, "--quiet", *args],
-        capture_output=True, text=True, cwd=ROOT, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
     )
 
 

@@ -11,13 +11,20 @@ from pathlib import Path
 
 import av
 import pytest
+from synth import interleave, video_packets
 
-from transcode.offline import file_packets
-from transcode.config import Rendition
 from distribute.hls.cmaf import split_annexb
 from distribute.hls.mp4box import parse_fragments
-from synth import interleave, video_packets
-from transcode.protocol import FrameReader, FrameType, InitFrame, PartFrame, SegmentFrame, decode_packet
+from transcode.config import Rendition
+from transcode.offline import file_packets
+from transcode.protocol import (
+    FrameReader,
+    FrameType,
+    InitFrame,
+    PartFrame,
+    SegmentFrame,
+    decode_packet,
+)
 from transcode.worker import Output, Pipeline, Spec
 
 SMALL = str(Path(__file__).resolve().parent.parent / "samples" / "small-360p.mp4")
@@ -101,7 +108,12 @@ def test_missing_hardware_encoder_falls_back_to_x264(caplog: pytest.LogCaptureFi
 def cmaf() -> list[tuple[FrameType, bytes]]:
     buf = io.BytesIO()
     spec = Spec(
-        stream="t/ll", ladder=LADDER[:2], x264_threads=1, segment_format="fmp4", part_duration=0.333, tap="240p"
+        stream="t/ll",
+        ladder=LADDER[:2],
+        x264_threads=1,
+        segment_format="fmp4",
+        part_duration=0.333,
+        tap="240p",
     )
     pipeline = Pipeline(spec, Output(buf))
     for p in file_packets(SMALL):
@@ -146,7 +158,11 @@ def test_fmp4_init_comes_first_and_parts_tile_segments(cmaf: list[tuple[FrameTyp
 
 def test_fmp4_output_decodes_at_a_constant_frame_rate(cmaf: list[tuple[FrameType, bytes]]) -> None:
     for name, size in (("360p", (640, 360)), ("240p", (426, 240))):
-        init = next(InitFrame.parse(p) for t, p in cmaf if t is FrameType.INIT and InitFrame.parse(p).rendition == name)
+        init = next(
+            InitFrame.parse(p)
+            for t, p in cmaf
+            if t is FrameType.INIT and InitFrame.parse(p).rendition == name
+        )
         segs = [SegmentFrame.parse(p) for t, p in cmaf if t is FrameType.SEGMENT]
         parts = [PartFrame.parse(p) for t, p in cmaf if t is FrameType.PART]
         whole = init.data + b"".join(s.data for s in segs if s.rendition == name)
@@ -187,7 +203,11 @@ def test_tap_sends_low_delay_annexb_h264_and_opus(cmaf: list[tuple[FrameType, by
     odec = av.CodecContext.create("opus", "r")
     odec.sample_rate = 48000  # type: ignore[attr-defined]
     pcm = [f for m in audio for f in odec.decode(av.Packet(m.data))]
-    assert pcm and pcm[0].sample_rate == 48000 and sum(f.samples for f in pcm) >= 960 * (len(audio) - 1)
+    assert (
+        pcm
+        and pcm[0].sample_rate == 48000
+        and sum(f.samples for f in pcm) >= 960 * (len(audio) - 1)
+    )
 
 
 def test_plain_fmp4_sends_init_and_whole_segments_only() -> None:
@@ -199,9 +219,17 @@ def test_plain_fmp4_sends_init_and_whole_segments_only() -> None:
         if n > 200:
             break
     pipeline.finish()
-    kinds = [t for t, _ in FrameReader().feed(buf.getvalue()) if t in (FrameType.INIT, FrameType.PART, FrameType.SEGMENT, FrameType.TAP)]
+    kinds = [
+        t
+        for t, _ in FrameReader().feed(buf.getvalue())
+        if t in (FrameType.INIT, FrameType.PART, FrameType.SEGMENT, FrameType.TAP)
+    ]
     assert kinds[0] is FrameType.INIT and FrameType.PART not in kinds and FrameType.TAP not in kinds
-    segs = [SegmentFrame.parse(p) for t, p in FrameReader().feed(buf.getvalue()) if t is FrameType.SEGMENT]
+    segs = [
+        SegmentFrame.parse(p)
+        for t, p in FrameReader().feed(buf.getvalue())
+        if t is FrameType.SEGMENT
+    ]
     for s in segs:
         assert len(parse_fragments(s.data)) == 1, "one moof per segment without parts"
 
@@ -221,8 +249,14 @@ def test_constant_frame_rate_across_jitter_gap_and_clock_reset(fmt: str) -> None
             t -= frames[120][0]
         stamped.append(dataclasses.replace(p, pts=t, dts=t))
     buf = io.BytesIO()
-    spec = Spec(stream="t/cfr", ladder=[Rendition("36p", 64, 36, 100_000, preset="ultrafast")],
-                x264_threads=1, fps_hint=30.0, live=False, segment_format=fmt)
+    spec = Spec(
+        stream="t/cfr",
+        ladder=[Rendition("36p", 64, 36, 100_000, preset="ultrafast")],
+        x264_threads=1,
+        fps_hint=30.0,
+        live=False,
+        segment_format=fmt,
+    )
     pipeline = Pipeline(spec, Output(buf))
     for p in interleave(vcfg, [], None, []) + stamped:  # in arrival order, not sorted by time
         pipeline.feed(p)
@@ -234,6 +268,8 @@ def test_constant_frame_rate_across_jitter_gap_and_clock_reset(fmt: str) -> None
     )
     with av.open(io.BytesIO(data), format="mpegts" if fmt == "ts" else "mp4") as c:
         pts = [f.pts * f.time_base for f in c.decode(video=0)]
-    assert all(b - a == Fraction(1, 30) for a, b in zip(pts, pts[1:], strict=False)), "constant 30 fps"
+    assert all(b - a == Fraction(1, 30) for a, b in zip(pts, pts[1:], strict=False)), (
+        "constant 30 fps"
+    )
     # 60 frames, 30 repeated across the hole, 30 more, then the 60 after the reset.
     assert abs(len(pts) - 180) <= 1

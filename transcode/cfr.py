@@ -107,7 +107,9 @@ class Timeline:
             reach = pts + self._offset[kind] - self._last_out[kind]
             backwards = reach < -self.max_backstep_ms
             ahead = reach > self.max_gap_ms and all(
-                abs(pts - other) > self.max_gap_ms for k, other in self._last_in.items() if k != kind
+                abs(pts - other) > self.max_gap_ms
+                for k, other in self._last_in.items()
+                if k != kind
             )
             if backwards or ahead:
                 if (
@@ -133,4 +135,3 @@ class Timeline:
     def offset(self, kind: str) -> int:
         """The offset :meth:`map` last applied to ``kind`` (for a packet's other timestamp)."""
         return self._offset.get(kind, self._current)
-

@@ -130,7 +130,10 @@ def transcode_file(
         head = "#EXT-X-VERSION:3\n#EXT-X-PLAYLIST-TYPE:VOD\n"
         if ext == "m4s":
             # RFC 8216bis §4.4.4.5: EXT-X-MAP needs version 6 outside I-frame playlists.
-            head = '#EXT-X-VERSION:7\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXT-X-INDEPENDENT-SEGMENTS\n#EXT-X-MAP:URI="init.mp4"\n'
+            head = (
+                "#EXT-X-VERSION:7\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXT-X-INDEPENDENT-SEGMENTS\n"
+                '#EXT-X-MAP:URI="init.mp4"\n'
+            )
         text = text.replace("#EXT-X-VERSION:3\n", head)
         (out / r["name"]).mkdir(parents=True, exist_ok=True)
         (out / r["name"] / "index.m3u8").write_text(text)

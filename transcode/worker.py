@@ -21,7 +21,6 @@ import queue
 import sys
 import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, BinaryIO
@@ -245,7 +244,9 @@ class _Segmenter:
             self.ts.flush()
 
 
-def _tap_video(out: Output, data: bytes, pts: int, dts: int, keyframe: bool, arrival: float) -> None:
+def _tap_video(
+    out: Output, data: bytes, pts: int, dts: int, keyframe: bool, arrival: float
+) -> None:
     """One encoded picture for WebRTC viewers: Annex B, timestamps in ms."""
     mp = MediaPacket("video", "h264", round(pts / 90), round(dts / 90), data, keyframe)
     out.write(encode_packet(mp, arrival, FrameType.TAP))
@@ -312,7 +313,8 @@ class RungEncoder:
             enc = self._open("libx264", rung)
         if self.tap:
             log.info(
-                "[%s] %s is the WebRTC tap: encoded without B-frames or lookahead (tune zerolatency)",
+                "[%s] %s is the WebRTC tap: encoded without B-frames or lookahead "
+                "(tune zerolatency)",
                 spec.stream, rung.name,
             )
         self._enc = enc
@@ -321,7 +323,9 @@ class RungEncoder:
         self.thread = threading.Thread(target=self._run, name=f"rung-{rung.name}", daemon=True)
 
     def _open(self, codec: str, rung: Rung) -> av.VideoCodecContext:
-        return open_video_encoder(rung, codec, self._spec.x264_threads, self._gop_frames, low_delay=self.tap)
+        return open_video_encoder(
+            rung, codec, self._spec.x264_threads, self._gop_frames, low_delay=self.tap
+        )
 
     @property
     def duplicated(self) -> int:
@@ -329,7 +333,9 @@ class RungEncoder:
 
     def _drain(self, packets: Any) -> None:
         for p in packets:
-            index = self._indexes.pop(int(p.pts), None) if p.is_keyframe and p.pts is not None else None
+            index = None
+            if p.is_keyframe and p.pts is not None:
+                index = self._indexes.pop(int(p.pts), None)
             nals = None
             if self.tap and p.pts is not None and p.dts is not None:
                 data = bytes(p)
@@ -414,7 +420,8 @@ class RungEncoder:
                     continue
                 fill, slot = self._cfr.push(t_ms)
                 if self._last_frame is not None:
-                    # An input gap or a late frame: repeat the last picture, as FFmpeg's fps filter does.
+                    # An input gap or a late frame: repeat the last picture,
+                    # as FFmpeg's fps filter does.
                     for n in fill:
                         self._slot(self._last_frame, n, 0.0)
                 if slot is not None:
@@ -585,7 +592,9 @@ class Pipeline:
         self._rungs = [
             SourceRung(r, self.spec, audio, self.out, self._avc)  # type: ignore[arg-type]
             if r.codec == "copy"
-            else RungEncoder(r, self.spec, audio, self.out, int(frame.pts), self._timeline.max_gap_ms)
+            else RungEncoder(
+                r, self.spec, audio, self.out, int(frame.pts or 0), self._timeline.max_gap_ms
+            )
             for r in rungs
         ]
         if self.spec.tap and not any(r.tap for r in self._rungs):
@@ -846,7 +855,8 @@ class Pipeline:
             if op.pts is None:
                 continue
             ms = int(op.pts) * 1000 // OPUS_RATE
-            self.out.write(encode_packet(MediaPacket("audio", "opus", ms, ms, bytes(op), True), 0.0, FrameType.TAP))
+            mp = MediaPacket("audio", "opus", ms, ms, bytes(op), True)
+            self.out.write(encode_packet(mp, 0.0, FrameType.TAP))
 
     def _maybe_stats(self) -> None:
         now = time.monotonic()

@@ -139,7 +139,9 @@ class CmafPackager:
         while len(self._audio_q) > 2000:
             self._audio_q.popleft()
 
-    def video(self, nals: list[bytes], pts: int, dts: int, keyframe: bool, index: int | None = None) -> None:
+    def video(
+        self, nals: list[bytes], pts: int, dts: int, keyframe: bool, index: int | None = None
+    ) -> None:
         """One access unit (NAL units, no start codes or lengths) in ``timescale`` ticks.
 
         A keyframe starts segment ``index`` (the grid's number) when one is given;
@@ -227,7 +229,7 @@ class CmafPackager:
         if self._audio is not None:
             a = self._audio
             tracks.append(AudioTrack(AUDIO_TRACK, a.sample_rate, a.channels, a.config, a.bitrate))
-        self._codecs = tracks[0].codec_string  # type: ignore[union-attr]
+        self._codecs = tracks[0].codec_string
         self._on_init(InitFrame(self.rendition, self._codecs, init_segment(tracks)))
 
     def _close_part(self) -> None:
@@ -247,7 +249,12 @@ class CmafPackager:
                 VIDEO_TRACK,
                 start,
                 [
-                    Sample(b"".join(len(n).to_bytes(4, "big") + n for n in v.nals), v.duration, v.sync, v.cts)
+                    Sample(
+                        b"".join(len(n).to_bytes(4, "big") + n for n in v.nals),
+                        v.duration,
+                        v.sync,
+                        v.cts,
+                    )
                     for v in self._pending
                 ],
             )

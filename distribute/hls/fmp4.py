@@ -24,7 +24,21 @@ from dataclasses import dataclass, field
 SYNC_FLAGS = 0x02000000
 NON_SYNC_FLAGS = 0x01010000
 
-_SAMPLE_RATES = [96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350]
+_SAMPLE_RATES = [
+    96000,
+    88200,
+    64000,
+    48000,
+    44100,
+    32000,
+    24000,
+    22050,
+    16000,
+    12000,
+    11025,
+    8000,
+    7350,
+]
 _MATRIX = struct.pack(">9I", 0x00010000, 0, 0, 0, 0x00010000, 0, 0, 0, 0x40000000)
 _HIGH_PROFILES = {100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135}
 
@@ -213,12 +227,15 @@ def _descriptor(tag: int, *payload: bytes) -> bytes:
     if n >= 1 << 28:
         raise ValueError("descriptor too large")
     # Four-byte expandable size (ISO 14496-1 §8.3.3), as most muxers write it.
-    size = bytes([0x80 | (n >> 21) & 0x7F, 0x80 | (n >> 14) & 0x7F, 0x80 | (n >> 7) & 0x7F, n & 0x7F])
+    size = bytes(
+        [0x80 | (n >> 21) & 0x7F, 0x80 | (n >> 14) & 0x7F, 0x80 | (n >> 7) & 0x7F, n & 0x7F]
+    )
     return bytes([tag]) + size + body
 
 
 def _trak(track: Track) -> bytes:
     video = isinstance(track, VideoTrack)
+    width, height = (track.width, track.height) if isinstance(track, VideoTrack) else (0, 0)
     tkhd = full_box(
         b"tkhd",
         0,
@@ -227,7 +244,7 @@ def _trak(track: Track) -> bytes:
         bytes(8),
         struct.pack(">hhhH", 0, 0, 0 if video else 0x0100, 0),
         _MATRIX,
-        struct.pack(">II", (track.width << 16) if video else 0, (track.height << 16) if video else 0),
+        struct.pack(">II", width << 16, height << 16),
     )
     mdhd = full_box(b"mdhd", 0, 0, struct.pack(">IIIIHH", 0, 0, track.timescale, 0, 0x55C4, 0))
     handler, name = (b"vide", b"VideoHandler\0") if video else (b"soun", b"SoundHandler\0")
@@ -303,7 +320,9 @@ _TFHD_DEFAULT_BASE_IS_MOOF = 0x020000
 
 def _traf(run: TrackRun, data_offset: int) -> bytes:
     if run.base_decode_time < 0:
-        raise ValueError(f"track {run.track_id}: base decode time {run.base_decode_time} is negative")
+        raise ValueError(
+            f"track {run.track_id}: base decode time {run.base_decode_time} is negative"
+        )
     flags = _TRUN_DATA_OFFSET | _TRUN_DURATION | _TRUN_SIZE
     if run.video:
         flags |= _TRUN_FLAGS | _TRUN_CTS
@@ -314,14 +333,18 @@ def _traf(run: TrackRun, data_offset: int) -> bytes:
         entries += struct.pack(">II", s.duration, len(s.data))
         if run.video:
             if not -(1 << 31) <= s.cts < 1 << 31:
-                raise ValueError(f"track {run.track_id}: composition offset {s.cts} is out of range")
+                raise ValueError(
+                    f"track {run.track_id}: composition offset {s.cts} is out of range"
+                )
             entries += struct.pack(">Ii", SYNC_FLAGS if s.sync else NON_SYNC_FLAGS, s.cts)
     return box(
         b"traf",
         full_box(b"tfhd", 0, _TFHD_DEFAULT_BASE_IS_MOOF, struct.pack(">I", run.track_id)),
         full_box(b"tfdt", 1, 0, struct.pack(">Q", run.base_decode_time)),
         # Version 1: signed composition offsets, so B-frames need no edit list (CMAF §7.5.17).
-        full_box(b"trun", 1, flags, struct.pack(">Ii", len(run.samples), data_offset), bytes(entries)),
+        full_box(
+            b"trun", 1, flags, struct.pack(">Ii", len(run.samples), data_offset), bytes(entries)
+        ),
     )
 
 

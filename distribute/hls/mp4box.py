@@ -10,7 +10,18 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
-CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"mvex", b"moof", b"traf", b"dinf", b"edts"}
+CONTAINERS = {
+    b"moov",
+    b"trak",
+    b"mdia",
+    b"minf",
+    b"stbl",
+    b"mvex",
+    b"moof",
+    b"traf",
+    b"dinf",
+    b"edts",
+}
 
 
 @dataclass(slots=True)
@@ -119,7 +130,11 @@ def parse_init(data: bytes) -> list[ParsedTrack]:
         raise ValueError("moov has no mvex: not a fragmented file")
     tracks = []
     for trak in moov.all(b"trak"):
-        tkhd, mdhd, hdlr = trak.find(b"tkhd"), trak.find(b"mdia", b"mdhd"), trak.find(b"mdia", b"hdlr")
+        tkhd, mdhd, hdlr = (
+            trak.find(b"tkhd"),
+            trak.find(b"mdia", b"mdhd"),
+            trak.find(b"mdia", b"hdlr"),
+        )
         stsd = trak.find(b"mdia", b"minf", b"stbl", b"stsd")
         if tkhd is None or mdhd is None or hdlr is None or stsd is None:
             raise ValueError("trak lacks tkhd, mdhd, hdlr or stsd")
@@ -155,10 +170,14 @@ def parse_init(data: bytes) -> list[ParsedTrack]:
                 raise ValueError("mp4a has no esds")
             cfg = _esds_config(esds.payload[4:])
             tracks.append(
-                ParsedTrack(track_id, handler, timescale, "mp4a", cfg, channels=channels, sample_rate=rate)
+                ParsedTrack(
+                    track_id, handler, timescale, "mp4a", cfg, channels=channels, sample_rate=rate
+                )
             )
         else:
-            tracks.append(ParsedTrack(track_id, handler, timescale, entry.kind.decode("latin-1"), b""))
+            tracks.append(
+                ParsedTrack(track_id, handler, timescale, entry.kind.decode("latin-1"), b"")
+            )
     return tracks
 
 
@@ -218,7 +237,11 @@ def _parse_moof(data: bytes, moof: Box) -> ParsedFragment:
         if not tf_flags & 0x020000:
             raise ValueError("tfhd is not default-base-is-moof")
         version, _, d = _full(tfdt, "tfdt", 4)
-        base = struct.unpack_from(">Q" if version == 1 else ">I", d)[0] if len(d) >= (8 if version else 4) else None
+        base = (
+            struct.unpack_from(">Q" if version == 1 else ">I", d)[0]
+            if len(d) >= (8 if version else 4)
+            else None
+        )
         if base is None:
             raise ValueError("tfdt is truncated")
         version, flags, r = _full(trun, "trun", 4)
