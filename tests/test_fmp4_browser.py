@@ -71,7 +71,9 @@ def test_hlsjs_plays_fmp4_video_and_audio(site: str) -> None:
             )
         finally:
             browser.close()
-    assert not state["errors"], state["errors"]
+    # Audio and video start within one AAC frame of each other, so hls.js may nudge
+    # over that hole at the start (bufferSeekOverHole); nothing else is allowed.
+    assert not [e for e in state["errors"] if e != "bufferSeekOverHole"], state["errors"]
     assert (state["w"], state["h"]) == (426, 240)
     assert state["audio"] > 0, "the AAC track decodes"
     assert state["frames"] >= 90
