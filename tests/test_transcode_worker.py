@@ -6,6 +6,8 @@ import dataclasses
 import io
 import json
 import random
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from distribute.hls.cmaf import split_annexb
 from distribute.hls.mp4box import parse_fragments
 from transcode.config import Rendition
 from transcode.offline import file_packets
+from transcode.pool import spec_to_json
 from transcode.protocol import (
     FrameReader,
     FrameType,
@@ -24,6 +27,8 @@ from transcode.protocol import (
     PartFrame,
     SegmentFrame,
     decode_packet,
+    encode_json,
+    encode_packet,
 )
 from transcode.worker import Output, Pipeline, Spec
 
@@ -273,3 +278,26 @@ def test_constant_frame_rate_across_jitter_gap_and_clock_reset(fmt: str) -> None
     )
     # 60 frames, 30 repeated across the hole, 30 more, then the 60 after the reset.
     assert abs(len(pts) - 180) <= 1
+
+
+def test_worker_process_opens_every_rendition_with_its_init() -> None:
+    """A (re)started worker process sends each rendition's INIT before any of its media."""
+    spec = Spec(
+        stream="t/proc", ladder=LADDER[:2], x264_threads=1, segment_format="fmp4", part_duration=0.5
+    )
+    stdin = encode_json(FrameType.START, spec_to_json(spec))
+    for n, p in enumerate(file_packets(SMALL)):
+        stdin += encode_packet(p)
+        if n > 150:
+            break
+    stdin += encode_json(FrameType.END, {})
+    res = subprocess.run(
+        [sys.executable, "-m", "transcode.worker"], input=stdin, capture_output=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr.decode()
+    first: dict[str, FrameType] = {}
+    for t, payload in FrameReader().feed(res.stdout):
+        if t in (FrameType.INIT, FrameType.PART, FrameType.SEGMENT):
+            name = json.loads(payload[4 : 4 + int.from_bytes(payload[:4], "big")])["rendition"]
+            first.setdefault(name, t)
+    assert first == {"360p": FrameType.INIT, "240p": FrameType.INIT}
