@@ -301,3 +301,27 @@ def test_worker_process_opens_every_rendition_with_its_init() -> None:
             name = json.loads(payload[4 : 4 + int.from_bytes(payload[:4], "big")])["rendition"]
             first.setdefault(name, t)
     assert first == {"360p": FrameType.INIT, "240p": FrameType.INIT}
+
+
+def test_faster_preset_mid_stream_sends_a_new_init_at_a_segment_boundary() -> None:
+    """Overload step 1 reopens x264; new parameter sets come with a new EXT-X-MAP."""
+    buf = io.BytesIO()
+    spec = Spec(stream="t/reinit", ladder=LADDER[1:2], x264_threads=1, segment_format="fmp4")
+    pipeline = Pipeline(spec, Output(buf))
+    for p in file_packets(SMALL):
+        if p.dts > 2500 and pipeline._encoders:
+            pipeline._encoders[0].preset_override = "ultrafast"
+        pipeline.feed(p)
+    pipeline.finish()
+    init = b""
+    inits = 0
+    for t, payload in FrameReader().feed(buf.getvalue()):
+        if t is FrameType.INIT:
+            init = InitFrame.parse(payload).data
+            inits += 1
+        elif t is FrameType.SEGMENT:
+            seg = SegmentFrame.parse(payload)
+            with av.open(io.BytesIO(init + seg.data), format="mp4") as c:
+                frames = list(c.decode(video=0))
+            assert abs(len(frames) - seg.duration * 30) <= 1, seg.index
+    assert inits == 2

@@ -17,7 +17,10 @@ Timing: the fMP4 timeline is the worker's media timeline plus
 delay gives the first frames a DTS before the first PTS; the offset keeps every
 decode time non-negative and every composition offset positive, which all
 players read the same way (FFmpeg's mov demuxer shifts video by the largest
-negative offset, which would put it out of sync with audio). Part boundaries
+negative offset, which would put it out of sync with audio). Decode times
+are the presentation times in decode order, :data:`REORDER_FRAMES` early,
+whatever the encoder's own delay, so decode and presentation spans agree and
+an encoder reopened with another B-frame setting continues seamlessly. Part boundaries
 lie on a grid of ``part_ticks`` from the segment's first decode time, so no
 part is longer than the part target (RFC 8216bis §4.4.4.9); only a segment's
 last part may be shorter.
@@ -37,6 +40,8 @@ AUDIO_TRACK = 2
 _NAL_AUD, _NAL_SPS, _NAL_PPS, _NAL_IDR = 9, 7, 8, 5
 # Seconds added to every timestamp in the fMP4 output (see the module docstring).
 TIMELINE_OFFSET = 1
+# Frames of B-frame reorder delay the decode timeline allows for (x264 uses at most 2).
+REORDER_FRAMES = 3
 
 
 def split_annexb(data: bytes) -> list[bytes]:
@@ -109,6 +114,11 @@ class CmafPackager:
         self._codecs = "avc1.640028"
         self._sequence = 0
         self._offset = TIMELINE_OFFSET * timescale
+        # Decode times are presentation times in decode order, REORDER_FRAMES
+        # early: the same for every encoder, so a reopened x264 with another
+        # B-frame delay (overload's faster preset) continues without a gap.
+        self._reorder_allowance = REORDER_FRAMES * frame_ticks
+        self._reorder = 0  # the current encoder's pts - dts at its IDR
         self._audio_offset = TIMELINE_OFFSET * audio.sample_rate if audio else 0
         self._seg_pts = 0  # presentation time of the segment's IDR
         self._last_decode: int | None = None
@@ -162,7 +172,9 @@ class CmafPackager:
             if self._seg_open:
                 if self._pending and not self._pending[-1].duration:
                     last = self._pending[-1]
-                    last.duration = max(1, dts + self._offset - last.decode)
+                    last.duration = max(
+                        1, max(0, pts + self._offset - self._reorder_allowance) - last.decode
+                    )
                 self._close_segment()
             if new_params:
                 self._params = (sps, pps)
@@ -174,7 +186,8 @@ class CmafPackager:
                 self._seg_index = index
             elif self.segments:
                 self._seg_index += 1
-            self._seg_start = max(0, dts + self._offset)
+            self._reorder = pts - dts
+            self._seg_start = self._decode_time(dts)
             if self._last_decode is not None:
                 self._seg_start = max(self._seg_start, self._last_decode + 1)
             self._seg_pts = pts
@@ -183,7 +196,7 @@ class CmafPackager:
                 self._audio_floor = self._to_audio(pts)
         if not self._seg_open:
             return
-        decode = max(0, dts + self._offset)
+        decode = self._decode_time(dts)
         if self._last_decode is not None and decode <= self._last_decode:
             decode = self._last_decode + 1  # never let a jittery DTS run backwards
         if self._on_part is not None and self._pending and decode >= self._part_end():
@@ -215,6 +228,9 @@ class CmafPackager:
     def _to_audio(self, ticks: int) -> int:
         """Media-timeline ticks (no offset) in audio samples."""
         return 0 if self._audio is None else ticks * self._audio.sample_rate // self.timescale
+
+    def _decode_time(self, dts: int) -> int:
+        return max(0, dts + self._reorder + self._offset - self._reorder_allowance)
 
     def _media_time(self, decode: int) -> float:
         """Seconds on the worker's timeline of a decode time within the current segment."""
