@@ -586,7 +586,12 @@ class Pipeline:
             asc = bytes(aenc.extradata or b"") or audio_specific_config(a.sample_rate, a.channels)
             audio = AudioFormat(a.sample_rate, a.channels, asc, aenc.frame_size or 1024, a.bitrate)
             if self.spec.tap:
-                self._open_opus()
+                try:
+                    self._open_opus()
+                except (av.error.FFmpegError, ValueError) as exc:
+                    # WebRTC viewers then get video only; HLS is unaffected.
+                    log.warning("[%s] no Opus encoder for the tap (%s)", self.spec.stream, exc)
+                    self._opus = None
         if any(r.codec == "copy" for r in rungs) and self._avc is None:
             raise ValueError("only H.264 with a sequence header can be passed through as 'copy'")
         self._rungs = [
