@@ -264,3 +264,69 @@ def test_debian_ffprobe_reads_concatenated_file(packaged: dict[str, list], tmp_p
         text=True,
     )
     assert dec.returncode == 0 and not dec.stderr.strip(), dec.stderr
+
+
+@st.composite
+def _streams(draw: st.DrawFn) -> list[tuple[str, int, int, bool]]:
+    """Video (pts, dts, keyframe) and audio (pts) events, roughly as a worker sees them."""
+    events: list[tuple[str, int, int, bool]] = []
+    dts = draw(st.integers(0, 10**6))
+    apts = dts * 48000 // 90000
+    n = draw(st.integers(1, 120))
+    gop = draw(st.integers(1, 40))
+    for i in range(n):
+        dts += draw(st.sampled_from([3000, 3000, 3000, 6000]))
+        delay = 0 if i % gop == 0 else draw(st.sampled_from([0, 3000, 6000]))
+        events.append(("v", dts + delay + 6000 * (i % gop != 0), dts, i % gop == 0))
+        while apts * 90000 // 48000 < dts + draw(st.integers(-20000, 20000)):
+            events.append(("a", apts, 0, True))
+            apts += 1024
+    return events
+
+
+@given(events=_streams(), part_frames=st.integers(0, 12))
+@settings(max_examples=80, deadline=None)
+def test_packager_invariants_hold_for_any_stream(
+    events: list[tuple[str, int, int, bool]], part_frames: int
+) -> None:
+    inits: list[InitFrame] = []
+    parts: list[PartFrame] = []
+    segs: list[SegmentFrame] = []
+    pk = CmafPackager(
+        "p",
+        width=W,
+        height=H,
+        frame_ticks=3000,
+        audio=AudioFormat(48000, 2, audio_specific_config(48000, 2)),
+        part_ticks=part_frames * 3000,
+        on_init=inits.append,
+        on_part=parts.append,
+        on_segment=segs.append,
+    )
+    idr = [b"\x67" + SPS[1:], PPS, b"\x65\x88"]
+    for kind, pts, dts, key in events:
+        if kind == "a":
+            pk.audio(b"\x21\x00", pts)
+        else:
+            pk.video(idr if key else [b"\x41\x9a"], pts, dts, key, None)
+    pk.flush()
+    assert len(inits) == 1 and parse_init(inits[0].data)
+    last_end: dict[int, int] = {}
+    for s in segs:
+        mine = [p for p in parts if p.index == s.index]
+        if part_frames:
+            assert b"".join(p.data for p in mine) == s.data
+            assert all(p.duration <= part_frames * 3000 / 90000 + 1e-9 for p in mine)
+            assert mine[0].independent
+        else:
+            assert not mine
+        for frag in parse_fragments(s.data):
+            for run in frag.runs:
+                # Decode times never go back and never overlap the previous fragment.
+                assert run.base_decode_time >= last_end.get(run.track_id, 0)
+                last_end[run.track_id] = run.base_decode_time + sum(x.duration for x in run.samples)
+                if run.track_id == 1:
+                    assert all(x.cts >= 0 for x in run.samples)
+    assert sum(len(f.runs[0].samples) for s in segs for f in parse_fragments(s.data)) == sum(
+        1 for e in events if e[0] == "v"
+    )
