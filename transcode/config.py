@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 
 from nearcast.settings import check
+
+
+X264_TUNES = ("", "zerolatency", "film", "animation", "grain", "stillimage", "fastdecode", "psnr", "ssim")
 
 
 @dataclass(frozen=True)
@@ -21,12 +25,19 @@ class Rendition:
     preset: str = "veryfast"
     profile: str = "high"
     level: str = "4.1"
+    # x264 tune ("" none; "zerolatency": no B-frames, no lookahead, sliced threads).
+    tune: str = ""
 
     def __post_init__(self) -> None:
         check(
             re.fullmatch(r"[A-Za-z0-9_-]{1,32}", self.name) is not None,
             "name",
             f"must be 1-32 letters, digits, '-' or '_', not {self.name!r}",
+        )
+        check(
+            self.tune in X264_TUNES,
+            "tune",
+            f"must be one of {', '.join(repr(t) for t in X264_TUNES)}, not {self.tune!r}",
         )
         if self.codec == "copy":
             # The source rendition: passed through as published, size and rate its own.
@@ -83,6 +94,12 @@ def _default_profiles() -> dict[str, Profile]:
                 Rendition("source", codec="copy"),
                 Rendition("360p", 640, 360, 700_000, maxrate=700_000, bufsize=1_400_000),
             ]
+        ),
+        # The default ladder for LL-HLS and WebRTC: x264 without lookahead or
+        # B-frames (0 frames of encoder delay instead of ~17 at veryfast), for
+        # about 10-15% more bits at the same quality.
+        "lowlatency": Profile(
+            ladder=[dataclasses.replace(r, tune="zerolatency") for r in _default_ladder()]
         ),
     }
 

@@ -28,6 +28,7 @@ class Rung:
     preset: str
     profile: str
     level: str
+    tune: str = ""
 
 
 def _even(x: float) -> int:
@@ -79,6 +80,7 @@ def plan(ladder: list[Rendition], src_w: int, src_h: int, src_fps: float) -> lis
                 preset=r.preset,
                 profile=r.profile,
                 level=r.level,
+                tune=r.tune,
             )
         )
     return rungs

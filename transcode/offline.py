@@ -3,7 +3,8 @@
 It runs exactly the pipeline a live worker runs (same decoder, scalers,
 encoders, forced-IDR grid and segmenter), only fed from a file as fast as the
 machine allows. It serves video on demand and lets the ladder be checked and
-benchmarked on its own.
+benchmarked on its own. Segments are MPEG-TS, or fMP4 (CMAF) with an
+``EXT-X-MAP`` init segment per rendition (``--format fmp4``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import av
 
 from distribute.hls.playlist import SegmentRef, VariantRef, master_playlist, media_playlist
 from media import MediaPacket
-from transcode.protocol import FrameReader, FrameType, SegmentFrame
+from transcode.protocol import FrameReader, FrameType, InitFrame, SegmentFrame
 from transcode.worker import Pipeline, Spec
 
 
@@ -56,8 +57,9 @@ def file_packets(path: str) -> Iterator[MediaPacket]:
 class _DirWriter(io.RawIOBase):
     """Receives the worker's framed output and writes segments to disk as they come."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, ext: str = "ts") -> None:
         self.out = out
+        self.ext = ext
         self.reader = FrameReader()
         self.segments: dict[str, list[SegmentFrame]] = {}
         self.renditions: dict[str, Any] = {}
@@ -74,11 +76,17 @@ class _DirWriter(io.RawIOBase):
                 seg = SegmentFrame.parse(payload)
                 d = self.out / seg.rendition
                 d.mkdir(parents=True, exist_ok=True)
-                (d / f"{seg.index}.ts").write_bytes(seg.data)
+                (d / f"{seg.index}.{self.ext}").write_bytes(seg.data)
                 self.segments.setdefault(seg.rendition, []).append(
                     SegmentFrame(seg.rendition, seg.index, seg.start, seg.duration, seg.codecs, b"")
                 )
                 self.media_seconds = max(self.media_seconds, seg.start + seg.duration)
+            elif ftype is FrameType.INIT:
+                init = InitFrame.parse(payload)
+                d = self.out / init.rendition
+                d.mkdir(parents=True, exist_ok=True)
+                # A file has one init per rendition; a reopened encoder keeps its parameters.
+                (d / "init.mp4").write_bytes(init.data)
             elif ftype is FrameType.RENDITIONS:
                 self.renditions = json.loads(payload)
         return len(data)
@@ -90,7 +98,8 @@ def transcode_file(
     out.mkdir(parents=True, exist_ok=True)
     # Offline there is no real time to keep up with: never degrade.
     spec = dataclasses.replace(spec, live=False)
-    sink = _DirWriter(out)
+    ext = "m4s" if spec.segment_format == "fmp4" else "ts"
+    sink = _DirWriter(out, ext)
     pipeline = Pipeline(spec, sink)  # type: ignore[arg-type]
     total = 0.0
     with av.open(source) as probe:
@@ -113,17 +122,25 @@ def transcode_file(
     for r in info.get("renditions", []):
         segs = sorted(sink.segments.get(r["name"], []), key=lambda s: s.index)
         text = media_playlist(
-            [SegmentRef(s.index, s.duration, f"{s.index}.ts") for s in segs],
+            [SegmentRef(s.index, s.duration, f"{s.index}.{ext}") for s in segs],
             configured_target=spec.segment_duration,
             discontinuity_sequence=0,
             ended=True,
-        ).replace("#EXT-X-VERSION:3\n", "#EXT-X-VERSION:3\n#EXT-X-PLAYLIST-TYPE:VOD\n")
+        )
+        head = "#EXT-X-VERSION:3\n#EXT-X-PLAYLIST-TYPE:VOD\n"
+        if ext == "m4s":
+            # RFC 8216bis §4.4.4.5: EXT-X-MAP needs version 6 outside I-frame playlists.
+            head = (
+                "#EXT-X-VERSION:7\n#EXT-X-PLAYLIST-TYPE:VOD\n#EXT-X-INDEPENDENT-SEGMENTS\n"
+                '#EXT-X-MAP:URI="init.mp4"\n'
+            )
+        text = text.replace("#EXT-X-VERSION:3\n", head)
         (out / r["name"]).mkdir(parents=True, exist_ok=True)
         (out / r["name"] / "index.m3u8").write_text(text)
-        size = sum((out / r["name"] / f"{s.index}.ts").stat().st_size for s in segs)
+        size = sum((out / r["name"] / f"{s.index}.{ext}").stat().st_size for s in segs)
         dur = sum(s.duration for s in segs) or 1.0
         peak = max(
-            ((out / r["name"] / f"{s.index}.ts").stat().st_size * 8 / s.duration for s in segs
+            ((out / r["name"] / f"{s.index}.{ext}").stat().st_size * 8 / s.duration for s in segs
              if s.duration > 0),
             default=0.0,
         )
@@ -138,9 +155,10 @@ def transcode_file(
                 codecs=segs[0].codecs if segs else "avc1.640028",
             )
         )
-    (out / "index.m3u8").write_text(
-        master_playlist(variants, "mp4a.40.2" if info.get("audio") else None)
-    )
+    master = master_playlist(variants, "mp4a.40.2" if info.get("audio") else None)
+    if ext == "m4s":
+        master = master.replace("#EXT-X-VERSION:3\n", "#EXT-X-VERSION:7\n")
+    (out / "index.m3u8").write_text(master)
     return {"wall_seconds": wall, "media_seconds": sink.media_seconds, "renditions": info}
 
 
@@ -166,15 +184,19 @@ def _main(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"nearcast: configuration error: {exc}", file=sys.stderr)
         return 2
-    if args.profile != "default":
-        print(f"nearcast: unknown profile {args.profile!r} (known: default)", file=sys.stderr)
+    try:
+        profile = config.transcode.profile(args.profile)
+    except KeyError:
+        known = ", ".join(["default", *config.transcode.profiles])
+        print(f"nearcast: unknown profile {args.profile!r} (known: {known})", file=sys.stderr)
         return 2
     spec = Spec(
         stream=Path(args.input).stem,
-        ladder=list(config.transcode.ladder),
-        audio=config.transcode.audio,
+        ladder=list(profile.ladder),
+        audio=profile.audio,
         segment_duration=config.hls.segment_duration,
         x264_threads=config.transcode.x264_threads,
+        segment_format=args.format or config.hls.segment_format,
     )
     try:
         result = transcode_file(args.input, Path(args.out), spec, progress=not args.quiet)
@@ -194,12 +216,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "transcode",
         help="package a media file into the HLS ladder (video on demand)",
         description="Transcode INPUT into the node's ABR ladder and write a VOD HLS package "
-        "(master playlist, one media playlist and TS segments per rendition) to DIR. Runs "
+        "(master playlist, one media playlist and TS or fMP4 segments per rendition) to DIR. Runs "
         "the same pipeline as a live worker.",
     )
     p.add_argument("input", metavar="INPUT", help="media file with H.264/HEVC video (and audio)")
     p.add_argument("--out", metavar="DIR", required=True, help="output directory")
-    p.add_argument("--profile", default="default", help="ladder profile (default: default)")
+    p.add_argument(
+        "--profile", default="default", help="ladder profile: default or any in transcode.profiles"
+    )
+    p.add_argument(
+        "--format",
+        choices=("ts", "fmp4"),
+        help="segment container: ts or fmp4 (CMAF with EXT-X-MAP); default hls.segment_format",
+    )
     p.add_argument("--config", metavar="FILE", help="configuration file (see `nearcast node`)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_main)
