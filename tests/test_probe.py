@@ -1,0 +1,125 @@
+"""The latency probe: its playlist parser, its player model, and HLS from a real node."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from nodeutil import SMALL, SMALL_LADDER, NodeProcess, wait_for
+
+from nearcast.cli import main as cli_main
+from nearcast.probe import Playout, ProbeResult, parse_media_playlist, percentile, probe
+from nearcast.publish import publish
+
+parts_st = st.lists(
+    st.tuples(st.floats(0.1, 1.0, allow_nan=False), st.booleans()), min_size=0, max_size=6
+)
+
+
+@given(
+    st.integers(0, 10**6),
+    st.lists(parts_st, min_size=1, max_size=5),
+    parts_st,
+    st.booleans(),
+)
+def test_playlist_round_trip(sequence: int, segments: list, trailing: list, ended: bool) -> None:
+    lines = ["#EXTM3U", "#EXT-X-VERSION:9", "#EXT-X-TARGETDURATION:2", f"#EXT-X-MEDIA-SEQUENCE:{sequence}",
+             "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.0,CAN-SKIP-UNTIL=12.0",
+             "#EXT-X-PART-INF:PART-TARGET=0.334", '#EXT-X-MAP:URI="init.mp4"']
+    for s, parts in enumerate(segments):
+        for p, (dur, ind) in enumerate(parts):
+            extra = ",INDEPENDENT=YES" if ind else ""
+            lines.append(f'#EXT-X-PART:DURATION={dur:.5f},URI="{s}.{p}.m4s"{extra}')
+        lines += [f"#EXTINF:{sum(d for d, _ in parts) or 2.0:.5f},", f"{sequence + s}.m4s"]
+    for p, (dur, ind) in enumerate(trailing):
+        lines.append(f'#EXT-X-PART:DURATION={dur:.5f},URI="t.{p}.m4s"{",INDEPENDENT=YES" if ind else ""}')
+    lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="t.{len(trailing)}.m4s"')
+    if ended:
+        lines.append("#EXT-X-ENDLIST")
+    pl = parse_media_playlist("\n".join(lines) + "\n")
+    assert pl.sequence == sequence and pl.target == 2.0 and pl.map_uri == "init.mp4"
+    assert pl.can_block and pl.part_hold_back == 1.0 and pl.part_target == 0.334
+    assert pl.ended == ended and pl.next_msn == sequence + len(segments)
+    assert [s.uri for s in pl.segments] == [f"{sequence + i}.m4s" for i in range(len(segments))]
+    for s, parts in enumerate(segments):
+        got = pl.parts_of(sequence + s)
+        assert [(p.index, p.independent) for p in got] == [(i, ind) for i, (_, ind) in enumerate(parts)]
+        assert all(p.msn == sequence + s for p in got)
+    assert [p.uri for p in pl.parts_of(pl.next_msn)] == [f"t.{i}.m4s" for i in range(len(trailing))]
+
+
+def test_playlist_errors() -> None:
+    with pytest.raises(ValueError, match="EXTM3U"):
+        parse_media_playlist("#EXTINF:2,\na.ts\n")
+
+
+def test_playout_counts_stalls_and_latency() -> None:
+    r = ProbeResult("u", "hls")
+    play = Playout(r, started=99.0)
+    # Three frames arrive together at t=100: shown at the PTS pace.
+    for i in range(3):
+        play.frame(100.0, i / 30, stamp_ms=int(99_000 + i * 1000 / 30))
+    # The next one is 0.5 s late: one stall.
+    play.frame(100.6, 3 / 30, stamp_ms=None)
+    assert r.frames == 4 and r.stamped == 3 and r.stalls == 1
+    assert r.latencies_ms == pytest.approx([1000.0, 1000.0, 1000.0], abs=1)
+    assert r.stall_seconds == pytest.approx(0.5, abs=0.01)
+    assert r.startup_seconds == pytest.approx(1.0)
+    assert percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.0
+
+
+@pytest.fixture(scope="module")
+def clocked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    node = NodeProcess(
+        tmp_path_factory.mktemp("node") / "node.log",
+        NEARCAST_TRANSCODE_LADDER=SMALL_LADDER,
+        NEARCAST_TRANSCODE_CAPACITY_UNITS="8",
+    )
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            publish(SMALL, node.rtmp("live/clk"), loop=True, stop=stop, clock=True)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        wait_for(
+            lambda: node.get("/live/clk/180p/index.m3u8").text.count("#EXTINF") >= 3 or errors,
+            60,
+            "three segments of the clocked stream",
+        )
+        assert not errors, errors
+        yield node
+    finally:
+        stop.set()
+        thread.join(15)
+        node.stop()
+
+
+def test_probe_reads_publish_clock_stamps_over_hls(clocked: NodeProcess) -> None:
+    """publish --clock -> RTMP -> ladder -> HLS -> probe: every frame of the 180p rung carries a stamp."""
+    result = asyncio.run(probe(f"{clocked.http}/live/clk/index.m3u8", 5.0, "hls"))
+    s = result.summary()
+    assert s["rendition"] == "180p"
+    assert s["frames"] >= 100 and s["stamped"] == s["frames"], s
+    # Three 2 s segments of hold-back plus the pipeline: a few seconds, never negative.
+    assert 4000 <= s["latency_p50_ms"] <= 15000, s
+
+
+def test_probe_cli_json_and_errors(clocked: NodeProcess, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    assert cli_main(["probe", f"{clocked.http}/live/clk/index.m3u8", "--duration", "2.5",
+                     "--rendition", "360p", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["rendition"] == "360p" and out["stamped"] > 0
+    assert cli_main(["probe", f"{clocked.http}/live/nope/index.m3u8", "--duration", "1"]) == 1
+    assert "HTTP 404" in capsys.readouterr().err
