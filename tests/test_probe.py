@@ -123,3 +123,43 @@ def test_probe_cli_json_and_errors(clocked: NodeProcess, capsys: pytest.CaptureF
     assert out["rendition"] == "360p" and out["stamped"] > 0
     assert cli_main(["probe", f"{clocked.http}/live/nope/index.m3u8", "--duration", "1"]) == 1
     assert "HTTP 404" in capsys.readouterr().err
+
+
+def test_decoder_follows_fmp4_parts_across_non_independent_ones() -> None:
+    """LL-HLS parts: an init segment, then moof+mdat fragments of which only some start with an IDR."""
+    import io
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    from media.clock import stamp_yuv420p
+    from nearcast.probe import StampDecoder
+
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4", options={"movflags": "empty_moov+default_base_moof+frag_every_frame"}) as out:
+        s = out.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = 320, 180, "yuv420p"
+        s.options = {"preset": "ultrafast", "x264-params": "keyint=15:min-keyint=15:scenecut=0"}
+        for i in range(30):
+            planes = np.full((270, 320), 100, np.uint8)
+            stamp_yuv420p(planes, 1_000_000 + i)
+            f = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+            f.pts, f.time_base = i, Fraction(1, 30)
+            out.mux(s.encode(f))
+        out.mux(s.encode())
+    data = buf.getvalue()
+    boxes, pos = [], 0
+    while pos < len(data):
+        size = int.from_bytes(data[pos : pos + 4], "big")
+        boxes.append((data[pos + 4 : pos + 8], data[pos : pos + size]))
+        pos += size
+    init = b"".join(b for t, b in boxes if t in (b"ftyp", b"moov"))
+    frags = [b for t, b in boxes if t in (b"moof", b"mdat")]
+    parts = [frags[i] + frags[i + 1] for i in range(0, len(frags), 2)]
+    # Parts of 3 frames each, as a packager with a 0.1 s part target would cut them.
+    grouped = [b"".join(parts[i : i + 3]) for i in range(0, len(parts), 3)]
+    dec = StampDecoder()
+    dec.set_init(init)
+    got = [stamp for g in grouped for _, stamp in dec.decode(g)]
+    assert got == [1_000_000 + i for i in range(30)]

@@ -86,6 +86,7 @@ class TapFanout:
         self.packets = 0
         self.video_codec = ""
         self.audio_codec = ""
+        self._warned_reorder = False
 
     def attach(self, kind: str) -> ViewerFeed:
         feed = ViewerFeed(kind, self.queue_limit)
@@ -104,6 +105,15 @@ class TapFanout:
         self.packets += 1
         if packet.kind == "video":
             self.video_codec = packet.codec
+            if packet.pts != packet.dts and not self._warned_reorder:
+                # RTP carries presentation timestamps in send order; browsers' WebRTC
+                # H.264 path expects no reordering (it assumes B-frame-free streams).
+                self._warned_reorder = True
+                log.warning(
+                    "[whep %s] tap rendition has B-frames (pts %d != dts %d): "
+                    "WebRTC viewers may stutter; encode it with bframes=0", self.name,
+                    packet.pts, packet.dts,
+                )
         else:
             self.audio_codec = packet.codec
         for feed in self.feeds:
