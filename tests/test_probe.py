@@ -163,3 +163,26 @@ def test_decoder_follows_fmp4_parts_across_non_independent_ones() -> None:
     dec.set_init(init)
     got = [stamp for g in grouped for _, stamp in dec.decode(g)]
     assert got == [1_000_000 + i for i in range(30)]
+
+
+def test_watch_page_reads_stamps_in_hls_mode(clocked: NodeProcess) -> None:
+    """The /watch page's LL-HLS switch plays through hls.js and its readout decodes the stamps."""
+    from nodeutil import require_binary
+    from playwright.sync_api import sync_playwright
+
+    chromium = require_binary("chromium")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required"],
+        )
+        try:
+            page = browser.new_page()
+            page.goto(f"{clocked.http}/live/clk/watch?mode=hls")
+            page.wait_for_function("window.nearcast.stamps >= 15", timeout=60000)
+            state = page.evaluate("({mode: window.nearcast.mode, lat: window.nearcast.latencies.slice()})")
+            assert state["mode"] == "hls"
+            lat = sorted(state["lat"])
+            assert 1000 <= lat[len(lat) // 2] <= 20000, lat
+        finally:
+            browser.close()

@@ -170,3 +170,28 @@ async def test_chromium_plays_the_watch_page_over_whep(node: Node, live: LiveTap
             assert len(node.whep.sessions) == 1
         finally:
             await browser.close()
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"NEARCAST_WEBRTC_ICE_SERVERS": "[http://x]"}, "'webrtc.ice_servers[0]' must be a stun:"),
+        ({"NEARCAST_WEBRTC_MAX_VIEWERS": "0"}, "'webrtc.max_viewers' must be at least 1"),
+        ({"NEARCAST_WEBRTC_VIEWER_QUEUE_PACKETS": "4"}, "'webrtc.viewer_queue_packets' must be"),
+    ],
+)
+def test_config_errors_name_the_key(env: dict[str, str], message: str) -> None:
+    from nearcast.settings import ConfigError
+
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load(environ=env)
+
+
+def test_tap_rendition_falls_back_to_the_lowest_rung() -> None:
+    from nearcast.node import tap_rendition
+    from transcode.config import TranscodeConfig
+
+    tc = TranscodeConfig()
+    assert tap_rendition("360p", tc.ladder) == "360p"
+    assert tap_rendition("1080p", tc.ladder) == "360p"
+    assert tap_rendition("360p", tc.profile("passthrough").ladder) == "source"
