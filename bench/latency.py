@@ -60,7 +60,10 @@ class Node:
         self.logfile = open(logfile, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nearcast", "node"],
-            stdout=subprocess.PIPE, stderr=self.logfile, env=full, cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=self.logfile,
+            env=full,
+            cwd=ROOT,
         )
         lines: queue.Queue[str] = queue.Queue()
 
@@ -131,7 +134,12 @@ def wait_playlist(http: str, stream: str, timeout: float) -> None:
 
 
 def measure(
-    mode: str, env: dict[str, str], protocols: list[str], source: str, duration: float, workdir: Path
+    mode: str,
+    env: dict[str, str],
+    protocols: list[str],
+    source: str,
+    duration: float,
+    workdir: Path,
 ) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     node = Node(workdir / f"node-{mode}.log", env)
@@ -159,7 +167,9 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.latency", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.latency", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--duration", type=float, default=20.0, help="seconds each probe watches")
     parser.add_argument("--source", default=str(SAMPLE), help="file to publish (looped)")
     parser.add_argument("--workdir", default="build/bench-latency", help="node logs go here")
@@ -191,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
         r = results.get(name, {})
         p50 = r.get("latency_p50_ms")
         met = p50 is not None and p50 <= target
-        print(f"{name:<10}{target:>15}{'-' if p50 is None else f'{p50:.0f}':>10}{'yes' if met else 'no':>6}")
+        print(
+            f"{name:<10}{target:>15}{'-' if p50 is None else f'{p50:.0f}':>10}"
+            f"{'yes' if met else 'no':>6}"
+        )
         figures[name] = {k: v for k, v in r.items() if k != "url"}
         figures[name]["target_met"] = met
     print(json.dumps(figures))

@@ -104,10 +104,11 @@ class _RateMeter:
 
 def tap_rendition(wanted: str, ladder: list[Any]) -> str:
     """The rung WebRTC viewers get: ``webrtc.rendition`` if the ladder has it, else its lowest."""
-    names = [r.name for r in ladder]
+    names: list[str] = [r.name for r in ladder]
     if wanted in names or not ladder:
         return wanted if ladder else ""
-    return min(ladder, key=lambda r: (r.height or 1 << 30, r.video_bitrate or 0)).name
+    lowest = min(range(len(ladder)), key=lambda i: (ladder[i].height or 1 << 30, i))
+    return names[lowest]
 
 
 class StreamSession:
@@ -156,7 +157,9 @@ class StreamSession:
             degrade_lag=cfg.transcode.degrade_lag,
             segment_format=cfg.hls.segment_format,
             part_duration=cfg.hls.part_duration if cfg.hls.low_latency else 0.0,
-            tap=tap_rendition(cfg.webrtc.rendition, profile.ladder) if cfg.webrtc.enabled else "",
+            tap=(
+                tap_rendition(cfg.webrtc.rendition, profile.ladder) if cfg.webrtc.enabled else ""
+            ),
         )
 
     async def media(self, packet: MediaPacket) -> None:

@@ -27,7 +27,6 @@ import contextlib
 import io
 import json
 import logging
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -137,8 +136,8 @@ def luma(frame: av.VideoFrame) -> np.ndarray:
     """The Y plane of a decoded frame, without a colour conversion when it is planar YUV."""
     if frame.format.name in ("yuv420p", "yuvj420p", "yuv422p", "yuv444p", "nv12"):
         plane = frame.planes[0]
-        rows = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)
-        return rows[:, : frame.width]
+        rows: np.ndarray = np.frombuffer(memoryview(plane), np.uint8)
+        return rows.reshape(frame.height, plane.line_size)[:, : frame.width]
     return frame.to_ndarray(format="gray")
 
 
@@ -251,7 +250,14 @@ def parse_media_playlist(text: str) -> MediaPlaylist:
                 range_end = br[0] + br[1]
             msn = pl.sequence + len(pl.segments)
             pending.append(
-                Part(msn, len(pending), a["URI"], float(a["DURATION"]), a.get("INDEPENDENT") == "YES", br)
+                Part(
+                    msn,
+                    len(pending),
+                    a["URI"],
+                    float(a["DURATION"]),
+                    a.get("INDEPENDENT") == "YES",
+                    br,
+                )
             )
         elif line.startswith("#EXTINF:"):
             duration = float(line.split(":", 1)[1].split(",")[0])
@@ -297,11 +303,11 @@ class StampDecoder:
                 if stream.codec_context.extradata:
                     ctx.extradata = stream.codec_context.extradata
                 self._ctx = ctx
-            self._tb = stream.time_base
+            self._tb = stream.time_base or Fraction(1, 90000)
             for packet in container.demux(stream):
                 if packet.size == 0:
                     continue
-                packet.time_base = stream.time_base
+                packet.time_base = self._tb
                 try:
                     frames = self._ctx.decode(packet)
                 except av.error.FFmpegError:
@@ -322,6 +328,8 @@ def _with_query(url: str, params: dict[str, Any]) -> str:
 
 
 class HlsProbe:
+    client: httpx.AsyncClient
+
     def __init__(
         self,
         url: str,
@@ -336,32 +344,37 @@ class HlsProbe:
         self.rendition = rendition
         self.low_latency = low_latency
         self._client = client
+        self._init_url: str | None = None
         self.decoder = StampDecoder()
 
     async def run(self) -> ProbeResult:
-        async with contextlib.AsyncExitStack() as stack:
-            client = self._client or await stack.enter_async_context(
-                httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0))
-            )
+        if self._client is not None:
+            self.client = self._client
+            return await self._run()
+        async with httpx.AsyncClient(timeout=httpx.Timeout(30.0, connect=10.0)) as client:
             self.client = client
-            media_url, name = await self._pick_variant(self.url)
-            playlist = await self._playlist(media_url)
-            ll = bool(playlist.can_block and playlist.parts())
-            if self.low_latency is True and not ll:
-                raise ProbeError(f"{media_url}: not a low-latency playlist (no parts or no blocking reload)")
-            if self.low_latency is False:
-                ll = False
-            result = ProbeResult(self.url, "llhls" if ll else "hls", rendition=name)
-            started = time.time()
-            playout = Playout(result, started)
-            deadline = time.monotonic() + self.duration
-            if ll:
-                await self._run_ll(media_url, playlist, playout, deadline)
-            else:
-                await self._run_segments(media_url, playlist, playout, deadline)
-            result.seconds = time.time() - started
-            return result
-        raise AssertionError("unreachable")
+            return await self._run()
+
+    async def _run(self) -> ProbeResult:
+        media_url, name = await self._pick_variant(self.url)
+        playlist = await self._playlist(media_url)
+        ll = bool(playlist.can_block and playlist.parts())
+        if self.low_latency is True and not ll:
+            raise ProbeError(
+                f"{media_url}: not a low-latency playlist (no parts or no blocking reload)"
+            )
+        if self.low_latency is False:
+            ll = False
+        result = ProbeResult(self.url, "llhls" if ll else "hls", rendition=name)
+        started = time.time()
+        playout = Playout(result, started)
+        deadline = time.monotonic() + self.duration
+        if ll:
+            await self._run_ll(media_url, playlist, playout, deadline)
+        else:
+            await self._run_segments(media_url, playlist, playout, deadline)
+        result.seconds = time.time() - started
+        return result
 
     async def _get(self, url: str, headers: dict[str, str] | None = None) -> httpx.Response:
         try:
@@ -381,7 +394,9 @@ class HlsProbe:
         for i, line in enumerate(lines):
             if line.startswith("#EXT-X-STREAM-INF:"):
                 bw = int(_attrs(line.split(":", 1)[1]).get("BANDWIDTH", 0))
-                uri = next((x.strip() for x in lines[i + 1 :] if x.strip() and not x.startswith("#")), "")
+                uri = next(
+                    (x.strip() for x in lines[i + 1 :] if x.strip() and not x.startswith("#")), ""
+                )
                 variants.append((bw, uri))
         if not variants:
             raise ProbeError(f"{url}: multivariant playlist lists no variant")
@@ -404,7 +419,7 @@ class HlsProbe:
             raise ProbeError(f"{target}: bad media playlist: {exc}") from None
         if pl.map_uri:
             init_url = urljoin(url, pl.map_uri)
-            if init_url != getattr(self, "_init_url", None):
+            if init_url != self._init_url:
                 self.decoder.set_init((await self._get(init_url)).content)
                 self._init_url = init_url
         return pl
@@ -492,7 +507,9 @@ async def probe_whep(url: str, duration: float, *, startup_timeout: float = 15.0
             started = time.time()
             try:
                 r = await client.post(
-                    url, content=pc.localDescription.sdp, headers={"Content-Type": "application/sdp"}
+                    url,
+                    content=pc.localDescription.sdp,
+                    headers={"Content-Type": "application/sdp"},
                 )
             except httpx.HTTPError as exc:
                 raise ProbeError(f"{url}: {exc!r}") from None
@@ -518,7 +535,9 @@ async def probe_whep(url: str, duration: float, *, startup_timeout: float = 15.0
                     frame = await asyncio.wait_for(video.recv(), max(0.05, limit))
                 except TimeoutError:
                     if result.frames == 0:
-                        raise ProbeError(f"{url}: no video frame within {startup_timeout:.0f} s") from None
+                        raise ProbeError(
+                            f"{url}: no video frame within {startup_timeout:.0f} s"
+                        ) from None
                     break
                 except MediaStreamError:
                     break
@@ -566,7 +585,10 @@ async def probe(
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    head = f"{'protocol':<13}{'rendition':<10}{'frames':>7}{'stamped':>8}{'p50 ms':>9}{'p95 ms':>9}{'stalls':>7}{'stall s':>8}"
+    head = (
+        f"{'protocol':<13}{'rendition':<10}{'frames':>7}{'stamped':>8}"
+        f"{'p50 ms':>9}{'p95 ms':>9}{'stalls':>7}{'stall s':>8}"
+    )
     out = [head, "-" * len(head)]
     for s in rows:
         p50 = "-" if s["latency_p50_ms"] is None else f"{s['latency_p50_ms']:.0f}"
@@ -608,7 +630,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         ),
         epilog="example: nearcast probe http://127.0.0.1:8080/live/class/whep --duration 20",
     )
-    parser.add_argument("url", metavar="URL", help="multivariant or media playlist URL, or a WHEP endpoint")
+    parser.add_argument(
+        "url", metavar="URL", help="multivariant or media playlist URL, or a WHEP endpoint"
+    )
     parser.add_argument(
         "--protocol",
         default="auto",
@@ -616,7 +640,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="auto: WHEP for URLs ending in /whep, else HLS, low-latency when the playlist "
         "offers parts (hls-segments forces whole segments, llhls insists on parts)",
     )
-    parser.add_argument("--duration", type=float, default=20.0, metavar="S", help="seconds to watch (default 20)")
-    parser.add_argument("--rendition", metavar="NAME", help="HLS rendition to play (default: the lowest)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument(
+        "--duration", type=float, default=20.0, metavar="S", help="seconds to watch (default 20)"
+    )
+    parser.add_argument(
+        "--rendition", metavar="NAME", help="HLS rendition to play (default: the lowest)"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON object instead of a table"
+    )
     parser.set_defaults(func=_main)

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from multiprocessing.connection import Connection
-from typing import Protocol
+from typing import Any, Protocol
 
 import av
 import av.container
@@ -56,7 +56,10 @@ class _ClockStamper:
 
     def __init__(self, output: av.container.OutputContainer, template: av.stream.Stream) -> None:
         src = template.codec_context
-        self.decoder = av.CodecContext.create(src.name, "r")
+        assert isinstance(src, av.VideoCodecContext)
+        decoder = av.CodecContext.create(src.name, "r")
+        assert isinstance(decoder, av.VideoCodecContext)
+        self.decoder = decoder
         if src.extradata:
             self.decoder.extradata = src.extradata
         rate = template.average_rate or template.guessed_rate or 30
@@ -65,7 +68,8 @@ class _ClockStamper:
         stream.width = src.width
         stream.height = src.height
         stream.pix_fmt = "yuv420p"
-        stream.codec_context.time_base = template.time_base
+        if template.time_base is not None:
+            stream.codec_context.time_base = template.time_base
         stream.options = {
             "preset": "ultrafast",
             "tune": "zerolatency",
@@ -76,10 +80,10 @@ class _ClockStamper:
         self.stream = stream
         self.frames = 0
 
-    def stamp(self, packet: av.Packet) -> list[av.Packet]:
+    def stamp(self, packet: av.Packet[Any]) -> list[av.Packet[Any]]:
         from media.clock import stamp_yuv420p
 
-        out: list[av.Packet] = []
+        out: list[av.Packet[Any]] = []
         for frame in self.decoder.decode(packet):
             planes = frame.to_ndarray(format="yuv420p")
             stamp_yuv420p(planes, int(time.time() * 1000))
@@ -92,7 +96,7 @@ class _ClockStamper:
             self.frames += 1
         return out
 
-    def flush(self) -> list[av.Packet]:
+    def flush(self) -> list[av.Packet[Any]]:
         return list(self.stream.encode())
 
 

@@ -93,7 +93,9 @@ class LiveTap:
             while samples < (i + 1) * 48000 // self.fps:
                 t = (samples + np.arange(960)) / 48000
                 tone = (np.sin(2 * np.pi * 440 * t) * 3000).astype(np.int16)
-                af = av.AudioFrame.from_ndarray(np.repeat(tone, 2)[None, :], format="s16", layout="stereo")
+                af = av.AudioFrame.from_ndarray(
+                    np.repeat(tone, 2)[None, :], format="s16", layout="stereo"
+                )
                 af.sample_rate = 48000
                 af.pts = samples
                 af.time_base = Fraction(1, 48000)

@@ -72,7 +72,9 @@ def test_survives_scaling_noise_and_jpeg(
     ms: int, src: tuple[int, int], dst: tuple[int, int], seed: int, noise: float, quality: int
 ) -> None:
     frame = _stamped(*src, seed, ms)
-    scaled = frame.reformat(width=dst[0], height=dst[1], format="yuvj420p", interpolation="BILINEAR")
+    scaled = frame.reformat(
+        width=dst[0], height=dst[1], format="yuvj420p", interpolation="BILINEAR"
+    )
     luma = _luma(scaled).astype(np.float64)
     luma += np.random.default_rng(seed).normal(0, noise, luma.shape)
     grey = np.clip(luma, 0, 255).astype(np.uint8)

@@ -27,16 +27,24 @@ parts_st = st.lists(
     st.booleans(),
 )
 def test_playlist_round_trip(sequence: int, segments: list, trailing: list, ended: bool) -> None:
-    lines = ["#EXTM3U", "#EXT-X-VERSION:9", "#EXT-X-TARGETDURATION:2", f"#EXT-X-MEDIA-SEQUENCE:{sequence}",
-             "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.0,CAN-SKIP-UNTIL=12.0",
-             "#EXT-X-PART-INF:PART-TARGET=0.334", '#EXT-X-MAP:URI="init.mp4"']
+    lines = [
+        "#EXTM3U",
+        "#EXT-X-VERSION:9",
+        "#EXT-X-TARGETDURATION:2",
+        f"#EXT-X-MEDIA-SEQUENCE:{sequence}",
+        "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=1.0,CAN-SKIP-UNTIL=12.0",
+        "#EXT-X-PART-INF:PART-TARGET=0.334",
+        '#EXT-X-MAP:URI="init.mp4"',
+    ]
     for s, parts in enumerate(segments):
         for p, (dur, ind) in enumerate(parts):
             extra = ",INDEPENDENT=YES" if ind else ""
             lines.append(f'#EXT-X-PART:DURATION={dur:.5f},URI="{s}.{p}.m4s"{extra}')
         lines += [f"#EXTINF:{sum(d for d, _ in parts) or 2.0:.5f},", f"{sequence + s}.m4s"]
     for p, (dur, ind) in enumerate(trailing):
-        lines.append(f'#EXT-X-PART:DURATION={dur:.5f},URI="t.{p}.m4s"{",INDEPENDENT=YES" if ind else ""}')
+        lines.append(
+            f'#EXT-X-PART:DURATION={dur:.5f},URI="t.{p}.m4s"{",INDEPENDENT=YES" if ind else ""}'
+        )
     lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="t.{len(trailing)}.m4s"')
     if ended:
         lines.append("#EXT-X-ENDLIST")
@@ -47,7 +55,9 @@ def test_playlist_round_trip(sequence: int, segments: list, trailing: list, ende
     assert [s.uri for s in pl.segments] == [f"{sequence + i}.m4s" for i in range(len(segments))]
     for s, parts in enumerate(segments):
         got = pl.parts_of(sequence + s)
-        assert [(p.index, p.independent) for p in got] == [(i, ind) for i, (_, ind) in enumerate(parts)]
+        assert [(p.index, p.independent) for p in got] == [
+            (i, ind) for i, (_, ind) in enumerate(parts)
+        ]
         assert all(p.msn == sequence + s for p in got)
     assert [p.uri for p in pl.parts_of(pl.next_msn)] == [f"t.{i}.m4s" for i in range(len(trailing))]
 
@@ -105,7 +115,7 @@ def clocked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
 
 
 def test_probe_reads_publish_clock_stamps_over_hls(clocked: NodeProcess) -> None:
-    """publish --clock -> RTMP -> ladder -> HLS -> probe: every frame of the 180p rung carries a stamp."""
+    """publish --clock -> RTMP -> ladder -> HLS -> probe: every 180p frame carries a stamp."""
     result = asyncio.run(probe(f"{clocked.http}/live/clk/index.m3u8", 5.0, "hls"))
     s = result.summary()
     assert s["rendition"] == "180p"
@@ -114,11 +124,25 @@ def test_probe_reads_publish_clock_stamps_over_hls(clocked: NodeProcess) -> None
     assert 4000 <= s["latency_p50_ms"] <= 15000, s
 
 
-def test_probe_cli_json_and_errors(clocked: NodeProcess, capsys: pytest.CaptureFixture[str]) -> None:
+def test_probe_cli_json_and_errors(
+    clocked: NodeProcess, capsys: pytest.CaptureFixture[str]
+) -> None:
     import json
 
-    assert cli_main(["probe", f"{clocked.http}/live/clk/index.m3u8", "--duration", "2.5",
-                     "--rendition", "360p", "--json"]) == 0
+    assert (
+        cli_main(
+            [
+                "probe",
+                f"{clocked.http}/live/clk/index.m3u8",
+                "--duration",
+                "2.5",
+                "--rendition",
+                "360p",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["rendition"] == "360p" and out["stamped"] > 0
     assert cli_main(["probe", f"{clocked.http}/live/nope/index.m3u8", "--duration", "1"]) == 1
@@ -126,7 +150,7 @@ def test_probe_cli_json_and_errors(clocked: NodeProcess, capsys: pytest.CaptureF
 
 
 def test_decoder_follows_fmp4_parts_across_non_independent_ones() -> None:
-    """LL-HLS parts: an init segment, then moof+mdat fragments of which only some start with an IDR."""
+    """LL-HLS parts: an init segment, then moof+mdat fragments, only some starting with an IDR."""
     import io
     from fractions import Fraction
 
@@ -137,7 +161,12 @@ def test_decoder_follows_fmp4_parts_across_non_independent_ones() -> None:
     from nearcast.probe import StampDecoder
 
     buf = io.BytesIO()
-    with av.open(buf, "w", format="mp4", options={"movflags": "empty_moov+default_base_moof+frag_every_frame"}) as out:
+    with av.open(
+        buf,
+        "w",
+        format="mp4",
+        options={"movflags": "empty_moov+default_base_moof+frag_every_frame"},
+    ) as out:
         s = out.add_stream("libx264", rate=30)
         s.width, s.height, s.pix_fmt = 320, 180, "yuv420p"
         s.options = {"preset": "ultrafast", "x264-params": "keyint=15:min-keyint=15:scenecut=0"}
@@ -173,14 +202,17 @@ def test_watch_page_reads_stamps_in_hls_mode(clocked: NodeProcess) -> None:
     chromium = require_binary("chromium")
     with sync_playwright() as pw:
         browser = pw.chromium.launch(
-            executable_path=chromium, headless=True,
+            executable_path=chromium,
+            headless=True,
             args=["--no-sandbox", "--disable-gpu", "--autoplay-policy=no-user-gesture-required"],
         )
         try:
             page = browser.new_page()
             page.goto(f"{clocked.http}/live/clk/watch?mode=hls")
             page.wait_for_function("window.nearcast.stamps >= 15", timeout=60000)
-            state = page.evaluate("({mode: window.nearcast.mode, lat: window.nearcast.latencies.slice()})")
+            state = page.evaluate(
+                "({mode: window.nearcast.mode, lat: window.nearcast.latencies.slice()})"
+            )
             assert state["mode"] == "hls"
             lat = sorted(state["lat"])
             assert 1000 <= lat[len(lat) // 2] <= 20000, lat

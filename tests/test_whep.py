@@ -73,9 +73,13 @@ async def test_signalling_errors(node: Node, live: LiveTap) -> None:
         sdp = {"Content-Type": "application/sdp"}
         r = await c.post("/live/cam/whep", content="hello", headers=sdp)
         assert r.status_code == 400 and "SDP" in r.text
-        r = await c.post("/live/cam/whep", content="v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n", headers=sdp)
+        r = await c.post(
+            "/live/cam/whep", content="v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n", headers=sdp
+        )
         assert r.status_code == 400 and "no video" in r.text
-        r = await c.post("/live/cam/whep", content="v=0\r\nm=video 9 RTP/AVP 96\r\nbogus", headers=sdp)
+        r = await c.post(
+            "/live/cam/whep", content="v=0\r\nm=video 9 RTP/AVP 96\r\nbogus", headers=sdp
+        )
         assert r.status_code == 400
         r = await c.post("/live/nope/whep", content="v=0\r\nm=video 9 RTP/AVP 96\r\n", headers=sdp)
         assert r.status_code == 404 and "not live" in r.text
@@ -101,7 +105,8 @@ async def test_create_and_delete_session(node: Node, live: LiveTap) -> None:
         await pc.setLocalDescription(await pc.createOffer())
         async with httpx.AsyncClient(base_url=_url(node, ""), timeout=10) as c:
             r = await c.post(
-                "/live/cam/whep", content=pc.localDescription.sdp,
+                "/live/cam/whep",
+                content=pc.localDescription.sdp,
                 headers={"Content-Type": "application/sdp"},
             )
             assert r.status_code == 201, r.text
@@ -165,7 +170,9 @@ async def test_chromium_plays_the_watch_page_over_whep(node: Node, live: LiveTap
             )
             assert state["errors"] == [] and state["w"] == 640
             lat = sorted(state["lat"])
-            assert 0 <= lat[len(lat) // 2] <= 1000, lat  # readout works; browser adds its playout delay
+            assert 0 <= lat[len(lat) // 2] <= 1000, (
+                lat
+            )  # readout works; browser adds its playout delay
             assert "latency" in state["text"] and "whep" in state["text"]
             assert len(node.whep.sessions) == 1
         finally:

@@ -272,7 +272,8 @@ class Transcoder:
                 elif ftype is FrameType.DONE:
                     return True
                 elif ftype is FrameType.TAP:
-                    # Encoded packets for WebRTC viewers (Spec.tap); sinks without on_tap ignore them.
+                    # Encoded packets for WebRTC viewers (Spec.tap); a sink without on_tap
+                    # ignores them.
                     on_tap = getattr(self.sink, "on_tap", None)
                     if on_tap is not None:
                         on_tap(*decode_packet(payload))

@@ -111,8 +111,10 @@ class TapFanout:
                 self._warned_reorder = True
                 log.warning(
                     "[whep %s] tap rendition has B-frames (pts %d != dts %d): "
-                    "WebRTC viewers may stutter; encode it with bframes=0", self.name,
-                    packet.pts, packet.dts,
+                    "WebRTC viewers may stutter; encode it with bframes=0",
+                    self.name,
+                    packet.pts,
+                    packet.dts,
                 )
         else:
             self.audio_codec = packet.codec

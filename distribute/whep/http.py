@@ -67,7 +67,9 @@ def whep_router(server: WhepServer, cors_origin: str = "*") -> APIRouter:
     async def create(tenant: str, stream: str, request: Request) -> Response:
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != SDP:
-            return error(415, f"the offer must be sent as {SDP}", endpoint_methods, **{"Accept-Post": SDP})
+            return error(
+                415, f"the offer must be sent as {SDP}", endpoint_methods, **{"Accept-Post": SDP}
+            )
         body = await request.body()
         if len(body) > MAX_OFFER:
             return error(413, f"offer larger than {MAX_OFFER} bytes", endpoint_methods)
@@ -111,10 +113,14 @@ def whep_router(server: WhepServer, cors_origin: str = "*") -> APIRouter:
 
     @router.options("/{tenant}/{stream}/whep/{session_id}", include_in_schema=False)
     async def session_options(tenant: str, stream: str, session_id: str) -> Response:
-        return Response(status_code=204, headers={**cors(session_methods), "Allow": session_methods})
+        return Response(
+            status_code=204, headers={**cors(session_methods), "Allow": session_methods}
+        )
 
     @router.get("/{tenant}/{stream}/watch", include_in_schema=False)
     async def watch(tenant: str, stream: str) -> Response:
-        return FileResponse(WATCH_PAGE, media_type="text/html", headers={"Cache-Control": "no-cache"})
+        return FileResponse(
+            WATCH_PAGE, media_type="text/html", headers={"Cache-Control": "no-cache"}
+        )
 
     return router

@@ -14,7 +14,9 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Coroutine
 from fractions import Fraction
+from typing import Any
 
 import av
 from aiortc import (
@@ -49,7 +51,7 @@ class PacketTrack(MediaStreamTrack):
         self.kind = kind
         self.feed = feed
 
-    async def recv(self) -> av.Packet:  # type: ignore[override]
+    async def recv(self) -> av.Packet:  # type: ignore
         if self.readyState != "live":
             raise MediaStreamError
         packet = await self.feed.get()
@@ -63,7 +65,7 @@ class PacketTrack(MediaStreamTrack):
         super().stop()
 
 
-def to_av_packet(packet: MediaPacket) -> av.Packet:
+def to_av_packet(packet: MediaPacket) -> av.Packet[Any]:
     out = av.Packet(packet.data)
     out.pts = packet.pts
     out.dts = packet.dts
@@ -198,7 +200,9 @@ class WhepServer:
             except (ValueError, RuntimeError) as exc:
                 raise BadOffer(f"cannot negotiate with the offer for {key}: {exc}") from None
             if not _answer_has(answer.sdp, "H264"):
-                raise BadOffer(f"offer for {key} does not accept H.264 video (packetization-mode 1)")
+                raise BadOffer(
+                    f"offer for {key} does not accept H.264 video (packetization-mode 1)"
+                )
             await pc.setLocalDescription(answer)
         except BaseException as exc:
             for feed in feeds:
@@ -249,12 +253,14 @@ class WhepServer:
         if not session.closed and session.pc.connectionState != "connected":
             log.warning(
                 "[whep %s %s] not connected after %.0f s; closing",
-                session.key, session.id, self.config.connect_timeout,
+                session.key,
+                session.id,
+                self.config.connect_timeout,
             )
             await self._close(session)
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
