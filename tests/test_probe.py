@@ -218,3 +218,109 @@ def test_watch_page_reads_stamps_in_hls_mode(clocked: NodeProcess) -> None:
             assert 1000 <= lat[len(lat) // 2] <= 20000, lat
         finally:
             browser.close()
+
+
+def _fmp4_fragments(frames: int, stamp0: int, gop: int) -> tuple[bytes, list[bytes]]:
+    """An init segment and one moof+mdat per frame, each frame stamped stamp0 + i * 1000/30."""
+    import io
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    from media.clock import stamp_yuv420p
+
+    buf = io.BytesIO()
+    flags = "empty_moov+default_base_moof+frag_every_frame"
+    with av.open(buf, "w", format="mp4", options={"movflags": flags}) as out:
+        s = out.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt = 320, 180, "yuv420p"
+        s.options = {"preset": "ultrafast", "x264-params": f"keyint={gop}:min-keyint={gop}"}
+        for i in range(frames):
+            planes = np.full((270, 320), 90, np.uint8)
+            stamp_yuv420p(planes, stamp0 + i * 1000 // 30)
+            f = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+            f.pts, f.time_base = i, Fraction(1, 30)
+            out.mux(s.encode(f))
+        out.mux(s.encode())
+    data = buf.getvalue()
+    boxes, pos = [], 0
+    while pos < len(data):
+        size = int.from_bytes(data[pos : pos + 4], "big")
+        boxes.append((data[pos + 4 : pos + 8], data[pos : pos + size]))
+        pos += size
+    init = b"".join(b for t, b in boxes if t in (b"ftyp", b"moov"))
+    frags = [b for t, b in boxes if t in (b"moof", b"mdat")]
+    return init, [frags[i] + frags[i + 1] for i in range(0, len(frags), 2)]
+
+
+async def test_llhls_client_follows_parts_with_blocking_reload() -> None:
+    """A live LL-HLS origin (0.1 s parts, 0.6 s segments, blocking reload) played by the probe."""
+    import time
+
+    import httpx
+
+    from nearcast.probe import HlsProbe
+
+    fps, per_part, per_seg = 30, 3, 18
+    t0 = time.time() + 1.0
+    init, frames = _fmp4_fragments(150, int(t0 * 1000), gop=per_seg)
+    parts = [b"".join(frames[i : i + per_part]) for i in range(0, len(frames), per_part)]
+    parts_per_seg = per_seg // per_part
+    ready_at = [t0 + (k + 1) * per_part / fps for k in range(len(parts))]
+    requests: list[str] = []
+
+    def available() -> int:
+        return sum(1 for t in ready_at if t <= time.time())
+
+    def playlist() -> str:
+        n = available()
+        lines = [
+            "#EXTM3U",
+            "#EXT-X-VERSION:9",
+            "#EXT-X-TARGETDURATION:1",
+            "#EXT-X-MEDIA-SEQUENCE:0",
+            "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,PART-HOLD-BACK=0.3",
+            "#EXT-X-PART-INF:PART-TARGET=0.1",
+            '#EXT-X-MAP:URI="init.mp4"',
+        ]
+        for k in range(n):
+            seg, idx = divmod(k, parts_per_seg)
+            ind = ",INDEPENDENT=YES" if idx == 0 else ""
+            lines.append(f'#EXT-X-PART:DURATION=0.1,URI="p{k}.m4s"{ind}')
+            if idx == parts_per_seg - 1:
+                lines += ["#EXTINF:0.6,", f"s{seg}.m4s"]
+        lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="p{n}.m4s"')
+        return "\n".join(lines) + "\n"
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        name = request.url.path.rsplit("/", 1)[-1]
+        requests.append(str(request.url.query, "ascii") if name == "index.m3u8" else name)
+        if name == "index.m3u8":
+            msn = request.url.params.get("_HLS_msn")
+            if msn is not None:
+                k = int(msn) * parts_per_seg + int(request.url.params.get("_HLS_part", 0))
+                while available() <= k and time.time() < ready_at[-1] + 1:
+                    await asyncio.sleep(0.005)
+            return httpx.Response(200, text=playlist())
+        if name == "init.mp4":
+            return httpx.Response(200, content=init)
+        k = int(name[1:-4])
+        assert name.startswith("p") and ready_at[k] <= time.time(), name
+        return httpx.Response(200, content=parts[k])
+
+    while available() < 2 * parts_per_seg:
+        await asyncio.sleep(0.02)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        url = "http://origin/live/s/index.m3u8"
+        result = await HlsProbe(url, 2.5, low_latency=True, client=client).run()
+    s = result.summary()
+    assert s["protocol"] == "llhls"
+    assert s["frames"] >= 60 and s["stamped"] == s["frames"], s
+    # Started at an independent part at least PART-HOLD-BACK back; blocking reloads after.
+    first_part = next(r for r in requests if r.startswith("p"))
+    assert int(first_part[1:-4]) % parts_per_seg == 0
+    assert any("_HLS_msn=" in r and "_HLS_part=" in r for r in requests)
+    # Hold-back (0.3-0.6 s to an independent part) plus one part: well under a second.
+    assert 250 <= s["latency_p50_ms"] <= 900, s
+    assert s["stalls"] == 0, s
