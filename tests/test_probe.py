@@ -300,8 +300,8 @@ async def test_llhls_client_follows_parts_with_blocking_reload() -> None:
             msn = request.url.params.get("_HLS_msn")
             if msn is not None:
                 k = int(msn) * parts_per_seg + int(request.url.params.get("_HLS_part", 0))
-                while available() <= k and time.time() < ready_at[-1] + 1:
-                    await asyncio.sleep(0.005)
+                # Held until that part exists (the origin's clock), at most past the end.
+                await asyncio.sleep(max(0.0, ready_at[min(k, len(parts) - 1)] - time.time()))
             return httpx.Response(200, text=playlist())
         if name == "init.mp4":
             return httpx.Response(200, content=init)
@@ -309,8 +309,8 @@ async def test_llhls_client_follows_parts_with_blocking_reload() -> None:
         assert name.startswith("p") and ready_at[k] <= time.time(), name
         return httpx.Response(200, content=parts[k])
 
-    while available() < 2 * parts_per_seg:
-        await asyncio.sleep(0.02)
+    # The viewer arrives when two segments exist.
+    await asyncio.sleep(max(0.0, ready_at[2 * parts_per_seg - 1] - time.time()))
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
         url = "http://origin/live/s/index.m3u8"
         result = await HlsProbe(url, 2.5, low_latency=True, client=client).run()
