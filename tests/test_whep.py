@@ -87,9 +87,9 @@ async def test_signalling_errors(node: Node, live: LiveTap) -> None:
         assert r.status_code == 415 and r.headers["accept-post"] == "application/sdp"
         r = await c.options("/live/cam/whep")
         assert r.status_code == 204 and "POST" in r.headers["access-control-allow-methods"]
-        r = await c.patch("/live/cam/whep/whatever", content="a=end-of-candidates")
+        r = await c.patch("/live/cam/whep/session/whatever", content="a=end-of-candidates")
         assert r.status_code == 405 and r.headers["allow"] == "DELETE, OPTIONS"
-        r = await c.delete("/live/cam/whep/whatever")
+        r = await c.delete("/live/cam/whep/session/whatever")
         assert r.status_code == 404
         # A stream that is not WebRTC-capable does not leak sessions either.
         assert node.whep.sessions == {}
@@ -113,7 +113,7 @@ async def test_create_and_delete_session(node: Node, live: LiveTap) -> None:
             assert r.headers["content-type"].startswith("application/sdp")
             assert "H264/90000" in r.text and "opus/48000" in r.text
             location = r.headers["location"]
-            assert location.startswith("/live/cam/whep/")
+            assert location.startswith("/live/cam/whep/session/")
             assert len(node.whep.sessions) == 1
             assert len(node.whep.fanouts[KEY].feeds) == 2
             assert (await c.delete(location)).status_code == 200

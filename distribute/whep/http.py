@@ -3,7 +3,9 @@
 - ``POST /{tenant}/{stream}/whep`` with ``application/sdp`` -> ``201 Created``,
   ``Location`` of the session resource, the SDP answer (all candidates
   included: aiortc gathers before answering), ``Link`` headers for ICE servers.
-- ``DELETE`` on the session resource ends the session.
+- ``DELETE`` on the session resource (``/{tenant}/{stream}/whep/session/{id}``)
+  ends the session. Six path segments: never mistaken for a media path
+  ``/{tenant}/{stream}/{rendition}/{file}`` by the HTTP fast path.
 - ``PATCH`` (trickle ICE / ICE restart) -> ``405``: aiortc gathers every
   candidate up front and cannot restart ICE, so the draft's answer is 405 with
   ``Allow``.
@@ -83,7 +85,7 @@ def whep_router(server: WhepServer, cors_origin: str = "*") -> APIRouter:
             return error(400, str(exc), endpoint_methods)
         except TooManyViewers as exc:
             return error(503, str(exc), endpoint_methods, **{"Retry-After": "10"})
-        location = f"/{tenant}/{stream}/whep/{session.id}"
+        location = f"/{tenant}/{stream}/whep/session/{session.id}"
         response = Response(
             answer,
             status_code=201,
@@ -94,7 +96,7 @@ def whep_router(server: WhepServer, cors_origin: str = "*") -> APIRouter:
             response.headers.append("Link", link)
         return response
 
-    @router.delete("/{tenant}/{stream}/whep/{session_id}", include_in_schema=False)
+    @router.delete("/{tenant}/{stream}/whep/session/{session_id}", include_in_schema=False)
     async def delete(tenant: str, stream: str, session_id: str) -> Response:
         try:
             await server.delete(StreamKey(tenant, stream), session_id)
@@ -102,7 +104,7 @@ def whep_router(server: WhepServer, cors_origin: str = "*") -> APIRouter:
             return error(404, str(exc), session_methods)
         return Response(status_code=200, headers=cors(session_methods))
 
-    @router.patch("/{tenant}/{stream}/whep/{session_id}", include_in_schema=False)
+    @router.patch("/{tenant}/{stream}/whep/session/{session_id}", include_in_schema=False)
     async def patch(tenant: str, stream: str, session_id: str) -> Response:
         return error(
             405,
@@ -111,7 +113,7 @@ def whep_router(server: WhepServer, cors_origin: str = "*") -> APIRouter:
             Allow=session_methods,
         )
 
-    @router.options("/{tenant}/{stream}/whep/{session_id}", include_in_schema=False)
+    @router.options("/{tenant}/{stream}/whep/session/{session_id}", include_in_schema=False)
     async def session_options(tenant: str, stream: str, session_id: str) -> Response:
         return Response(
             status_code=204, headers={**cors(session_methods), "Allow": session_methods}
