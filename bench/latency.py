@@ -133,6 +133,17 @@ def wait_playlist(http: str, stream: str, timeout: float) -> None:
     raise RuntimeError(f"no playlist with 3 segments for live/{stream} within {timeout:.0f} s")
 
 
+def transcode_lag(http: str) -> float | None:
+    try:
+        text = httpx.get(f"{http}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("transcode_lag_seconds{"):
+            return round(float(line.rsplit(" ", 1)[1]), 3)
+    return None
+
+
 def measure(
     mode: str,
     env: dict[str, str],
@@ -156,6 +167,9 @@ def measure(
                 summary["protocol"] = proto
             except (ProbeError, TimeoutError) as exc:
                 summary = {"protocol": proto, "error": str(exc)}
+            # How far the transcode trailed real time at the end: latency the node's
+            # CPU added, whatever the delivery protocol.
+            summary["transcode_lag_s"] = transcode_lag(node.http)
             out[proto] = summary
             log.info("%s: %s", proto, summary)
         if pub.error is not None:
@@ -195,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         if "error" in r:
             print(f"{name:<13}not measured: {r['error']}")
     print()
-    print(f"{'protocol':<10}{'p50 target ms':>15}{'p50 ms':>10}{'met':>6}")
+    print(f"{'protocol':<10}{'p50 target ms':>15}{'p50 ms':>10}{'met':>6}{'transcode lag s':>17}")
     figures: dict[str, Any] = {"targets_p50_ms": TARGETS_MS, "duration_s": args.duration}
     for name, target in TARGETS_MS.items():
         r = results.get(name, {})
@@ -203,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         met = p50 is not None and p50 <= target
         print(
             f"{name:<10}{target:>15}{'-' if p50 is None else f'{p50:.0f}':>10}"
-            f"{'yes' if met else 'no':>6}"
+            f"{'yes' if met else 'no':>6}{r.get('transcode_lag_s') or '-':>17}"
         )
         figures[name] = {k: v for k, v in r.items() if k != "url"}
         figures[name]["target_met"] = met
