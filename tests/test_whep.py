@@ -123,6 +123,40 @@ async def test_create_and_delete_session(node: Node, live: LiveTap) -> None:
         await pc.close()
 
 
+async def test_stream_end_closes_its_sessions(node: Node, live: LiveTap) -> None:
+    import asyncio
+
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    pc = RTCPeerConnection()
+    try:
+        pc.addTransceiver("video", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        async with httpx.AsyncClient(base_url=_url(node, ""), timeout=10) as c:
+            r = await c.post(
+                "/live/cam/whep",
+                content=pc.localDescription.sdp,
+                headers={"Content-Type": "application/sdp"},
+            )
+            assert r.status_code == 201, r.text
+        await pc.setRemoteDescription(RTCSessionDescription(r.text, "answer"))
+        node.whep.end(KEY)  # what the node does when the grace period runs out
+        for _ in range(100):
+            if not node.whep.sessions:
+                break
+            await asyncio.sleep(0.05)
+        assert node.whep.sessions == {} and KEY not in node.whep.fanouts
+        async with httpx.AsyncClient(base_url=_url(node, ""), timeout=10) as c:
+            r = await c.post(
+                "/live/cam/whep",
+                content=pc.localDescription.sdp,
+                headers={"Content-Type": "application/sdp"},
+            )
+            assert r.status_code == 404
+    finally:
+        await pc.close()
+
+
 def test_slow_viewer_skips_to_the_next_keyframe() -> None:
     feed = ViewerFeed("video", limit=4)
 

@@ -121,7 +121,9 @@ class WhepServer:
         return fanout
 
     def feed(self, key: StreamKey, packet: MediaPacket) -> None:
-        fanout = self.fanouts.get(key) or self.open(key)
+        fanout = self.fanouts.get(key)
+        if fanout is None:
+            return  # not opened (WebRTC off) or already ended: a worker's last packets
         before = fanout.dropped
         fanout.publish(packet)
         after = fanout.dropped
