@@ -338,12 +338,14 @@ class HlsProbe:
         rendition: str | None = None,
         low_latency: bool | None = None,
         client: httpx.AsyncClient | None = None,
+        hold_back: float | None = None,
     ) -> None:
         self.url = url
         self.duration = duration
         self.rendition = rendition
         self.low_latency = low_latency
         self._client = client
+        self.hold_back = hold_back
         self._init_url: str | None = None
         self.decoder = StampDecoder()
 
@@ -433,7 +435,7 @@ class HlsProbe:
     async def _run_segments(
         self, url: str, pl: MediaPlaylist, playout: Playout, deadline: float
     ) -> None:
-        hold = pl.hold_back or 3 * pl.target
+        hold = self.hold_back if self.hold_back is not None else pl.hold_back or 3 * pl.target
         start = len(pl.segments)
         back = 0.0
         while start > 0 and back < hold:
@@ -457,7 +459,9 @@ class HlsProbe:
 
     async def _run_ll(self, url: str, pl: MediaPlaylist, playout: Playout, deadline: float) -> None:
         parts = pl.parts()
-        hold = pl.part_hold_back or 3 * pl.part_target
+        hold = self.hold_back
+        if hold is None:
+            hold = pl.part_hold_back or 3 * pl.part_target
         i = len(parts) - 1
         back = parts[i].duration
         while i > 0 and (back < hold or not parts[i].independent):
@@ -572,8 +576,13 @@ async def probe(
     duration: float,
     protocol: str = "auto",
     rendition: str | None = None,
+    hold_back: float | None = None,
 ) -> ProbeResult:
-    """Probe ``url`` for ``duration`` seconds. ``protocol``: auto, hls, llhls or whep."""
+    """Probe ``url`` for ``duration`` seconds. ``protocol``: auto, hls, llhls or whep.
+
+    ``hold_back`` (seconds behind the live edge to start HLS at) overrides the
+    playlist's HOLD-BACK / PART-HOLD-BACK, to model players that sit closer or further.
+    """
     if protocol == "auto":
         protocol = detect_protocol(url)
     if protocol == "whep":
@@ -581,7 +590,9 @@ async def probe(
     low = {"hls": None, "llhls": True, "hls-segments": False}.get(protocol)
     if protocol not in ("hls", "llhls", "hls-segments"):
         raise ValueError(f"unknown protocol {protocol!r}: auto, hls, hls-segments, llhls or whep")
-    return await HlsProbe(url, duration, rendition=rendition, low_latency=low).run()
+    return await HlsProbe(
+        url, duration, rendition=rendition, low_latency=low, hold_back=hold_back
+    ).run()
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -603,7 +614,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def _main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        result = asyncio.run(probe(args.url, args.duration, args.protocol, args.rendition))
+        result = asyncio.run(
+            probe(args.url, args.duration, args.protocol, args.rendition, args.hold_back)
+        )
     except (ProbeError, ValueError) as exc:
         print(f"nearcast probe: {exc}", file=sys.stderr)
         return 1
@@ -648,5 +661,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     )
     parser.add_argument(
         "--json", action="store_true", help="print one JSON object instead of a table"
+    )
+    parser.add_argument(
+        "--hold-back",
+        type=float,
+        metavar="S",
+        help="HLS: start S seconds behind the live edge instead of the playlist's HOLD-BACK "
+        "(PART-HOLD-BACK for LL-HLS; by default 3 target durations / 3 part targets)",
     )
     parser.set_defaults(func=_main)
