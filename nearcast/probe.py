@@ -96,16 +96,29 @@ def percentile(sorted_values: list[float], p: float) -> float:
 
 
 class Playout:
-    """A player's clock: frames are shown at their PTS pace, never before they arrive."""
+    """A player's clock: frames are shown at their PTS pace, never before they arrive.
+
+    ``skip`` seconds of media at the start are decoded but not shown: a player
+    loads from the independent part (or segment start) before its start position
+    and seeks forward to the position its hold-back asks for, as hls.js does.
+    """
 
     def __init__(self, result: ProbeResult, started: float, realtime_gaps: bool = False) -> None:
         self.result = result
         self.started = started
         self.realtime_gaps = realtime_gaps
+        self.skip = 0.0
+        self._skip_until: float | None = None
         self._shown: float | None = None
         self._pts: float | None = None
 
-    def frame(self, arrival: float, pts: float | None, stamp_ms: int | None) -> float:
+    def frame(self, arrival: float, pts: float | None, stamp_ms: int | None) -> float | None:
+        """When the frame is shown (wall clock), or None if it is skipped."""
+        if pts is not None and self.skip > 0:
+            if self._skip_until is None:
+                self._skip_until = pts + self.skip - 1e-6
+            if pts < self._skip_until:
+                return None
         r = self.result
         r.frames += 1
         if self._shown is None:
@@ -442,6 +455,7 @@ class HlsProbe:
             start -= 1
             back += pl.segments[start].duration
         msn = pl.sequence + start
+        playout.skip = max(0.0, back - hold)
         while time.monotonic() < deadline:
             seg = pl.segment(msn)
             if seg is None:
@@ -468,6 +482,7 @@ class HlsProbe:
             i -= 1
             back += parts[i].duration
         msn, index = parts[i].msn, parts[i].index
+        playout.skip = max(0.0, back - hold)
         while time.monotonic() < deadline:
             known = pl.parts_of(msn)
             if index < len(known):
