@@ -287,21 +287,28 @@ def parse_media_playlist(text: str) -> MediaPlaylist:
 
 
 class StampDecoder:
-    """Decodes segments or parts in order with one persistent decoder and reads their stamps."""
+    """Decodes segments or parts in order with one persistent decoder and reads their stamps.
+
+    Each frame comes back with the ``tag`` of the blob that carried it (the probe
+    passes the time the blob was downloaded): with B-frames a decoder returns a
+    frame one or two blobs later, but a player had its data, and could show it,
+    when the blob that carried it arrived.
+    """
 
     def __init__(self) -> None:
         self.init = b""
         self._ctx: av.VideoCodecContext | None = None
         self._tb: Fraction | None = None
+        self._tags: dict[int, float] = {}
 
     def set_init(self, data: bytes) -> None:
         if data != self.init:
             self.init = data
             self._ctx = None
 
-    def decode(self, blob: bytes) -> list[tuple[float | None, int | None]]:
-        """``(pts seconds, stamp ms or None)`` for every frame ``blob`` completes."""
-        out: list[tuple[float | None, int | None]] = []
+    def decode(self, blob: bytes, tag: float = 0.0) -> list[tuple[float | None, int | None, float]]:
+        """``(pts seconds, stamp ms or None, tag)`` for every frame ``blob`` completes."""
+        out: list[tuple[float | None, int | None, float]] = []
         try:
             container = av.open(io.BytesIO(self.init + blob), "r")
         except av.error.FFmpegError as exc:
@@ -321,17 +328,23 @@ class StampDecoder:
                 if packet.size == 0:
                     continue
                 packet.time_base = self._tb
+                if packet.pts is not None:
+                    self._tags[packet.pts] = tag
                 try:
                     frames = self._ctx.decode(packet)
                 except av.error.FFmpegError:
                     continue  # a part before the first IDR: skipped, as a player would
                 for frame in frames:
-                    out.append(self._frame(frame))
+                    out.append(self._frame(frame, tag))
+        if len(self._tags) > 1000:  # frames that never came out (a decode error)
+            self._tags.clear()
         return out
 
-    def _frame(self, frame: av.VideoFrame) -> tuple[float | None, int | None]:
+    def _frame(self, frame: av.VideoFrame, tag: float) -> tuple[float | None, int | None, float]:
         pts = float(frame.pts * self._tb) if frame.pts is not None and self._tb else None
-        return pts, read_stamp(luma(frame))
+        if frame.pts is not None:
+            tag = self._tags.pop(frame.pts, tag)
+        return pts, read_stamp(luma(frame)), tag
 
 
 def _with_query(url: str, params: dict[str, Any]) -> str:
@@ -440,9 +453,8 @@ class HlsProbe:
         return pl
 
     async def _feed(self, data: bytes, playout: Playout) -> None:
-        frames = await asyncio.to_thread(self.decoder.decode, data)
-        arrival = time.time()
-        for pts, stamp in frames:
+        frames = await asyncio.to_thread(self.decoder.decode, data, time.time())
+        for pts, stamp, arrival in frames:
             playout.frame(arrival, pts, stamp)
 
     async def _run_segments(

@@ -175,7 +175,7 @@ def test_decoder_follows_fmp4_parts_across_non_independent_ones() -> None:
     ) as out:
         s = out.add_stream("libx264", rate=30)
         s.width, s.height, s.pix_fmt = 320, 180, "yuv420p"
-        s.options = {"preset": "ultrafast", "x264-params": "keyint=15:min-keyint=15:scenecut=0"}
+        s.options = {"preset": "veryfast", "x264-params": "keyint=15:scenecut=0:bframes=2"}
         for i in range(30):
             planes = np.full((270, 320), 100, np.uint8)
             stamp_yuv420p(planes, 1_000_000 + i)
@@ -194,10 +194,23 @@ def test_decoder_follows_fmp4_parts_across_non_independent_ones() -> None:
     parts = [frags[i] + frags[i + 1] for i in range(0, len(frags), 2)]
     # Parts of 3 frames each, as a packager with a 0.1 s part target would cut them.
     grouped = [b"".join(parts[i : i + 3]) for i in range(0, len(parts), 3)]
+    carried: dict[float, int] = {}  # frame time -> the part that carries its packet
+    for k, g in enumerate(grouped):
+        with av.open(io.BytesIO(init + g)) as c:
+            for p in c.demux(video=0):
+                if p.pts is not None:
+                    carried[float(p.pts * p.time_base)] = k
     dec = StampDecoder()
     dec.set_init(init)
-    got = [stamp for g in grouped for _, stamp in dec.decode(g)]
-    assert got == [1_000_000 + i for i in range(30)]
+    got = [
+        (pts, stamp, tag, k) for k, g in enumerate(grouped) for pts, stamp, tag in dec.decode(g, k)
+    ]
+    # B-frames: the decoder returns frames late (the last ones stay in it), each tagged
+    # with the part that carried it, not the one after which it came out.
+    assert [stamp for _, stamp, _, _ in got] == [1_000_000 + i for i in range(len(got))]
+    assert len(got) >= 27
+    assert all(tag == carried[pts] for pts, _, tag, _ in got if pts is not None)
+    assert any(tag != k for _, _, tag, k in got)  # some did come out a part late
 
 
 def test_watch_page_reads_stamps_in_hls_mode(clocked: NodeProcess) -> None:
