@@ -9,7 +9,7 @@ import logging
 import signal
 import sys
 
-from nearcast import publish
+from nearcast import probe, publish
 from nearcast.config import Config, ConfigError, load
 from placement import cli as placement_cli
 from transcode import offline
@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_node)
     publish.register(sub)
+    probe.register(sub)
     offline.register(sub)
     placement_cli.register(sub)
     return parser

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distribute.config import HlsConfig, HttpConfig
+from distribute.whep.config import WebRtcConfig
 from ingest.config import RtmpConfig
 from ingest.whip.config import WhipConfig
 from nearcast.settings import ConfigError, apply_env, build, check, load_yaml
@@ -58,6 +59,7 @@ class Config:
     whip: WhipConfig = field(default_factory=WhipConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
+    webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
 
 
 def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:

@@ -21,6 +21,8 @@ from prometheus_client import CollectorRegistry
 from distribute.api import create_api
 from distribute.hls.store import LiveStream, Store
 from distribute.http import MediaApp, MediaMetrics
+from distribute.whep import WhepServer
+from distribute.whep.http import whep_router
 from ingest.metrics import IngestMetrics
 from ingest.rtmp.server import RtmpServer, parse_query
 from ingest.sink import PublishRefused, PublishRequest
@@ -54,6 +56,10 @@ class _StoreSink:
     def on_restart(self) -> None:
         self.node.tmetrics.restarts.inc()
         self.stream.begin_generation()
+        self.node.whep.restart(self.stream.key)
+
+    def on_tap(self, packet: MediaPacket, arrival: float) -> None:
+        self.node.whep.feed(self.stream.key, packet)
 
     def on_stats(self, stats: dict[str, Any]) -> None:
         if "degradation" in stats:
@@ -98,6 +104,15 @@ class _RateMeter:
             self._bucket_start, self._bucket_bytes = now, 0
         self._bucket_bytes += nbytes
         return self.value
+
+
+def tap_rendition(wanted: str, ladder: list[Any]) -> str:
+    """The rung WebRTC viewers get: ``webrtc.rendition`` if the ladder has it, else its lowest."""
+    names: list[str] = [r.name for r in ladder]
+    if wanted in names or not ladder:
+        return wanted if ladder else ""
+    lowest = min(range(len(ladder)), key=lambda i: (ladder[i].height or 1 << 30, i))
+    return names[lowest]
 
 
 class StreamSession:
@@ -146,6 +161,9 @@ class StreamSession:
             degrade_lag=cfg.transcode.degrade_lag,
             segment_format=cfg.hls.segment_format,
             part_duration=cfg.hls.part_duration if cfg.hls.low_latency else 0.0,
+            tap=(
+                tap_rendition(cfg.webrtc.rendition, profile.ladder) if cfg.webrtc.enabled else ""
+            ),
         )
 
     async def media(self, packet: MediaPacket) -> None:
@@ -202,6 +220,8 @@ class Node:
             keyframe_interval=self._whip_keyframe_interval,
         )
         api.include_router(self.whip.router)
+        self.whep = WhepServer(config.webrtc, self.registry)
+        api.include_router(whep_router(self.whep, config.http.cors_origin))
         self.http_app = MediaApp(self.store, api, MediaMetrics(self.registry), config.http.cors_origin)
         self._http_server: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -228,6 +248,8 @@ class Node:
         stream.publisher_connected = True
         session = StreamSession(self, request, stream, profile, units)
         self.sessions[key] = session
+        if self.config.webrtc.enabled:
+            self.whep.open(key)
         self.capacity.reserve(key, units)
         self.tmetrics.used.set(self.capacity.in_use)
         return session
@@ -285,6 +307,7 @@ class Node:
         if key not in self.sessions:
             log.info("[node %s] no publisher within the grace period; playlist ended", key)
             stream.end(time.time())
+            self.whep.end(key)
 
     # -- views ------------------------------------------------------------------------
 
@@ -451,6 +474,8 @@ class Node:
         await self.whip.stop()
         sessions = list(self.sessions.values())
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.whep.close(), 5)
         for t in self._grace.values():
             t.cancel()
         self._grace.clear()

@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import multiprocessing
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from multiprocessing.connection import Connection
-from typing import Protocol
+from typing import Any, Protocol
 
 import av
 import av.container
@@ -42,6 +43,61 @@ AUDIO_CODECS = frozenset({"aac", "mp3"})
 
 class PublishError(Exception):
     """Publishing cannot start or could not continue; the message names the source or URL."""
+
+
+class _ClockStamper:
+    """``--clock``: decode each video frame, stamp the wall clock into it, re-encode.
+
+    The stamp (see :mod:`media.clock`) is the time the frame is encoded, i.e. the
+    moment a camera would have captured it, as the frames are paced in real time.
+    libx264 with ``tune=zerolatency`` and no B-frames emits each frame as soon as
+    it is stamped; the source's keyframes stay keyframes, so the GOP is unchanged.
+    """
+
+    def __init__(self, output: av.container.OutputContainer, template: av.stream.Stream) -> None:
+        src = template.codec_context
+        assert isinstance(src, av.VideoCodecContext)
+        decoder = av.CodecContext.create(src.name, "r")
+        assert isinstance(decoder, av.VideoCodecContext)
+        self.decoder = decoder
+        if src.extradata:
+            self.decoder.extradata = src.extradata
+        rate = template.average_rate or template.guessed_rate or 30
+        stream = output.add_stream("libx264", rate=rate)
+        assert isinstance(stream, av.VideoStream)
+        stream.width = src.width
+        stream.height = src.height
+        stream.pix_fmt = "yuv420p"
+        if template.time_base is not None:
+            stream.codec_context.time_base = template.time_base
+        stream.options = {
+            "preset": "ultrafast",
+            "tune": "zerolatency",
+            "crf": "23",
+            "forced-idr": "1",
+            "x264-params": "bframes=0:scenecut=0:keyint=600",
+        }
+        self.stream = stream
+        self.frames = 0
+
+    def stamp(self, packet: av.Packet[Any]) -> list[av.Packet[Any]]:
+        from media.clock import stamp_yuv420p
+
+        out: list[av.Packet[Any]] = []
+        for frame in self.decoder.decode(packet):
+            planes = frame.to_ndarray(format="yuv420p")
+            stamp_yuv420p(planes, int(time.time() * 1000))
+            stamped = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+            stamped.pts = frame.pts
+            stamped.time_base = packet.time_base
+            if frame.key_frame:
+                stamped.pict_type = av.video.frame.PictureType.I
+            out += self.stream.encode(stamped)
+            self.frames += 1
+        return out
+
+    def flush(self) -> list[av.Packet[Any]]:
+        return list(self.stream.encode())
 
 
 @dataclass(frozen=True)
@@ -133,6 +189,7 @@ def _publish_here(
     stop: _StopEvent,
     open_timeout: float,
     report: Callable[[str], None],
+    clock: bool = False,
 ) -> PublishStats:
     """The publisher proper; runs in the child process :func:`publish` starts."""
     limit = Fraction(duration) if duration is not None else None
@@ -164,8 +221,11 @@ def _publish_here(
             raise PublishError(f"cannot open {url}: {exc.strerror}") from exc
         out_streams: dict[str, av.stream.Stream] = {}
         connected = False
+        stamper = _ClockStamper(output, video) if clock and video is not None else None
         try:
-            if video is not None:
+            if stamper is not None:
+                out_streams["video"] = stamper.stream
+            elif video is not None:
                 out_streams["video"] = output.add_stream_from_template(video)
             if audio is not None:
                 out_streams["audio"] = output.add_stream_from_template(audio)
@@ -223,9 +283,12 @@ def _publish_here(
                     spans[packet.stream_index] = (first, end - shift)
                     kind = "video" if packet.stream_index == video_index else "audio"
                     size = packet.size
-                    packet.stream = out_streams[kind]
                     try:
-                        output.mux(packet)
+                        if stamper is not None and kind == "video":
+                            output.mux(stamper.stamp(packet))
+                        else:
+                            packet.stream = out_streams[kind]
+                            output.mux(packet)
                     except av.error.FFmpegError as exc:
                         raise PublishError(
                             f"{url}: sending failed after {packets} packets: {exc.strerror}"
@@ -248,6 +311,9 @@ def _publish_here(
                     # to 1 ms a receiver mapping back to 1/fps sees two frames on one tick.
                     period = math.ceil(period / frame_duration) * frame_duration
                 offset += period
+            if stamper is not None and connected:
+                with contextlib.suppress(av.error.FFmpegError):
+                    output.mux(stamper.flush())
         finally:
             _close_output(output, connected, prefix)
     finally:
@@ -288,6 +354,7 @@ def _child(
     conn: Connection,
     open_timeout: float,
     log_level: int,
+    clock: bool = False,
 ) -> None:
     # The parent turns Ctrl-C into `stop`, so the connection is closed properly here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -310,6 +377,7 @@ def _child(
             stop,
             open_timeout,
             lambda state: conn.send((state, None)),
+            clock,
         )
     except PublishError as exc:
         conn.send(("error", str(exc)))
@@ -331,6 +399,7 @@ def publish(
     duration: float | None = None,
     stop: threading.Event | None = None,
     open_timeout: float = 10.0,
+    clock: bool = False,
 ) -> PublishStats:
     """Remux the first video and first audio stream of ``source`` to ``url`` as FLV.
 
@@ -373,6 +442,7 @@ def publish(
             sender,
             open_timeout,
             logger.getEffectiveLevel(),
+            clock,
         ),
         name="nearcast-publish",
         daemon=True,
@@ -430,6 +500,7 @@ def _main(args: argparse.Namespace) -> int:
             realtime=args.realtime,
             duration=args.duration,
             open_timeout=args.open_timeout,
+            clock=args.clock,
         )
     except PublishError as exc:
         print(f"nearcast publish: {exc}", file=sys.stderr)
@@ -497,5 +568,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         default=10.0,
         metavar="S",
         help="give up if opening SOURCE or connecting to URL takes longer (default: 10)",
+    )
+    parser.add_argument(
+        "--clock",
+        action="store_true",
+        help="re-encode the video with the wall-clock time (ms) stamped into every frame as "
+        "a machine-readable band, for `nearcast probe` and the /watch page's latency readout",
     )
     parser.set_defaults(func=_main)

@@ -27,6 +27,7 @@ from transcode.protocol import (
     FramingError,
     FrameType,
     SegmentFrame,
+    decode_packet,
     encode_json,
     encode_packet,
 )
@@ -270,6 +271,12 @@ class Transcoder:
                     self.fatal = str(json.loads(payload).get("error"))
                 elif ftype is FrameType.DONE:
                     return True
+                elif ftype is FrameType.TAP:
+                    # Encoded packets for WebRTC viewers (Spec.tap); a sink without on_tap
+                    # ignores them.
+                    on_tap = getattr(self.sink, "on_tap", None)
+                    if on_tap is not None:
+                        on_tap(*decode_packet(payload))
 
     async def _kill(self) -> None:
         proc = self._proc

@@ -1,0 +1,229 @@
+"""Glass-to-glass latency: HLS (2 s segments), LL-HLS and WHEP on one machine over loopback.
+
+Run: ``python -m bench.latency [--duration S] [--source FILE]``
+
+For each delivery mode a ``nearcast node`` runs with the default ladder (the
+shipped ``nearcast.yml``; LL-HLS additionally with ``hls.segment_format: fmp4``
+and ``hls.low_latency: true``), ``nearcast publish --clock`` pushes the sample
+lecture in real time with the wall clock stamped into every frame, and
+``nearcast probe`` plays the stream as a viewer would and reads the stamps (see
+:mod:`nearcast.probe` for the player models). Publisher, node and probe share
+this machine's clock.
+
+A mode the node does not offer (no parts in the playlist, no WebRTC packets) is
+reported as such, not measured as something else. The last line printed is one
+JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from nearcast.probe import ProbeError, format_table, probe
+from nearcast.publish import publish
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "samples" / "lecture-720p.mp4"
+TARGETS_MS = {"llhls": 1500, "hls": 6000, "whep": 300}
+log = logging.getLogger("bench.latency")
+
+
+class Node:
+    """A ``nearcast node`` subprocess on free ports."""
+
+    def __init__(self, logfile: Path, env: dict[str, str]) -> None:
+        full = dict(os.environ)
+        full.update(
+            {
+                "NEARCAST_RTMP_LISTEN": "127.0.0.1:0",
+                "NEARCAST_HTTP_LISTEN": "127.0.0.1:0",
+                "NEARCAST_NODE_LOG_LEVEL": "INFO",
+                # Admit the default ladder whatever a start-up calibration on a busy machine says.
+                "NEARCAST_TRANSCODE_CAPACITY_UNITS": "8",
+                "PYTHONUNBUFFERED": "1",
+                **env,
+            }
+        )
+        self.logfile = open(logfile, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nearcast", "node"],
+            stdout=subprocess.PIPE,
+            stderr=self.logfile,
+            env=full,
+            cwd=ROOT,
+        )
+        lines: queue.Queue[str] = queue.Queue()
+
+        def pump() -> None:
+            assert self.proc.stdout is not None
+            for raw in self.proc.stdout:
+                lines.put(raw.decode(errors="replace"))
+
+        threading.Thread(target=pump, daemon=True).start()
+        rtmp = http = 0
+        deadline = time.monotonic() + 60
+        while not (rtmp and http):
+            try:
+                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                self.stop()
+                raise RuntimeError(f"node did not start; see {logfile}") from None
+            if "publish: rtmp://" in line:
+                rtmp = int(line.split(":")[-1].split("/")[0])
+            elif "watch:" in line:
+                http = int(line.rstrip("/\n").split(":")[-1])
+        self.rtmp = f"rtmp://127.0.0.1:{rtmp}/live"
+        self.http = f"http://127.0.0.1:{http}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.logfile.close()
+
+
+class Publisher(threading.Thread):
+    def __init__(self, source: str, url: str) -> None:
+        super().__init__(daemon=True)
+        self.source, self.url = source, url
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            publish(self.source, self.url, loop=True, stop=self.stop_event, clock=True)
+        except BaseException as exc:  # reported by the caller
+            self.error = exc
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(15)
+
+
+def wait_playlist(http: str, stream: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(f"{http}/live/{stream}/index.m3u8", timeout=5)
+            if r.status_code == 200 and "#EXT-X-STREAM-INF" in r.text:
+                uri = [x for x in r.text.splitlines() if x and not x.startswith("#")][-1]
+                media = httpx.get(f"{http}/live/{stream}/{uri}", timeout=5)
+                if media.status_code == 200 and media.text.count("#EXTINF") >= 3:
+                    return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"no playlist with 3 segments for live/{stream} within {timeout:.0f} s")
+
+
+def transcode_lag(http: str) -> float | None:
+    try:
+        text = httpx.get(f"{http}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("transcode_lag_seconds{"):
+            return round(float(line.rsplit(" ", 1)[1]), 3)
+    return None
+
+
+def measure(
+    mode: str,
+    env: dict[str, str],
+    protocols: list[str],
+    source: str,
+    duration: float,
+    workdir: Path,
+) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    node = Node(workdir / f"node-{mode}.log", env)
+    pub = Publisher(source, f"{node.rtmp}/bench")
+    pub.start()
+    try:
+        wait_playlist(node.http, "bench", 90)
+        for proto in protocols:
+            url = f"{node.http}/live/bench/" + ("whep" if proto == "whep" else "index.m3u8")
+            kind = {"hls": "hls-segments", "llhls": "llhls", "whep": "whep"}[proto]
+            try:
+                result = asyncio.run(probe(url, duration, kind))
+                summary = result.summary()
+                summary["protocol"] = proto
+            except (ProbeError, TimeoutError) as exc:
+                summary = {"protocol": proto, "error": str(exc)}
+            # How far the transcode trailed real time at the end: latency the node's
+            # CPU added, whatever the delivery protocol.
+            summary["transcode_lag_s"] = transcode_lag(node.http)
+            out[proto] = summary
+            log.info("%s: %s", proto, summary)
+        if pub.error is not None:
+            raise RuntimeError(f"publisher failed: {pub.error}")
+    finally:
+        pub.stop()
+        node.stop()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.latency", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds each probe watches")
+    parser.add_argument("--source", default=str(SAMPLE), help="file to publish (looped)")
+    parser.add_argument("--workdir", default="build/bench-latency", help="node logs go here")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    log.setLevel(logging.INFO)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, Any]] = {}
+    # Default config: MPEG-TS, 2 s segments; WebRTC on.
+    results.update(measure("ts", {}, ["hls", "whep"], args.source, args.duration, workdir))
+    # LL-HLS needs CMAF.
+    ll_env = {"NEARCAST_HLS_SEGMENT_FORMAT": "fmp4", "NEARCAST_HLS_LOW_LATENCY": "true"}
+    try:
+        results.update(measure("llhls", ll_env, ["llhls"], args.source, args.duration, workdir))
+    except RuntimeError as exc:
+        results["llhls"] = {"protocol": "llhls", "error": str(exc)}
+
+    rows = [r for r in results.values() if "error" not in r]
+    print()
+    print(format_table(rows))
+    for name, r in results.items():
+        if "error" in r:
+            print(f"{name:<13}not measured: {r['error']}")
+    print()
+    print(f"{'protocol':<10}{'p50 target ms':>15}{'p50 ms':>10}{'met':>6}{'transcode lag s':>17}")
+    figures: dict[str, Any] = {"targets_p50_ms": TARGETS_MS, "duration_s": args.duration}
+    for name, target in TARGETS_MS.items():
+        r = results.get(name, {})
+        p50 = r.get("latency_p50_ms")
+        met = p50 is not None and p50 <= target
+        print(
+            f"{name:<10}{target:>15}{'-' if p50 is None else f'{p50:.0f}':>10}"
+            f"{'yes' if met else 'no':>6}{r.get('transcode_lag_s') or '-':>17}"
+        )
+        figures[name] = {k: v for k, v in r.items() if k != "url"}
+        figures[name]["target_met"] = met
+    print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""WHEP end to end: ``publish --clock`` over RTMP -> worker (TAP frames) -> node fan-out -> aiortc.
+
+Exercises the real node process: the worker must send the tap rendition's H.264
+and the stream's Opus as TAP frames (``Spec.tap``), which the node routes to its
+WHEP fan-out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+
+import pytest
+from nodeutil import SMALL, SMALL_LADDER, NodeProcess, wait_for
+
+from nearcast.probe import probe_whep
+from nearcast.publish import publish
+
+# Well under HLS's hold-back, through the whole pipeline on a shared, loaded 2-core
+# machine (the worker's decode and encode queues dominate there). The 300 ms target is
+# measured by `python -m bench.latency`; the node side alone is held to it in test_whep.py.
+E2E_P50_BOUND_MS = 2500
+
+
+@pytest.fixture(scope="module")
+def clocked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    node = NodeProcess(
+        tmp_path_factory.mktemp("node") / "node.log",
+        NEARCAST_TRANSCODE_LADDER=SMALL_LADDER,
+        NEARCAST_TRANSCODE_CAPACITY_UNITS="8",
+        NEARCAST_WEBRTC_RENDITION="240p",
+    )
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            publish(SMALL, node.rtmp("live/rtc"), loop=True, stop=stop, clock=True)
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        wait_for(
+            lambda: node.get("/live/rtc/240p/index.m3u8").text.count("#EXTINF") >= 1 or errors,
+            60,
+            "the first segment of the clocked stream",
+        )
+        assert not errors, errors
+        yield node
+    finally:
+        stop.set()
+        thread.join(15)
+        node.stop()
+
+
+def test_whep_viewer_of_a_published_stream(clocked: NodeProcess) -> None:
+    result = asyncio.run(probe_whep(f"{clocked.http}/live/rtc/whep", duration=4.0))
+    s = result.summary()
+    assert s["frames"] >= 60, (s, clocked.log())
+    assert s["stamped"] >= 0.9 * s["frames"], s
+    assert 0 <= s["latency_p50_ms"] <= E2E_P50_BOUND_MS, s
+    metrics = clocked.get("/metrics").text
+    assert "webrtc_sessions 0.0" in metrics  # the probe's DELETE closed its session
