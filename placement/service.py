@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 MAX_TRIES = 8
 SNAPSHOT_HISTORY = 16
 SESSION_CACHE = 100_000
+NODE_COUNT_INTERVAL = 5.0  # seconds between placement_nodes{tier,state} recounts
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class PlacementService:
         self._gen = 0
         self._refreshing: asyncio.Future[FleetSnapshot] | None = None
         self._cursor: Any = None
+        self._counted_at = float("-inf")
         self.last_refresh = RefreshStats(full=True, read=0, removed=0, nodes=0)
         # Reservations made since the current snapshot was taken (node -> slots, egress):
         # later decisions see them without rebuilding the snapshot.
@@ -245,7 +247,11 @@ class PlacementService:
             nodes=len(snap.nodes),
         )
         self._install(snap)
-        self._count_nodes(snap, now)
+        if now - self._counted_at >= NODE_COUNT_INTERVAL or self.last_refresh.full:
+            # Counting walks the whole fleet: at most every few seconds (a scrape
+            # interval), not on every incremental refresh.
+            self._counted_at = now
+            self._count_nodes(snap, now)
         try:
             if was_degraded or self._pending or self._pending_release:
                 await self._write_back(now)

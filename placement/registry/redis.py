@@ -79,6 +79,21 @@ def _script(name: str) -> str:
     return (_LUA / "_touch.lua").read_text() + (_LUA / name).read_text()
 
 
+def _live(load: Load, now: float) -> str:
+    """The liveness record of a node: its load and the time of its beat."""
+    return json.dumps(
+        {
+            "load": {
+                "cpu": load.cpu,
+                "transcodes": load.transcodes,
+                "egress_mbps": load.egress_mbps,
+                "viewers": load.viewers,
+            },
+            "hb": now,
+        }
+    )
+
+
 @dataclass(frozen=True)
 class _PoolCursor:
     epoch: str
@@ -153,7 +168,7 @@ class RedisRegistry:
 
     async def _queue_register(self, pipe: Any, node: Node, now: float, streams: bool) -> None:
         pool = node.pool
-        live = json.dumps({"load": node.to_dict()["load"], "hb": now})
+        live = _live(node.load, now)
         pipe.sadd(self._meta("pools"), pool)
         pipe.hset(self._meta("nodepool"), node.id, pool)
         args: list[Any] = [
@@ -190,17 +205,7 @@ class RedisRegistry:
                 await pipe.execute()
 
     async def heartbeat(self, node_id: str, load: Load, now: float) -> bool:
-        live = json.dumps(
-            {
-                "load": {
-                    "cpu": load.cpu,
-                    "transcodes": load.transcodes,
-                    "egress_mbps": load.egress_mbps,
-                    "viewers": load.viewers,
-                },
-                "hb": now,
-            }
-        )
+        live = _live(load, now)
         with _unavailable():
             pool = await self._pool(node_id)
             if pool is None:
@@ -212,6 +217,27 @@ class RedisRegistry:
         if not ok:
             self._pool_of.pop(node_id, None)
         return bool(ok)
+
+    async def heartbeat_many(
+        self, beats: Sequence[tuple[str, Load]], now: float, batch: int = 2000
+    ) -> list[bool]:
+        """Liveness beats for many registered nodes (a beat gateway, benchmarks): pipelined."""
+        out: list[bool] = []
+        for i in range(0, len(beats), batch):
+            with _unavailable():
+                pipe = self._r.pipeline(transaction=False)
+                for node_id, load in beats[i : i + batch]:
+                    pool = await self._pool(node_id)
+                    if pool is None:
+                        raise UnknownNode(node_id)
+                    live = _live(load, now)
+                    await self._beat(
+                        keys=[self._k(pool, "desc"), self._k(pool, "live"), *self._ver_keys(pool)],
+                        args=[node_id, live],
+                        client=pipe,
+                    )
+                out.extend(bool(x) for x in await pipe.execute())
+        return out
 
     async def set_state(self, node_id: str, state: NodeState) -> Node:
         with _unavailable():
