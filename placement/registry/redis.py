@@ -45,6 +45,7 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 
 from placement.errors import RegistryUnavailable, UnknownNode
 from placement.model import (
@@ -300,25 +301,26 @@ class RedisRegistry:
         with _unavailable():
             await self._flush_index()
             pools = sorted(str(p) for p in await self._r.smembers(self._meta("pools")))
-            pipe = self._r.pipeline(transaction=False)
+            calls = []
             for pool in pools:
                 cur = prev.get(pool)
-                await self._changes(
-                    keys=[
-                        *self._ver_keys(pool),
-                        *(self._k(pool, part) for part in _PARTS),
-                        self._k(pool, "leases"),
-                        self._k(pool, "lamt"),
-                    ],
-                    args=[
-                        int(now * 1000),
-                        GC_BATCH,
-                        cur.epoch if cur else _NO_CURSOR,
-                        cur.n if cur else 0,
-                    ],
-                    client=pipe,
-                )
-            results = await pipe.execute()
+                keys = [
+                    *self._ver_keys(pool),
+                    *(self._k(pool, part) for part in _PARTS),
+                    self._k(pool, "leases"),
+                    self._k(pool, "lamt"),
+                ]
+                args = [
+                    int(now * 1000),
+                    GC_BATCH,
+                    cur.epoch if cur else _NO_CURSOR,
+                    cur.n if cur else 0,
+                ]
+                calls.append((self._changes, keys, args))
+            results = await self._scripts(calls)
+            for res in results:
+                if isinstance(res, Exception):
+                    raise res
         cursor: dict[str, _PoolCursor] = {}
         nodes: list[Node] = []
         removed: set[str] = set()
@@ -397,14 +399,37 @@ class RedisRegistry:
         task = asyncio.ensure_future(self._run_batch(batch))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
+    async def _scripts(
+        self, calls: Sequence[tuple[AsyncScript, list[Any], list[Any]]]
+    ) -> list[Any]:
+        """Script calls in one pipeline: one round trip.
+
+        redis-py's own pipelined scripts cost a ``SCRIPT EXISTS`` round trip on
+        every execute; here EVALSHA goes out directly and only calls refused with
+        NOSCRIPT (a restarted or failed-over Redis) are retried after loading the
+        script. Errors come back as exception objects, one per call.
+        """
+        pipe = self._r.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        retry = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
+        if retry:
+            for script in {calls[i][0] for i in retry}:
+                await self._r.script_load(script.script)
+            pipe = self._r.pipeline(transaction=False)
+            for i in retry:
+                script, keys, args = calls[i]
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            for i, r in zip(retry, await pipe.execute(raise_on_error=False), strict=True):
+                results[i] = r
+        return results
+
     async def _run_batch(
         self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]
     ) -> None:
         try:
-            pipe = self._r.pipeline(transaction=False)
-            for keys, args, _ in batch:
-                await self._reserve(keys=keys, args=args, client=pipe)
-            results = await pipe.execute(raise_on_error=False)
+            results = await self._scripts([(self._reserve, keys, args) for keys, args, _ in batch])
         except BaseException as exc:
             for _, _, fut in batch:
                 if not fut.done():

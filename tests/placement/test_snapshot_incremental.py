@@ -17,7 +17,7 @@ from placement.model import FleetSnapshot, Load, Node, NodeState, Session, Tier
 from placement.registry import Registry
 from placement.registry.redis import RedisRegistry
 from placement.service import PlacementService
-from placement.testing import REDIS_URL, Clock, make_node
+from placement.testing import REDIS_URL, Clock, RedisServer, make_node
 
 NOW = 1_000_000.0
 
@@ -204,4 +204,28 @@ async def test_change_by_another_process_appears_in_next_snapshot() -> None:
         if keys:
             await r.delete(*keys)
         await r.aclose()
+        await reg.close()
+
+
+@pytest.mark.redis
+async def test_scripts_reload_after_script_flush(redis_server: RedisServer) -> None:
+    """A restarted or failed-over Redis has no scripts: pipelined calls load and retry."""
+    reg = RedisRegistry.from_url(redis_server.url, "flush")
+    try:
+        await reg.register(make_node("e1", slots=2), NOW)
+        first = await reg.changes(NOW)
+        r = aioredis.Redis.from_url(redis_server.url)
+        try:
+            await r.script_flush()
+        finally:
+            await r.aclose()
+        s1 = Session("west~a1", "t", "a", "e1", Tier.EDGE, "west", 1, 1.0, NOW, NOW + 30)
+        s2 = Session("west~a2", "t", "b", "e1", Tier.EDGE, "west", 1, 1.0, NOW, NOW + 30)
+        s3 = Session("west~a3", "t", "c", "e1", Tier.EDGE, "west", 1, 1.0, NOW, NOW + 30)
+        # Three reservations in one batch, two fit: each ran exactly once.
+        got = await asyncio.gather(*(reg.reserve(s, NOW) for s in (s1, s2, s3)))
+        assert sorted(got) == [False, True, True]
+        ch = await reg.changes(NOW, first.cursor)
+        assert [(n.id, n.reserved_slots) for n in ch.nodes] == [("e1", 2)]
+    finally:
         await reg.close()
