@@ -1,4 +1,4 @@
-"""Placement decision benchmark: ``python -m bench.placement [--quick] [--redis URL]``.
+"""Placement decision benchmark: ``python -m bench.placement [--quick] [--sizes N,...]``.
 
 For fleets of 1,000, 10,000 and 100,000 synthetic nodes it measures decision
 latency (p50/p99) and decisions per second for the pure core, for the

@@ -37,7 +37,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +73,7 @@ def _unavailable() -> Iterator[None]:
 
 _NO_CURSOR = "-"  # never equals a pool epoch ("" when absent, else "sec.usec")
 _PARTS = ("desc", "live", "state", "rslots", "regress", "streams")
+_STATES = {s.value: s for s in NodeState}
 
 
 def _script(name: str) -> str:
@@ -273,23 +274,43 @@ class RedisRegistry:
                 gone.add(node_id)
                 self._desc.pop(node_id, None)
                 continue
-            lv = json.loads(lives[i] or "{}")
-            load = lv.get("load") or {}
             cached = self._desc.get(node_id)
             if cached is not None and cached[0] == raw:
                 base = cached[1]
             else:
                 base = Node.from_dict(json.loads(raw))
                 self._desc[node_id] = (raw, base)
+            # Only this service writes these fields (validated at the API): build the
+            # node directly, this runs for every node that beat since the last refresh.
+            live = lives[i]
+            lv = json.loads(live) if live else {}
+            ld = lv.get("load") or {}
+            raw_streams = streams[i]
             out.append(
-                replace(
-                    base,
-                    load=Load.from_dict(load) if load else Load(),
+                Node(
+                    id=base.id,
+                    tier=base.tier,
+                    region=base.region,
+                    city=base.city,
+                    isp=base.isp,
+                    lat=base.lat,
+                    lon=base.lon,
+                    urls=base.urls,
+                    capacity=base.capacity,
+                    load=Load(
+                        float(ld.get("cpu", 0.0)),
+                        int(ld.get("transcodes", 0)),
+                        float(ld.get("egress_mbps", 0.0)),
+                        int(ld.get("viewers", 0)),
+                    ),
+                    state=_STATES[states[i] or "ready"],
+                    labels=base.labels,
                     last_heartbeat=float(lv.get("hb", 0.0)),
-                    state=NodeState(states[i] or "ready"),
                     reserved_slots=int(rslots[i] or 0),
                     reserved_egress_mbps=max(0.0, float(regress[i] or 0.0)),
-                    streams=frozenset(json.loads(streams[i] or "[]")),
+                    streams=frozenset(json.loads(raw_streams))
+                    if raw_streams and raw_streams != "[]"
+                    else frozenset(),
                 )
             )
             self._pool_of[node_id] = pool
