@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from placement.config import PlacementConfig
+from placement.errors import UnknownNode
 from placement.model import FleetSnapshot, Load, Node, NodeState, Session, Tier
 from placement.registry import Registry
 from placement.registry.redis import RedisRegistry
@@ -227,5 +228,24 @@ async def test_scripts_reload_after_script_flush(redis_server: RedisServer) -> N
         assert sorted(got) == [False, True, True]
         ch = await reg.changes(NOW, first.cursor)
         assert [(n.id, n.reserved_slots) for n in ch.nodes] == [("e1", 2)]
+    finally:
+        await reg.close()
+
+
+@pytest.mark.redis
+async def test_heartbeat_many_is_one_change_per_node(redis_server: RedisServer) -> None:
+    reg = RedisRegistry.from_url(redis_server.url, "many")
+    try:
+        await reg.register_many([make_node(f"e{i}", region=f"r{i % 2}") for i in range(6)], NOW)
+        first = await reg.changes(NOW)
+        beats = [("e1", Load(cpu=0.4)), ("e2", Load(transcodes=2)), ("e4", Load(viewers=9))]
+        assert await reg.heartbeat_many(beats, NOW + 2, batch=2) == [True, True, True]
+        ch = await reg.changes(NOW + 2, first.cursor)
+        got = {n.id: n for n in ch.nodes}
+        assert sorted(got) == ["e1", "e2", "e4"]
+        assert got["e1"].load.cpu == 0.4 and got["e2"].load.transcodes == 2
+        assert all(n.last_heartbeat == NOW + 2 for n in ch.nodes)
+        with pytest.raises(UnknownNode):
+            await reg.heartbeat_many([("nope", Load())], NOW + 3)
     finally:
         await reg.close()
