@@ -11,12 +11,14 @@ from dataclasses import replace
 
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from placement.config import PlacementConfig
 from placement.errors import UnknownNode
 from placement.model import FleetSnapshot, Load, Node, NodeState, Session, Tier
 from placement.registry import Registry
-from placement.registry.redis import RedisRegistry
+from placement.registry.redis import RedisRegistry, _HiredisPacked
 from placement.service import PlacementService
 from placement.testing import REDIS_URL, Clock, RedisServer, make_node
 
@@ -249,3 +251,21 @@ async def test_heartbeat_many_is_one_change_per_node(redis_server: RedisServer) 
             await reg.heartbeat_many([("nope", Load())], NOW + 3)
     finally:
         await reg.close()
+
+
+arg = st.one_of(
+    st.text(max_size=40),
+    st.binary(max_size=40),
+    st.integers(-(2**62), 2**62),
+    st.floats(allow_nan=False, allow_infinity=False),
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from(["EVALSHA", "HSET", "GET"]), st.lists(arg, max_size=12))
+def test_hiredis_packer_sends_the_same_bytes(command: str, args: list[object]) -> None:
+    assert _HiredisPacked is not None, "hiredis is a dependency (redis[hiredis])"
+    fast, plain = _HiredisPacked(), aioredis.Connection()
+    assert b"".join(fast.pack_command(command, *args)) == b"".join(
+        plain.pack_command(command, *args)
+    )
