@@ -3,8 +3,9 @@
 For fleets of 1,000, 10,000 and 100,000 synthetic nodes it measures decision
 latency (p50/p99) and decisions per second for the pure core, for the
 in-process service (decision + in-memory reservation), and for the service
-with the Redis Lua reservation, sequentially and with concurrent requests.
-Prints a table; the last line is one JSON object with every figure.
+with the Redis Lua reservation, sequentially and with concurrent requests, and
+the Redis snapshot refresh (the first full read, then incremental refreshes).
+Prints tables; the last line is one JSON object with every figure.
 """
 
 from __future__ import annotations
