@@ -6,6 +6,7 @@ Everything here is immutable plain data. Nodes and sessions round-trip through
 
 from __future__ import annotations
 
+import bisect
 import enum
 import math
 from collections.abc import Iterable, Mapping
@@ -333,6 +334,10 @@ def session_pool(session_id: str) -> str:
     return pool
 
 
+def _node_id(node: Node) -> str:
+    return node.id
+
+
 def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     p1, p2 = math.radians(lat1), math.radians(lat2)
     dp, dl = p2 - p1, math.radians(lon2 - lon1)
@@ -434,7 +439,10 @@ class FleetSnapshot:
                 left, joined = before.get(k, set()), after.get(k, {})
                 current = out.get(k, ())
                 if left == joined.keys():  # same members: swap in place, order kept
-                    out[k] = tuple(joined.get(n.id, n) for n in current)
+                    members = list(current)  # sorted by id: find each by bisection
+                    for node_id, n in joined.items():
+                        members[bisect.bisect_left(members, node_id, key=_node_id)] = n
+                    out[k] = tuple(members)
                     continue
                 members = [n for n in current if n.id not in left] + list(joined.values())
                 if members:

@@ -375,11 +375,15 @@ class RedisRegistry:
             found, gone = self._parse(pool, ids, res[4:10])
             nodes.extend(found)
             cur = prev.get(pool)
-            known = cur.ids if cur and not full else frozenset()
-            if full and cur:
-                gone |= cur.ids - {x.id for x in found}
-            ids_now = (known | {x.id for x in found}) - gone
-            cursor[pool] = _PoolCursor(epoch, n, frozenset(ids_now))
+            if full or cur is None:
+                ids_now = frozenset(x.id for x in found)
+                if cur is not None:
+                    gone |= cur.ids - ids_now
+            elif gone or any(x.id not in cur.ids for x in found):
+                ids_now = (cur.ids | {x.id for x in found}) - gone
+            else:
+                ids_now = cur.ids  # the common case: no node came or went
+            cursor[pool] = _PoolCursor(epoch, n, ids_now)
             removed |= gone
         for pool, cur in prev.items():
             if pool not in cursor:
