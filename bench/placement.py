@@ -1,10 +1,11 @@
-"""Placement decision benchmark: ``python -m bench.placement [--quick] [--redis URL]``.
+"""Placement decision benchmark: ``python -m bench.placement [--quick] [--sizes N,...]``.
 
 For fleets of 1,000, 10,000 and 100,000 synthetic nodes it measures decision
 latency (p50/p99) and decisions per second for the pure core, for the
 in-process service (decision + in-memory reservation), and for the service
-with the Redis Lua reservation, sequentially and with concurrent requests.
-Prints a table; the last line is one JSON object with every figure.
+with the Redis Lua reservation, sequentially and with concurrent requests, and
+the Redis snapshot refresh (the first full read, then incremental refreshes).
+Prints tables; the last line is one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ from typing import Any
 
 from placement.config import PlacementConfig
 from placement.core import decide
-from placement.model import Capacity, FleetSnapshot, Location, Node, PlacementRequest, Tier
+from placement.model import (
+    Capacity,
+    FleetSnapshot,
+    Load,
+    Location,
+    Node,
+    PlacementRequest,
+    Tier,
+)
 from placement.policy import DEFAULT_POLICY
 from placement.registry.memory import InProcessRegistry
 from placement.registry.redis import RedisRegistry
@@ -111,11 +120,47 @@ async def bench_service(
             ids.append(placed.session.id)
 
     t0 = time.perf_counter()
+    c0 = time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     conc = summary(clat, time.perf_counter() - t0, len(reqs))
+    # This process's CPU per decision: what one core sustains regardless of what
+    # else the machine runs (the Redis server's own CPU is not counted).
+    conc["cpu_ms"] = round((time.process_time() - c0) / len(reqs) * 1000, 3)
     for sid in ids:
         await svc.end_session(sid)
     return seq, conc
+
+
+async def bench_refresh(
+    svc: PlacementService, url: str, prefix: str, nodes: list[Node], full_ms: float
+) -> dict[str, Any]:
+    """Snapshot refresh cost: the first (full) read, then incremental ones.
+
+    The changes are made by a second client, as by other service instances and
+    the nodes themselves: 1% of the fleet beating, and a whole heartbeat
+    interval's worth (every node beats once per 2 s, the service refreshes every
+    1 s, so half the fleet has beaten since the last refresh).
+    """
+    other = RedisRegistry.from_url(url, prefix)
+    out: dict[str, Any] = {"full_ms": full_ms, "nodes": len(nodes)}
+    rng = random.Random(len(nodes))
+    try:
+        await svc.refresh()  # takes in the reservations the decision runs made
+        t0 = time.perf_counter()
+        await svc.refresh()
+        out["unchanged_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        for name, share in (("1pct", 0.01), ("half", 0.5)):
+            beating = rng.sample(nodes, max(1, int(len(nodes) * share)))
+            beats = [(n.id, Load(cpu=rng.random() * 0.5)) for n in beating]
+            assert all(await other.heartbeat_many(beats, NOW + 1))
+            t0 = time.perf_counter()
+            await svc.refresh()
+            out[f"{name}_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+            out[f"{name}_read"] = svc.last_refresh.read
+            assert not svc.last_refresh.full and svc.last_refresh.read == len(beats)
+    finally:
+        await other.close()
+    return out
 
 
 async def cleanup(url: str, prefix: str) -> None:
@@ -161,6 +206,7 @@ async def run(sizes: list[int], count: int, redis_url: str, concurrency: int) ->
             refresh_ms = round((time.perf_counter() - t0) * 1000, 1)
             row["redis"], row["redis_concurrent"] = await bench_service(svc, reqs, concurrency)
             row["redis"]["snapshot_refresh_ms"] = refresh_ms
+            row["redis_refresh"] = await bench_refresh(svc, redis_url, prefix, nodes, refresh_ms)
             await svc.stop()
         finally:
             await reg.close()
@@ -172,13 +218,29 @@ async def run(sizes: list[int], count: int, redis_url: str, concurrency: int) ->
 
 def table(results: dict[str, Any]) -> str:
     lines = [
-        f"{'nodes':>7} {'mode':<22} {'p50 ms':>8} {'p99 ms':>8} {'decisions/s':>12}",
+        f"{'nodes':>7} {'mode':<22} {'p50 ms':>8} {'p99 ms':>8} {'decisions/s':>12} "
+        f"{'CPU ms/decision':>16}",
     ]
     for n, row in results.items():
         for mode, fig in row.items():
+            if mode == "redis_refresh":
+                continue
+            cpu = f"{fig['cpu_ms']:>16.3f}" if "cpu_ms" in fig else ""
             lines.append(
                 f"{n:>7} {mode:<22} {fig['p50_ms']:>8.3f} {fig['p99_ms']:>8.3f} "
-                f"{fig['per_s']:>12,.0f}"
+                f"{fig['per_s']:>12,.0f} {cpu}".rstrip()
+            )
+    lines += [
+        "",
+        "Redis snapshot refresh (ms): full = first read; then incremental, after changes",
+        f"{'nodes':>7} {'full':>9} {'unchanged':>10} {'1% beat':>9} {'half beat':>10}",
+    ]
+    for n, row in results.items():
+        r = row.get("redis_refresh")
+        if r:
+            lines.append(
+                f"{n:>7} {r['full_ms']:>9.1f} {r['unchanged_ms']:>10.1f} "
+                f"{r['1pct_ms']:>9.1f} {r['half_ms']:>10.1f}"
             )
     return "\n".join(lines)
 
@@ -206,15 +268,33 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="Redis URL")
     ap.add_argument("--decisions", type=int, default=0, help="decisions per fleet size")
     ap.add_argument("--concurrency", type=int, default=32, help="concurrent requests")
+    ap.add_argument(
+        "--sizes", default="", help="fleet sizes, e.g. 10000,100000 (overrides --quick)"
+    )
+    ap.add_argument(
+        "--loop", choices=("uvloop", "asyncio"), default="uvloop", help="event loop (uvloop)"
+    )
     args = ap.parse_args(argv)
     sizes = [1000, 10000] if args.quick else [1000, 10000, 100000]
+    if args.sizes:
+        try:
+            sizes = [int(x) for x in args.sizes.split(",")]
+        except ValueError:
+            ap.error("--sizes must be comma-separated integers")
     count = args.decisions or (500 if args.quick else 2000)
-    results = asyncio.run(run(sizes, count, args.redis, args.concurrency))
+    loop_factory = None
+    if args.loop == "uvloop":
+        import uvloop  # what `nearcast placement` runs on (uvicorn's loop="auto")
+
+        loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        results = runner.run(run(sizes, count, args.redis, args.concurrency))
     print(table(results))
     targets = checks(results)
     for key, t in targets.items():
         print(f"target {key}: {t['value']} (target {t['target']}) {'ok' if t['ok'] else 'MISSED'}")
-    print(json.dumps({"decisions": count, "results": results, "targets": targets}, sort_keys=True))
+    figures = {"decisions": count, "loop": args.loop, "results": results, "targets": targets}
+    print(json.dumps(figures, sort_keys=True))
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from dataclasses import replace
 
@@ -78,7 +79,21 @@ def run_service(args: argparse.Namespace) -> int:
         InProcessRegistry() if url == "memory" else RedisRegistry.from_url(url, pc.key_prefix)
     )
     app = create_app(replace(pc, listen=f"{host}:{port}"), registry)
-    uvicorn.run(app, host=host, port=port, log_level=cfg.node.log_level.lower())
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal with
+    # the previous handler in place: make that handler a no-op so a requested stop
+    # ends with status 0, as a supervisor (systemd, Kubernetes) expects.
+    stopped: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda s, _f: stopped.append(s))
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=cfg.node.log_level.lower())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopped:
+        log.info("placement service stopped by %s", signal.Signals(stopped[0]).name)
     return 0
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from placement import selectors
 from placement.filters import Context, first_rejection, summarize
+from placement.filters import feasible as is_feasible
 from placement.model import FleetSnapshot, Location, Node, PlacementRequest, Tier, stream_key
 from placement.policy import TIERS, Policy, Weights
 from placement.scorers import SCORERS
@@ -134,12 +135,12 @@ def _scan(
     for i in range(n):
         node = pool[(start + i) % n]
         considered += 1
-        reason = first_rejection(node, ctx)
-        if reason is None:
+        if is_feasible(node, ctx):
             feasible.append(node)
             if len(feasible) >= limit:
                 break
         else:
+            reason = first_rejection(node, ctx) or "filtered"
             rejected[reason] = rejected.get(reason, 0) + 1
     return feasible, rejected, considered
 

@@ -141,6 +141,30 @@ FILTERS: tuple[Filter, ...] = (
 )
 
 
+def feasible(node: Node, ctx: Context) -> bool:
+    """``True`` exactly when every filter in :data:`FILTERS` passes.
+
+    The hot path of a scan: one call with the common checks inlined instead of
+    nine; :func:`first_rejection` then names the filter for the nodes that fail.
+    A property test holds the two equivalent.
+    """
+    if node.tier.value not in ctx.tiers or node.id in ctx.exclude:
+        return False
+    if ctx.now - node.last_heartbeat > ctx.ttl:
+        return False
+    state = node.state
+    if state is NodeState.CORDONED or (state is NodeState.DRAINING and not ctx.viewer):
+        return False
+    if node.labels and tenant_labels(node, ctx) is not None:
+        return False
+    limits = ctx.policy.filters
+    if limits.same_isp and ctx.isp and node.tier is Tier.EDGE and node.isp != ctx.isp:
+        return False
+    if node.load.cpu > limits.max_cpu or capacity(node, ctx) is not None:
+        return False
+    return estimate_rtt_ms(node, ctx) <= limits.max_rtt_ms
+
+
 def first_rejection(node: Node, ctx: Context) -> str | None:
     for f in FILTERS:
         reason = f(node, ctx)

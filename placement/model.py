@@ -6,6 +6,7 @@ Everything here is immutable plain data. Nodes and sessions round-trip through
 
 from __future__ import annotations
 
+import bisect
 import enum
 import math
 from collections.abc import Iterable, Mapping
@@ -333,6 +334,10 @@ def session_pool(session_id: str) -> str:
     return pool
 
 
+def _node_id(node: Node) -> str:
+    return node.id
+
+
 def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     p1, p2 = math.radians(lat1), math.radians(lat2)
     dp, dl = p2 - p1, math.radians(lon2 - lon1)
@@ -390,5 +395,102 @@ class FleetSnapshot:
             by_tier={k: tuple(v) for k, v in tt.items()},
             by_stream={k: tuple(v) for k, v in bs.items()},
             city_centroid={c: (a[0] / a[2], a[1] / a[2]) for c, a in sums.items()},
+            city_region=regions,
+        )
+
+    def update(
+        self,
+        changed: Iterable[Node],
+        removed: Iterable[str],
+        snapshot_id: str,
+        taken_at: float,
+    ) -> FleetSnapshot:
+        """A new snapshot with ``changed`` nodes upserted and ``removed`` ids dropped.
+
+        Only the index entries the changes touch are rebuilt, so the cost follows the
+        number of changes rather than the fleet; this snapshot is left as it was
+        (decision replay keeps using it). The result equals :meth:`build` on the
+        updated node set.
+        """
+        nodes = dict(self.nodes)
+        latest = {n.id: n for n in changed}  # the last change of a node wins
+        gone = [i for i in removed if i not in latest]
+        olds = [self.nodes[i] for i in (*gone, *latest) if i in self.nodes]
+        news = list(latest.values())
+        for node_id in gone:
+            nodes.pop(node_id, None)
+        nodes.update(latest)
+        if not olds and not news:
+            return replace(self, id=snapshot_id, taken_at=taken_at, nodes=nodes)
+
+        def rebuild(
+            index: Mapping[Any, tuple[Node, ...]], keys_of: Any
+        ) -> dict[Any, tuple[Node, ...]]:
+            out = dict(index)
+            before: dict[Any, set[str]] = {}
+            after: dict[Any, dict[str, Node]] = {}
+            for n in olds:
+                for k in keys_of(n):
+                    before.setdefault(k, set()).add(n.id)
+            for n in news:
+                for k in keys_of(n):
+                    after.setdefault(k, {})[n.id] = n
+            for k in before.keys() | after.keys():
+                left, joined = before.get(k, set()), after.get(k, {})
+                current = out.get(k, ())
+                if left == joined.keys():  # same members: swap in place, order kept
+                    members = list(current)  # sorted by id: find each by bisection
+                    for node_id, n in joined.items():
+                        members[bisect.bisect_left(members, node_id, key=_node_id)] = n
+                    out[k] = tuple(members)
+                    continue
+                members = [n for n in current if n.id not in left] + list(joined.values())
+                if members:
+                    out[k] = tuple(sorted(members, key=lambda n: n.id))
+                else:
+                    out.pop(k, None)
+            return out
+
+        by_tier_city = rebuild(self.by_tier_city, lambda n: ((n.tier, n.city),))
+
+        # Centroids and city -> region change only when a node appears, goes or moves.
+        def geo(n: Node) -> tuple[Tier, str, str, float, float]:
+            return (n.tier, n.city, n.region, n.lat, n.lon)
+
+        dirty: set[str] = set()
+        old_ids = {o.id for o in olds}
+        for o in olds:
+            cur = nodes.get(o.id)
+            if cur is None or geo(cur) != geo(o):
+                dirty.add(o.city)
+                if cur is not None:
+                    dirty.add(cur.city)
+        dirty.update(n.city for n in news if n.id not in old_ids)
+        centroid = dict(self.city_centroid)
+        regions = dict(self.city_region)
+        for city in dirty:
+            members = sorted(
+                (n for t in Tier if t is not Tier.CLOUD for n in by_tier_city.get((t, city), ())),
+                key=lambda n: n.id,
+            )
+            if not members:
+                centroid.pop(city, None)
+                regions.pop(city, None)
+                continue
+            lat = lon = 0.0
+            for n in members:
+                lat += n.lat
+                lon += n.lon
+            centroid[city] = (lat / len(members), lon / len(members))
+            regions[city] = members[0].region
+        return FleetSnapshot(
+            id=snapshot_id,
+            taken_at=taken_at,
+            nodes=nodes,
+            by_tier_city=by_tier_city,
+            by_tier_region=rebuild(self.by_tier_region, lambda n: ((n.tier, n.region),)),
+            by_tier=rebuild(self.by_tier, lambda n: (n.tier,)),
+            by_stream=rebuild(self.by_stream, lambda n: n.streams),
+            city_centroid=centroid,
             city_region=regions,
         )

@@ -54,6 +54,17 @@ log = logging.getLogger(__name__)
 MAX_TRIES = 8
 SNAPSHOT_HISTORY = 16
 SESSION_CACHE = 100_000
+NODE_COUNT_INTERVAL = 5.0  # seconds between placement_nodes{tier,state} recounts
+
+
+@dataclass(frozen=True)
+class RefreshStats:
+    """What the last snapshot refresh read: the fleet (full) or only what changed."""
+
+    full: bool
+    read: int
+    removed: int
+    nodes: int
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,9 @@ class PlacementService:
         self._history: OrderedDict[str, FleetSnapshot] = OrderedDict()
         self._gen = 0
         self._refreshing: asyncio.Future[FleetSnapshot] | None = None
+        self._cursor: Any = None
+        self._counted_at = float("-inf")
+        self.last_refresh = RefreshStats(full=True, read=0, removed=0, nodes=0)
         # Reservations made since the current snapshot was taken (node -> slots, egress):
         # later decisions see them without rebuilding the snapshot.
         self._usage: dict[str, tuple[int, float]] = {}
@@ -100,6 +114,7 @@ class PlacementService:
         self._recent: deque[dict[str, Any]] = deque(maxlen=max(1, config.decision_log_size))
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
+        self._stopping = False
 
     # ----- lifecycle
 
@@ -115,6 +130,7 @@ class PlacementService:
         if self._started:
             return
         self._started = True
+        self._stopping = False
         await self._load_policy()
         with contextlib.suppress(SnapshotTooOld):
             await self.refresh()
@@ -125,6 +141,7 @@ class PlacementService:
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
+        self._stopping = True
         for t in tasks:
             t.cancel()
         for t in tasks:
@@ -135,7 +152,9 @@ class PlacementService:
         self._started = False
 
     async def _loop(self, interval: float, step: Callable[[], Any]) -> None:
-        while True:
+        # The flag, not only the cancellation, ends the loop: a client library that
+        # turns a cancellation during I/O into its own error must not keep it alive.
+        while not self._stopping:
             try:
                 await step()
             except asyncio.CancelledError:
@@ -143,6 +162,8 @@ class PlacementService:
             except SnapshotTooOld:
                 pass
             except Exception:
+                if self._stopping:
+                    break
                 log.exception("placement background step failed")
             await asyncio.sleep(interval)
 
@@ -202,8 +223,10 @@ class PlacementService:
 
     async def _refresh(self) -> FleetSnapshot:
         now = self.clock()
+        prev = self._snapshot
         try:
-            nodes = await self.registry.nodes(now)
+            # Incremental: only nodes changed since the last snapshot are read.
+            changes = await self.registry.changes(now, self._cursor if prev else None)
             await self._sync_policy()
         except RegistryUnavailable:
             self._set_degraded(True, now)
@@ -211,9 +234,24 @@ class PlacementService:
         was_degraded = self.degraded
         self._set_degraded(False, now)
         self._gen += 1
-        snap = FleetSnapshot.build(nodes, f"{self.instance}-{self._gen}", now)
+        sid = f"{self.instance}-{self._gen}"
+        if changes.full or prev is None:
+            snap = FleetSnapshot.build(changes.nodes, sid, now)
+        else:
+            snap = prev.update(changes.nodes, changes.removed, sid, now)
+        self._cursor = changes.cursor
+        self.last_refresh = RefreshStats(
+            full=changes.full or prev is None,
+            read=len(changes.nodes),
+            removed=len(changes.removed),
+            nodes=len(snap.nodes),
+        )
         self._install(snap)
-        self._count_nodes(snap, now)
+        if now - self._counted_at >= NODE_COUNT_INTERVAL or self.last_refresh.full:
+            # Counting walks the whole fleet: at most every few seconds (a scrape
+            # interval), not on every incremental refresh.
+            self._counted_at = now
+            self._count_nodes(snap, now)
         try:
             if was_degraded or self._pending or self._pending_release:
                 await self._write_back(now)
@@ -677,7 +715,7 @@ class PlacementService:
         now = self.clock()
         ttl = self._ttl_for(snap, now)
         out = []
-        for n in snap.nodes.values():
+        for n in sorted(snap.nodes.values(), key=lambda n: n.id):
             d = n.to_dict()
             d["alive"] = not is_stale(n, now, ttl)
             d["pool"] = n.pool

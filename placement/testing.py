@@ -138,3 +138,128 @@ async def wait_for(
             return
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.02)
+
+
+# ----- a minimal MaxMind DB writer (format 2.0), for tests with a real ``.mmdb`` file
+
+_MMDB_META = b"\xab\xcd\xefMaxMind.com"
+
+
+def _mmdb_ctrl(kind: int, size: int) -> bytes:
+    if size < 29:
+        head, ext = size, b""
+    elif size < 285:
+        head, ext = 29, bytes([size - 29])
+    elif size < 65821:
+        head, ext = 30, (size - 285).to_bytes(2, "big")
+    else:
+        head, ext = 31, (size - 65821).to_bytes(3, "big")
+    if kind <= 7:
+        return bytes([(kind << 5) | head]) + ext
+    return bytes([head, kind - 7]) + ext
+
+
+@dataclass(frozen=True)
+class MmdbUint:
+    """An unsigned integer of an explicit MaxMind type (16, 32, 64 or 128 bits)."""
+
+    bits: int
+    value: int
+
+    def encode(self) -> bytes:
+        kind = {16: 5, 32: 6, 64: 9, 128: 10}[self.bits]
+        raw = self.value.to_bytes((self.value.bit_length() + 7) // 8, "big")
+        return _mmdb_ctrl(kind, len(raw)) + raw
+
+
+def mmdb_encode(value: object) -> bytes:
+    """Encode one value in the MaxMind DB data-section format (no pointers)."""
+    if isinstance(value, MmdbUint):
+        return value.encode()
+    if isinstance(value, bool):
+        return _mmdb_ctrl(14, int(value))
+    if isinstance(value, str):
+        raw = value.encode("utf-8")
+        return _mmdb_ctrl(2, len(raw)) + raw
+    if isinstance(value, bytes):
+        return _mmdb_ctrl(4, len(value)) + value
+    if isinstance(value, float):
+        import struct
+
+        return _mmdb_ctrl(3, 8) + struct.pack(">d", value)
+    if isinstance(value, int):
+        if value < 0:
+            raw = value.to_bytes(4, "big", signed=True)
+            return _mmdb_ctrl(8, len(raw)) + raw
+        bits = 16 if value < 1 << 16 else 32 if value < 1 << 32 else 64
+        return MmdbUint(bits, value).encode()
+    if isinstance(value, dict):
+        out = _mmdb_ctrl(7, len(value))
+        for k, v in value.items():
+            out += mmdb_encode(str(k)) + mmdb_encode(v)
+        return out
+    if isinstance(value, list | tuple):
+        return _mmdb_ctrl(11, len(value)) + b"".join(mmdb_encode(v) for v in value)
+    raise TypeError(f"cannot encode {type(value).__name__} in a MaxMind DB")
+
+
+def write_mmdb(
+    path: str, networks: dict[str, dict[str, object]], database_type: str = "nearcast-test"
+) -> None:
+    """Write an IPv6 MaxMind DB (IPv4 networks live under ``::/96``, as in GeoLite2).
+
+    ``networks`` maps a CIDR to its record; longer prefixes override shorter ones.
+    """
+    import ipaddress
+
+    data = b""
+    # A trie of [left, right]; a child is a node index, ("d", offset) or None.
+    nodes: list[list[object]] = [[None, None]]
+    nets = sorted(
+        ((ipaddress.ip_network(c, strict=False), r) for c, r in networks.items()),
+        key=lambda nr: nr[0].prefixlen,
+    )
+    for net, record in nets:
+        offset = len(data)
+        data += mmdb_encode(record)
+        if net.version == 4:
+            bits, plen = int(net.network_address), 96 + net.prefixlen
+        else:
+            bits, plen = int(net.network_address), net.prefixlen
+        node = 0
+        for depth in range(plen):
+            bit = (bits >> (127 - depth)) & 1
+            if depth == plen - 1:
+                nodes[node][bit] = ("d", offset)
+                break
+            child = nodes[node][bit]
+            if not isinstance(child, int):
+                nodes.append([child, child])  # split a shorter prefix's leaf
+                child = len(nodes) - 1
+                nodes[node][bit] = child
+            node = child
+    count = len(nodes)
+
+    def rec(child: object) -> int:
+        if child is None:
+            return count
+        if isinstance(child, int):
+            return child
+        assert isinstance(child, tuple)
+        return count + 16 + int(child[1])
+
+    tree = b"".join(rec(a).to_bytes(4, "big") + rec(b).to_bytes(4, "big") for a, b in nodes)
+    meta = {
+        # libmaxminddb insists on these exact integer types.
+        "binary_format_major_version": MmdbUint(16, 2),
+        "binary_format_minor_version": MmdbUint(16, 0),
+        "build_epoch": MmdbUint(64, int(time.time())),
+        "database_type": database_type,
+        "description": {"en": "nearcast test database"},
+        "ip_version": MmdbUint(16, 6),
+        "languages": ["en"],
+        "node_count": MmdbUint(32, count),
+        "record_size": MmdbUint(16, 32),
+    }
+    with open(path, "wb") as fh:
+        fh.write(tree + b"\x00" * 16 + data + _MMDB_META + mmdb_encode(meta))

@@ -10,9 +10,26 @@ sleeping.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from placement.model import Load, Node, NodeState, Session
+
+
+@dataclass(frozen=True)
+class NodeChanges:
+    """What changed in the fleet since a cursor (an incremental snapshot read).
+
+    ``full``: ``nodes`` is the whole fleet (first read, or the registry lost the
+    history the cursor refers to). Otherwise ``nodes`` holds only the nodes added
+    or changed since the cursor and ``removed`` the ids that are gone. ``cursor``
+    is opaque; pass it back as ``since`` on the next call.
+    """
+
+    cursor: Any
+    full: bool
+    nodes: list[Node]
+    removed: frozenset[str] = frozenset()
 
 
 class Registry(Protocol):
@@ -29,6 +46,13 @@ class Registry(Protocol):
 
     async def nodes(self, now: float) -> list[Node]:
         """Every node with its reservations (expired leases already returned)."""
+
+    async def changes(self, now: float, since: Any = None) -> NodeChanges:
+        """Nodes changed since ``since`` (a previous cursor; ``None``: everything).
+
+        Expired leases are returned first, as for :meth:`nodes`; unchanged nodes are
+        not read, so a refresh costs what changed, not the fleet size.
+        """
 
     async def reserve(
         self, session: Session, now: float, headroom: float = 1.0, force: bool = False

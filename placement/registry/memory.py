@@ -7,6 +7,7 @@ loop a reservation is atomic without locks.
 from __future__ import annotations
 
 import json
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import replace
@@ -14,6 +15,7 @@ from typing import Any
 
 from placement.errors import UnknownNode
 from placement.model import Load, Node, NodeState, Session, SessionState, stream_key
+from placement.registry import NodeChanges
 
 
 class InProcessRegistry:
@@ -26,6 +28,17 @@ class InProcessRegistry:
         self._policies: dict[int, str] = {}
         self._active: int | None = None
         self._log: deque[str] = deque()
+        # Change log for incremental snapshots: node -> counter value of its last
+        # change, kept in change order (oldest first).
+        self._epoch = uuid.uuid4().hex
+        self._ver = 0
+        self._changed: dict[str, int] = {}
+
+    def _put(self, node: Node) -> None:
+        self._nodes[node.id] = node
+        self._ver += 1
+        self._changed.pop(node.id, None)
+        self._changed[node.id] = self._ver
 
     def _expire(self, now: float) -> None:
         for sid in [s.id for s in self._sessions.values() if s.lease_expires < now]:
@@ -37,10 +50,12 @@ class InProcessRegistry:
             return None
         node = self._nodes.get(s.node_id)
         if node is not None:
-            self._nodes[node.id] = replace(
-                node,
-                reserved_slots=node.reserved_slots - s.slots,
-                reserved_egress_mbps=node.reserved_egress_mbps - s.egress_mbps,
+            self._put(
+                replace(
+                    node,
+                    reserved_slots=node.reserved_slots - s.slots,
+                    reserved_egress_mbps=node.reserved_egress_mbps - s.egress_mbps,
+                )
             )
         key = stream_key(s.tenant, s.stream)
         if self._streams.get(key) == sid:
@@ -49,19 +64,21 @@ class InProcessRegistry:
 
     async def register(self, node: Node, now: float) -> None:
         old = self._nodes.get(node.id)
-        self._nodes[node.id] = replace(
-            node,
-            state=old.state if old else node.state,
-            reserved_slots=old.reserved_slots if old else 0,
-            reserved_egress_mbps=old.reserved_egress_mbps if old else 0.0,
-            last_heartbeat=now,
+        self._put(
+            replace(
+                node,
+                state=old.state if old else node.state,
+                reserved_slots=old.reserved_slots if old else 0,
+                reserved_egress_mbps=old.reserved_egress_mbps if old else 0.0,
+                last_heartbeat=now,
+            )
         )
 
     async def heartbeat(self, node_id: str, load: Load, now: float) -> bool:
         node = self._nodes.get(node_id)
         if node is None:
             return False
-        self._nodes[node_id] = replace(node, load=load, last_heartbeat=now)
+        self._put(replace(node, load=load, last_heartbeat=now))
         return True
 
     async def set_state(self, node_id: str, state: NodeState) -> Node:
@@ -69,12 +86,24 @@ class InProcessRegistry:
         if node is None:
             raise UnknownNode(node_id)
         node = replace(node, state=state)
-        self._nodes[node_id] = node
+        self._put(node)
         return node
 
     async def nodes(self, now: float) -> list[Node]:
         self._expire(now)
         return list(self._nodes.values())
+
+    async def changes(self, now: float, since: Any = None) -> NodeChanges:
+        nodes = await self.nodes(now)
+        cursor = (self._epoch, self._ver)
+        if not isinstance(since, tuple) or since[0] != self._epoch or since[1] > self._ver:
+            return NodeChanges(cursor, True, nodes)
+        changed: list[Node] = []
+        for node_id in reversed(self._changed):
+            if self._changed[node_id] <= since[1]:
+                break
+            changed.append(self._nodes[node_id])
+        return NodeChanges(cursor, False, changed[::-1])
 
     async def reserve(
         self, session: Session, now: float, headroom: float = 1.0, force: bool = False
@@ -93,10 +122,12 @@ class InProcessRegistry:
             egress = node.reserved_egress_mbps + session.egress_mbps
             if egress > node.capacity.egress_mbps * headroom + 1e-9:
                 return False
-        self._nodes[node.id] = replace(
-            node,
-            reserved_slots=node.reserved_slots + session.slots,
-            reserved_egress_mbps=node.reserved_egress_mbps + session.egress_mbps,
+        self._put(
+            replace(
+                node,
+                reserved_slots=node.reserved_slots + session.slots,
+                reserved_egress_mbps=node.reserved_egress_mbps + session.egress_mbps,
+            )
         )
         self._sessions[session.id] = session
         self._streams[stream_key(session.tenant, session.stream)] = session.id

@@ -5,6 +5,12 @@ pool's hash tag ``{<prefix>:<pool>}`` (a pool is a region), so the Lua script
 runs on one slot. Fleet-wide indexes live under ``{<prefix>:meta}`` and are
 only ever touched one key per command.
 
+Snapshots are incremental: every script that changes what a snapshot shows of a
+node (descriptor, beat, state, streams, reservations) bumps the pool's counter
+and records the node in ``chg``; :meth:`RedisRegistry.changes` reads, per pool
+and in one pipelined script call each, only the nodes scored above the counter
+the caller saw. A recreated counter (new epoch) makes it re-read that pool.
+
     {p:<pool>}:desc     hash  node -> descriptor JSON (full stats)
     {p:<pool>}:live     hash  node -> {"load": ..., "hb": t} (liveness beat)
     {p:<pool>}:state    hash  node -> ready|draining|cordoned (operator)
@@ -16,6 +22,8 @@ only ever touched one key per command.
     {p:<pool>}:lamt     hash  session -> "node slots egress"
     {p:<pool>}:sess:<id> hash data (session JSON), state; PEXPIRE = lease
     {p:<pool>}:moved:<id> string  pool a migrated session now lives in
+    {p:<pool>}:ver      hash  n -> change counter, epoch -> when it was created
+    {p:<pool>}:chg      zset  node -> counter value of its last snapshot-visible change
     {p:meta}:pools      set   pool names
     {p:meta}:nodepool   hash  node -> pool
     {p:meta}:streams    hash  tenant/stream -> session id
@@ -28,7 +36,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +45,9 @@ import redis.asyncio as aioredis
 import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
+from redis.connection import HiredisRespSerializer
+from redis.utils import HIREDIS_AVAILABLE
 
 from placement.errors import RegistryUnavailable, UnknownNode
 from placement.model import (
@@ -47,6 +59,7 @@ from placement.model import (
     session_pool,
     stream_key,
 )
+from placement.registry import NodeChanges
 
 _LUA = Path(__file__).with_name("lua")
 GC_BATCH = 256
@@ -60,11 +73,55 @@ def _unavailable() -> Iterator[None]:
         raise RegistryUnavailable(f"redis is unavailable: {exc}") from exc
 
 
-_HEARTBEAT = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-return 1
-"""
+_NO_CURSOR = "-"  # never equals a pool epoch ("" when absent, else "sec.usec")
+_PARTS = ("desc", "live", "state", "rslots", "regress", "streams")
+_STATES = {s.value: s for s in NodeState}
+
+
+def _script(name: str) -> str:
+    """A Lua script with the shared ``touch`` prelude."""
+    return (_LUA / "_touch.lua").read_text() + (_LUA / name).read_text()
+
+
+_HiredisPacked: type[aioredis.Connection] | None = None
+if HIREDIS_AVAILABLE:
+
+    class _HiredisPackedConnection(aioredis.Connection):
+        """Packs commands with hiredis's C serializer, as redis-py's sync client does.
+
+        The asyncio client packs in Python, which was the largest client-side cost of
+        a reservation (an EVALSHA with a dozen arguments); the bytes are the same.
+        """
+
+        _packer = HiredisRespSerializer()
+
+        def pack_command(self, *args: Any) -> list[bytes]:
+            packed: list[bytes] = self._packer.pack(*args)
+            return packed
+
+    _HiredisPacked = _HiredisPackedConnection
+
+
+def _live(load: Load, now: float) -> str:
+    """The liveness record of a node: its load and the time of its beat."""
+    return json.dumps(
+        {
+            "load": {
+                "cpu": load.cpu,
+                "transcodes": load.transcodes,
+                "egress_mbps": load.egress_mbps,
+                "viewers": load.viewers,
+            },
+            "hb": now,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class _PoolCursor:
+    epoch: str
+    n: int
+    ids: frozenset[str]
 
 
 class RedisRegistry:
@@ -81,11 +138,16 @@ class RedisRegistry:
         # Reservations issued in the same event-loop turn share one pipeline: the
         # per-command client overhead, not Redis, bounds placements per second.
         self._batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]] = []
-        self._gc = client.register_script((_LUA / "gc.lua").read_text())
-        self._reserve = client.register_script((_LUA / "reserve.lua").read_text())
-        self._release = client.register_script((_LUA / "release.lua").read_text())
+        # Parsed descriptors by node id: a beat or a reservation re-reads the
+        # descriptor string but does not re-parse and re-validate it.
+        self._desc: dict[str, tuple[str, Node]] = {}
+        self._reserve = client.register_script(_script("reserve.lua"))
+        self._release = client.register_script(_script("release.lua"))
         self._renew = client.register_script((_LUA / "renew.lua").read_text())
-        self._beat = client.register_script(_HEARTBEAT)
+        self._beat = client.register_script(_script("heartbeat.lua"))
+        self._register = client.register_script(_script("register.lua"))
+        self._state = client.register_script(_script("state.lua"))
+        self._changes = client.register_script(_script("changes.lua"))
 
     @classmethod
     def from_url(
@@ -93,8 +155,12 @@ class RedisRegistry:
     ) -> RedisRegistry:
         # No client-side retries: a down Redis must surface fast so the service
         # can answer from its snapshot instead of stalling every request.
+        extra: dict[str, Any] = {}
+        if _HiredisPacked is not None and url.startswith("redis://"):
+            extra["connection_class"] = _HiredisPacked
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            **extra,
             max_connections=max_connections,
             # Waiting for a free pooled connection is queueing, not an outage:
             # give it longer than a socket timeout so a burst never looks like
@@ -124,24 +190,36 @@ class RedisRegistry:
                 self._pool_of[node_id] = pool
         return pool
 
-    async def register(self, node: Node, now: float) -> None:
+    def _ver_keys(self, pool: str) -> list[str]:
+        return [self._k(pool, "ver"), self._k(pool, "chg")]
+
+    async def _queue_register(self, pipe: Any, node: Node, now: float, streams: bool) -> None:
         pool = node.pool
-        live = json.dumps({"load": node.to_dict()["load"], "hb": now})
+        live = _live(node.load, now)
+        pipe.sadd(self._meta("pools"), pool)
+        pipe.hset(self._meta("nodepool"), node.id, pool)
+        args: list[Any] = [
+            node.id,
+            json.dumps(node.descriptor()),
+            live,
+            node.state.value,
+            f"{node.capacity.slots} {node.capacity.egress_mbps}",
+        ]
+        if streams:
+            args.append(json.dumps(sorted(node.streams)))
+        await self._register(
+            keys=[self._k(pool, p) for p in ("desc", "live", "state", "cap", "streams")]
+            + self._ver_keys(pool),
+            args=args,
+            client=pipe,
+        )
+
+    async def register(self, node: Node, now: float) -> None:
         with _unavailable():
             pipe = self._r.pipeline(transaction=False)
-            pipe.sadd(self._meta("pools"), pool)
-            pipe.hset(self._meta("nodepool"), node.id, pool)
-            pipe.hset(self._k(pool, "desc"), node.id, json.dumps(node.descriptor()))
-            pipe.hset(self._k(pool, "live"), node.id, live)
-            pipe.hsetnx(self._k(pool, "state"), node.id, node.state.value)
-            pipe.hset(
-                self._k(pool, "cap"),
-                node.id,
-                f"{node.capacity.slots} {node.capacity.egress_mbps}",
-            )
-            pipe.hset(self._k(pool, "streams"), node.id, json.dumps(sorted(node.streams)))
+            await self._queue_register(pipe, node, now, streams=True)
             await pipe.execute()
-        self._pool_of[node.id] = pool
+        self._pool_of[node.id] = node.pool
 
     async def register_many(self, nodes: Sequence[Node], now: float, batch: int = 2000) -> None:
         """Bulk registration (fleet import, benchmarks): one pipeline per batch."""
@@ -149,100 +227,173 @@ class RedisRegistry:
             with _unavailable():
                 pipe = self._r.pipeline(transaction=False)
                 for node in nodes[i : i + batch]:
-                    pool = node.pool
-                    pipe.sadd(self._meta("pools"), pool)
-                    pipe.hset(self._meta("nodepool"), node.id, pool)
-                    pipe.hset(self._k(pool, "desc"), node.id, json.dumps(node.descriptor()))
-                    live = json.dumps({"load": node.to_dict()["load"], "hb": now})
-                    pipe.hset(self._k(pool, "live"), node.id, live)
-                    pipe.hsetnx(self._k(pool, "state"), node.id, node.state.value)
-                    pipe.hset(
-                        self._k(pool, "cap"),
-                        node.id,
-                        f"{node.capacity.slots} {node.capacity.egress_mbps}",
-                    )
-                    self._pool_of[node.id] = pool
+                    await self._queue_register(pipe, node, now, streams=False)
+                    self._pool_of[node.id] = node.pool
                 await pipe.execute()
 
     async def heartbeat(self, node_id: str, load: Load, now: float) -> bool:
-        live = json.dumps(
-            {
-                "load": {
-                    "cpu": load.cpu,
-                    "transcodes": load.transcodes,
-                    "egress_mbps": load.egress_mbps,
-                    "viewers": load.viewers,
-                },
-                "hb": now,
-            }
-        )
+        live = _live(load, now)
         with _unavailable():
             pool = await self._pool(node_id)
             if pool is None:
                 return False
             ok = await self._beat(
-                keys=[self._k(pool, "desc"), self._k(pool, "live")], args=[node_id, live]
+                keys=[self._k(pool, "desc"), self._k(pool, "live"), *self._ver_keys(pool)],
+                args=[node_id, live],
             )
         if not ok:
             self._pool_of.pop(node_id, None)
         return bool(ok)
 
+    async def heartbeat_many(
+        self, beats: Sequence[tuple[str, Load]], now: float, batch: int = 2000
+    ) -> list[bool]:
+        """Liveness beats for many registered nodes (a beat gateway, benchmarks): pipelined."""
+        out: list[bool] = []
+        for i in range(0, len(beats), batch):
+            with _unavailable():
+                pipe = self._r.pipeline(transaction=False)
+                for node_id, load in beats[i : i + batch]:
+                    pool = await self._pool(node_id)
+                    if pool is None:
+                        raise UnknownNode(node_id)
+                    live = _live(load, now)
+                    await self._beat(
+                        keys=[self._k(pool, "desc"), self._k(pool, "live"), *self._ver_keys(pool)],
+                        args=[node_id, live],
+                        client=pipe,
+                    )
+                out.extend(bool(x) for x in await pipe.execute())
+        return out
+
     async def set_state(self, node_id: str, state: NodeState) -> Node:
         with _unavailable():
             pool = await self._pool(node_id)
-            if pool is None or not await self._r.hexists(self._k(pool, "desc"), node_id):
+            if pool is None:
                 raise UnknownNode(node_id)
-            await self._r.hset(self._k(pool, "state"), node_id, state.value)
-            nodes = await self._pool_nodes(pool, 0.0, gc=False)
-        for n in nodes:
-            if n.id == node_id:
-                return n
-        raise UnknownNode(node_id)
+            ok = await self._state(
+                keys=[self._k(pool, "desc"), self._k(pool, "state"), *self._ver_keys(pool)],
+                args=[node_id, state.value],
+            )
+            if not ok:
+                raise UnknownNode(node_id)
+            pipe = self._r.pipeline(transaction=False)
+            for part in _PARTS:
+                pipe.hmget(self._k(pool, part), [node_id])
+            columns = await pipe.execute()
+        nodes, _ = self._parse(pool, [node_id], columns)
+        if not nodes:
+            raise UnknownNode(node_id)
+        return nodes[0]
 
-    async def _pool_nodes(self, pool: str, now: float, gc: bool = True) -> list[Node]:
-        return await self._fetch([pool], now, gc)
-
-    async def _fetch(self, pools: Sequence[str], now: float, gc: bool) -> list[Node]:
-        parts = ("desc", "live", "state", "rslots", "regress", "streams")
-        pipe = self._r.pipeline(transaction=False)
-        for pool in pools:
-            if gc:
-                await self._gc(
-                    keys=[
-                        self._k(pool, "rslots"),
-                        self._k(pool, "regress"),
-                        self._k(pool, "leases"),
-                        self._k(pool, "lamt"),
-                    ],
-                    args=[int(now * 1000), GC_BATCH],
-                    client=pipe,
-                )
-            for part in parts:
-                pipe.hgetall(self._k(pool, part))
-        results = await pipe.execute()
+    def _parse(
+        self, pool: str, ids: Sequence[str], columns: Sequence[Sequence[str | None]]
+    ) -> tuple[list[Node], set[str]]:
+        """Nodes from aligned (desc, live, state, rslots, regress, streams) columns."""
         out: list[Node] = []
-        step = len(parts) + (1 if gc else 0)
-        for i, pool in enumerate(pools):
-            chunk = results[i * step + (1 if gc else 0) : (i + 1) * step]
-            desc, live, state, rslots, regress, streams = chunk
-            for node_id, raw in desc.items():
-                d: dict[str, Any] = json.loads(raw)
-                lv = json.loads(live.get(node_id, "{}"))
-                d["load"] = lv.get("load") or {}
-                d["last_heartbeat"] = lv.get("hb", 0.0)
-                d["state"] = state.get(node_id, "ready")
-                d["reserved_slots"] = int(rslots.get(node_id, 0))
-                d["reserved_egress_mbps"] = max(0.0, float(regress.get(node_id, 0.0)))
-                d["streams"] = json.loads(streams.get(node_id, "[]"))
-                out.append(Node.from_dict(d))
-                self._pool_of[node_id] = pool
-        return out
+        gone: set[str] = set()
+        descs, lives, states, rslots, regress, streams = columns
+        for i, node_id in enumerate(ids):
+            raw = descs[i]
+            if raw is None:
+                gone.add(node_id)
+                self._desc.pop(node_id, None)
+                continue
+            cached = self._desc.get(node_id)
+            if cached is not None and cached[0] == raw:
+                base = cached[1]
+            else:
+                base = Node.from_dict(json.loads(raw))
+                self._desc[node_id] = (raw, base)
+            # Only this service writes these fields (validated at the API): build the
+            # node directly, this runs for every node that beat since the last refresh.
+            live = lives[i]
+            lv = json.loads(live) if live else {}
+            ld = lv.get("load") or {}
+            raw_streams = streams[i]
+            out.append(
+                Node(
+                    id=base.id,
+                    tier=base.tier,
+                    region=base.region,
+                    city=base.city,
+                    isp=base.isp,
+                    lat=base.lat,
+                    lon=base.lon,
+                    urls=base.urls,
+                    capacity=base.capacity,
+                    load=Load(
+                        float(ld.get("cpu", 0.0)),
+                        int(ld.get("transcodes", 0)),
+                        float(ld.get("egress_mbps", 0.0)),
+                        int(ld.get("viewers", 0)),
+                    ),
+                    state=_STATES[states[i] or "ready"],
+                    labels=base.labels,
+                    last_heartbeat=float(lv.get("hb", 0.0)),
+                    reserved_slots=int(rslots[i] or 0),
+                    reserved_egress_mbps=max(0.0, float(regress[i] or 0.0)),
+                    streams=frozenset(json.loads(raw_streams))
+                    if raw_streams and raw_streams != "[]"
+                    else frozenset(),
+                )
+            )
+            self._pool_of[node_id] = pool
+        return out, gone
 
-    async def nodes(self, now: float) -> list[Node]:
+    async def changes(self, now: float, since: Any = None) -> NodeChanges:
+        """Per pool, one pipelined script call: lease GC plus the nodes changed since."""
+        prev: Mapping[str, _PoolCursor] = since if isinstance(since, dict) else {}
         with _unavailable():
             await self._flush_index()
             pools = sorted(str(p) for p in await self._r.smembers(self._meta("pools")))
-            return await self._fetch(pools, now, gc=True)
+            calls = []
+            for pool in pools:
+                cur = prev.get(pool)
+                keys = [
+                    *self._ver_keys(pool),
+                    *(self._k(pool, part) for part in _PARTS),
+                    self._k(pool, "leases"),
+                    self._k(pool, "lamt"),
+                ]
+                args = [
+                    int(now * 1000),
+                    GC_BATCH,
+                    cur.epoch if cur else _NO_CURSOR,
+                    cur.n if cur else 0,
+                ]
+                calls.append((self._changes, keys, args))
+            results = await self._scripts(calls)
+            for res in results:
+                if isinstance(res, Exception):
+                    raise res
+        cursor: dict[str, _PoolCursor] = {}
+        nodes: list[Node] = []
+        removed: set[str] = set()
+        for pool, res in zip(pools, results, strict=True):
+            epoch, n, full, ids = str(res[0] or ""), int(res[1]), bool(res[2]), res[3]
+            found, gone = self._parse(pool, ids, res[4:10])
+            nodes.extend(found)
+            cur = prev.get(pool)
+            if full or cur is None:
+                ids_now = frozenset(x.id for x in found)
+                if cur is not None:
+                    gone |= cur.ids - ids_now
+            elif gone or any(x.id not in cur.ids for x in found):
+                ids_now = (cur.ids | {x.id for x in found}) - gone
+            else:
+                ids_now = cur.ids  # the common case: no node came or went
+            cursor[pool] = _PoolCursor(epoch, n, ids_now)
+            removed |= gone
+        for pool, cur in prev.items():
+            if pool not in cursor:
+                removed |= cur.ids
+        if not isinstance(since, dict):
+            return NodeChanges(cursor, True, nodes)
+        return NodeChanges(cursor, False, nodes, frozenset(removed))
+
+    async def nodes(self, now: float) -> list[Node]:
+        return (await self.changes(now)).nodes
 
     def _reserve_keys(self, pool: str, sid: str) -> list[str]:
         return [
@@ -253,6 +404,7 @@ class RedisRegistry:
             self._k(pool, "lamt"),
             self._k(pool, "state"),
             self._k(pool, f"sess:{sid}"),
+            *self._ver_keys(pool),
         ]
 
     async def reserve(
@@ -297,14 +449,37 @@ class RedisRegistry:
         task = asyncio.ensure_future(self._run_batch(batch))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
+    async def _scripts(
+        self, calls: Sequence[tuple[AsyncScript, list[Any], list[Any]]]
+    ) -> list[Any]:
+        """Script calls in one pipeline: one round trip.
+
+        redis-py's own pipelined scripts cost a ``SCRIPT EXISTS`` round trip on
+        every execute; here EVALSHA goes out directly and only calls refused with
+        NOSCRIPT (a restarted or failed-over Redis) are retried after loading the
+        script. Errors come back as exception objects, one per call.
+        """
+        pipe = self._r.pipeline(transaction=False)
+        for script, keys, args in calls:
+            pipe.evalsha(script.sha, len(keys), *keys, *args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+        retry = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
+        if retry:
+            for script in {calls[i][0] for i in retry}:
+                await self._r.script_load(script.script)
+            pipe = self._r.pipeline(transaction=False)
+            for i in retry:
+                script, keys, args = calls[i]
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            for i, r in zip(retry, await pipe.execute(raise_on_error=False), strict=True):
+                results[i] = r
+        return results
+
     async def _run_batch(
         self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]
     ) -> None:
         try:
-            pipe = self._r.pipeline(transaction=False)
-            for keys, args, _ in batch:
-                await self._reserve(keys=keys, args=args, client=pipe)
-            results = await pipe.execute(raise_on_error=False)
+            results = await self._scripts([(self._reserve, keys, args) for keys, args, _ in batch])
         except BaseException as exc:
             for _, _, fut in batch:
                 if not fut.done():
@@ -363,6 +538,7 @@ class RedisRegistry:
                     self._k(pool, "leases"),
                     self._k(pool, "lamt"),
                     self._k(pool, f"sess:{session_id}"),
+                    *self._ver_keys(pool),
                 ],
                 args=[session_id],
             )

@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from placement.core import resolve_context
-from placement.filters import FILTERS, first_rejection, summarize
+from placement.filters import FILTERS, Context, feasible, first_rejection, summarize
 from placement.model import FleetSnapshot, Location, Node, NodeState
-from placement.policy import parse_policy
+from placement.policy import Filters, Policy, parse_policy
 from placement.testing import make_node
 
 NOW = 1_000_000.0
@@ -69,3 +71,80 @@ def test_summary_in_fit_error_style() -> None:
 
 def test_every_filter_is_listed_once() -> None:
     assert len(set(FILTERS)) == len(FILTERS)
+
+
+# ----- the scan's fast path must agree with the filter chain on every node and request
+
+
+@st.composite
+def node_and_context(draw: st.DrawFn) -> tuple[Node, Context]:
+    labels = draw(
+        st.sampled_from(
+            [{}, {"tenants": "school"}, {"tenants": "other"}, {"deny-tenants": "school, x"}]
+        )
+    )
+    node = make_node(
+        draw(st.sampled_from(["n1", "n2"])),
+        tier=draw(st.sampled_from(["edge", "mec", "cloud"])),
+        city=draw(st.sampled_from(["lyon", "paris"])),
+        region=draw(st.sampled_from(["west", "north"])),
+        isp=draw(st.sampled_from(["orange", "free"])),
+        lat=draw(st.floats(40, 50)),
+        lon=draw(st.floats(-2, 8)),
+        slots=draw(st.integers(0, 4)),
+        egress=draw(st.sampled_from([0.0, 10.0, 100.0])),
+        viewers=draw(st.integers(0, 3)),
+        cpu=draw(st.floats(0, 1.2)),
+        hb=draw(st.floats(990.0, 1000.0)),
+        state=draw(st.sampled_from(list(NodeState))),
+        labels=labels,
+    )
+    policy = Policy(
+        filters=Filters(
+            max_cpu=draw(st.sampled_from([0.5, 0.7, 1.0])),
+            same_isp=draw(st.booleans()),
+            max_rtt_ms=draw(st.sampled_from([5.0, 20.0, 150.0])),
+        )
+    )
+    ctx = Context(
+        tenant="school",
+        stream_key="school/c1",
+        city=draw(st.sampled_from(["lyon", "paris", ""])),
+        isp=draw(st.sampled_from(["orange", "free", ""])),
+        region=draw(st.sampled_from(["west", ""])),
+        lat=draw(st.one_of(st.none(), st.floats(40, 50))),
+        lon=draw(st.one_of(st.none(), st.floats(-2, 8))),
+        slots=draw(st.integers(1, 3)),
+        egress_mbps=draw(st.sampled_from([0.0, 8.0, 50.0])),
+        policy=policy,
+        now=1000.0,
+        ttl=draw(st.sampled_from([0.5, 6.0])),
+        headroom=draw(st.sampled_from([0.5, 1.0])),
+        viewer=draw(st.booleans()),
+        exclude=draw(st.sampled_from([frozenset(), frozenset({"n1"})])),
+        tiers=frozenset(draw(st.lists(st.sampled_from(["edge", "mec", "cloud"]), max_size=3))),
+        pending=draw(st.sampled_from([{}, {"n1": (1, 10.0)}, {"n2": (3, 90.0)}])),
+    )
+    return node, ctx
+
+
+def test_fast_path_covers_exactly_the_filter_chain() -> None:
+    # A filter added to the chain must be added to feasible() too.
+    assert [f.__name__ for f in FILTERS] == [
+        "tier_allowed",
+        "not_excluded",
+        "healthy",
+        "schedulable",
+        "tenant_labels",
+        "same_isp",
+        "cpu",
+        "capacity",
+        "max_rtt",
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(node_and_context())
+def test_fast_path_agrees_with_first_rejection(case: tuple[Node, Context]) -> None:
+    node, ctx = case
+    assert feasible(node, ctx) == (first_rejection(node, ctx) is None)

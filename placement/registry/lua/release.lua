@@ -1,5 +1,5 @@
 -- Free a session's capacity and forget it.
--- KEYS: 1 rslots, 2 regress, 3 leases, 4 lamt, 5 sess
+-- KEYS: 1 rslots, 2 regress, 3 leases, 4 lamt, 5 sess, 6 ver, 7 chg
 -- ARGV: 1 sid
 -- Returns the session's stored fields (flat list) or an empty list.
 local sid = ARGV[1]
@@ -9,6 +9,7 @@ if amt then
   redis.call('HINCRBY', KEYS[1], n, -tonumber(s))
   redis.call('HINCRBYFLOAT', KEYS[2], n, -tonumber(e))
   redis.call('HDEL', KEYS[4], sid)
+  touch(KEYS[6], KEYS[7], n)
 end
 redis.call('ZREM', KEYS[3], sid)
 local data = redis.call('HGETALL', KEYS[5])

@@ -1,6 +1,6 @@
 -- Atomic reservation: check capacity, take it, write session -> node with a lease.
 -- Every key carries the pool's hash tag, so this is one slot under Redis Cluster.
--- KEYS: 1 cap, 2 rslots, 3 regress, 4 leases, 5 lamt, 6 state, 7 sess
+-- KEYS: 1 cap, 2 rslots, 3 regress, 4 leases, 5 lamt, 6 state, 7 sess, 8 ver, 9 chg
 -- ARGV: 1 node, 2 sid, 3 slots, 4 egress, 5 now_ms, 6 lease_ms, 7 headroom, 8 force, 9 session json
 -- Returns 1 reserved, 0 no capacity, -1 unknown node, -2 node not ready, 2 already held.
 local node, sid = ARGV[1], ARGV[2]
@@ -15,6 +15,7 @@ for _, old in ipairs(expired) do
     redis.call('HINCRBY', KEYS[2], n, -tonumber(s))
     redis.call('HINCRBYFLOAT', KEYS[3], n, -tonumber(e))
     redis.call('HDEL', KEYS[5], old)
+    touch(KEYS[8], KEYS[9], n)
   end
   redis.call('ZREM', KEYS[4], old)
 end
@@ -42,4 +43,5 @@ redis.call('ZADD', KEYS[4], now + lease, sid)
 redis.call('HSET', KEYS[5], sid, node .. ' ' .. ARGV[3] .. ' ' .. ARGV[4])
 redis.call('HSET', KEYS[7], 'data', ARGV[9], 'state', 'reserved')
 redis.call('PEXPIRE', KEYS[7], lease)
+touch(KEYS[8], KEYS[9], node)
 return 1
