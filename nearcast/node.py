@@ -396,7 +396,6 @@ class Node:
 
         n = self.config.node
         shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        tenant = self.config.rtmp.tenants[0]
         desc = pm.Node(
             id=n.id,
             tier=pm.Tier(n.tier),
@@ -406,7 +405,7 @@ class Node:
             lat=0.0,
             lon=0.0,
             urls=pm.Urls(
-                rtmp=f"rtmp://{shown}:{self.rtmp_port}/{tenant}",
+                rtmp=f"rtmp://{shown}:{self.rtmp_port}",
                 http=f"http://{shown}:{self.http_port}",
                 whip=f"http://{shown}:{self.http_port}",
             ),

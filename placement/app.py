@@ -128,7 +128,7 @@ def _session_out(
         tier=s.tier.value,
         state=s.state.value,
         lease_expires=s.lease_expires,
-        ingest=IngestUrls(rtmp=f"{rtmp}/{path}", whip=f"{whip}/{path}"),
+        ingest=IngestUrls(rtmp=f"{rtmp}/{path}", whip=f"{whip}/{path}/whip"),
         playback=f"{http}/{path}/index.m3u8",
         degraded=degraded,
         explanation=explanation,

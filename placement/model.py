@@ -92,6 +92,10 @@ class Load:
 
 @dataclass(frozen=True, slots=True)
 class Urls:
+    """Public base URLs of a node (scheme://host:port). A session's ingest URLs are
+    ``{rtmp}/{tenant}/{stream}`` and ``{whip}/{tenant}/{stream}/whip``; playback is
+    ``{http}/{tenant}/{stream}/index.m3u8``."""
+
     rtmp: str
     http: str
     whip: str

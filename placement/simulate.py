@@ -91,7 +91,7 @@ def build_fleet(n: int, seed: int, now: float = 0.0) -> Fleet:
                 isp,
                 lat,
                 lon,
-                Urls(f"rtmp://{nid}.example/live", host, f"{host}/whip"),
+                Urls(f"rtmp://{nid}.example", host, host),
                 cap,
                 last_heartbeat=now,
             )

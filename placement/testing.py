@@ -57,7 +57,7 @@ def make_node(
         isp=isp,
         lat=lat,
         lon=lon,
-        urls=Urls(f"rtmp://{node_id}.test/live", host, f"{host}/whip"),
+        urls=Urls(f"rtmp://{node_id}.test", host, host),
         capacity=Capacity(slots, egress, viewers),
         load=Load(cpu=cpu),
         state=state,

@@ -62,8 +62,8 @@ async def test_session_lifecycle(app: FastAPI, client: httpx.AsyncClient) -> Non
     body = r.json()
     assert body["node"] == "e1" and body["tier"] == "edge" and body["degraded"] is False
     assert body["ingest"] == {
-        "rtmp": "rtmp://e1.test/live/school/c1",
-        "whip": "http://e1.test/whip/school/c1",
+        "rtmp": "rtmp://e1.test/school/c1",
+        "whip": "http://e1.test/school/c1/whip",
     }
     assert body["playback"] == "http://e1.test/school/c1/index.m3u8"
     assert body["explanation"]["candidates"][0]["node"] == "e1"
