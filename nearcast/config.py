@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distribute.config import HlsConfig, HttpConfig
-from ingest.config import RtmpConfig
+from ingest.config import IngestConfig, RtmpConfig
 from nearcast.settings import ConfigError, apply_env, build, check, load_yaml
 from placement.config import PlacementConfig
 from transcode.config import TranscodeConfig
@@ -56,6 +56,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
 
 
 def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:
