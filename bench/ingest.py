@@ -71,7 +71,10 @@ class Node:
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nearcast", "node"],
-            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=10)
         deadline = time.monotonic() + 30
@@ -103,9 +106,25 @@ class Node:
 
 def _publisher(port: int, name: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-re", "-stream_loop", "-1",
-         "-i", str(SAMPLE), "-c", "copy", "-f", "flv", f"rtmp://127.0.0.1:{port}/live/{name}"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "ffmpeg",
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-stream_loop",
+            "-1",
+            "-i",
+            str(SAMPLE),
+            "-c",
+            "copy",
+            "-f",
+            "flv",
+            f"rtmp://127.0.0.1:{port}/live/{name}",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -149,8 +168,11 @@ def main() -> None:
     node = Node()
     pubs: list[subprocess.Popen[bytes]] = []
     rows: list[dict[str, Any]] = []
-    print(f"{'publishers':>10} {'live':>5} {'fps min':>8} {'fps mean':>9} {'Mbit/s':>7} "
-          f"{'dropped':>8} {'late':>5} {'node CPU':>9}  ok", flush=True)
+    print(
+        f"{'publishers':>10} {'live':>5} {'fps min':>8} {'fps mean':>9} {'Mbit/s':>7} "
+        f"{'dropped':>8} {'late':>5} {'node CPU':>9}  ok",
+        flush=True,
+    )
     try:
         for n in steps:
             while len(pubs) < n:
@@ -161,9 +183,12 @@ def main() -> None:
             time.sleep(args.settle)  # let the 5 s measurement windows fill
             row = measure(node, n, args.seconds)
             rows.append(row)
-            print(f"{row['publishers']:>10} {row['live']:>5} {row['fps_min']:>8} "
-                  f"{row['fps_mean']:>9} {row['mbit_s']:>7} {row['dropped']:>8} {row['late']:>5} "
-                  f"{row['node_cpu']:>9}  {'yes' if row['ok'] else 'NO'}", flush=True)
+            print(
+                f"{row['publishers']:>10} {row['live']:>5} {row['fps_min']:>8} "
+                f"{row['fps_mean']:>9} {row['mbit_s']:>7} {row['dropped']:>8} {row['late']:>5} "
+                f"{row['node_cpu']:>9}  {'yes' if row['ok'] else 'NO'}",
+                flush=True,
+            )
             if not row["ok"]:
                 break
     finally:
@@ -177,15 +202,19 @@ def main() -> None:
         node.stop()
     passed = [r["publishers"] for r in rows if r["ok"]]
     first_fail = next((r["publishers"] for r in rows if not r["ok"]), None)
-    print(json.dumps({
-        "bench": "ingest",
-        "source": SAMPLE.name,
-        "ladder": "passthrough",
-        "cpus": os.cpu_count(),
-        "max_publishers_without_loss": max(passed, default=0),
-        "first_failing_step": first_fail,
-        "steps": rows,
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "ingest",
+                "source": SAMPLE.name,
+                "ladder": "passthrough",
+                "cpus": os.cpu_count(),
+                "max_publishers_without_loss": max(passed, default=0),
+                "first_failing_step": first_fail,
+                "steps": rows,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

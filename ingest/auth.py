@@ -88,7 +88,9 @@ class PublishAuth:
             }
             answer = await self.hook.ask(payload)
             if answer.outcome == "denied":
-                raise PublishRefused("webhook_denied", f"{where}: on_publish denied: {answer.detail}")
+                raise PublishRefused(
+                    "webhook_denied", f"{where}: on_publish denied: {answer.detail}"
+                )
             if answer.failed:
                 self.webhook_failures += 1
                 if not self.config.on_publish.fail_open:
@@ -96,7 +98,9 @@ class PublishAuth:
                         f"webhook_{answer.outcome}",
                         f"{where}: on_publish failed and fail_open is false: {answer.detail}",
                     )
-                log.warning("[auth %s] on_publish failed, allowed (fail_open): %s", where, answer.detail)
+                log.warning(
+                    "[auth %s] on_publish failed, allowed (fail_open): %s", where, answer.detail
+                )
 
     async def aclose(self) -> None:
         await self.hook.aclose()

@@ -8,8 +8,8 @@ transcoding or HLS.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from media import MediaPacket, StreamKey

@@ -250,8 +250,10 @@ class Node:
         token = request.token
         if token is None:
             token = parse_query(request.query).get("token")
-        # Authentication before anything that reveals whether the stream is live.
-        self._check_limits(key, replacing=self.config.ingest.takeover and key in self.sessions)
+        # Limits first (no I/O), then token and webhook; only an authorized publisher
+        # learns whether the stream is live (duplicate) or is let take it over.
+        takeover = self.config.ingest.takeover and key in self.sessions
+        self._check_limits(key, replacing=takeover)
         self._opening[key] = self._opening.get(key, 0) + 1
         try:
             query = "&".join(
@@ -323,7 +325,9 @@ class Node:
         session = self.sessions.get(StreamKey(tenant, stream))
         if session is None or session.closed:
             return False
-        log.warning("[node %s] publisher %s kicked by an operator", session.key, session.request.remote)
+        log.warning(
+            "[node %s] publisher %s kicked by an operator", session.key, session.request.remote
+        )
         self.imetrics.closed.labels("kicked").inc()
         session.disconnect("kicked")
         return True

@@ -28,7 +28,15 @@ __all__ = ["Claims", "TokenError", "sign", "verify", "REASONS"]
 VERSION = 1
 _DOMAIN = b"nc1."
 # Every refusal reason verify() can give; they are metric labels, so the set is closed.
-REASONS = ("missing", "malformed", "unknown_key", "forged", "wrong_action", "wrong_stream", "expired")
+REASONS = (
+    "missing",
+    "malformed",
+    "unknown_key",
+    "forged",
+    "wrong_action",
+    "wrong_stream",
+    "expired",
+)
 _MAX_TOKEN = 2048
 
 
@@ -88,9 +96,7 @@ def _mac(secret: str, body: str) -> bytes:
     return hmac.new(secret.encode(), _DOMAIN + body.encode("ascii"), hashlib.sha256).digest()
 
 
-def sign(
-    secret: str, key_id: str, action: str, tenant: str, stream: str, expires: int
-) -> str:
+def sign(secret: str, key_id: str, action: str, tenant: str, stream: str, expires: int) -> str:
     """A token granting ``action`` on ``tenant/stream`` until ``expires`` (Unix seconds)."""
     if not secret:
         raise ValueError("cannot sign with an empty secret")

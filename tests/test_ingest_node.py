@@ -42,7 +42,7 @@ def _self_signed(tmp: Path) -> tuple[str, str]:
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -73,7 +73,7 @@ def hook() -> Iterator[HookServer]:
     h.close()
 
 
-AUTH_TENANTS = "{school: {keys: {k2: %s, k1: %s}}}" % (KEYS["k2"], KEYS["k1"])
+AUTH_TENANTS = "{school: {keys: {k2: " + KEYS["k2"] + ", k1: " + KEYS["k1"] + "}}}"
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +118,9 @@ def _ffmpeg(url: str, loop: bool = True, *extra: str) -> subprocess.Popen[bytes]
     if loop:
         args += ["-stream_loop", "-1"]
     args += ["-i", SMALL, "-c", "copy", *extra, "-f", "flv", url]
-    return subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> str:
@@ -151,14 +152,19 @@ def test_ffmpeg_cli_with_nearcast_token_then_kick(node: NodeProcess) -> None:
     )
     url = subprocess.run(
         [sys.executable, "-m", "nearcast", "token", "school", "cli", "--ttl", "3600"],
-        env=env, capture_output=True, text=True, timeout=30, check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     ).stdout.strip()
     assert url.startswith(f"rtmp://127.0.0.1:{node.rtmp_port}/school/cli?token=")
     proc = _ffmpeg(url)
     try:
         wait_for(lambda: _segments(node, "school/cli") >= 3, 40, "3 segments of school/cli")
         stats = wait_for(
-            lambda: (s := _ingest(node, "school", "cli")) and s["uptime"] > 5 and s, 20,
+            lambda: (s := _ingest(node, "school", "cli")) and s["uptime"] > 5 and s,
+            20,
             "5 s of ingest stats",
         )
         assert stats["protocol"] == "rtmp" and stats["client"].startswith("127.0.0.1:")
@@ -215,8 +221,10 @@ def test_pyav_with_a_rotated_key_is_transcoded(node: NodeProcess) -> None:
         (f"school/exp?token={_token('exp', ttl=-10)}", "token_expired"),
         (f"school/forge?token={_token('forge')[:-3]}AAA", "token_forged"),
         (f"school/mine?token={_token('yours')}", "token_wrong_stream"),
-        (f"school/mine?token={tokens.sign('x' * 16, 'k9', 'publish', 'school', 'mine', 2**40)}",
-         "token_unknown_key"),
+        (
+            f"school/mine?token={tokens.sign('x' * 16, 'k9', 'publish', 'school', 'mine', 2**40)}",
+            "token_unknown_key",
+        ),
         # The token on the app (as OBS sends "rtmp://host/school?token=..") works too.
         (f"school?token={_token('appq', ttl=-1)}/appq", "token_expired"),
         ("live/deny-1", "webhook_denied"),
@@ -229,7 +237,8 @@ def test_pyav_refusals(node: NodeProcess, path: str, reason: str) -> None:
     pub.wait(40)
     assert pub.error is not None, "the publish must be refused"
     wait_for(
-        lambda: _metric(node, "ingest_rejected_total", reason=reason) == before + 1, 10,
+        lambda: _metric(node, "ingest_rejected_total", reason=reason) == before + 1,
+        10,
         f"ingest_rejected_total{{reason={reason}}}",
     )
     assert f"publish refused ({reason})" in node.log()
@@ -298,8 +307,11 @@ def test_fail_open_limits_and_bitrate(tmp_path: Path, hook: HookServer) -> None:
         assert procs[-1].wait(20) != 0
         assert _metric(n, "ingest_rejected_total", reason="limit_node") == 1
         # Both live publishers run at ~340 kbit/s: cut once 8 s are measured.
-        wait_for(lambda: procs[0].poll() is not None and procs[2].poll() is not None, 30,
-                 "publishers over max_bitrate to be disconnected")
+        wait_for(
+            lambda: procs[0].poll() is not None and procs[2].poll() is not None,
+            30,
+            "publishers over max_bitrate to be disconnected",
+        )
         assert _metric(n, "ingest_rejected_total", reason="bitrate") == 2
         assert "over the bit rate limit" in n.log()
     finally:

@@ -20,7 +20,9 @@ KEYS = {"k2": "new-secret-0123456789", "k1": "old-secret-0123456789"}
 NOW = 1_800_000_000
 
 
-def _sign(kid: str = "k2", action: str = "publish", stream: str = "class1", exp: int = NOW + 60) -> str:
+def _sign(
+    kid: str = "k2", action: str = "publish", stream: str = "class1", exp: int = NOW + 60
+) -> str:
     return tokens.sign(KEYS[kid], kid, action, "school", stream, exp)
 
 
@@ -50,7 +52,11 @@ def _tampered_claims() -> str:
         ("abc", "malformed", "two base64url parts"),
         ("!!!.???", "malformed", "cannot be decoded"),
         ("e30.AAAA", "malformed", "not version 1"),
-        (tokens.sign("x" * 20, "k9", "publish", "school", "class1", NOW + 60), "unknown_key", "'k9'"),
+        (
+            tokens.sign("x" * 20, "k9", "publish", "school", "class1", NOW + 60),
+            "unknown_key",
+            "'k9'",
+        ),
         (_forged(), "forged", "does not match key 'k2'"),
         (_tampered_claims(), "forged", "does not match"),
         (tokens.sign("x" * 20, "k1", "publish", "school", "class1", NOW + 60), "forged", "'k1'"),
@@ -90,7 +96,9 @@ def test_any_string_is_refused_with_token_error_only(text: str) -> None:
     exp=st.integers(NOW + 1, 2**40),
     flip=st.integers(0, 10_000),
 )
-def test_round_trip_and_any_bit_flip_is_refused(tenant: str, stream: str, exp: int, flip: int) -> None:
+def test_round_trip_and_any_bit_flip_is_refused(
+    tenant: str, stream: str, exp: int, flip: int
+) -> None:
     t = tokens.sign(KEYS["k1"], "k1", "publish", tenant, stream, exp)
     assert tokens.verify(t, KEYS, "publish", tenant, stream, NOW).expires == exp
     i = flip % len(t)
@@ -134,7 +142,11 @@ def test_nearcast_token_command() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NEARCAST_")}
     out = subprocess.run(
         [sys.executable, "-m", "nearcast", "token", "school", "class1", "--ttl", "3600"],
-        env={**env, **ENV}, capture_output=True, text=True, timeout=30, check=True,
+        env={**env, **ENV},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     url = out.stdout.strip()
     token = parse_qs(urlsplit(url).query)["token"][0]
@@ -142,7 +154,10 @@ def test_nearcast_token_command() -> None:
     assert 3590 < claims.expires - time.time() <= 3600
     bad = subprocess.run(
         [sys.executable, "-m", "nearcast", "token", "live", "x"],
-        env={**env, **ENV}, capture_output=True, text=True, timeout=30,
+        env={**env, **ENV},
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert bad.returncode == 2 and "has no keys" in bad.stderr
 
@@ -150,10 +165,15 @@ def test_nearcast_token_command() -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"NEARCAST_INGEST_AUTH_TENANTS": "{s: {keys: {}}}"}, "'ingest.auth.tenants.s.keys' must hold"),
+        (
+            {"NEARCAST_INGEST_AUTH_TENANTS": "{s: {keys: {}}}"},
+            "'ingest.auth.tenants.s.keys' must hold",
+        ),
         ({"NEARCAST_INGEST_AUTH_TENANTS": "{s: {keys: {k: short}}}"}, "at least 16 characters"),
-        ({"NEARCAST_INGEST_AUTH_TENANTS": "{s: {keys: {k: 0123456789abcdef}, sign_key: x}}"},
-         "'ingest.auth.tenants.s.sign_key' must name"),
+        (
+            {"NEARCAST_INGEST_AUTH_TENANTS": "{s: {keys: {k: 0123456789abcdef}, sign_key: x}}"},
+            "'ingest.auth.tenants.s.sign_key' must name",
+        ),
         ({"NEARCAST_INGEST_ON_PUBLISH_URL": "ftp://x"}, "'ingest.on_publish.url' must be"),
         ({"NEARCAST_RTMP_TLS_CERT": "c.pem"}, "'rtmp.tls_cert' and 'tls_key' must be set together"),
         ({"NEARCAST_INGEST_MAX_BITRATE": "-1"}, "'ingest.max_bitrate' must be >= 0"),
