@@ -44,18 +44,21 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` and its live children (the workers)."""
-    total = 0.0
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """User + system CPU seconds of ``pid``, and of its live children (the workers)."""
+    node = workers = 0.0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
         proc_pid, ppid = int(stat.parent.name), int(fields[1])
-        if proc_pid == pid or ppid == pid:
-            total += (int(fields[11]) + int(fields[12])) / CLK
-    return total
+        cpu = (int(fields[11]) + int(fields[12])) / CLK
+        if proc_pid == pid:
+            node += cpu
+        elif ppid == pid:
+            workers += cpu
+    return node, workers
 
 
 class Node:
@@ -153,7 +156,8 @@ def measure(node: Node, n: int, seconds: float) -> dict[str, Any]:
         "mbit_s": round(bits / 1e6, 2),
         "dropped": dropped,
         "late": late,
-        "node_cpu": round((cpu_b - cpu_a) / dt, 2),
+        "node_cpu": round((cpu_b[0] - cpu_a[0]) / dt, 3),
+        "workers_cpu": round((cpu_b[1] - cpu_a[1]) / dt, 3),
         "ok": ok,
     }
 
@@ -165,12 +169,13 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=5.0, help="pause after adding publishers")
     args = parser.parse_args()
     steps = [int(x) for x in args.steps.split(",")]
+    load_start = round(os.getloadavg()[0], 2)
     node = Node()
     pubs: list[subprocess.Popen[bytes]] = []
     rows: list[dict[str, Any]] = []
     print(
         f"{'publishers':>10} {'live':>5} {'fps min':>8} {'fps mean':>9} {'Mbit/s':>7} "
-        f"{'dropped':>8} {'late':>5} {'node CPU':>9}  ok",
+        f"{'dropped':>8} {'late':>5} {'node CPU':>9} {'workers CPU':>12}  ok",
         flush=True,
     )
     try:
@@ -186,7 +191,7 @@ def main() -> None:
             print(
                 f"{row['publishers']:>10} {row['live']:>5} {row['fps_min']:>8} "
                 f"{row['fps_mean']:>9} {row['mbit_s']:>7} {row['dropped']:>8} {row['late']:>5} "
-                f"{row['node_cpu']:>9}  {'yes' if row['ok'] else 'NO'}",
+                f"{row['node_cpu']:>9} {row['workers_cpu']:>12}  {'yes' if row['ok'] else 'NO'}",
                 flush=True,
             )
             if not row["ok"]:
@@ -209,6 +214,7 @@ def main() -> None:
                 "source": SAMPLE.name,
                 "ladder": "passthrough",
                 "cpus": os.cpu_count(),
+                "load_average_at_start": load_start,
                 "max_publishers_without_loss": max(passed, default=0),
                 "first_failing_step": first_fail,
                 "steps": rows,
