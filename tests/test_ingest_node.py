@@ -264,7 +264,7 @@ def test_takeover_continues_the_stream(node: NodeProcess) -> None:
             second.stop()
 
 
-def test_rtmps_with_ffmpeg_cli(node: NodeProcess) -> None:
+def test_rtmps_with_ffmpeg_cli_and_pyav(node: NodeProcess) -> None:
     assert node.rtmps_port
     proc = _ffmpeg(f"rtmps://127.0.0.1:{node.rtmps_port}/live/tls")
     try:
@@ -272,6 +272,20 @@ def test_rtmps_with_ffmpeg_cli(node: NodeProcess) -> None:
         assert _ingest(node, "live", "tls")["protocol"] == "rtmps"
     finally:
         _stop(proc)
+    # FFmpeg 8.1 (PyAV), with a token of a tenant that needs one.
+    url = f"rtmps://127.0.0.1:{node.rtmps_port}/school/tls-av?token={_token('tls-av')}"
+    pub = Publisher(SMALL, url, loop=True)
+    try:
+        wait_for(lambda: _segments(node, "school/tls-av") >= 2, 40, "PyAV segments over RTMPS")
+        assert _ingest(node, "school", "tls-av")["protocol"] == "rtmps"
+        assert pub.error is None
+    finally:
+        pub.stop()
+    wait_for(
+        lambda: _metric(node, "ingest_sessions", protocol="rtmps", tenant="school") == 0,
+        15,
+        "the RTMPS session to end",
+    )
     # Plain RTMP on the TLS port is a failed TLS handshake, not a crash.
     bad = _ffmpeg(f"rtmp://127.0.0.1:{node.rtmps_port}/live/plain", loop=False)
     bad.wait(30)
