@@ -152,8 +152,9 @@ class StreamSession:
         """Close the publisher's connection (kick, takeover, limit); the stream flushes."""
         if self.request.disconnect is not None:
             self.request.disconnect(reason)
-        if not self.closed:
-            asyncio.get_running_loop().create_task(self.close())
+        self.closed = True
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._close())
 
     def _check_bitrate(self, now: float) -> None:
         ic = self.node.config.ingest
