@@ -13,6 +13,9 @@ from media import MediaPacket
 
 _BUCKET = 0.25
 _KEEP = 30.0  # seconds of buckets kept: the longest bitrate_window
+# A DTS this far (ms) behind the highest of its kind is a late packet, dropped; further
+# back it is the publisher restarting its clock, which the transcode stage handles.
+LATE_WINDOW_MS = 2000
 
 
 class IngestStats:
@@ -23,27 +26,34 @@ class IngestStats:
         self.bytes = 0
         self.frames = {"video": 0, "audio": 0}
         self.codecs: dict[str, str] = {}
-        # Packets whose DTS went backwards against the previous one of their kind.
+        # Packets whose DTS is behind the highest one of their kind (dropped: no muxer
+        # takes them; FFmpeg's -stream_loop sends such audio at every loop, for one).
         self.late = 0
+        # DTS jumps back by more than LATE_WINDOW_MS: the publisher restarted its clock.
+        self.timestamp_resets = 0
         # Packets the node discarded (after the publish was closed, or unusable).
         self.dropped = 0
         self.keyframe_interval = 0.0
         self._last_key: int | None = None
-        self._last_dts: dict[str, int] = {}
+        self._max_dts: dict[str, int] = {}
         # (bucket index, bytes, video frames)
         self._buckets: deque[list[int]] = deque()
 
-    def add(self, packet: MediaPacket, now: float) -> None:
+    def add(self, packet: MediaPacket, now: float) -> bool:
+        """Count one received packet; False when it is late and must be dropped."""
         size = len(packet.data)
         self.bytes += size
         if packet.config:
             self.codecs[packet.kind] = packet.codec
-            return
+            return True
+        top = self._max_dts.get(packet.kind)
+        if top is not None and packet.dts < top:
+            if top - packet.dts <= LATE_WINDOW_MS:
+                self.late += 1
+                return False
+            self.timestamp_resets += 1
+        self._max_dts[packet.kind] = packet.dts
         self.frames[packet.kind] += 1
-        last = self._last_dts.get(packet.kind)
-        if last is not None and packet.dts < last:
-            self.late += 1
-        self._last_dts[packet.kind] = packet.dts
         video = packet.kind == "video"
         if video and packet.keyframe:
             if self._last_key is not None and packet.dts > self._last_key:
@@ -59,6 +69,7 @@ class IngestStats:
         b = buckets[-1]
         b[1] += size
         b[2] += video
+        return True
 
     def _span(self, now: float, window: float) -> tuple[float, int]:
         span = min(window, max(now - self.started, _BUCKET))
@@ -88,5 +99,6 @@ class IngestStats:
             "video_frames": self.frames["video"],
             "audio_frames": self.frames["audio"],
             "late_packets": self.late,
+            "timestamp_resets": self.timestamp_resets,
             "dropped_packets": self.dropped,
         }

@@ -177,7 +177,9 @@ class StreamSession:
             self.ingest.dropped += 1
             return
         now = time.monotonic()
-        self.ingest.add(packet, now)
+        if not self.ingest.add(packet, now):
+            self.ingest.dropped += 1  # late: behind its kind's DTS, no muxer would take it
+            return
         self._check_bitrate(now)
         if self.closed:
             return

@@ -133,10 +133,13 @@ def test_eight_publishers_survive_a_fuzzing_ninth(node: NodeProcess) -> None:
             gained = _media_seconds(pl) - _media_seconds(before[s])  # type: ignore[arg-type]
             assert gained >= elapsed - 2 * pl.target_duration, (s, gained, elapsed)
             stats = node.get(f"/v1/streams/live/{s}").json()["ingest"]
-            assert stats["dropped_packets"] == 0 and stats["late_packets"] == 0, stats
+            # Only late packets are dropped (FFmpeg's -stream_loop sends some audio behind
+            # at each loop), never one a muxer could take.
+            assert stats["dropped_packets"] == stats["late_packets"], stats
         metrics = node.get("/metrics").text
         assert 'ingest_rejected_total{reason="protocol"}' in metrics
-        assert "Traceback" not in node.log()
+        log = node.log()
+        assert "Traceback" not in log and "stream refused" not in log, log
     finally:
         stop.set()
         for p in procs:

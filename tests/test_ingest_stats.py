@@ -26,9 +26,14 @@ def test_rates_keyframe_interval_and_late_packets() -> None:
     assert st.bitrate(now, window=2.0) == pytest.approx(200_000, rel=0.06)
     assert st.keyframe_interval == 2.0
     assert st.late == 0
-    st.add(_video(5000), now)  # DTS back in time
+    assert not st.add(_video(9000), now)  # DTS back by 0.96 s: late, to be dropped
+    assert not st.add(MediaPacket("video", "h264", 0, 9950, b""), now)
+    assert st.add(MediaPacket("audio", "aac", 0, 100, b"x"), now)  # kinds are separate
+    assert st.add(_video(100), now)  # back by 9.9 s: the publisher restarted its clock
+    assert st.add(_video(140), now)
     d = st.describe(now)
-    assert d["late_packets"] == 1 and d["video_codec"] == "h264" and d["audio_codec"] == "aac"
+    assert d["late_packets"] == 2 and d["timestamp_resets"] == 1
+    assert d["video_codec"] == "h264" and d["audio_codec"] == "aac"
     assert d["protocol"] == "rtmp" and d["client"] == "127.0.0.1:5000" and d["uptime"] == 10.0
     # Nothing received for 6 s: the 5 s window is empty.
     assert st.fps(now + 6) == 0 and st.bitrate(now + 6) == 0
