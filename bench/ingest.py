@@ -13,8 +13,8 @@ RTMP runs over TCP, so an overloaded node does not lose packets on the wire: it
 reads late, the publishers' sockets fill and ``-re`` encoders fall behind real time.
 A step passes when every stream received at least 97 % of its real-time frame rate
 over the step, no stream is more than 1 s behind real time since it started,
-and the node dropped nothing but late packets (DTS behind, which ``-stream_loop``
-produces at each loop of the sample and the node drops by policy). The publishers
+and the node dropped nothing but late packets (DTS behind its kind's, which the node
+drops by policy: they would break the muxers). The publishers
 run on the same machine and their CPU counts against the node's: the figure is for
 this machine as a whole. The last line printed is one JSON object with every figure.
 """
@@ -149,8 +149,8 @@ def measure(node: Node, n: int, seconds: float) -> dict[str, Any]:
         if name not in a:
             continue
         rates.append((s["video_frames"] - a[name]["video_frames"]) / dt)
-        # Late packets (behind their kind's DTS; FFmpeg's -stream_loop sends a few at
-        # each loop) are dropped by policy; anything else dropped is a loss.
+        # Late packets (behind their kind's DTS) are dropped by policy; anything else
+        # dropped is a loss.
         dropped += s["dropped_packets"] - s["late_packets"]
         late += s["late_packets"]
         # Media time a -re publisher has delivered against the wall clock since it started.

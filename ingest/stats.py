@@ -26,8 +26,8 @@ class IngestStats:
         self.bytes = 0
         self.frames = {"video": 0, "audio": 0}
         self.codecs: dict[str, str] = {}
-        # Packets whose DTS is behind the highest one of their kind (dropped: no muxer
-        # takes them; FFmpeg's -stream_loop sends such audio at every loop, for one).
+        # Packets whose DTS is behind the highest one of their kind (dropped: an HLS
+        # muxer refuses non-monotonic DTS, and would fail the whole stream).
         self.late = 0
         # DTS jumps back by more than LATE_WINDOW_MS: the publisher restarted its clock.
         self.timestamp_resets = 0

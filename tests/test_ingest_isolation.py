@@ -133,8 +133,7 @@ def test_eight_publishers_survive_a_fuzzing_ninth(node: NodeProcess) -> None:
             gained = _media_seconds(pl) - _media_seconds(before[s])  # type: ignore[arg-type]
             assert gained >= elapsed - 2 * pl.target_duration, (s, gained, elapsed)
             stats = node.get(f"/v1/streams/live/{s}").json()["ingest"]
-            # Only late packets are dropped (FFmpeg's -stream_loop sends some audio behind
-            # at each loop), never one a muxer could take.
+            # Nothing is dropped but late packets (DTS behind), which no muxer could take.
             assert stats["dropped_packets"] == stats["late_packets"], stats
         metrics = node.get("/metrics").text
         assert 'ingest_rejected_total{reason="protocol"}' in metrics
