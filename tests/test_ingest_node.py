@@ -32,6 +32,9 @@ BASE_ENV = {
     "NEARCAST_HLS_SEGMENT_DURATION": "1",
     "NEARCAST_HLS_GRACE_PERIOD": "5",
     "NEARCAST_RTMP_TENANTS": "[live, school]",
+    # ?profile=tiny: the source plus one real (small, cheap) x264 rung.
+    "NEARCAST_TRANSCODE_PROFILES": "{tiny: {ladder: [{name: source, codec: copy},"
+    " {name: 180p, width: 320, height: 180, video_bitrate: 250000}]}}",
 }
 
 
@@ -160,18 +163,17 @@ def test_ffmpeg_cli_with_nearcast_token_then_kick(node: NodeProcess) -> None:
         check=True,
     ).stdout.strip()
     assert url.startswith(f"rtmp://127.0.0.1:{node.rtmp_port}/school/cli?token=")
-    # The source_plus profile adds a real 360p x264 rung to the passed-through source.
-    proc = _ffmpeg(url + "&profile=source_plus")
+    proc = _ffmpeg(url + "&profile=tiny")
     try:
         wait_for(lambda: _segments(node, "school/cli") >= 3, 40, "3 segments of school/cli")
         wait_for(
-            lambda: node.get("/school/cli/360p/index.m3u8").text.count("#EXTINF") >= 2,
+            lambda: node.get("/school/cli/180p/index.m3u8").text.count("#EXTINF") >= 2,
             40,
-            "transcoded 360p segments",
+            "transcoded 180p segments",
         )
-        with av.open(f"{node.http}/school/cli/360p/index.m3u8", timeout=(10, 10)) as c:
+        with av.open(f"{node.http}/school/cli/180p/index.m3u8", timeout=(10, 10)) as c:
             frame = next(c.decode(video=0))
-            assert (frame.width, frame.height) == (640, 360)
+            assert (frame.width, frame.height) == (320, 180)
         stats = wait_for(
             lambda: (s := _ingest(node, "school", "cli")) and s["uptime"] > 5 and s,
             20,
