@@ -45,12 +45,14 @@ class PublishAuth:
         node_id: str = "",
         hook: OnPublishHook | None = None,
         clock: Callable[[], float] = time.time,
+        on_webhook: Callable[[str], None] | None = None,
     ) -> None:
         self.config = config
         self.node_id = node_id
         self.hook = hook or OnPublishHook(config.on_publish)
         self._clock = clock
-        self.webhook_failures = 0
+        # Called with each webhook outcome (allowed, denied, timeout, error): a metric.
+        self._on_webhook = on_webhook
 
     def token_required(self, tenant: str) -> bool:
         t = self.config.auth.tenants.get(tenant)
@@ -87,12 +89,13 @@ class PublishAuth:
                 **(extra or {}),
             }
             answer = await self.hook.ask(payload)
+            if self._on_webhook is not None:
+                self._on_webhook(answer.outcome)
             if answer.outcome == "denied":
                 raise PublishRefused(
                     "webhook_denied", f"{where}: on_publish denied: {answer.detail}"
                 )
             if answer.failed:
-                self.webhook_failures += 1
                 if not self.config.on_publish.fail_open:
                     raise PublishRefused(
                         f"webhook_{answer.outcome}",

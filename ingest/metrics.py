@@ -34,3 +34,9 @@ class IngestMetrics:
             "ingest_closed_total", "Live publishers disconnected by the node", ["reason"],
             registry=registry,
         )
+        # ingest_webhook_requests_total{outcome}: on_publish webhook calls by outcome:
+        # allowed, denied, timeout or error (the last two then follow on_publish.fail_open).
+        self.webhook = Counter(
+            "ingest_webhook_requests_total", "on_publish webhook calls", ["outcome"],
+            registry=registry,
+        )

@@ -227,7 +227,11 @@ class Node:
         self.sessions: dict[StreamKey, StreamSession] = {}
         self._grace: dict[StreamKey, asyncio.TimerHandle] = {}
         self.rtmp = RtmpServer(config.rtmp, self, self.imetrics)
-        self.auth = PublishAuth(config.ingest, config.node.id)
+        self.auth = PublishAuth(
+            config.ingest,
+            config.node.id,
+            on_webhook=lambda outcome: self.imetrics.webhook.labels(outcome).inc(),
+        )
         # Publishes past the cheap checks, awaiting the webhook: they count towards the limits.
         self._opening: dict[StreamKey, int] = {}
         api = create_api(

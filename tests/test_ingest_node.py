@@ -240,6 +240,7 @@ def test_pyav_with_a_rotated_key_is_transcoded(node: NodeProcess) -> None:
         ),
         # The token on the app (as OBS sends "rtmp://host/school?token=..") works too.
         (f"school?token={_token('appq', ttl=-1)}/appq", "token_expired"),
+        ("school/none", "token_missing"),
         ("live/deny-1", "webhook_denied"),
         ("live/slow-1", "webhook_timeout"),
     ],
@@ -325,6 +326,7 @@ def test_fail_open_limits_and_bitrate(tmp_path: Path, hook: HookServer) -> None:
         procs.append(_ffmpeg(n.rtmp("live/slow-open")))
         wait_for(lambda: _ingest(n, "live", "slow-open"), 20, "the fail-open publisher")
         assert "allowed (fail_open)" in n.log()
+        assert _metric(n, "ingest_webhook_requests_total", outcome="timeout") == 1
         procs.append(_ffmpeg(n.rtmp("live/second"), False))
         assert procs[-1].wait(20) != 0
         assert _metric(n, "ingest_rejected_total", reason="limit_tenant") == 1
