@@ -275,6 +275,11 @@ class Node:
             if not self._opening[key]:
                 del self._opening[key]
         old = self.sessions.get(key)
+        if old is not None and old.closed:
+            # Its publisher is gone and the worker is flushing: a quick reconnect waits
+            # for the flush instead of being refused as a duplicate.
+            await old.close()
+            old = self.sessions.get(key)
         if old is not None:
             if not self.config.ingest.takeover:
                 raise PublishRefused("duplicate", f"stream {key} is already being published")
