@@ -119,6 +119,17 @@ def test_eight_publishers_survive_a_fuzzing_ninth(node: NodeProcess) -> None:
         fuzzer.join(15)
         elapsed = time.monotonic() - t0
         assert counts["connections"] >= 5, counts
+        # A second publisher of a live stream is refused (takeover is off by default).
+        dup = subprocess.run(
+            [ff, "-hide_banner", "-loglevel", "error", "-re", "-t", "2", "-i", SMALL]
+            + ["-c", "copy", "-f", "flv", node.rtmp("live/iso0")],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+        )
+        assert dup.returncode != 0
+        assert b"already being published" in dup.stderr, dup.stderr
+        assert 'ingest_rejected_total{reason="duplicate"} 1.0' in node.get("/metrics").text
         for s, p in zip(STREAMS, procs, strict=True):
             assert p.poll() is None, f"publisher {s} exited with {p.returncode}"
             pl = _playlist(node, s)
