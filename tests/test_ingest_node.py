@@ -300,6 +300,8 @@ def test_rtmps_with_ffmpeg_cli_and_pyav(node: NodeProcess) -> None:
         15,
         "the RTMPS session to end",
     )
+    # Publishers that ended normally, long after the handshake, are not slowloris refusals.
+    assert _metric(node, "ingest_rejected_total", reason="handshake_timeout") == 0
     # Plain RTMP on the TLS port is a failed TLS handshake, not a crash.
     bad = _ffmpeg(f"rtmp://127.0.0.1:{node.rtmps_port}/live/plain", loop=False)
     bad.wait(30)

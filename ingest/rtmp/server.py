@@ -94,6 +94,11 @@ class _Connection:
                     self.writer.write(out)
                     await self.writer.drain()
         except TimeoutError:
+            if self.publication is None and self.publish_key is not None:
+                # Unpublished, and the client lingers (FFmpeg waits for replies to
+                # deleteStream): a normal end, not a slowloris to count.
+                log.info("%s closed after unpublishing", self.prefix)
+                return
             reason = "timeout" if self.publication else "handshake_timeout"
             what = "media" if self.publication else "publish"
             log.warning("%s closed: no %s in time", self.prefix, what)
