@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -31,6 +32,10 @@ def create_api(
     registry: CollectorRegistry,
     ready: Callable[[], dict[str, bool]],
     node_info: Callable[[], dict[str, Any]],
+    *,
+    ingest_stats: Callable[[str, str], dict[str, Any] | None] | None = None,
+    kick: Callable[[str, str], bool] | None = None,
+    operator_token: str = "",
 ) -> FastAPI:
     app = FastAPI(title="nearcast node", version="0.1.0", docs_url="/docs", redoc_url=None)
 
@@ -48,12 +53,19 @@ def create_api(
     async def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    def describe(s: Any, now: float) -> dict[str, Any]:
+        d: dict[str, Any] = s.describe(now)
+        if ingest_stats is not None:
+            # The live publisher's measurements; null while nobody publishes the stream.
+            d["ingest"] = ingest_stats(s.key.tenant, s.key.stream)
+        return d
+
     @app.get("/v1/streams")
     async def streams() -> dict[str, Any]:
         now = time.time()
         return {
             "node": node_info(),
-            "streams": [s.describe(now) for s in store.streams.values()],
+            "streams": [describe(s, now) for s in store.streams.values()],
         }
 
     @app.get("/v1/streams/{tenant}/{stream}")
@@ -61,7 +73,26 @@ def create_api(
         s = store.get(tenant, stream)
         if s is None:
             raise HTTPException(404, f"stream {tenant}/{stream} is not on this node")
-        return s.describe(time.time())
+        return describe(s, time.time())
+
+    def require_operator(request: Request) -> None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        ok = (
+            bool(operator_token)
+            and scheme.lower() == "bearer"
+            and hmac.compare_digest(given.strip().encode(), operator_token.encode())
+        )
+        if not ok:
+            raise HTTPException(
+                401, "operator bearer token required", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+    @app.post("/v1/streams/{tenant}/{stream}/kick")
+    async def kick_publisher(tenant: str, stream: str, request: Request) -> dict[str, Any]:
+        require_operator(request)
+        if kick is None or not kick(tenant, stream):
+            raise HTTPException(404, f"nobody publishes {tenant}/{stream} on this node")
+        return {"kicked": f"{tenant}/{stream}"}
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> Response:

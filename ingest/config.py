@@ -16,6 +16,10 @@ class RtmpConfig:
     handshake_timeout: float = 10.0
     idle_timeout: float = 20.0
     max_message_size: int = 16 * 1024 * 1024
+    # RTMPS: served on tls_listen when both a certificate and a key are configured.
+    tls_listen: str = "0.0.0.0:1936"
+    tls_cert: str = ""
+    tls_key: str = ""
 
     def __post_init__(self) -> None:
         check(":" in self.listen, "listen", "must be HOST:PORT")
@@ -25,3 +29,91 @@ class RtmpConfig:
         check(self.handshake_timeout > 0, "handshake_timeout", "must be greater than zero")
         check(self.idle_timeout > 0, "idle_timeout", "must be greater than zero")
         check(self.max_message_size >= 65536, "max_message_size", "must be at least 65536")
+        check(":" in self.tls_listen, "tls_listen", "must be HOST:PORT")
+        check(
+            bool(self.tls_cert) == bool(self.tls_key),
+            "tls_cert",
+            "and 'tls_key' must be set together (RTMPS needs both) or both left empty",
+        )
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert and self.tls_key)
+
+
+@dataclass(frozen=True)
+class TenantAuth:
+    """Publish-token keys of one tenant: key id -> secret, all valid at once (rotation)."""
+
+    require_token: bool = True
+    keys: dict[str, str] = field(default_factory=dict)
+    # Key id `nearcast token` signs with; empty means the first key listed.
+    sign_key: str = ""
+
+    def __post_init__(self) -> None:
+        check(
+            not self.require_token or bool(self.keys),
+            "keys",
+            "must hold at least one key when require_token is true",
+        )
+        for kid, secret in self.keys.items():
+            check(bool(kid) and "." not in kid, f"keys.{kid}", "key id must be non-empty, no '.'")
+            check(len(secret) >= 16, f"keys.{kid}", "secret must be at least 16 characters")
+        check(
+            not self.sign_key or self.sign_key in self.keys,
+            "sign_key",
+            "must name one of the tenant's keys",
+        )
+
+    def signing_key(self) -> tuple[str, str]:
+        if not self.keys:
+            raise ValueError("the tenant has no keys to sign with")
+        kid = self.sign_key or next(iter(self.keys))
+        return kid, self.keys[kid]
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    # Tenants not listed here need no token to publish.
+    tenants: dict[str, TenantAuth] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    """on_publish: ask an HTTP service before accepting a publish (as SRS, nginx-rtmp do)."""
+
+    url: str = ""
+    timeout: float = 3.0
+    fail_open: bool = False
+
+    def __post_init__(self) -> None:
+        check(
+            not self.url or self.url.startswith(("http://", "https://")),
+            "url",
+            "must be an http(s) URL or empty",
+        )
+        check(0 < self.timeout <= 30, "timeout", "must be between 0 and 30 seconds")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Protocol-independent publish policy: limits, takeover, authentication, control."""
+
+    max_publishers: int = 0
+    max_publishers_per_tenant: int = 0
+    max_bitrate: int = 0
+    bitrate_window: float = 3.0
+    takeover: bool = False
+    operator_token: str = ""
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    on_publish: WebhookConfig = field(default_factory=WebhookConfig)
+
+    def __post_init__(self) -> None:
+        check(self.max_publishers >= 0, "max_publishers", "must be >= 0 (0: no limit)")
+        check(
+            self.max_publishers_per_tenant >= 0,
+            "max_publishers_per_tenant",
+            "must be >= 0 (0: no limit)",
+        )
+        check(self.max_bitrate >= 0, "max_bitrate", "must be >= 0 (0: no limit)")
+        check(0.5 <= self.bitrate_window <= 30, "bitrate_window", "must be between 0.5 and 30")

@@ -8,6 +8,7 @@ transcoding or HLS.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -30,6 +31,11 @@ class PublishRequest:
     remote: str
     query: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The publish token (RTMP: ?token= on the URL or stream key; WHIP: the bearer token).
+    token: str | None = None
+    # Closes the publisher's connection; the node calls it to kick a publisher, on takeover
+    # and when a limit is exceeded. The argument is the reason (a metric label).
+    disconnect: Callable[[str], None] | None = None
 
 
 class Publication(Protocol):

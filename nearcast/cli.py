@@ -8,6 +8,8 @@ import contextlib
 import logging
 import signal
 import sys
+import time
+from urllib.parse import quote
 
 from nearcast import probe, publish
 from nearcast.config import Config, ConfigError, load
@@ -40,7 +42,13 @@ async def run_node(config: Config) -> int:
     print(
         f"nearcast node {config.node.id} ready\n"
         f"  publish: rtmp://{shown}:{node.rtmp_port}/{config.rtmp.tenants[0]}/STREAM\n"
-        f"  watch:   http://{shown}:{node.http_port}/",
+        + (
+            f"  publish over TLS: rtmps://{shown}:{node.rtmp.tls_port}/"
+            f"{config.rtmp.tenants[0]}/STREAM\n"
+            if node.rtmp.tls_port
+            else ""
+        )
+        + f"  watch:   http://{shown}:{node.http_port}/",
         flush=True,
     )
     try:
@@ -58,6 +66,76 @@ def _node(args: argparse.Namespace) -> int:
         return 2
     setup_logging(config.node.log_level)
     return asyncio.run(run_node(config))
+
+
+def publish_url(
+    config: Config, tenant: str, stream: str, ttl: float, *, host: str = "", tls: bool = False,
+    key_id: str = "", now: float | None = None,
+) -> str:
+    """A signed ``rtmp(s)://host:port/tenant/stream?token=...`` publish URL."""
+    from nearcast import tokens
+
+    if tenant not in config.rtmp.tenants:
+        raise ValueError(f"tenant {tenant!r} is not in rtmp.tenants {config.rtmp.tenants}")
+    if not stream or "/" in stream or "?" in stream:
+        raise ValueError(f"invalid stream name {stream!r}")
+    auth = config.ingest.auth.tenants.get(tenant)
+    if auth is None or not auth.keys:
+        raise ValueError(f"tenant {tenant!r} has no keys in ingest.auth.tenants")
+    if key_id:
+        if key_id not in auth.keys:
+            raise ValueError(f"tenant {tenant!r} has no key {key_id!r}")
+        secret = auth.keys[key_id]
+    else:
+        key_id, secret = auth.signing_key()
+    if ttl <= 0:
+        raise ValueError(f"--ttl must be greater than zero, got {ttl:g}")
+    expires = int((time.time() if now is None else now) + ttl)
+    token = tokens.sign(secret, key_id, "publish", tenant, stream, expires)
+    listen = config.rtmp.tls_listen if tls else config.rtmp.listen
+    lhost, _, port = listen.rpartition(":")
+    lhost = lhost.strip("[]")
+    host = host or ("127.0.0.1" if lhost in ("", "0.0.0.0", "::") else lhost)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    scheme = "rtmps" if tls else "rtmp"
+    return f"{scheme}://{host}:{port}/{quote(tenant)}/{quote(stream)}?token={token}"
+
+
+def _token(args: argparse.Namespace) -> int:
+    try:
+        config = load(args.config)
+        url = publish_url(
+            config, args.tenant, args.stream, args.ttl, host=args.host, tls=args.tls,
+            key_id=args.key,
+        )
+    except (ConfigError, ValueError) as exc:
+        print(f"nearcast token: {exc}", file=sys.stderr)
+        return 2
+    print(url)
+    base, _, key = url.rpartition("/")
+    print(f"OBS: server {base}  stream key {key}  (valid {args.ttl:g} s)", file=sys.stderr)
+    return 0
+
+
+def _register_token(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "token",
+        help="print a signed publish URL for TENANT/STREAM",
+        description="Sign a publish token with the tenant's key from ingest.auth.tenants "
+        "and print rtmp://HOST:PORT/TENANT/STREAM?token=... (the token part also works "
+        "appended to an OBS stream key).",
+    )
+    p.add_argument("tenant", metavar="TENANT")
+    p.add_argument("stream", metavar="STREAM")
+    p.add_argument(
+        "--ttl", type=float, default=3600.0, help="seconds the token is valid (default 3600)"
+    )
+    p.add_argument("--key", default="", help="key id to sign with (default: the tenant's sign_key)")
+    p.add_argument("--host", default="", help="host name in the URL (default: from rtmp.listen)")
+    p.add_argument("--tls", action="store_true", help="print an rtmps:// URL (rtmp.tls_listen)")
+    p.add_argument("--config", metavar="FILE", help="configuration file (as for `nearcast node`)")
+    p.set_defaults(func=_token)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.register(sub)
     offline.register(sub)
     placement_cli.register(sub)
+    _register_token(sub)
     return parser
 
 

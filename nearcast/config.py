@@ -14,7 +14,7 @@ from pathlib import Path
 
 from distribute.config import HlsConfig, HttpConfig
 from distribute.whep.config import WebRtcConfig
-from ingest.config import RtmpConfig
+from ingest.config import IngestConfig, RtmpConfig
 from ingest.whip.config import WhipConfig
 from nearcast.settings import ConfigError, apply_env, build, check, load_yaml
 from placement.config import PlacementConfig
@@ -60,6 +60,7 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
 
 
 def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:

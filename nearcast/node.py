@@ -23,9 +23,11 @@ from distribute.hls.store import LiveStream, Store
 from distribute.http import MediaApp, MediaMetrics
 from distribute.whep import WhepServer
 from distribute.whep.http import whep_router
+from ingest.auth import PublishAuth, client_ip
 from ingest.metrics import IngestMetrics
 from ingest.rtmp.server import RtmpServer, parse_query
 from ingest.sink import PublishRefused, PublishRequest
+from ingest.stats import IngestStats
 from ingest.whip import WhipServer
 from media import MediaPacket, StreamKey
 from nearcast.config import Config, parse_hostport
@@ -139,6 +141,8 @@ class StreamSession:
         self.closed = False
         self._closing: asyncio.Task[None] | None = None
         self._rate = _RateMeter()
+        self.ingest = IngestStats(request.protocol, request.remote, time.monotonic())
+        self._next_limit_check = 0.0
 
     def metadata(self, values: dict[str, Any]) -> None:
         self._meta.update(values)
@@ -166,7 +170,39 @@ class StreamSession:
             ),
         )
 
+    def disconnect(self, reason: str) -> None:
+        """Close the publisher's connection (kick, takeover, limit); the stream flushes."""
+        if self.request.disconnect is not None:
+            self.request.disconnect(reason)
+        self.closed = True
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_task(self._close())
+
+    def _check_bitrate(self, now: float) -> None:
+        ic = self.node.config.ingest
+        if not ic.max_bitrate or now < self._next_limit_check:
+            return
+        self._next_limit_check = now + 0.5
+        if now - self.ingest.started < ic.bitrate_window:
+            return  # a full window first: the opening keyframe alone is a burst
+        rate = self.ingest.bitrate(now, ic.bitrate_window)
+        if rate > ic.max_bitrate:
+            log.warning(
+                "[node %s] publisher over the bit rate limit: %.0f kbit/s over %g s > %.0f kbit/s;"
+                " disconnecting", self.key, rate / 1000, ic.bitrate_window, ic.max_bitrate / 1000,
+            )
+            self.node.imetrics.rejected.labels("bitrate").inc()
+            self.disconnect("bitrate")
+
     async def media(self, packet: MediaPacket) -> None:
+        if self.closed:
+            self.ingest.dropped += 1
+            return
+        now = time.monotonic()
+        if not self.ingest.add(packet, now):
+            self.ingest.dropped += 1  # late: behind its kind's DTS, no muxer would take it
+            return
+        self._check_bitrate(now)
         if self.closed:
             return
         ingest = self.stream.ingest
@@ -214,7 +250,18 @@ class Node:
         self.sessions: dict[StreamKey, StreamSession] = {}
         self._grace: dict[StreamKey, asyncio.TimerHandle] = {}
         self.rtmp = RtmpServer(config.rtmp, self, self.imetrics)
-        api = create_api(self.store, self.registry, self._ready, self.info)
+        self.auth = PublishAuth(
+            config.ingest,
+            config.node.id,
+            on_webhook=lambda outcome: self.imetrics.webhook.labels(outcome).inc(),
+        )
+        # Publishes past the cheap checks, awaiting the webhook: they count towards the limits.
+        self._opening: dict[StreamKey, int] = {}
+        api = create_api(
+            self.store, self.registry, self._ready, self.info,
+            ingest_stats=self.ingest_stats, kick=self.kick,
+            operator_token=config.ingest.operator_token,
+        )
         self.whip = WhipServer(
             config.whip, self, self.imetrics, cors_origin=config.http.cors_origin,
             keyframe_interval=self._whip_keyframe_interval,
@@ -237,8 +284,45 @@ class Node:
         key = request.key
         if key.tenant not in self.config.rtmp.tenants:
             raise PublishRefused("tenant", f"tenant {key.tenant!r} is not configured on this node")
-        if key in self.sessions:
-            raise PublishRefused("duplicate", f"stream {key} is already being published")
+        token = request.token
+        if token is None:
+            token = parse_query(request.query).get("token")
+        # Limits first (no I/O), then token and webhook; only an authorized publisher
+        # learns whether the stream is live (duplicate) or is let take it over.
+        takeover = self.config.ingest.takeover and key in self.sessions
+        self._check_limits(key, replacing=takeover)
+        self._opening[key] = self._opening.get(key, 0) + 1
+        try:
+            query = "&".join(
+                p for p in request.query.split("&") if p and not p.startswith("token=")
+            )
+            await self.auth.check(
+                key.tenant, key.stream, token, client_ip(request.remote), request.protocol,
+                {"query": query},
+            )
+        finally:
+            self._opening[key] -= 1
+            if not self._opening[key]:
+                del self._opening[key]
+        old = self.sessions.get(key)
+        if old is not None and old.closed:
+            # Its publisher is gone and the worker is flushing: a quick reconnect waits
+            # for the flush instead of being refused as a duplicate.
+            await old.close()
+            old = self.sessions.get(key)
+        if old is not None:
+            if not self.config.ingest.takeover:
+                raise PublishRefused("duplicate", f"stream {key} is already being published")
+            log.warning(
+                "[node %s] taken over by %s %s; disconnecting %s",
+                key, request.protocol, request.remote, old.request.remote,
+            )
+            self.imetrics.closed.labels("takeover").inc()
+            old.disconnect("takeover")
+            await old.close()
+            if key in self.sessions:  # a third publisher won the race meanwhile
+                raise PublishRefused("duplicate", f"stream {key} is already being published")
+        self._check_limits(key, replacing=old is not None)
         profile, units = self._admit(request)
         timer = self._grace.pop(key, None)
         if timer is not None:
@@ -253,6 +337,44 @@ class Node:
         self.capacity.reserve(key, units)
         self.tmetrics.used.set(self.capacity.in_use)
         return session
+
+    def _check_limits(self, key: StreamKey, replacing: bool = False) -> None:
+        """Refuse a publish over max_publishers or max_publishers_per_tenant."""
+        ic = self.config.ingest
+        live = [k for k in self.sessions if k != key or not replacing]
+        pending = [k for k, n in self._opening.items() for _ in range(n)]
+        if ic.max_publishers and len(live) + len(pending) >= ic.max_publishers:
+            raise PublishRefused(
+                "limit_node",
+                f"{key}: node has {len(live)} publishers, the limit (ingest.max_publishers) "
+                f"is {ic.max_publishers}",
+            )
+        per = ic.max_publishers_per_tenant
+        n = sum(1 for k in live + pending if k.tenant == key.tenant)
+        if per and n >= per:
+            raise PublishRefused(
+                "limit_tenant",
+                f"{key}: tenant {key.tenant!r} has {n} publishers, the limit "
+                f"(ingest.max_publishers_per_tenant) is {per}",
+            )
+
+    def ingest_stats(self, tenant: str, stream: str) -> dict[str, Any] | None:
+        session = self.sessions.get(StreamKey(tenant, stream))
+        if session is None:
+            return None
+        return session.ingest.describe(time.monotonic())
+
+    def kick(self, tenant: str, stream: str) -> bool:
+        """Disconnect the publisher of ``tenant/stream``; False when nobody publishes it."""
+        session = self.sessions.get(StreamKey(tenant, stream))
+        if session is None or session.closed:
+            return False
+        log.warning(
+            "[node %s] publisher %s kicked by an operator", session.key, session.request.remote
+        )
+        self.imetrics.closed.labels("kicked").inc()
+        session.disconnect("kicked")
+        return True
 
     def _admit(self, request: PublishRequest) -> tuple[str, float]:
         """Pick the stream's profile and check it fits the node's transcode capacity."""
@@ -321,6 +443,7 @@ class Node:
             "isp": n.isp,
             "uptime": round(time.time() - self.started, 3),
             "rtmp_port": self.rtmp_port,
+            "rtmps_port": self.rtmp.tls_port,
             "http_port": self.http_port,
         }
 
@@ -471,6 +594,8 @@ class Node:
                 await asyncio.wait_for(self.agent.stop(), 5)
         await self.rtmp.stop()
         await self.whip.stop()
+        with contextlib.suppress(Exception):
+            await self.auth.aclose()
         sessions = list(self.sessions.values())
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
         with contextlib.suppress(Exception):

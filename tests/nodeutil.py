@@ -85,7 +85,7 @@ class NodeProcess:
                 lines.put(raw.decode(errors="replace"))
 
         threading.Thread(target=pump, daemon=True).start()
-        self.rtmp_port = self.http_port = 0
+        self.rtmp_port = self.http_port = self.rtmps_port = 0
         deadline = time.monotonic() + 30
         while not (self.rtmp_port and self.http_port):
             try:
@@ -93,7 +93,9 @@ class NodeProcess:
             except queue.Empty:
                 self.stop()
                 raise AssertionError(f"node did not start: {self.log()}") from None
-            if "publish: rtmp://" in line:
+            if "publish over TLS: rtmps://" in line:
+                self.rtmps_port = int(line.split(":")[-1].split("/")[0])
+            elif "publish: rtmp://" in line:
                 self.rtmp_port = int(line.split(":")[-1].split("/")[0])
             elif "watch:" in line:
                 self.http_port = int(line.rstrip("/\n").split(":")[-1])

@@ -27,6 +27,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
         NEARCAST_TRANSCODE_LADDER=SMALL_LADDER,
         NEARCAST_HLS_GRACE_PERIOD="4",
         NEARCAST_RTMP_HANDSHAKE_TIMEOUT="3",
+        # A fixed capacity: calibrated on a busy machine it can be too low for two
+        # transcoded streams, which are then passed through and these tests fail.
+        NEARCAST_TRANSCODE_CAPACITY_UNITS="4",
     )
     yield n
     n.stop()

@@ -33,6 +33,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from nearcast.tokens import sign
 from nodeutil import SMALL, NodeProcess, segment_numbers, wait_for
 
 LADDER = (
@@ -40,6 +41,7 @@ LADDER = (
     " {name: 180p, width: 320, height: 180, video_bitrate: 250000}]"
 )
 SIZES = {"240p": (426, 240), "180p": (320, 180)}
+SECRET = "whip-secret-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +55,9 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
         NEARCAST_TRANSCODE_CAPACITY_UNITS="8",  # no start-up calibration encode
         NEARCAST_WHIP_CONNECT_TIMEOUT="5",
         NEARCAST_WHIP_IDLE_TIMEOUT="3",
+        NEARCAST_RTMP_TENANTS="[live, secure]",
+        NEARCAST_INGEST_AUTH_TENANTS=f"{{secure: {{keys: {{k1: {SECRET}}}}}}}",
+        NEARCAST_INGEST_OPERATOR_TOKEN="operator-secret",
     )
     yield n
     n.stop()
@@ -438,3 +443,26 @@ def test_publish_page_is_served(node: NodeProcess) -> None:
     r = node.get("/live/page/publish")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert "application/sdp" in r.text and "getUserMedia" in r.text and "<script src" not in r.text
+
+
+def test_publish_token_as_bearer_then_operator_kick(node: NodeProcess) -> None:
+    """The same token check as RTMP: missing -> 401, forged -> 403, valid -> 201; kick ends it."""
+    offer = asyncio.run(_offer())
+    url = "/secure/cls/whip"
+    sdp = {"Content-Type": "application/sdp"}
+    r = node.client.post(url, content=offer, headers=sdp)
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+    assert "token" in r.text
+    good = sign(SECRET, "k1", "publish", "secure", "cls", int(time.time()) + 60)
+    forged = sign("not-the-secret-0123456789", "k1", "publish", "secure", "cls", int(time.time()) + 60)
+    r = node.client.post(url, content=offer, headers={**sdp, "Authorization": f"Bearer {forged}"})
+    assert r.status_code == 403 and "signature does not match" in r.text
+    assert metric(node, 'ingest_rejected_total{reason="token_forged"}') >= 1
+    r = node.client.post(url, content=offer, headers={**sdp, "Authorization": f"Bearer {good}"})
+    assert r.status_code == 201, r.text
+    location = r.headers["location"]
+    kick = "/v1/streams/secure/cls/kick"
+    assert node.client.post(kick).status_code == 401
+    r = node.client.post(kick, headers={"Authorization": "Bearer operator-secret"})
+    assert r.status_code == 200, r.text
+    wait_for(lambda: node.client.delete(location).status_code == 404, 10, "the kicked session to end")

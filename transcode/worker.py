@@ -823,13 +823,21 @@ class Pipeline:
             return  # audio before the first video frame: the ladder isn't open yet
         rate = self.spec.audio.sample_rate
         expected_ms = pkt.pts
-        if self._audio_next is None or abs(self._audio_next - expected_ms * rate // 1000) > rate // 5:
+        anchor = expected_ms * rate // 1000
+        if self._audio_next is None or anchor - self._audio_next > rate // 5:
             # First audio, or a gap/jump of more than 200 ms: re-anchor on the
             # publisher's clock; otherwise count samples so AAC frames abut.
-            self._audio_next = expected_ms * rate // 1000
+            self._audio_next = anchor
+        elif self._audio_next - anchor > rate // 5:
+            # The samples counted ran 200 ms ahead of the publisher's clock (a source
+            # whose audio outlasts its timestamps, e.g. at every `-stream_loop` pass):
+            # re-anchoring back would hand the muxers non-monotonic audio and fail the
+            # stream, so drop this packet's audio until the clock catches up.
+            return
         if self._opus is not None and (
-            self._opus_next is None or abs(self._opus_next - expected_ms * 48) > OPUS_RATE // 5
+            self._opus_next is None or expected_ms * 48 - self._opus_next > OPUS_RATE // 5
         ):
+            # Forward jumps only, like AAC above: Opus packets must stay monotonic too.
             self._opus_next = expected_ms * 48
         for frame in frames:
             frame.pts = None

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import time
 from urllib.parse import parse_qs
 
@@ -29,7 +30,14 @@ BAD_NAME = "NetStream.Publish.BadName"
 UNAUTHORIZED = "NetStream.Publish.Unauthorized"
 REFUSED = "NetStream.Publish.Rejected"
 
-_REFUSAL_CODES = {"duplicate": BAD_NAME, "auth": UNAUTHORIZED}
+_REFUSAL_CODES = {"duplicate": BAD_NAME, "name": BAD_NAME, "auth": UNAUTHORIZED}
+
+
+def refusal_code(reason: str) -> str:
+    """The onStatus code FFmpeg, OBS and librtmp expect for a refusal reason."""
+    if reason.startswith(("token_", "webhook_")):
+        return UNAUTHORIZED
+    return _REFUSAL_CODES.get(reason, REFUSED)
 
 
 class _Connection:
@@ -38,8 +46,11 @@ class _Connection:
         server: RtmpServer,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
+        protocol: str = "rtmp",
     ) -> None:
         self.server = server
+        self.protocol = protocol
+        self.disconnected: str | None = None
         self.config = server.config
         self.reader = reader
         self.writer = writer
@@ -54,7 +65,7 @@ class _Connection:
         self.app_query = ""
         self.publication: Publication | None = None
         self.publish_key: StreamKey | None = None
-        self.prefix = f"[rtmp {self.remote}]"
+        self.prefix = f"[{protocol} {self.remote}]"
 
     async def run(self) -> None:
         m = self.server.metrics
@@ -70,9 +81,9 @@ class _Connection:
                 else:
                     timeout = self.config.idle_timeout
                 data = await asyncio.wait_for(self.reader.read(65536), timeout)
-                if not data:
+                if not data or self.disconnected:
                     break
-                m.bytes.labels("rtmp").inc(len(data))
+                m.bytes.labels(self.protocol).inc(len(data))
                 events = self.session.receive_data(data)
                 while events:
                     # Accepting a connect or publish releases what the core held
@@ -83,6 +94,11 @@ class _Connection:
                     self.writer.write(out)
                     await self.writer.drain()
         except TimeoutError:
+            if self.publication is None and self.publish_key is not None:
+                # Unpublished, and the client lingers (FFmpeg waits for replies to
+                # deleteStream): a normal end, not a slowloris to count.
+                log.info("%s closed after unpublishing", self.prefix)
+                return
             reason = "timeout" if self.publication else "handshake_timeout"
             what = "media" if self.publication else "publish"
             log.warning("%s closed: no %s in time", self.prefix, what)
@@ -125,7 +141,7 @@ class _Connection:
             return self.session.receive_data(b"")
         elif isinstance(ev, rtmp.MediaReceived):
             if self.publication is not None:
-                m.frames.labels("rtmp", ev.packet.kind).inc()
+                m.frames.labels(self.protocol, ev.packet.kind).inc()
                 await self.publication.media(ev.packet)
         elif isinstance(ev, rtmp.MetadataReceived):
             if self.publication is not None:
@@ -149,18 +165,21 @@ class _Connection:
             raise _Refused("duplicate", "second publish on one connection")
         key = StreamKey(self.app, name)
         query = "&".join(q for q in (self.app_query, ev.query) if q)
-        request = PublishRequest(key=key, protocol="rtmp", remote=self.remote, query=query)
+        request = PublishRequest(
+            key=key, protocol=self.protocol, remote=self.remote, query=query,
+            disconnect=self.disconnect,
+        )
         try:
             self.publication = await self.server.sink.open_publish(request)
         except PublishRefused as exc:
-            code = _REFUSAL_CODES.get(exc.reason, REFUSED)
+            code = refusal_code(exc.reason)
             self.session.reject_publish(ev.stream_id, code, exc.description)
             await self._flush()
             raise _Refused(exc.reason, exc.description) from None
         self.publish_key = key
-        self.prefix = f"[rtmp {key}]"
+        self.prefix = f"[{self.protocol} {key}]"
         self.session.accept_publish(ev.stream_id)
-        self.server.metrics.sessions.labels("rtmp", key.tenant).inc()
+        self.server.metrics.sessions.labels(self.protocol, key.tenant).inc()
         log.info("%s publishing from %s", self.prefix, self.remote)
 
     async def _unpublish(self) -> None:
@@ -168,9 +187,18 @@ class _Connection:
         if pub is None:
             return
         assert self.publish_key is not None
-        self.server.metrics.sessions.labels("rtmp", self.publish_key.tenant).dec()
+        self.server.metrics.sessions.labels(self.protocol, self.publish_key.tenant).dec()
         log.info("%s unpublished", self.prefix)
         await pub.close()
+
+    def disconnect(self, reason: str) -> None:
+        """Close the connection from the node's side (kick, takeover, a limit)."""
+        if self.disconnected:
+            return
+        self.disconnected = reason
+        log.warning("%s disconnected by the node: %s", self.prefix, reason)
+        # EOF for the read loop, which then unpublishes (flushing the stream) and ends.
+        self.writer.close()
 
     async def _finish(self) -> None:
         with contextlib.suppress(Exception):
@@ -199,6 +227,8 @@ class RtmpServer:
         self.sink = sink
         self.metrics = metrics
         self._server: asyncio.Server | None = None
+        self._tls_server: asyncio.Server | None = None
+        self.tls_port = 0
         self._conns: set[asyncio.Task[None]] = set()
         self.port = 0
 
@@ -213,8 +243,40 @@ class RtmpServer:
             self._accept, host, int(port), reuse_address=True, backlog=256
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        if self.config.tls:
+            await self._start_tls()
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ValueError(
+                f"cannot load RTMPS certificate {self.config.tls_cert!r} / key "
+                f"{self.config.tls_key!r}: {exc}"
+            ) from None
+        return ctx
+
+    async def _start_tls(self) -> None:
+        host, _, port = self.config.tls_listen.rpartition(":")
+        host = host.strip("[]") or "0.0.0.0"
+        self._tls_server = await asyncio.start_server(
+            self._accept_tls, host, int(port), reuse_address=True, backlog=256,
+            ssl=self._ssl_context(),
+            # A client that never finishes TLS is a slowloris too.
+            ssl_handshake_timeout=self.config.handshake_timeout,
+        )
+        self.tls_port = self._tls_server.sockets[0].getsockname()[1]
+
+    async def _accept_tls(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        await self._accept(reader, writer, "rtmps")
+
+    async def _accept(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, protocol: str = "rtmp"
+    ) -> None:
         sock = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -223,7 +285,7 @@ class RtmpServer:
         assert task is not None
         self._conns.add(task)
         try:
-            await _Connection(self, reader, writer).run()
+            await _Connection(self, reader, writer, protocol).run()
         except asyncio.CancelledError:
             # Only stop() cancels connection tasks; asyncio's stream callback would log a
             # cancelled handler as an error, so end quietly instead of re-raising.
@@ -236,10 +298,13 @@ class RtmpServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._tls_server is not None:
+            self._tls_server.close()
         for t in list(self._conns):
             t.cancel()
         if self._conns:
             await asyncio.wait(list(self._conns), timeout=15)
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
+        for server in (self._server, self._tls_server):
+            if server is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(server.wait_closed(), 2)

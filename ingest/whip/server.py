@@ -19,6 +19,7 @@ endpoint supports.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import secrets
@@ -65,6 +66,19 @@ REFUSAL_STATUS = {
     "auth": 403,
     "token": 403,
 }
+
+
+def refusal_status(reason: str, token: str | None) -> tuple[int, dict[str, str]]:
+    """HTTP status (and headers) of a publish the node refused for ``reason``."""
+    if reason.startswith("token_"):
+        if token is None:
+            return 401, {"WWW-Authenticate": 'Bearer realm="nearcast"'}
+        return 403, {}
+    if reason.startswith("webhook"):
+        return 403, {}
+    if reason.startswith("limit") or reason == "bitrate":
+        return 503, {}
+    return REFUSAL_STATUS.get(reason, 403), {}
 
 
 class OfferError(ValueError):
@@ -143,6 +157,7 @@ class WhipServer:
         # after loss). The node says when a profile passes the source through.
         self.keyframe_interval = keyframe_interval or (lambda _pub: config.keyframe_interval)
         self.sessions: dict[str, WhipSession] = {}
+        self._tasks: set[asyncio.Task[bool]] = set()
         self.router = self._routes()
         # aioice logs every candidate pair check at INFO: keep the node's log readable
         # unless someone asked for those loggers explicitly.
@@ -285,12 +300,16 @@ class WhipServer:
             query["token"] = token  # the same place an RTMP publisher puts it
         try:
             publication = await self.sink.open_publish(
-                PublishRequest(key=key, protocol="whip", remote=remote, query=urlencode(query))
+                PublishRequest(
+                    key=key, protocol="whip", remote=remote, query=urlencode(query), token=token,
+                    disconnect=lambda reason: self._disconnect(key, reason),
+                )
             )
         except PublishRefused as exc:
             log.warning("[whip %s] publish from %s refused: %s", key, remote, exc.description)
             self.metrics.rejected.labels(exc.reason).inc()
-            return self._error(REFUSAL_STATUS.get(exc.reason, 403), exc.description, methods)
+            status, extra = refusal_status(exc.reason, token)
+            return self._error(status, exc.description, methods, **extra)
         try:
             session, answer = await self._answer(key, remote, text, publication)
         except Exception as exc:
@@ -363,6 +382,12 @@ class WhipServer:
             self.metrics.sessions.labels("whip", session.key.tenant).dec()
 
     # -- lifecycle --------------------------------------------------------------------
+
+    def _disconnect(self, key: StreamKey, reason: str) -> None:
+        """The node's request to drop this publisher (kick, takeover, a limit)."""
+        task = asyncio.get_running_loop().create_task(self.close_stream(key, reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def close_stream(self, key: StreamKey, reason: str) -> bool:
         """End the WHIP publish of ``key`` (an operator kick); False when there is none."""
