@@ -108,19 +108,20 @@ def parse_range(header: bytes, size: int) -> tuple[int, int] | None:
     if not dash:
         return None
     try:
-        if not first_s:  # suffix: the last N bytes
-            n = int(last_s)
-            if n <= 0 or size == 0:
-                raise BadRange(f"suffix range of {n} bytes on a {size}-byte body")
-            return max(0, size - n), size - 1
-        first = int(first_s)
+        first = int(first_s) if first_s else -1
         last = int(last_s) if last_s else size - 1
     except ValueError:
         return None
-    if first < 0 or last < first:
-        return None
+    if first_s == b"":  # suffix: the last N bytes
+        if not last_s:
+            return None
+        if last <= 0 or size == 0:
+            raise BadRange(f"suffix range of {last} bytes on a {size}-byte body")
+        return max(0, size - last), size - 1
     if first >= size:
         raise BadRange(f"range starts at {first}, past the {size}-byte body")
+    if first < 0 or last < first:
+        return None
     return first, min(last, size - 1)
 
 

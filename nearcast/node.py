@@ -29,7 +29,7 @@ from nearcast.config import Config, parse_hostport
 from transcode.capacity import Capacity, ladder_units
 from transcode.metrics import TranscodeMetrics
 from transcode.pool import Transcoder, WorkerState
-from transcode.protocol import SegmentFrame
+from transcode.protocol import InitFrame, PartFrame, SegmentFrame
 from transcode.worker import Spec
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,12 @@ class _StoreSink:
     def on_segment(self, segment: SegmentFrame) -> None:
         self.stream.add_segment(segment)
         self.node.tmetrics.segments.inc()
+
+    def on_init(self, init: InitFrame) -> None:
+        self.stream.add_init(init)
+
+    def on_part(self, part: PartFrame) -> None:
+        self.stream.add_part(part)
 
     def on_restart(self) -> None:
         self.node.tmetrics.restarts.inc()
