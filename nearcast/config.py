@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distribute.config import HlsConfig, HttpConfig
+from distribute.config import HlsConfig, HttpConfig, RecordConfig
 from ingest.config import RtmpConfig
 from nearcast.settings import ConfigError, apply_env, build, check, load_yaml
 from placement.config import PlacementConfig
@@ -56,6 +56,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
 
 
 def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:

@@ -7,6 +7,7 @@ This module only wires the stages together and owns the per-stream lifecycle
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import contextlib
 import logging
 import json
@@ -21,6 +22,7 @@ from prometheus_client import CollectorRegistry
 from distribute.api import create_api
 from distribute.hls.store import LiveStream, Store
 from distribute.http import MediaApp, MediaMetrics
+from distribute.record import Recorder, RecordMetrics, StreamRecorder
 from ingest.metrics import IngestMetrics
 from ingest.rtmp.server import RtmpServer, parse_query
 from ingest.sink import PublishRefused, PublishRequest
@@ -47,11 +49,44 @@ class _StoreSink:
         self.stream.set_renditions(info)
 
     def on_segment(self, segment: SegmentFrame) -> None:
-        self.stream.add_segment(segment)
+        stored = self.stream.add_segment(segment)
         self.node.tmetrics.segments.inc()
+        if stored is not None and not stored.gap:
+            self._record_segment(segment.rendition, stored.data, stored.duration)
 
     def on_init(self, init: InitFrame) -> None:
         self.stream.add_init(init)
+        rec = self._recorder()
+        if rec is not None and rec.wants(init.rendition, self._sizes()):
+            rec.init(init.rendition, init.data)
+
+    # -- recording (record.tenants) -----------------------------------------------------
+
+    def _recorder(self) -> StreamRecorder | None:
+        if self.node.recorder is None or self.node.recorder.mode(self.stream.key.tenant) is None:
+            return None
+        rec = getattr(self, "_rec", None)
+        if rec is None:
+            rec = self._rec = StreamRecorder(self.node.recorder, self.stream.key.tenant, self.stream.key.stream)
+        return rec
+
+    def _sizes(self) -> dict[str, int]:
+        return {n: t.width * t.height for n, t in self.stream.renditions.items()}
+
+    def _record_segment(self, rendition: str, data: bytes, duration: float) -> None:
+        rec = self._recorder()
+        track = self.stream.renditions.get(rendition)
+        if rec is None or track is None or not rec.wants(rendition, self._sizes()):
+            return
+        variant = track.variant()
+        if self.stream.audio and "mp4a" not in variant.codecs:
+            variant = dataclasses.replace(variant, codecs=variant.codecs + ",mp4a.40.2")
+        rec.segment(rendition, data, duration, self.stream.fmp4, variant)
+
+    def record_begin(self) -> None:
+        rec = self._recorder()
+        if rec is not None:
+            rec.begin()
 
     def on_part(self, part: PartFrame) -> None:
         self.stream.add_part(part)
@@ -59,6 +94,7 @@ class _StoreSink:
     def on_restart(self) -> None:
         self.node.tmetrics.restarts.inc()
         self.stream.begin_generation()
+        self.record_begin()
 
     def on_stats(self, stats: dict[str, Any]) -> None:
         if "degradation" in stats:
@@ -162,10 +198,12 @@ class StreamSession:
             # Start lazily: by the first media packet @setDataFrame has told us
             # the frame rate, so the encoders open with the right one.
             self.stream.begin_generation()
+            sink = _StoreSink(self.node, self.stream)
+            sink.record_begin()
             self.transcoder = Transcoder(
                 self.key,
                 self._spec(),
-                _StoreSink(self.node, self.stream),
+                sink,
                 queue_packets=self.node.config.transcode.input_queue_packets,
                 restart_backoff=self.node.config.transcode.restart_backoff,
             )
@@ -198,7 +236,13 @@ class Node:
         self._grace: dict[StreamKey, asyncio.TimerHandle] = {}
         self.rtmp = RtmpServer(config.rtmp, self, self.imetrics)
         api = create_api(self.store, self.registry, self._ready, self.info)
-        self.http_app = MediaApp(self.store, api, MediaMetrics(self.registry), config.http.cors_origin)
+        # Recording (record.tenants): written on its own thread, served at /{t}/{s}/vod/.
+        self.recorder: Recorder | None = (
+            Recorder(config.record, RecordMetrics(self.registry)) if config.record.tenants else None
+        )
+        self.http_app = MediaApp(
+            self.store, api, MediaMetrics(self.registry), config.http.cors_origin, vod=self.recorder
+        )
         self._http_server: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
@@ -271,6 +315,8 @@ class Node:
         if key not in self.sessions:
             log.info("[node %s] no publisher within the grace period; playlist ended", key)
             stream.end(time.time())
+            if self.recorder is not None and self.recorder.mode(key.tenant) is not None:
+                self.recorder.end(key.tenant, key.stream)
 
     # -- views ------------------------------------------------------------------------
 
@@ -312,6 +358,9 @@ class Node:
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.recorder is not None:
+            # Close what a crash or a stop left open, before any publisher can add to it.
+            await asyncio.to_thread(self.recorder.recover)
         await self.rtmp.start()
         host, port = parse_hostport(self.config.http.listen)
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -438,6 +487,11 @@ class Node:
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
         for t in self._grace.values():
             t.cancel()
+        if self.recorder is not None:
+            for key in list(self._grace):
+                if self.recorder.mode(key.tenant) is not None:
+                    self.recorder.end(key.tenant, key.stream)
+            await asyncio.to_thread(self.recorder.close)
         self._grace.clear()
         if self._calibration is not None:
             self._calibration.cancel()
