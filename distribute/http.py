@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from distribute.hls.store import LiveStream, RenditionTrack, Store
 
@@ -64,31 +66,48 @@ class VodSource(Protocol):
 
 
 class MediaMetrics:
+    """Counters of the media path, kept as plain integers and exported at scrape time.
+
+    A prometheus_client ``Counter.inc`` takes a lock and validates its state on
+    every call; on a path that answers tens of thousands of requests a second
+    that is a measurable share of the work, so the hot path only adds to ints.
+    """
+
     def __init__(self, registry: CollectorRegistry) -> None:
-        # hls_requests_total{kind,status}: master, playlist, part, segment, init or vod
-        # requests answered by the media path; kind and status are small fixed sets.
-        self.requests = Counter(
-            "hls_requests_total",
-            "HLS requests answered by the media path",
-            ["kind", "status"],
-            registry=registry,
-        )
-        # hls_outbound_bytes_total: body bytes sent to viewers (segments + playlists).
-        self.bytes = Counter(
-            "hls_outbound_bytes_total", "Body bytes sent to HLS viewers", registry=registry
-        )
+        self.counts: dict[tuple[str, int], int] = {}
+        self.sent = 0
         # hls_held_requests: LL-HLS blocking playlist and preload-hint part requests
         # waiting right now for their part.
         self.held = Gauge(
             "hls_held_requests", "LL-HLS requests held until their part exists", registry=registry
         )
-        self._children: dict[tuple[str, int], Any] = {}
+        registry.register(_MediaCollector(self))
 
     def count(self, kind: str, status: int) -> None:
-        child = self._children.get((kind, status))
-        if child is None:
-            child = self._children[(kind, status)] = self.requests.labels(kind, str(status))
-        child.inc()
+        key = (kind, status)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+
+class _MediaCollector(Collector):
+    def __init__(self, metrics: MediaMetrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        # hls_requests_total{kind,status}: master, playlist, part, segment, init or vod
+        # requests answered by the media path; kind and status are small fixed sets.
+        requests = CounterMetricFamily(
+            "hls_requests", "HLS requests answered by the media path", labels=["kind", "status"]
+        )
+        for (kind, status), n in list(self.metrics.counts.items()):
+            requests.add_metric([kind, str(status)], n)
+        yield requests
+        # hls_outbound_bytes_total: body bytes sent to viewers (segments, parts, playlists).
+        sent = CounterMetricFamily("hls_outbound_bytes", "Body bytes sent to HLS viewers")
+        sent.add_metric([], self.metrics.sent)
+        yield sent
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return iter(())
 
 
 class BadRange(ValueError):
@@ -171,6 +190,106 @@ class MediaApp:
         self._h_m4s = h(FMP4_TYPE, SEGMENT_CACHE, True)
         self._h_init = h(INIT_TYPE, SEGMENT_CACHE, True)
         self._h_part = h(FMP4_TYPE, part_cache, True)
+        # The same header sets as raw HTTP/1.1 header lines, for the fast path.
+        for name in ("live", "ended", "ll", "blocking", "ts", "m4s", "part"):
+            lines = getattr(self, f"_h_{name}")
+            setattr(self, f"_b_{name}", b"".join(k + b": " + v + b"\r\n" for k, v in lines))
+
+    # -- fast path (see distribute.fastpath) ----------------------------------------------
+
+    def fast(self, url: bytes, headers: Headers) -> tuple[bytes, bytes, int] | None:
+        """A GET that can be answered right now, without waiting and without a Range:
+        (header block, body, status). None sends the request down the ASGI path, which
+        handles everything (blocking, ranges, errors, HEAD, OPTIONS) the same way."""
+        path, _, qs = url.partition(b"?")
+        if b"%" in path:
+            return None
+        for k, _v in headers:
+            if k == b"range":
+                return None
+        parts = path.split(b"/")
+        n = len(parts)
+        if n == 4 and parts[3] == b"index.m3u8":
+            stream = self.store.get(parts[1].decode(), parts[2].decode())
+            if stream is None or not stream.master:
+                return None
+            self.metrics.count("master", 200)
+            self.metrics.sent += len(stream.master)
+            return (self._b_ended if stream.ended else self._b_live), stream.master, 200
+        if n != 5 or parts[3] == b"vod":
+            return None
+        stream = self.store.get(parts[1].decode(), parts[2].decode())
+        if stream is None:
+            return None
+        track = stream.renditions.get(parts[3].decode())
+        if track is None:
+            return None
+        file = parts[4]
+        block: bytes
+        if file == b"index.m3u8":
+            kind = "playlist"
+            if qs:
+                if not stream.low_latency:
+                    body = track.playlist
+                    block = self._b_ended if stream.ended else self._b_live
+                else:
+                    q = _query(qs)
+                    msn_b, part_b = q.get(b"_HLS_msn"), q.get(b"_HLS_part")
+                    if msn_b is not None:
+                        try:
+                            msn = int(msn_b)
+                            part = int(part_b) if part_b is not None else None
+                        except ValueError:
+                            return None
+                        if msn < 0 or (part is not None and part < 0):
+                            return None
+                        if not (track.reached(msn, part) or stream.ended):
+                            return None
+                        block = self._b_ended if stream.ended else self._b_blocking
+                    elif part_b is not None:
+                        return None
+                    else:
+                        block = self._b_ended if stream.ended else self._b_ll
+                    skip = q.get(b"_HLS_skip") in (b"YES", b"v2")
+                    body = track.playlist_skip if skip else track.playlist
+            else:
+                body = track.playlist
+                if stream.ended:
+                    block = self._b_ended
+                else:
+                    block = self._b_ll if stream.low_latency else self._b_live
+            if not body:
+                return None
+        elif file.endswith(b".m4s"):
+            msn_b, dot, part_b = file[:-4].partition(b".")
+            try:
+                msn = int(msn_b)
+                index = int(part_b) if dot else -1
+            except ValueError:
+                return None
+            if dot:
+                p = track.parts.get((msn, index))
+                if p is None:
+                    return None
+                kind, body, block = "part", p.data, self._b_part
+            else:
+                seg = track.by_msn.get(msn)
+                if seg is None or seg.gap:
+                    return None
+                kind, body, block = "segment", seg.data, self._b_m4s
+        elif file.endswith(b".ts"):
+            try:
+                seg = track.by_msn.get(int(file[:-3]))
+            except ValueError:
+                return None
+            if seg is None or seg.gap:
+                return None
+            kind, body, block = "segment", seg.data, self._b_ts
+        else:
+            return None
+        self.metrics.count(kind, 200)
+        self.metrics.sent += len(body)
+        return block, body, 200
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -456,7 +575,7 @@ class MediaApp:
             await send({"type": "http.response.body", "body": b"" if head else body})
         self.metrics.count(kind, status)
         if not head:
-            self.metrics.bytes.inc(len(body))
+            self.metrics.sent += len(body)
 
     async def _error(
         self, send: Send, kind: str, status: int, body: bytes, extra: Headers | None = None

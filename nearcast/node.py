@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 
 from distribute.api import create_api
 from distribute.hls.store import LiveStream, Store
+from distribute.fastpath import media_protocol
 from distribute.http import MediaApp, MediaMetrics
 from distribute.record import Recorder, RecordMetrics, StreamRecorder
 from ingest.metrics import IngestMetrics
@@ -372,6 +373,8 @@ class Node:
         server = _EmbeddedServer(
             uvicorn.Config(
                 self.http_app,
+                # Media hits skip the ASGI machinery (distribute/fastpath.py).
+                http=media_protocol(self.http_app),
                 log_level="warning",
                 lifespan="off",
                 access_log=False,

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from distribute.api import find_hlsjs
 from distribute.config import HlsConfig
 from distribute.hls.store import LiveStream, Store
+from distribute.fastpath import media_protocol
 from distribute.http import MediaApp, MediaMetrics
 from media import StreamKey
 
@@ -60,7 +61,10 @@ class MediaServer:
         self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(
-            uvicorn.Config(self.app, log_level="warning", lifespan="off", access_log=False)
+            uvicorn.Config(
+                self.app, http=media_protocol(self.app), log_level="warning", lifespan="off",
+                access_log=False,
+            )
         )
         self.loop = asyncio.new_event_loop()
         self._sock = sock

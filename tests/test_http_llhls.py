@@ -12,7 +12,7 @@ import m3u8
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from fmp4gen import cmaf
+from bench.cmaf import cmaf
 from nodeutil import wait_for
 from servehelp import MediaServer
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import av
 import m3u8
 import pytest
-from fmp4gen import cmaf
+from bench.cmaf import cmaf
 from prometheus_client import CollectorRegistry
 
 from distribute.config import RecordConfig

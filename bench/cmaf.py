@@ -1,8 +1,8 @@
-"""Real CMAF fragments for tests: the sample remuxed by FFmpeg (PyAV) into an init
+"""Real CMAF fragments for tests and benchmarks: a sample remuxed by FFmpeg (PyAV) into an init
 segment and ~1/3 s moof+mdat parts, grouped into 2 s segments on its keyframes.
 
-This stands in for the transcode worker's fMP4 output in store and HTTP tests;
-the bytes are real fMP4 that FFmpeg and browsers decode.
+They stand in for the transcode worker's fMP4 output in store/HTTP tests and the
+fan-out benchmark; the bytes are real fMP4 that FFmpeg and browsers decode.
 """
 
 from __future__ import annotations

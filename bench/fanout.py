@@ -1,0 +1,440 @@
+"""Fan-out benchmark: nearcast's media path against nginx, and 1,000 LL-HLS viewers.
+
+Run: ``python -m bench.fanout [--seconds S] [--viewers N] [--connections C]``
+
+In one run, on the same machine:
+
+1. A nearcast media server (the node's own :class:`MediaApp` and :class:`Store`
+   under uvicorn, one process, uvloop + httptools) holds a *live* LL-HLS stream:
+   a feeder replays real CMAF parts of the sample lecture (720p, 1/3 s parts,
+   2 s segments) in real time, exactly as the transcode worker's frames arrive.
+2. nginx (Debian package, 1 worker, sendfile, open_file_cache) serves the same
+   bytes (playlist, segment, part) from disk, from its own temporary config on
+   a free port.
+3. ``wrk`` loads each with the same threads/connections/duration; requests/s,
+   MB/s and the nearcast/nginx ratio are printed.
+4. N simulated LL-HLS viewers (raw asyncio sockets, one keep-alive connection
+   each) do blocking playlist reload (``_HLS_msn``/``_HLS_part``, following the
+   preload hint) against the live stream. The server logs the wall-clock
+   instant each part is complete; the viewers log when the playlist naming it
+   arrived. Reported: how many requests were held when each part completed and
+   the p50/p99 delay from a part's completion to its delivery.
+
+The server and the load generators share the machine's cores, as in the
+performance notes; compare ratios from the same run only. The last line is one
+JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLE = ROOT / "samples" / "lecture-720p.mp4"
+NGINX = "/usr/sbin/nginx"
+TENANT, STREAM, RENDITION = "live", "bench", "720p"
+BASE = f"/{TENANT}/{STREAM}/{RENDITION}"
+
+
+def _raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- the nearcast side (a child process: python -m bench.fanout --serve) ----------------
+
+
+def serve(port: int, snapshot: Path) -> None:
+    """Serve a live LL-HLS stream fed in real time; print each part's completion instant."""
+    import uvicorn
+    from prometheus_client import CollectorRegistry
+
+    from bench.cmaf import cmaf
+    from distribute.config import HlsConfig
+    from distribute.hls.store import Store
+    from distribute.fastpath import media_protocol
+    from distribute.http import MediaApp, MediaMetrics
+    from media import StreamKey
+    from transcode.protocol import InitFrame, PartFrame, SegmentFrame
+
+    _raise_nofile()
+    media = cmaf(str(SAMPLE))
+    codecs = media.codecs
+    store = Store(HlsConfig(segment_format="fmp4", low_latency=True, part_duration=0.334, window=6))
+
+    async def fallback(scope, receive, send):  # type: ignore[no-untyped-def]
+        await send({"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    app = MediaApp(store, fallback, MediaMetrics(CollectorRegistry()))
+    stream = store.open(StreamKey(TENANT, STREAM))
+    stream.begin_generation()
+    stream.set_renditions(
+        {
+            "audio": True,
+            "renditions": [
+                {"name": RENDITION, "width": 1280, "height": 720, "fps": 30.0,
+                 "video_bitrate": 2_800_000, "maxrate": 2_800_000, "audio_bitrate": 128_000}
+            ],
+        }
+    )
+    stream.add_init(InitFrame(RENDITION, codecs, media.init))
+    segs = media.segments
+
+    def feed_part(index: int, part: int) -> None:
+        f = segs[index % len(segs)][part]
+        stream.add_part(PartFrame(RENDITION, index, part, index * 2.0 + f.start % 2.0, f.duration, f.independent, f.data))
+
+    def feed_segment(index: int) -> None:
+        frags = segs[index % len(segs)]
+        data = b"".join(f.data for f in frags)
+        stream.add_segment(SegmentFrame(RENDITION, index, index * 2.0, sum(f.duration for f in frags), codecs, data))
+
+    # Warm up: a few complete segments, so the playlist has its steady-state size.
+    for i in range(4):
+        for p in range(len(segs[i % len(segs)])):
+            feed_part(i, p)
+        feed_segment(i)
+    track = stream.renditions[RENDITION]
+    snapshot.mkdir(parents=True, exist_ok=True)
+    for d in [snapshot, *snapshot.parents][:4]:
+        d.chmod(0o755)
+    (snapshot / "index.m3u8").write_bytes(track.playlist)
+    (snapshot / "seg.m4s").write_bytes(track.by_msn[3].data)
+    (snapshot / "part.m4s").write_bytes(track.parts[(3, 2)].data)
+
+    async def feeder() -> None:
+        index = 4
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        n = 0
+        while True:
+            frags = segs[index % len(segs)]
+            for p, f in enumerate(frags):
+                n += 1
+                await asyncio.sleep(max(0.0, t0 + n * f.duration - loop.time()))
+                feed_part(index, p)
+                done = time.time()
+                if p == len(frags) - 1:
+                    feed_segment(index)
+                print(f"PART {index} {p} {done:.6f}", flush=True)
+            index += 1
+
+    async def main() -> None:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(4096)
+        server = uvicorn.Server(
+            uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
+                           http=media_protocol(app), loop="uvloop", backlog=4096,
+                           timeout_keep_alive=60)
+        )
+        task = asyncio.create_task(feeder())
+        print("READY", flush=True)
+        await server.serve(sockets=[sock])
+        task.cancel()
+
+    import uvloop
+
+    uvloop.run(main())
+
+
+# -- nginx -------------------------------------------------------------------------------
+
+
+def start_nginx(root: Path, port: int, work: Path) -> subprocess.Popen[bytes]:
+    conf = work / "nginx.conf"
+    for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (work / d).mkdir(exist_ok=True)
+    conf.write_text(
+        f"""
+worker_processes 1;
+daemon off;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    types {{ application/vnd.apple.mpegurl m3u8; video/mp4 m4s mp4; }}
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_requests 1000000;
+    keepalive_timeout 60;
+    open_file_cache max=1000 inactive=60s;
+    client_body_temp_path {work}/body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+        add_header Access-Control-Allow-Origin *;
+    }}
+}}
+"""
+    )
+    proc = subprocess.Popen([NGINX, "-p", str(work), "-c", str(conf)], stderr=subprocess.PIPE)
+    wait_port(port, proc)
+    return proc
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise RuntimeError(f"server exited early: {err}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+# -- wrk ---------------------------------------------------------------------------------
+
+_UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
+
+
+def wrk(url: str, seconds: float, threads: int, connections: int) -> dict[str, float]:
+    out = subprocess.run(
+        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    m = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out)
+    mbps = float(m.group(1)) * _UNITS[m.group(2)] / 1e6 if m else 0.0
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": rps,
+        "mbps": mbps,
+        "non2xx": int(bad.group(1)) if bad else 0,
+        "socket_errors": errors.group(1) if errors else "",
+    }
+
+
+# -- LL-HLS viewers ------------------------------------------------------------------------
+
+HINT = re.compile(rb'PRELOAD-HINT:TYPE=PART,URI="(\d+)\.(\d+)\.m4s"')
+
+
+async def viewer(
+    port: int, stop: float, log: list[tuple[int, int, float, float]], errors: list[str]
+) -> None:
+    """One LL-HLS client: blocking playlist reload for the hinted part, over and over."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError as exc:
+        errors.append(f"connect: {exc}")
+        return
+
+    async def get(path: str) -> tuple[int, bytes]:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        body = await reader.readexactly(length)
+        return status, body
+
+    try:
+        status, body = await get(f"{BASE}/index.m3u8")
+        while time.time() < stop:
+            m = HINT.search(body)
+            if m is None:
+                errors.append(f"no preload hint (status {status})")
+                return
+            msn, part = int(m.group(1)), int(m.group(2))
+            sent = time.time()
+            status, body = await get(f"{BASE}/index.m3u8?_HLS_msn={msn}&_HLS_part={part}")
+            got = time.time()
+            if status != 200:
+                errors.append(f"status {status}")
+                return
+            log.append((msn, part, sent, got))
+    except (OSError, asyncio.IncompleteReadError) as exc:
+        errors.append(f"{type(exc).__name__}: {exc}")
+    finally:
+        writer.close()
+
+
+async def viewers(port: int, count: int, seconds: float) -> tuple[list[tuple[int, int, float, float]], list[str], int]:
+    log: list[tuple[int, int, float, float]] = []
+    errors: list[str] = []
+    stop = time.time() + seconds
+    tasks = []
+    for _ in range(count):
+        tasks.append(asyncio.create_task(viewer(port, stop, log, errors)))
+        await asyncio.sleep(0)  # let connects spread a little
+    await asyncio.gather(*tasks)
+    return log, errors, count
+
+
+def analyse(log: list[tuple[int, int, float, float]], parts: dict[tuple[int, int], float], warmup: float) -> dict[str, float]:
+    delays: list[float] = []
+    held_at: dict[tuple[int, int], int] = {}
+    t_start = min((s for _, _, s, _ in log), default=0.0) + warmup
+    for msn, part, sent, got in log:
+        done = parts.get((msn, part))
+        if done is None or sent < t_start:
+            continue
+        if sent <= done:  # the request was waiting when the part completed: held
+            held_at[(msn, part)] = held_at.get((msn, part), 0) + 1
+            delays.append(max(0.0, got - done))
+    delays.sort()
+
+    def pct(q: float) -> float:
+        return delays[min(len(delays) - 1, int(q * len(delays)))] * 1000 if delays else float("nan")
+
+    held = sorted(held_at.values())
+    return {
+        "held_median": statistics.median(held) if held else 0,
+        "held_max": held[-1] if held else 0,
+        "parts_measured": len(held),
+        "delay_p50_ms": round(pct(0.50), 1),
+        "delay_p99_ms": round(pct(0.99), 1),
+        "delay_max_ms": round(delays[-1] * 1000, 1) if delays else float("nan"),
+        "deliveries": len(delays),
+    }
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--seconds", type=float, default=5.0, help="wrk duration per run")
+    ap.add_argument("--threads", type=int, default=2, help="wrk threads")
+    ap.add_argument("--connections", type=int, default=64, help="wrk connections")
+    ap.add_argument("--viewers", type=int, default=1000, help="simulated LL-HLS viewers")
+    ap.add_argument("--viewer-seconds", type=float, default=12.0)
+    ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--snapshot", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        serve(args.serve, Path(args.snapshot))
+        return
+    for tool in ("wrk", NGINX):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} is not installed (Debian packages wrk and nginx-light)")
+    _raise_nofile()
+    work = Path(tempfile.mkdtemp(prefix="fanout-"))
+    work.chmod(0o755)  # nginx's worker runs as an unprivileged user when started by root
+    snap = work / "www" / TENANT / STREAM / RENDITION
+    nc_port, ng_port = free_port(), free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.fanout", "--serve", str(nc_port), "--snapshot", str(snap)],
+        stdout=subprocess.PIPE, cwd=ROOT,
+    )
+    nginx = None
+    parts: dict[tuple[int, int], float] = {}
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        if not line.startswith(b"READY"):
+            raise RuntimeError(f"nearcast bench server failed: {line!r}")
+        wait_port(nc_port, server)
+        nginx = start_nginx(work / "www", ng_port, work)
+
+        import threading
+
+        def pump() -> None:
+            assert server.stdout is not None
+            for raw in server.stdout:
+                f = raw.split()
+                if f and f[0] == b"PART":
+                    parts[(int(f[1]), int(f[2]))] = float(f[3])
+
+        threading.Thread(target=pump, daemon=True).start()
+
+        results: dict[str, dict[str, float]] = {}
+        rows = []
+        for kind in ("playlist", "segment", "part"):
+            if kind == "playlist":
+                nc_path, ng_path = f"{BASE}/index.m3u8", f"{BASE}/index.m3u8"
+            elif kind == "segment":
+                nc_path, ng_path = f"{BASE}/3.m4s", f"{BASE}/seg.m4s"
+            else:
+                # The newest part: it stays listed and served for more than 6 s.
+                newest = max(parts) if parts else (3, 2)
+                nc_path, ng_path = f"{BASE}/{newest[0]}.{newest[1]}.m4s", f"{BASE}/part.m4s"
+            nc = wrk(f"http://127.0.0.1:{nc_port}{nc_path}", args.seconds, args.threads, args.connections)
+            ng = wrk(f"http://127.0.0.1:{ng_port}{ng_path}", args.seconds, args.threads, args.connections)
+            results[kind] = {
+                "nearcast_rps": round(nc["rps"]), "nginx_rps": round(ng["rps"]),
+                "nearcast_MBps": round(nc["mbps"], 1), "nginx_MBps": round(ng["mbps"], 1),
+                "rps_ratio": round(nc["rps"] / ng["rps"], 3) if ng["rps"] else 0.0,
+                "bytes_ratio": round(nc["mbps"] / ng["mbps"], 3) if ng["mbps"] else 0.0,
+                "nearcast_errors": nc["non2xx"], "nginx_errors": ng["non2xx"],
+            }
+            rows.append((kind, results[kind]))
+            if nc["non2xx"] or ng["non2xx"]:
+                raise RuntimeError(f"{kind}: error responses (nearcast {nc['non2xx']}, nginx {ng['non2xx']})")
+
+        log, errors, count = asyncio.run(viewers(nc_port, args.viewers, args.viewer_seconds))
+        time.sleep(0.5)
+        ll = analyse(log, dict(parts), warmup=2.0)
+        ll["viewers"] = count
+        ll["viewer_errors"] = len(errors)
+    finally:
+        if nginx is not None:
+            nginx.terminate()
+            nginx.wait(10)
+        server.terminate()
+        server.wait(10)
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"{'what':<10} {'nearcast req/s':>15} {'nginx req/s':>12} {'ratio':>6} "
+          f"{'nearcast MB/s':>14} {'nginx MB/s':>11} {'ratio':>6}")
+    for kind, r in rows:
+        print(f"{kind:<10} {r['nearcast_rps']:>15} {r['nginx_rps']:>12} {r['rps_ratio']:>6.2f} "
+              f"{r['nearcast_MBps']:>14} {r['nginx_MBps']:>11} {r['bytes_ratio']:>6.2f}")
+    print(
+        f"LL-HLS: {ll['viewers']} viewers, held per part median {ll['held_median']} max {ll['held_max']}"
+        f" over {ll['parts_measured']} parts; part complete -> delivered p50 {ll['delay_p50_ms']} ms,"
+        f" p99 {ll['delay_p99_ms']} ms, max {ll['delay_max_ms']} ms; viewer errors {ll['viewer_errors']}"
+        + (f" (first: {errors[0]})" if errors else "")
+    )
+    figures = {
+        "wrk": {"threads": args.threads, "connections": args.connections, "seconds": args.seconds},
+        **results,
+        "targets": {
+            "segment_bytes_ratio>=0.85": results["segment"]["bytes_ratio"] >= 0.85,
+            "playlist_rps_ratio>=0.5": results["playlist"]["rps_ratio"] >= 0.5,
+            "part_rps_ratio>=0.5": results["part"]["rps_ratio"] >= 0.5,
+            "viewers_held>=1000": ll["held_max"] >= 1000,
+            "delay_p99<=200ms": ll["delay_p99_ms"] <= 200,
+        },
+        "llhls": ll,
+    }
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
