@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from distribute.http import MediaApp
+from distribute.http import Hold, MediaApp
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -27,6 +27,11 @@ except ImportError:  # httptools missing: uvicorn's h11 protocol, no fast path
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
 
 STATUS_200 = b"HTTP/1.1 200 OK\r\n"
+_ERRORS = {
+    404: (b"HTTP/1.1 404 Not Found\r\n", b"the hinted part was not produced\n"),
+    503: (b"HTTP/1.1 503 Service Unavailable\r\n",
+          b"the requested part did not appear within three target durations\n"),
+}
 
 
 class _NoEvent:
@@ -46,10 +51,26 @@ class _Answered:
 _ANSWERED = _Answered()
 
 
+class _Held:
+    """The cycle of a request waiting in a rendition's waiter list."""
+
+    __slots__ = ("response_complete", "more_body", "body", "disconnected")
+    keep_alive = True
+    message_event = _NoEvent()
+
+    def __init__(self) -> None:
+        self.response_complete = False
+        self.disconnected = False
+        self.more_body = True
+        self.body = bytearray()
+
+
 def media_protocol(media: MediaApp) -> type[asyncio.Protocol] | str:
     """The protocol class to give ``uvicorn.Config(http=...)`` for a node serving ``media``."""
     if HttpToolsProtocol is None:
         return "auto"
+
+    cors = b"".join(k + b": " + v + b"\r\n" for k, v in media._cors)
 
     class MediaHttpProtocol(HttpToolsProtocol):  # type: ignore[misc,valid-type]
         _date_src: Any = None
@@ -68,25 +89,95 @@ def media_protocol(media: MediaApp) -> type[asyncio.Protocol] | str:
                 and not self.flow.write_paused
             ):
                 hit = media.fast(self.url, self.headers)
-                if hit is not None:
-                    block, body, _status = hit
-                    defaults = self.server_state.default_headers
-                    cls = type(self)
-                    if defaults is not cls._date_src:
-                        cls._date_src = defaults
-                        cls._date_block = b"".join(k + b": " + v + b"\r\n" for k, v in defaults)
-                    head = b"".join(
-                        (STATUS_200, cls._date_block, block, b"content-length: %d\r\n\r\n" % len(body))
-                    )
-                    # One write (one send syscall) per response: small bodies are
-                    # copied behind the head, large ones go out as one vectored write.
-                    if len(body) <= 65536:
-                        self.transport.write(head + body)
-                    else:
-                        self.transport.writelines((head, body))
+                if type(hit) is tuple:
+                    self._write(STATUS_200, hit[0], hit[1], False)
                     self.cycle = _ANSWERED
                     self.on_response_complete()
                     return
+                if hit is not None:
+                    self._hold(hit)  # type: ignore[arg-type]
+                    return
             super().on_headers_complete()
+
+        def _write(self, status: bytes, block: bytes, body: bytes, chunked: bool) -> None:
+            defaults = self.server_state.default_headers
+            cls = type(self)
+            if defaults is not cls._date_src:
+                cls._date_src = defaults
+                cls._date_block = b"".join(k + b": " + v + b"\r\n" for k, v in defaults)
+            if chunked:
+                # Sent the moment it exists, as it is produced: chunked transfer.
+                head = b"".join((status, cls._date_block, block, b"transfer-encoding: chunked\r\n\r\n"))
+                self.transport.writelines((head, b"%x\r\n" % len(body), body, b"\r\n0\r\n\r\n"))
+                return
+            head = b"".join((status, cls._date_block, block, b"content-length: %d\r\n\r\n" % len(body)))
+            # One write (one send syscall) per response: small bodies are copied
+            # behind the head, large ones go out as one vectored write.
+            if len(body) <= 65536:
+                self.transport.write(head + body)
+            else:
+                self.transport.writelines((head, body))
+
+        def _hold(self, hold: Hold) -> None:
+            """Wait in the rendition's waiter list: no task, answered from the store's notify."""
+            cycle = _Held()
+            self.cycle = cycle
+            metrics = media.metrics
+            metrics.held.inc()
+            transport = self.transport
+            timer: asyncio.TimerHandle | None = None
+
+            def release() -> None:
+                metrics.held.dec()
+                if timer is not None:
+                    timer.cancel()
+
+            def finish() -> None:
+                cycle.response_complete = True
+                if not transport.is_closing():
+                    self.on_response_complete()
+
+            def fire() -> bool:
+                if transport.is_closing():
+                    metrics.held.dec()
+                    if timer is not None:
+                        timer.cancel()
+                    return True
+                if not hold.ready():
+                    return False
+                release()
+                got = hold.answer()
+                if got is None:
+                    line, body = _ERRORS[404]
+                    block = b"content-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n" + cors
+                    self._write(line, block, body, False)
+                    metrics.count(hold.kind, 404)
+                else:
+                    self._write(STATUS_200, got[0], got[1], hold.chunked)
+                    metrics.count(hold.kind, 200)
+                    metrics.sent += len(got[1])
+                finish()
+                return True
+
+            def expire() -> None:
+                nonlocal timer
+                timer = None
+                try:
+                    hold.track.waiters.remove(fire)
+                except ValueError:
+                    return  # answered meanwhile
+                release()
+                if transport.is_closing():
+                    return
+                line, body = _ERRORS[503]
+                block = b"content-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n" + cors
+                self._write(line, block, body, False)
+                metrics.count(hold.kind, 503)
+                finish()
+
+            if fire():
+                return
+            hold.track.waiters.append(fire)
+            timer = self.loop.call_later(hold.timeout, expire)
 
     return MediaHttpProtocol

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any, Protocol
 
@@ -110,6 +111,19 @@ class _MediaCollector(Collector):
         return iter(())
 
 
+@dataclass(slots=True)
+class Hold:
+    """A fast-path request that must wait: answered from ``track``'s waiter callbacks."""
+
+    track: RenditionTrack
+    ready: Callable[[], bool]
+    # (header block, body) when ready; None when the thing waited for will never exist (404).
+    answer: Callable[[], tuple[bytes, bytes] | None]
+    timeout: float
+    kind: str
+    chunked: bool = False
+
+
 class BadRange(ValueError):
     """A Range header no byte of the body satisfies (416)."""
 
@@ -197,10 +211,45 @@ class MediaApp:
 
     # -- fast path (see distribute.fastpath) ----------------------------------------------
 
-    def fast(self, url: bytes, headers: Headers) -> tuple[bytes, bytes, int] | None:
-        """A GET that can be answered right now, without waiting and without a Range:
-        (header block, body, status). None sends the request down the ASGI path, which
-        handles everything (blocking, ranges, errors, HEAD, OPTIONS) the same way."""
+    def _hold_playlist(
+        self, stream: LiveStream, track: RenditionTrack, q: dict[bytes, bytes], msn: int, part: int | None
+    ) -> Hold | None:
+        last = max(track.last_msn, track.building_msn if track.building else -1)
+        per_segment = int(stream.config.segment_duration / stream.config.part_duration) + 2
+        if msn > last + 2 or (part is not None and part > 2 * per_segment):
+            return None  # the ASGI path answers 400
+        skip = q.get(b"_HLS_skip") in (b"YES", b"v2")
+
+        def ready() -> bool:
+            return track.reached(msn, part) or stream.ended
+
+        def answer() -> tuple[bytes, bytes] | None:
+            body = track.playlist_skip if skip else track.playlist
+            return (self._b_ended if stream.ended else self._b_blocking), body
+
+        return Hold(track, ready, answer, 3 * stream.config.segment_duration, "playlist")
+
+    def _hold_part(self, stream: LiveStream, track: RenditionTrack, msn: int, index: int) -> Hold | None:
+        last_msn, last_part = track.last_part
+        ahead = msn > max(track.last_msn, last_msn) + 1 or (msn == last_msn and index > last_part + 3)
+        if stream.ended or msn <= track.last_msn or ahead or index < 0:
+            return None  # the ASGI path answers 404
+        key = (msn, index)
+
+        def ready() -> bool:
+            return key in track.parts or track.last_msn >= msn or stream.ended
+
+        def answer() -> tuple[bytes, bytes] | None:
+            p = track.parts.get(key)
+            return (self._b_part, p.data) if p is not None else None
+
+        return Hold(track, ready, answer, 3 * stream.config.segment_duration, "part", chunked=True)
+
+    def fast(self, url: bytes, headers: Headers) -> tuple[bytes, bytes, int] | Hold | None:
+        """A GET without a Range: (header block, body, status) when it can be answered
+        now, a :class:`Hold` when it is a blocking reload or preload-hinted part that
+        must wait. None sends the request down the ASGI path, which handles
+        everything (ranges, errors, HEAD, OPTIONS) the same way."""
         path, _, qs = url.partition(b"?")
         if b"%" in path:
             return None
@@ -244,7 +293,7 @@ class MediaApp:
                         if msn < 0 or (part is not None and part < 0):
                             return None
                         if not (track.reached(msn, part) or stream.ended):
-                            return None
+                            return self._hold_playlist(stream, track, q, msn, part)
                         block = self._b_ended if stream.ended else self._b_blocking
                     elif part_b is not None:
                         return None
@@ -270,7 +319,7 @@ class MediaApp:
             if dot:
                 p = track.parts.get((msn, index))
                 if p is None:
-                    return None
+                    return self._hold_part(stream, track, msn, index)
                 kind, body, block = "part", p.data, self._b_part
             else:
                 seg = track.by_msn.get(msn)

@@ -259,3 +259,45 @@ def test_parse_range_matches_slicing(first: int, last: int, size: int) -> None:
         assert r is None
     else:
         assert r is not None and body[r[0] : r[1] + 1] == body[first : last + 1]
+
+
+def _raw(port: int, request: bytes) -> tuple[bytes, dict[str, str], bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        f = sock.makefile("rb")
+        status = f.readline()
+        headers: dict[str, str] = {}
+        while (line := f.readline()) not in (b"\r\n", b""):
+            k, _, v = line.decode().partition(":")
+            headers[k.strip().lower()] = v.strip()
+        body = f.read(int(headers.get("content-length", "0")))
+        return status, headers, body
+
+
+def test_fast_path_and_asgi_path_answer_alike(server: MediaServer) -> None:
+    """HTTP/1.1 GETs take the fast path, HTTP/1.0 ones the ASGI path: same answer."""
+    s = server.open()
+    feed_init(server, s)
+    feed_segment(server, s, 0)
+    feed_part(server, s, 1, 0)
+    for path in ("/live/s/index.m3u8", "/live/s/360p/index.m3u8", "/live/s/360p/0.m4s",
+                 "/live/s/360p/1.0.m4s", "/live/s/360p/index.m3u8?_HLS_msn=0&_HLS_part=2"):
+        fast = _raw(server.port, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        slow = _raw(server.port, f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        assert fast[0].split()[1] == slow[0].split()[1] == b"200", path
+        assert fast[2] == slow[2], path
+        for h in ("content-type", "cache-control", "access-control-allow-origin", "content-length"):
+            assert fast[1].get(h) == slow[1].get(h), (path, h)
+
+
+def test_held_request_whose_client_leaves_is_dropped(server: MediaServer) -> None:
+    s = server.open()
+    feed_init(server, s)
+    feed_part(server, s, 0, 0)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+        sock.sendall(b"GET /live/s/360p/index.m3u8?_HLS_msn=0&_HLS_part=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        wait_for(lambda: server.held() == 1, 5, "the request held")
+    feed_part(server, s, 0, 1)  # the waiter finds its connection closed
+    wait_for(lambda: server.held() == 0, 5, "the held request released")
+    assert server.call(lambda: len(s.renditions["360p"].waiters)) == 0
+    assert httpx.get(f"{server.url}/live/s/360p/index.m3u8").status_code == 200

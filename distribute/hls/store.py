@@ -20,6 +20,7 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 from distribute.config import HlsConfig
@@ -98,6 +99,9 @@ class RenditionTrack:
     _playlist: bytes | None = None
     _playlist_skip: bytes | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Callbacks of requests held by the HTTP fast path: called on every change,
+    # each returns True once it has answered (and is then dropped).
+    waiters: list[Callable[[], bool]] = field(default_factory=list)
     stream: LiveStream | None = field(default=None, repr=False)
 
     def variant(self) -> VariantRef:
@@ -157,6 +161,16 @@ class RenditionTrack:
         self.invalidate()
         event, self.changed = self.changed, asyncio.Event()
         event.set()
+        if self.waiters:
+            waiters, self.waiters = self.waiters, []
+            for w in waiters:
+                try:
+                    done = w()
+                except Exception:
+                    log.exception("held request callback failed")
+                    done = True
+                if not done:
+                    self.waiters.append(w)
 
 
 class LiveStream:
