@@ -17,6 +17,8 @@ response completes its cycle through ``on_response_complete`` like any other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from typing import Any
 
 from distribute.http import Hold, MediaApp
@@ -27,6 +29,7 @@ except ImportError:  # httptools missing: uvicorn's h11 protocol, no fast path
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
 
 STATUS_200 = b"HTTP/1.1 200 OK\r\n"
+SEND_BUFFER = 4 * 1024 * 1024
 _ERRORS = {
     404: (b"HTTP/1.1 404 Not Found\r\n", b"the hinted part was not produced\n"),
     503: (b"HTTP/1.1 503 Service Unavailable\r\n",
@@ -75,6 +78,15 @@ def media_protocol(media: MediaApp) -> type[asyncio.Protocol] | str:
     class MediaHttpProtocol(HttpToolsProtocol):  # type: ignore[misc,valid-type]
         _date_src: Any = None
         _date_block = b""
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                # A whole segment fits the kernel's send buffer: one send() per
+                # response instead of the event loop refilling a small buffer.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
 
         def on_headers_complete(self) -> None:
             parser = self.parser

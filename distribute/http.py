@@ -229,6 +229,18 @@ class MediaApp:
 
         return Hold(track, ready, answer, 3 * stream.config.segment_duration, "playlist")
 
+    def _hold_first(self, stream: LiveStream, track: RenditionTrack) -> Hold:
+        """Before the run's first (short, lead) segment exists, hold a playlist request
+        until it does: players such as hls.js reject a playlist without an EXTINF."""
+
+        def ready() -> bool:
+            return track.last_msn >= 0 or stream.ended
+
+        def answer() -> tuple[bytes, bytes] | None:
+            return (self._b_ended if stream.ended else self._b_ll), track.playlist
+
+        return Hold(track, ready, answer, 3 * stream.config.segment_duration, "playlist")
+
     def _hold_part(self, stream: LiveStream, track: RenditionTrack, msn: int, index: int) -> Hold | None:
         last_msn, last_part = track.last_part
         ahead = msn > max(track.last_msn, last_msn) + 1 or (msn == last_msn and index > last_part + 3)
@@ -302,6 +314,8 @@ class MediaApp:
                     skip = q.get(b"_HLS_skip") in (b"YES", b"v2")
                     body = track.playlist_skip if skip else track.playlist
             else:
+                if stream.low_latency and track.last_msn < 0 and not stream.ended:
+                    return self._hold_first(stream, track)
                 body = track.playlist
                 if stream.ended:
                     block = self._b_ended
@@ -440,6 +454,9 @@ class MediaApp:
                     await self._error(send, "playlist", status, why)
                     return
                 blocking = True
+        if stream.low_latency and not blocking and track.last_msn < 0 and not stream.ended:
+            # Hold until the run's short first segment exists (see _hold_first).
+            await self._wait(stream, track, lambda: track.last_msn >= 0)
         body = track.playlist_skip if skip else track.playlist
         if not body:
             await self._error(send, "playlist", 404, b"no segment yet\n")

@@ -87,7 +87,7 @@ def test_blocking_reload_errors(server: MediaServer) -> None:
     feed_init(server, s)
     feed_segment(server, s, 0)
     base = f"{server.url}/live/s/360p/index.m3u8"
-    assert httpx.get(base, params={"_HLS_msn": 3}).status_code == 400  # > last + 2
+    assert httpx.get(base, params={"_HLS_msn": 4}).status_code == 400  # > last (1) + 2
     assert httpx.get(base, params={"_HLS_part": 1}).status_code == 400  # part without msn
     assert httpx.get(base, params={"_HLS_msn": "x"}).status_code == 400
 
@@ -109,7 +109,7 @@ def test_preload_hinted_part_is_held_and_sent_chunked(server: MediaServer) -> No
     s = server.open()
     feed_init(server, s)
     feed_part(server, s, 0, 0)
-    hint = m3u8.loads(httpx.get(f"{server.url}/live/s/360p/index.m3u8").text).preload_hint.uri
+    hint = m3u8.loads(server.call(lambda: s.renditions["360p"].playlist).decode()).preload_hint.uri
     assert hint == "0.1.m4s"
     with ThreadPoolExecutor(2) as pool:
         fut = pool.submit(httpx.get, f"{server.url}/live/s/360p/{hint}", timeout=10)
@@ -121,10 +121,10 @@ def test_preload_hinted_part_is_held_and_sent_chunked(server: MediaServer) -> No
     assert r.content == CMAF.segments[0][1].data
     assert r.headers["content-type"] == "video/mp4"
     # A part that will never be produced (its segment completed without it) is a 404.
-    feed_part(server, s, 0, 2)
-    feed_part(server, s, 0, 3)
+    feed_part(server, s, 0, 2)  # completes the 3-part lead segment, MSN 0
+    feed_part(server, s, 0, 3)  # MSN 1, part 0
     with ThreadPoolExecutor(1) as pool:
-        fut = pool.submit(httpx.get, f"{server.url}/live/s/360p/0.6.m4s", timeout=10)
+        fut = pool.submit(httpx.get, f"{server.url}/live/s/360p/1.3.m4s", timeout=10)
         wait_for(lambda: server.held() == 1, 5, "the part request held")
         frags = CMAF.segments[0]
         for p in (4, 5):
@@ -222,15 +222,24 @@ def test_ffmpeg_reads_the_fmp4_ll_variant(server: MediaServer) -> None:
     assert frames >= 170  # 6 s at 30 fps, both variants demuxed, one decoded
 
 
-def test_zero_complete_segments_playlist_is_valid(server: MediaServer) -> None:
+def test_first_playlist_waits_only_for_the_three_part_lead(server: MediaServer) -> None:
+    """No EXTINF yet: a playlist request is held until the lead segment (3 parts) exists,
+    not until a whole segment does; the store's playlist text is valid before that too."""
     s = server.open()
     feed_init(server, s)
     feed_part(server, s, 0, 0)
-    r = httpx.get(f"{server.url}/live/s/360p/index.m3u8")
-    assert r.status_code == 200
-    pl = m3u8.loads(r.text)
+    pl = m3u8.loads(server.call(lambda: s.renditions["360p"].playlist).decode())
     assert pl.media_sequence == 0 and pl.segment_map[0].uri == "init-1.mp4"
     assert [p.uri for seg in pl.segments for p in seg.parts] == ["0.0.m4s"]
+    with ThreadPoolExecutor(1) as pool:
+        fut = pool.submit(httpx.get, f"{server.url}/live/s/360p/index.m3u8", timeout=10)
+        wait_for(lambda: server.held() == 1, 5, "the first playlist request held")
+        feed_part(server, s, 0, 1)
+        assert not fut.done()
+        feed_part(server, s, 0, 2)
+        r = fut.result(5)
+    pl = m3u8.loads(r.text)
+    assert [x.uri for x in pl.segments if x.uri] == ["0.m4s"] and pl.preload_hint.uri == "1.0.m4s"
     assert httpx.get(f"{server.url}/live/s/360p/0.0.m4s").content == CMAF.segments[0][0].data
 
 
@@ -300,4 +309,4 @@ def test_held_request_whose_client_leaves_is_dropped(server: MediaServer) -> Non
     feed_part(server, s, 0, 1)  # the waiter finds its connection closed
     wait_for(lambda: server.held() == 0, 5, "the held request released")
     assert server.call(lambda: len(s.renditions["360p"].waiters)) == 0
-    assert httpx.get(f"{server.url}/live/s/360p/index.m3u8").status_code == 200
+    assert httpx.get(f"{server.url}/live/s/360p/0.1.m4s").status_code == 200

@@ -97,19 +97,38 @@ def test_parts_segments_hint_and_rendition_reports() -> None:
     feed_part(s, "360p", 3, 1)
     pl = parse(s)
     check_rules(pl)
-    assert [seg.uri for seg in pl.segments if seg.uri] == ["0.m4s", "1.m4s", "2.m4s"]
+    # Worker segment 0 is listed as a 3-part lead (MSN 0) and the rest (MSN 1).
+    assert [seg.uri for seg in pl.segments if seg.uri] == ["0.m4s", "1.m4s", "2.m4s", "3.m4s"]
+    assert [seg.duration for seg in pl.segments if seg.uri] == pytest.approx([1.0, 1.0, 2.0, 2.0])
     assert pl.segment_map[0].uri == "init-1.mp4"
     # Parts listed for the last two complete segments and the one being built only.
-    assert not pl.segments[0].parts
-    assert [p.uri for p in pl.segments[1].parts] == [f"1.{p}.m4s" for p in range(PARTS)]
-    assert pl.preload_hint.uri == "3.2.m4s"
+    assert not pl.segments[0].parts and not pl.segments[1].parts
+    assert [p.uri for p in pl.segments[2].parts] == [f"2.{p}.m4s" for p in range(PARTS)]
+    assert pl.preload_hint.uri == "4.2.m4s"
     assert pl.version >= 9
-    # The 180p rendition has finished segment 2 (all 6 parts), 360p is in part 1 of 3.
+    # The 180p rendition has finished MSN 3 (all 6 parts), 360p is in part 1 of MSN 4.
     reports = {r.uri: (r.last_msn, r.last_part) for r in pl.rendition_reports}
-    assert reports == {"../180p/index.m3u8": (2, PARTS - 1)}
+    assert reports == {"../180p/index.m3u8": (3, PARTS - 1)}
     reports = {r.uri: (r.last_msn, r.last_part) for r in parse(s, "180p").rendition_reports}
-    assert reports == {"../360p/index.m3u8": (3, 1)}
-    assert parse(s, "180p").preload_hint.uri == "3.0.m4s"
+    assert reports == {"../360p/index.m3u8": (4, 1)}
+    assert parse(s, "180p").preload_hint.uri == "4.0.m4s"
+
+
+def test_first_segment_lead_lets_players_start_after_three_parts() -> None:
+    """hls.js needs one EXTINF: the run's first segment is listed once 3 parts exist."""
+    s = ll_stream()
+    for p in range(3):
+        feed_part(s, "360p", 0, p)
+    pl = parse(s)
+    assert [seg.uri for seg in pl.segments if seg.uri] == ["0.m4s"]
+    assert pl.segments[0].duration == pytest.approx(1.0) and pl.segments[0].parts[0].independent
+    assert pl.preload_hint.uri == "1.0.m4s"
+    feed_segment(s, "360p", 0)  # the worker's whole first segment: the lead's bytes are not repeated
+    t = s.renditions["360p"]
+    assert t.by_msn[0].data + t.by_msn[1].data == b"".join(f"360p:0.{p};".encode() * 10 for p in range(PARTS))
+    assert [p.uri for p in t.by_msn[1].parts] == ["1.0.m4s", "1.1.m4s", "1.2.m4s"]
+    assert "#EXT-X-INDEPENDENT-SEGMENTS" not in s.master.decode()
+    check_rules(parse(s))
 
 
 def test_delta_update_skips_old_segments() -> None:
@@ -131,24 +150,24 @@ def test_memory_is_bounded_per_rendition() -> None:
         feed_segment(s, "360p", i)
     t = s.renditions["360p"]
     assert len(t.segments) == 6 and len(t.by_msn) == 6
-    assert {k[0] for k in t.parts} <= {37, 38, 39}
+    assert {k[0] for k in t.parts} <= {38, 39, 40}
     assert sum(1 for seg in t.segments if seg.parts) <= 3
     assert list(t.inits) == [1]
 
 
 def test_restart_discontinuity_and_new_init() -> None:
     s = ll_stream()
-    feed_segment(s, "360p", 0)
+    feed_segment(s, "360p", 0)  # MSN 0 (lead) and 1
     feed_part(s, "360p", 1, 0)  # a part of a segment the dying worker never finished
     s.begin_generation()
     s.add_init(InitFrame("360p", "avc1.64001e,mp4a.40.2", b"ftypmoov-restarted"))
-    feed_segment(s, "360p", 0)
+    feed_segment(s, "360p", 0)  # the new run: MSN 2 (lead) and 3
     text = s.renditions["360p"].playlist.decode()
     pl = m3u8.loads(text)
-    assert [x.uri for x in pl.segments if x.uri] == ["0.m4s", "1.m4s"]
-    assert [x.discontinuity for x in pl.segments if x.uri] == [False, True]
+    assert [x.uri for x in pl.segments if x.uri] == ["0.m4s", "1.m4s", "2.m4s", "3.m4s"]
+    assert [x.discontinuity for x in pl.segments if x.uri] == [False, False, True, False]
     assert text.count("#EXT-X-MAP") == 2 and 'URI="init-3.mp4"' in text
-    assert "1.0.m4s" in text and text.index("#EXT-X-DISCONTINUITY") < text.index('init-3.mp4')
+    assert "2.0.m4s" in text and text.index("#EXT-X-DISCONTINUITY") < text.index('init-3.mp4')
     check_rules(pl)
 
 
@@ -175,7 +194,7 @@ def test_reached_follows_parts_and_segments() -> None:
     feed_part(s, "360p", 0, 0)
     assert t.reached(0, 0) and not t.reached(0, 1) and not t.reached(0, None)
     feed_segment(s, "360p", 0)
-    assert t.reached(0, None) and t.reached(0, 99) and not t.reached(1, 0)
+    assert t.reached(0, None) and t.reached(0, 99) and t.reached(1, None) and not t.reached(2, 0)
 
 
 @pytest.mark.parametrize("fmt", ["ts", "fmp4"])

@@ -149,9 +149,13 @@ def media_playlist(
 
 
 def master_playlist(
-    variants: Sequence[VariantRef], audio_codec: str | None, version: int = 3
+    variants: Sequence[VariantRef], audio_codec: str | None, version: int = 3, independent: bool = True
 ) -> str:
-    lines = ["#EXTM3U", f"#EXT-X-VERSION:{version}", "#EXT-X-INDEPENDENT-SEGMENTS"]
+    lines = ["#EXTM3U", f"#EXT-X-VERSION:{version}"]
+    if independent:
+        # §4.4.2.1: every segment starts with a keyframe. Not so for LL-HLS streams,
+        # whose first segment is split into a lead and the rest.
+        lines.append("#EXT-X-INDEPENDENT-SEGMENTS")
     for v in sorted(variants, key=lambda v: -v.bandwidth):
         codecs = v.codecs + (f",{audio_codec}" if audio_codec and audio_codec not in v.codecs else "")
         lines.append(

@@ -15,6 +15,7 @@ init segments those reference.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -40,6 +41,8 @@ from transcode.protocol import InitFrame, PartFrame, SegmentFrame
 log = logging.getLogger(__name__)
 
 AUDIO_CODEC = "mp4a.40.2"
+# Parts in the short lead segment that starts every LL-HLS run (see LiveStream._split).
+LEAD_PARTS = 3
 
 
 @dataclass(slots=True)
@@ -199,6 +202,11 @@ class LiveStream:
         self.segments_total = 0
         self.degradation = 0
         self.dropped_segments = 0
+        # LL-HLS start-up: the first worker segment of every run is listed as two
+        # media segments, a short lead of LEAD_PARTS parts (about PART-HOLD-BACK)
+        # and the rest, so that players (hls.js needs one EXTINF) start from parts
+        # about one second after the publisher, not after a whole segment.
+        self._split = False
         self.fmp4 = config.segment_format == "fmp4"
         self.low_latency = config.low_latency
         self.part_target = math.ceil(config.part_duration * 1000) / 1000
@@ -211,6 +219,7 @@ class LiveStream:
             self._pending_discontinuity = True
             self.generation += 1
         self._base = self._next_msn
+        self._split = self.low_latency
         self._anchor = None
         self.ended = False
         self.ended_at = None
@@ -268,12 +277,26 @@ class LiveStream:
             self._anchor = time.time() - (start + duration)
         return self._anchor + start
 
+    def _msn(self, index: int, part: int | None) -> tuple[int, int | None]:
+        """The media sequence number (and part index) of a worker segment (part)."""
+        if not self._split:
+            return self._base + index, part
+        if index > 0:
+            return self._base + index + 1, part
+        if part is None:  # the whole first segment: what follows its lead
+            return self._base + 1, None
+        if part < LEAD_PARTS:
+            return self._base, part
+        return self._base + 1, part - LEAD_PARTS
+
     def add_part(self, frame: PartFrame) -> Part | None:
         """An LL-HLS part is complete: list it and wake the requests waiting for it."""
         track = self.renditions.get(frame.rendition)
         if track is None:
             return None
-        msn = self._base + frame.index
+        msn, index = self._msn(frame.index, frame.part)
+        assert index is not None
+        frame = dataclasses.replace(frame, part=index)
         if msn <= track.last_msn or (msn, frame.part) <= track.last_part:
             log.warning(
                 "[hls %s] %s part %d.%d out of order; dropped", self.key, frame.rendition, msn, frame.part
@@ -285,7 +308,7 @@ class LiveStream:
             track.building = []
         if not track.building:
             track.building_msn = msn
-            track.building_discontinuity = self._pending_discontinuity and frame.index == 0
+            track.building_discontinuity = self._pending_discontinuity and msn == self._base
             track.building_program_time = self._program_time(frame.start, frame.duration)
         part = Part(msn, frame.part, frame.duration, frame.independent, frame.data)
         track.building.append(part)
@@ -296,6 +319,13 @@ class LiveStream:
             self.part_target = math.ceil(frame.duration * 1000) / 1000
             for t in self.renditions.values():
                 t.invalidate()
+        if self._split and msn == self._base and frame.part == LEAD_PARTS - 1:
+            lead = track.building
+            self._complete(
+                track, msn, sum(p.duration for p in lead), b"".join(p.data for p in lead),
+                track.codecs, frame.start - sum(p.duration for p in lead[:-1]),
+            )
+            return part
         self._changed(track)
         return part
 
@@ -313,9 +343,22 @@ class LiveStream:
                 len(seg.data),
             )
             return None
-        msn = self._base + seg.index
+        msn, _ = self._msn(seg.index, None)
+        data, duration, start = seg.data, seg.duration, seg.start
+        if self._split and seg.index == 0:
+            lead = track.by_msn.get(self._base)
+            if lead is not None and not lead.gap:
+                # The segment is the concatenation of its parts: drop the lead's bytes.
+                data = data[len(lead.data) :]
+                duration = max(0.0, duration - lead.duration)
+                start += lead.duration
+        return self._complete(track, msn, duration, data, seg.codecs, start)
+
+    def _complete(
+        self, track: RenditionTrack, msn: int, duration: float, data: bytes, codecs: str, start: float
+    ) -> Segment | None:
         if track.segments and msn <= track.segments[-1].msn:
-            log.warning("[hls %s] %s segment %d out of order; dropped", self.key, seg.rendition, msn)
+            log.warning("[hls %s] %s segment %d out of order; dropped", self.key, track.name, msn)
             return None
         if track.segments and msn > track.segments[-1].msn + 1:
             # A rung suspended under overload skipped grid slots: list them as
@@ -331,24 +374,27 @@ class LiveStream:
             program_time = track.building_program_time
         else:
             parts = None
-            disc = self._pending_discontinuity and seg.index == 0
-            program_time = self._program_time(seg.start, seg.duration)
+            # The run's first segment carries the discontinuity (the remainder of a
+            # first segment, when its lead never came, is that first segment).
+            first = msn == self._base or (self._split and msn == self._base + 1 and self._base not in track.by_msn)
+            disc = self._pending_discontinuity and first
+            program_time = self._program_time(start, duration)
         track.building = []
         track.building_msn = -1
-        s = Segment(msn, seg.duration, seg.data, disc, seg.start)
+        s = Segment(msn, duration, data, disc, start)
         s.init_id = track.init_id if self.fmp4 else None
         s.program_time = program_time
         s.parts = parts
         s.uri = self._segment_uri(msn)
         track.segments.append(s)
         track.by_msn[msn] = s
-        track.bytes_stored += len(seg.data)
+        track.bytes_stored += len(data)
         track.last_msn = msn
         track.last_part = max(track.last_part, (msn, len(parts) - 1 if parts else -1))
-        if seg.duration > 0:
-            track.peak_bps = max(track.peak_bps, len(seg.data) * 8 / seg.duration)
-        changed_codecs = track.codecs != seg.codecs
-        track.codecs = seg.codecs
+        if duration > 0:
+            track.peak_bps = max(track.peak_bps, len(data) * 8 / duration)
+        changed_codecs = track.codecs != codecs
+        track.codecs = codecs
         self._evict(track)
         if msn + 1 > self._next_msn:
             self._next_msn = msn + 1
@@ -499,7 +545,9 @@ class LiveStream:
     def _render_master(self) -> None:
         variants = [t.variant() for t in self.renditions.values()]
         version = 7 if self.fmp4 else 3
-        self.master = master_playlist(variants, AUDIO_CODEC if self.audio else None, version).encode()
+        self.master = master_playlist(
+            variants, AUDIO_CODEC if self.audio else None, version, independent=not self.low_latency
+        ).encode()
 
     # -- read side ---------------------------------------------------------------------
 
