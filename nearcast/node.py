@@ -20,7 +20,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from distribute.api import create_api
-from distribute.hls.store import LiveStream, Store
+from distribute.hls.store import LiveStream, RenditionTrack, Segment, Store
 from distribute.fastpath import media_protocol
 from distribute.http import MediaApp, MediaMetrics
 from distribute.record import Recorder, RecordMetrics, StreamRecorder
@@ -45,15 +45,19 @@ class _StoreSink:
         self.node = node
         self.stream = stream
         self.key = str(stream.key)
+        if node.recorder is not None:
+            stream.on_complete = self._completed
 
     def on_renditions(self, info: dict[str, Any]) -> None:
         self.stream.set_renditions(info)
 
     def on_segment(self, segment: SegmentFrame) -> None:
-        stored = self.stream.add_segment(segment)
+        self.stream.add_segment(segment)
         self.node.tmetrics.segments.inc()
-        if stored is not None and not stored.gap:
-            self._record_segment(segment.rendition, stored.data, stored.duration)
+
+    def _completed(self, track: RenditionTrack, segment: Segment) -> None:
+        """Every complete segment the store lists (an LL-HLS lead segment included)."""
+        self._record_segment(track.name, segment.data, segment.duration)
 
     def on_init(self, init: InitFrame) -> None:
         self.stream.add_init(init)

@@ -207,6 +207,8 @@ class LiveStream:
         # and the rest, so that players (hls.js needs one EXTINF) start from parts
         # about one second after the publisher, not after a whole segment.
         self._split = False
+        # Called with every complete (non-gap) segment as it is stored (recording).
+        self.on_complete: Callable[[RenditionTrack, Segment], None] | None = None
         self.fmp4 = config.segment_format == "fmp4"
         self.low_latency = config.low_latency
         self.part_target = math.ceil(config.part_duration * 1000) / 1000
@@ -406,6 +408,11 @@ class LiveStream:
         self._changed(track)
         if changed_codecs or not self.master or track.peak_bps > track.variant().bandwidth:
             self._render_master()
+        if self.on_complete is not None:
+            try:
+                self.on_complete(track, s)
+            except Exception:
+                log.exception("[hls %s] segment listener failed", self.key)
         return s
 
     def _segment_uri(self, msn: int) -> str:
