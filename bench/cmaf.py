@@ -65,10 +65,12 @@ def _video_track(init: bytes) -> tuple[int, int]:
                     version = init[b3]
                     tid = struct.unpack_from(">I", init, b3 + (20 if version == 1 else 12))[0]
                 elif t3 == "mdia":
-                    for t4, b4, e4 in _boxes(init, b3, e3):
+                    for t4, b4, _e4 in _boxes(init, b3, e3):
                         if t4 == "mdhd":
                             version = init[b4]
-                            timescale = struct.unpack_from(">I", init, b4 + (20 if version == 1 else 12))[0]
+                            timescale = struct.unpack_from(
+                                ">I", init, b4 + (20 if version == 1 else 12)
+                            )[0]
                         elif t4 == "hdlr":
                             is_video = init[b4 + 8 : b4 + 12] == b"vide"
             if is_video:
@@ -106,7 +108,11 @@ def cmaf(source: str = str(SMALL), part: float = 1 / 3, segment: float = 2.0) ->
             "frag_duration": str(int(part * 1_000_000)),
         },
     )
-    mapping = {s.index: out.add_stream_from_template(s) for s in src.streams if s.type in ("video", "audio")}
+    mapping = {
+        s.index: out.add_stream_from_template(s)
+        for s in src.streams
+        if s.type in ("video", "audio")
+    }
     for pkt in src.demux():
         if pkt.dts is None or pkt.stream.index not in mapping:
             continue
@@ -121,7 +127,8 @@ def cmaf(source: str = str(SMALL), part: float = 1 / 3, segment: float = 2.0) ->
     init = data[: boxes[first_moof][1] - 8]
     track_id, timescale = _video_track(init)
     frags: list[tuple[float, bytes]] = []
-    for (typ, body, end), nxt in zip(boxes[first_moof:], boxes[first_moof + 1 :] + [("", 0, 0)]):
+    following = [*boxes[first_moof + 1 :], ("", 0, 0)]
+    for (typ, body, end), nxt in zip(boxes[first_moof:], following, strict=True):
         if typ != "moof":
             continue
         dts = _tfdt(data, body, end, track_id)

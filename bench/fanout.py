@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import re
 import resource
 import shutil
@@ -70,8 +69,8 @@ def serve(port: int, snapshot: Path) -> None:
 
     from bench.cmaf import cmaf
     from distribute.config import HlsConfig
-    from distribute.hls.store import Store
     from distribute.fastpath import media_protocol
+    from distribute.hls.store import Store
     from distribute.http import MediaApp, MediaMetrics
     from media import StreamKey
     from transcode.protocol import InitFrame, PartFrame, SegmentFrame
@@ -82,7 +81,9 @@ def serve(port: int, snapshot: Path) -> None:
     store = Store(HlsConfig(segment_format="fmp4", low_latency=True, part_duration=0.334, window=6))
 
     async def fallback(scope, receive, send):  # type: ignore[no-untyped-def]
-        await send({"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"0")]})
+        await send(
+            {"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"0")]}
+        )
         await send({"type": "http.response.body", "body": b""})
 
     app = MediaApp(store, fallback, MediaMetrics(CollectorRegistry()))
@@ -92,8 +93,15 @@ def serve(port: int, snapshot: Path) -> None:
         {
             "audio": True,
             "renditions": [
-                {"name": RENDITION, "width": 1280, "height": 720, "fps": 30.0,
-                 "video_bitrate": 2_800_000, "maxrate": 2_800_000, "audio_bitrate": 128_000}
+                {
+                    "name": RENDITION,
+                    "width": 1280,
+                    "height": 720,
+                    "fps": 30.0,
+                    "video_bitrate": 2_800_000,
+                    "maxrate": 2_800_000,
+                    "audio_bitrate": 128_000,
+                }
             ],
         }
     )
@@ -102,12 +110,26 @@ def serve(port: int, snapshot: Path) -> None:
 
     def feed_part(index: int, part: int) -> None:
         f = segs[index % len(segs)][part]
-        stream.add_part(PartFrame(RENDITION, index, part, index * 2.0 + f.start % 2.0, f.duration, f.independent, f.data))
+        stream.add_part(
+            PartFrame(
+                RENDITION,
+                index,
+                part,
+                index * 2.0 + f.start % 2.0,
+                f.duration,
+                f.independent,
+                f.data,
+            )
+        )
 
     def feed_segment(index: int) -> None:
         frags = segs[index % len(segs)]
         data = b"".join(f.data for f in frags)
-        stream.add_segment(SegmentFrame(RENDITION, index, index * 2.0, sum(f.duration for f in frags), codecs, data))
+        stream.add_segment(
+            SegmentFrame(
+                RENDITION, index, index * 2.0, sum(f.duration for f in frags), codecs, data
+            )
+        )
 
     # Warm up: a few complete segments, so the playlist has its steady-state size.
     for i in range(4):
@@ -145,9 +167,16 @@ def serve(port: int, snapshot: Path) -> None:
         sock.bind(("127.0.0.1", port))
         sock.listen(4096)
         server = uvicorn.Server(
-            uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
-                           http=media_protocol(app), loop="uvloop", backlog=4096,
-                           timeout_keep_alive=60)
+            uvicorn.Config(
+                app,
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+                http=media_protocol(app),
+                loop="uvloop",
+                backlog=4096,
+                timeout_keep_alive=60,
+            )
         )
         task = asyncio.create_task(feeder())
         print("READY", flush=True)
@@ -221,8 +250,17 @@ _UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
 
 def wrk(url: str, seconds: float, threads: int, connections: int) -> dict[str, float]:
     out = subprocess.run(
-        ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", url],
-        capture_output=True, text=True, check=True,
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     m = re.search(r"Transfer/sec:\s+([\d.]+)(\w+)", out)
@@ -242,61 +280,94 @@ def wrk(url: str, seconds: float, threads: int, connections: int) -> dict[str, f
 HINT = re.compile(rb'PRELOAD-HINT:TYPE=PART,URI="(\d+)\.(\d+)\.m4s"')
 
 
-async def viewer(
-    port: int, stop: float, log: list[tuple[int, int, float, float]], errors: list[str]
-) -> None:
-    """One LL-HLS client: blocking playlist reload for the hinted part, over and over."""
-    try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    except OSError as exc:
-        errors.append(f"connect: {exc}")
-        return
+class Viewer(asyncio.Protocol):
+    """One LL-HLS client on one keep-alive connection: blocking playlist reload for the
+    part its last playlist hinted, over and over (what hls.js does in low-latency mode)."""
 
-    async def get(path: str) -> tuple[int, bytes]:
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
-        head = await reader.readuntil(b"\r\n\r\n")
-        status = int(head.split(b" ", 2)[1])
-        length = 0
-        for line in head.split(b"\r\n"):
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        body = await reader.readexactly(length)
-        return status, body
+    def __init__(
+        self,
+        stop: float,
+        log: list[tuple[int, int, float, float]],
+        errors: list[str],
+        done: asyncio.Future[None],
+    ) -> None:
+        self.stop, self.log, self.errors, self.done = stop, log, errors, done
+        self.buf = b""
+        self.want: tuple[int, int] | None = None
+        self.sent = 0.0
 
-    try:
-        status, body = await get(f"{BASE}/index.m3u8")
-        while time.time() < stop:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(f"GET {BASE}/index.m3u8 HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+
+    def data_received(self, data: bytes) -> None:
+        got = time.time()
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buf[:end]
+            i = head.find(b"content-length: ")
+            eol = head.find(b"\r", i)
+            length = int(head[i + 16 : eol if eol >= 0 else len(head)]) if i >= 0 else 0
+            if len(self.buf) < end + 4 + length:
+                return
+            body = self.buf[end + 4 : end + 4 + length]
+            self.buf = self.buf[end + 4 + length :]
+            if not head.startswith(b"HTTP/1.1 200"):
+                self.fail(head.split(b"\r\n")[0].decode())
+                return
+            if self.want is not None:
+                self.log.append((self.want[0], self.want[1], self.sent, got))
             m = HINT.search(body)
             if m is None:
-                errors.append(f"no preload hint (status {status})")
+                self.fail("no preload hint")
                 return
-            msn, part = int(m.group(1)), int(m.group(2))
-            sent = time.time()
-            status, body = await get(f"{BASE}/index.m3u8?_HLS_msn={msn}&_HLS_part={part}")
-            got = time.time()
-            if status != 200:
-                errors.append(f"status {status}")
+            if got >= self.stop:
+                self.transport.close()
                 return
-            log.append((msn, part, sent, got))
-    except (OSError, asyncio.IncompleteReadError) as exc:
-        errors.append(f"{type(exc).__name__}: {exc}")
-    finally:
-        writer.close()
+            self.want = (int(m.group(1)), int(m.group(2)))
+            self.sent = time.time()
+            self.transport.write(
+                f"GET {BASE}/index.m3u8?_HLS_msn={self.want[0]}&_HLS_part={self.want[1]} "
+                "HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+            )
+
+    def fail(self, why: str) -> None:
+        self.errors.append(why)
+        self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
 
 
-async def viewers(port: int, count: int, seconds: float) -> tuple[list[tuple[int, int, float, float]], list[str], int]:
+async def viewers(
+    port: int, count: int, seconds: float
+) -> tuple[list[tuple[int, int, float, float]], list[str], int]:
+    loop = asyncio.get_running_loop()
     log: list[tuple[int, int, float, float]] = []
     errors: list[str] = []
     stop = time.time() + seconds
-    tasks = []
+    waits = []
     for _ in range(count):
-        tasks.append(asyncio.create_task(viewer(port, stop, log, errors)))
-        await asyncio.sleep(0)  # let connects spread a little
-    await asyncio.gather(*tasks)
-    return log, errors, count
+        done: asyncio.Future[None] = loop.create_future()
+        try:
+            await loop.create_connection(
+                lambda d=done: Viewer(stop, log, errors, d), "127.0.0.1", port
+            )
+        except OSError as exc:
+            errors.append(f"connect: {exc}")
+            continue
+        waits.append(done)
+    await asyncio.wait_for(asyncio.gather(*waits), seconds + 30)
+    return log, errors, len(waits)
 
 
-def analyse(log: list[tuple[int, int, float, float]], parts: dict[tuple[int, int], float], warmup: float) -> dict[str, float]:
+def analyse(
+    log: list[tuple[int, int, float, float]], parts: dict[tuple[int, int], float], warmup: float
+) -> dict[str, float]:
     delays: list[float] = []
     held_at: dict[tuple[int, int], int] = {}
     t_start = min((s for _, _, s, _ in log), default=0.0) + warmup
@@ -350,7 +421,8 @@ def main() -> None:
     nc_port, ng_port = free_port(), free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "bench.fanout", "--serve", str(nc_port), "--snapshot", str(snap)],
-        stdout=subprocess.PIPE, cwd=ROOT,
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
     )
     nginx = None
     parts: dict[tuple[int, int], float] = {}
@@ -384,20 +456,31 @@ def main() -> None:
                 # The newest part: it stays listed and served for more than 6 s.
                 newest = max(parts) if parts else (3, 2)
                 nc_path, ng_path = f"{BASE}/{newest[0]}.{newest[1]}.m4s", f"{BASE}/part.m4s"
-            nc = wrk(f"http://127.0.0.1:{nc_port}{nc_path}", args.seconds, args.threads, args.connections)
-            ng = wrk(f"http://127.0.0.1:{ng_port}{ng_path}", args.seconds, args.threads, args.connections)
+            nc = wrk(
+                f"http://127.0.0.1:{nc_port}{nc_path}", args.seconds, args.threads, args.connections
+            )
+            ng = wrk(
+                f"http://127.0.0.1:{ng_port}{ng_path}", args.seconds, args.threads, args.connections
+            )
             results[kind] = {
-                "nearcast_rps": round(nc["rps"]), "nginx_rps": round(ng["rps"]),
-                "nearcast_MBps": round(nc["mbps"], 1), "nginx_MBps": round(ng["mbps"], 1),
+                "nearcast_rps": round(nc["rps"]),
+                "nginx_rps": round(ng["rps"]),
+                "nearcast_MBps": round(nc["mbps"], 1),
+                "nginx_MBps": round(ng["mbps"], 1),
                 "rps_ratio": round(nc["rps"] / ng["rps"], 3) if ng["rps"] else 0.0,
                 "bytes_ratio": round(nc["mbps"] / ng["mbps"], 3) if ng["mbps"] else 0.0,
-                "nearcast_errors": nc["non2xx"], "nginx_errors": ng["non2xx"],
+                "nearcast_errors": nc["non2xx"],
+                "nginx_errors": ng["non2xx"],
             }
             rows.append((kind, results[kind]))
             if nc["non2xx"] or ng["non2xx"]:
-                raise RuntimeError(f"{kind}: error responses (nearcast {nc['non2xx']}, nginx {ng['non2xx']})")
+                raise RuntimeError(
+                    f"{kind}: error responses (nearcast {nc['non2xx']}, nginx {ng['non2xx']})"
+                )
 
-        log, errors, count = asyncio.run(viewers(nc_port, args.viewers, args.viewer_seconds))
+        import uvloop
+
+        log, errors, count = uvloop.run(viewers(nc_port, args.viewers, args.viewer_seconds))
         time.sleep(0.5)
         ll = analyse(log, dict(parts), warmup=2.0)
         ll["viewers"] = count
@@ -410,15 +493,21 @@ def main() -> None:
         server.wait(10)
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"{'what':<10} {'nearcast req/s':>15} {'nginx req/s':>12} {'ratio':>6} "
-          f"{'nearcast MB/s':>14} {'nginx MB/s':>11} {'ratio':>6}")
-    for kind, r in rows:
-        print(f"{kind:<10} {r['nearcast_rps']:>15} {r['nginx_rps']:>12} {r['rps_ratio']:>6.2f} "
-              f"{r['nearcast_MBps']:>14} {r['nginx_MBps']:>11} {r['bytes_ratio']:>6.2f}")
     print(
-        f"LL-HLS: {ll['viewers']} viewers, held per part median {ll['held_median']} max {ll['held_max']}"
-        f" over {ll['parts_measured']} parts; part complete -> delivered p50 {ll['delay_p50_ms']} ms,"
-        f" p99 {ll['delay_p99_ms']} ms, max {ll['delay_max_ms']} ms; viewer errors {ll['viewer_errors']}"
+        f"{'what':<10} {'nearcast req/s':>15} {'nginx req/s':>12} {'ratio':>6} "
+        f"{'nearcast MB/s':>14} {'nginx MB/s':>11} {'ratio':>6}"
+    )
+    for kind, r in rows:
+        print(
+            f"{kind:<10} {r['nearcast_rps']:>15} {r['nginx_rps']:>12} {r['rps_ratio']:>6.2f} "
+            f"{r['nearcast_MBps']:>14} {r['nginx_MBps']:>11} {r['bytes_ratio']:>6.2f}"
+        )
+    print(
+        f"LL-HLS: {ll['viewers']} viewers, held per part median {ll['held_median']}"
+        f" max {ll['held_max']} over {ll['parts_measured']} parts;"
+        f" part complete -> delivered p50 {ll['delay_p50_ms']} ms,"
+        f" p99 {ll['delay_p99_ms']} ms, max {ll['delay_max_ms']} ms;"
+        f" viewer errors {ll['viewer_errors']}"
         + (f" (first: {errors[0]})" if errors else "")
     )
     figures = {

@@ -32,8 +32,10 @@ STATUS_200 = b"HTTP/1.1 200 OK\r\n"
 SEND_BUFFER = 4 * 1024 * 1024
 _ERRORS = {
     404: (b"HTTP/1.1 404 Not Found\r\n", b"the hinted part was not produced\n"),
-    503: (b"HTTP/1.1 503 Service Unavailable\r\n",
-          b"the requested part did not appear within three target durations\n"),
+    503: (
+        b"HTTP/1.1 503 Service Unavailable\r\n",
+        b"the requested part did not appear within three target durations\n",
+    ),
 }
 
 
@@ -75,7 +77,7 @@ def media_protocol(media: MediaApp) -> type[asyncio.Protocol] | str:
 
     cors = b"".join(k + b": " + v + b"\r\n" for k, v in media._cors)
 
-    class MediaHttpProtocol(HttpToolsProtocol):  # type: ignore[misc,valid-type]
+    class MediaHttpProtocol(HttpToolsProtocol):
         _date_src: Any = None
         _date_block = b""
 
@@ -103,7 +105,7 @@ def media_protocol(media: MediaApp) -> type[asyncio.Protocol] | str:
                 hit = media.fast(self.url, self.headers)
                 if type(hit) is tuple:
                     self._write(STATUS_200, hit[0], hit[1], False)
-                    self.cycle = _ANSWERED
+                    self.cycle = _ANSWERED  # type: ignore[assignment]
                     self.on_response_complete()
                     return
                 if hit is not None:
@@ -119,10 +121,14 @@ def media_protocol(media: MediaApp) -> type[asyncio.Protocol] | str:
                 cls._date_block = b"".join(k + b": " + v + b"\r\n" for k, v in defaults)
             if chunked:
                 # Sent the moment it exists, as it is produced: chunked transfer.
-                head = b"".join((status, cls._date_block, block, b"transfer-encoding: chunked\r\n\r\n"))
+                head = b"".join(
+                    (status, cls._date_block, block, b"transfer-encoding: chunked\r\n\r\n")
+                )
                 self.transport.writelines((head, b"%x\r\n" % len(body), body, b"\r\n0\r\n\r\n"))
                 return
-            head = b"".join((status, cls._date_block, block, b"content-length: %d\r\n\r\n" % len(body)))
+            head = b"".join(
+                (status, cls._date_block, block, b"content-length: %d\r\n\r\n" % len(body))
+            )
             # One write (one send syscall) per response: small bodies are copied
             # behind the head, large ones go out as one vectored write.
             if len(body) <= 65536:
@@ -133,7 +139,7 @@ def media_protocol(media: MediaApp) -> type[asyncio.Protocol] | str:
         def _hold(self, hold: Hold) -> None:
             """Wait in the rendition's waiter list: no task, answered from the store's notify."""
             cycle = _Held()
-            self.cycle = cycle
+            self.cycle = cycle  # type: ignore[assignment]
             metrics = media.metrics
             metrics.held.inc()
             transport = self.transport
@@ -161,7 +167,10 @@ def media_protocol(media: MediaApp) -> type[asyncio.Protocol] | str:
                 got = hold.answer()
                 if got is None:
                     line, body = _ERRORS[404]
-                    block = b"content-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n" + cors
+                    block = (
+                        b"content-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n"
+                        + cors
+                    )
                     self._write(line, block, body, False)
                     metrics.count(hold.kind, 404)
                 else:
@@ -182,7 +191,9 @@ def media_protocol(media: MediaApp) -> type[asyncio.Protocol] | str:
                 if transport.is_closing():
                     return
                 line, body = _ERRORS[503]
-                block = b"content-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n" + cors
+                block = (
+                    b"content-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n" + cors
+                )
                 self._write(line, block, body, False)
                 metrics.count(hold.kind, 503)
                 finish()

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Gauge
@@ -158,6 +158,10 @@ def parse_range(header: bytes, size: int) -> tuple[int, int] | None:
     return first, min(last, size - 1)
 
 
+def _lines(headers: Headers) -> bytes:
+    return b"".join(k + b": " + v + b"\r\n" for k, v in headers)
+
+
 def _query(qs: bytes) -> dict[bytes, bytes]:
     out: dict[bytes, bytes] = {}
     for item in qs.split(b"&"):
@@ -205,14 +209,23 @@ class MediaApp:
         self._h_init = h(INIT_TYPE, SEGMENT_CACHE, True)
         self._h_part = h(FMP4_TYPE, part_cache, True)
         # The same header sets as raw HTTP/1.1 header lines, for the fast path.
-        for name in ("live", "ended", "ll", "blocking", "ts", "m4s", "part"):
-            lines = getattr(self, f"_h_{name}")
-            setattr(self, f"_b_{name}", b"".join(k + b": " + v + b"\r\n" for k, v in lines))
+        self._b_live = _lines(self._h_live)
+        self._b_ended = _lines(self._h_ended)
+        self._b_ll = _lines(self._h_ll)
+        self._b_blocking = _lines(self._h_blocking)
+        self._b_ts = _lines(self._h_ts)
+        self._b_m4s = _lines(self._h_m4s)
+        self._b_part = _lines(self._h_part)
 
     # -- fast path (see distribute.fastpath) ----------------------------------------------
 
     def _hold_playlist(
-        self, stream: LiveStream, track: RenditionTrack, q: dict[bytes, bytes], msn: int, part: int | None
+        self,
+        stream: LiveStream,
+        track: RenditionTrack,
+        q: dict[bytes, bytes],
+        msn: int,
+        part: int | None,
     ) -> Hold | None:
         last = max(track.last_msn, track.building_msn if track.building else -1)
         per_segment = int(stream.config.segment_duration / stream.config.part_duration) + 2
@@ -241,9 +254,13 @@ class MediaApp:
 
         return Hold(track, ready, answer, 3 * stream.config.segment_duration, "playlist")
 
-    def _hold_part(self, stream: LiveStream, track: RenditionTrack, msn: int, index: int) -> Hold | None:
+    def _hold_part(
+        self, stream: LiveStream, track: RenditionTrack, msn: int, index: int
+    ) -> Hold | None:
         last_msn, last_part = track.last_part
-        ahead = msn > max(track.last_msn, last_msn) + 1 or (msn == last_msn and index > last_part + 3)
+        ahead = msn > max(track.last_msn, last_msn) + 1 or (
+            msn == last_msn and index > last_part + 3
+        )
         if stream.ended or msn <= track.last_msn or ahead or index < 0:
             return None  # the ASGI path answers 404
         key = (msn, index)
@@ -383,7 +400,9 @@ class MediaApp:
         if stream is None or not stream.master:
             await self._error(send, "master", 404, b"no such stream\n")
             return
-        await self._body(scope, send, "master", stream.master, self._h_ended if stream.ended else self._h_live)
+        await self._body(
+            scope, send, "master", stream.master, self._h_ended if stream.ended else self._h_live
+        )
 
     async def _media(
         self, scope: Scope, send: Send, tenant: str, name: str, rendition: str, file: str
@@ -530,7 +549,9 @@ class MediaApp:
             # The preload-hinted part (or one just after it): hold the request
             # until the part exists (§6.2.6), unless it can no longer appear.
             last_msn, last_part = track.last_part
-            ahead = msn > max(track.last_msn, last_msn) + 1 or (msn == last_msn and index > last_part + 3)
+            ahead = msn > max(track.last_msn, last_msn) + 1 or (
+                msn == last_msn and index > last_part + 3
+            )
             if stream.ended or msn <= track.last_msn or ahead or index < 0:
                 await self._error(send, "part", 404, b"no such part\n")
                 return
@@ -544,7 +565,9 @@ class MediaApp:
                 await self._error(send, "part", 404, b"the hinted part was not produced\n")
                 return
             # Sent as it became available: chunked transfer, no Content-Length.
-            await self._body(scope, send, "part", part.data, self._h_part, ranges=True, chunked=True)
+            await self._body(
+                scope, send, "part", part.data, self._h_part, ranges=True, chunked=True
+            )
             return
         await self._body(scope, send, "part", part.data, self._h_part, ranges=True)
 
@@ -561,7 +584,13 @@ class MediaApp:
         if ctype == PLAYLIST_TYPE:
             await self._body(scope, send, "vod", data, self._h_vod_pl)
         else:
-            headers = self._h_init if file.startswith("init-") else self._h_ts if ctype == SEGMENT_TYPE else self._h_m4s
+            headers = (
+                self._h_init
+                if file.startswith("init-")
+                else self._h_ts
+                if ctype == SEGMENT_TYPE
+                else self._h_m4s
+            )
             await self._body(scope, send, "vod", data, headers, ranges=True)
 
     # -- responses ---------------------------------------------------------------------
@@ -591,7 +620,9 @@ class MediaApp:
             await send({"type": "http.response.body", "body": b""})
             self.metrics.count(kind, 204)
             return True
-        await self._error(send, kind, 405, b"method not allowed\n", [(b"allow", b"GET, HEAD, OPTIONS")])
+        await self._error(
+            send, kind, 405, b"method not allowed\n", [(b"allow", b"GET, HEAD, OPTIONS")]
+        )
         return True
 
     async def _body(
@@ -613,7 +644,10 @@ class MediaApp:
                         r = parse_range(v, len(body))
                     except BadRange:
                         await self._error(
-                            send, kind, 416, b"range not satisfiable\n",
+                            send,
+                            kind,
+                            416,
+                            b"range not satisfiable\n",
                             [(b"content-range", f"bytes */{len(body)}".encode())],
                         )
                         return

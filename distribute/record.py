@@ -134,7 +134,9 @@ def _parse_playlist(text: str) -> list[_Entry]:
 class Recording:
     """One stream's recording. Every method does blocking I/O: call it on the writer thread."""
 
-    def __init__(self, root: Path, tenant: str, stream: str, config: RecordConfig, recorder: Recorder):
+    def __init__(
+        self, root: Path, tenant: str, stream: str, config: RecordConfig, recorder: Recorder
+    ):
         self.tenant = tenant
         self.path = root / tenant / stream
         self.config = config
@@ -149,7 +151,9 @@ class Recording:
         r = _Rendition(path)
         playlist = path / "index.m3u8"
         if playlist.exists():
-            r.entries = [e for e in _parse_playlist(playlist.read_text()) if (path / e.file).exists()]
+            r.entries = [
+                e for e in _parse_playlist(playlist.read_text()) if (path / e.file).exists()
+            ]
         listed = {e.file for e in r.entries}
         inits = sorted(int(m.group(1)) for p in path.iterdir() if (m := INIT_NAME.match(p.name)))
         if inits:
@@ -225,12 +229,16 @@ class Recording:
         """Write one complete segment and the playlist that lists it; returns its file name."""
         r = self.rendition(name, variant)
         if fmp4 and r.map_uri is None:
-            raise RecordError(f"{self.tenant}/{self.path.name}/{name}: fMP4 segment before its init segment")
+            raise RecordError(
+                f"{self.tenant}/{self.path.name}/{name}: fMP4 segment before its init segment"
+            )
         self.recorder.reserve(self.tenant, len(data))
         file = f"{r.next_seq:06d}-{round(duration * 1000)}.{'m4s' if fmp4 else 'ts'}"
         write_atomic(r.path / file, data, self.config.fsync)
         r.next_seq += 1
-        r.entries.append(_Entry(file, duration, r.pending_discontinuity, r.map_uri if fmp4 else None))
+        r.entries.append(
+            _Entry(file, duration, r.pending_discontinuity, r.map_uri if fmp4 else None)
+        )
         r.pending_discontinuity = False
         write_atomic(r.path / "index.m3u8", self._playlist(r, ended=False), self.config.fsync)
         return file
@@ -239,7 +247,9 @@ class Recording:
         """The stream ended (or the node restarted): every playlist becomes VOD with ENDLIST."""
         for r in self.renditions.values():
             if r.entries:
-                write_atomic(r.path / "index.m3u8", self._playlist(r, ended=True), self.config.fsync)
+                write_atomic(
+                    r.path / "index.m3u8", self._playlist(r, ended=True), self.config.fsync
+                )
             r.ended = True
         if not (self.path / "index.m3u8").exists():
             # Recovered without a master (crash before the first one was written).
@@ -250,7 +260,9 @@ class Recording:
                 lines = ["#EXTM3U", "#EXT-X-VERSION:7"]
                 for v in self.variants.values():
                     lines += [f"#EXT-X-STREAM-INF:BANDWIDTH={v.bandwidth}", v.uri]
-                write_atomic(self.path / "index.m3u8", ("\n".join(lines) + "\n").encode(), self.config.fsync)
+                write_atomic(
+                    self.path / "index.m3u8", ("\n".join(lines) + "\n").encode(), self.config.fsync
+                )
 
 
 class Recorder:
@@ -272,12 +284,18 @@ class Recorder:
         """Close every recording left on disk (a crash, a restart). Blocking; returns how many."""
         self.root.mkdir(parents=True, exist_ok=True)
         self._used = sum(
-            p.stat().st_size for p in self.root.rglob("*") if p.is_file() and not p.name.startswith(".")
+            p.stat().st_size
+            for p in self.root.rglob("*")
+            if p.is_file() and not p.name.startswith(".")
         )
         self.metrics.bytes.set(self._used)
         n = 0
-        for tenant_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and NAME.match(p.name)):
-            for stream_dir in sorted(p for p in tenant_dir.iterdir() if p.is_dir() and NAME.match(p.name)):
+        for tenant_dir in sorted(
+            p for p in self.root.iterdir() if p.is_dir() and NAME.match(p.name)
+        ):
+            for stream_dir in sorted(
+                p for p in tenant_dir.iterdir() if p.is_dir() and NAME.match(p.name)
+            ):
                 rec = Recording(self.root, tenant_dir.name, stream_dir.name, self.config, self)
                 rec.finish()
                 self.recordings[(tenant_dir.name, stream_dir.name)] = rec
@@ -302,7 +320,9 @@ class Recorder:
     def get(self, tenant: str, stream: str) -> Recording:
         rec = self.recordings.get((tenant, stream))
         if rec is None:
-            rec = self.recordings[(tenant, stream)] = Recording(self.root, tenant, stream, self.config, self)
+            rec = self.recordings[(tenant, stream)] = Recording(
+                self.root, tenant, stream, self.config, self
+            )
         return rec
 
     # -- live side: called on the event loop, written on the writer thread -------------
@@ -335,10 +355,26 @@ class Recorder:
         self.submit(tenant, stream, f"{rendition} init", "write_init", rendition, data)
 
     def segment(
-        self, tenant: str, stream: str, rendition: str, data: bytes, duration: float, fmp4: bool,
+        self,
+        tenant: str,
+        stream: str,
+        rendition: str,
+        data: bytes,
+        duration: float,
+        fmp4: bool,
         variant: VariantRef | None = None,
     ) -> None:
-        self.submit(tenant, stream, f"{rendition} segment", "write_segment", rendition, data, duration, fmp4, variant)
+        self.submit(
+            tenant,
+            stream,
+            f"{rendition} segment",
+            "write_segment",
+            rendition,
+            data,
+            duration,
+            fmp4,
+            variant,
+        )
 
     def end(self, tenant: str, stream: str) -> None:
         self.submit(tenant, stream, "end", "finish")

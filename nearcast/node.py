@@ -72,7 +72,8 @@ class _StoreSink:
             return None
         rec = getattr(self, "_rec", None)
         if rec is None:
-            rec = self._rec = StreamRecorder(self.node.recorder, self.stream.key.tenant, self.stream.key.stream)
+            key = self.stream.key
+            rec = self._rec = StreamRecorder(self.node.recorder, key.tenant, key.stream)
         return rec
 
     def _sizes(self) -> dict[str, int]:

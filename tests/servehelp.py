@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry
 
 from distribute.api import find_hlsjs
 from distribute.config import HlsConfig
-from distribute.hls.store import LiveStream, Store
 from distribute.fastpath import media_protocol
+from distribute.hls.store import LiveStream, Store
 from distribute.http import MediaApp, MediaMetrics
 from media import StreamKey
 
@@ -25,8 +25,15 @@ INFO = {
     "source": {"width": 640, "height": 360, "fps": 30.0},
     "audio": True,
     "renditions": [
-        {"name": n, "width": w, "height": h, "fps": 30.0, "video_bitrate": b, "maxrate": b,
-         "audio_bitrate": 128000}
+        {
+            "name": n,
+            "width": w,
+            "height": h,
+            "fps": 30.0,
+            "video_bitrate": b,
+            "maxrate": b,
+            "audio_bitrate": 128000,
+        }
         for n, w, h, b in (("360p", 640, 360, 700_000), ("180p", 320, 180, 200_000))
     ],
 }
@@ -42,8 +49,13 @@ async def _static(scope: dict[str, Any], receive: Any, send: Any) -> None:
             body, ctype, status = js.read_bytes(), b"text/javascript", 200
     elif path in PAGES:
         body, ctype, status = PAGES[path], b"text/html", 200
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -62,7 +74,10 @@ class MediaServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(
             uvicorn.Config(
-                self.app, http=media_protocol(self.app), log_level="warning", lifespan="off",
+                self.app,
+                http=media_protocol(self.app),
+                log_level="warning",
+                lifespan="off",
                 access_log=False,
             )
         )

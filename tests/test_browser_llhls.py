@@ -23,7 +23,10 @@ window.state = {playingAt: null, fatal: null, errors: []};
 const video = document.querySelector('video');
 video.addEventListener('playing', () => { if (!state.playingAt) state.playingAt = Date.now(); });
 const hls = new Hls({lowLatencyMode: true, backBufferLength: 10});
-hls.on(Hls.Events.ERROR, (_, d) => { state.errors.push(d.details); if (d.fatal) state.fatal = d.details; });
+hls.on(Hls.Events.ERROR, (_, d) => {
+  state.errors.push(d.details);
+  if (d.fatal) state.fatal = d.details;
+});
 hls.loadSource('/live/s/360p/index.m3u8');
 hls.attachMedia(video);
 window.hls = hls;
@@ -33,7 +36,9 @@ window.hls = hls;
 @pytest.fixture
 def server() -> Iterator[MediaServer]:
     srv = MediaServer(
-        HlsConfig(segment_format="fmp4", low_latency=True, part_duration=0.334, segment_duration=2.0)
+        HlsConfig(
+            segment_format="fmp4", low_latency=True, part_duration=0.334, segment_duration=2.0
+        )
     )
     try:
         yield srv
@@ -51,7 +56,9 @@ def test_hlsjs_low_latency_starts_from_parts(server: MediaServer) -> None:
 
     def part(i: int, p: int) -> None:
         f = media.segments[i][p]
-        server.call(lambda: s.add_part(PartFrame(name, i, p, f.start, f.duration, f.independent, f.data)))
+        server.call(
+            lambda: s.add_part(PartFrame(name, i, p, f.start, f.duration, f.independent, f.data))
+        )
 
     server.call(lambda: s.add_init(InitFrame(name, media.codecs, media.init)))
     part(0, 0)  # the playlist exists, with one part and no complete segment
@@ -69,7 +76,11 @@ def test_hlsjs_low_latency_starts_from_parts(server: MediaServer) -> None:
                     return
                 part(i, p)
             data = b"".join(f.data for f in frags)
-            server.call(lambda i=i, d=data: s.add_segment(SegmentFrame(name, i, frags[0].start, 2.0, media.codecs, d)))
+            server.call(
+                lambda i=i, d=data, t=frags[0].start: s.add_segment(
+                    SegmentFrame(name, i, t, 2.0, media.codecs, d)
+                )
+            )
             completed[i] = time.time() * 1000
 
     with sync_playwright() as pw:
@@ -79,12 +90,16 @@ def test_hlsjs_low_latency_starts_from_parts(server: MediaServer) -> None:
             page = browser.new_page()
             page.goto(f"{server.url}/ll.html")
             feeder.start()
-            page.wait_for_function("window.state.playingAt !== null || window.state.fatal", timeout=20000)
+            page.wait_for_function(
+                "window.state.playingAt !== null || window.state.fatal", timeout=20000
+            )
             state = page.evaluate("window.state")
             assert state["fatal"] is None, state
             # Playback began from parts, before segment 0 was complete.
             assert 0 not in completed or state["playingAt"] < completed[0], (state, completed)
-            page.wait_for_function("document.querySelector('video').currentTime >= 2.5", timeout=20000)
+            page.wait_for_function(
+                "document.querySelector('video').currentTime >= 2.5", timeout=20000
+            )
             info = page.evaluate(
                 "({fatal: state.fatal, ll: hls.lowLatencyMode, parts: hls.latestLevelDetails"
                 " && hls.latestLevelDetails.partList ? hls.latestLevelDetails.partList.length : 0})"

@@ -12,10 +12,10 @@ import m3u8
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from bench.cmaf import cmaf
 from nodeutil import wait_for
 from servehelp import MediaServer
 
+from bench.cmaf import cmaf
 from distribute.config import HlsConfig
 from distribute.hls.store import LiveStream
 from distribute.http import BadRange, parse_range
@@ -27,7 +27,9 @@ CMAF = cmaf()
 @pytest.fixture
 def server() -> Iterator[MediaServer]:
     srv = MediaServer(
-        HlsConfig(segment_format="fmp4", low_latency=True, part_duration=0.334, segment_duration=2.0)
+        HlsConfig(
+            segment_format="fmp4", low_latency=True, part_duration=0.334, segment_duration=2.0
+        )
     )
     try:
         yield srv
@@ -40,20 +42,36 @@ def feed_init(srv: MediaServer, s: LiveStream) -> None:
         srv.call(lambda n=name: s.add_init(InitFrame(n, CMAF.codecs, CMAF.init)))
 
 
-def feed_part(srv: MediaServer, s: LiveStream, index: int, part: int, names: tuple[str, ...] = ("360p", "180p")) -> None:
+def feed_part(
+    srv: MediaServer,
+    s: LiveStream,
+    index: int,
+    part: int,
+    names: tuple[str, ...] = ("360p", "180p"),
+) -> None:
     f = CMAF.segments[index % len(CMAF.segments)][part]
     for n in names:
-        srv.call(lambda n=n: s.add_part(PartFrame(n, index, part, f.start, f.duration, f.independent, f.data)))
+        srv.call(
+            lambda n=n: s.add_part(
+                PartFrame(n, index, part, f.start, f.duration, f.independent, f.data)
+            )
+        )
 
 
-def feed_segment(srv: MediaServer, s: LiveStream, index: int, names: tuple[str, ...] = ("360p", "180p")) -> None:
+def feed_segment(
+    srv: MediaServer, s: LiveStream, index: int, names: tuple[str, ...] = ("360p", "180p")
+) -> None:
     frags = CMAF.segments[index % len(CMAF.segments)]
     for p in range(len(frags)):
         feed_part(srv, s, index, p, names)
     data = b"".join(f.data for f in frags)
     dur = sum(f.duration for f in frags)
     for n in names:
-        srv.call(lambda n=n: s.add_segment(SegmentFrame(n, index, frags[0].start, dur, CMAF.codecs, data)))
+        srv.call(
+            lambda n=n: s.add_segment(
+                SegmentFrame(n, index, frags[0].start, dur, CMAF.codecs, data)
+            )
+        )
 
 
 def test_blocking_reload_is_held_until_the_part_exists(server: MediaServer) -> None:
@@ -93,7 +111,9 @@ def test_blocking_reload_errors(server: MediaServer) -> None:
 
 
 def test_blocking_reload_times_out_with_503() -> None:
-    srv = MediaServer(HlsConfig(segment_format="fmp4", low_latency=True, segment_duration=0.5, part_duration=0.25))
+    srv = MediaServer(
+        HlsConfig(segment_format="fmp4", low_latency=True, segment_duration=0.5, part_duration=0.25)
+    )
     try:
         s = srv.open()
         feed_init(srv, s)
@@ -159,8 +179,11 @@ def test_range_cache_and_cors(server: MediaServer) -> None:
     assert r.headers["cache-control"] == "public, max-age=6"
     r = httpx.options(
         url,
-        headers={"Origin": "https://school.example", "Access-Control-Request-Method": "GET",
-                 "Access-Control-Request-Headers": "range"},
+        headers={
+            "Origin": "https://school.example",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": "range",
+        },
     )
     assert r.status_code == 204
     assert r.headers["access-control-allow-origin"] == "*"
@@ -289,8 +312,13 @@ def test_fast_path_and_asgi_path_answer_alike(server: MediaServer) -> None:
     feed_init(server, s)
     feed_segment(server, s, 0)
     feed_part(server, s, 1, 0)
-    for path in ("/live/s/index.m3u8", "/live/s/360p/index.m3u8", "/live/s/360p/0.m4s",
-                 "/live/s/360p/1.0.m4s", "/live/s/360p/index.m3u8?_HLS_msn=0&_HLS_part=2"):
+    for path in (
+        "/live/s/index.m3u8",
+        "/live/s/360p/index.m3u8",
+        "/live/s/360p/0.m4s",
+        "/live/s/360p/1.0.m4s",
+        "/live/s/360p/index.m3u8?_HLS_msn=0&_HLS_part=2",
+    ):
         fast = _raw(server.port, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         slow = _raw(server.port, f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
         assert fast[0].split()[1] == slow[0].split()[1] == b"200", path
@@ -304,7 +332,9 @@ def test_held_request_whose_client_leaves_is_dropped(server: MediaServer) -> Non
     feed_init(server, s)
     feed_part(server, s, 0, 0)
     with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
-        sock.sendall(b"GET /live/s/360p/index.m3u8?_HLS_msn=0&_HLS_part=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.sendall(
+            b"GET /live/s/360p/index.m3u8?_HLS_msn=0&_HLS_part=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
         wait_for(lambda: server.held() == 1, 5, "the request held")
     feed_part(server, s, 0, 1)  # the waiter finds its connection closed
     wait_for(lambda: server.held() == 0, 5, "the held request released")

@@ -14,8 +14,15 @@ INFO = {
     "source": {"width": 640, "height": 360, "fps": 30.0},
     "audio": True,
     "renditions": [
-        {"name": n, "width": w, "height": h, "fps": 30.0, "video_bitrate": b, "maxrate": b,
-         "audio_bitrate": 128000}
+        {
+            "name": n,
+            "width": w,
+            "height": h,
+            "fps": 30.0,
+            "video_bitrate": b,
+            "maxrate": b,
+            "audio_bitrate": 128000,
+        }
         for n, w, h, b in (("360p", 640, 360, 700_000), ("180p", 320, 180, 200_000))
     ],
 }
@@ -24,7 +31,9 @@ PART_DUR = 2.0 / PARTS
 
 
 def ll_stream(window: int = 6, **kw: object) -> LiveStream:
-    cfg = HlsConfig(window=window, segment_format="fmp4", low_latency=True, part_duration=0.334, **kw)
+    cfg = HlsConfig(
+        window=window, segment_format="fmp4", low_latency=True, part_duration=0.334, **kw
+    )
     s = LiveStream(StreamKey("live", "ll"), cfg, now=0.0)
     s.begin_generation()
     s.set_renditions(INFO)
@@ -35,7 +44,9 @@ def ll_stream(window: int = 6, **kw: object) -> LiveStream:
 
 def feed_part(s: LiveStream, name: str, index: int, part: int) -> None:
     data = f"{name}:{index}.{part};".encode() * 10
-    s.add_part(PartFrame(name, index, part, index * 2.0 + part * PART_DUR, PART_DUR, part % 3 == 0, data))
+    s.add_part(
+        PartFrame(name, index, part, index * 2.0 + part * PART_DUR, PART_DUR, part % 3 == 0, data)
+    )
 
 
 def feed_segment(s: LiveStream, name: str, index: int) -> None:
@@ -123,9 +134,13 @@ def test_first_segment_lead_lets_players_start_after_three_parts() -> None:
     assert [seg.uri for seg in pl.segments if seg.uri] == ["0.m4s"]
     assert pl.segments[0].duration == pytest.approx(1.0) and pl.segments[0].parts[0].independent
     assert pl.preload_hint.uri == "1.0.m4s"
-    feed_segment(s, "360p", 0)  # the worker's whole first segment: the lead's bytes are not repeated
+    feed_segment(
+        s, "360p", 0
+    )  # the worker's whole first segment: the lead's bytes are not repeated
     t = s.renditions["360p"]
-    assert t.by_msn[0].data + t.by_msn[1].data == b"".join(f"360p:0.{p};".encode() * 10 for p in range(PARTS))
+    assert t.by_msn[0].data + t.by_msn[1].data == b"".join(
+        f"360p:0.{p};".encode() * 10 for p in range(PARTS)
+    )
     assert [p.uri for p in t.by_msn[1].parts] == ["1.0.m4s", "1.1.m4s", "1.2.m4s"]
     assert "#EXT-X-INDEPENDENT-SEGMENTS" not in s.master.decode()
     check_rules(parse(s))
@@ -167,7 +182,7 @@ def test_restart_discontinuity_and_new_init() -> None:
     assert [x.uri for x in pl.segments if x.uri] == ["0.m4s", "1.m4s", "2.m4s", "3.m4s"]
     assert [x.discontinuity for x in pl.segments if x.uri] == [False, False, True, False]
     assert text.count("#EXT-X-MAP") == 2 and 'URI="init-3.mp4"' in text
-    assert "2.0.m4s" in text and text.index("#EXT-X-DISCONTINUITY") < text.index('init-3.mp4')
+    assert "2.0.m4s" in text and text.index("#EXT-X-DISCONTINUITY") < text.index("init-3.mp4")
     check_rules(pl)
 
 

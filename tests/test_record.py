@@ -8,9 +8,9 @@ from pathlib import Path
 import av
 import m3u8
 import pytest
-from bench.cmaf import cmaf
 from prometheus_client import CollectorRegistry
 
+from bench.cmaf import cmaf
 from distribute.config import RecordConfig
 from distribute.hls.playlist import VariantRef
 from distribute.record import Recorder, RecordMetrics, RecordQuotaExceeded, selected

@@ -56,7 +56,9 @@ def test_kill9_keeps_every_complete_segment_and_reconnect_continues(tmp_path: Pa
     first = node(tmp_path, "node1.log")
     pub = Publisher(SMALL, first.rtmp("live/class"), loop=True)
     try:
-        wait_for(lambda: all(len(on_disk(root, r)) >= 2 for r in RENDITIONS), 90, "two recorded segments")
+        wait_for(
+            lambda: all(len(on_disk(root, r)) >= 2 for r in RENDITIONS), 90, "two recorded segments"
+        )
         # While live the playlist is an EVENT playlist, served at /vod/.
         live = m3u8.loads(first.get("/live/class/vod/360p/index.m3u8").text)
         assert live.playlist_type == "event" and not live.is_endlist
@@ -72,7 +74,9 @@ def test_kill9_keeps_every_complete_segment_and_reconnect_continues(tmp_path: Pa
             assert pl.is_endlist and pl.playlist_type == "vod"
             assert [s.uri for s in pl.segments] == before[r], r  # every complete segment listed
         master = m3u8.loads(second.get("/live/class/vod/index.m3u8").text)
-        assert sorted(p.uri for p in master.playlists) == sorted(f"{r}/index.m3u8" for r in RENDITIONS)
+        assert sorted(p.uri for p in master.playlists) == sorted(
+            f"{r}/index.m3u8" for r in RENDITIONS
+        )
         with av.open(f"{second.http}/live/class/vod/360p/index.m3u8", timeout=(10, 10)) as c:
             frames = sum(1 for _ in c.decode(video=0))
         assert frames >= 50 * len(before["360p"])  # ~2 s of 30 fps per segment
@@ -81,7 +85,9 @@ def test_kill9_keeps_every_complete_segment_and_reconnect_continues(tmp_path: Pa
         count = len(before["360p"])
         pub = Publisher(SMALL, second.rtmp("live/class"), loop=True)
         try:
-            wait_for(lambda: len(on_disk(root, "360p")) >= count + 1, 90, "a segment after reconnect")
+            wait_for(
+                lambda: len(on_disk(root, "360p")) >= count + 1, 90, "a segment after reconnect"
+            )
         finally:
             pub.stop()
 

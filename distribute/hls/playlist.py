@@ -134,7 +134,9 @@ def media_playlist(
             if ll.pending_map_uri and ll.pending_map_uri != current_map:
                 lines.append(f'#EXT-X-MAP:URI="{ll.pending_map_uri}"')
             if ll.pending_program_time and (date_next or not segments):
-                lines.append(f"#EXT-X-PROGRAM-DATE-TIME:{program_date_time(ll.pending_program_time)}")
+                lines.append(
+                    f"#EXT-X-PROGRAM-DATE-TIME:{program_date_time(ll.pending_program_time)}"
+                )
         lines.extend(_part_line(p) for p in ll.pending_parts)
         if ll.preload_hint:
             lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{ll.preload_hint}"')
@@ -149,7 +151,10 @@ def media_playlist(
 
 
 def master_playlist(
-    variants: Sequence[VariantRef], audio_codec: str | None, version: int = 3, independent: bool = True
+    variants: Sequence[VariantRef],
+    audio_codec: str | None,
+    version: int = 3,
+    independent: bool = True,
 ) -> str:
     lines = ["#EXTM3U", f"#EXT-X-VERSION:{version}"]
     if independent:
@@ -157,7 +162,9 @@ def master_playlist(
         # whose first segment is split into a lead and the rest.
         lines.append("#EXT-X-INDEPENDENT-SEGMENTS")
     for v in sorted(variants, key=lambda v: -v.bandwidth):
-        codecs = v.codecs + (f",{audio_codec}" if audio_codec and audio_codec not in v.codecs else "")
+        codecs = v.codecs + (
+            f",{audio_codec}" if audio_codec and audio_codec not in v.codecs else ""
+        )
         lines.append(
             f"#EXT-X-STREAM-INF:BANDWIDTH={v.bandwidth},AVERAGE-BANDWIDTH={v.average_bandwidth},"
             f'RESOLUTION={v.width}x{v.height},CODECS="{codecs}",FRAME-RATE={v.fps:.3f}'

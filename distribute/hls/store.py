@@ -20,8 +20,8 @@ import logging
 import math
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from distribute.config import HlsConfig
@@ -301,7 +301,11 @@ class LiveStream:
         frame = dataclasses.replace(frame, part=index)
         if msn <= track.last_msn or (msn, frame.part) <= track.last_part:
             log.warning(
-                "[hls %s] %s part %d.%d out of order; dropped", self.key, frame.rendition, msn, frame.part
+                "[hls %s] %s part %d.%d out of order; dropped",
+                self.key,
+                frame.rendition,
+                msn,
+                frame.part,
             )
             return None
         if track.building and msn != track.building_msn:
@@ -324,8 +328,12 @@ class LiveStream:
         if self._split and msn == self._base and frame.part == LEAD_PARTS - 1:
             lead = track.building
             self._complete(
-                track, msn, sum(p.duration for p in lead), b"".join(p.data for p in lead),
-                track.codecs, frame.start - sum(p.duration for p in lead[:-1]),
+                track,
+                msn,
+                sum(p.duration for p in lead),
+                b"".join(p.data for p in lead),
+                track.codecs,
+                frame.start - sum(p.duration for p in lead[:-1]),
             )
             return part
         self._changed(track)
@@ -357,7 +365,13 @@ class LiveStream:
         return self._complete(track, msn, duration, data, seg.codecs, start)
 
     def _complete(
-        self, track: RenditionTrack, msn: int, duration: float, data: bytes, codecs: str, start: float
+        self,
+        track: RenditionTrack,
+        msn: int,
+        duration: float,
+        data: bytes,
+        codecs: str,
+        start: float,
     ) -> Segment | None:
         if track.segments and msn <= track.segments[-1].msn:
             log.warning("[hls %s] %s segment %d out of order; dropped", self.key, track.name, msn)
@@ -378,7 +392,9 @@ class LiveStream:
             parts = None
             # The run's first segment carries the discontinuity (the remainder of a
             # first segment, when its lead never came, is that first segment).
-            first = msn == self._base or (self._split and msn == self._base + 1 and self._base not in track.by_msn)
+            first = msn == self._base or (
+                self._split and msn == self._base + 1 and self._base not in track.by_msn
+            )
             disc = self._pending_discontinuity and first
             program_time = self._program_time(start, duration)
         track.building = []
