@@ -154,8 +154,8 @@ def serve(port: int, snapshot: Path) -> None:
             for p, f in enumerate(frags):
                 n += 1
                 await asyncio.sleep(max(0.0, t0 + n * f.duration - loop.time()))
+                done = time.time()  # the part is complete: it reaches the store now
                 feed_part(index, p)
-                done = time.time()
                 if p == len(frags) - 1:
                     feed_segment(index)
                 print(f"PART {index} {p} {done:.6f}", flush=True)
