@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 from typing import Any
 
 from distribute.http import Hold, MediaApp
+
+log = logging.getLogger(__name__)
 
 try:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -102,7 +105,11 @@ def media_protocol(media: MediaApp) -> type[asyncio.Protocol] | str:
                 and not parser.should_upgrade()
                 and not self.flow.write_paused
             ):
-                hit = media.fast(self.url, self.headers)
+                try:
+                    hit = media.fast(self.url, self.headers)
+                except Exception:
+                    log.exception("media fast path failed; answering through ASGI")
+                    hit = None
                 if type(hit) is tuple:
                     self._write(STATUS_200, hit[0], hit[1], False)
                     self.cycle = _ANSWERED  # type: ignore[assignment]
