@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import resource
 import shutil
@@ -70,7 +71,7 @@ def serve(port: int, snapshot: Path) -> None:
     from bench.cmaf import cmaf
     from distribute.config import HlsConfig
     from distribute.fastpath import media_protocol
-    from distribute.hls.store import Store
+    from distribute.hls.store import Part, Store
     from distribute.http import MediaApp, MediaMetrics
     from media import StreamKey
     from transcode.protocol import InitFrame, PartFrame, SegmentFrame
@@ -108,9 +109,9 @@ def serve(port: int, snapshot: Path) -> None:
     stream.add_init(InitFrame(RENDITION, codecs, media.init))
     segs = media.segments
 
-    def feed_part(index: int, part: int) -> None:
+    def feed_part(index: int, part: int) -> Part | None:
         f = segs[index % len(segs)][part]
-        stream.add_part(
+        return stream.add_part(
             PartFrame(
                 RENDITION,
                 index,
@@ -155,10 +156,11 @@ def serve(port: int, snapshot: Path) -> None:
                 n += 1
                 await asyncio.sleep(max(0.0, t0 + n * f.duration - loop.time()))
                 done = time.time()  # the part is complete: it reaches the store now
-                feed_part(index, p)
+                stored = feed_part(index, p)
                 if p == len(frags) - 1:
                     feed_segment(index)
-                print(f"PART {index} {p} {done:.6f}", flush=True)
+                if stored is not None:  # logged by its playlist numbering (MSN.part)
+                    print(f"PART {stored.msn} {stored.index} {done:.6f}", flush=True)
             index += 1
 
     async def main() -> None:
@@ -241,6 +243,24 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 15) -> 
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+def nginx_worker(master: int) -> int:
+    """The pid of nginx's single worker process (the one that serves)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        for task in Path(f"/proc/{master}/task").glob("*"):
+            kids = (task / "children").read_text().split()
+            if kids:
+                return int(kids[0])
+        time.sleep(0.05)
+    raise RuntimeError("nginx started no worker")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (and its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- wrk ---------------------------------------------------------------------------------
@@ -403,6 +423,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="wrk duration per run")
     ap.add_argument("--threads", type=int, default=2, help="wrk threads")
     ap.add_argument("--connections", type=int, default=64, help="wrk connections")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating wrk rounds per server")
     ap.add_argument("--viewers", type=int, default=1000, help="simulated LL-HLS viewers")
     ap.add_argument("--viewer-seconds", type=float, default=12.0)
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
@@ -445,23 +466,36 @@ def main() -> None:
 
         threading.Thread(target=pump, daemon=True).start()
 
+        ng_worker = nginx_worker(nginx.pid)
         results: dict[str, dict[str, float]] = {}
         rows = []
         for kind in ("playlist", "segment", "part"):
-            if kind == "playlist":
-                nc_path, ng_path = f"{BASE}/index.m3u8", f"{BASE}/index.m3u8"
-            elif kind == "segment":
-                nc_path, ng_path = f"{BASE}/3.m4s", f"{BASE}/seg.m4s"
-            else:
-                # The newest part: it stays listed and served for more than 6 s.
-                newest = max(parts) if parts else (3, 2)
-                nc_path, ng_path = f"{BASE}/{newest[0]}.{newest[1]}.m4s", f"{BASE}/part.m4s"
-            nc = wrk(
-                f"http://127.0.0.1:{nc_port}{nc_path}", args.seconds, args.threads, args.connections
-            )
-            ng = wrk(
-                f"http://127.0.0.1:{ng_port}{ng_path}", args.seconds, args.threads, args.connections
-            )
+            best: dict[str, dict[str, float]] = {}
+            # Alternate the two servers, best of N rounds each: neighbours on a shared
+            # machine steal CPU in bursts, and a burst should not decide the ratio.
+            for _round in range(args.rounds):
+                servers = (("nearcast", nc_port, server.pid), ("nginx", ng_port, ng_worker))
+                for who, port, pid in servers:
+                    if kind == "playlist":
+                        path = f"{BASE}/index.m3u8"
+                    elif kind == "segment":
+                        path = f"{BASE}/3.m4s" if who == "nearcast" else f"{BASE}/seg.m4s"
+                    elif who == "nearcast":
+                        # The newest part: it stays listed and served for more than 6 s.
+                        msn, idx = max(parts) if parts else (3, 2)
+                        path = f"{BASE}/{msn}.{idx}.m4s"
+                    else:
+                        path = f"{BASE}/part.m4s"
+                    cpu0 = cpu_seconds(pid)
+                    url = f"http://127.0.0.1:{port}{path}"
+                    r = wrk(url, args.seconds, args.threads, args.connections)
+                    cpu = cpu_seconds(pid) - cpu0
+                    if r["non2xx"]:
+                        raise RuntimeError(f"{kind}: {r['non2xx']} error responses from {who}")
+                    r["cpu_us"] = cpu * 1e6 / max(1.0, r["rps"] * args.seconds)
+                    if who not in best or r["rps"] > best[who]["rps"]:
+                        best[who] = r
+            nc, ng = best["nearcast"], best["nginx"]
             results[kind] = {
                 "nearcast_rps": round(nc["rps"]),
                 "nginx_rps": round(ng["rps"]),
@@ -469,14 +503,11 @@ def main() -> None:
                 "nginx_MBps": round(ng["mbps"], 1),
                 "rps_ratio": round(nc["rps"] / ng["rps"], 3) if ng["rps"] else 0.0,
                 "bytes_ratio": round(nc["mbps"] / ng["mbps"], 3) if ng["mbps"] else 0.0,
-                "nearcast_errors": nc["non2xx"],
-                "nginx_errors": ng["non2xx"],
+                # Server CPU per request: independent of what the neighbours do.
+                "nearcast_cpu_us": round(nc["cpu_us"], 1),
+                "nginx_cpu_us": round(ng["cpu_us"], 1),
             }
             rows.append((kind, results[kind]))
-            if nc["non2xx"] or ng["non2xx"]:
-                raise RuntimeError(
-                    f"{kind}: error responses (nearcast {nc['non2xx']}, nginx {ng['non2xx']})"
-                )
 
         import uvloop
 
@@ -495,20 +526,20 @@ def main() -> None:
 
     print(
         f"{'what':<10} {'nearcast req/s':>15} {'nginx req/s':>12} {'ratio':>6} "
-        f"{'nearcast MB/s':>14} {'nginx MB/s':>11} {'ratio':>6}"
+        f"{'nearcast MB/s':>14} {'nginx MB/s':>11} {'ratio':>6} {'CPU us/req nc/nginx':>20}"
     )
     for kind, r in rows:
         print(
             f"{kind:<10} {r['nearcast_rps']:>15} {r['nginx_rps']:>12} {r['rps_ratio']:>6.2f} "
             f"{r['nearcast_MBps']:>14} {r['nginx_MBps']:>11} {r['bytes_ratio']:>6.2f}"
+            f" {r['nearcast_cpu_us']:>10.1f}/{r['nginx_cpu_us']:<9.1f}"
         )
     print(
         f"LL-HLS: {ll['viewers']} viewers, held per part median {ll['held_median']}"
         f" max {ll['held_max']} over {ll['parts_measured']} parts;"
         f" part complete -> delivered p50 {ll['delay_p50_ms']} ms,"
         f" p99 {ll['delay_p99_ms']} ms, max {ll['delay_max_ms']} ms;"
-        f" viewer errors {ll['viewer_errors']}"
-        + (f" (first: {errors[0]})" if errors else "")
+        f" viewer errors {ll['viewer_errors']}" + (f" (first: {errors[0]})" if errors else "")
     )
     figures = {
         "wrk": {"threads": args.threads, "connections": args.connections, "seconds": args.seconds},
