@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -263,6 +264,11 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def fetch(port: int, path: str) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
+        return bytes(r.read())
+
+
 # -- wrk ---------------------------------------------------------------------------------
 
 _UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3}
@@ -474,18 +480,19 @@ def main() -> None:
             # Alternate the two servers, best of N rounds each: neighbours on a shared
             # machine steal CPU in bursts, and a burst should not decide the ratio.
             for _round in range(args.rounds):
+                # What nearcast serves live right now; nginx serves the very same bytes.
+                if kind == "playlist":
+                    nc_path, file = f"{BASE}/index.m3u8", "index.m3u8"
+                elif kind == "segment":
+                    msn = max(parts)[0] - 1 if parts else 3  # the newest complete segment
+                    nc_path, file = f"{BASE}/{msn}.m4s", "seg.m4s"
+                else:
+                    msn, idx = max(parts) if parts else (3, 2)  # the newest part
+                    nc_path, file = f"{BASE}/{msn}.{idx}.m4s", "part.m4s"
+                (snap / file).write_bytes(fetch(nc_port, nc_path))
                 servers = (("nearcast", nc_port, server.pid), ("nginx", ng_port, ng_worker))
                 for who, port, pid in servers:
-                    if kind == "playlist":
-                        path = f"{BASE}/index.m3u8"
-                    elif kind == "segment":
-                        path = f"{BASE}/3.m4s" if who == "nearcast" else f"{BASE}/seg.m4s"
-                    elif who == "nearcast":
-                        # The newest part: it stays listed and served for more than 6 s.
-                        msn, idx = max(parts) if parts else (3, 2)
-                        path = f"{BASE}/{msn}.{idx}.m4s"
-                    else:
-                        path = f"{BASE}/part.m4s"
+                    path = nc_path if who == "nearcast" else f"{BASE}/{file}"
                     cpu0 = cpu_seconds(pid)
                     url = f"http://127.0.0.1:{port}{path}"
                     r = wrk(url, args.seconds, args.threads, args.connections)
