@@ -228,3 +228,32 @@ def test_non_ll_variants(fmt: str) -> None:
         assert pl.segments[0].uri == "0.m4s"
     else:
         assert pl.version == 3 and pl.segments[0].uri == "0.ts"
+
+
+def test_short_first_segment_is_not_split_twice() -> None:
+    """A first segment of only 3 parts (a publisher starting mid-GOP) is the lead itself."""
+    s = ll_stream()
+    for p in range(3):
+        feed_part(s, "360p", 0, p)
+    data = b"".join(f"360p:0.{p};".encode() * 10 for p in range(3))
+    s.add_segment(SegmentFrame("360p", 0, 0.0, 1.0, "avc1.64001e,mp4a.40.2", data))
+    feed_segment(s, "360p", 1)
+    pl = parse(s)
+    assert [x.uri for x in pl.segments if x.uri] == ["0.m4s", "1.m4s"]
+    assert [x.duration for x in pl.segments if x.uri] == pytest.approx([1.0, 2.0])
+    check_rules(pl)
+
+
+def test_no_split_when_segments_are_only_a_few_parts() -> None:
+    cfg = HlsConfig(
+        segment_format="fmp4", low_latency=True, segment_duration=1.0, part_duration=0.334
+    )
+    s = LiveStream(StreamKey("live", "short"), cfg, now=0.0)
+    s.begin_generation()
+    s.set_renditions(INFO)
+    s.add_init(InitFrame("360p", "avc1.64001e,mp4a.40.2", b"init"))
+    for p in range(3):
+        s.add_part(PartFrame("360p", 0, p, p / 3, 1 / 3, p == 0, b"x"))
+    s.add_segment(SegmentFrame("360p", 0, 0.0, 1.0, "avc1.64001e", b"xxx"))
+    assert [x.uri for x in parse(s).segments if x.uri] == ["0.m4s"]
+    assert s.renditions["360p"].by_msn[0].data == b"xxx"

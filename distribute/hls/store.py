@@ -207,6 +207,8 @@ class LiveStream:
         # and the rest, so that players (hls.js needs one EXTINF) start from parts
         # about one second after the publisher, not after a whole segment.
         self._split = False
+        # The run's first segment had no more parts than the lead: nothing to split.
+        self._lead_whole = False
         # Called with every complete (non-gap) segment as it is stored (recording).
         self.on_complete: Callable[[RenditionTrack, Segment], None] | None = None
         self.fmp4 = config.segment_format == "fmp4"
@@ -221,7 +223,12 @@ class LiveStream:
             self._pending_discontinuity = True
             self.generation += 1
         self._base = self._next_msn
-        self._split = self.low_latency
+        # Only when a segment has more parts than the lead (segment >= ~4 parts).
+        cfg = self.config
+        self._split = (
+            self.low_latency and cfg.segment_duration > (LEAD_PARTS + 0.5) * cfg.part_duration
+        )
+        self._lead_whole = False
         self._anchor = None
         self.ended = False
         self.ended_at = None
@@ -284,7 +291,7 @@ class LiveStream:
         if not self._split:
             return self._base + index, part
         if index > 0:
-            return self._base + index + 1, part
+            return self._base + index + (0 if self._lead_whole else 1), part
         if part is None:  # the whole first segment: what follows its lead
             return self._base + 1, None
         if part < LEAD_PARTS:
@@ -362,6 +369,10 @@ class LiveStream:
                 data = data[len(lead.data) :]
                 duration = max(0.0, duration - lead.duration)
                 start += lead.duration
+                if not data:
+                    # A short first segment: the lead was all of it.
+                    self._lead_whole = True
+                    return lead
         return self._complete(track, msn, duration, data, seg.codecs, start)
 
     def _complete(
