@@ -8,12 +8,23 @@ from pathlib import Path
 import av
 import m3u8
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from bench.cmaf import cmaf
 from distribute.config import RecordConfig
 from distribute.hls.playlist import VariantRef
-from distribute.record import Recorder, RecordMetrics, RecordQuotaExceeded, selected
+from distribute.record import (
+    Recorder,
+    Recording,
+    RecordMetrics,
+    RecordQuotaExceeded,
+    _Entry,
+    _parse_playlist,
+    _Rendition,
+    selected,
+)
 
 CMAF = cmaf()
 VARIANT = VariantRef("360p/index.m3u8", 900_000, 800_000, 640, 360, 30.0, "avc1.64001e,mp4a.40.2")
@@ -113,3 +124,35 @@ def test_source_mode_selects_one_rendition() -> None:
     assert selected("source", "720p", sizes) and not selected("source", "360p", sizes)
     assert selected("source", "source", {**sizes, "source": 1})
     assert selected("all", "360p", sizes) and not selected(None, "360p", sizes)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(1, 30000),  # duration in ms
+            st.booleans(),  # discontinuity
+            st.sampled_from([None, "init-1.mp4", "init-2.mp4"]),
+        ),
+        max_size=30,
+    ),
+    st.booleans(),
+)
+def test_vod_playlist_round_trips(rows: list[tuple[int, bool, str | None]], ended: bool) -> None:
+    """What recovery reads back from a VOD playlist is what was written."""
+    r = _Rendition(Path("."))
+    r.entries = [
+        _Entry(f"{i:06d}-{ms}.m4s", ms / 1000, disc, uri) for i, (ms, disc, uri) in enumerate(rows)
+    ]
+    rec = Recording.__new__(Recording)
+    text = rec._playlist(r, ended=ended).decode()
+    back = _parse_playlist(text)
+    assert [(e.file, e.discontinuity) for e in back] == [
+        (e.file, e.discontinuity) for e in r.entries
+    ]
+    assert [e.duration for e in back] == pytest.approx([e.duration for e in r.entries], abs=1e-5)
+    # EXT-X-MAP is written only when it changes; the map in effect is carried over.
+    current = None
+    for written, read in zip(r.entries, back, strict=True):
+        current = written.map_uri or current
+        assert read.map_uri == current
+    assert m3u8.loads(text).is_endlist == ended
