@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from nearcast.settings import check
 
@@ -40,3 +40,20 @@ class HlsConfig:
         check(self.max_segment_bytes >= 65536, "max_segment_bytes", "must be at least 65536")
         check(self.grace_period >= 0, "grace_period", "must not be negative")
         check(self.retain_ended >= 0, "retain_ended", "must not be negative")
+
+
+@dataclass(frozen=True)
+class RecordConfig:
+    """Recording of live streams to disk as HLS video on demand (``record:`` section)."""
+
+    dir: str = "recordings"
+    # tenant -> "all" (every rendition) or "source" (the top rendition only).
+    tenants: dict[str, str] = field(default_factory=dict)
+    quota_bytes: int = 50 * 1024**3
+    fsync: bool = True
+
+    def __post_init__(self) -> None:
+        check(bool(self.dir), "dir", "must not be empty")
+        for tenant, mode in self.tenants.items():
+            check(mode in ("all", "source"), f"tenants.{tenant}", "must be all or source")
+        check(self.quota_bytes >= 1024 * 1024, "quota_bytes", "must be at least 1048576")

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distribute.config import HlsConfig, HttpConfig
+from distribute.config import HlsConfig, HttpConfig, RecordConfig
 from distribute.whep.config import WebRtcConfig
 from ingest.config import IngestConfig, RtmpConfig
 from ingest.whip.config import WhipConfig
@@ -61,6 +61,7 @@ class Config:
     placement: PlacementConfig = field(default_factory=PlacementConfig)
     webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
 
 
 def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:

@@ -7,6 +7,7 @@ This module only wires the stages together and owns the per-stream lifecycle
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import contextlib
 import logging
 import json
@@ -19,8 +20,10 @@ import uvicorn
 from prometheus_client import CollectorRegistry
 
 from distribute.api import create_api
-from distribute.hls.store import LiveStream, Store
+from distribute.hls.store import LiveStream, RenditionTrack, Segment, Store
+from distribute.fastpath import media_protocol
 from distribute.http import MediaApp, MediaMetrics
+from distribute.record import Recorder, RecordMetrics, StreamRecorder
 from distribute.whep import WhepServer
 from distribute.whep.http import whep_router
 from ingest.auth import PublishAuth, client_ip
@@ -34,7 +37,7 @@ from nearcast.config import Config, parse_hostport
 from transcode.capacity import Capacity, ladder_units
 from transcode.metrics import TranscodeMetrics
 from transcode.pool import Transcoder, WorkerState
-from transcode.protocol import SegmentFrame
+from transcode.protocol import InitFrame, PartFrame, SegmentFrame
 from transcode.worker import Spec
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,8 @@ class _StoreSink:
         self.node = node
         self.stream = stream
         self.key = str(stream.key)
+        if node.recorder is not None:
+            stream.on_complete = self._completed
 
     def on_renditions(self, info: dict[str, Any]) -> None:
         self.stream.set_renditions(info)
@@ -55,10 +60,53 @@ class _StoreSink:
         self.stream.add_segment(segment)
         self.node.tmetrics.segments.inc()
 
+    def _completed(self, track: RenditionTrack, segment: Segment) -> None:
+        """Every complete segment the store lists (an LL-HLS lead segment included)."""
+        self._record_segment(track.name, segment.data, segment.duration)
+
+    def on_init(self, init: InitFrame) -> None:
+        self.stream.add_init(init)
+        rec = self._recorder()
+        if rec is not None and rec.wants(init.rendition, self._sizes()):
+            rec.init(init.rendition, init.data)
+
+    # -- recording (record.tenants) -----------------------------------------------------
+
+    def _recorder(self) -> StreamRecorder | None:
+        if self.node.recorder is None or self.node.recorder.mode(self.stream.key.tenant) is None:
+            return None
+        rec = getattr(self, "_rec", None)
+        if rec is None:
+            key = self.stream.key
+            rec = self._rec = StreamRecorder(self.node.recorder, key.tenant, key.stream)
+        return rec
+
+    def _sizes(self) -> dict[str, int]:
+        return {n: t.width * t.height for n, t in self.stream.renditions.items()}
+
+    def _record_segment(self, rendition: str, data: bytes, duration: float) -> None:
+        rec = self._recorder()
+        track = self.stream.renditions.get(rendition)
+        if rec is None or track is None or not rec.wants(rendition, self._sizes()):
+            return
+        variant = track.variant()
+        if self.stream.audio and "mp4a" not in variant.codecs:
+            variant = dataclasses.replace(variant, codecs=variant.codecs + ",mp4a.40.2")
+        rec.segment(rendition, data, duration, self.stream.fmp4, variant)
+
+    def record_begin(self) -> None:
+        rec = self._recorder()
+        if rec is not None:
+            rec.begin()
+
+    def on_part(self, part: PartFrame) -> None:
+        self.stream.add_part(part)
+
     def on_restart(self) -> None:
         self.node.tmetrics.restarts.inc()
         self.stream.begin_generation()
         self.node.whep.restart(self.stream.key)
+        self.record_begin()
 
     def on_tap(self, packet: MediaPacket, arrival: float) -> None:
         self.node.whep.feed(self.stream.key, packet)
@@ -215,10 +263,12 @@ class StreamSession:
             # Start lazily: by the first media packet @setDataFrame has told us
             # the frame rate, so the encoders open with the right one.
             self.stream.begin_generation()
+            sink = _StoreSink(self.node, self.stream)
+            sink.record_begin()
             self.transcoder = Transcoder(
                 self.key,
                 self._spec(),
-                _StoreSink(self.node, self.stream),
+                sink,
                 queue_packets=self.node.config.transcode.input_queue_packets,
                 restart_backoff=self.node.config.transcode.restart_backoff,
             )
@@ -269,7 +319,13 @@ class Node:
         api.include_router(self.whip.router)
         self.whep = WhepServer(config.webrtc, self.registry)
         api.include_router(whep_router(self.whep, config.http.cors_origin))
-        self.http_app = MediaApp(self.store, api, MediaMetrics(self.registry), config.http.cors_origin)
+        # Recording (record.tenants): written on its own thread, served at /{t}/{s}/vod/.
+        self.recorder: Recorder | None = (
+            Recorder(config.record, RecordMetrics(self.registry)) if config.record.tenants else None
+        )
+        self.http_app = MediaApp(
+            self.store, api, MediaMetrics(self.registry), config.http.cors_origin, vod=self.recorder
+        )
         self._http_server: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
@@ -430,6 +486,8 @@ class Node:
             log.info("[node %s] no publisher within the grace period; playlist ended", key)
             stream.end(time.time())
             self.whep.end(key)
+            if self.recorder is not None and self.recorder.mode(key.tenant) is not None:
+                self.recorder.end(key.tenant, key.stream)
 
     # -- views ------------------------------------------------------------------------
 
@@ -472,6 +530,9 @@ class Node:
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
+        if self.recorder is not None:
+            # Close what a crash or a stop left open, before any publisher can add to it.
+            await asyncio.to_thread(self.recorder.recover)
         await self.rtmp.start()
         host, port = parse_hostport(self.config.http.listen)
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -483,6 +544,8 @@ class Node:
         server = _EmbeddedServer(
             uvicorn.Config(
                 self.http_app,
+                # Media hits skip the ASGI machinery (distribute/fastpath.py).
+                http=media_protocol(self.http_app),
                 log_level="warning",
                 lifespan="off",
                 access_log=False,
@@ -602,6 +665,11 @@ class Node:
             await asyncio.wait_for(self.whep.close(), 5)
         for t in self._grace.values():
             t.cancel()
+        if self.recorder is not None:
+            for key in list(self._grace):
+                if self.recorder.mode(key.tenant) is not None:
+                    self.recorder.end(key.tenant, key.stream)
+            await asyncio.to_thread(self.recorder.close)
         self._grace.clear()
         if self._calibration is not None:
             self._calibration.cancel()

@@ -26,6 +26,8 @@ from transcode.protocol import (
     FrameReader,
     FramingError,
     FrameType,
+    InitFrame,
+    PartFrame,
     SegmentFrame,
     decode_packet,
     encode_json,
@@ -263,6 +265,14 @@ class Transcoder:
             for ftype, payload in frames:
                 if ftype is FrameType.SEGMENT:
                     self.sink.on_segment(SegmentFrame.parse(payload))
+                elif ftype is FrameType.PART:
+                    on_part = getattr(self.sink, "on_part", None)
+                    if on_part is not None:
+                        on_part(PartFrame.parse(payload))
+                elif ftype is FrameType.INIT:
+                    on_init = getattr(self.sink, "on_init", None)
+                    if on_init is not None:
+                        on_init(InitFrame.parse(payload))
                 elif ftype is FrameType.RENDITIONS:
                     self.sink.on_renditions(json.loads(payload))
                 elif ftype is FrameType.STATS:

@@ -1,0 +1,120 @@
+"""A real uvicorn serving :class:`MediaApp` over a store the test feeds, in a thread."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from distribute.api import find_hlsjs
+from distribute.config import HlsConfig
+from distribute.fastpath import media_protocol
+from distribute.hls.store import LiveStream, Store
+from distribute.http import MediaApp, MediaMetrics
+from media import StreamKey
+
+T = TypeVar("T")
+
+INFO = {
+    "source": {"width": 640, "height": 360, "fps": 30.0},
+    "audio": True,
+    "renditions": [
+        {
+            "name": n,
+            "width": w,
+            "height": h,
+            "fps": 30.0,
+            "video_bitrate": b,
+            "maxrate": b,
+            "audio_bitrate": 128000,
+        }
+        for n, w, h, b in (("360p", 640, 360, 700_000), ("180p", 320, 180, 200_000))
+    ],
+}
+
+
+async def _static(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Fallback app: hls.js and test pages registered in ``PAGES``; 404 otherwise."""
+    path = scope.get("path", "")
+    body, ctype, status = b"not found\n", b"text/plain", 404
+    if path == "/static/hls.min.js":
+        js = find_hlsjs()
+        if js is not None:
+            body, ctype, status = js.read_bytes(), b"text/javascript", 200
+    elif path in PAGES:
+        body, ctype, status = PAGES[path], b"text/html", 200
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+PAGES: dict[str, bytes] = {}
+
+
+class MediaServer:
+    def __init__(self, config: HlsConfig, vod: Any = None) -> None:
+        self.store = Store(config)
+        self.metrics = MediaMetrics(CollectorRegistry())
+        self.app = MediaApp(self.store, _static, self.metrics, "*", vod=vod)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1024)
+        self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                self.app,
+                http=media_protocol(self.app),
+                log_level="warning",
+                lifespan="off",
+                access_log=False,
+            )
+        )
+        self.loop = asyncio.new_event_loop()
+        self._sock = sock
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.server.serve(sockets=[self._sock]))
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the server's loop (where the store lives) and return its result."""
+
+        async def run() -> T:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def open(self, name: str = "s", tenant: str = "live") -> LiveStream:
+        def make() -> LiveStream:
+            s = self.store.open(StreamKey(tenant, name))
+            s.begin_generation()
+            s.set_renditions(INFO)
+            return s
+
+        return self.call(make)
+
+    def held(self) -> float:
+        return self.metrics.held._value.get()
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self._sock.close()

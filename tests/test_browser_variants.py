@@ -1,0 +1,92 @@
+"""The node's fMP4 and LL-HLS variants with real clients: the transcode worker's
+CMAF output (INIT/PART/SEGMENT frames) through the store and the media path to
+FFmpeg's HLS demuxer and to hls.js in low-latency mode in Chromium."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import av
+import m3u8
+import pytest
+from nodeutil import SMALL, SMALL_LADDER, NodeProcess, Publisher, require_binary, wait_for
+from playwright.sync_api import sync_playwright
+from test_browser import CHROMIUM_ARGS
+
+
+@pytest.fixture(scope="module")
+def llnode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
+    node = NodeProcess(
+        tmp_path_factory.mktemp("llnode") / "node.log",
+        NEARCAST_TRANSCODE_LADDER=SMALL_LADDER,
+        NEARCAST_HLS_SEGMENT_FORMAT="fmp4",
+        NEARCAST_HLS_LOW_LATENCY="true",
+    )
+    pub = Publisher(SMALL, node.rtmp("live/ll"), loop=True)
+    try:
+
+        def ready() -> bool:
+            r = node.get("/live/ll/360p/index.m3u8")
+            return r.status_code == 200 and len(m3u8.loads(r.text).segments) >= 3
+
+        wait_for(ready, 90, "three LL-HLS segments")
+        yield node
+    finally:
+        pub.stop()
+        node.stop()
+
+
+def test_llhls_playlist_rules_and_ffmpeg_reads_fmp4(llnode: NodeProcess) -> None:
+    pl = m3u8.loads(llnode.get("/live/ll/360p/index.m3u8").text)
+    assert pl.server_control.can_block_reload == "YES"
+    assert pl.server_control.part_hold_back >= 3 * pl.part_inf.part_target
+    assert pl.segment_map and pl.segment_map[0].uri.endswith(".mp4")
+    for seg in pl.segments:
+        assert all(p.duration <= pl.part_inf.part_target for p in seg.parts)
+    reports = {r.uri for r in pl.rendition_reports}
+    assert reports == {"../240p/index.m3u8", "../180p/index.m3u8"}
+    with av.open(f"{llnode.http}/live/ll/360p/index.m3u8", timeout=(10, 10)) as c:
+        video = c.streams.video[0]
+        frames = 0
+        for _ in c.decode(video):
+            frames += 1
+            if frames >= 30:
+                break
+    assert frames >= 30 and (video.codec_context.width, video.codec_context.height) == (640, 360)
+
+
+def test_hlsjs_low_latency_plays_the_node(llnode: NodeProcess) -> None:
+    chromium = require_binary("chromium")
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            page.goto(f"{llnode.http}/static/hls.min.js")  # same origin, then a bare page
+            page.set_content(
+                "<video muted autoplay playsinline></video>"
+                f"<script src='{llnode.http}/static/hls.min.js'></script>"
+            )
+            page.wait_for_function("window.Hls !== undefined", timeout=15000)
+            page.evaluate(
+                f"""() => {{
+                window.state = {{fatal: null}};
+                const hls = new Hls({{lowLatencyMode: true}});
+                hls.on(Hls.Events.ERROR, (_, d) => {{ if (d.fatal) state.fatal = d.details; }});
+                hls.loadSource('{llnode.http}/live/ll/index.m3u8');
+                hls.attachMedia(document.querySelector('video'));
+                window.hls = hls;
+                }}"""
+            )
+            page.wait_for_function(
+                "document.querySelector('video').currentTime > 1 || window.state.fatal",
+                timeout=60000,
+            )
+            state = page.evaluate(
+                "({fatal: state.fatal, ll: hls.lowLatencyMode,"
+                " parts: hls.latestLevelDetails ? hls.latestLevelDetails.partList.length : 0,"
+                " latency: hls.latency})"
+            )
+            assert state["fatal"] is None and state["ll"] and state["parts"] > 0, state
+            assert state["latency"] < 4.0, state
+        finally:
+            browser.close()
