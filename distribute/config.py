@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nearcast.settings import check
+from nearcast.tokens import TenantKeys
 
 
 @dataclass(frozen=True)
@@ -57,3 +58,15 @@ class RecordConfig:
         for tenant, mode in self.tenants.items():
             check(mode in ("all", "source"), f"tenants.{tenant}", "must be all or source")
         check(self.quota_bytes >= 1024 * 1024, "quota_bytes", "must be at least 1048576")
+
+
+@dataclass(frozen=True)
+class PlaybackConfig:
+    """Signed playback tokens (action "play"), per tenant."""
+
+    tenants: dict[str, TenantKeys] = field(default_factory=dict)
+
+    def keys_for(self, tenant: str) -> dict[str, str] | None:
+        """The tenant's keys when its viewers need a token, else None."""
+        t = self.tenants.get(tenant)
+        return t.keys if t is not None and t.require_token else None

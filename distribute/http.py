@@ -185,6 +185,8 @@ class MediaApp:
         self.fallback = fallback
         self.metrics = metrics
         self.vod = vod
+        # Tenants whose requests must take the ASGI path (a playback token check wraps it).
+        self.guarded: Callable[[str], bool] | None = None
         self.cors = cors_origin.encode()
         cors = [
             (b"access-control-allow-origin", self.cors),
@@ -287,6 +289,8 @@ class MediaApp:
                 return None
         parts = path.split(b"/")
         n = len(parts)
+        if self.guarded is not None and n >= 3 and self.guarded(parts[1].decode()):
+            return None
         if n == 4 and parts[3] == b"index.m3u8":
             stream = self.store.get(parts[1].decode(), parts[2].decode())
             if stream is None or not stream.master:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nearcast.settings import check
+from nearcast.tokens import TenantKeys as TenantAuth
 
 
 @dataclass(frozen=True)
@@ -39,37 +40,6 @@ class RtmpConfig:
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert and self.tls_key)
-
-
-@dataclass(frozen=True)
-class TenantAuth:
-    """Publish-token keys of one tenant: key id -> secret, all valid at once (rotation)."""
-
-    require_token: bool = True
-    keys: dict[str, str] = field(default_factory=dict)
-    # Key id `nearcast token` signs with; empty means the first key listed.
-    sign_key: str = ""
-
-    def __post_init__(self) -> None:
-        check(
-            not self.require_token or bool(self.keys),
-            "keys",
-            "must hold at least one key when require_token is true",
-        )
-        for kid, secret in self.keys.items():
-            check(bool(kid) and "." not in kid, f"keys.{kid}", "key id must be non-empty, no '.'")
-            check(len(secret) >= 16, f"keys.{kid}", "secret must be at least 16 characters")
-        check(
-            not self.sign_key or self.sign_key in self.keys,
-            "sign_key",
-            "must name one of the tenant's keys",
-        )
-
-    def signing_key(self) -> tuple[str, str]:
-        if not self.keys:
-            raise ValueError("the tenant has no keys to sign with")
-        kid = self.sign_key or next(iter(self.keys))
-        return kid, self.keys[kid]
 
 
 @dataclass(frozen=True)

@@ -92,27 +92,60 @@ def publish_url(
         raise ValueError(f"--ttl must be greater than zero, got {ttl:g}")
     expires = int((time.time() if now is None else now) + ttl)
     token = tokens.sign(secret, key_id, "publish", tenant, stream, expires)
-    listen = config.rtmp.tls_listen if tls else config.rtmp.listen
+    return _url(config.rtmp.tls_listen if tls else config.rtmp.listen, host,
+                "rtmps" if tls else "rtmp", f"/{quote(tenant)}/{quote(stream)}?token={token}")
+
+
+def _url(listen: str, host: str, scheme: str, path: str) -> str:
     lhost, _, port = listen.rpartition(":")
     lhost = lhost.strip("[]")
     host = host or ("127.0.0.1" if lhost in ("", "0.0.0.0", "::") else lhost)
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
-    scheme = "rtmps" if tls else "rtmp"
-    return f"{scheme}://{host}:{port}/{quote(tenant)}/{quote(stream)}?token={token}"
+    return f"{scheme}://{host}:{port}{path}"
+
+
+def playback_url(
+    config: Config, tenant: str, stream: str, ttl: float, *, host: str = "", key_id: str = "",
+    now: float | None = None,
+) -> str:
+    """A signed ``http://host:port/tenant/stream/index.m3u8?token=...`` playback URL."""
+    from nearcast import tokens
+
+    keys = config.playback.tenants.get(tenant)
+    if keys is None or not keys.keys:
+        raise ValueError(f"tenant {tenant!r} has no keys in playback.tenants")
+    if not stream or "/" in stream or "?" in stream:
+        raise ValueError(f"invalid stream name {stream!r}")
+    if ttl <= 0:
+        raise ValueError(f"--ttl must be greater than zero, got {ttl:g}")
+    if key_id and key_id not in keys.keys:
+        raise ValueError(f"tenant {tenant!r} has no playback key {key_id!r}")
+    key_id, secret = (key_id, keys.keys[key_id]) if key_id else keys.signing_key()
+    expires = int((time.time() if now is None else now) + ttl)
+    token = tokens.sign(secret, key_id, "play", tenant, stream, expires)
+    return _url(config.http.listen, host, "http",
+                f"/{quote(tenant)}/{quote(stream)}/index.m3u8?token={token}")
 
 
 def _token(args: argparse.Namespace) -> int:
     try:
         config = load(args.config)
-        url = publish_url(
-            config, args.tenant, args.stream, args.ttl, host=args.host, tls=args.tls,
-            key_id=args.key,
-        )
+        if args.play:
+            url = playback_url(
+                config, args.tenant, args.stream, args.ttl, host=args.host, key_id=args.key
+            )
+        else:
+            url = publish_url(
+                config, args.tenant, args.stream, args.ttl, host=args.host, tls=args.tls,
+                key_id=args.key,
+            )
     except (ConfigError, ValueError) as exc:
         print(f"nearcast token: {exc}", file=sys.stderr)
         return 2
     print(url)
+    if args.play:
+        return 0
     base, _, key = url.rpartition("/")
     print(f"OBS: server {base}  stream key {key}  (valid {args.ttl:g} s)", file=sys.stderr)
     return 0
@@ -121,7 +154,7 @@ def _token(args: argparse.Namespace) -> int:
 def _register_token(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser(
         "token",
-        help="print a signed publish URL for TENANT/STREAM",
+        help="print a signed publish (or, with --play, playback) URL for TENANT/STREAM",
         description="Sign a publish token with the tenant's key from ingest.auth.tenants "
         "and print rtmp://HOST:PORT/TENANT/STREAM?token=... (the token part also works "
         "appended to an OBS stream key).",
@@ -134,6 +167,10 @@ def _register_token(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--key", default="", help="key id to sign with (default: the tenant's sign_key)")
     p.add_argument("--host", default="", help="host name in the URL (default: from rtmp.listen)")
     p.add_argument("--tls", action="store_true", help="print an rtmps:// URL (rtmp.tls_listen)")
+    p.add_argument(
+        "--play", action="store_true",
+        help="print a playback URL signed with the tenant's playback.tenants key instead",
+    )
     p.add_argument("--config", metavar="FILE", help="configuration file (as for `nearcast node`)")
     p.set_defaults(func=_token)
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distribute.config import HlsConfig, HttpConfig, RecordConfig
+from distribute.config import HlsConfig, HttpConfig, PlaybackConfig, RecordConfig
 from distribute.whep.config import WebRtcConfig
 from ingest.config import IngestConfig, RtmpConfig
 from ingest.whip.config import WhipConfig
@@ -62,6 +62,7 @@ class Config:
     webrtc: WebRtcConfig = field(default_factory=WebRtcConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
+    playback: PlaybackConfig = field(default_factory=PlaybackConfig)
 
 
 def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:

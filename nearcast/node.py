@@ -19,6 +19,7 @@ from typing import Any
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from distribute.access import PlaybackGuard, PlaybackMetrics
 from distribute.api import create_api
 from distribute.hls.store import LiveStream, RenditionTrack, Segment, Store
 from distribute.fastpath import media_protocol
@@ -323,9 +324,17 @@ class Node:
         self.recorder: Recorder | None = (
             Recorder(config.record, RecordMetrics(self.registry)) if config.record.tenants else None
         )
-        self.http_app = MediaApp(
+        self.media_app = MediaApp(
             self.store, api, MediaMetrics(self.registry), config.http.cors_origin, vod=self.recorder
         )
+        self.http_app: Any = self.media_app
+        if config.playback.tenants:
+            # Tenants whose viewers need a signed token: their media skips the fast path
+            # and goes through the token check, which also signs every playlist URI.
+            self.media_app.guarded = lambda tenant: config.playback.keys_for(tenant) is not None
+            self.http_app = PlaybackGuard(
+                self.media_app, config.playback.keys_for, PlaybackMetrics(self.registry)
+            )
         self._http_server: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
@@ -545,7 +554,7 @@ class Node:
             uvicorn.Config(
                 self.http_app,
                 # Media hits skip the ASGI machinery (distribute/fastpath.py).
-                http=media_protocol(self.http_app),
+                http=media_protocol(self.media_app),
                 log_level="warning",
                 lifespan="off",
                 access_log=False,

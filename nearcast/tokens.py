@@ -21,9 +21,11 @@ import hashlib
 import hmac
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["Claims", "TokenError", "sign", "verify", "REASONS"]
+from nearcast.settings import check
+
+__all__ = ["Claims", "TenantKeys", "TokenError", "sign", "verify", "REASONS"]
 
 VERSION = 1
 _DOMAIN = b"nc1."
@@ -146,3 +148,35 @@ def verify(
     if now >= claims.expires:
         raise TokenError("expired", f"token expired {now - claims.expires:.0f} s ago")
     return claims
+
+
+@dataclass(frozen=True)
+class TenantKeys:
+    """Token keys of one tenant (publish or playback): key id -> secret, all valid at once
+    (rotation)."""
+
+    require_token: bool = True
+    keys: dict[str, str] = field(default_factory=dict)
+    # Key id `nearcast token` signs with; empty means the first key listed.
+    sign_key: str = ""
+
+    def __post_init__(self) -> None:
+        check(
+            not self.require_token or bool(self.keys),
+            "keys",
+            "must hold at least one key when require_token is true",
+        )
+        for kid, secret in self.keys.items():
+            check(bool(kid) and "." not in kid, f"keys.{kid}", "key id must be non-empty, no '.'")
+            check(len(secret) >= 16, f"keys.{kid}", "secret must be at least 16 characters")
+        check(
+            not self.sign_key or self.sign_key in self.keys,
+            "sign_key",
+            "must name one of the tenant's keys",
+        )
+
+    def signing_key(self) -> tuple[str, str]:
+        if not self.keys:
+            raise ValueError("the tenant has no keys to sign with")
+        kid = self.sign_key or next(iter(self.keys))
+        return kid, self.keys[kid]

@@ -1,0 +1,164 @@
+"""Playback tokens: an ASGI guard in front of the media paths of tenants that require them.
+
+A viewer of such a tenant presents ``?token=`` (signed for action ``play`` on
+the tenant and stream, see :mod:`nearcast.tokens`) on the multivariant
+playlist. Every playlist answered to that viewer is rewritten so that each URI
+in it (variants, segments, parts, init segments, preload hints, rendition
+reports) carries the same token: players follow the links without knowing
+about tokens. Segments and parts need the token too, so one tenant's media is
+never reachable with another tenant's (or another stream's) token.
+
+WebRTC viewers present the token as ``Authorization: Bearer`` (WHEP) or as the
+query parameter. A refusal is ``403`` with the reason in the body and the log,
+counted by reason.
+
+Only playlists are buffered for rewriting (they are small); segments and parts
+stream through untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import parse_qs, quote
+
+from prometheus_client import CollectorRegistry, Counter
+
+from nearcast.tokens import TokenError, verify
+
+log = logging.getLogger(__name__)
+
+Scope = dict[str, Any]
+Receive = Callable[[], Any]
+Send = Callable[[dict[str, Any]], Any]
+
+PLAY = "play"
+_URI_ATTR = re.compile(rb'URI="([^"]*)"')
+# Paths under a stream that are not media: publishing has its own authentication, and the
+# watch page is static (the media it then asks for carries the token).
+_NOT_PLAYBACK = ("whip", "publish", "watch")
+
+
+def _with_token(uri: bytes, token: bytes) -> bytes:
+    if b"token=" in uri:
+        return uri
+    return uri + (b"&" if b"?" in uri else b"?") + b"token=" + token
+
+
+def rewrite_playlist(body: bytes, token: str) -> bytes:
+    """Add ``token`` to every URI of an M3U8 playlist (pure)."""
+    tok = quote(token, safe="").encode()
+    out = []
+    for line in body.split(b"\n"):
+        if line.startswith(b"#"):
+            if b'URI="' in line:
+                line = _URI_ATTR.sub(lambda m: b'URI="' + _with_token(m.group(1), tok) + b'"', line)
+        elif line.strip():
+            line = _with_token(line.rstrip(b"\r"), tok) + (b"\r" if line.endswith(b"\r") else b"")
+        out.append(line)
+    return b"\n".join(out)
+
+
+class PlaybackMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        # playback_rejected_total{reason}: media requests refused for their token.
+        self.rejected = Counter(
+            "playback_rejected_total", "Playback requests refused by token check", ["reason"],
+            registry=registry,
+        )
+
+
+class PlaybackGuard:
+    """ASGI middleware: token check for ``/{tenant}/{stream}/...`` of guarded tenants.
+
+    ``keys_for(tenant)`` gives the tenant's key id -> secret map when its
+    playback requires a token, else ``None`` (the request passes untouched).
+    """
+
+    def __init__(
+        self,
+        app: Callable[..., Any],
+        keys_for: Callable[[str], Mapping[str, str] | None],
+        metrics: PlaybackMetrics,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.app = app
+        self.keys_for = keys_for
+        self.metrics = metrics
+        self.clock = clock
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        parts = scope["path"].strip("/").split("/")
+        keys = self.keys_for(parts[0]) if len(parts) >= 3 else None
+        if keys is None or parts[2] in _NOT_PLAYBACK:
+            await self.app(scope, receive, send)
+            return
+        tenant, stream = parts[0], parts[1]
+        token = self._token(scope)
+        try:
+            verify(token, keys, PLAY, tenant, stream, self.clock())
+        except TokenError as exc:
+            self.metrics.rejected.labels(exc.reason).inc()
+            client = (scope.get("client") or ("-",))[0]
+            log.warning("playback of %s/%s refused for %s (%s): %s",
+                        tenant, stream, client, exc.reason, exc)
+            body = f"playback refused ({exc.reason}): {exc}\n".encode()
+            await send({"type": "http.response.start", "status": 403, "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+            ]})
+            await send({"type": "http.response.body", "body": body})
+            return
+        assert token is not None
+        if scope["path"].endswith(".m3u8"):
+            await self.app(scope, receive, _Rewriter(send, token))
+        else:
+            await self.app(scope, receive, send)
+
+    @staticmethod
+    def _token(scope: Scope) -> str | None:
+        qs = scope.get("query_string", b"")
+        if b"token=" in qs:
+            values = parse_qs(qs.decode("latin-1")).get("token")
+            if values:
+                return values[0]
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization" and value[:7].lower() == b"bearer ":
+                return value[7:].decode("latin-1").strip()
+        return None
+
+
+class _Rewriter:
+    """A ``send`` that buffers a playlist response and adds the token to its URIs."""
+
+    def __init__(self, send: Send, token: str) -> None:
+        self.send = send
+        self.token = token
+        self.start: dict[str, Any] | None = None
+        self.body = bytearray()
+
+    async def __call__(self, message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            self.start = message
+            return
+        if message["type"] != "http.response.body" or self.start is None:
+            await self.send(message)
+            return
+        self.body += message.get("body", b"")
+        if message.get("more_body"):
+            return
+        start, self.start = self.start, None
+        body = bytes(self.body)
+        if start["status"] == 200:
+            body = rewrite_playlist(body, self.token)
+        headers = [(k, v) for k, v in start.get("headers", ()) if k.lower() != b"content-length"]
+        headers.append((b"content-length", str(len(body)).encode()))
+        await self.send({**start, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body})
