@@ -170,6 +170,12 @@ def _query(qs: bytes) -> dict[bytes, bytes]:
     return out
 
 
+# Path segments after /{tenant}/{stream}/ that are not renditions: the API owns them.
+_CONTROL = ("whip", "whep")
+# First path segments of the control API and static files: never a tenant.
+_API_ROOTS = ("v1", "static")
+
+
 class MediaApp:
     """ASGI app for ``/{tenant}/{stream}/...`` media paths; everything else goes to ``fallback``."""
 
@@ -289,6 +295,8 @@ class MediaApp:
                 return None
         parts = path.split(b"/")
         n = len(parts)
+        if n > 1 and parts[1] in (b"v1", b"static"):
+            return None
         if self.guarded is not None and n >= 3 and self.guarded(parts[1].decode()):
             return None
         if n == 4 and parts[3] == b"index.m3u8":
@@ -380,12 +388,17 @@ class MediaApp:
             await self.fallback(scope, receive, send)
             return
         parts = scope["path"].split("/")
+        if len(parts) > 1 and parts[1] in _API_ROOTS:
+            await self.fallback(scope, receive, send)
+            return
         # "", tenant, stream, file  |  "", tenant, stream, rendition, file
         # |  "", tenant, stream, "vod", file  |  "", tenant, stream, "vod", rendition, file
         n = len(parts)
         if n == 5:
             if parts[3] == "vod":
                 await self._vod(scope, send, parts[1], parts[2], None, parts[4])
+            elif parts[3] in _CONTROL:
+                await self.fallback(scope, receive, send)  # WHIP/WHEP session resources
             else:
                 await self._media(scope, send, parts[1], parts[2], parts[3], parts[4])
         elif n == 4 and parts[3] == "index.m3u8":

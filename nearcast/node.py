@@ -7,8 +7,8 @@ This module only wires the stages together and owns the per-stream lifecycle
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import contextlib
+import dataclasses
 import logging
 import json
 import socket
@@ -204,9 +204,18 @@ class StreamSession:
         except (TypeError, ValueError):
             fps = 0.0
         profile = cfg.transcode.profile(self.profile)
+        ladder = list(profile.ladder)
+        if cfg.hls.low_latency:
+            # LL-HLS trades bits for delay: x264's lookahead and B-frames alone hold back
+            # ~0.6 s, a third of the budget. Rungs that name their own tune keep it.
+            ladder = [
+                dataclasses.replace(r, tune="zerolatency") if r.codec != "copy" and not r.tune
+                else r
+                for r in ladder
+            ]
         return Spec(
             stream=str(self.key),
-            ladder=list(profile.ladder),
+            ladder=ladder,
             audio=profile.audio,
             segment_duration=cfg.hls.segment_duration,
             x264_threads=cfg.transcode.x264_threads,

@@ -30,6 +30,11 @@ def on_disk(root: Path, rendition: str) -> list[str]:
     return sorted(p.name for p in (root / rendition).glob("[0-9]*-*.*"))
 
 
+def recorded_seconds(names: list[str]) -> float:
+    """Total duration of recorded segments, from their ``{index}-{milliseconds}`` names."""
+    return sum(int(name.split("-")[1].split(".")[0]) for name in names) / 1000
+
+
 def kill9(n: NodeProcess) -> None:
     """SIGKILL the node and its child processes, as a crash of its service (cgroup) would."""
     children = n.children()
@@ -79,7 +84,9 @@ def test_kill9_keeps_every_complete_segment_and_reconnect_continues(tmp_path: Pa
         )
         with av.open(f"{second.http}/live/class/vod/360p/index.m3u8", timeout=(10, 10)) as c:
             frames = sum(1 for _ in c.decode(video=0))
-        assert frames >= 50 * len(before["360p"])  # ~2 s of 30 fps per segment
+        # Every listed segment decodes: at least 25 fps over the durations recorded in the
+        # names (a segment cut short by the publisher leaving is short, and listed so).
+        assert frames >= 25 * recorded_seconds(before["360p"])
 
         # The publisher reconnects to the restarted node: one continuous VOD.
         count = len(before["360p"])
@@ -102,6 +109,7 @@ def test_kill9_keeps_every_complete_segment_and_reconnect_continues(tmp_path: Pa
         started = time.monotonic()
         with av.open(f"{second.http}/live/class/vod/index.m3u8", timeout=(10, 10)) as c:
             frames = sum(1 for _ in c.decode(video=0))
-        assert frames >= 50 * len(pl.segments) and time.monotonic() - started < 60
+        assert frames >= 25 * recorded_seconds(on_disk(root, "360p"))
+        assert time.monotonic() - started < 60
     finally:
         second.stop()
