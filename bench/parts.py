@@ -1,6 +1,6 @@
 """LL-HLS part latency at the worker: how soon after its last frame arrives is a part out?
 
-Run: ``python -m bench.parts [--seconds S] [--profile NAME ...] [--part 0.333] [--rungs N]``
+Run: ``python -m bench.parts [--seconds S] [--profile NAME ...] [--part 0.25] [--rungs N]``
 
 The sample lecture (720p30) is fed to the worker's pipeline paced like a live
 publisher, with fMP4 parts on. For every part of every rendition it records the
@@ -106,7 +106,7 @@ def run(profile: str, seconds: float, part: float, rungs: int) -> dict[str, Any]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=12.0)
-    ap.add_argument("--part", type=float, default=0.333)
+    ap.add_argument("--part", type=float, default=0.25)
     ap.add_argument("--rungs", type=int, default=0, help="only the N smallest rungs (0: all)")
     ap.add_argument(
         "--profile", action="append", help="profiles to compare (default: default, lowlatency)"

@@ -26,7 +26,7 @@ class HlsConfig:
     retain_ended: float = 60.0
     segment_format: str = "ts"
     low_latency: bool = False
-    part_duration: float = 0.333
+    part_duration: float = 0.25
 
     def __post_init__(self) -> None:
         check(self.segment_format in ("ts", "fmp4"), "segment_format", "must be ts or fmp4")
