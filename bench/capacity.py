@@ -73,8 +73,11 @@ class Run:
         kept = sum(r.keeps_up for r in self.results)
         on_time = sum(r.on_time for r in self.results)
         degraded = max((r.degraded for r in self.results), default=0)
-        return (f"{self.side:9} {self.streams:3}  {kept:3}/{self.streams:<3} {on_time:4}/{self.streams:<3}"
-                f" {max(lags):9.2f} {degraded:9}")
+        return (
+            f"{self.side:9} {self.streams:3}  {kept:3}/{self.streams:<3} "
+            f"{on_time:4}/{self.streams:<3}"
+            f" {max(lags):9.2f} {degraded:9}"
+        )
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -94,16 +97,22 @@ class NodeRunner:
 
     def __init__(self, workdir: Path) -> None:
         env = dict(os.environ)
-        env.update({
-            "NEARCAST_RTMP_LISTEN": "127.0.0.1:0",
-            "NEARCAST_HTTP_LISTEN": "127.0.0.1:0",
-            "NEARCAST_TRANSCODE_CAPACITY_UNITS": "1000",  # admit everything: we measure
-            "NEARCAST_HLS_GRACE_PERIOD": "0",
-            "PYTHONUNBUFFERED": "1",
-        })
+        env.update(
+            {
+                "NEARCAST_RTMP_LISTEN": "127.0.0.1:0",
+                "NEARCAST_HTTP_LISTEN": "127.0.0.1:0",
+                "NEARCAST_TRANSCODE_CAPACITY_UNITS": "1000",  # admit everything: we measure
+                "NEARCAST_HLS_GRACE_PERIOD": "0",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         self.log = open(workdir / "node.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([sys.executable, "-m", "nearcast", "node"],
-                                     stdout=subprocess.PIPE, stderr=self.log, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "nearcast", "node"],
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            env=env,
+        )
         lines: queue.Queue[str] = queue.Queue()
 
         def pump() -> None:
@@ -148,16 +157,21 @@ def run_nearcast(n: int, seconds: float, workdir: Path) -> Run:
     try:
         for i in range(n):
             url = f"{node.rtmp}/live/s{i}"
-            t = threading.Thread(target=publish, args=(str(SAMPLE), url),
-                                 kwargs={"loop": True, "stop": stop}, daemon=True)
+            t = threading.Thread(
+                target=publish,
+                args=(str(SAMPLE), url),
+                kwargs={"loop": True, "stop": stop},
+                daemon=True,
+            )
             t.start()
             threads.append(t)
         rung = lowest_rung()
         # Warm-up: every stream has a first segment (workers started, encoders open).
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if all(node.http.get(f"/live/s{i}/{rung}/index.m3u8").status_code == 200
-                   for i in range(n)):
+            if all(
+                node.http.get(f"/live/s{i}/{rung}/index.m3u8").status_code == 200 for i in range(n)
+            ):
                 break
             time.sleep(0.5)
         seen: list[set[str]] = [set() for _ in range(n)]
@@ -196,11 +210,20 @@ def run_ffmpeg(ffmpeg: str, n: int, seconds: float, workdir: Path) -> Run:
         at = cmd.index("-i")
         cmd[at:at] = ["-re", "-stream_loop", "-1"]
         # Live HLS instead of VOD, stopped after the warm-up plus the window.
-        cmd[cmd.index("-hls_playlist_type"):cmd.index("-hls_playlist_type") + 2] = [
-            "-hls_list_size", "6", "-t", str(seconds + 5)]
+        cmd[cmd.index("-hls_playlist_type") : cmd.index("-hls_playlist_type") + 2] = [
+            "-hls_list_size",
+            "6",
+            "-t",
+            str(seconds + 5),
+        ]
         cmd[1:1] = ["-nostats", "-progress", "pipe:1"]
-        procs.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                       text=True), time.monotonic(), out))
+        procs.append(
+            (
+                subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True),
+                time.monotonic(),
+                out,
+            )
+        )
     progress: list[float] = [0.0] * n
 
     def pump(i: int, proc: subprocess.Popen[str]) -> None:
@@ -209,14 +232,16 @@ def run_ffmpeg(ffmpeg: str, n: int, seconds: float, workdir: Path) -> Run:
             if line.startswith("out_time_us=") and line.strip() != "out_time_us=N/A":
                 progress[i] = int(line.split("=")[1]) / 1e6
 
-    pumps = [threading.Thread(target=pump, args=(i, p), daemon=True) for i, (p, _, _) in enumerate(procs)]
+    pumps = [
+        threading.Thread(target=pump, args=(i, p), daemon=True) for i, (p, _, _) in enumerate(procs)
+    ]
     for t in pumps:
         t.start()
     time.sleep(5)  # same warm-up as the node's first segment
     counts0 = [len(list(out.glob("*/*.ts"))) for _, _, out in procs]
     time.sleep(seconds)
     run = Run("ffmpeg", n)
-    for i, (p, started, out) in enumerate(procs):
+    for i, (_proc, started, out) in enumerate(procs):
         lag = (time.monotonic() - started) - progress[i]
         segs = len(list(out.glob("*/*.ts"))) - counts0[i]
         rungs = len(load(environ={}).transcode.ladder)
@@ -229,7 +254,9 @@ def run_ffmpeg(ffmpeg: str, n: int, seconds: float, workdir: Path) -> Run:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=40.0, help="measured window per run (default 40)")
+    ap.add_argument(
+        "--seconds", type=float, default=40.0, help="measured window per run (default 40)"
+    )
     ap.add_argument("--max-streams", type=int, default=4, help="largest N tried (default 4)")
     args = ap.parse_args()
     ffmpeg = shutil.which("ffmpeg")
@@ -244,8 +271,11 @@ def main() -> int:
             for n in range(1, args.max_streams + 1):
                 d = work / f"{side}-{n}"
                 d.mkdir()
-                run = (run_nearcast(n, args.seconds, d) if side == "nearcast"
-                       else run_ffmpeg(ffmpeg, n, args.seconds, d))
+                run = (
+                    run_nearcast(n, args.seconds, d)
+                    if side == "nearcast"
+                    else run_ffmpeg(ffmpeg, n, args.seconds, d)
+                )
                 runs.append(run)
                 print(run.row(), flush=True)
                 if not all(r.keeps_up for r in run.results):
@@ -256,25 +286,36 @@ def main() -> int:
         for side in ("nearcast", "ffmpeg"):
             d = work / f"overload-{side}"
             d.mkdir()
-            run = (run_nearcast(heavy, args.seconds, d) if side == "nearcast"
-                   else run_ffmpeg(ffmpeg, heavy, args.seconds, d))
+            run = (
+                run_nearcast(heavy, args.seconds, d)
+                if side == "nearcast"
+                else run_ffmpeg(ffmpeg, heavy, args.seconds, d)
+            )
             run.side = f"{side}*"
             runs.append(run)
             overload[side] = run.to_json()
             print(run.row(), flush=True)
     print()
-    print(f"{'side':9} {'N':>3}  keep-up  on-time  max lag s  max degr.   (* = overload, 2x capacity)")
+    print(
+        f"{'side':9} {'N':>3}  keep-up  on-time  max lag s  max degr.   (* = overload, 2x capacity)"
+    )
     for run in runs:
         print(run.row())
-    print(f"live capacity (720p30 default ladder, real time): nearcast {capacity['nearcast']}, "
-          f"FFmpeg CLI {capacity['ffmpeg']}")
-    print(json.dumps({
-        "seconds": args.seconds,
-        "capacity": capacity,
-        "runs": [{"side": r.side, **r.to_json()} for r in runs],
-        "overload_streams": heavy,
-        "overload": overload,
-    }))
+    print(
+        f"live capacity (720p30 default ladder, real time): nearcast {capacity['nearcast']}, "
+        f"FFmpeg CLI {capacity['ffmpeg']}"
+    )
+    print(
+        json.dumps(
+            {
+                "seconds": args.seconds,
+                "capacity": capacity,
+                "runs": [{"side": r.side, **r.to_json()} for r in runs],
+                "overload_streams": heavy,
+                "overload": overload,
+            }
+        )
+    )
     return 0
 
 

@@ -45,7 +45,9 @@ def main() -> int:
             "realtime_factor": round(media / wall, 2),
             "media_seconds": round(media, 3),
         }
-        print(f"{codec:12} used={used} wall={wall:.2f}s cpu={cpu:.2f}s {media / wall:.2f}x realtime")
+        print(
+            f"{codec:12} used={used} wall={wall:.2f}s cpu={cpu:.2f}s {media / wall:.2f}x realtime"
+        )
     print(json.dumps(figures))
     return 0
 

@@ -48,21 +48,61 @@ def ffmpeg_ladder_cmd(ffmpeg: str, src: Path, out: Path, seg: float) -> list[str
     n = len(ladder)
     labels = "".join(f"[s{i}]" for i in range(n))
     scales = ";".join(f"[s{i}]scale={r.width}:{r.height}[v{i}]" for i, r in enumerate(ladder))
-    cmd = [ffmpeg, "-loglevel", "error", "-y", "-i", str(src), "-filter_complex",
-           f"[0:v]split={n}{labels};{scales}"]
+    cmd = [
+        ffmpeg,
+        "-loglevel",
+        "error",
+        "-y",
+        "-i",
+        str(src),
+        "-filter_complex",
+        f"[0:v]split={n}{labels};{scales}",
+    ]
     for i in range(n):
         cmd += ["-map", f"[v{i}]", "-map", "0:a"]
     gop = int(round(30 * seg))
-    cmd += ["-c:v", "libx264", "-preset", "veryfast", "-profile:v", "high", "-g", str(gop * 2),
-            "-keyint_min", str(gop), "-sc_threshold", "0",
-            "-force_key_frames", f"expr:gte(t,n_forced*{seg})"]
+    cmd += [
+        "-c:v",
+        "libx264",
+        "-preset",
+        "veryfast",
+        "-profile:v",
+        "high",
+        "-g",
+        str(gop * 2),
+        "-keyint_min",
+        str(gop),
+        "-sc_threshold",
+        "0",
+        "-force_key_frames",
+        f"expr:gte(t,n_forced*{seg})",
+    ]
     for i, r in enumerate(ladder):
-        cmd += [f"-b:v:{i}", str(r.video_bitrate), f"-maxrate:v:{i}", str(r.maxrate or r.video_bitrate),
-                f"-bufsize:v:{i}", str(r.bufsize or 2 * r.video_bitrate)]
-    cmd += ["-c:a", "aac", "-b:a", str(cfg.transcode.audio.bitrate), "-ar",
-            str(cfg.transcode.audio.sample_rate), "-f", "hls", "-hls_time", str(seg),
-            "-hls_playlist_type", "vod", "-var_stream_map",
-            " ".join(f"v:{i},a:{i}" for i in range(n)), str(out / "%v" / "index.m3u8")]
+        cmd += [
+            f"-b:v:{i}",
+            str(r.video_bitrate),
+            f"-maxrate:v:{i}",
+            str(r.maxrate or r.video_bitrate),
+            f"-bufsize:v:{i}",
+            str(r.bufsize or 2 * r.video_bitrate),
+        ]
+    cmd += [
+        "-c:a",
+        "aac",
+        "-b:a",
+        str(cfg.transcode.audio.bitrate),
+        "-ar",
+        str(cfg.transcode.audio.sample_rate),
+        "-f",
+        "hls",
+        "-hls_time",
+        str(seg),
+        "-hls_playlist_type",
+        "vod",
+        "-var_stream_map",
+        " ".join(f"v:{i},a:{i}" for i in range(n)),
+        str(out / "%v" / "index.m3u8"),
+    ]
     return cmd
 
 
@@ -82,12 +122,28 @@ def main() -> int:
         src = Path(args.input) if args.input else work / "src.mp4"
         if not args.input:
             subprocess.run(
-                [ffmpeg, "-loglevel", "error", "-y", "-stream_loop", "-1", "-i", str(SAMPLE),
-                 "-t", str(args.seconds), "-c", "copy", str(src)], check=True,
+                [
+                    ffmpeg,
+                    "-loglevel",
+                    "error",
+                    "-y",
+                    "-stream_loop",
+                    "-1",
+                    "-i",
+                    str(SAMPLE),
+                    "-t",
+                    str(args.seconds),
+                    "-c",
+                    "copy",
+                    str(src),
+                ],
+                check=True,
             )
         probe = subprocess.run(
             [sys.executable, "-c", f"import av; c=av.open({str(src)!r}); print(c.duration/1e6)"],
-            capture_output=True, text=True, check=True,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         media = float(probe.stdout.strip())
         results: dict[str, list[tuple[float, float]]] = {"nearcast": [], "ffmpeg": []}
@@ -96,8 +152,16 @@ def main() -> int:
                 out = work / f"{name}-{i}"
                 out.mkdir()
                 if name == "nearcast":
-                    cmd = [sys.executable, "-m", "nearcast", "transcode", str(src),
-                           "--out", str(out), "--quiet"]
+                    cmd = [
+                        sys.executable,
+                        "-m",
+                        "nearcast",
+                        "transcode",
+                        str(src),
+                        "--out",
+                        str(out),
+                        "--quiet",
+                    ]
                 else:
                     cmd = ffmpeg_ladder_cmd(ffmpeg, src, out, seg)
                 results[name].append(run_timed(cmd))
@@ -114,19 +178,26 @@ def main() -> int:
         }
     ratio_wall = figures["nearcast"]["wall_seconds"] / figures["ffmpeg"]["wall_seconds"]
     ratio_cpu = figures["nearcast"]["cpu_seconds"] / figures["ffmpeg"]["cpu_seconds"]
-    print(f"input: {media:.1f} s of 720p30, ladder {', '.join(r.name for r in load(environ={}).transcode.ladder)}, {args.runs} run(s) each, medians")
+    names = ", ".join(r.name for r in load(environ={}).transcode.ladder)
+    print(f"input: {media:.1f} s of 720p30, ladder {names}, {args.runs} run(s) each, medians")
     print(f"{'':10} {'wall s':>8} {'cpu s':>8} {'x realtime':>11} {'cpu s / out s':>14}")
     for name, f in figures.items():
-        print(f"{name:10} {f['wall_seconds']:8.2f} {f['cpu_seconds']:8.2f} "
-              f"{f['realtime_factor']:11.2f} {f['cpu_per_output_second']:14.3f}")
+        print(
+            f"{name:10} {f['wall_seconds']:8.2f} {f['cpu_seconds']:8.2f} "
+            f"{f['realtime_factor']:11.2f} {f['cpu_per_output_second']:14.3f}"
+        )
     print(f"{'ratio':10} {ratio_wall:8.3f} {ratio_cpu:8.3f}   (nearcast / ffmpeg; target <= 1.03)")
-    print(json.dumps({
-        "media_seconds": round(media, 3),
-        "runs": args.runs,
-        **figures,
-        "ratio_wall": round(ratio_wall, 3),
-        "ratio_cpu": round(ratio_cpu, 3),
-    }))
+    print(
+        json.dumps(
+            {
+                "media_seconds": round(media, 3),
+                "runs": args.runs,
+                **figures,
+                "ratio_wall": round(ratio_wall, 3),
+                "ratio_cpu": round(ratio_cpu, 3),
+            }
+        )
+    )
     return 0
 
 

@@ -66,7 +66,9 @@ class PlaybackMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         # playback_rejected_total{reason}: media requests refused for their token.
         self.rejected = Counter(
-            "playback_rejected_total", "Playback requests refused by token check", ["reason"],
+            "playback_rejected_total",
+            "Playback requests refused by token check",
+            ["reason"],
             registry=registry,
         )
 
@@ -106,14 +108,21 @@ class PlaybackGuard:
         except TokenError as exc:
             self.metrics.rejected.labels(exc.reason).inc()
             client = (scope.get("client") or ("-",))[0]
-            log.warning("playback of %s/%s refused for %s (%s): %s",
-                        tenant, stream, client, exc.reason, exc)
+            log.warning(
+                "playback of %s/%s refused for %s (%s): %s", tenant, stream, client, exc.reason, exc
+            )
             body = f"playback refused ({exc.reason}): {exc}\n".encode()
-            await send({"type": "http.response.start", "status": 403, "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"),
-                (b"content-length", str(len(body)).encode()),
-                (b"cache-control", b"no-store"),
-            ]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 403,
+                    "headers": [
+                        (b"content-type", b"text/plain; charset=utf-8"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"cache-control", b"no-store"),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
             return
         assert token is not None
@@ -128,10 +137,10 @@ class PlaybackGuard:
         if b"token=" in qs:
             values = parse_qs(qs.decode("latin-1")).get("token")
             if values:
-                return values[0]
+                return str(values[0])
         for name, value in scope.get("headers", ()):
             if name == b"authorization" and value[:7].lower() == b"bearer ":
-                return value[7:].decode("latin-1").strip()
+                return str(value[7:].decode("latin-1")).strip()
         return None
 
 

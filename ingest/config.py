@@ -27,8 +27,11 @@ class RtmpConfig:
         check(len(self.tenants) > 0, "tenants", "must name at least one tenant")
         for t in self.tenants:
             # The HTTP paths /v1/... and /static/... belong to the API and the pages.
-            check(t not in ("v1", "static") and t.isprintable() and "/" not in t and bool(t),
-                  "tenants", f"{t!r} cannot be a tenant name (reserved or not a path segment)")
+            check(
+                t not in ("v1", "static") and t.isprintable() and "/" not in t and bool(t),
+                "tenants",
+                f"{t!r} cannot be a tenant name (reserved or not a path segment)",
+            )
         check(128 <= self.chunk_size <= 65536, "chunk_size", "must be between 128 and 65536")
         check(self.window_ack_size > 0, "window_ack_size", "must be greater than zero")
         check(self.handshake_timeout > 0, "handshake_timeout", "must be greater than zero")

@@ -24,19 +24,25 @@ class IngestMetrics:
         # for bad input; reason is one of a fixed set (protocol, handshake, tenant,
         # duplicate, codec, timeout, ...).
         self.rejected = Counter(
-            "ingest_rejected_total", "Refused or dropped ingest connections", ["reason"],
+            "ingest_rejected_total",
+            "Refused or dropped ingest connections",
+            ["reason"],
             registry=registry,
         )
         # ingest_closed_total{reason}: live publishers the node disconnected; reason is
         # kicked (operator), takeover (a new publisher of the same stream) or bitrate
         # (over ingest.max_bitrate, also counted as ingest_rejected_total{reason="bitrate"}).
         self.closed = Counter(
-            "ingest_closed_total", "Live publishers disconnected by the node", ["reason"],
+            "ingest_closed_total",
+            "Live publishers disconnected by the node",
+            ["reason"],
             registry=registry,
         )
         # ingest_webhook_requests_total{outcome}: on_publish webhook calls by outcome:
         # allowed, denied, timeout or error (the last two then follow on_publish.fail_open).
         self.webhook = Counter(
-            "ingest_webhook_requests_total", "on_publish webhook calls", ["outcome"],
+            "ingest_webhook_requests_total",
+            "on_publish webhook calls",
+            ["outcome"],
             registry=registry,
         )

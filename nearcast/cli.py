@@ -69,8 +69,15 @@ def _node(args: argparse.Namespace) -> int:
 
 
 def publish_url(
-    config: Config, tenant: str, stream: str, ttl: float, *, host: str = "", tls: bool = False,
-    key_id: str = "", now: float | None = None,
+    config: Config,
+    tenant: str,
+    stream: str,
+    ttl: float,
+    *,
+    host: str = "",
+    tls: bool = False,
+    key_id: str = "",
+    now: float | None = None,
 ) -> str:
     """A signed ``rtmp(s)://host:port/tenant/stream?token=...`` publish URL."""
     from nearcast import tokens
@@ -92,8 +99,12 @@ def publish_url(
         raise ValueError(f"--ttl must be greater than zero, got {ttl:g}")
     expires = int((time.time() if now is None else now) + ttl)
     token = tokens.sign(secret, key_id, "publish", tenant, stream, expires)
-    return _url(config.rtmp.tls_listen if tls else config.rtmp.listen, host,
-                "rtmps" if tls else "rtmp", f"/{quote(tenant)}/{quote(stream)}?token={token}")
+    return _url(
+        config.rtmp.tls_listen if tls else config.rtmp.listen,
+        host,
+        "rtmps" if tls else "rtmp",
+        f"/{quote(tenant)}/{quote(stream)}?token={token}",
+    )
 
 
 def _url(listen: str, host: str, scheme: str, path: str) -> str:
@@ -106,7 +117,13 @@ def _url(listen: str, host: str, scheme: str, path: str) -> str:
 
 
 def playback_url(
-    config: Config, tenant: str, stream: str, ttl: float, *, host: str = "", key_id: str = "",
+    config: Config,
+    tenant: str,
+    stream: str,
+    ttl: float,
+    *,
+    host: str = "",
+    key_id: str = "",
     now: float | None = None,
 ) -> str:
     """A signed ``http://host:port/tenant/stream/index.m3u8?token=...`` playback URL."""
@@ -124,8 +141,12 @@ def playback_url(
     key_id, secret = (key_id, keys.keys[key_id]) if key_id else keys.signing_key()
     expires = int((time.time() if now is None else now) + ttl)
     token = tokens.sign(secret, key_id, "play", tenant, stream, expires)
-    return _url(config.http.listen, host, "http",
-                f"/{quote(tenant)}/{quote(stream)}/index.m3u8?token={token}")
+    return _url(
+        config.http.listen,
+        host,
+        "http",
+        f"/{quote(tenant)}/{quote(stream)}/index.m3u8?token={token}",
+    )
 
 
 def _token(args: argparse.Namespace) -> int:
@@ -137,7 +158,12 @@ def _token(args: argparse.Namespace) -> int:
             )
         else:
             url = publish_url(
-                config, args.tenant, args.stream, args.ttl, host=args.host, tls=args.tls,
+                config,
+                args.tenant,
+                args.stream,
+                args.ttl,
+                host=args.host,
+                tls=args.tls,
                 key_id=args.key,
             )
     except (ConfigError, ValueError) as exc:
@@ -168,7 +194,8 @@ def _register_token(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--host", default="", help="host name in the URL (default: from rtmp.listen)")
     p.add_argument("--tls", action="store_true", help="print an rtmps:// URL (rtmp.tls_listen)")
     p.add_argument(
-        "--play", action="store_true",
+        "--play",
+        action="store_true",
         help="print a playback URL signed with the tenant's playback.tenants key instead",
     )
     p.add_argument("--config", metavar="FILE", help="configuration file (as for `nearcast node`)")

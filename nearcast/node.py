@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import logging
 import json
+import logging
 import socket
 import sys
 import time
@@ -21,8 +21,8 @@ from prometheus_client import CollectorRegistry
 
 from distribute.access import PlaybackGuard, PlaybackMetrics
 from distribute.api import create_api
-from distribute.hls.store import LiveStream, RenditionTrack, Segment, Store
 from distribute.fastpath import media_protocol
+from distribute.hls.store import LiveStream, RenditionTrack, Segment, Store
 from distribute.http import MediaApp, MediaMetrics
 from distribute.record import Recorder, RecordMetrics, StreamRecorder
 from distribute.whep import WhepServer
@@ -209,7 +209,8 @@ class StreamSession:
             # LL-HLS trades bits for delay: x264's lookahead and B-frames alone hold back
             # ~0.6 s, a third of the budget. Rungs that name their own tune keep it.
             ladder = [
-                dataclasses.replace(r, tune="zerolatency") if r.codec != "copy" and not r.tune
+                dataclasses.replace(r, tune="zerolatency")
+                if r.codec != "copy" and not r.tune
                 else r
                 for r in ladder
             ]
@@ -223,9 +224,7 @@ class StreamSession:
             degrade_lag=cfg.transcode.degrade_lag,
             segment_format=cfg.hls.segment_format,
             part_duration=cfg.hls.part_duration if cfg.hls.low_latency else 0.0,
-            tap=(
-                tap_rendition(cfg.webrtc.rendition, profile.ladder) if cfg.webrtc.enabled else ""
-            ),
+            tap=(tap_rendition(cfg.webrtc.rendition, profile.ladder) if cfg.webrtc.enabled else ""),
         )
 
     def disconnect(self, reason: str) -> None:
@@ -247,7 +246,11 @@ class StreamSession:
         if rate > ic.max_bitrate:
             log.warning(
                 "[node %s] publisher over the bit rate limit: %.0f kbit/s over %g s > %.0f kbit/s;"
-                " disconnecting", self.key, rate / 1000, ic.bitrate_window, ic.max_bitrate / 1000,
+                " disconnecting",
+                self.key,
+                rate / 1000,
+                ic.bitrate_window,
+                ic.max_bitrate / 1000,
             )
             self.node.imetrics.rejected.labels("bitrate").inc()
             self.disconnect("bitrate")
@@ -318,12 +321,19 @@ class Node:
         # Publishes past the cheap checks, awaiting the webhook: they count towards the limits.
         self._opening: dict[StreamKey, int] = {}
         api = create_api(
-            self.store, self.registry, self._ready, self.info,
-            ingest_stats=self.ingest_stats, kick=self.kick,
+            self.store,
+            self.registry,
+            self._ready,
+            self.info,
+            ingest_stats=self.ingest_stats,
+            kick=self.kick,
             operator_token=config.ingest.operator_token,
         )
         self.whip = WhipServer(
-            config.whip, self, self.imetrics, cors_origin=config.http.cors_origin,
+            config.whip,
+            self,
+            self.imetrics,
+            cors_origin=config.http.cors_origin,
             keyframe_interval=self._whip_keyframe_interval,
         )
         api.include_router(self.whip.router)
@@ -371,7 +381,11 @@ class Node:
                 p for p in request.query.split("&") if p and not p.startswith("token=")
             )
             await self.auth.check(
-                key.tenant, key.stream, token, client_ip(request.remote), request.protocol,
+                key.tenant,
+                key.stream,
+                token,
+                client_ip(request.remote),
+                request.protocol,
                 {"query": query},
             )
         finally:
@@ -389,7 +403,10 @@ class Node:
                 raise PublishRefused("duplicate", f"stream {key} is already being published")
             log.warning(
                 "[node %s] taken over by %s %s; disconnecting %s",
-                key, request.protocol, request.remote, old.request.remote,
+                key,
+                request.protocol,
+                request.remote,
+                old.request.remote,
             )
             self.imetrics.closed.labels("takeover").inc()
             old.disconnect("takeover")
@@ -472,7 +489,9 @@ class Node:
             )
         log.warning(
             "[node %s] over capacity (%.2f of %.2f units): serving the source untranscoded",
-            request.key, self.capacity.in_use, self.capacity.total,
+            request.key,
+            self.capacity.in_use,
+            self.capacity.total,
         )
         self.tmetrics.degradations.labels("passthrough").inc()
         return "passthrough", 0.0
@@ -626,7 +645,10 @@ class Node:
         try:
             registry = None if self.config.placement.url else InProcessRegistry()
             self.agent = NodeAgent(
-                desc, load, self.config.placement, registry=registry,
+                desc,
+                load,
+                self.config.placement,
+                registry=registry,
                 streams=lambda: [str(k) for k in self.sessions],
             )
             await self.agent.start()
@@ -638,8 +660,11 @@ class Node:
         """Measure capacity in a child process, so the event loop and GIL stay free."""
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "transcode.calibrate",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+                sys.executable,
+                "-m",
+                "transcode.calibrate",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.DEVNULL,
             )
             try:
                 out, _ = await proc.communicate()

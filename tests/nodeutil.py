@@ -38,9 +38,7 @@ def require_binary(name: str) -> str:
     return path
 
 
-def wait_for(
-    probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1
-) -> T:
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.1) -> T:
     """Poll ``probe`` until it returns something truthy, or fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     last_exc: Exception | None = None
@@ -52,7 +50,9 @@ def wait_for(
         except Exception as exc:  # the thing polled may not exist yet
             last_exc = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_exc})")
+    raise AssertionError(
+        f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_exc})"
+    )
 
 
 class NodeProcess:
@@ -146,7 +146,9 @@ class Publisher:
 
         def run() -> None:
             try:
-                self.result = publish(source, url, loop=loop, duration=duration, stop=self.stop_event)
+                self.result = publish(
+                    source, url, loop=loop, duration=duration, stop=self.stop_event
+                )
             except BaseException as exc:
                 self.error = exc
 

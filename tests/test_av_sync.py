@@ -78,7 +78,9 @@ def test_audio_and_video_stay_within_one_frame_over_ten_minutes() -> None:
     assert len(vts) >= n_frames - FPS and np.allclose(steps, 1 / FPS, atol=1e-6)
 
     flashes = [
-        t for i, (t, y) in enumerate(zip(vts, luma, strict=True)) if y > 128 and (i == 0 or luma[i - 1] <= 128)
+        t
+        for i, (t, y) in enumerate(zip(vts, luma, strict=True))
+        if y > 128 and (i == 0 or luma[i - 1] <= 128)
     ]
     assert len(flashes) == len(events)
     rate = as_.codec_context.sample_rate

@@ -30,8 +30,10 @@ def llnode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     )
     stop = threading.Event()
     pub = threading.Thread(
-        target=publish, args=(SMALL, node.rtmp("live/ll")),
-        kwargs={"loop": True, "stop": stop, "clock": True}, daemon=True,
+        target=publish,
+        args=(SMALL, node.rtmp("live/ll")),
+        kwargs={"loop": True, "stop": stop, "clock": True},
+        daemon=True,
     )
     pub.start()
     try:

@@ -11,8 +11,15 @@ INFO = {
     "source": {"width": 640, "height": 360, "fps": 30.0},
     "audio": True,
     "renditions": [
-        {"name": n, "width": w, "height": h, "fps": 30.0, "video_bitrate": b, "maxrate": b,
-         "audio_bitrate": 128000}
+        {
+            "name": n,
+            "width": w,
+            "height": h,
+            "fps": 30.0,
+            "video_bitrate": b,
+            "maxrate": b,
+            "audio_bitrate": 128000,
+        }
         for n, w, h, b in (("360p", 640, 360, 700_000), ("180p", 320, 180, 200_000))
     ],
 }

@@ -124,7 +124,12 @@ def test_streams_api_health_and_metrics(node: NodeProcess, live: Publisher) -> N
     assert s["uptime"] > 0
     assert {r["name"] for r in s["renditions"]} == set(SIZES)
     metrics = node.get("/metrics").text
-    for name in ("ingest_sessions", "ingest_bytes_total", "transcode_workers", "hls_requests_total"):
+    for name in (
+        "ingest_sessions",
+        "ingest_bytes_total",
+        "transcode_workers",
+        "hls_requests_total",
+    ):
         assert name in metrics
     page = node.get("/")
     assert page.status_code == 200 and "hls.min.js" in page.text
@@ -193,8 +198,10 @@ def test_two_publishers_at_once(node: NodeProcess, live: Publisher) -> None:
         wait_for(lambda: _ready(node, "live/class2", 2), 60, "the second stream")
         a0, b0 = max(_msns(node, "live/class1/360p")), max(_msns(node, "live/class2/360p"))
         wait_for(
-            lambda: max(_msns(node, "live/class1/360p")) > a0
-            and max(_msns(node, "live/class2/360p")) > b0,
+            lambda: (
+                max(_msns(node, "live/class1/360p")) > a0
+                and max(_msns(node, "live/class2/360p")) > b0
+            ),
             20,
             "both streams to advance",
         )
@@ -218,9 +225,7 @@ def test_reconnect_within_grace_continues_with_discontinuity(node: NodeProcess) 
     after = segment_numbers(text)
     assert after == sorted(after) and after[0] == before[0], "same playlist, numbering continues"
     # No publisher within the grace period (4 s here): the playlist ends.
-    wait_for(
-        lambda: "#EXT-X-ENDLIST" in node.get("/live/rc/360p/index.m3u8").text, 15, "ENDLIST"
-    )
+    wait_for(lambda: "#EXT-X-ENDLIST" in node.get("/live/rc/360p/index.m3u8").text, 15, "ENDLIST")
 
 
 def test_sigterm_stops_node_and_workers(tmp_path: Path) -> None:

@@ -42,18 +42,31 @@ MASTER = """#EXTM3U
 """
 
 
-def play(key: str, tenant: str = "school", stream: str = "maths", expires: int = NOW + 60,
-         action: str = "play", keys: dict[str, str] = KEYS) -> str:
+def play(
+    key: str,
+    tenant: str = "school",
+    stream: str = "maths",
+    expires: int = NOW + 60,
+    action: str = "play",
+    keys: dict[str, str] = KEYS,
+) -> str:
     return sign(keys[key], key, action, tenant, stream, expires)
 
 
 async def _inner(scope, receive, send):  # type: ignore[no-untyped-def]
-    body = MASTER.encode() if scope["path"].endswith("index.m3u8") and scope["path"].count("/") == 3 else (
-        LLHLS.encode() if scope["path"].endswith(".m3u8") else b"\x47" * 188
+    body = (
+        MASTER.encode()
+        if scope["path"].endswith("index.m3u8") and scope["path"].count("/") == 3
+        else (LLHLS.encode() if scope["path"].endswith(".m3u8") else b"\x47" * 188)
     )
     ctype = b"application/vnd.apple.mpegurl" if scope["path"].endswith(".m3u8") else b"video/mp4"
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -70,8 +83,14 @@ async def _get(path: str, query: str = "", headers: list | None = None) -> tuple
     async def send(m):  # type: ignore[no-untyped-def]
         sent.append(m)
 
-    scope = {"type": "http", "method": "GET", "path": path, "query_string": query.encode(),
-             "headers": headers or [], "client": ("127.0.0.1", 5000)}
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": path,
+        "query_string": query.encode(),
+        "headers": headers or [],
+        "client": ("127.0.0.1", 5000),
+    }
     await guard(scope, None, send)
     start = sent[0]
     body = b"".join(m.get("body", b"") for m in sent[1:])
@@ -97,7 +116,11 @@ async def test_open_tenant_passes_untouched() -> None:
 )
 async def test_every_wrong_token_is_refused(token: str | None, reason: str) -> None:
     query = f"token={token}" if token else ""
-    for path in ("/school/maths/index.m3u8", "/school/maths/360p/index.m3u8", "/school/maths/360p/11.0.m4s"):
+    for path in (
+        "/school/maths/index.m3u8",
+        "/school/maths/360p/index.m3u8",
+        "/school/maths/360p/11.0.m4s",
+    ):
         status, headers, body = await _get(path, query)
         assert status == 403, (path, reason)
         assert f"({reason})".encode() in body
@@ -145,7 +168,9 @@ def test_rewrite_reaches_every_uri_line(uris: list[str]) -> None:
 
 # -- a real node, real players --------------------------------------------------------------
 
-NODE_KEYS = "{live: {keys: {k1: live-secret-0123456789}}, other: {keys: {x1: other-secret-0123456789}}}"
+NODE_KEYS = (
+    "{live: {keys: {k1: live-secret-0123456789}}, other: {keys: {x1: other-secret-0123456789}}}"
+)
 
 
 @pytest.fixture(scope="module")
@@ -172,18 +197,25 @@ def _segments(url: str) -> int:
         return 0
     base = url.split("/index.m3u8")[0]
     variants = m3u8.loads(r.text).playlists
-    counts = [len(m3u8.loads(httpx.get(f"{base}/{p.uri}", timeout=10).text).segments)
-              for p in variants]
+    counts = [
+        len(m3u8.loads(httpx.get(f"{base}/{p.uri}", timeout=10).text).segments) for p in variants
+    ]
     return min(counts, default=0)
 
 
 def _play_url(n: NodeProcess, tenant: str, stream: str) -> str:
     out = subprocess.run(
         [sys.executable, "-m", "nearcast", "token", tenant, stream, "--play", "--ttl", "600"],
-        capture_output=True, text=True, check=True, timeout=30,
-        env={**os.environ, "NEARCAST_PLAYBACK_TENANTS": NODE_KEYS,
-             "NEARCAST_RTMP_TENANTS": "[live, other]",
-             "NEARCAST_HTTP_LISTEN": f"127.0.0.1:{n.http_port}"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+        env={
+            **os.environ,
+            "NEARCAST_PLAYBACK_TENANTS": NODE_KEYS,
+            "NEARCAST_RTMP_TENANTS": "[live, other]",
+            "NEARCAST_HTTP_LISTEN": f"127.0.0.1:{n.http_port}",
+        },
     )
     url = out.stdout.strip()
     assert url.startswith(f"{n.http}/{tenant}/{stream}/index.m3u8?token=")
@@ -219,8 +251,11 @@ def test_media_without_or_with_a_foreign_token_is_403(node: NodeProcess) -> None
     foreign = _play_url(node, "other", "cls").split("token=")[1]
     wrong_stream = _play_url(node, "live", "other").split("token=")[1]
     for path in ("index.m3u8", variant, f"{variant.split('/')[0]}/{seg}"):
-        for query, reason in (("", "missing"), (f"?token={foreign}", "unknown_key"),
-                              (f"?token={wrong_stream}", "wrong_stream")):
+        for query, reason in (
+            ("", "missing"),
+            (f"?token={foreign}", "unknown_key"),
+            (f"?token={wrong_stream}", "wrong_stream"),
+        ):
             r = httpx.get(f"{node.http}/live/cls/{path}{query}", timeout=10)
             assert r.status_code == 403, (path, query)
             assert f"({reason})" in r.text

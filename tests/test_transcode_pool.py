@@ -39,7 +39,7 @@ class Sink:
         pass
 
 
-async def until(pred: Any, timeout: float, what: str) -> None:
+async def until(pred: Any, timeout: float, what: str) -> None:  # noqa: ASYNC109
     deadline = time.monotonic() + timeout
     while not pred():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"

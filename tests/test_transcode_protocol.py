@@ -1,4 +1,4 @@
-"""Framing between node and worker: every frame kind round-trips, corrupt input is a FramingError."""
+"""Framing between node and worker: every frame kind round-trips; corrupt input is refused."""
 
 import pytest
 from hypothesis import given

@@ -33,8 +33,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from nearcast.tokens import sign
 from nodeutil import SMALL, NodeProcess, segment_numbers, wait_for
+
+from nearcast.tokens import sign
 
 LADDER = (
     "[{name: 240p, width: 426, height: 240, video_bitrate: 400000},"
@@ -454,7 +455,9 @@ def test_publish_token_as_bearer_then_operator_kick(node: NodeProcess) -> None:
     assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
     assert "token" in r.text
     good = sign(SECRET, "k1", "publish", "secure", "cls", int(time.time()) + 60)
-    forged = sign("not-the-secret-0123456789", "k1", "publish", "secure", "cls", int(time.time()) + 60)
+    forged = sign(
+        "not-the-secret-0123456789", "k1", "publish", "secure", "cls", int(time.time()) + 60
+    )
     r = node.client.post(url, content=offer, headers={**sdp, "Authorization": f"Bearer {forged}"})
     assert r.status_code == 403 and "signature does not match" in r.text
     assert metric(node, 'ingest_rejected_total{reason="token_forged"}') >= 1
@@ -465,4 +468,6 @@ def test_publish_token_as_bearer_then_operator_kick(node: NodeProcess) -> None:
     assert node.client.post(kick).status_code == 401
     r = node.client.post(kick, headers={"Authorization": "Bearer operator-secret"})
     assert r.status_code == 200, r.text
-    wait_for(lambda: node.client.delete(location).status_code == 404, 10, "the kicked session to end")
+    wait_for(
+        lambda: node.client.delete(location).status_code == 404, 10, "the kicked session to end"
+    )

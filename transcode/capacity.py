@@ -14,6 +14,7 @@ import json
 import sys
 import time
 from fractions import Fraction
+from typing import Any
 
 import av
 import numpy as np
@@ -78,9 +79,9 @@ def _synthetic_clip(seconds: float) -> list[MediaPacket]:
         frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
         frame.pts = i * 1000 // 30
         for p in enc.encode(frame):
-            packets.append(MediaPacket("video", "h264", p.pts, p.dts, bytes(p), p.is_keyframe))
+            packets.append(_packet(p))
     for p in enc.encode(None):
-        packets.append(MediaPacket("video", "h264", p.pts, p.dts, bytes(p), p.is_keyframe))
+        packets.append(_packet(p))
     return packets
 
 
@@ -88,8 +89,12 @@ def calibrate(config: TranscodeConfig | None = None, seconds: float = 2.0) -> fl
     """Measured ladder units this machine sustains in real time."""
     config = config or TranscodeConfig()
     packets = _synthetic_clip(seconds)
-    spec = Spec(stream="calibration", ladder=list(config.ladder), live=False,
-                x264_threads=config.x264_threads)
+    spec = Spec(
+        stream="calibration",
+        ladder=list(config.ladder),
+        live=False,
+        x264_threads=config.x264_threads,
+    )
     pipeline = Pipeline(spec, Output(io.BytesIO()))
     started = time.monotonic()
     for p in packets:
@@ -107,3 +112,8 @@ def main() -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _packet(p: Any) -> MediaPacket:
+    """An encoded av.Packet (ms time base) as the node's media model."""
+    return MediaPacket("video", "h264", int(p.pts or 0), int(p.dts or 0), bytes(p), p.is_keyframe)

@@ -8,8 +8,17 @@ from dataclasses import dataclass, field
 
 from nearcast.settings import check
 
-
-X264_TUNES = ("", "zerolatency", "film", "animation", "grain", "stillimage", "fastdecode", "psnr", "ssim")
+X264_TUNES = (
+    "",
+    "zerolatency",
+    "film",
+    "animation",
+    "grain",
+    "stillimage",
+    "fastdecode",
+    "psnr",
+    "ssim",
+)
 
 
 @dataclass(frozen=True)
@@ -120,7 +129,11 @@ class TranscodeConfig:
 
     def __post_init__(self) -> None:
         _check_ladder(self.ladder, "ladder")
-        check("default" not in self.profiles, "profiles", "must not redefine 'default' (it is 'ladder')")
+        check(
+            "default" not in self.profiles,
+            "profiles",
+            "must not redefine 'default' (it is 'ladder')",
+        )
         for tenant, name in self.tenant_profiles.items():
             check(
                 name == "default" or name in self.profiles,
@@ -128,7 +141,9 @@ class TranscodeConfig:
                 f"names unknown profile {name!r}",
             )
         check(self.capacity_units >= 0, "capacity_units", "must be zero (calibrate) or positive")
-        check(self.overflow in ("refuse", "passthrough"), "overflow", "must be refuse or passthrough")
+        check(
+            self.overflow in ("refuse", "passthrough"), "overflow", "must be refuse or passthrough"
+        )
         check(self.degrade_lag > 0, "degrade_lag", "must be greater than zero")
         check(self.x264_threads >= 0, "x264_threads", "must be zero (auto) or positive")
         check(self.input_queue_packets >= 32, "input_queue_packets", "must be at least 32")

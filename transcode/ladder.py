@@ -51,7 +51,9 @@ def plan(ladder: list[Rendition], src_w: int, src_h: int, src_fps: float) -> lis
     if src_w <= 0 or src_h <= 0:
         raise ValueError(f"source size {src_w}x{src_h} is invalid")
     rungs: list[Rung] = [
-        Rung(r.name, src_w, src_h, src_fps, r.video_bitrate, r.maxrate, r.bufsize, "copy", "", "", "")
+        Rung(
+            r.name, src_w, src_h, src_fps, r.video_bitrate, r.maxrate, r.bufsize, "copy", "", "", ""
+        )
         for r in ladder
         if r.codec == "copy"
     ]

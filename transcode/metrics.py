@@ -18,19 +18,25 @@ class TranscodeMetrics:
         # transcode_fps{stream,rendition}: output frame rate over the last stats period.
         # Bounded by the live streams: series are removed when a stream ends.
         self.fps = Gauge(
-            "transcode_fps", "Encoded frames per second", ["stream", "rendition"],
+            "transcode_fps",
+            "Encoded frames per second",
+            ["stream", "rendition"],
             registry=registry,
         )
         # transcode_lag_seconds{stream}: how far the encoder output trails real time
         # (the age, at encode, of the slowest rung's latest frame since it reached the node).
         self.lag = Gauge(
-            "transcode_lag_seconds", "Transcode lag behind real time", ["stream"],
+            "transcode_lag_seconds",
+            "Transcode lag behind real time",
+            ["stream"],
             registry=registry,
         )
         # transcode_degradations_total{step}: overload steps taken (faster_preset,
         # drop_top_rung, drop_frames), counted when a worker steps down.
         self.degradations = Counter(
-            "transcode_degradations_total", "Overload degradation steps taken", ["step"],
+            "transcode_degradations_total",
+            "Overload degradation steps taken",
+            ["step"],
             registry=registry,
         )
         # transcode_capacity_units / transcode_used_units: the node's transcode capacity in

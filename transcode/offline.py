@@ -16,7 +16,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import av
 
@@ -35,7 +35,7 @@ def file_packets(path: str) -> Iterator[MediaPacket]:
             raise ValueError(f"{path}: no video stream")
         streams = [s for s in (v, a) if s is not None]
         for s in streams:
-            kind = "video" if s is v else "audio"
+            kind: Literal["video", "audio"] = "video" if s is v else "audio"
             extradata = s.codec_context.extradata
             if extradata:
                 yield MediaPacket(kind, s.codec_context.name, 0, 0, bytes(extradata), config=True)
@@ -43,9 +43,9 @@ def file_packets(path: str) -> Iterator[MediaPacket]:
             if pkt.size == 0 or pkt.pts is None or pkt.dts is None:
                 continue
             tb = pkt.time_base
-            kind = "video" if pkt.stream is v else "audio"
+            pkind: Literal["video", "audio"] = "video" if pkt.stream is v else "audio"
             yield MediaPacket(
-                kind,
+                pkind,
                 pkt.stream.codec_context.name,
                 int(pkt.pts * tb * 1000),
                 int(pkt.dts * tb * 1000),
@@ -92,9 +92,7 @@ class _DirWriter(io.RawIOBase):
         return len(data)
 
 
-def transcode_file(
-    source: str, out: Path, spec: Spec, progress: bool = False
-) -> dict[str, Any]:
+def transcode_file(source: str, out: Path, spec: Spec, progress: bool = False) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     # Offline there is no real time to keep up with: never degrade.
     spec = dataclasses.replace(spec, live=False)
@@ -140,8 +138,11 @@ def transcode_file(
         size = sum((out / r["name"] / f"{s.index}.{ext}").stat().st_size for s in segs)
         dur = sum(s.duration for s in segs) or 1.0
         peak = max(
-            ((out / r["name"] / f"{s.index}.{ext}").stat().st_size * 8 / s.duration for s in segs
-             if s.duration > 0),
+            (
+                (out / r["name"] / f"{s.index}.{ext}").stat().st_size * 8 / s.duration
+                for s in segs
+                if s.duration > 0
+            ),
             default=0.0,
         )
         variants.append(

@@ -24,8 +24,8 @@ from typing import Any, Protocol
 from media import MediaPacket, StreamKey
 from transcode.protocol import (
     FrameReader,
-    FramingError,
     FrameType,
+    FramingError,
     InitFrame,
     PartFrame,
     SegmentFrame,
@@ -133,7 +133,7 @@ class Transcoder:
             self._configs[packet.kind] = frame
         await self._queue.put(frame)
 
-    async def finish(self, timeout: float = 10.0) -> None:
+    async def finish(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
         """Flush: the worker encodes what it has, emits its last segments and exits."""
         if self._finishing:
             await self._wait_done(timeout)
@@ -153,7 +153,7 @@ class Transcoder:
         if self._state not in (WorkerState.STOPPED, WorkerState.FAILED):
             self._set_state(WorkerState.STOPPED)
 
-    async def _wait_done(self, timeout: float) -> None:
+    async def _wait_done(self, timeout: float) -> None:  # noqa: ASYNC109
         try:
             await asyncio.wait_for(self._done.wait(), timeout)
         except TimeoutError:

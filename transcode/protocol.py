@@ -157,7 +157,9 @@ class InitFrame:
     data: bytes
 
     def encode(self) -> bytes:
-        return _encode_meta(FrameType.INIT, {"rendition": self.rendition, "codecs": self.codecs}, self.data)
+        return _encode_meta(
+            FrameType.INIT, {"rendition": self.rendition, "codecs": self.codecs}, self.data
+        )
 
     @classmethod
     def parse(cls, payload: bytes) -> InitFrame:

@@ -119,8 +119,15 @@ class Output:
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow")
 # x264 preset names mapped onto NVENC's p1 (fastest) .. p7 (best).
-NVENC_PRESETS = {"ultrafast": "p1", "superfast": "p1", "veryfast": "p2", "faster": "p3",
-                 "fast": "p4", "medium": "p4", "slow": "p6"}
+NVENC_PRESETS = {
+    "ultrafast": "p1",
+    "superfast": "p1",
+    "veryfast": "p2",
+    "faster": "p3",
+    "fast": "p4",
+    "medium": "p4",
+    "slow": "p6",
+}
 
 
 def open_video_encoder(
@@ -220,17 +227,22 @@ class _Segmenter:
                 min_duration=min_duration,
             )
 
-    def video(self, p: av.Packet, nals: list[bytes] | None, index: int | None) -> None:
+    def video(self, p: av.Packet[Any], nals: list[bytes] | None, index: int | None) -> None:
         """An encoded packet (90 kHz); ``nals`` its NAL units, for CMAF."""
         if self.cmaf is not None:
             if p.pts is None or p.dts is None:
                 return
-            self.cmaf.video(nals if nals is not None else split_annexb(bytes(p)),
-                            int(p.pts), int(p.dts), p.is_keyframe, index)
+            self.cmaf.video(
+                nals if nals is not None else split_annexb(bytes(p)),
+                int(p.pts),
+                int(p.dts),
+                p.is_keyframe,
+                index,
+            )
         elif self.ts is not None:
             self.ts.video(p, index)
 
-    def audio(self, ap: av.Packet) -> None:
+    def audio(self, ap: av.Packet[Any]) -> None:
         if self.cmaf is not None:
             if ap.pts is not None:
                 self.cmaf.audio(bytes(ap), int(ap.pts))
@@ -307,7 +319,10 @@ class RungEncoder:
             # GPU, no driver, sessions exhausted): serve the rung with x264.
             log.warning(
                 "[%s] %s: encoder %s unavailable (%s); falling back to libx264",
-                spec.stream, rung.name, rung.codec, exc,
+                spec.stream,
+                rung.name,
+                rung.codec,
+                exc,
             )
             self.codec = "libx264"
             enc = self._open("libx264", rung)
@@ -315,7 +330,8 @@ class RungEncoder:
             log.info(
                 "[%s] %s is the WebRTC tap: encoded without B-frames or lookahead "
                 "(tune zerolatency)",
-                spec.stream, rung.name,
+                spec.stream,
+                rung.name,
             )
         self._enc = enc
         self._preset = rung.preset
@@ -342,8 +358,14 @@ class RungEncoder:
                 nals = split_annexb(data)
                 if p.is_keyframe and not any(n[0] & 0x1F == 7 for n in nals if n):
                     log.warning("[%s] tap IDR without SPS/PPS", self._spec.stream)
-                _tap_video(self._out, data, int(p.pts), int(p.dts), p.is_keyframe,
-                           self._arrivals.pop(int(p.pts), 0.0))
+                _tap_video(
+                    self._out,
+                    data,
+                    int(p.pts),
+                    int(p.dts),
+                    p.is_keyframe,
+                    self._arrivals.pop(int(p.pts), 0.0),
+                )
             self._seg.video(p, nals, index)
 
     def _boundary(self) -> None:
@@ -365,8 +387,10 @@ class RungEncoder:
         self._preset = preset
 
     def _scaled(self, frame: av.VideoFrame) -> av.VideoFrame:
-        if frame.width != self.rung.width or frame.height != self.rung.height or (
-            frame.format.name != "yuv420p"
+        if (
+            frame.width != self.rung.width
+            or frame.height != self.rung.height
+            or (frame.format.name != "yuv420p")
         ):
             return self._scaler.reformat(
                 frame,
@@ -458,7 +482,11 @@ class SourceRung:
         self._out = out
         self._spec = spec
         self._seg = _Segmenter(
-            rung, spec, audio, out, exact_rate(rung.fps or 30.0),
+            rung,
+            spec,
+            audio,
+            out,
+            exact_rate(rung.fps or 30.0),
             min_duration=spec.segment_duration * 0.9,
         )
         self._warned_bframes = False
@@ -482,7 +510,9 @@ class SourceRung:
                     nals = split_nals(mp.data, self.avc.length_size)
                     data = to_annexb(mp.data, self.avc, mp.keyframe)
                 except ValueError as exc:
-                    log.warning("[source %s] packet at %d ms dropped: %s", self.rung.name, mp.dts, exc)
+                    log.warning(
+                        "[source %s] packet at %d ms dropped: %s", self.rung.name, mp.dts, exc
+                    )
                     continue
                 if mp.keyframe:
                     nals = [*self.avc.sps, *self.avc.pps, *nals]
@@ -494,7 +524,8 @@ class SourceRung:
                         self._warned_bframes = True
                         log.warning(
                             "[%s] the source has B-frames: WebRTC viewers of %s will see stutter",
-                            self._spec.stream, self.rung.name,
+                            self._spec.stream,
+                            self.rung.name,
                         )
                     _tap_video(self._out, data, mp.pts * 90, mp.dts * 90, mp.keyframe, arrival)
                 self._seg.video(p, nals, None)
@@ -510,8 +541,8 @@ class Pipeline:
     def __init__(self, spec: Spec, out: Output) -> None:
         self.spec = spec
         self.out = out
-        self._vdec: av.CodecContext | None = None
-        self._adec: av.CodecContext | None = None
+        self._vdec: Any = None  # av.VideoCodecContext once the first video packet arrives
+        self._adec: Any = None  # av.AudioCodecContext
         self._aenc: av.AudioCodecContext | None = None
         self._resampler: AudioResampler | None = None
         self._rungs: list[RungEncoder | SourceRung] = []
@@ -547,7 +578,9 @@ class Pipeline:
                 try:
                     self._avc = AvcConfig.parse(pkt.data)
                 except ValueError as exc:
-                    log.warning("[%s] %s; the source cannot be passed through", self.spec.stream, exc)
+                    log.warning(
+                        "[%s] %s; the source cannot be passed through", self.spec.stream, exc
+                    )
         # Frame threads hold back (threads - 1) pictures; with LL-HLS parts or a
         # WebRTC tap that latency matters more than the decoder's throughput
         # (decode runs ~25x real time on one core anyway).
@@ -605,7 +638,8 @@ class Pipeline:
         if self.spec.tap and not any(r.tap for r in self._rungs):
             log.warning(
                 "[%s] tap rendition %r is not in this stream's ladder; WebRTC gets no video",
-                self.spec.stream, self.spec.tap,
+                self.spec.stream,
+                self.spec.tap,
             )
         for r in self._rungs:
             r.thread.start()
@@ -662,7 +696,9 @@ class Pipeline:
         )
 
     def _estimate_fps(self) -> float:
-        d = sorted(b - a for a, b in zip(self._video_dts, self._video_dts[1:], strict=False) if b > a)
+        d = sorted(
+            b - a for a, b in zip(self._video_dts, self._video_dts[1:], strict=False) if b > a
+        )
         if not d:
             return 30.0
         median = d[len(d) // 2]
@@ -701,7 +737,10 @@ class Pipeline:
         if self._timeline.jumps != jumps:
             log.warning(
                 "[%s] %s clock jumped at %d ms; continuing the timeline at %d ms",
-                self.spec.stream, pkt.kind, pkt.dts, dts,
+                self.spec.stream,
+                pkt.kind,
+                pkt.dts,
+                dts,
             )
         off = dts - pkt.dts
         if not off:
@@ -728,7 +767,7 @@ class Pipeline:
                 self._arrivals.pop(next(iter(self._arrivals)))
         frames = self._decode(self._vdec, pkt)
         for frame in frames:
-            self._on_frame(frame)  # type: ignore[arg-type]
+            self._on_frame(frame)
 
     def _on_frame(self, frame: av.VideoFrame) -> None:
         if frame.pts is None:
@@ -779,7 +818,10 @@ class Pipeline:
         step = DEGRADE_STEPS[max(level, self.level) - 1]
         log.warning(
             "[%s] %s %s (lag %.2f s)",
-            self.spec.stream, "degrading:" if up else "recovering:", step, lag,
+            self.spec.stream,
+            "degrading:" if up else "recovering:",
+            step,
+            lag,
         )
         self.level = level
         self._level_changed = now
@@ -805,14 +847,16 @@ class Pipeline:
     def _encoders(self) -> list[RungEncoder]:
         return [r for r in self._rungs if isinstance(r, RungEncoder)]
 
-    def _decode(self, dec: av.CodecContext, pkt: MediaPacket) -> list[Any]:
+    def _decode(self, dec: Any, pkt: MediaPacket) -> list[Any]:
         """Decode one ms-timestamped packet; a corrupt one is dropped, not fatal."""
         p = av.Packet(pkt.data)
         p.pts, p.dts, p.time_base = pkt.pts, pkt.dts, MS
         try:
             return list(dec.decode(p))
         except av.error.InvalidDataError:
-            log.warning("[%s] undecodable %s packet at %d ms dropped", self.spec.stream, pkt.kind, pkt.dts)
+            log.warning(
+                "[%s] undecodable %s packet at %d ms dropped", self.spec.stream, pkt.kind, pkt.dts
+            )
             return []
 
     def _decode_audio(self, pkt: MediaPacket) -> None:
@@ -841,7 +885,7 @@ class Pipeline:
             self._opus_next = expected_ms * 48
         for frame in frames:
             frame.pts = None
-            for rf in self._resampler.resample(frame):  # type: ignore[arg-type]
+            for rf in self._resampler.resample(frame):
                 rf.pts = self._audio_next
                 rf.time_base = Fraction(1, rate)
                 self._audio_next += rf.samples
@@ -895,7 +939,7 @@ class Pipeline:
         if self._vdec is not None:
             try:
                 for frame in self._vdec.decode(None):
-                    self._on_frame(frame)  # type: ignore[arg-type]
+                    self._on_frame(frame)
             except av.error.FFmpegError:
                 pass
         if self._opus is not None:

@@ -16,6 +16,7 @@ import io
 from collections import deque
 from collections.abc import Callable
 from fractions import Fraction
+from typing import Any
 
 import av
 
@@ -85,7 +86,7 @@ class TsSegmenter:
         # Transcoded rungs only have keyframes on the grid; a passed-through
         # source may have them more often, and must not make short segments.
         self._min_duration = min_duration
-        self._pending_audio: deque[av.Packet] = deque()
+        self._pending_audio: deque[av.Packet[Any]] = deque()
         self._buf: io.BytesIO | None = None
         self._mux: av.container.OutputContainer | None = None
         self._vstream: av.stream.Stream | None = None
@@ -146,7 +147,7 @@ class TsSegmenter:
                 pkt.stream = self._astream
                 self._mux.mux_one(pkt)
 
-    def video(self, packet: av.Packet, index: int | None = None) -> None:
+    def video(self, packet: av.Packet[Any], index: int | None = None) -> None:
         """Mux one video packet; a keyframe may start segment ``index`` (the grid's number)."""
         if packet.pts is None or packet.dts is None:
             return
@@ -172,7 +173,7 @@ class TsSegmenter:
         dur = float(packet.duration * tb) if packet.duration else 0.0
         self._last_video_end = max(self._last_video_end, t + dur)
 
-    def audio(self, packet: av.Packet, object_type: int = 2) -> None:
+    def audio(self, packet: av.Packet[Any], object_type: int = 2) -> None:
         if self._audio_rate is None or packet.pts is None:
             return
         data = adts_header(object_type, self._audio_rate, self._audio_channels, packet.size)

@@ -59,7 +59,6 @@ _FOURCC_BY_CODEC = {name: fourcc for fourcc, name in VIDEO_FOURCCS.items()}
 _AUDIO_FOURCC_BY_CODEC = {name: fourcc for fourcc, name in AUDIO_FOURCCS.items()}
 
 
-
 def _fourcc(body: bytes, offset: int, kind: str, table: dict[bytes, str]) -> tuple[str, int]:
     """Read an Enhanced RTMP FourCC and map it to an FFmpeg codec name."""
     if len(body) < offset + 4:
@@ -69,6 +68,7 @@ def _fourcc(body: bytes, offset: int, kind: str, table: dict[bytes, str]) -> tup
     if codec is None:
         raise UnsupportedCodec(f"Enhanced RTMP {kind} FourCC {fourcc!r} is not supported")
     return codec, offset + 4
+
 
 def _legacy_audio_codec(sound_format: int, sound_size: int) -> str:
     if sound_format in (0, 3):

@@ -166,7 +166,10 @@ class _Connection:
         key = StreamKey(self.app, name)
         query = "&".join(q for q in (self.app_query, ev.query) if q)
         request = PublishRequest(
-            key=key, protocol=self.protocol, remote=self.remote, query=query,
+            key=key,
+            protocol=self.protocol,
+            remote=self.remote,
+            query=query,
             disconnect=self.disconnect,
         )
         try:
@@ -262,16 +265,18 @@ class RtmpServer:
         host, _, port = self.config.tls_listen.rpartition(":")
         host = host.strip("[]") or "0.0.0.0"
         self._tls_server = await asyncio.start_server(
-            self._accept_tls, host, int(port), reuse_address=True, backlog=256,
+            self._accept_tls,
+            host,
+            int(port),
+            reuse_address=True,
+            backlog=256,
             ssl=self._ssl_context(),
             # A client that never finishes TLS is a slowloris too.
             ssl_handshake_timeout=self.config.handshake_timeout,
         )
         self.tls_port = self._tls_server.sockets[0].getsockname()[1]
 
-    async def _accept_tls(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
+    async def _accept_tls(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await self._accept(reader, writer, "rtmps")
 
     async def _accept(

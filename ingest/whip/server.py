@@ -301,7 +301,11 @@ class WhipServer:
         try:
             publication = await self.sink.open_publish(
                 PublishRequest(
-                    key=key, protocol="whip", remote=remote, query=urlencode(query), token=token,
+                    key=key,
+                    protocol="whip",
+                    remote=remote,
+                    query=urlencode(query),
+                    token=token,
                     disconnect=lambda reason: self._disconnect(key, reason),
                 )
             )
