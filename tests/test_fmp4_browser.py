@@ -64,7 +64,12 @@ def test_hlsjs_plays_fmp4_video_and_audio(site: str) -> None:
         try:
             page = browser.new_page()
             page.goto(f"{site}/index.html")
-            page.wait_for_function("document.getElementById('v').currentTime > 3", timeout=60000)
+            # 3 s played: the decoder has had 90 frames (its counter can trail currentTime).
+            page.wait_for_function(
+                "document.getElementById('v').currentTime > 3"
+                " && document.getElementById('v').webkitDecodedFrameCount >= 90",
+                timeout=60000,
+            )
             state = page.evaluate(
                 "({errors: window.errors, w: v.videoWidth, h: v.videoHeight,"
                 " audio: v.webkitAudioDecodedByteCount, frames: v.webkitDecodedFrameCount})"
