@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import queue
 import re
 import shutil
 import subprocess
@@ -42,6 +40,7 @@ import httpx
 
 from bench.transcode import SAMPLE, ffmpeg_ladder_cmd
 from nearcast.config import load
+from nearcast.launch import NodeSubprocess
 from nearcast.publish import publish
 
 
@@ -92,54 +91,17 @@ class Run:
 SEGMENT = load(environ={}).hls.segment_duration
 
 
-class NodeRunner:
-    """A ``nearcast node`` subprocess on free ports."""
+class NodeRunner(NodeSubprocess):
+    """A node that admits every stream (we measure capacity, not admission)."""
 
     def __init__(self, workdir: Path) -> None:
-        env = dict(os.environ)
-        env.update(
-            {
-                "NEARCAST_RTMP_LISTEN": "127.0.0.1:0",
-                "NEARCAST_HTTP_LISTEN": "127.0.0.1:0",
-                "NEARCAST_TRANSCODE_CAPACITY_UNITS": "1000",  # admit everything: we measure
-                "NEARCAST_HLS_GRACE_PERIOD": "0",
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
-        self.log = open(workdir / "node.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nearcast", "node"],
-            stdout=subprocess.PIPE,
-            stderr=self.log,
-            env=env,
-        )
-        lines: queue.Queue[str] = queue.Queue()
+        env = {"NEARCAST_TRANSCODE_CAPACITY_UNITS": "1000", "NEARCAST_HLS_GRACE_PERIOD": "0"}
+        super().__init__(workdir / "node.log", env, start_timeout=60)
+        self.client = httpx.Client(base_url=self.http, timeout=10)
 
-        def pump() -> None:
-            assert self.proc.stdout is not None
-            for raw in self.proc.stdout:
-                lines.put(raw.decode(errors="replace"))
-
-        threading.Thread(target=pump, daemon=True).start()
-        rtmp = http = 0
-        deadline = time.monotonic() + 60
-        while not (rtmp and http):
-            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            if "publish: rtmp://" in line:
-                rtmp = int(line.split(":")[-1].split("/")[0])
-            elif "watch:" in line:
-                http = int(line.rstrip("/\n").split(":")[-1])
-        self.rtmp = f"rtmp://127.0.0.1:{rtmp}"
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{http}", timeout=10)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.http.close()
-        self.log.close()
+    def stop(self, timeout: float = 30) -> int:
+        self.client.close()
+        return super().stop(timeout)
 
 
 def lowest_rung() -> str:
@@ -156,7 +118,7 @@ def run_nearcast(n: int, seconds: float, workdir: Path) -> Run:
     threads = []
     try:
         for i in range(n):
-            url = f"{node.rtmp}/live/s{i}"
+            url = node.rtmp(f"live/s{i}")
             t = threading.Thread(
                 target=publish,
                 args=(str(SAMPLE), url),
@@ -170,7 +132,8 @@ def run_nearcast(n: int, seconds: float, workdir: Path) -> Run:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if all(
-                node.http.get(f"/live/s{i}/{rung}/index.m3u8").status_code == 200 for i in range(n)
+                node.client.get(f"/live/s{i}/{rung}/index.m3u8").status_code == 200
+                for i in range(n)
             ):
                 break
             time.sleep(0.5)
@@ -179,15 +142,15 @@ def run_nearcast(n: int, seconds: float, workdir: Path) -> Run:
         start = time.monotonic()
         while time.monotonic() - start < seconds:
             for i in range(n):
-                r = node.http.get(f"/live/s{i}/{rung}/index.m3u8")
+                r = node.client.get(f"/live/s{i}/{rung}/index.m3u8")
                 if r.status_code == 200:
                     seen[i] |= _segments(r.text)
-            for s in node.http.get("/v1/streams").json()["streams"]:
+            for s in node.client.get("/v1/streams").json()["streams"]:
                 i = int(s["stream"][1:])
                 degraded[i] = max(degraded[i], int(s.get("degradation", 0)))
             time.sleep(0.5)
         # Segments listed at the first poll existed before the window: do not count them.
-        metrics = node.http.get("/metrics").text
+        metrics = node.client.get("/metrics").text
         run = Run("nearcast", n)
         for i in range(n):
             m = re.search(rf'transcode_lag_seconds{{stream="live/s{i}"}} (\S+)', metrics)

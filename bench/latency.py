@@ -21,9 +21,6 @@ import argparse
 import asyncio
 import json
 import logging
-import os
-import queue
-import subprocess
 import sys
 import threading
 import time
@@ -32,6 +29,7 @@ from typing import Any
 
 import httpx
 
+from nearcast.launch import NodeSubprocess
 from nearcast.probe import ProbeError, format_table, probe
 from nearcast.publish import publish
 
@@ -41,62 +39,14 @@ TARGETS_MS = {"llhls": 1500, "hls": 6000, "whep": 300}
 log = logging.getLogger("bench.latency")
 
 
-class Node:
-    """A ``nearcast node`` subprocess on free ports."""
+class Node(NodeSubprocess):
+    """A node for one delivery mode: the default ladder, admitted whatever a start-up
+    calibration on a busy machine would say."""
 
     def __init__(self, logfile: Path, env: dict[str, str]) -> None:
-        full = dict(os.environ)
-        full.update(
-            {
-                "NEARCAST_RTMP_LISTEN": "127.0.0.1:0",
-                "NEARCAST_HTTP_LISTEN": "127.0.0.1:0",
-                "NEARCAST_NODE_LOG_LEVEL": "INFO",
-                # Admit the default ladder whatever a start-up calibration on a busy machine says.
-                "NEARCAST_TRANSCODE_CAPACITY_UNITS": "8",
-                "PYTHONUNBUFFERED": "1",
-                **env,
-            }
-        )
-        self.logfile = open(logfile, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nearcast", "node"],
-            stdout=subprocess.PIPE,
-            stderr=self.logfile,
-            env=full,
-            cwd=ROOT,
-        )
-        lines: queue.Queue[str] = queue.Queue()
-
-        def pump() -> None:
-            assert self.proc.stdout is not None
-            for raw in self.proc.stdout:
-                lines.put(raw.decode(errors="replace"))
-
-        threading.Thread(target=pump, daemon=True).start()
-        rtmp = http = 0
-        deadline = time.monotonic() + 60
-        while not (rtmp and http):
-            try:
-                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                self.stop()
-                raise RuntimeError(f"node did not start; see {logfile}") from None
-            if "publish: rtmp://" in line:
-                rtmp = int(line.split(":")[-1].split("/")[0])
-            elif "watch:" in line:
-                http = int(line.rstrip("/\n").split(":")[-1])
-        self.rtmp = f"rtmp://127.0.0.1:{rtmp}/live"
-        self.http = f"http://127.0.0.1:{http}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.logfile.close()
+        base = {"NEARCAST_NODE_LOG_LEVEL": "INFO", "NEARCAST_TRANSCODE_CAPACITY_UNITS": "8"}
+        super().__init__(logfile, {**base, **env}, start_timeout=60)
+        self.live = self.rtmp("live")
 
 
 class Publisher(threading.Thread):
@@ -154,7 +104,7 @@ def measure(
 ) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     node = Node(workdir / f"node-{mode}.log", env)
-    pub = Publisher(source, f"{node.rtmp}/bench")
+    pub = Publisher(source, f"{node.live}/bench")
     pub.start()
     try:
         wait_playlist(node.http, "bench", 90)

@@ -58,6 +58,8 @@ def create_api(
         if ingest_stats is not None:
             # The live publisher's measurements; null while nobody publishes the stream.
             d["ingest"] = ingest_stats(s.key.tenant, s.key.stream)
+            if d["ingest"] is not None:
+                d["source"]["bitrate"] = d["ingest"]["bitrate"]
         return d
 
     @app.get("/v1/streams")

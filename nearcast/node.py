@@ -134,29 +134,6 @@ class _StoreSink:
         self.node.tmetrics.lag.labels(self.key).set(max(0.0, float(lag)))
 
 
-class _RateMeter:
-    """Bits per second over the last few seconds, updated once a second."""
-
-    def __init__(self, window: float = 5.0) -> None:
-        self.window = window
-        self._buckets: list[tuple[float, int]] = []
-        self._bucket_start = 0.0
-        self._bucket_bytes = 0
-        self.value = 0
-
-    def add(self, now: float, nbytes: int) -> int:
-        if now - self._bucket_start >= 1.0:
-            if self._bucket_start:
-                self._buckets.append((self._bucket_start, self._bucket_bytes))
-            self._buckets = [b for b in self._buckets if now - b[0] <= self.window]
-            if self._buckets:
-                span = now - self._buckets[0][0]
-                self.value = int(sum(b for _, b in self._buckets) * 8 / span) if span else 0
-            self._bucket_start, self._bucket_bytes = now, 0
-        self._bucket_bytes += nbytes
-        return self.value
-
-
 def tap_rendition(wanted: str, ladder: list[Any]) -> str:
     """The rung WebRTC viewers get: ``webrtc.rendition`` if the ladder has it, else its lowest."""
     names: list[str] = [r.name for r in ladder]
@@ -189,7 +166,6 @@ class StreamSession:
         self.started = time.time()
         self.closed = False
         self._closing: asyncio.Task[None] | None = None
-        self._rate = _RateMeter()
         self.ingest = IngestStats(request.protocol, request.remote, time.monotonic())
         self._next_limit_check = 0.0
 
@@ -270,7 +246,6 @@ class StreamSession:
         if packet.config:
             ingest[f"{packet.kind}_codec"] = packet.codec
         else:
-            ingest["bitrate"] = self._rate.add(time.monotonic(), len(packet.data))
             ingest.setdefault(f"{packet.kind}_codec", packet.codec)  # VP8 has no config
         if self.transcoder is None:
             # Start lazily: by the first media packet @setDataFrame has told us
@@ -296,6 +271,8 @@ class StreamSession:
         await asyncio.shield(self._closing)
 
     async def _close(self) -> None:
+        # The stream's last measured bit rate stays in its description after it ends.
+        self.stream.ingest["bitrate"] = round(self.ingest.bitrate(time.monotonic()))
         if self.transcoder is not None:
             await self.transcoder.finish()
         self.node._unpublished(self)

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import queue
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +12,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from nearcast.launch import NodeSubprocess
 from nearcast.publish import publish
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -55,63 +51,19 @@ def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval:
     )
 
 
-class NodeProcess:
-    """``python -m nearcast node`` on free ports, stopped with SIGTERM."""
+class NodeProcess(NodeSubprocess):
+    """``python -m nearcast node`` on free ports, with an HTTP client; a node that does
+    not start fails the test."""
 
     def __init__(self, log_path: Path, **env: str) -> None:
-        full = dict(os.environ)
-        full.update(
-            {
-                "NEARCAST_RTMP_LISTEN": "127.0.0.1:0",
-                "NEARCAST_HTTP_LISTEN": "127.0.0.1:0",
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
-        full.update(env)
-        self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nearcast", "node"],
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            env=full,
-            cwd=ROOT,
-        )
-        lines: queue.Queue[str] = queue.Queue()
-
-        def pump() -> None:
-            assert self.proc.stdout is not None
-            for raw in self.proc.stdout:
-                lines.put(raw.decode(errors="replace"))
-
-        threading.Thread(target=pump, daemon=True).start()
-        self.rtmp_port = self.http_port = self.rtmps_port = 0
-        deadline = time.monotonic() + 30
-        while not (self.rtmp_port and self.http_port):
-            try:
-                line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                self.stop()
-                raise AssertionError(f"node did not start: {self.log()}") from None
-            if "publish over TLS: rtmps://" in line:
-                self.rtmps_port = int(line.split(":")[-1].split("/")[0])
-            elif "publish: rtmp://" in line:
-                self.rtmp_port = int(line.split(":")[-1].split("/")[0])
-            elif "watch:" in line:
-                self.http_port = int(line.rstrip("/\n").split(":")[-1])
-        self.http = f"http://127.0.0.1:{self.http_port}"
+        try:
+            super().__init__(log_path, env)
+        except RuntimeError as exc:
+            raise AssertionError(str(exc)) from None
         self.client = httpx.Client(base_url=self.http, timeout=10)
-
-    def rtmp(self, path: str) -> str:
-        return f"rtmp://127.0.0.1:{self.rtmp_port}/{path}"
 
     def get(self, path: str) -> httpx.Response:
         return self.client.get(path)
-
-    def log(self) -> str:
-        if not self._log.closed:
-            self._log.flush()
-        return self.log_path.read_text(errors="replace")[-4000:]
 
     def children(self) -> list[int]:
         pid = self.proc.pid
@@ -124,22 +76,24 @@ class NodeProcess:
         return out
 
     def stop(self, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        rc = super().stop(timeout)
         self.client.close()
-        self._log.close()
-        return self.proc.returncode
+        return rc
 
 
 class Publisher:
-    """FFmpeg (bundled in PyAV) pushing a file over RTMP, in a thread."""
+    """FFmpeg (bundled in PyAV) pushing a file over RTMP, in a thread; with ``clock`` the
+    wall clock is stamped into every frame (``nearcast publish --clock``)."""
 
-    def __init__(self, source: str, url: str, *, loop: bool = True, duration: float | None = None):
+    def __init__(
+        self,
+        source: str,
+        url: str,
+        *,
+        loop: bool = True,
+        duration: float | None = None,
+        clock: bool = False,
+    ):
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
         self.result: Any = None
@@ -147,7 +101,7 @@ class Publisher:
         def run() -> None:
             try:
                 self.result = publish(
-                    source, url, loop=loop, duration=duration, stop=self.stop_event
+                    source, url, loop=loop, duration=duration, stop=self.stop_event, clock=clock
                 )
             except BaseException as exc:
                 self.error = exc

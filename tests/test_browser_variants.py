@@ -6,18 +6,15 @@ latency is read from the clock stamps the publisher puts into every frame."""
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Iterator
 
 import av
 import m3u8
 import pytest
-from nodeutil import SMALL, SMALL_LADDER, NodeProcess, require_binary, wait_for
+from nodeutil import SMALL, SMALL_LADDER, NodeProcess, Publisher, require_binary, wait_for
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 from test_browser import CHROMIUM_ARGS
-
-from nearcast.publish import publish
 
 LLHLS_P50_TARGET_MS = 1500
 
@@ -30,14 +27,7 @@ def llnode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
         NEARCAST_HLS_SEGMENT_FORMAT="fmp4",
         NEARCAST_HLS_LOW_LATENCY="true",
     )
-    stop = threading.Event()
-    pub = threading.Thread(
-        target=publish,
-        args=(SMALL, node.rtmp("live/ll")),
-        kwargs={"loop": True, "stop": stop, "clock": True},
-        daemon=True,
-    )
-    pub.start()
+    pub = Publisher(SMALL, node.rtmp("live/ll"), clock=True)
     try:
 
         def ready() -> bool:
@@ -47,8 +37,7 @@ def llnode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
         wait_for(ready, 90, "three LL-HLS segments")
         yield node
     finally:
-        stop.set()
-        pub.join(15)
+        pub.stop()
         node.stop()
 
 

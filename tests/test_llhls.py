@@ -4,28 +4,13 @@ from __future__ import annotations
 
 import m3u8
 import pytest
+from servehelp import INFO
 
 from distribute.config import HlsConfig
 from distribute.hls.store import LiveStream
 from media import StreamKey
 from transcode.protocol import InitFrame, PartFrame, SegmentFrame
 
-INFO = {
-    "source": {"width": 640, "height": 360, "fps": 30.0},
-    "audio": True,
-    "renditions": [
-        {
-            "name": n,
-            "width": w,
-            "height": h,
-            "fps": 30.0,
-            "video_bitrate": b,
-            "maxrate": b,
-            "audio_bitrate": 128000,
-        }
-        for n, w, h, b in (("360p", 640, 360, 700_000), ("180p", 320, 180, 200_000))
-    ],
-}
 PARTS = 6  # 2 s segments of 1/3 s parts
 PART_DUR = 2.0 / PARTS
 

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from nodeutil import SMALL, SMALL_LADDER, NodeProcess, wait_for
+from nodeutil import SMALL, SMALL_LADDER, NodeProcess, Publisher, wait_for
 
 from nearcast.cli import main as cli_main
 from nearcast.probe import Playout, ProbeResult, parse_media_playlist, percentile, probe
-from nearcast.publish import publish
 
 parts_st = st.lists(
     st.tuples(st.floats(0.1, 1.0, allow_nan=False), st.booleans()), min_size=0, max_size=6
@@ -95,28 +93,17 @@ def clocked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
         NEARCAST_TRANSCODE_LADDER=SMALL_LADDER,
         NEARCAST_TRANSCODE_CAPACITY_UNITS="8",
     )
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            publish(SMALL, node.rtmp("live/clk"), loop=True, stop=stop, clock=True)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    pub = Publisher(SMALL, node.rtmp("live/clk"), clock=True)
     try:
         wait_for(
-            lambda: node.get("/live/clk/180p/index.m3u8").text.count("#EXTINF") >= 3 or errors,
+            lambda: node.get("/live/clk/180p/index.m3u8").text.count("#EXTINF") >= 3 or pub.error,
             60,
             "three segments of the clocked stream",
         )
-        assert not errors, errors
+        assert pub.error is None, pub.error
         yield node
     finally:
-        stop.set()
-        thread.join(15)
+        pub.stop()
         node.stop()
 
 

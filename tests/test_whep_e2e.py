@@ -8,14 +8,12 @@ WHEP fan-out.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Iterator
 
 import pytest
-from nodeutil import SMALL, SMALL_LADDER, NodeProcess, wait_for
+from nodeutil import SMALL, SMALL_LADDER, NodeProcess, Publisher, wait_for
 
 from nearcast.probe import probe_whep
-from nearcast.publish import publish
 
 # Well under HLS's hold-back, through the whole pipeline on a shared, loaded 2-core
 # machine (the worker's decode and encode queues dominate there). The 300 ms target is
@@ -31,28 +29,17 @@ def clocked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
         NEARCAST_TRANSCODE_CAPACITY_UNITS="8",
         NEARCAST_WEBRTC_RENDITION="240p",
     )
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            publish(SMALL, node.rtmp("live/rtc"), loop=True, stop=stop, clock=True)
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    pub = Publisher(SMALL, node.rtmp("live/rtc"), clock=True)
     try:
         wait_for(
-            lambda: node.get("/live/rtc/240p/index.m3u8").text.count("#EXTINF") >= 1 or errors,
+            lambda: node.get("/live/rtc/240p/index.m3u8").text.count("#EXTINF") >= 1 or pub.error,
             60,
             "the first segment of the clocked stream",
         )
-        assert not errors, errors
+        assert pub.error is None, pub.error
         yield node
     finally:
-        stop.set()
-        thread.join(15)
+        pub.stop()
         node.stop()
 
 
