@@ -429,7 +429,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0, help="wrk duration per run")
     ap.add_argument("--threads", type=int, default=2, help="wrk threads")
     ap.add_argument("--connections", type=int, default=64, help="wrk connections")
-    ap.add_argument("--rounds", type=int, default=2, help="alternating wrk rounds per server")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating wrk rounds per server")
     ap.add_argument("--viewers", type=int, default=1000, help="simulated LL-HLS viewers")
     ap.add_argument("--viewer-seconds", type=float, default=12.0)
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
@@ -476,9 +476,11 @@ def main() -> None:
         results: dict[str, dict[str, float]] = {}
         rows = []
         for kind in ("playlist", "segment", "part"):
-            best: dict[str, dict[str, float]] = {}
-            # Alternate the two servers, best of N rounds each: neighbours on a shared
-            # machine steal CPU in bursts, and a burst should not decide the ratio.
+            # Alternate the two servers, N rounds each; every round pins one file that
+            # both serve byte for byte, so a round's ratio compares like with like. The
+            # round with the median ratio is reported: neighbours on a shared machine
+            # steal CPU in bursts, and one burst should not decide the ratio.
+            pairs: list[dict[str, dict[str, float]]] = []
             for _round in range(args.rounds):
                 # What nearcast serves live right now; nginx serves the very same bytes.
                 if kind == "playlist":
@@ -489,7 +491,12 @@ def main() -> None:
                 else:
                     msn, idx = max(parts) if parts else (3, 2)  # the newest part
                     nc_path, file = f"{BASE}/{msn}.{idx}.m4s", "part.m4s"
-                (snap / file).write_bytes(fetch(nc_port, nc_path))
+                body = fetch(nc_port, nc_path)
+                # A new name each round: nginx's open_file_cache must not serve a
+                # cached length for a file rewritten in place.
+                file = f"r{_round}-{file}"
+                (snap / file).write_bytes(body)
+                pair: dict[str, dict[str, float]] = {}
                 servers = (("nearcast", nc_port, server.pid), ("nginx", ng_port, ng_worker))
                 for who, port, pid in servers:
                     path = nc_path if who == "nearcast" else f"{BASE}/{file}"
@@ -500,9 +507,14 @@ def main() -> None:
                     if r["non2xx"]:
                         raise RuntimeError(f"{kind}: {r['non2xx']} error responses from {who}")
                     r["cpu_us"] = cpu * 1e6 / max(1.0, r["rps"] * args.seconds)
-                    if who not in best or r["rps"] > best[who]["rps"]:
-                        best[who] = r
-            nc, ng = best["nearcast"], best["nginx"]
+                    r["body"] = len(body)
+                    pair[who] = r
+                    if who == "nearcast" and kind != "playlist" and fetch(port, path) != body:
+                        raise RuntimeError(f"{kind}: {path} changed during the round")
+                pairs.append(pair)
+            pairs.sort(key=lambda p: p["nearcast"]["rps"] / max(1e-9, p["nginx"]["rps"]))
+            mid = pairs[(len(pairs) - 1) // 2]  # the lower median for an even count
+            nc, ng = mid["nearcast"], mid["nginx"]
             results[kind] = {
                 "nearcast_rps": round(nc["rps"]),
                 "nginx_rps": round(ng["rps"]),
@@ -510,6 +522,10 @@ def main() -> None:
                 "nginx_MBps": round(ng["mbps"], 1),
                 "rps_ratio": round(nc["rps"] / ng["rps"], 3) if ng["rps"] else 0.0,
                 "bytes_ratio": round(nc["mbps"] / ng["mbps"], 3) if ng["mbps"] else 0.0,
+                "body_bytes": int(nc["body"]),
+                "round_ratios": [
+                    round(p["nearcast"]["rps"] / max(1e-9, p["nginx"]["rps"]), 3) for p in pairs
+                ],
                 # Server CPU per request: independent of what the neighbours do.
                 "nearcast_cpu_us": round(nc["cpu_us"], 1),
                 "nginx_cpu_us": round(ng["cpu_us"], 1),
@@ -540,6 +556,7 @@ def main() -> None:
             f"{kind:<10} {r['nearcast_rps']:>15} {r['nginx_rps']:>12} {r['rps_ratio']:>6.2f} "
             f"{r['nearcast_MBps']:>14} {r['nginx_MBps']:>11} {r['bytes_ratio']:>6.2f}"
             f" {r['nearcast_cpu_us']:>10.1f}/{r['nginx_cpu_us']:<9.1f}"
+            f" rounds {r['round_ratios']}, {r['body_bytes']} B"
         )
     print(
         f"LL-HLS: {ll['viewers']} viewers, held per part median {ll['held_median']}"
