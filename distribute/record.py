@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import re
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -36,6 +37,7 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from distribute.config import RecordConfig
+from distribute.hls.mp4box import decode_span, parse_init, shift_decode_times
 from distribute.hls.playlist import SegmentRef, VariantRef, master_playlist, media_playlist
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,13 @@ class _Rendition:
     map_uri: str | None = None
     pending_discontinuity: bool = False
     ended: bool = False
+    # One continuous timeline across publishes and restarts: where the recorded
+    # media ends (seconds), each track's timescale, and the decode-time shift
+    # (ticks per track id) that moves the current run to follow on; None until
+    # the run's first segment.
+    end_s: float | None = None
+    timescales: dict[int, int] = field(default_factory=dict)
+    shift: dict[int, int] | None = None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -110,6 +119,10 @@ def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
     os.replace(tmp, path)
     if fsync:
         _fsync_dir(path.parent)
+
+
+def _timescales(init: bytes) -> dict[int, int]:
+    return {t.track_id: t.timescale for t in parse_init(init)}
 
 
 def _parse_playlist(text: str) -> list[_Entry]:
@@ -176,6 +189,16 @@ class Recording:
             stale.unlink(missing_ok=True)
         if r.entries:
             r.pending_discontinuity = True  # whatever is recorded next follows a break
+        if r.init_data is not None:
+            r.timescales = _timescales(r.init_data)
+        last = r.entries[-1] if r.entries else None
+        if last is not None and last.map_uri is not None and (path / last.map_uri).exists():
+            try:
+                scales = _timescales((path / last.map_uri).read_bytes())
+                span = decode_span((path / last.file).read_bytes())
+                r.end_s = max(end / scales[t] for t, (_, end) in span.items() if t in scales)
+            except (ValueError, KeyError, OSError) as exc:
+                log.warning("[record %s] cannot read where %s ends: %s", path, last.file, exc)
         return r
 
     def _playlist(self, r: _Rendition, ended: bool) -> bytes:
@@ -212,16 +235,21 @@ class Recording:
             if r.entries:
                 r.pending_discontinuity = True
             r.ended = False
+            r.shift = None
 
     def write_init(self, name: str, data: bytes) -> None:
         r = self.rendition(name, None)
         if r.init_data == data:
             return
+        try:
+            scales = _timescales(data)
+        except ValueError as exc:
+            raise RecordError(f"{self.tenant}/{self.path.name}/{name}: bad init: {exc}") from None
         self.recorder.reserve(self.tenant, len(data))
         uri = f"init-{r.next_init}.mp4"
         write_atomic(r.path / uri, data, self.config.fsync)
         r.next_init += 1
-        r.init_data, r.map_uri = data, uri
+        r.init_data, r.map_uri, r.timescales = data, uri, scales
 
     def write_segment(
         self, name: str, data: bytes, duration: float, fmp4: bool, variant: VariantRef | None = None
@@ -232,6 +260,8 @@ class Recording:
             raise RecordError(
                 f"{self.tenant}/{self.path.name}/{name}: fMP4 segment before its init segment"
             )
+        if fmp4:
+            data = self._continue(r, name, data)
         self.recorder.reserve(self.tenant, len(data))
         file = f"{r.next_seq:06d}-{round(duration * 1000)}.{'m4s' if fmp4 else 'ts'}"
         write_atomic(r.path / file, data, self.config.fsync)
@@ -242,6 +272,28 @@ class Recording:
         r.pending_discontinuity = False
         write_atomic(r.path / "index.m3u8", self._playlist(r, ended=False), self.config.fsync)
         return file
+
+    def _continue(self, r: _Rendition, name: str, data: bytes) -> bytes:
+        """The fMP4 segment moved onto the recording's timeline: a new run (reconnect,
+        restart) starts where the recorded media ends, so the VOD plays straight on
+        after its discontinuity instead of jumping back in time."""
+        try:
+            span = decode_span(data)
+            if r.shift is None:
+                r.shift = {}
+                if r.end_s is not None and span:
+                    first_s = min(first / r.timescales[t] for t, (first, _) in span.items())
+                    delta = r.end_s - first_s
+                    r.shift = {t: math.ceil(delta * scale) for t, scale in r.timescales.items()}
+            if any(r.shift.values()):
+                data = shift_decode_times(data, r.shift)
+            end_s = max((end + r.shift.get(t, 0)) / r.timescales[t] for t, (_, end) in span.items())
+        except (ValueError, KeyError) as exc:
+            raise RecordError(
+                f"{self.tenant}/{self.path.name}/{name}: bad fMP4 segment: {exc!r}"
+            ) from None
+        r.end_s = max(r.end_s or 0.0, end_s)
+        return data
 
     def finish(self) -> None:
         """The stream ended (or the node restarted): every playlist becomes VOD with ENDLIST."""

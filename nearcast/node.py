@@ -63,13 +63,22 @@ class _StoreSink:
 
     def _completed(self, track: RenditionTrack, segment: Segment) -> None:
         """Every complete segment the store lists (an LL-HLS lead segment included)."""
-        self._record_segment(track.name, segment.data, segment.duration)
+        if self.stream.fmp4:  # MPEG-TS streams record the worker's CMAF copy instead
+            self._record_segment(track.name, segment.data, segment.duration)
 
     def on_init(self, init: InitFrame) -> None:
         self.stream.add_init(init)
+        self.on_record_init(init)
+
+    def on_record_init(self, init: InitFrame) -> None:
+        """An fMP4 init segment for the recording (also the viewers' one with CMAF)."""
         rec = self._recorder()
         if rec is not None and rec.wants(init.rendition, self._sizes()):
             rec.init(init.rendition, init.data)
+
+    def on_record_segment(self, segment: SegmentFrame) -> None:
+        """The CMAF copy of an MPEG-TS stream's segment, packaged for the recording."""
+        self._record_segment(segment.rendition, segment.data, segment.duration, fmp4=True)
 
     # -- recording (record.tenants) -----------------------------------------------------
 
@@ -85,7 +94,9 @@ class _StoreSink:
     def _sizes(self) -> dict[str, int]:
         return {n: t.width * t.height for n, t in self.stream.renditions.items()}
 
-    def _record_segment(self, rendition: str, data: bytes, duration: float) -> None:
+    def _record_segment(
+        self, rendition: str, data: bytes, duration: float, fmp4: bool | None = None
+    ) -> None:
         rec = self._recorder()
         track = self.stream.renditions.get(rendition)
         if rec is None or track is None or not rec.wants(rendition, self._sizes()):
@@ -93,7 +104,7 @@ class _StoreSink:
         variant = track.variant()
         if self.stream.audio and "mp4a" not in variant.codecs:
             variant = dataclasses.replace(variant, codecs=variant.codecs + ",mp4a.40.2")
-        rec.segment(rendition, data, duration, self.stream.fmp4, variant)
+        rec.segment(rendition, data, duration, self.stream.fmp4 if fmp4 is None else fmp4, variant)
 
     def record_begin(self) -> None:
         rec = self._recorder()
@@ -201,6 +212,11 @@ class StreamSession:
             segment_format=cfg.hls.segment_format,
             part_duration=cfg.hls.part_duration if cfg.hls.low_latency else 0.0,
             tap=(tap_rendition(cfg.webrtc.rendition, profile.ladder) if cfg.webrtc.enabled else ""),
+            record_fmp4=(
+                cfg.hls.segment_format == "ts"
+                and self.node.recorder is not None
+                and self.node.recorder.mode(self.key.tenant) is not None
+            ),
         )
 
     def disconnect(self, reason: str) -> None:

@@ -25,7 +25,13 @@ from distribute.hls.fmp4 import (
     fragment,
     init_segment,
 )
-from distribute.hls.mp4box import parse_boxes, parse_fragments, parse_init
+from distribute.hls.mp4box import (
+    decode_span,
+    parse_boxes,
+    parse_fragments,
+    parse_init,
+    shift_decode_times,
+)
 from transcode.protocol import InitFrame, PartFrame, SegmentFrame
 
 # A real x264 SPS/PPS (high profile, 4:2:0, 8 bit).
@@ -107,14 +113,50 @@ def test_init_segment_round_trips(
     )
 
 
+@given(
+    vbase=st.integers(0, 2**40),
+    abase=st.integers(0, 2**40),
+    vshift=st.integers(-(2**40), 2**40),
+    ashift=st.integers(-(2**40), 2**40),
+    video=samples_st,
+    audio=samples_st,
+)
+@settings(max_examples=200, deadline=None)
+def test_shifting_decode_times_moves_only_the_base(
+    vbase: int, abase: int, vshift: int, ashift: int, video: list[Sample], audio: list[Sample]
+) -> None:
+    audio = [Sample(s.data, s.duration) for s in audio]
+    data = b"".join(
+        fragment(n, [TrackRun(1, vbase, video), TrackRun(2, abase, audio, video=False)])
+        for n in (1, 2)
+    )
+    span = decode_span(data)
+    assert span[1] == (vbase, vbase + sum(s.duration for s in video))
+    if vbase + vshift < 0 or abase + ashift < 0:
+        with pytest.raises(ValueError, match="out of range"):
+            shift_decode_times(data, {1: vshift, 2: ashift})
+        return
+    moved = shift_decode_times(data, {1: vshift, 2: ashift})
+    assert len(moved) == len(data)
+    for before, after in zip(parse_fragments(data), parse_fragments(moved), strict=True):
+        for r0, r1 in zip(before.runs, after.runs, strict=True):
+            shift = vshift if r0.track_id == 1 else ashift
+            assert r1.base_decode_time == r0.base_decode_time + shift
+            assert r1.samples == r0.samples
+
+
 @given(st.binary(max_size=300))
 @settings(max_examples=300, deadline=None)
 def test_parser_rejects_garbage_with_value_error(data: bytes) -> None:
-    for parse in (parse_boxes, parse_fragments, parse_init):
+    for parse in (parse_boxes, parse_fragments, parse_init, decode_span):
         try:
             parse(data)
         except ValueError:
             pass
+    try:
+        shift_decode_times(data, {1: 5})
+    except ValueError:
+        pass
 
 
 def test_avcc_high_profile_carries_chroma_and_depth() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from pathlib import Path
 
 import av
@@ -14,9 +15,11 @@ from prometheus_client import CollectorRegistry
 
 from bench.cmaf import cmaf
 from distribute.config import RecordConfig
+from distribute.hls.mp4box import decode_span, parse_init
 from distribute.hls.playlist import VariantRef
 from distribute.record import (
     Recorder,
+    RecordError,
     Recording,
     RecordMetrics,
     RecordQuotaExceeded,
@@ -45,6 +48,24 @@ def record_segments(rec: Recorder, n: int, start: int = 0) -> None:
     for i in range(start, start + n):
         frags = CMAF.segments[i % len(CMAF.segments)]
         r.write_segment("360p", b"".join(f.data for f in frags), 2.0, True, VARIANT)
+
+
+def video_samples(path: Path) -> int:
+    """Frames FFmpeg decodes from this one segment, on its own after the init segment."""
+    with av.open(io.BytesIO(CMAF.init + path.read_bytes())) as c:
+        return sum(1 for _ in c.decode(video=0))
+
+
+def follows_on(before: Path, after: Path) -> bool:
+    """``after`` starts where ``before`` ends (its earliest track, within a tick), and no
+    track of it starts before that track's end in ``before`` (A/V offsets are kept)."""
+    scale = {t.track_id: t.timescale for t in parse_init(CMAF.init)}
+    ends = decode_span(before.read_bytes())
+    firsts = decode_span(after.read_bytes())
+    end_s = max(end / scale[t] for t, (_, end) in ends.items())
+    start_s = min(first / scale[t] for t, (first, _) in firsts.items())
+    no_overlap = all(first >= ends[t][1] for t, (first, _) in firsts.items())
+    return abs(start_s - end_s) < 1e-4 and no_overlap
 
 
 def test_vod_playlists_and_ffmpeg_reads_them(tmp_path: Path) -> None:
@@ -84,6 +105,43 @@ def test_recovery_lists_orphan_segments_and_closes_the_playlist(tmp_path: Path) 
     assert not pl.is_endlist and pl.playlist_type == "event"
     assert [s.discontinuity for s in pl.segments] == [False, False, False, True]
     assert pl.segments[-1].uri == "000003-2000.m4s"
+    # The publisher's timestamps started over; the recording's timeline did not.
+    assert follows_on(d / "000002-2000.m4s", d / "000003-2000.m4s")
+    again.get("live", "class").finish()
+    with av.open(str(d / "index.m3u8")) as c:
+        pts = [f.pts for f in c.decode(video=0)]
+    files = [s.uri for s in m3u8.load(str(d / "index.m3u8")).segments]
+    assert len(pts) == sum(video_samples(d / f) for f in files)  # every frame
+    assert pts == sorted(pts)  # in order
+
+
+def test_each_publish_follows_on_within_one_run_of_the_node(tmp_path: Path) -> None:
+    rec = recorder(tmp_path)
+    for _publish in range(3):
+        rec.get("live", "class").begin()
+        record_segments(rec, 2)
+    rec.get("live", "class").finish()
+    d = tmp_path / "rec" / "live" / "class" / "360p"
+    files = [s.uri for s in m3u8.load(str(d / "index.m3u8")).segments]
+    for i in (2, 4):  # where the second and third publishes start
+        assert follows_on(d / files[i - 1], d / files[i]), files[i]
+    with av.open(str(d / "index.m3u8")) as c:
+        pts = [f.pts for f in c.decode(video=0)]
+    assert len(pts) == sum(video_samples(d / f) for f in files) and pts == sorted(pts)
+
+
+def test_a_segment_that_is_not_fmp4_is_refused_and_the_recording_goes_on(tmp_path: Path) -> None:
+    rec = recorder(tmp_path)
+    record_segments(rec, 1)
+    r = rec.get("live", "class")
+    with pytest.raises(RecordError, match="bad fMP4 segment"):
+        r.write_segment("360p", b"\x00\x00\x00\x08junk", 2.0, True, VARIANT)
+    record_segments(rec, 1, start=1)
+    d = tmp_path / "rec" / "live" / "class" / "360p"
+    assert [s.uri for s in m3u8.load(str(d / "index.m3u8")).segments] == [
+        "000000-2000.m4s",
+        "000001-2000.m4s",
+    ]
 
 
 def test_quota_raises_and_counts_never_overwrites(tmp_path: Path) -> None:

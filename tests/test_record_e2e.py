@@ -71,6 +71,8 @@ def test_kill9_keeps_every_complete_segment_and_reconnect_continues(tmp_path: Pa
         kill9(first)
         pub.stop()
     before = {r: on_disk(root, r) for r in RENDITIONS}
+    # Viewers got MPEG-TS (the default format); the recording is fMP4 all the same.
+    assert all(name.endswith(".m4s") for r in RENDITIONS for name in before[r])
 
     second = node(tmp_path, "node2.log")
     try:
@@ -78,6 +80,7 @@ def test_kill9_keeps_every_complete_segment_and_reconnect_continues(tmp_path: Pa
             pl = m3u8.loads(second.get(f"/live/class/vod/{r}/index.m3u8").text)
             assert pl.is_endlist and pl.playlist_type == "vod"
             assert [s.uri for s in pl.segments] == before[r], r  # every complete segment listed
+            assert pl.segment_map and pl.segment_map[0].uri.startswith("init-"), r
         master = m3u8.loads(second.get("/live/class/vod/index.m3u8").text)
         assert sorted(p.uri for p in master.playlists) == sorted(
             f"{r}/index.m3u8" for r in RENDITIONS

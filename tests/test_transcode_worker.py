@@ -239,6 +239,34 @@ def test_plain_fmp4_sends_init_and_whole_segments_only() -> None:
         assert len(parse_fragments(s.data)) == 1, "one moof per segment without parts"
 
 
+def test_ts_with_recording_also_packages_cmaf_of_the_same_pictures() -> None:
+    """MPEG-TS for viewers, and a CMAF copy of the very same encode for the recorder."""
+    buf = io.BytesIO()
+    spec = Spec(stream="t/r", ladder=LADDER[1:2], x264_threads=1, record_fmp4=True)
+    pipeline = Pipeline(spec, Output(buf))
+    for p in file_packets(SMALL):
+        pipeline.feed(p)
+    pipeline.finish()
+    frames = FrameReader().feed(buf.getvalue())
+    kinds = [t for t, _ in frames if t not in (FrameType.STATS, FrameType.RENDITIONS)]
+    assert FrameType.INIT not in kinds and FrameType.PART not in kinds
+    assert kinds.index(FrameType.RECORD_INIT) < kinds.index(FrameType.RECORD_SEGMENT)
+    ts = [SegmentFrame.parse(p) for t, p in frames if t is FrameType.SEGMENT]
+    rec = [SegmentFrame.parse(p) for t, p in frames if t is FrameType.RECORD_SEGMENT]
+    init = [InitFrame.parse(p) for t, p in frames if t is FrameType.RECORD_INIT]
+    assert len(init) == 1 and ts[0].data[:1] == b"\x47"  # MPEG-TS sync byte
+    # Segment for segment: same boundaries, same durations (MPEG-TS does not count the
+    # stream's very last frame in the last segment's duration; CMAF does).
+    assert [s.index for s in rec] == [s.index for s in ts]
+    assert [s.start for s in rec] == pytest.approx([s.start for s in ts])
+    assert [s.duration for s in rec] == pytest.approx([s.duration for s in ts], abs=1 / 29.9)
+    decoded = []
+    for blob in (b"".join(s.data for s in ts), init[0].data + b"".join(s.data for s in rec)):
+        with av.open(io.BytesIO(blob)) as c:
+            decoded.append(sum(1 for _ in c.decode(video=0)))
+    assert decoded[0] == decoded[1] > 0
+
+
 @pytest.mark.parametrize("fmt", ["ts", "fmp4"])
 def test_constant_frame_rate_across_jitter_gap_and_clock_reset(fmt: str) -> None:
     """Jittered input, a 1 s hole, then a publisher clock restarting at 0: 30 fps out, monotonic."""

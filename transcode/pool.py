@@ -69,6 +69,7 @@ def spec_to_json(spec: Spec) -> dict[str, Any]:
         "segment_format": spec.segment_format,
         "part_duration": spec.part_duration,
         "tap": spec.tap,
+        "record_fmp4": spec.record_fmp4,
     }
 
 
@@ -281,6 +282,14 @@ class Transcoder:
                     self.fatal = str(json.loads(payload).get("error"))
                 elif ftype is FrameType.DONE:
                     return True
+                elif ftype is FrameType.RECORD_INIT:
+                    on_rinit = getattr(self.sink, "on_record_init", None)
+                    if on_rinit is not None:
+                        on_rinit(InitFrame.parse(payload))
+                elif ftype is FrameType.RECORD_SEGMENT:
+                    on_rseg = getattr(self.sink, "on_record_segment", None)
+                    if on_rseg is not None:
+                        on_rseg(SegmentFrame.parse(payload))
                 elif ftype is FrameType.TAP:
                     # Encoded packets for WebRTC viewers (Spec.tap); a sink without on_tap
                     # ignores them.

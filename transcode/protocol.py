@@ -40,6 +40,8 @@ class FrameType(enum.IntEnum):
     INIT = 15  # fMP4 init segment (ftyp+moov) of one rendition
     PART = 16  # LL-HLS partial segment (moof+mdat) of one rendition
     TAP = 17  # one encoded packet for WebRTC viewers (tap rendition's H.264, Opus audio)
+    RECORD_INIT = 18  # fMP4 init segment for the recorder, beside MPEG-TS for viewers
+    RECORD_SEGMENT = 19  # fMP4 segment for the recorder, beside MPEG-TS for viewers
 
 
 class FramingError(ValueError):
@@ -96,7 +98,7 @@ class SegmentFrame:
     codecs: str
     data: bytes
 
-    def encode(self) -> bytes:
+    def encode(self, ftype: FrameType = FrameType.SEGMENT) -> bytes:
         meta = json.dumps(
             {
                 "rendition": self.rendition,
@@ -108,7 +110,7 @@ class SegmentFrame:
             separators=(",", ":"),
         ).encode()
         body = struct.pack(">I", len(meta)) + meta + self.data
-        return encode_frame(FrameType.SEGMENT, body)
+        return encode_frame(ftype, body)
 
     @classmethod
     def parse(cls, payload: bytes) -> SegmentFrame:
@@ -156,10 +158,8 @@ class InitFrame:
     codecs: str
     data: bytes
 
-    def encode(self) -> bytes:
-        return _encode_meta(
-            FrameType.INIT, {"rendition": self.rendition, "codecs": self.codecs}, self.data
-        )
+    def encode(self, ftype: FrameType = FrameType.INIT) -> bytes:
+        return _encode_meta(ftype, {"rendition": self.rendition, "codecs": self.codecs}, self.data)
 
     @classmethod
     def parse(cls, payload: bytes) -> InitFrame:

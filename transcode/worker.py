@@ -79,6 +79,9 @@ class Spec:
     # Rendition whose encoded H.264 packets, plus the stream's audio as Opus,
     # are sent as TAP frames for WebRTC viewers; empty sends none.
     tap: str = ""
+    # With "ts": also package CMAF (RECORD_INIT / RECORD_SEGMENT frames) for the
+    # recorder, so recordings are fMP4 whatever the viewers' format.
+    record_fmp4: bool = False
 
     def __post_init__(self) -> None:
         if self.segment_format not in ("ts", "fmp4"):
@@ -101,6 +104,7 @@ class Spec:
             segment_format=str(obj.get("segment_format", "ts")),
             part_duration=float(obj.get("part_duration", 0.0)),
             tap=str(obj.get("tap", "")),
+            record_fmp4=bool(obj.get("record_fmp4", False)),
         )
 
 
@@ -196,26 +200,33 @@ class _Segmenter:
     ) -> None:
         self.cmaf: CmafPackager | None = None
         self.ts: TsSegmenter | None = None
-        if spec.segment_format == "fmp4":
-            frame_ticks = max(1, round(TICKS_PER_SECOND / fps))
-            part_ticks = 0
-            if spec.part_duration > 0:
-                # Whole frames only, and never more than the part target (RFC 8216bis §4.4.4.9).
-                per_part = max(1, math.floor(spec.part_duration * fps + Fraction(1, 10**6)))
-                part_ticks = per_part * frame_ticks
-            self.cmaf = CmafPackager(
+        # CMAF for the recorder beside MPEG-TS for viewers: the same encoded
+        # packets, packaged twice, so recordings are fMP4 whatever viewers get.
+        self.record: CmafPackager | None = None
+        frame_ticks = max(1, round(TICKS_PER_SECOND / fps))
+
+        def cmaf(part_ticks: int, init: FrameType, seg: FrameType) -> CmafPackager:
+            return CmafPackager(
                 rung.name,
                 width=rung.width,
                 height=rung.height,
                 frame_ticks=frame_ticks,
                 audio=audio,
                 part_ticks=part_ticks,
-                on_init=lambda f: out.write(f.encode()),
+                on_init=lambda f: out.write(f.encode(init)),
                 on_part=lambda f: out.write(f.encode()),
-                on_segment=lambda f: out.write(f.encode()),
+                on_segment=lambda f: out.write(f.encode(seg)),
                 timescale=TICKS_PER_SECOND,
                 min_duration=min_duration,
             )
+
+        if spec.segment_format == "fmp4":
+            part_ticks = 0
+            if spec.part_duration > 0:
+                # Whole frames only, and never more than the part target (RFC 8216bis §4.4.4.9).
+                per_part = max(1, math.floor(spec.part_duration * fps + Fraction(1, 10**6)))
+                part_ticks = per_part * frame_ticks
+            self.cmaf = cmaf(part_ticks, FrameType.INIT, FrameType.SEGMENT)
         else:
             self.ts = TsSegmenter(
                 rung.name,
@@ -226,34 +237,31 @@ class _Segmenter:
                 on_segment=lambda s: out.write(s.encode()),
                 min_duration=min_duration,
             )
+            if spec.record_fmp4:
+                self.record = cmaf(0, FrameType.RECORD_INIT, FrameType.RECORD_SEGMENT)
 
     def video(self, p: av.Packet[Any], nals: list[bytes] | None, index: int | None) -> None:
         """An encoded packet (90 kHz); ``nals`` its NAL units, for CMAF."""
-        if self.cmaf is not None:
-            if p.pts is None or p.dts is None:
-                return
-            self.cmaf.video(
-                nals if nals is not None else split_annexb(bytes(p)),
-                int(p.pts),
-                int(p.dts),
-                p.is_keyframe,
-                index,
-            )
-        elif self.ts is not None:
+        if self.ts is not None:
             self.ts.video(p, index)
+        for cmaf in (self.cmaf, self.record):
+            if cmaf is None or p.pts is None or p.dts is None:
+                continue
+            if nals is None:
+                nals = split_annexb(bytes(p))
+            cmaf.video(nals, int(p.pts), int(p.dts), p.is_keyframe, index)
 
     def audio(self, ap: av.Packet[Any]) -> None:
-        if self.cmaf is not None:
-            if ap.pts is not None:
-                self.cmaf.audio(bytes(ap), int(ap.pts))
-        elif self.ts is not None:
+        if self.ts is not None:
             self.ts.audio(ap)
+        for cmaf in (self.cmaf, self.record):
+            if cmaf is not None and ap.pts is not None:
+                cmaf.audio(bytes(ap), int(ap.pts))
 
     def flush(self) -> None:
-        if self.cmaf is not None:
-            self.cmaf.flush()
-        elif self.ts is not None:
-            self.ts.flush()
+        for packager in (self.cmaf, self.ts, self.record):
+            if packager is not None:
+                packager.flush()
 
 
 def _tap_video(

@@ -236,6 +236,19 @@ def _parse_moof(data: bytes, moof: Box) -> ParsedFragment:
         track_id = struct.unpack_from(">I", t)[0]
         if not tf_flags & 0x020000:
             raise ValueError("tfhd is not default-base-is-moof")
+        # Optional fields in order: base data offset, sample description index, then
+        # the defaults a trun without per-sample values relies on (FFmpeg writes them).
+        pos = 4 + (8 if tf_flags & 0x01 else 0) + (4 if tf_flags & 0x02 else 0)
+        defaults = []
+        for bit in (0x08, 0x10):
+            if tf_flags & bit:
+                if pos + 4 > len(t):
+                    raise ValueError("tfhd is truncated")
+                defaults.append(struct.unpack_from(">I", t, pos)[0])
+                pos += 4
+            else:
+                defaults.append(0)
+        default_duration, default_size = defaults
         version, _, d = _full(tfdt, "tfdt", 4)
         base = (
             struct.unpack_from(">Q" if version == 1 else ">I", d)[0]
@@ -259,7 +272,7 @@ def _parse_moof(data: bytes, moof: Box) -> ParsedFragment:
         cursor = moof.offset + offset
         samples = []
         for _ in range(count):
-            dur = size = sflags = cts = 0
+            dur, size, sflags, cts = default_duration, default_size, 0, 0
             if flags & 0x100:
                 dur = struct.unpack_from(">I", r, pos)[0]
                 pos += 4
@@ -278,3 +291,41 @@ def _parse_moof(data: bytes, moof: Box) -> ParsedFragment:
             cursor += size
         runs.append(ParsedRun(track_id, base, samples))
     return ParsedFragment(sequence, runs)
+
+
+def decode_span(data: bytes) -> dict[int, tuple[int, int]]:
+    """Per track id: the first base decode time and the decode time its samples end at."""
+    span: dict[int, tuple[int, int]] = {}
+    for frag in parse_fragments(data):
+        for run in frag.runs:
+            end = run.base_decode_time + sum(s.duration for s in run.samples)
+            first, last = span.get(run.track_id, (run.base_decode_time, end))
+            span[run.track_id] = (min(first, run.base_decode_time), max(last, end))
+    return span
+
+
+def shift_decode_times(data: bytes, shift: dict[int, int]) -> bytes:
+    """``data`` with every fragment's ``tfdt`` of track ``t`` moved by ``shift[t]`` ticks."""
+    out = bytearray(data)
+    for top in parse_boxes(data):
+        if top.kind != b"moof":
+            continue
+        for traf in top.all(b"traf"):
+            tfhd, tfdt = traf.find(b"tfhd"), traf.find(b"tfdt")
+            if tfhd is None or tfdt is None:
+                raise ValueError("traf lacks tfhd or tfdt")
+            track_id = struct.unpack_from(">I", _full(tfhd, "tfhd", 4)[2])[0]
+            delta = shift.get(track_id, 0)
+            if not delta:
+                continue
+            version = _full(tfdt, "tfdt", 4)[0]
+            fmt = ">Q" if version == 1 else ">I"
+            header = 16 if struct.unpack_from(">I", data, tfdt.offset)[0] == 1 else 8
+            pos = tfdt.offset + header + 4  # past the box header, version and flags
+            if pos + struct.calcsize(fmt) > len(out):
+                raise ValueError("tfdt is truncated")
+            value = struct.unpack_from(fmt, out, pos)[0] + delta
+            if not 0 <= value < 1 << (64 if version == 1 else 32):
+                raise ValueError(f"track {track_id}: shifted decode time {value} is out of range")
+            struct.pack_into(fmt, out, pos, value)
+    return bytes(out)
