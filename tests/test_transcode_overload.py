@@ -25,17 +25,21 @@ def test_worker_behind_real_time_degrades_in_order_and_recovers() -> None:
     pipeline = Pipeline(spec, Output(buf))
     packets = list(file_packets(LECTURE))
     start = time.time()
-    # The first 9 s "arrive" ten times faster than real time: no 2-core machine
-    # encodes 720p at preset medium that fast, so the worker falls behind.
-    # The rest is paced like a live publisher: lag vanishes and the worker steps back up.
+    # The first 10 s reach the worker 1.5 s late (a backlog: the node received them
+    # 1.5 s before it could feed them), fed at 3x real time; however fast the machine,
+    # that is 1.5 s behind real time for 3.3 s, long enough for two steps down (one
+    # per 2 s). The rest is paced like a live publisher: the lag vanishes and the
+    # worker steps back up.
     tail_start: float | None = None
     for p in packets:
-        if p.dts < 9000:
-            arrival = start + p.dts / 1000 / 10
+        if p.dts < 10000:
+            due = start + p.dts / 1000 / 3
+            time.sleep(max(0.0, due - time.time()))  # pacing the source, not synchronising
+            arrival = due - 1.5
         else:
             if tail_start is None:
                 tail_start = time.time()
-            due = tail_start + (p.dts - 9000) / 1000
+            due = tail_start + (p.dts - 10000) / 1000
             time.sleep(max(0.0, due - time.time()))  # pacing the source, not synchronising
             arrival = time.time()
         pipeline.feed(p, arrival)
