@@ -221,7 +221,7 @@ class Result:
         placed = max(1, self.sessions - self.rejected)
         lat = sorted(self.latencies)
         p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else 0.0
-        saving = (1 - self.backbone_gb / self.cloud_gb if self.cloud_gb else 0.0) + 0.0
+        saving = round(1 - self.backbone_gb / self.cloud_gb if self.cloud_gb else 0.0, 9) + 0.0
         return {
             "sessions": str(self.sessions),
             "local-serve ratio": f"{self.local_viewers / max(1, self.viewers):.1%}",
