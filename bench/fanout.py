@@ -143,8 +143,9 @@ def serve(port: int, snapshot: Path) -> None:
     for d in [snapshot, *snapshot.parents][:4]:
         d.chmod(0o755)
     (snapshot / "index.m3u8").write_bytes(track.playlist)
-    (snapshot / "seg.m4s").write_bytes(track.by_msn[3].data)
-    (snapshot / "part.m4s").write_bytes(track.parts[(3, 2)].data)
+    newest = track.segments[-1]
+    (snapshot / "seg.m4s").write_bytes(newest.data)
+    (snapshot / "part.m4s").write_bytes(track.parts[(newest.msn, 2)].data)
 
     async def feeder() -> None:
         index = 4
@@ -471,6 +472,11 @@ def main() -> None:
                     parts[(int(f[1]), int(f[2]))] = float(f[3])
 
         threading.Thread(target=pump, daemon=True).start()
+        deadline = time.monotonic() + 10
+        while len(parts) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the feeder completes a part every 1/3 s
+        if len(parts) < 2:
+            raise RuntimeError("the live stream completed no parts within 10 s")
 
         ng_worker = nginx_worker(nginx.pid)
         results: dict[str, dict[str, float]] = {}
@@ -486,10 +492,10 @@ def main() -> None:
                 if kind == "playlist":
                     nc_path, file = f"{BASE}/index.m3u8", "index.m3u8"
                 elif kind == "segment":
-                    msn = max(parts)[0] - 1 if parts else 3  # the newest complete segment
+                    msn = max(parts)[0] - 1  # the newest complete segment
                     nc_path, file = f"{BASE}/{msn}.m4s", "seg.m4s"
                 else:
-                    msn, idx = max(parts) if parts else (3, 2)  # the newest part
+                    msn, idx = max(parts)  # the newest part
                     nc_path, file = f"{BASE}/{msn}.{idx}.m4s", "part.m4s"
                 body = fetch(nc_port, nc_path)
                 # A new name each round: nginx's open_file_cache must not serve a

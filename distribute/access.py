@@ -86,11 +86,14 @@ class PlaybackGuard:
         keys_for: Callable[[str], Mapping[str, str] | None],
         metrics: PlaybackMetrics,
         clock: Callable[[], float] = time.time,
+        cors_origin: str = "*",
     ) -> None:
         self.app = app
         self.keys_for = keys_for
         self.metrics = metrics
         self.clock = clock
+        # A player on another origin must be able to read why it was refused.
+        self._cors = [(b"access-control-allow-origin", cors_origin.encode())] if cors_origin else []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] == "OPTIONS":
@@ -120,6 +123,7 @@ class PlaybackGuard:
                         (b"content-type", b"text/plain; charset=utf-8"),
                         (b"content-length", str(len(body)).encode()),
                         (b"cache-control", b"no-store"),
+                        *self._cors,
                     ],
                 }
             )

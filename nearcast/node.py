@@ -345,7 +345,10 @@ class Node:
             # and goes through the token check, which also signs every playlist URI.
             self.media_app.guarded = lambda tenant: config.playback.keys_for(tenant) is not None
             self.http_app = PlaybackGuard(
-                self.media_app, config.playback.keys_for, PlaybackMetrics(self.registry)
+                self.media_app,
+                config.playback.keys_for,
+                PlaybackMetrics(self.registry),
+                cors_origin=config.http.cors_origin,
             )
         self._http_server: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None

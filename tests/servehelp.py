@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from distribute.api import find_hlsjs
 from distribute.config import HlsConfig
 from distribute.fastpath import media_protocol
-from distribute.hls.store import LiveStream, Store
+from distribute.hls.store import SEQUENCE_EPOCH, LiveStream, Store
 from distribute.http import MediaApp, MediaMetrics
 from media import StreamKey
 
@@ -104,7 +104,8 @@ class MediaServer:
 
     def open(self, name: str = "s", tenant: str = "live") -> LiveStream:
         def make() -> LiveStream:
-            s = self.store.open(StreamKey(tenant, name))
+            # Opened at the sequence epoch: numbered from 0, for readable URLs in tests.
+            s = self.store.open(StreamKey(tenant, name), now=SEQUENCE_EPOCH)
             s.begin_generation()
             s.set_renditions(INFO)
             return s

@@ -7,7 +7,7 @@ import pytest
 from servehelp import INFO
 
 from distribute.config import HlsConfig
-from distribute.hls.store import LiveStream
+from distribute.hls.store import LiveStream, Store, first_sequence
 from media import StreamKey
 from transcode.protocol import InitFrame, PartFrame, SegmentFrame
 
@@ -153,6 +153,55 @@ def test_memory_is_bounded_per_rendition() -> None:
     assert {k[0] for k in t.parts} <= {38, 39, 40}
     assert sum(1 for seg in t.segments if seg.parts) <= 3
     assert list(t.inits) == [1]
+
+
+def test_parts_stay_bounded_when_every_segment_is_too_large() -> None:
+    """Segments over hls.max_segment_bytes are dropped; their parts must not pile up."""
+    s = ll_stream(window=3, max_segment_bytes=65536)
+    big = b"x" * 20_000  # six parts make a 120 kB segment
+    for i in range(60):
+        for p in range(PARTS):
+            s.add_part(PartFrame("360p", i, p, i * 2.0 + p * PART_DUR, PART_DUR, p == 0, big))
+        stored = s.add_segment(SegmentFrame("360p", i, i * 2.0, 2.0, "avc1", big * PARTS))
+        assert stored is None
+    t = s.renditions["360p"]
+    assert s.dropped_segments == 60 and len(t.segments) <= 1  # at most the 3-part lead
+    assert len({k[0] for k in t.parts}) <= 4, sorted({k[0] for k in t.parts})
+    assert sum(len(p.data) for p in t.parts.values()) <= 4 * PARTS * len(big)
+    # A part larger than a whole segment may be is refused outright.
+    assert s.add_part(PartFrame("360p", 60, 0, 120.0, PART_DUR, True, b"y" * 70_000)) is None
+
+
+def test_a_reused_stream_name_never_reuses_a_segment_url() -> None:
+    """Segments are served immutable: a stream opened again (publisher back after the
+    grace period, or a node restarted) numbers its segments and inits past every URL
+    an earlier stream of the same name served."""
+    cfg = HlsConfig(segment_format="fmp4", low_latency=True, part_duration=0.334)
+    t0 = 1_790_000_000.0
+    first = Store(cfg).open(StreamKey("live", "class"), now=t0)
+    assert 0 < first_sequence(t0) == first._next_msn < 2**31  # half seconds since 2024
+    store = Store(cfg)
+    uris: list[set[str]] = []
+    for n, now in enumerate((t0, t0 + 3600.0)):
+        s = store.open(StreamKey("live", "class"), now=now)
+        s.begin_generation()
+        s.set_renditions(INFO)
+        s.add_init(InitFrame("360p", "avc1.64001e,mp4a.40.2", b"ftypmoov"))
+        segments = 1800 if n == 0 else 3  # an hour of 2 s segments, then a new class
+        for i in range(segments):
+            for p in range(PARTS):
+                s.add_part(PartFrame("360p", i, p, i * 2.0 + p * PART_DUR, PART_DUR, p == 0, b"p"))
+            s.add_segment(SegmentFrame("360p", i, i * 2.0, 2.0, "avc1", b"p" * PARTS))
+        t = s.renditions["360p"]
+        text = t.playlist.decode()
+        uris.append({x.uri for x in t.segments} | {f"init-{i}.mp4" for i in t.inits})
+        assert all(f'URI="init-{i}.mp4"' in text or i not in t.inits for i in t.inits)
+        s.publisher_connected = False
+        s.ended, s.ended_at = True, now + 1
+        # After a restart the node's store is empty: the clock alone keeps numbers apart.
+        restarted = Store(cfg).open(StreamKey("live", "class"), now=now + 3601.0)
+        assert restarted._next_msn > max(x.msn for x in t.segments)
+    assert not uris[0] & uris[1]
 
 
 def test_restart_discontinuity_and_new_init() -> None:

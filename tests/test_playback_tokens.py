@@ -114,17 +114,52 @@ async def test_open_tenant_passes_untouched() -> None:
         (play("x1", tenant="school", keys=OTHER), "unknown_key"),
     ],
 )
-async def test_every_wrong_token_is_refused(token: str | None, reason: str) -> None:
+async def test_every_wrong_token_is_refused(
+    token: str | None, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
     query = f"token={token}" if token else ""
     for path in (
         "/school/maths/index.m3u8",
         "/school/maths/360p/index.m3u8",
         "/school/maths/360p/11.0.m4s",
     ):
-        status, headers, body = await _get(path, query)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="distribute.access"):
+            status, headers, body = await _get(path, query)
         assert status == 403, (path, reason)
         assert f"({reason})".encode() in body
         assert headers[b"cache-control"] == b"no-store"
+        # A player on another origin can read the refusal; the log says why.
+        assert headers[b"access-control-allow-origin"] == b"*"
+        assert any(
+            f"({reason})" in r.getMessage() and "school/maths" in r.getMessage()
+            for r in caplog.records
+        ), caplog.text
+
+
+async def test_a_token_of_another_tenant_with_the_same_key_is_refused() -> None:
+    """Tenants sharing a key id and secret: the tenant inside the token decides."""
+    shared = {"school": KEYS, "other": KEYS}
+    guard = PlaybackGuard(_inner, shared.get, PlaybackMetrics(CollectorRegistry()), lambda: NOW)
+    token = play("k1", tenant="other")
+    for path, want in (("/school/maths/360p/10.m4s", 403), ("/other/maths/360p/10.m4s", 200)):
+        sent: list[dict] = []
+
+        async def send(m, sent=sent):  # type: ignore[no-untyped-def]
+            sent.append(m)
+
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": path,
+            "query_string": f"token={token}".encode(),
+            "headers": [],
+            "client": ("127.0.0.1", 5000),
+        }
+        await guard(scope, None, send)
+        assert sent[0]["status"] == want, path
+        if want == 403:
+            assert b"(wrong_stream)" in sent[1]["body"] and b"other/maths" in sent[1]["body"]
 
 
 async def test_other_tenants_token_never_opens_this_tenant() -> None:

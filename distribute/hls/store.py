@@ -177,7 +177,7 @@ class RenditionTrack:
 
 
 class LiveStream:
-    def __init__(self, key: StreamKey, config: HlsConfig, now: float) -> None:
+    def __init__(self, key: StreamKey, config: HlsConfig, now: float, first_msn: int = 0) -> None:
         self.key = key
         self.config = config
         self.renditions: dict[str, RenditionTrack] = {}
@@ -191,12 +191,15 @@ class LiveStream:
         self.publisher_connected = False
         self.generation = 0
         self.discontinuity_sequence = 0
-        self._base = 0
-        self._next_msn = 0
+        # Media sequence numbers (and init ids) start at first_msn: Store.open picks
+        # one no earlier stream of the same name used, so segment URLs stay unique.
+        self._first_msn = first_msn
+        self._base = first_msn
+        self._next_msn = first_msn
         self._pending_discontinuity = False
         # Wall clock of media time 0 in this generation (EXT-X-PROGRAM-DATE-TIME).
         self._anchor: float | None = None
-        self._init_seq = 0
+        self._init_seq = first_msn
         self.master: bytes = b""
         self.stats: dict[str, Any] = {}
         self.segments_total = 0
@@ -219,7 +222,7 @@ class LiveStream:
 
     def begin_generation(self) -> None:
         """A new worker run starts: its segments follow a discontinuity (§4.4.4.3)."""
-        if self._next_msn > 0:
+        if self._next_msn > self._first_msn:
             self._pending_discontinuity = True
             self.generation += 1
         self._base = self._next_msn
@@ -323,10 +326,22 @@ class LiveStream:
             track.building_msn = msn
             track.building_discontinuity = self._pending_discontinuity and msn == self._base
             track.building_program_time = self._program_time(frame.start, frame.duration)
+        if len(frame.data) > self.config.max_segment_bytes:
+            log.warning(
+                "[hls %s] %s part %d.%d of %d bytes exceeds hls.max_segment_bytes; dropped",
+                self.key,
+                frame.rendition,
+                msn,
+                frame.part,
+                len(frame.data),
+            )
+            return None
         part = Part(msn, frame.part, frame.duration, frame.independent, frame.data)
         track.building.append(part)
         track.parts[(msn, frame.part)] = part
         track.last_part = (msn, frame.part)
+        if frame.part == 0:
+            self._evict_parts(track)
         if frame.duration > self.part_target:
             # §4.4.4.9: every part duration must be <= PART-TARGET.
             self.part_target = math.ceil(frame.duration * 1000) / 1000
@@ -454,10 +469,7 @@ class LiveStream:
             track.by_msn.pop(old.msn, None)
             track.bytes_stored -= len(old.data)
             track.evicted_discontinuities += old.discontinuity
-        # Parts only for the segments whose parts are listed, plus one more.
-        oldest_part_msn = track.last_msn - self._part_segments()
-        for k in [k for k in track.parts if k[0] < oldest_part_msn]:
-            del track.parts[k]
+        oldest_part_msn = self._evict_parts(track)
         for seg in track.segments:
             if seg.msn >= oldest_part_msn:
                 break
@@ -465,6 +477,17 @@ class LiveStream:
         used = {s.init_id for s in track.segments} | {track.init_id}
         for init_id in [i for i in track.inits if i not in used]:
             del track.inits[init_id]
+
+    def _evict_parts(self, track: RenditionTrack) -> int:
+        """Keep parts only for the segments whose parts are listed, plus one more,
+        counted from the newest part: a segment dropped as too large must not leave
+        its parts behind for ever. Returns the oldest segment number that keeps parts."""
+        newest = max(track.last_msn, track.last_part[0])
+        oldest_part_msn = newest - self._part_segments()
+        if track.parts and min(track.parts)[0] < oldest_part_msn:
+            for k in [k for k in track.parts if k[0] < oldest_part_msn]:
+                del track.parts[k]
+        return oldest_part_msn
 
     def _part_segments(self) -> int:
         """How many complete segments list their parts. With the segment being
@@ -621,6 +644,24 @@ class LiveStream:
         }
 
 
+# 2024-01-01T00:00:00Z: media sequence numbers count half seconds from here.
+SEQUENCE_EPOCH = 1_704_067_200
+
+
+def first_sequence(now: float) -> int:
+    """The first media sequence number of a stream opened at ``now``.
+
+    Complete segments are served ``immutable``, so a URL must never name other
+    bytes later. A stream name is reused (a class every day, a publisher back after
+    the grace period, a restarted node) and would restart at ``0.ts``; instead a
+    new stream starts at the half seconds since 2024-01-01. No segment is shorter
+    than 0.5 s (``hls.segment_duration``; an LL-HLS lead segment needs segments of
+    0.7 s or more), so no earlier stream of the name, on this node or before its
+    restart, got that far; and the number fits 31 bits until 2058.
+    """
+    return max(0, int((now - SEQUENCE_EPOCH) * 2))
+
+
 class Store:
     """Every live stream of this node, by tenant and name."""
 
@@ -630,9 +671,13 @@ class Store:
 
     def open(self, key: StreamKey, now: float | None = None) -> LiveStream:
         now = time.time() if now is None else now
-        s = self.streams.get((key.tenant, key.stream))
+        old = self.streams.get((key.tenant, key.stream))
+        s = old
         if s is None or (s.ended and s.publisher_connected is False and s.ended_at is not None):
-            s = LiveStream(key, self.config, now)
+            first = first_sequence(now)
+            if old is not None:  # the clock never goes back on this node's own numbers
+                first = max(first, old._next_msn, old._init_seq + 1)
+            s = LiveStream(key, self.config, now, first_msn=first)
             self.streams[(key.tenant, key.stream)] = s
         return s
 
