@@ -65,6 +65,10 @@ class ProbeResult:
     startup_seconds: float | None = None
     seconds: float = 0.0
     rendition: str = ""
+    # WHEP: the picture size received, and the audio frames decoded beside it.
+    resolution: str = ""
+    audio_frames: int = 0
+    audio_rate: int = 0
 
     def summary(self) -> dict[str, Any]:
         lat = sorted(self.latencies_ms)
@@ -84,6 +88,15 @@ class ProbeResult:
             "startup_seconds": round(self.startup_seconds, 3)
             if self.startup_seconds is not None
             else None,
+            **(
+                {
+                    "resolution": self.resolution,
+                    "audio_frames": self.audio_frames,
+                    "audio_rate": self.audio_rate,
+                }
+                if self.protocol == "whep"
+                else {}
+            ),
         }
 
 
@@ -529,9 +542,16 @@ async def probe_whep(url: str, duration: float, *, startup_timeout: float = 15.0
     pc.addTransceiver("video", direction="recvonly")
     pc.addTransceiver("audio", direction="recvonly")
     tracks: asyncio.Queue[Any] = asyncio.Queue()
-    pc.on("track", tracks.put_nowait)
-    location: str | None = None
     drains: list[asyncio.Task[None]] = []
+
+    def on_track(track: Any) -> None:
+        if track.kind == "video":
+            tracks.put_nowait(track)
+        else:  # counted whenever it comes, before or after the video
+            drains.append(asyncio.ensure_future(_count_audio(track, result)))
+
+    pc.on("track", on_track)
+    location: str | None = None
     async with httpx.AsyncClient(timeout=15.0) as client:
         try:
             await pc.setLocalDescription(await pc.createOffer())
@@ -549,14 +569,7 @@ async def probe_whep(url: str, duration: float, *, startup_timeout: float = 15.0
             if "location" in r.headers:
                 location = urljoin(url, r.headers["location"])
             await pc.setRemoteDescription(RTCSessionDescription(sdp=r.text, type="answer"))
-            video = None
-            end = time.monotonic() + startup_timeout
-            while video is None:
-                track = await asyncio.wait_for(tracks.get(), max(0.1, end - time.monotonic()))
-                if track.kind == "video":
-                    video = track
-                else:
-                    drains.append(asyncio.create_task(_drain(track)))
+            video = await asyncio.wait_for(tracks.get(), startup_timeout)
             playout = Playout(result, started, realtime_gaps=True)
             deadline = time.monotonic() + duration
             first_deadline = time.monotonic() + startup_timeout
@@ -573,6 +586,7 @@ async def probe_whep(url: str, duration: float, *, startup_timeout: float = 15.0
                 except MediaStreamError:
                     break
                 arrival = time.time()
+                result.resolution = f"{frame.width}x{frame.height}"
                 playout.frame(arrival, None, read_stamp(luma(frame)))
             result.seconds = time.time() - started
         finally:
@@ -585,10 +599,13 @@ async def probe_whep(url: str, duration: float, *, startup_timeout: float = 15.0
     return result
 
 
-async def _drain(track: Any) -> None:
+async def _count_audio(track: Any, result: ProbeResult) -> None:
+    """Decode the audio track beside the video: WHEP viewers must hear the class too."""
     with contextlib.suppress(Exception):
         while True:
-            await track.recv()
+            frame = await track.recv()
+            result.audio_frames += 1
+            result.audio_rate = int(frame.sample_rate)
 
 
 # -- entry points -----------------------------------------------------------------------------

@@ -49,5 +49,9 @@ def test_whep_viewer_of_a_published_stream(clocked: NodeProcess) -> None:
     assert s["frames"] >= 60, (s, clocked.log())
     assert s["stamped"] >= 0.9 * s["frames"], s
     assert 0 <= s["latency_p50_ms"] <= E2E_P50_BOUND_MS, s
+    # The configured rendition's own pictures (webrtc.rendition 240p: 426x240), and the
+    # stream's Opus audio (20 ms frames at 48 kHz), not video alone.
+    assert s["resolution"] == "426x240", s
+    assert s["audio_frames"] >= 100 and s["audio_rate"] == 48000, s
     metrics = clocked.get("/metrics").text
     assert "webrtc_sessions 0.0" in metrics  # the probe's DELETE closed its session
