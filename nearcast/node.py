@@ -713,7 +713,8 @@ class _PlacementReport:
     def __init__(self, node: Node, host: str) -> None:
         self.node = node
         self.agent: Any = None
-        self.host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        self.host = f"[{shown}]" if ":" in shown else shown
         self._cpu = _CpuMeter()
         self._sent = (time.monotonic(), node.media_app.metrics.sent)
         counts = node.media_app.metrics.counts

@@ -7,6 +7,7 @@ the way an operator, a publisher and a viewer would.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -18,7 +19,11 @@ import httpx
 import pytest
 from nodeutil import ROOT, SMALL, SMALL_LADDER, NodeProcess, Publisher, segment_numbers, wait_for
 
-from placement.testing import RedisServer, free_port
+from placement.agent import NodeAgent
+from placement.config import PlacementConfig
+from placement.model import Capacity, Load, Session, SessionState, Tier
+from placement.registry.memory import InProcessRegistry
+from placement.testing import Clock, RedisServer, free_port, make_node
 
 OP = {"Authorization": "Bearer op-test"}
 NODE_TOKEN = "node-test"
@@ -204,3 +209,37 @@ def test_node_keeps_serving_hls_while_placement_is_unreachable(
     finally:
         publisher.stop()
         node.stop()
+
+
+async def test_changed_descriptor_is_sent_at_once_and_sessions_renewed() -> None:
+    """Capacity measured after start reaches the registry on the next beat, not at the
+    next full-stats interval; the sessions reported renew their leases every beat."""
+    clock = Clock()
+    reg = InProcessRegistry()
+    cfg = PlacementConfig(lease_ttl=5.0)
+    node = make_node("e1", slots=1)
+    held = ["west~s1"]
+    agent = NodeAgent(
+        node, lambda: Load(transcodes=1), cfg, registry=reg, sessions=lambda: held, clock=clock
+    )
+    await agent.beat()
+    [n] = await reg.nodes(clock())
+    assert n.capacity.slots == 1
+    clock.advance(1.0)  # well within full_stats_interval
+    agent.update(dataclasses.replace(node, capacity=Capacity(4, 900.0, 100)))
+    await agent.beat()
+    [n] = await reg.nodes(clock())
+    assert n.capacity == Capacity(4, 900.0, 100)
+
+    s = Session("west~s1", "live", "cam", "e1", Tier.EDGE, "west", 1, 5.0, clock(), clock() + 5)
+    assert await reg.reserve(s, clock())
+    for _ in range(3):  # 12 s of beats, past the 5 s lease: renewed each time
+        clock.advance(4.0)
+        await agent.beat()
+    got = await reg.get_session("west~s1", clock())
+    assert got is not None and got.state is SessionState.LIVE
+    held.clear()  # the stream ended: no longer reported, the lease runs out
+    clock.advance(4.0)
+    await agent.beat()
+    clock.advance(2.0)
+    assert await reg.get_session("west~s1", clock()) is None
