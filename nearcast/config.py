@@ -32,10 +32,36 @@ class NodeSection:
     region: str = "local"
     city: str = "local"
     isp: str = "local"
+    lat: float = 0.0
+    lon: float = 0.0
+    labels: dict[str, str] = field(default_factory=dict)
+    public_rtmp: str = ""
+    public_http: str = ""
+    egress_mbps: float = 1000.0
+    max_viewers: int = 1000
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
         check(bool(self.id), "id", "must not be empty")
+        check(-90 <= self.lat <= 90, "lat", "must be between -90 and 90")
+        check(-180 <= self.lon <= 180, "lon", "must be between -180 and 180")
+        check(
+            all(isinstance(k, str) and k and isinstance(v, str) for k, v in self.labels.items()),
+            "labels",
+            "must map non-empty names to strings",
+        )
+        check(
+            self.public_rtmp == "" or self.public_rtmp.startswith(("rtmp://", "rtmps://")),
+            "public_rtmp",
+            "must be empty or an rtmp(s):// URL",
+        )
+        check(
+            self.public_http == "" or self.public_http.startswith(("http://", "https://")),
+            "public_http",
+            "must be empty or an http(s):// URL",
+        )
+        check(self.egress_mbps > 0, "egress_mbps", "must be positive")
+        check(self.max_viewers > 0, "max_viewers", "must be positive")
         check(self.tier in ("edge", "mec", "cloud"), "tier", "must be edge, mec or cloud")
         check(
             self.log_level in ("DEBUG", "INFO", "WARNING", "ERROR"),

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import logging
+import os
 import socket
 import sys
 import time
@@ -609,44 +610,21 @@ class Node:
 
     async def _start_agent(self, host: str) -> None:
         """Register with placement (remote, or the embedded registry). Never blocks media."""
-        from placement import model as pm
         from placement.agent import NodeAgent
         from placement.registry.memory import InProcessRegistry
 
-        n = self.config.node
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        desc = pm.Node(
-            id=n.id,
-            tier=pm.Tier(n.tier),
-            region=n.region,
-            city=n.city,
-            isp=n.isp,
-            lat=0.0,
-            lon=0.0,
-            urls=pm.Urls(
-                rtmp=f"rtmp://{shown}:{self.rtmp_port}",
-                http=f"http://{shown}:{self.http_port}",
-                whip=f"http://{shown}:{self.http_port}",
-            ),
-            capacity=pm.Capacity(
-                slots=max(1, int(self.capacity.total) or 1), egress_mbps=1000.0, viewers=1000
-            ),
-        )
-
-        def load() -> pm.Load:
-            used = self.capacity.in_use
-            total = self.capacity.total or 1.0
-            return pm.Load(cpu=min(1.5, used / total), transcodes=len(self.sessions))
-
         try:
+            report = _PlacementReport(self, host)
             registry = None if self.config.placement.url else InProcessRegistry()
             self.agent = NodeAgent(
-                desc,
-                load,
+                report.descriptor(),
+                report.load,
                 self.config.placement,
                 registry=registry,
+                sessions=report.sessions,
                 streams=lambda: [str(k) for k in self.sessions],
             )
+            report.agent = self.agent
             await self.agent.start()
         except Exception:
             log.exception("placement agent failed to start; serving without it")
@@ -727,6 +705,156 @@ class Node:
         if self._http_sock is not None:
             self._http_sock.close()
         log.info("node stopped")
+
+
+class _PlacementReport:
+    """What the placement agent tells the fleet about this node: its descriptor and load.
+
+    Everything here reads state the node already keeps (no I/O on the media path).
+    """
+
+    def __init__(self, node: Node, host: str) -> None:
+        self.node = node
+        self.agent: Any = None
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        self.host = f"[{shown}]" if ":" in shown else shown
+        self._cpu = _CpuMeter()
+        self._sent = (time.monotonic(), node.media_app.metrics.sent)
+        counts = node.media_app.metrics.counts
+        self._fetches = (
+            self._sent[0],
+            _hls_fetches(counts, "segment"),
+            _hls_fetches(counts, "part"),
+        )
+        self._egress_mbps = 0.0
+        self._hls_viewers = 0
+        # Placement session ids of streams whose publisher has gone, kept through the grace
+        # period (the stream may come back), keyed by stream.
+        self._ids: dict[StreamKey, str] = {}
+
+    def descriptor(self) -> Any:
+        from placement import model as pm
+
+        n = self.node.config.node
+        rtmp = n.public_rtmp or f"rtmp://{self.host}:{self.node.rtmp_port}"
+        http = n.public_http or f"http://{self.host}:{self.node.http_port}"
+        total = self.node.capacity.total
+        return pm.Node(
+            id=n.id,
+            tier=pm.Tier(n.tier),
+            region=n.region,
+            city=n.city,
+            isp=n.isp,
+            lat=n.lat,
+            lon=n.lon,
+            urls=pm.Urls(rtmp=rtmp.rstrip("/"), http=http.rstrip("/"), whip=http.rstrip("/")),
+            # Ladder units as slots: the measured (or configured) transcode capacity; 1
+            # while it is still being measured, or when it is unknown (0: admit everything).
+            capacity=pm.Capacity(
+                slots=max(1, int(total)), egress_mbps=n.egress_mbps, viewers=n.max_viewers
+            ),
+            labels=dict(n.labels),
+        )
+
+    def sessions(self) -> list[str]:
+        """Placement session ids of the streams held, whose leases each beat renews.
+
+        A publisher names its session with ``?session=ID`` on the ingest URL (RTMP stream
+        key or WHIP URL); the id stays renewed through the grace period after it leaves.
+        """
+        from ingest.rtmp.server import parse_query
+
+        live: dict[StreamKey, str] = {}
+        for key, sess in self.node.sessions.items():
+            sid = parse_query(sess.request.query).get("session")
+            if sid:
+                live[key] = sid
+        for key in list(self._ids):
+            if key not in live and key not in self.node._grace:
+                del self._ids[key]
+        self._ids.update(live)
+        return sorted(set(self._ids.values()))
+
+    def load(self) -> Any:
+        """The node's real load, measured since the previous beat."""
+        from placement import model as pm
+
+        node = self.node
+        if self.agent is not None:
+            # Capacity is measured after start (calibration): re-send the descriptor.
+            self.agent.update(self.descriptor())
+        now = time.monotonic()
+        metrics = node.media_app.metrics
+        t0, sent0 = self._sent
+        if now - t0 >= 0.5:
+            hls_mbps = (metrics.sent - sent0) * 8 / (now - t0) / 1e6
+            self._sent = (now, metrics.sent)
+            # HLS viewers are not tracked per client (the fast path keeps no per-client
+            # state): estimate them from the fetch rate, a player fetching one segment per
+            # segment duration (or one part per part duration with LL-HLS).
+            f0, seg0, part0 = self._fetches
+            seg = _hls_fetches(metrics.counts, "segment")
+            part = _hls_fetches(metrics.counts, "part")
+            hc = node.config.hls
+            by_seg = (seg - seg0) / (now - f0) * hc.segment_duration
+            by_part = (part - part0) / (now - f0) * hc.part_duration if hc.low_latency else 0.0
+            self._hls_viewers = round(max(by_seg, by_part))
+            self._fetches = (now, seg, part)
+            # WHEP bytes are not counted per packet: estimate each WHEP viewer's egress as
+            # its stream's ingest bit rate (what the tap rendition is at most).
+            whep_bps = 0.0
+            for w in list(node.whep.sessions.values()):
+                if not w.closed:
+                    s = node.sessions.get(w.key)
+                    if s is not None:
+                        whep_bps += s.ingest.bitrate(now)
+            self._egress_mbps = hls_mbps + whep_bps / 1e6
+        whep_viewers = sum(1 for w in list(node.whep.sessions.values()) if not w.closed)
+        return pm.Load(
+            cpu=self._cpu.read(),
+            # Streams encoding a ladder; passthrough (over capacity, or a copy-only
+            # profile) costs no transcode slot.
+            transcodes=sum(1 for s in node.sessions.values() if s.units > 0 and not s.closed),
+            egress_mbps=round(self._egress_mbps, 3),
+            viewers=whep_viewers + self._hls_viewers,
+        )
+
+
+def _hls_fetches(counts: dict[tuple[str, int], int], kind: str) -> int:
+    return sum(n for (k, status), n in list(counts.items()) if k == kind and status < 400)
+
+
+class _CpuMeter:
+    """Share of the machine's CPU in use (0-1) since the previous read, from /proc/stat:
+    transcode workers, the node and anything else on the host. Falls back to the 1-minute
+    load average per core where /proc is not available."""
+
+    def __init__(self) -> None:
+        self._last = self._times()
+        self._value = 0.0
+
+    @staticmethod
+    def _times() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]), idle  # guest time is already counted in user
+
+    def read(self) -> float:
+        now = self._times()
+        if now is None or self._last is None:
+            try:
+                return min(1.5, os.getloadavg()[0] / (os.cpu_count() or 1))
+            except OSError:
+                return 0.0
+        total, idle = now[0] - self._last[0], now[1] - self._last[1]
+        if total > 0:
+            self._value = min(1.0, max(0.0, 1.0 - idle / total))
+            self._last = now
+        return self._value
 
 
 class _EmbeddedServer(uvicorn.Server):

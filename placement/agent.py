@@ -60,6 +60,7 @@ class NodeAgent:
         self._task: asyncio.Task[None] | None = None
         self._registered = False
         self._last_full = 0.0
+        self._changed = False
         self.beats = 0
         self.failures = 0
         self._prefix = f"[agent {node.id}]"
@@ -67,6 +68,15 @@ class NodeAgent:
     @property
     def registered(self) -> bool:
         return self._registered
+
+    def update(self, node: Node) -> None:
+        """Replace the descriptor (e.g. capacity measured after start); the next beat
+        sends it in full rather than waiting for ``full_stats_interval``."""
+        if node.id != self.node.id:
+            raise ValueError("a node agent keeps its node id")
+        if node != self.node:
+            self.node = node
+            self._changed = True
 
     async def start(self) -> None:
         if self._task is not None:
@@ -129,20 +139,28 @@ class NodeAgent:
         """One heartbeat; full stats when due or when the registry forgot us."""
         now = self._clock()
         load = self._load()
-        full = not self._registered or now - self._last_full >= (
-            self.config.liveness.full_stats_interval
+        sent = self.node
+        full = (
+            self._changed
+            or not self._registered
+            or now - self._last_full >= self.config.liveness.full_stats_interval
         )
         sessions = list(self._sessions())
         known = await self._send(load, self._descriptor(load) if full else None, sessions)
         if full and known:
             self._last_full = now
+            if self.node is sent:  # not replaced again while this beat was in flight
+                self._changed = False
         if not known:
             # The registry lost us (e.g. Redis restarted): re-register after a
             # jitter so a whole fleet does not stampede it in the same instant.
             self._registered = False
             await asyncio.sleep(self._jitter(self.config.liveness.heartbeat_interval / 2))
+            sent = self.node
             await self._send(load, self._descriptor(load), sessions)
             self._last_full = self._clock()
+            if self.node is sent:
+                self._changed = False
             log.info("%s re-registered", self._prefix)
         elif not self._registered:
             log.info("%s registered", self._prefix)
