@@ -17,7 +17,7 @@ import pytest
 from placement.agent import NodeAgent
 from placement.app import create_app
 from placement.config import LivenessConfig, PlacementConfig
-from placement.errors import NoCapacity, RegistryUnavailable, SnapshotTooOld
+from placement.errors import InvalidField, NoCapacity, RegistryUnavailable, SnapshotTooOld
 from placement.model import Load, Location, Node, NodeState, PlacementRequest, Session
 from placement.registry.memory import InProcessRegistry
 from placement.registry.redis import RedisRegistry
@@ -187,3 +187,33 @@ async def test_redis_restart_end_to_end(redis_server: RedisServer) -> None:
             await a.stop()
         await svc.stop()
         await registry.close()
+
+
+async def test_a_degraded_decision_replays_to_the_same_node(clock: Clock) -> None:
+    """Replay uses the decision's own stretched TTL and degraded headroom."""
+    reg = FlakyRegistry()
+    cfg = PlacementConfig()
+    svc = PlacementService(cfg, reg, clock=clock)
+    await svc.start(background=False)
+    await reg.register(make_node("e1", slots=4), clock())
+    await svc.refresh()
+    reg.down = True
+    clock.advance(20)  # past the TTL: only the stretched TTL keeps e1 alive
+    placed = await svc.place(PlacementRequest("s", "a", LYON))
+    assert placed.degraded and placed.session.node_id == "e1"
+    [entry] = [e for e in svc.recent_decisions() if e["kind"] == "publish"]
+    assert entry["degraded"] and entry["headroom"] == cfg.degraded_headroom
+    assert entry["ttl"] > cfg.liveness.ttl + 19
+    again = svc.replay(entry)
+    assert again.node is not None and again.node.id == "e1"
+    # Without the recorded TTL the same snapshot judges e1 dead: nothing to replay to.
+    healthy = {k: v for k, v in entry.items() if k not in ("ttl", "headroom")}
+    assert svc.replay(healthy).node is None
+
+
+async def test_replay_of_an_evicted_snapshot_says_why(clock: Clock) -> None:
+    svc = PlacementService(PlacementConfig(), InProcessRegistry(), clock=clock)
+    await svc.start(background=False)
+    entry = {"snapshot": "gone-1", "policy": 1, "at": 0.0, "request": {}}
+    with pytest.raises(InvalidField, match="only the last 16 snapshots are kept"):
+        svc.replay(entry)

@@ -209,6 +209,25 @@ async def test_replay_gives_the_same_answer(service: PlacementService, clock: Cl
         assert service.replay(entry).node.id == p.session.node_id  # type: ignore[union-attr]
 
 
+async def test_replay_uses_the_policy_version_the_decision_used(
+    service: PlacementService, clock: Clock
+) -> None:
+    await add(service, clock, make_node("e1"), make_node("m1", "mec", city="west-metro"))
+    mec_only = parse_policy({"version": 2, "fallback": ["mec"]})
+    # Another instance activates v2 while this one's snapshot is due for a refresh: the
+    # refresh inside place() picks v2 up, but the decision was made under v1.
+    await service.registry.store_policy(2, mec_only.to_yaml(), activate=True)
+    clock.advance(service.config.snapshot_interval + 0.1)
+    first = await service.place(PlacementRequest("school", "c1", LYON))
+    assert first.session.node_id == "e1" and service.policy.version == 2
+    second = await service.place(PlacementRequest("school", "c2", LYON))
+    assert second.session.node_id == "m1"
+    new, old = (e for e in service.recent_decisions() if e["kind"] == "publish")
+    assert (old["policy"], new["policy"]) == (1, 2)
+    for entry, placed in ((old, first), (new, second)):
+        assert service.replay(entry).node.id == placed.session.node_id  # type: ignore[union-attr]
+
+
 async def test_heartbeat_renews_and_restores(service: PlacementService, clock: Clock) -> None:
     await add(service, clock, make_node("e1"))
     placed = await service.place(PlacementRequest("school", "c", LYON))
