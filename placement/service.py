@@ -534,6 +534,7 @@ class PlacementService:
             created=now,
             lease_expires=now + self.config.lease_ttl,
             degraded=self.degraded,
+            location=req.location,
         )
 
     async def _reserve(self, s: Session, node: Node, now: float, headroom: float) -> bool:
@@ -788,10 +789,15 @@ class PlacementService:
         moved: list[tuple[Session, str]] = []
         for s in sessions_to_migrate(sessions, snap.nodes, health, now, lv.ttl, lv.autonomy_window):
             old = snap.nodes[s.node_id]
+            # From the publisher's own location; the dead node's only for a session
+            # stored before sessions recorded it.
+            where = s.location or Location(
+                city=old.city, isp=old.isp, region=old.region, lat=old.lat, lon=old.lon
+            )
             req = PlacementRequest(
                 s.tenant,
                 s.stream,
-                Location(city=old.city, isp=old.isp, region=old.region, lat=old.lat, lon=old.lon),
+                where,
                 slots=s.slots,
                 egress_mbps=s.egress_mbps,
                 exclude=frozenset({old.id}),

@@ -137,6 +137,38 @@ async def test_sessions_move_only_after_autonomy_window(
     assert s.node_id != dead
 
 
+async def test_re_placement_starts_from_the_publisher_not_the_dead_node(
+    service: PlacementService, clock: Clock
+) -> None:
+    """A Marseille publisher landed in the cloud (no local node yet); when that cloud
+    node dies, the session moves to the Marseille edge that has since joined, not to
+    the next cloud node next to the dead one."""
+    lv = service.config.liveness
+    marseille = Location("marseille", "sfr", "south", 43.30, 5.37, "hint")
+    clouds = [
+        make_node(f"c{i}", "cloud", region="cloud-eu", city="dc", isp="cloud", lat=45.0, lon=5.0)
+        for i in range(3)
+    ]
+    await add(service, clock, *clouds)
+    placed = await service.place(PlacementRequest("school", "c", marseille))
+    assert placed.session.tier.value == "cloud" and placed.session.location == marseille
+    stored, _ = await service.get_session(placed.session.id)
+    assert stored.location == marseille  # kept by the registry
+    dead = placed.session.node_id
+    live = [n for n in clouds if n.id != dead] + [
+        make_node("e-mrs", city="marseille", region="south")
+    ]
+    await add(service, clock, live[-1])
+    clock.advance(lv.ttl + lv.autonomy_window + 1)
+    for n in live:
+        await service.registry.heartbeat(n.id, Load(), clock())
+    await service.refresh()
+    [(moved, old)] = await service.reconcile()
+    assert old == dead and moved.node_id == "e-mrs" and moved.location == marseille
+    s, _ = await service.get_session(placed.session.id)
+    assert s.node_id == "e-mrs" and s.location == marseille
+
+
 async def test_mass_disconnect_freezes_migrations(service: PlacementService, clock: Clock) -> None:
     nodes = [make_node(f"e{i}", slots=2) for i in range(10)]
     await add(service, clock, *nodes)
