@@ -51,7 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
     s.add_argument(
         "--replay",
         metavar="LOG",
-        help="JSON-lines decision log (GET /v1/decisions) to use instead of the synthetic trace",
+        help="decision log to use instead of the synthetic trace: the JSON array "
+        "GET /v1/decisions returns, saved as is, or JSON lines (one entry per line)",
     )
     s.add_argument("--seed", type=int, default=1, help="random seed (1)")
     s.set_defaults(func=run_simulate)

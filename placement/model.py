@@ -292,6 +292,10 @@ class Session:
     lease_expires: float
     state: SessionState = SessionState.RESERVED
     degraded: bool = False
+    # Where the publisher is (given or derived from its IP): re-placement after its
+    # node dies starts from here, not from the dead node. None for sessions stored
+    # before it was recorded.
+    location: Location | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -307,10 +311,12 @@ class Session:
             "lease_expires": self.lease_expires,
             "state": self.state.value,
             "degraded": self.degraded,
+            "location": self.location.to_dict() if self.location is not None else None,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Session:
+        loc = d.get("location")
         return cls(
             id=str(d["id"]),
             tenant=str(d["tenant"]),
@@ -324,6 +330,7 @@ class Session:
             lease_expires=float(d["lease_expires"]),
             state=SessionState(d.get("state", "reserved")),
             degraded=bool(d.get("degraded", False)) in (True, "1", "true"),
+            location=Location.from_dict(loc) if isinstance(loc, Mapping) else None,
         )
 
     def with_(self, **changes: Any) -> Session:

@@ -422,15 +422,30 @@ class PlacementService:
     def locate(self, ip: str | None, hints: Location | None) -> Location:
         return self.geo.resolve(ip, hints)
 
-    def _log(self, kind: str, req: PlacementRequest, d: core.Decision, now: float) -> None:
+    def _log(
+        self,
+        kind: str,
+        req: PlacementRequest,
+        d: core.Decision,
+        now: float,
+        *,
+        policy: Policy,
+        ttl: float,
+        headroom: float = 1.0,
+    ) -> None:
+        """Log a decision with every input replay needs besides the snapshot itself:
+        the request as decided (exclusions included), the policy version it used,
+        the liveness TTL (stretched in degraded mode) and the capacity headroom."""
         if self.config.decision_log_size == 0:
             return
         entry: dict[str, Any] = {
             "kind": kind,
             "at": now,
             "request": req.to_dict(),
-            "policy": self._policy.version,
+            "policy": policy.version,
             "snapshot": d.snapshot_id,
+            "ttl": ttl,
+            "headroom": headroom,
             "node": d.node.id if d.node else None,
             "tier": d.tier,
             "step": d.step,
@@ -474,19 +489,15 @@ class PlacementService:
             snap = await (self.refresh() if attempt else self.snapshot())
             now = self.clock()
             headroom = self.config.degraded_headroom if self.degraded else 1.0
+            ttl = self._ttl_for(snap, now)
+            asked = replace(req, exclude=frozenset(exclude))
             d = core.decide(
-                snap,
-                replace(req, exclude=frozenset(exclude)),
-                policy,
-                now,
-                ttl=self._ttl_for(snap, now),
-                headroom=headroom,
-                pending=self._usage,
+                snap, asked, policy, now, ttl=ttl, headroom=headroom, pending=self._usage
             )
             if not d.ok:
                 self.metrics.decisions.labels("none", "rejected").inc()
                 self.metrics.fallbacks.labels("no_capacity").inc()
-                self._log("publish", req, d, now)
+                self._log("publish", asked, d, now, policy=policy, ttl=ttl, headroom=headroom)
                 raise NoCapacity(d.reason, self._explain(d))
             for cand in d.ranked[:MAX_TRIES]:
                 node = snap.nodes[cand.node_id]
@@ -498,7 +509,7 @@ class PlacementService:
                     self.metrics.decisions.labels(node.tier.value, "placed").inc()
                     if self.degraded:
                         self.metrics.fallbacks.labels("degraded").inc()
-                    self._log("publish", req, d, now)
+                    self._log("publish", asked, d, now, policy=policy, ttl=ttl, headroom=headroom)
                     return Placed(session, d, self.degraded)
                 exclude.add(node.id)
                 self.metrics.fallbacks.labels("reservation_conflict").inc()
@@ -523,6 +534,7 @@ class PlacementService:
             created=now,
             lease_expires=now + self.config.lease_ttl,
             degraded=self.degraded,
+            location=req.location,
         )
 
     async def _reserve(self, s: Session, node: Node, now: float, headroom: float) -> bool:
@@ -590,18 +602,19 @@ class PlacementService:
             key = f"{tenant}/{stream}"
             if session is None and key not in snap.by_stream:
                 raise UnknownStream(tenant, stream)
+            policy, ttl = self._policy, self._ttl_for(snap, now)
             d = core.route(
                 snap,
                 tenant,
                 stream,
                 location,
-                self._policy,
+                policy,
                 now,
-                ttl=self._ttl_for(snap, now),
+                ttl=ttl,
                 origin_id=session.node_id if session else None,
             )
             req = PlacementRequest(tenant, stream, location)
-            self._log("view", req, d, now)
+            self._log("view", req, d, now, policy=policy, ttl=ttl)
             if not d.ok:
                 self.metrics.decisions.labels("none", "rejected").inc()
                 self.metrics.fallbacks.labels("no_capacity").inc()
@@ -612,16 +625,31 @@ class PlacementService:
             self.metrics.decision_seconds.observe(time.perf_counter() - t0)
 
     def replay(self, entry: dict[str, Any]) -> core.Decision:
-        """Re-run a logged publish decision on its snapshot and policy version."""
+        """Re-run a logged publish decision on its snapshot, policy version, TTL and headroom.
+
+        Snapshots are kept in this instance's memory only, the last
+        ``SNAPSHOT_HISTORY`` of them: an older decision, or one another instance
+        made, cannot be replayed here.
+        """
         snap = self._history.get(str(entry["snapshot"]))
         if snap is None:
-            raise InvalidField("snapshot", f"{entry['snapshot']!r} is no longer retained")
+            raise InvalidField(
+                "snapshot",
+                f"{entry['snapshot']!r} is no longer retained: only the last "
+                f"{SNAPSHOT_HISTORY} snapshots are kept, in the memory of the instance "
+                "that took them",
+            )
         policy = self._versions.get(int(entry["policy"]))
         if policy is None:
             raise InvalidField("policy", f"version {entry['policy']} is unknown")
         req = PlacementRequest.from_dict(entry["request"])
         pending = {k: (int(v[0]), float(v[1])) for k, v in (entry.get("pending") or {}).items()}
-        return core.decide(snap, req, policy, float(entry["at"]), ttl=self.ttl, pending=pending)
+        # Entries logged before ttl/headroom were recorded replay as a healthy decision.
+        ttl = float(entry.get("ttl", self.ttl))
+        headroom = float(entry.get("headroom", 1.0))
+        return core.decide(
+            snap, req, policy, float(entry["at"]), ttl=ttl, headroom=headroom, pending=pending
+        )
 
     def recent_decisions(self) -> list[dict[str, Any]]:
         return list(self._recent)
@@ -761,10 +789,15 @@ class PlacementService:
         moved: list[tuple[Session, str]] = []
         for s in sessions_to_migrate(sessions, snap.nodes, health, now, lv.ttl, lv.autonomy_window):
             old = snap.nodes[s.node_id]
+            # From the publisher's own location; the dead node's only for a session
+            # stored before sessions recorded it.
+            where = s.location or Location(
+                city=old.city, isp=old.isp, region=old.region, lat=old.lat, lon=old.lon
+            )
             req = PlacementRequest(
                 s.tenant,
                 s.stream,
-                Location(city=old.city, isp=old.isp, region=old.region, lat=old.lat, lon=old.lon),
+                where,
                 slots=s.slots,
                 egress_mbps=s.egress_mbps,
                 exclude=frozenset({old.id}),

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 from placement import core
+from placement.errors import InvalidField
 from placement.filters import Context, estimate_rtt_ms
 from placement.model import (
     Capacity,
@@ -171,9 +172,27 @@ def build_trace(fleet: Fleet, classes: int, seed: int) -> list[ClassEvent]:
     return sorted(out, key=lambda e: e.start)
 
 
+def parse_log(text: str) -> list[dict[str, Any]]:
+    """Decision-log entries from either form: the JSON array ``GET /v1/decisions``
+    returns, or JSON lines (one entry per line)."""
+    stripped = text.strip()
+    try:
+        if stripped.startswith("["):
+            data = json.loads(stripped)
+        else:
+            data = [json.loads(line) for line in stripped.splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise InvalidField(
+            "replay", f"is neither a JSON array nor JSON lines of decisions: {exc}"
+        ) from None
+    if not isinstance(data, list) or not all(isinstance(e, dict) for e in data):
+        raise InvalidField("replay", "must hold decision objects (a JSON array or JSON lines)")
+    return data
+
+
 def load_log(path: str) -> list[dict[str, Any]]:
     with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        return parse_log(fh.read())
 
 
 def trace_from_log(entries: Sequence[dict[str, Any]]) -> list[ClassEvent]:

@@ -137,6 +137,38 @@ async def test_sessions_move_only_after_autonomy_window(
     assert s.node_id != dead
 
 
+async def test_re_placement_starts_from_the_publisher_not_the_dead_node(
+    service: PlacementService, clock: Clock
+) -> None:
+    """A Marseille publisher landed in the cloud (no local node yet); when that cloud
+    node dies, the session moves to the Marseille edge that has since joined, not to
+    the next cloud node next to the dead one."""
+    lv = service.config.liveness
+    marseille = Location("marseille", "sfr", "south", 43.30, 5.37, "hint")
+    clouds = [
+        make_node(f"c{i}", "cloud", region="cloud-eu", city="dc", isp="cloud", lat=45.0, lon=5.0)
+        for i in range(3)
+    ]
+    await add(service, clock, *clouds)
+    placed = await service.place(PlacementRequest("school", "c", marseille))
+    assert placed.session.tier.value == "cloud" and placed.session.location == marseille
+    stored, _ = await service.get_session(placed.session.id)
+    assert stored.location == marseille  # kept by the registry
+    dead = placed.session.node_id
+    live = [n for n in clouds if n.id != dead] + [
+        make_node("e-mrs", city="marseille", region="south")
+    ]
+    await add(service, clock, live[-1])
+    clock.advance(lv.ttl + lv.autonomy_window + 1)
+    for n in live:
+        await service.registry.heartbeat(n.id, Load(), clock())
+    await service.refresh()
+    [(moved, old)] = await service.reconcile()
+    assert old == dead and moved.node_id == "e-mrs" and moved.location == marseille
+    s, _ = await service.get_session(placed.session.id)
+    assert s.node_id == "e-mrs" and s.location == marseille
+
+
 async def test_mass_disconnect_freezes_migrations(service: PlacementService, clock: Clock) -> None:
     nodes = [make_node(f"e{i}", slots=2) for i in range(10)]
     await add(service, clock, *nodes)
@@ -207,6 +239,25 @@ async def test_replay_gives_the_same_answer(service: PlacementService, clock: Cl
     assert "pending" in entries[-1]
     for p, entry in zip(placed, entries, strict=True):
         assert service.replay(entry).node.id == p.session.node_id  # type: ignore[union-attr]
+
+
+async def test_replay_uses_the_policy_version_the_decision_used(
+    service: PlacementService, clock: Clock
+) -> None:
+    await add(service, clock, make_node("e1"), make_node("m1", "mec", city="west-metro"))
+    mec_only = parse_policy({"version": 2, "fallback": ["mec"]})
+    # Another instance activates v2 while this one's snapshot is due for a refresh: the
+    # refresh inside place() picks v2 up, but the decision was made under v1.
+    await service.registry.store_policy(2, mec_only.to_yaml(), activate=True)
+    clock.advance(service.config.snapshot_interval + 0.1)
+    first = await service.place(PlacementRequest("school", "c1", LYON))
+    assert first.session.node_id == "e1" and service.policy.version == 2
+    second = await service.place(PlacementRequest("school", "c2", LYON))
+    assert second.session.node_id == "m1"
+    new, old = (e for e in service.recent_decisions() if e["kind"] == "publish")
+    assert (old["policy"], new["policy"]) == (1, 2)
+    for entry, placed in ((old, first), (new, second)):
+        assert service.replay(entry).node.id == placed.session.node_id  # type: ignore[union-attr]
 
 
 async def test_heartbeat_renews_and_restores(service: PlacementService, clock: Clock) -> None:
