@@ -128,7 +128,11 @@ def _session_out(
         tier=s.tier.value,
         state=s.state.value,
         lease_expires=s.lease_expires,
-        ingest=IngestUrls(rtmp=f"{rtmp}/{path}", whip=f"{whip}/{path}/whip"),
+        # The session id rides on the ingest URLs: the node that receives the stream
+        # renews this session's lease for as long as the stream is live.
+        ingest=IngestUrls(
+            rtmp=f"{rtmp}/{path}?session={s.id}", whip=f"{whip}/{path}/whip?session={s.id}"
+        ),
         playback=f"{http}/{path}/index.m3u8",
         degraded=degraded,
         explanation=explanation,

@@ -147,11 +147,13 @@ def test_node_registers_reports_load_and_renews_its_session_lease(
         assert r.status_code == 201, r.text
         session = r.json()
         assert session["node"] == "edge-hz-1"
-        assert session["ingest"]["rtmp"] == "rtmp://edge-1.example.net:1935/live/cam"
+        ingest = session["ingest"]["rtmp"]
+        assert ingest == f"rtmp://edge-1.example.net:1935/live/cam?session={session['id']}"
         first_expiry = session["lease_expires"]
 
         # The publisher names its session on the ingest URL; the node renews its lease.
-        publisher = Publisher(SMALL, node.rtmp(f"live/cam?session={session['id']}"))
+        # (the URL placement handed out, on this test's own host and port)
+        publisher = Publisher(SMALL, node.rtmp("live/" + ingest.rsplit("/", 1)[1]))
         wait_for(lambda: fetch_latest_segment(node, "360p"), 20, "the first 360p segment")
 
         def loaded() -> dict[str, Any] | None:

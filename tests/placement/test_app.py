@@ -63,8 +63,8 @@ async def test_session_lifecycle(app: FastAPI, client: httpx.AsyncClient) -> Non
     body = r.json()
     assert body["node"] == "e1" and body["tier"] == "edge" and body["degraded"] is False
     assert body["ingest"] == {
-        "rtmp": "rtmp://e1.test/school/c1",
-        "whip": "http://e1.test/school/c1/whip",
+        "rtmp": f"rtmp://e1.test/school/c1?session={body['id']}",
+        "whip": f"http://e1.test/school/c1/whip?session={body['id']}",
     }
     assert body["playback"] == "http://e1.test/school/c1/index.m3u8"
     assert body["explanation"]["candidates"][0]["node"] == "e1"

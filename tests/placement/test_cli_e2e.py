@@ -144,7 +144,9 @@ def test_cli_serves_the_api_over_real_redis_and_exits_on_sigterm(service: Servic
         assert r.status_code == 201, r.text
         body = r.json()
         assert body["node"] == "edge-hz-1" and body["tier"] == "edge"
-        assert body["ingest"]["rtmp"] == "rtmp://edge-hz-1.test/school/math-101"
+        assert (
+            body["ingest"]["rtmp"] == f"rtmp://edge-hz-1.test/school/math-101?session={body['id']}"
+        )
         assert body["explanation"]["candidates"][0]["node"] == "edge-hz-1"
         sid = body["id"]
         r = c.get(f"/v1/sessions/{sid}")
