@@ -85,6 +85,10 @@ def free_port() -> int:
 class RedisServer:
     port: int
     proc: subprocess.Popen[bytes] | None = None
+    # A one-node Redis Cluster holding every slot: it refuses what a real cluster
+    # refuses (keys of one command or script in different slots, CROSSSLOT), so the
+    # registry's key layout is checked for cluster safety.
+    cluster_dir: str | None = None
 
     @property
     def url(self) -> str:
@@ -104,6 +108,16 @@ class RedisServer:
                 "",
                 "--appendonly",
                 "no",
+                *(
+                    [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        os.path.join(self.cluster_dir, f"nodes-{self.port}.conf"),
+                    ]
+                    if self.cluster_dir
+                    else []
+                ),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -113,6 +127,15 @@ class RedisServer:
             assert time.monotonic() < deadline, "redis-server did not start"
             assert self.proc.poll() is None, "redis-server exited"
             time.sleep(0.02)
+        if self.cluster_dir:
+            r = redis.Redis.from_url(self.url)
+            try:
+                r.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)  # type: ignore[no-untyped-call]
+                while r.cluster("info").get("cluster_state") != "ok":
+                    assert time.monotonic() < deadline, "the one-node cluster did not form"
+                    time.sleep(0.02)
+            finally:
+                r.close()
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import redis
 
 from placement.registry import Registry
 from placement.registry.memory import InProcessRegistry
@@ -24,26 +25,45 @@ async def _cleanup(url: str, prefix: str) -> None:
     r = aioredis.Redis.from_url(url)
     try:
         keys = [k async for k in r.scan_iter(match=f"{{{prefix}:*", count=1000)]
-        if keys:
-            await r.delete(*keys)
+        for key in keys:  # one by one: in a cluster they live in different slots
+            await r.delete(key)
     finally:
         await r.aclose()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(scope="session")
+def cluster_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private one-node Redis Cluster (every slot): CROSSSLOT errors surface here."""
+    server = RedisServer(free_port(), cluster_dir=str(tmp_path_factory.mktemp("cluster")))
+    server.start()
+    try:
+        r = redis.Redis.from_url(server.url)
+        with pytest.raises(redis.ResponseError, match="same slot"):  # it does check slots
+            r.mset({"{pool-a}:x": 1, "{pool-b}:y": 2})
+        r.close()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["memory", "redis", "redis-cluster"])
 async def registry(request: pytest.FixtureRequest) -> AsyncIterator[Registry]:
-    """The same suite runs against both backends; CI must have Redis (no skipping)."""
+    """The same suite runs against both backends, the Redis one also in cluster mode;
+    CI must have Redis (no skipping)."""
     if request.param == "memory":
         yield InProcessRegistry()
         return
-    assert redis_available(), f"the redis backend tests need Redis at {REDIS_URL}"
+    url = REDIS_URL
+    if request.param == "redis-cluster":
+        url = request.getfixturevalue("cluster_server").url
+    assert redis_available(url), f"the redis backend tests need Redis at {url}"
     prefix = f"t{uuid.uuid4().hex[:10]}"
-    reg = RedisRegistry.from_url(REDIS_URL, prefix)
+    reg = RedisRegistry.from_url(url, prefix)
     try:
         yield reg
     finally:
         await reg.close()
-        await _cleanup(REDIS_URL, prefix)
+        await _cleanup(url, prefix)
 
 
 @pytest.fixture
