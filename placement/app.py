@@ -353,6 +353,23 @@ def create_app(
         """Recent decision log, newest first (feed it to ``nearcast simulate --replay``)."""
         return service.recent_decisions()[:limit]
 
+    @app.post("/v1/decisions/replay", dependencies=[Operator])
+    async def replay(entry: dict[str, Any]) -> dict[str, Any]:
+        """Re-run one entry of the decision log on its snapshot, policy version, TTL and
+        headroom; ``same`` says whether it chose the same node. Snapshots are kept in
+        this instance's memory only (the last few): older ones answer 422 naming why."""
+        for name in ("snapshot", "policy", "request", "at"):
+            if name not in entry:
+                raise InvalidField(name, "missing from the decision log entry")
+        try:
+            d = service.replay(entry)
+        except InvalidField:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InvalidField("request", f"not a decision log entry: {exc!r}") from None
+        node = d.node.id if d.node else None
+        return {"same": node == entry.get("node"), "node": node, "explanation": d.explain()}
+
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

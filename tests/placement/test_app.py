@@ -305,3 +305,30 @@ def test_replay_rejects_a_file_that_is_not_a_decision_log(tmp_path: Path) -> Non
         bad.write_text(text)
         with pytest.raises(InvalidField):
             load_log(str(bad))
+
+
+async def test_operators_replay_logged_decisions(app: FastAPI, client: httpx.AsyncClient) -> None:
+    await register(client, "e1")
+    await register(client, "e2", city="paris", region="west")
+    await app.state.service.refresh()
+    for stream in ("a", "b", "c"):
+        body = {"tenant": "school", "stream": stream, "location": LYON}
+        r = await client.post("/v1/sessions", json=body, headers=OP)
+        assert r.status_code == 201, r.text
+    log = (await client.get("/v1/decisions", headers=OP)).json()
+    assert len(log) == 3
+    for entry in log:
+        r = await client.post("/v1/decisions/replay", json=entry, headers=OP)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["same"] is True and out["node"] == entry["node"]
+        assert out["explanation"]["candidates"], out
+    # Operators only; a snapshot no longer kept is named, as is a field missing.
+    entry = log[0]
+    assert (await client.post("/v1/decisions/replay", json=entry)).status_code == 401
+    r = await client.post("/v1/decisions/replay", json={**entry, "snapshot": "gone"}, headers=OP)
+    assert r.status_code == 422 and r.json()["field"] == "snapshot"
+    r = await client.post(
+        "/v1/decisions/replay", json={k: v for k, v in entry.items() if k != "at"}, headers=OP
+    )
+    assert r.status_code == 422 and r.json()["field"] == "at"
