@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from nearcast.settings import check
 from nearcast.tokens import TenantKeys
@@ -27,9 +27,14 @@ class HlsConfig:
     segment_format: str = "ts"
     low_latency: bool = False
     part_duration: float = 0.25
+    # tenant -> "ts", "fmp4" or "llhls" (fMP4 with low latency): that tenant's streams
+    # are delivered so, whatever segment_format and low_latency say for the others.
+    tenants: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         check(self.segment_format in ("ts", "fmp4"), "segment_format", "must be ts or fmp4")
+        for tenant, mode in self.tenants.items():
+            check(mode in DELIVERY, f"tenants.{tenant}", "must be ts, fmp4 or llhls")
         check(
             not self.low_latency or self.segment_format == "fmp4",
             "low_latency",
@@ -41,6 +46,20 @@ class HlsConfig:
         check(self.max_segment_bytes >= 65536, "max_segment_bytes", "must be at least 65536")
         check(self.grace_period >= 0, "grace_period", "must not be negative")
         check(self.retain_ended >= 0, "retain_ended", "must not be negative")
+
+    def for_tenant(self, tenant: str) -> HlsConfig:
+        """The HLS settings of one tenant's streams (``tenants`` overrides the format)."""
+        mode = self.tenants.get(tenant)
+        if mode is None:
+            return self
+        fmt, low = DELIVERY[mode]
+        if (fmt, low) == (self.segment_format, self.low_latency):
+            return self
+        return replace(self, segment_format=fmt, low_latency=low, tenants={})
+
+
+# hls.tenants values: (segment_format, low_latency).
+DELIVERY = {"ts": ("ts", False), "fmp4": ("fmp4", False), "llhls": ("fmp4", True)}
 
 
 @dataclass(frozen=True)

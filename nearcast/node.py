@@ -191,9 +191,10 @@ class StreamSession:
             fps = float(fps)
         except (TypeError, ValueError):
             fps = 0.0
+        hls = self.stream.config  # the tenant's delivery (hls.tenants), else the node's
         profile = cfg.transcode.profile(self.profile)
         ladder = list(profile.ladder)
-        if cfg.hls.low_latency:
+        if hls.low_latency:
             # LL-HLS trades bits for delay: x264's lookahead and B-frames alone hold back
             # ~0.6 s, a third of the budget. Rungs that name their own tune keep it.
             ladder = [
@@ -206,15 +207,15 @@ class StreamSession:
             stream=str(self.key),
             ladder=ladder,
             audio=profile.audio,
-            segment_duration=cfg.hls.segment_duration,
+            segment_duration=hls.segment_duration,
             x264_threads=cfg.transcode.x264_threads,
             fps_hint=fps if 1 <= fps <= 240 else 0.0,
             degrade_lag=cfg.transcode.degrade_lag,
-            segment_format=cfg.hls.segment_format,
-            part_duration=cfg.hls.part_duration if cfg.hls.low_latency else 0.0,
+            segment_format=hls.segment_format,
+            part_duration=hls.part_duration if hls.low_latency else 0.0,
             tap=(tap_rendition(cfg.webrtc.rendition, profile.ladder) if cfg.webrtc.enabled else ""),
             record_fmp4=(
-                cfg.hls.segment_format == "ts"
+                hls.segment_format == "ts"
                 and self.node.recorder is not None
                 and self.node.recorder.mode(self.key.tenant) is not None
             ),
@@ -797,7 +798,7 @@ class _PlacementReport:
             part = _hls_fetches(metrics.counts, "part")
             hc = node.config.hls
             by_seg = (seg - seg0) / (now - f0) * hc.segment_duration
-            by_part = (part - part0) / (now - f0) * hc.part_duration if hc.low_latency else 0.0
+            by_part = (part - part0) / (now - f0) * hc.part_duration  # LL-HLS streams only
             self._hls_viewers = round(max(by_seg, by_part))
             self._fetches = (now, seg, part)
             # WHEP bytes are not counted per packet: estimate each WHEP viewer's egress as

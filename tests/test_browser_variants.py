@@ -130,3 +130,38 @@ def test_hlsjs_low_latency_plays_the_node_below_target(llnode: NodeProcess) -> N
             assert p50 < LLHLS_P50_TARGET_MS, state
         finally:
             browser.close()
+
+
+def test_each_tenant_gets_its_own_delivery(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """hls.tenants: one node serves MPEG-TS to one tenant and LL-HLS to another."""
+    node = NodeProcess(
+        tmp_path_factory.mktemp("tenantnode") / "node.log",
+        NEARCAST_TRANSCODE_LADDER=SMALL_LADDER,
+        NEARCAST_RTMP_TENANTS="[live, school]",
+        NEARCAST_HLS_TENANTS="{school: llhls}",
+    )
+    pubs = [
+        Publisher(SMALL, node.rtmp("live/tv"), loop=True),
+        Publisher(SMALL, node.rtmp("school/maths"), loop=True),
+    ]
+    try:
+
+        def ready(path: str) -> bool:
+            r = node.get(path)
+            return r.status_code == 200 and len(m3u8.loads(r.text).segments) >= 2
+
+        wait_for(lambda: ready("/live/tv/180p/index.m3u8"), 90, "two MPEG-TS segments")
+        wait_for(lambda: ready("/school/maths/180p/index.m3u8"), 90, "two LL-HLS segments")
+        ts = node.get("/live/tv/180p/index.m3u8").text
+        ll = node.get("/school/maths/180p/index.m3u8").text
+        assert "#EXT-X-PART" not in ts and "#EXT-X-MAP" not in ts
+        assert all(x.uri.endswith(".ts") for x in m3u8.loads(ts).segments)
+        pl = m3u8.loads(ll)
+        assert pl.server_control.can_block_reload == "YES" and pl.segment_map
+        assert "#EXT-X-PART:" in ll and "#EXT-X-PRELOAD-HINT" in ll
+        for url in ("/live/tv/180p/index.m3u8", "/school/maths/180p/index.m3u8"):
+            assert ffmpeg_frames(f"{node.http}{url}") == SIZES["180p"], url
+    finally:
+        for pub in pubs:
+            pub.stop()
+        node.stop()

@@ -63,3 +63,17 @@ def test_unknown_key_in_file_is_named(tmp_path) -> None:  # type: ignore[no-unty
     p.write_text("hls:\n  windoe: 3\n")
     with pytest.raises(ConfigError, match="'hls.windoe' is not a known key"):
         load(str(p), environ={})
+
+
+def test_hls_delivery_per_tenant() -> None:
+    from distribute.config import HlsConfig
+
+    hls = HlsConfig(tenants={"school": "llhls", "tv": "ts", "vod": "fmp4"})
+    assert hls.for_tenant("other") is hls
+    assert hls.for_tenant("tv") is hls  # the node's own format already
+    school = hls.for_tenant("school")
+    assert (school.segment_format, school.low_latency, school.tenants) == ("fmp4", True, {})
+    vod = hls.for_tenant("vod")
+    assert (vod.segment_format, vod.low_latency) == ("fmp4", False)
+    with pytest.raises(ValueError, match=r"tenants\.school"):
+        HlsConfig(tenants={"school": "dash"})

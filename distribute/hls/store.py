@@ -677,7 +677,7 @@ class Store:
             first = first_sequence(now)
             if old is not None:  # the clock never goes back on this node's own numbers
                 first = max(first, old._next_msn, old._init_seq + 1)
-            s = LiveStream(key, self.config, now, first_msn=first)
+            s = LiveStream(key, self.config.for_tenant(key.tenant), now, first_msn=first)
             self.streams[(key.tenant, key.stream)] = s
         return s
 
