@@ -6,6 +6,8 @@ latency is read from the clock stamps the publisher puts into every frame."""
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import av
@@ -165,3 +167,38 @@ def test_each_tenant_gets_its_own_delivery(tmp_path_factory: pytest.TempPathFact
         for pub in pubs:
             pub.stop()
         node.stop()
+
+
+def test_the_cli_publishes_stamps_and_probes_llhls(llnode: NodeProcess) -> None:
+    """`nearcast publish --clock` and `nearcast probe` as a user runs them: the probe
+    plays the node's LL-HLS from parts and prints its table with the stamp latency."""
+    url = llnode.rtmp("live/cli")
+    cli = [sys.executable, "-m", "nearcast"]
+    pub = subprocess.Popen(
+        [*cli, "publish", "--clock", "--loop", "--duration", "40", SMALL, url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+
+        def ready() -> bool:
+            r = llnode.get("/live/cli/180p/index.m3u8")
+            return r.status_code == 200 and len(m3u8.loads(r.text).segments) >= 2
+
+        wait_for(ready, 60, "the CLI publisher's first segments")
+        out = subprocess.run(
+            [*cli, "probe", "--duration", "3", f"{llnode.http}/live/cli/index.m3u8"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        head, _, row = out.stdout.strip().splitlines()[:3]
+        assert head.split()[:2] == ["protocol", "rendition"]
+        protocol, rendition, frames, stamped, p50, *_ = row.split()
+        assert (protocol, rendition) == ("llhls", "180p"), out.stdout
+        assert int(stamped) >= 0.9 * int(frames) > 0, out.stdout
+        assert 0 < float(p50) < 5000, out.stdout  # the bound is bench.latency's business
+    finally:
+        pub.terminate()
+        pub.wait(10)
