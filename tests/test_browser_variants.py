@@ -6,6 +6,7 @@ latency is read from the clock stamps the publisher puts into every frame."""
 from __future__ import annotations
 
 import contextlib
+import io
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,9 @@ from nodeutil import SMALL, SMALL_LADDER, NodeProcess, Publisher, require_binary
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 from test_browser import CHROMIUM_ARGS
+
+from media.clock import read_stamp
+from nearcast.probe import luma
 
 LLHLS_P50_TARGET_MS = 1500
 
@@ -202,3 +206,19 @@ def test_the_cli_publishes_stamps_and_probes_llhls(llnode: NodeProcess) -> None:
     finally:
         pub.terminate()
         pub.wait(10)
+
+
+def test_program_date_time_matches_the_stamped_capture_time(llnode: NodeProcess) -> None:
+    """EXT-X-PROGRAM-DATE-TIME of a segment is the wall clock of its first frame: within
+    the pipeline's delay of the time the publisher stamped into that frame."""
+    pl = m3u8.loads(llnode.get("/live/ll/360p/index.m3u8").text)
+    seg = next(s for s in reversed(pl.segments) if s.uri and s.program_date_time)
+    init = llnode.get(f"/live/ll/360p/{pl.segment_map[0].uri}").content
+    data = llnode.get(f"/live/ll/360p/{seg.uri}").content
+    with av.open(io.BytesIO(init + data)) as c:
+        first = next(c.decode(video=0))
+    stamp_ms = read_stamp(luma(first))
+    assert stamp_ms is not None
+    pdt_ms = seg.program_date_time.timestamp() * 1000
+    # Later than the capture by at most the encode and packaging delay; never earlier.
+    assert -100 <= pdt_ms - stamp_ms <= 2000, (pdt_ms - stamp_ms, seg.uri)
