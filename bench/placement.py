@@ -181,7 +181,7 @@ async def cleanup(url: str, prefix: str) -> None:
 
 
 async def run(sizes: list[int], count: int, redis_url: str, concurrency: int) -> dict[str, Any]:
-    cfg = PlacementConfig(snapshot_interval=10.0, snapshot_max_age=600.0, decision_log_size=0)
+    cfg = PlacementConfig(snapshot_interval=5.0, snapshot_max_age=600.0, decision_log_size=0)
     results: dict[str, Any] = {}
     for n in sizes:
         nodes, locs = fleet(n)

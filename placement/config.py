@@ -71,7 +71,8 @@ class PlacementConfig:
             "key_prefix",
             "must not contain braces (they delimit Redis Cluster hash tags)",
         )
-        check(0.05 <= self.snapshot_interval <= 10, "snapshot_interval", "must be 0.05-10")
+        # Policy changes reach every instance on its next refresh: live within 5 s.
+        check(0.05 <= self.snapshot_interval <= 5, "snapshot_interval", "must be 0.05-5")
         check(
             self.snapshot_max_age >= self.snapshot_interval,
             "snapshot_max_age",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -21,7 +22,7 @@ from placement.policy import parse_policy
 from placement.registry import Registry
 from placement.registry.redis import RedisRegistry
 from placement.service import PlacementService
-from placement.testing import Clock, make_node
+from placement.testing import Clock, make_node, wait_for
 
 LYON = Location("lyon", "orange", "west", 45.76, 4.84)
 
@@ -217,6 +218,27 @@ async def test_policy_goes_live_on_other_instances(registry: Registry, clock: Cl
     await a.put_policy(parse_policy({"version": 5}))
     await b.refresh()  # the background loop does this every snapshot_interval (1 s)
     assert b.policy.version == 5
+
+
+async def test_policy_is_live_on_a_running_instance_within_5_s(registry: Registry) -> None:
+    """Real time, background loops: a policy put on one instance governs another's
+    decisions within 5 s (and the setting that bounds it cannot be set beyond that)."""
+    if not isinstance(registry, RedisRegistry):
+        return  # one in-process registry serves exactly one service
+    with pytest.raises(ValueError, match="snapshot_interval"):
+        PlacementConfig(snapshot_interval=6.0)
+    a = PlacementService(PlacementConfig(snapshot_interval=2.0), registry)
+    b = PlacementService(PlacementConfig(snapshot_interval=2.0), registry)
+    await a.start()
+    await b.start()
+    try:
+        put = time.monotonic()
+        await a.put_policy(parse_policy({"version": 7}))
+        await wait_for(lambda: b.policy.version == 7, 5.0, "the policy on the other instance")
+        assert time.monotonic() - put <= 5.0
+    finally:
+        await a.stop()
+        await b.stop()
 
 
 async def test_dry_run_reports_changes_without_applying(
