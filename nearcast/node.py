@@ -324,6 +324,10 @@ class Node:
             kick=self.kick,
             operator_token=config.ingest.operator_token,
         )
+        self.placement_registry: Any = None
+        self.placement: Any = None
+        if not config.placement.url:
+            self._embed_placement(api)
         self.whip = WhipServer(
             config.whip,
             self,
@@ -609,14 +613,34 @@ class Node:
             self.http_port,
         )
 
+    def _embed_placement(self, api: Any) -> None:
+        """No placement.url: this node is its own placement service. It registers itself
+        in an in-process registry and answers the placement API's /v1/ routes (sessions,
+        route, nodes, policy, decisions) on its own HTTP port, so a single node needs no
+        Redis and other nodes may even heartbeat into it."""
+        from placement.app import create_app
+        from placement.registry.memory import InProcessRegistry
+
+        self.placement_registry = InProcessRegistry()
+        app = create_app(
+            self.config.placement, self.placement_registry, metrics_registry=self.registry
+        )
+        self.placement = app.state.service
+        routes = [r for r in app.router.routes if getattr(r, "path", "").startswith("/v1/")]
+        api.router.routes[:0] = routes  # before the node's /{tenant}/{stream}/... routes
+        for exc, handler in app.exception_handlers.items():
+            if exc not in api.exception_handlers:
+                api.add_exception_handler(exc, handler)
+
     async def _start_agent(self, host: str) -> None:
         """Register with placement (remote, or the embedded registry). Never blocks media."""
         from placement.agent import NodeAgent
-        from placement.registry.memory import InProcessRegistry
 
         try:
             report = _PlacementReport(self, host)
-            registry = None if self.config.placement.url else InProcessRegistry()
+            registry = None if self.config.placement.url else self.placement_registry
+            if self.placement is not None:
+                await self.placement.start()
             self.agent = NodeAgent(
                 report.descriptor(),
                 report.load,
@@ -673,6 +697,9 @@ class Node:
         if self.agent is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.agent.stop(), 5)
+        if self.placement is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.placement.stop(), 5)
         await self.rtmp.stop()
         await self.whip.stop()
         with contextlib.suppress(Exception):

@@ -245,3 +245,55 @@ async def test_changed_descriptor_is_sent_at_once_and_sessions_renewed() -> None
     await agent.beat()
     clock.advance(2.0)
     assert await reg.get_session("west~s1", clock()) is None
+
+
+def test_a_single_node_is_its_own_placement_service(tmp_path: Path) -> None:
+    """No placement.url: the node registers itself in its embedded registry and answers
+    the placement API on its own port: sessions land on it, viewers are routed to it."""
+    node = NodeProcess(
+        tmp_path / "node.log",
+        NEARCAST_TRANSCODE_LADDER=SMALL_LADDER,
+        NEARCAST_NODE_ID="solo",
+        NEARCAST_PLACEMENT_OPERATOR_TOKEN="op-test",
+    )
+    publisher: Publisher | None = None
+    try:
+        c = node.client
+
+        def registered() -> dict[str, Any] | None:
+            nodes = c.get("/v1/nodes", headers=OP).json()["nodes"]
+            return next((n for n in nodes if n["id"] == "solo"), None)
+
+        desc = wait_for(registered, 15, "the node in its own registry")
+        assert desc["state"] == "ready" and desc["tier"] == "edge"
+        assert c.get("/v1/nodes").status_code == 401  # operator endpoints need the token
+
+        # The operator tunes the node's own policy: this host's CPU is busy with tests.
+        policy = {"version": 2, "name": "solo", "filters": {"max_cpu": 1.5}}
+        r = c.put("/v1/policy", json=policy, headers=OP)
+        assert r.status_code == 200 and r.json()["active"] == "solo@2", r.text
+        here = {"city": "local", "isp": "local", "region": "local"}  # the node's defaults
+        body = {"tenant": "live", "stream": "cam", "location": here}
+        r = c.post("/v1/sessions", json=body, headers=OP)
+        assert r.status_code == 201, r.text
+        session = r.json()
+        assert session["node"] == "solo" and session["tier"] == "edge"
+        ingest = session["ingest"]["rtmp"]
+        assert ingest.endswith(f"/live/cam?session={session['id']}")
+        publisher = Publisher(SMALL, node.rtmp("live/" + ingest.rsplit("/", 1)[1]))
+
+        def routed() -> dict[str, Any] | None:
+            params = {"tenant": "live", "stream": "cam", "city": "local", "isp": "local"}
+            r = c.get("/v1/route", params=params)
+            return r.json() if r.status_code == 200 else None
+
+        route = wait_for(routed, 20, "a viewer route to the stream")
+        assert route["node"] == "solo"
+        assert route["playback"].endswith("/live/cam/index.m3u8")
+        # The node's own API and media are untouched by the embedded service.
+        assert c.get("/v1/streams").status_code == 200
+        wait_for(lambda: c.get("/live/cam/index.m3u8").status_code == 200, 30, "the playlist")
+    finally:
+        if publisher is not None:
+            publisher.stop()
+        node.stop()
