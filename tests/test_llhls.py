@@ -291,3 +291,19 @@ def test_no_split_when_segments_are_only_a_few_parts() -> None:
     s.add_segment(SegmentFrame("360p", 0, 0.0, 1.0, "avc1.64001e", b"xxx"))
     assert [x.uri for x in parse(s).segments if x.uri] == ["0.m4s"]
     assert s.renditions["360p"].by_msn[0].data == b"xxx"
+
+
+def test_every_listed_part_stays_servable_with_one_segment_to_spare() -> None:
+    s = ll_stream()
+    for i in range(12):
+        for p in range(PARTS):
+            feed_part(s, "360p", i, p)
+            t = s.renditions["360p"]
+            pl = parse(s)
+            listed = {(x.uri) for seg in pl.segments for x in seg.parts}
+            have = {f"{m}.{k}.m4s" for m, k in t.parts}
+            assert listed <= have, (i, p, sorted(listed - have))
+            if t.last_msn >= 4:  # and the parts of one segment older than those listed
+                assert {m for m, _ in t.parts} >= set(range(t.last_msn - 2, t.last_msn + 1))
+        data = b"".join(f"360p:{i}.{p};".encode() * 10 for p in range(PARTS))
+        s.add_segment(SegmentFrame("360p", i, i * 2.0, 2.0, "avc1.64001e,mp4a.40.2", data))

@@ -482,7 +482,9 @@ class LiveStream:
         """Keep parts only for the segments whose parts are listed, plus one more,
         counted from the newest part: a segment dropped as too large must not leave
         its parts behind for ever. Returns the oldest segment number that keeps parts."""
-        newest = max(track.last_msn, track.last_part[0])
+        # Normally the last complete segment; while segments are being dropped, the
+        # one before the segment whose parts are arriving.
+        newest = max(track.last_msn, track.last_part[0] - 1)
         oldest_part_msn = newest - self._part_segments()
         if track.parts and min(track.parts)[0] < oldest_part_msn:
             for k in [k for k in track.parts if k[0] < oldest_part_msn]:
