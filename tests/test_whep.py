@@ -236,3 +236,36 @@ def test_tap_rendition_falls_back_to_the_lowest_rung() -> None:
     assert tap_rendition("360p", tc.ladder) == "360p"
     assert tap_rendition("1080p", tc.ladder) == "360p"
     assert tap_rendition("360p", tc.profile("passthrough").ladder) == "source"
+
+
+async def test_viewers_share_the_workers_packets_no_per_viewer_encode(
+    node: Node, live: LiveTap, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two viewers at once, with aiortc's encoders made to fail: they still play, so
+    every viewer is sent the worker's H.264 and Opus packets, packetized, never encoded."""
+    import asyncio
+
+    import aiortc.codecs.h264 as h264
+    import aiortc.codecs.opus as opus
+
+    def no_encode(*_: object, **__: object) -> None:
+        raise AssertionError("a per-viewer encode happened")
+
+    for cls, name in ((h264.H264Encoder, "encode"), (h264.H264Encoder, "_encode_frame")):
+        monkeypatch.setattr(cls, name, no_encode)
+    monkeypatch.setattr(opus.OpusEncoder, "encode", no_encode)
+    packed: dict[str, int] = {"h264": 0, "opus": 0}
+    for cls, codec in ((h264.H264Encoder, "h264"), (opus.OpusEncoder, "opus")):
+        original = cls.pack
+
+        def counting(self: object, packet: object, _o=original, _c=codec) -> object:  # type: ignore[no-untyped-def]
+            packed[_c] += 1  # the patched classes are the ones the senders use
+            return _o(self, packet)
+
+        monkeypatch.setattr(cls, "pack", counting)
+    url = _url(node, "/live/cam/whep")
+    results = await asyncio.gather(probe_whep(url, duration=3.0), probe_whep(url, duration=3.0))
+    for r in results:
+        s = r.summary()
+        assert s["frames"] >= 45 and s["stamped"] >= 0.9 * s["frames"], s
+    assert packed["h264"] >= 90 and packed["opus"] > 0, packed
