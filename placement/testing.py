@@ -114,6 +114,10 @@ class RedisServer:
                         "yes",
                         "--cluster-config-file",
                         os.path.join(self.cluster_dir, f"nodes-{self.port}.conf"),
+                        # The bus port defaults to port + 10000, which may be taken
+                        # or past 65535 for a port picked free: pick one free too.
+                        "--cluster-port",
+                        str(free_port()),
                     ]
                     if self.cluster_dir
                     else []

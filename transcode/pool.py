@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any, Protocol
 
@@ -36,6 +37,16 @@ from transcode.protocol import (
 from transcode.worker import Spec
 
 log = logging.getLogger(__name__)
+
+
+# Optional sink methods: frame type -> (method, payload -> its arguments).
+_OPTIONAL: dict[FrameType, tuple[str, Callable[[bytes], tuple[Any, ...]]]] = {
+    FrameType.PART: ("on_part", lambda p: (PartFrame.parse(p),)),
+    FrameType.INIT: ("on_init", lambda p: (InitFrame.parse(p),)),
+    FrameType.RECORD_INIT: ("on_record_init", lambda p: (InitFrame.parse(p),)),
+    FrameType.RECORD_SEGMENT: ("on_record_segment", lambda p: (SegmentFrame.parse(p),)),
+    FrameType.TAP: ("on_tap", decode_packet),  # (packet, arrival) for WebRTC viewers
+}
 
 
 class TranscodeSink(Protocol):
@@ -266,14 +277,6 @@ class Transcoder:
             for ftype, payload in frames:
                 if ftype is FrameType.SEGMENT:
                     self.sink.on_segment(SegmentFrame.parse(payload))
-                elif ftype is FrameType.PART:
-                    on_part = getattr(self.sink, "on_part", None)
-                    if on_part is not None:
-                        on_part(PartFrame.parse(payload))
-                elif ftype is FrameType.INIT:
-                    on_init = getattr(self.sink, "on_init", None)
-                    if on_init is not None:
-                        on_init(InitFrame.parse(payload))
                 elif ftype is FrameType.RENDITIONS:
                     self.sink.on_renditions(json.loads(payload))
                 elif ftype is FrameType.STATS:
@@ -282,20 +285,13 @@ class Transcoder:
                     self.fatal = str(json.loads(payload).get("error"))
                 elif ftype is FrameType.DONE:
                     return True
-                elif ftype is FrameType.RECORD_INIT:
-                    on_rinit = getattr(self.sink, "on_record_init", None)
-                    if on_rinit is not None:
-                        on_rinit(InitFrame.parse(payload))
-                elif ftype is FrameType.RECORD_SEGMENT:
-                    on_rseg = getattr(self.sink, "on_record_segment", None)
-                    if on_rseg is not None:
-                        on_rseg(SegmentFrame.parse(payload))
-                elif ftype is FrameType.TAP:
-                    # Encoded packets for WebRTC viewers (Spec.tap); a sink without on_tap
-                    # ignores them.
-                    on_tap = getattr(self.sink, "on_tap", None)
-                    if on_tap is not None:
-                        on_tap(*decode_packet(payload))
+                elif ftype in _OPTIONAL:
+                    # Frames a sink may not want (parts, fMP4 for the recorder, WebRTC
+                    # packets): a sink without the method ignores them.
+                    method, parse = _OPTIONAL[ftype]
+                    handler = getattr(self.sink, method, None)
+                    if handler is not None:
+                        handler(*parse(payload))
 
     async def _kill(self) -> None:
         proc = self._proc

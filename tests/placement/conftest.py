@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis
 
+from placement.config import PlacementConfig
 from placement.registry import Registry
 from placement.registry.memory import InProcessRegistry
 from placement.registry.redis import RedisRegistry
+from placement.service import PlacementService
 from placement.testing import REDIS_URL, Clock, RedisServer, free_port, redis_available
 
 
@@ -64,6 +66,15 @@ async def registry(request: pytest.FixtureRequest) -> AsyncIterator[Registry]:
     finally:
         await reg.close()
         await _cleanup(url, prefix)
+
+
+@pytest.fixture
+async def service(registry: Registry, clock: Clock) -> AsyncIterator[PlacementService]:
+    """A placement service on either backend, refreshed by hand (no background loops)."""
+    svc = PlacementService(PlacementConfig(), registry, clock=clock)
+    await svc.start(background=False)
+    yield svc
+    await svc.stop()
 
 
 @pytest.fixture

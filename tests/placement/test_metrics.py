@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
-from placement.config import PlacementConfig
 from placement.errors import NoCapacity
 from placement.model import Load, Location, NodeState, PlacementRequest
-from placement.registry import Registry
 from placement.service import NODE_COUNT_INTERVAL, PlacementService
 from placement.testing import Clock, make_node
 
 LYON = Location("lyon", "orange", "west", 45.76, 4.84)
 TIERS = ("edge", "mec", "cloud")
 STATES = ("ready", "draining", "cordoned", "stale")
-
-
-@pytest.fixture
-async def service(registry: Registry, clock: Clock) -> AsyncIterator[PlacementService]:
-    svc = PlacementService(PlacementConfig(), registry, clock=clock)
-    await svc.start(background=False)
-    yield svc
-    await svc.stop()
 
 
 def sample(svc: PlacementService, name: str, **labels: str) -> float:

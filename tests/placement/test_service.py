@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -25,14 +24,6 @@ from placement.service import PlacementService
 from placement.testing import Clock, make_node, wait_for
 
 LYON = Location("lyon", "orange", "west", 45.76, 4.84)
-
-
-@pytest.fixture
-async def service(registry: Registry, clock: Clock) -> AsyncIterator[PlacementService]:
-    svc = PlacementService(PlacementConfig(), registry, clock=clock)
-    await svc.start(background=False)
-    yield svc
-    await svc.stop()
 
 
 async def add(svc: PlacementService, clock: Clock, *nodes: object) -> None:
