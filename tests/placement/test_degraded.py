@@ -102,16 +102,18 @@ async def test_no_snapshot_at_all_is_unavailable(clock: Clock) -> None:
 
 
 async def test_redis_restart_end_to_end(redis_server: RedisServer) -> None:
-    hb = 0.2
+    # Beats long enough that a loaded machine's scheduling and I/O (the margin below)
+    # are small beside them.
+    hb = 0.5
     cfg = PlacementConfig(
         url="http://placement",
         operator_token="op",
         node_token="node",
         node_tokens={"*": "node"},
-        snapshot_interval=0.1,
+        snapshot_interval=0.25,
         lease_ttl=10.0,
         liveness=LivenessConfig(
-            heartbeat_interval=hb, ttl=0.6, full_stats_interval=1.0, autonomy_window=1.0
+            heartbeat_interval=hb, ttl=1.5, full_stats_interval=2.0, autonomy_window=2.5
         ),
     )
     prefix = f"t{uuid.uuid4().hex[:8]}"
@@ -184,7 +186,7 @@ async def test_redis_restart_end_to_end(redis_server: RedisServer) -> None:
             # refresh is at most half a beat (as with the defaults, 2 s and 1 s). The
             # margin covers I/O and scheduling on a loaded machine and the 20 ms poll.
             assert cfg.snapshot_interval <= hb / 2
-            assert took <= 2 * hb + 0.15, took
+            assert took <= 2 * hb + 0.25, took
             r = await c.get(f"/v1/sessions/{b_id}")
             assert r.status_code == 200 and r.json()["degraded"] is False
     finally:
