@@ -112,27 +112,24 @@ class Node:
         self.http.close()
 
 
-def _publisher(port: int, name: str) -> subprocess.Popen[bytes]:
+def ffmpeg_push(
+    source: str,
+    url: str,
+    *,
+    loop: bool = True,
+    extra: tuple[str, ...] = (),
+    ffmpeg: str = "ffmpeg",
+    loglevel: str = "error",
+    stderr: int = subprocess.DEVNULL,
+) -> subprocess.Popen[bytes]:
+    """Debian's FFmpeg CLI pushing ``source`` over RTMP(S) in real time, remuxed (-c copy),
+    as an encoder would; ``loop`` restarts it at its end."""
+    args = [ffmpeg, "-hide_banner", "-loglevel", loglevel, "-re"]
+    if loop:
+        args += ["-stream_loop", "-1"]
+    args += ["-i", source, "-c", "copy", *extra, "-f", "flv", url]
     return subprocess.Popen(
-        [
-            "ffmpeg",
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-re",
-            "-stream_loop",
-            "-1",
-            "-i",
-            str(SAMPLE),
-            "-c",
-            "copy",
-            "-f",
-            "flv",
-            f"rtmp://127.0.0.1:{port}/live/{name}",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr
     )
 
 
@@ -197,7 +194,9 @@ def main() -> None:
     try:
         for n in steps:
             while len(pubs) < n:
-                pubs.append(_publisher(node.rtmp_port, f"b{len(pubs)}"))
+                pubs.append(
+                    ffmpeg_push(str(SAMPLE), f"rtmp://127.0.0.1:{node.rtmp_port}/live/b{len(pubs)}")
+                )
             deadline = time.monotonic() + 30
             while len(node.ingest()) < n and time.monotonic() < deadline:
                 time.sleep(0.5)

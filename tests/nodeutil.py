@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from nearcast.launch import NodeSubprocess
 from nearcast.publish import publish
@@ -23,7 +26,44 @@ SMALL_LADDER = (
     " {name: 240p, width: 426, height: 240, video_bitrate: 400000},"
     " {name: 180p, width: 320, height: 180, video_bitrate: 250000}]"
 )
+# The picture size of each rung of SMALL_LADDER.
+SMALL_SIZES = {"360p": (640, 360), "240p": (426, 240), "180p": (320, 180)}
 T = TypeVar("T")
+
+
+def self_signed(directory: Path, common_name: str = "localhost") -> tuple[str, str]:
+    """A P-256 certificate (for localhost) and its key as PEM files: (cert, key) paths.
+
+    P-256 is the curve every TLS and WebRTC (RFC 8827 §6.5) endpoint must support."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
 
 
 def require_binary(name: str) -> str:
@@ -64,6 +104,17 @@ class NodeProcess(NodeSubprocess):
 
     def get(self, path: str) -> httpx.Response:
         return self.client.get(path)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the node's ``/metrics`` samples called ``name`` that carry ``labels``
+        (0 when there is none)."""
+        text = self.get("/metrics").text
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+        )
 
     def children(self) -> list[int]:
         pid = self.proc.pid
@@ -123,3 +174,35 @@ class Publisher:
 
 def segment_numbers(playlist: str) -> list[int]:
     return [int(line[:-3]) for line in playlist.splitlines() if line.endswith(".ts")]
+
+
+@contextlib.contextmanager
+def publishing_node(
+    log_path: Path,
+    streams: Sequence[str],
+    *,
+    rendition: str = "180p",
+    segments: int = 2,
+    clock: bool = False,
+    timeout: float = 90,
+    **env: str,
+) -> Iterator[NodeProcess]:
+    """A node with SMALL published (looped) to each of ``streams`` ("tenant/stream"), once
+    each lists ``segments`` segments of ``rendition``; stopped, publishers first, on exit."""
+    node = NodeProcess(log_path, **env)
+    pubs = [Publisher(SMALL, node.rtmp(s), clock=clock) for s in streams]
+    try:
+        for s in streams:
+
+            def listed(s: str = s) -> bool:
+                r = node.get(f"/{s}/{rendition}/index.m3u8")
+                errors = [p.error for p in pubs if p.error is not None]
+                assert not errors, errors
+                return r.status_code == 200 and r.text.count("#EXTINF") >= segments
+
+            wait_for(listed, timeout, f"{segments} {rendition} segments of {s}")
+        yield node
+    finally:
+        for p in pubs:
+            p.stop()
+        node.stop()

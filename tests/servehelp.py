@@ -62,6 +62,12 @@ async def _static(scope: dict[str, Any], receive: Any, send: Any) -> None:
 PAGES: dict[str, bytes] = {}
 
 
+# The LL-HLS settings the store/HTTP tests serve bench.cmaf's 1/3 s parts with.
+LL_HLS = HlsConfig(
+    segment_format="fmp4", low_latency=True, part_duration=0.334, segment_duration=2.0
+)
+
+
 class MediaServer:
     def __init__(self, config: HlsConfig, vod: Any = None) -> None:
         self.store = Store(config)

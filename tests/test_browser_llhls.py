@@ -10,11 +10,10 @@ from collections.abc import Iterator
 import pytest
 from nodeutil import require_binary
 from playwright.sync_api import sync_playwright
-from servehelp import PAGES, MediaServer
+from servehelp import LL_HLS, PAGES, MediaServer
 from test_browser import CHROMIUM_ARGS
 
 from bench.cmaf import cmaf
-from distribute.config import HlsConfig
 from transcode.protocol import InitFrame, PartFrame, SegmentFrame
 
 PAGE = b"""<!doctype html><html><body><video muted autoplay playsinline></video>
@@ -35,11 +34,7 @@ window.hls = hls;
 
 @pytest.fixture
 def server() -> Iterator[MediaServer]:
-    srv = MediaServer(
-        HlsConfig(
-            segment_format="fmp4", low_latency=True, part_duration=0.334, segment_duration=2.0
-        )
-    )
+    srv = MediaServer(LL_HLS)
     try:
         yield srv
     finally:

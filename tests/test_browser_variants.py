@@ -14,7 +14,15 @@ from collections.abc import Iterator
 import av
 import m3u8
 import pytest
-from nodeutil import SMALL, SMALL_LADDER, NodeProcess, Publisher, require_binary, wait_for
+from nodeutil import (
+    SMALL,
+    SMALL_LADDER,
+    SMALL_SIZES,
+    NodeProcess,
+    publishing_node,
+    require_binary,
+    wait_for,
+)
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 from test_browser import CHROMIUM_ARGS
@@ -27,24 +35,17 @@ LLHLS_P50_TARGET_MS = 1500
 
 @pytest.fixture(scope="module")
 def llnode(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    node = NodeProcess(
+    with publishing_node(
         tmp_path_factory.mktemp("llnode") / "node.log",
+        ["live/ll"],
+        rendition="360p",
+        segments=3,
+        clock=True,
         NEARCAST_TRANSCODE_LADDER=SMALL_LADDER,
         NEARCAST_HLS_SEGMENT_FORMAT="fmp4",
         NEARCAST_HLS_LOW_LATENCY="true",
-    )
-    pub = Publisher(SMALL, node.rtmp("live/ll"), clock=True)
-    try:
-
-        def ready() -> bool:
-            r = node.get("/live/ll/360p/index.m3u8")
-            return r.status_code == 200 and len(m3u8.loads(r.text).segments) >= 3
-
-        wait_for(ready, 90, "three LL-HLS segments")
+    ) as node:
         yield node
-    finally:
-        pub.stop()
-        node.stop()
 
 
 def test_llhls_playlist_rules_and_ffmpeg_reads_fmp4(llnode: NodeProcess) -> None:
@@ -59,11 +60,8 @@ def test_llhls_playlist_rules_and_ffmpeg_reads_fmp4(llnode: NodeProcess) -> None
     # Parts never exceed the configured part target (hls.part_duration, 0.25 s by
     # default): the store would raise PART-TARGET for a longer one, so pin it.
     assert pl.part_inf.part_target == 0.25
-    for name, size in SIZES.items():
+    for name, size in SMALL_SIZES.items():
         assert ffmpeg_frames(f"{llnode.http}/live/ll/{name}/index.m3u8") == size, name
-
-
-SIZES = {"360p": (640, 360), "240p": (426, 240), "180p": (320, 180)}
 
 
 def ffmpeg_frames(url: str, want: int = 30) -> tuple[int, int]:
@@ -81,31 +79,23 @@ def ffmpeg_frames(url: str, want: int = 30) -> tuple[int, int]:
 
 def test_plain_fmp4_variants_from_the_node(tmp_path_factory: pytest.TempPathFactory) -> None:
     """fMP4 without low latency: init + whole segments, no parts, every variant readable."""
-    node = NodeProcess(
+    with publishing_node(
         tmp_path_factory.mktemp("fmp4node") / "node.log",
+        ["live/f"],
         NEARCAST_TRANSCODE_LADDER=SMALL_LADDER,
         NEARCAST_HLS_SEGMENT_FORMAT="fmp4",
-    )
-    pub = Publisher(SMALL, node.rtmp("live/f"), loop=True)
-    try:
-
-        def ready() -> bool:
-            r = node.get("/live/f/180p/index.m3u8")
-            return r.status_code == 200 and len(m3u8.loads(r.text).segments) >= 2
-
-        wait_for(ready, 90, "two fMP4 segments")
+    ) as node:
         master = m3u8.loads(node.get("/live/f/index.m3u8").text)
-        assert sorted(p.uri for p in master.playlists) == sorted(f"{n}/index.m3u8" for n in SIZES)
-        for name, size in SIZES.items():
+        assert sorted(p.uri for p in master.playlists) == sorted(
+            f"{n}/index.m3u8" for n in SMALL_SIZES
+        )
+        for name, size in SMALL_SIZES.items():
             text = node.get(f"/live/f/{name}/index.m3u8").text
             pl = m3u8.loads(text)
             assert pl.segment_map and pl.segment_map[0].uri.endswith(".mp4"), name
             assert "#EXT-X-PART" not in text and "PRELOAD-HINT" not in text, name
             assert all(x.uri.endswith(".m4s") for x in pl.segments), name
             assert ffmpeg_frames(f"{node.http}/live/f/{name}/index.m3u8") == size, name
-    finally:
-        pub.stop()
-        node.stop()
 
 
 def test_hlsjs_low_latency_plays_the_node_below_target(llnode: NodeProcess) -> None:
@@ -140,24 +130,13 @@ def test_hlsjs_low_latency_plays_the_node_below_target(llnode: NodeProcess) -> N
 
 def test_each_tenant_gets_its_own_delivery(tmp_path_factory: pytest.TempPathFactory) -> None:
     """hls.tenants: one node serves MPEG-TS to one tenant and LL-HLS to another."""
-    node = NodeProcess(
+    with publishing_node(
         tmp_path_factory.mktemp("tenantnode") / "node.log",
+        ["live/tv", "school/maths"],
         NEARCAST_TRANSCODE_LADDER=SMALL_LADDER,
         NEARCAST_RTMP_TENANTS="[live, school]",
         NEARCAST_HLS_TENANTS="{school: llhls}",
-    )
-    pubs = [
-        Publisher(SMALL, node.rtmp("live/tv"), loop=True),
-        Publisher(SMALL, node.rtmp("school/maths"), loop=True),
-    ]
-    try:
-
-        def ready(path: str) -> bool:
-            r = node.get(path)
-            return r.status_code == 200 and len(m3u8.loads(r.text).segments) >= 2
-
-        wait_for(lambda: ready("/live/tv/180p/index.m3u8"), 90, "two MPEG-TS segments")
-        wait_for(lambda: ready("/school/maths/180p/index.m3u8"), 90, "two LL-HLS segments")
+    ) as node:
         ts = node.get("/live/tv/180p/index.m3u8").text
         ll = node.get("/school/maths/180p/index.m3u8").text
         assert "#EXT-X-PART" not in ts and "#EXT-X-MAP" not in ts
@@ -166,11 +145,7 @@ def test_each_tenant_gets_its_own_delivery(tmp_path_factory: pytest.TempPathFact
         assert pl.server_control.can_block_reload == "YES" and pl.segment_map
         assert "#EXT-X-PART:" in ll and "#EXT-X-PRELOAD-HINT" in ll
         for url in ("/live/tv/180p/index.m3u8", "/school/maths/180p/index.m3u8"):
-            assert ffmpeg_frames(f"{node.http}{url}") == SIZES["180p"], url
-    finally:
-        for pub in pubs:
-            pub.stop()
-        node.stop()
+            assert ffmpeg_frames(f"{node.http}{url}") == SMALL_SIZES["180p"], url
 
 
 def test_the_cli_publishes_stamps_and_probes_llhls(llnode: NodeProcess) -> None:

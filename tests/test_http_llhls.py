@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from nodeutil import wait_for
-from servehelp import MediaServer
+from servehelp import LL_HLS, MediaServer
 
 from bench.cmaf import cmaf
 from distribute.config import HlsConfig
@@ -26,11 +26,7 @@ CMAF = cmaf()
 
 @pytest.fixture
 def server() -> Iterator[MediaServer]:
-    srv = MediaServer(
-        HlsConfig(
-            segment_format="fmp4", low_latency=True, part_duration=0.334, segment_duration=2.0
-        )
-    )
+    srv = MediaServer(LL_HLS)
     try:
         yield srv
     finally:

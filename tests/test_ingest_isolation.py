@@ -21,6 +21,7 @@ import pytest
 from nodeutil import SMALL, NodeProcess, require_binary, wait_for
 
 from bench.fuzz_rtmp import HANDSHAKE, load_corpus, mutate
+from bench.ingest import ffmpeg_push
 
 STREAMS = [f"iso{i}" for i in range(8)]
 SEGMENTS_UNDER_FUZZ = 5
@@ -77,27 +78,7 @@ def _media_seconds(pl: m3u8.M3U8) -> float:
 def test_eight_publishers_survive_a_fuzzing_ninth(node: NodeProcess) -> None:
     ff = require_binary("ffmpeg")
     procs = [
-        subprocess.Popen(
-            [
-                ff,
-                "-hide_banner",
-                "-loglevel",
-                "error",
-                "-re",
-                "-stream_loop",
-                "-1",
-                "-i",
-                SMALL,
-                "-c",
-                "copy",
-                "-f",
-                "flv",
-                node.rtmp(f"live/{s}"),
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        ffmpeg_push(SMALL, node.rtmp(f"live/{s}"), ffmpeg=ff, stderr=subprocess.PIPE)
         for s in STREAMS
     ]
     stop = threading.Event()

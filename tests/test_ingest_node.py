@@ -7,7 +7,6 @@ The webhook is a real HTTP service (tests/hookserver.py). Streams are passed thr
 
 from __future__ import annotations
 
-import datetime
 import os
 import re
 import subprocess
@@ -19,8 +18,9 @@ from pathlib import Path
 import av
 import pytest
 from hookserver import HookServer
-from nodeutil import SMALL, NodeProcess, Publisher, require_binary, wait_for
+from nodeutil import SMALL, NodeProcess, Publisher, require_binary, self_signed, wait_for
 
+from bench.ingest import ffmpeg_push
 from nearcast import tokens
 
 KEYS = {"k2": "school-secret-new-0123", "k1": "school-secret-old-0123"}
@@ -38,38 +38,6 @@ BASE_ENV = {
 }
 
 
-def _self_signed(tmp: Path) -> tuple[str, str]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return str(cert_path), str(key_path)
-
-
 @pytest.fixture(scope="module")
 def hook() -> Iterator[HookServer]:
     h = HookServer()
@@ -83,7 +51,7 @@ AUTH_TENANTS = "{school: {keys: {k2: " + KEYS["k2"] + ", k1: " + KEYS["k1"] + "}
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory, hook: HookServer) -> Iterator[NodeProcess]:
     tmp = tmp_path_factory.mktemp("ingest")
-    cert, key = _self_signed(tmp)
+    cert, key = self_signed(tmp)
     n = NodeProcess(
         tmp / "node.log",
         **BASE_ENV,
@@ -100,31 +68,14 @@ def node(tmp_path_factory: pytest.TempPathFactory, hook: HookServer) -> Iterator
     n.stop()
 
 
-def _metric(node: NodeProcess, name: str, **labels: str) -> float:
-    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    total = 0.0
-    for line in node.get("/metrics").text.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            got = line[len(name) :].split(" ")[0]
-            if all(f'{k}="{v}"' in got for k, v in labels.items()) or not want:
-                total += float(line.split()[-1])
-    return total
-
-
 def _segments(node: NodeProcess, path: str) -> int:
     r = node.get(f"/{path}/source/index.m3u8")
     return r.text.count("#EXTINF") if r.status_code == 200 else 0
 
 
-def _ffmpeg(url: str, loop: bool = True, *extra: str) -> subprocess.Popen[bytes]:
+def _ffmpeg(url: str, loop: bool = True) -> subprocess.Popen[bytes]:
     ff = require_binary("ffmpeg")
-    args = [ff, "-hide_banner", "-loglevel", "warning", "-re"]
-    if loop:
-        args += ["-stream_loop", "-1"]
-    args += ["-i", SMALL, "-c", "copy", *extra, "-f", "flv", url]
-    return subprocess.Popen(
-        args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    return ffmpeg_push(SMALL, url, loop=loop, ffmpeg=ff, loglevel="warning", stderr=subprocess.PIPE)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> str:
@@ -188,18 +139,18 @@ def test_ffmpeg_cli_with_nearcast_token_then_kick(node: NodeProcess) -> None:
         assert stats["dropped_packets"] == stats["late_packets"], stats
         listed = node.get("/v1/streams").json()["streams"]
         assert next(s for s in listed if s["stream"] == "cli")["ingest"]["protocol"] == "rtmp"
-        assert _metric(node, "ingest_sessions", protocol="rtmp", tenant="school") >= 1
+        assert node.metric("ingest_sessions", protocol="rtmp", tenant="school") >= 1
         # Kick: operator token required, unknown streams are 404.
         kick = "/v1/streams/school/cli/kick"
         assert node.client.post(kick).status_code == 401
         assert node.client.post(kick, headers={"authorization": "Bearer nope"}).status_code == 401
         auth = {"authorization": f"Bearer {OPERATOR}"}
         assert node.client.post("/v1/streams/school/none/kick", headers=auth).status_code == 404
-        before = _metric(node, "ingest_closed_total", reason="kicked")
+        before = node.metric("ingest_closed_total", reason="kicked")
         r = node.client.post(kick, headers=auth)
         assert r.status_code == 200, r.text
         wait_for(lambda: proc.poll() is not None, 20, "ffmpeg to see the connection closed")
-        assert _metric(node, "ingest_closed_total", reason="kicked") == before + 1
+        assert node.metric("ingest_closed_total", reason="kicked") == before + 1
         wait_for(lambda: _ingest(node, "school", "cli") is None, 10, "the publisher gone")
         assert "kicked" in node.log()
     finally:
@@ -207,7 +158,7 @@ def test_ffmpeg_cli_with_nearcast_token_then_kick(node: NodeProcess) -> None:
 
 
 def test_ffmpeg_cli_without_token_is_refused(node: NodeProcess) -> None:
-    before = _metric(node, "ingest_rejected_total", reason="token_missing")
+    before = node.metric("ingest_rejected_total", reason="token_missing")
     proc = _ffmpeg(node.rtmp("school/notoken"), loop=False)
     try:
         proc.wait(30)
@@ -215,7 +166,7 @@ def test_ffmpeg_cli_without_token_is_refused(node: NodeProcess) -> None:
         err = _stop(proc)
     assert proc.returncode != 0
     assert "Unauthorized" in err or "no token" in err, err
-    assert _metric(node, "ingest_rejected_total", reason="token_missing") == before + 1
+    assert node.metric("ingest_rejected_total", reason="token_missing") == before + 1
     assert re.search(r"publish refused \(token_missing\): school/notoken: no token", node.log())
 
 
@@ -246,12 +197,12 @@ def test_pyav_with_a_rotated_key_is_transcoded(node: NodeProcess) -> None:
     ],
 )
 def test_pyav_refusals(node: NodeProcess, path: str, reason: str) -> None:
-    before = _metric(node, "ingest_rejected_total", reason=reason)
+    before = node.metric("ingest_rejected_total", reason=reason)
     pub = Publisher(SMALL, node.rtmp(path), loop=False)
     pub.wait(40)
     assert pub.error is not None, "the publish must be refused"
     wait_for(
-        lambda: _metric(node, "ingest_rejected_total", reason=reason) == before + 1,
+        lambda: node.metric("ingest_rejected_total", reason=reason) == before + 1,
         10,
         f"ingest_rejected_total{{reason={reason}}}",
     )
@@ -263,7 +214,7 @@ def test_takeover_continues_the_stream(node: NodeProcess) -> None:
     second: Publisher | None = None
     try:
         wait_for(lambda: _segments(node, "live/tk") >= 2, 40, "segments of the first publisher")
-        before = _metric(node, "ingest_closed_total", reason="takeover")
+        before = node.metric("ingest_closed_total", reason="takeover")
         second = Publisher(SMALL, node.rtmp("live/tk"), loop=True)
         wait_for(lambda: first.poll() is not None, 30, "the first publisher to be disconnected")
         n = _segments(node, "live/tk")
@@ -271,7 +222,7 @@ def test_takeover_continues_the_stream(node: NodeProcess) -> None:
         assert second.alive() and second.error is None
         text = node.get("/live/tk/source/index.m3u8").text
         assert "#EXT-X-DISCONTINUITY" in text and "#EXT-X-ENDLIST" not in text
-        assert _metric(node, "ingest_closed_total", reason="takeover") == before + 1
+        assert node.metric("ingest_closed_total", reason="takeover") == before + 1
     finally:
         _stop(first)
         if second is not None:
@@ -296,12 +247,12 @@ def test_rtmps_with_ffmpeg_cli_and_pyav(node: NodeProcess) -> None:
     finally:
         pub.stop()
     wait_for(
-        lambda: _metric(node, "ingest_sessions", protocol="rtmps", tenant="school") == 0,
+        lambda: node.metric("ingest_sessions", protocol="rtmps", tenant="school") == 0,
         15,
         "the RTMPS session to end",
     )
     # Publishers that ended normally, long after the handshake, are not slowloris refusals.
-    assert _metric(node, "ingest_rejected_total", reason="handshake_timeout") == 0
+    assert node.metric("ingest_rejected_total", reason="handshake_timeout") == 0
     # Plain RTMP on the TLS port is a failed TLS handshake, not a crash.
     bad = _ffmpeg(f"rtmp://127.0.0.1:{node.rtmps_port}/live/plain", loop=False)
     bad.wait(30)
@@ -328,22 +279,22 @@ def test_fail_open_limits_and_bitrate(tmp_path: Path, hook: HookServer) -> None:
         procs.append(_ffmpeg(n.rtmp("live/slow-open")))
         wait_for(lambda: _ingest(n, "live", "slow-open"), 20, "the fail-open publisher")
         assert "allowed (fail_open)" in n.log()
-        assert _metric(n, "ingest_webhook_requests_total", outcome="timeout") == 1
+        assert n.metric("ingest_webhook_requests_total", outcome="timeout") == 1
         procs.append(_ffmpeg(n.rtmp("live/second"), False))
         assert procs[-1].wait(20) != 0
-        assert _metric(n, "ingest_rejected_total", reason="limit_tenant") == 1
+        assert n.metric("ingest_rejected_total", reason="limit_tenant") == 1
         procs.append(_ffmpeg(n.rtmp("school/slow-b")))
         wait_for(lambda: _ingest(n, "school", "slow-b"), 20, "a publisher of another tenant")
         procs.append(_ffmpeg(n.rtmp("school/third"), False))
         assert procs[-1].wait(20) != 0
-        assert _metric(n, "ingest_rejected_total", reason="limit_node") == 1
+        assert n.metric("ingest_rejected_total", reason="limit_node") == 1
         # Both live publishers run at ~340 kbit/s: cut once 8 s are measured.
         wait_for(
             lambda: procs[0].poll() is not None and procs[2].poll() is not None,
             30,
             "publishers over max_bitrate to be disconnected",
         )
-        assert _metric(n, "ingest_rejected_total", reason="bitrate") == 2
+        assert n.metric("ingest_rejected_total", reason="bitrate") == 2
         assert "over the bit rate limit" in n.log()
     finally:
         for p in procs:

@@ -21,13 +21,6 @@ from transcode.config import Rendition
 UNITS = ladder_units([Rendition(**r) for r in yaml.safe_load(SMALL_LADDER)])
 
 
-def _metric(node: NodeProcess, prefix: str) -> float:
-    for line in node.get("/metrics").text.splitlines():
-        if line.startswith(prefix):
-            return float(line.split()[-1])
-    return 0.0
-
-
 def _variants(node: NodeProcess, path: str) -> list[m3u8.Playlist] | None:
     r = node.get(f"/{path}/index.m3u8")
     if r.status_code != 200:
@@ -69,15 +62,15 @@ def test_over_capacity_stream_is_served_as_passthrough(node: NodeProcess) -> Non
         ladder = wait_for(lambda: _variants(node, "live/first"), 60, "the first stream's ladder")
         assert len(ladder) == 3
         assert _stream(node, "live/first")["profile"] == "default"
-        before = _metric(node, 'transcode_degradations_total{step="passthrough"}')
+        before = node.metric("transcode_degradations_total", step="passthrough")
         second = Publisher(SMALL, node.rtmp("live/second"), loop=True)
         source = wait_for(lambda: _variants(node, "live/second"), 60, "the second stream")
         # Beyond capacity: one variant, the source re-packaged at its own size.
         assert [p.uri for p in source] == ["source/index.m3u8"]
         assert source[0].stream_info.resolution == (640, 360)
         assert _stream(node, "live/second")["profile"] == "passthrough"
-        assert _metric(node, 'transcode_degradations_total{step="passthrough"}') == before + 1
-        assert _metric(node, "transcode_used_units") == pytest.approx(UNITS, rel=1e-3)
+        assert node.metric("transcode_degradations_total", step="passthrough") == before + 1
+        assert node.metric("transcode_used_units") == pytest.approx(UNITS, rel=1e-3)
     finally:
         first.stop()
         if second is not None:
@@ -101,12 +94,12 @@ def test_profile_from_stream_key_and_tenant(node: NodeProcess) -> None:
 
 
 def test_unknown_profile_is_refused(node: NodeProcess) -> None:
-    before = _metric(node, 'ingest_rejected_total{reason="profile"}')
+    before = node.metric("ingest_rejected_total", reason="profile")
     pub = Publisher(SMALL, node.rtmp("live/bad?profile=nosuch"), loop=False)
     pub.wait(30)
     assert pub.error is not None
     wait_for(
-        lambda: _metric(node, 'ingest_rejected_total{reason="profile"}') > before, 10, "the refusal"
+        lambda: node.metric("ingest_rejected_total", reason="profile") > before, 10, "the refusal"
     )
     assert "nosuch" in node.log()
 
@@ -123,7 +116,7 @@ def test_refuse_policy_turns_the_publish_away(tmp_path: Path) -> None:
         pub.wait(30)
         assert pub.error is not None
         wait_for(
-            lambda: _metric(n, 'ingest_rejected_total{reason="capacity"}') == 1, 10, "the refusal"
+            lambda: n.metric("ingest_rejected_total", reason="capacity") == 1, 10, "the refusal"
         )
         assert "no transcode capacity" in n.log()
         assert n.get("/live/full/index.m3u8").status_code == 404

@@ -14,9 +14,15 @@ from pathlib import Path
 import av
 import m3u8
 import pytest
-from nodeutil import SMALL, SMALL_LADDER, NodeProcess, Publisher, segment_numbers, wait_for
-
-SIZES = {"360p": (640, 360), "240p": (426, 240), "180p": (320, 180)}
+from nodeutil import (
+    SMALL,
+    SMALL_LADDER,
+    SMALL_SIZES,
+    NodeProcess,
+    Publisher,
+    segment_numbers,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -66,11 +72,11 @@ def test_master_playlist_attributes(node: NodeProcess, live: Publisher) -> None:
     assert r.headers["content-type"] == "application/vnd.apple.mpegurl"
     assert r.headers["cache-control"] == "max-age=1"
     master = m3u8.loads(r.text)
-    assert {p.uri for p in master.playlists} == {f"{n}/index.m3u8" for n in SIZES}
+    assert {p.uri for p in master.playlists} == {f"{n}/index.m3u8" for n in SMALL_SIZES}
     for p in master.playlists:
         si = p.stream_info
         name = p.uri.split("/")[0]
-        assert si.resolution == SIZES[name]
+        assert si.resolution == SMALL_SIZES[name]
         assert si.bandwidth > si.average_bandwidth > 0
         assert si.codecs.startswith("avc1.") and si.codecs.endswith(",mp4a.40.2")
         assert si.frame_rate == pytest.approx(30.0)
@@ -80,7 +86,7 @@ def test_ffmpeg_hls_demuxer_decodes_every_variant(node: NodeProcess, live: Publi
     with av.open(f"{node.http}/live/class1/index.m3u8", timeout=(10, 10)) as c:
         videos = [s for s in c.streams.video]
         assert sorted((s.codec_context.width, s.codec_context.height) for s in videos) == sorted(
-            SIZES.values()
+            SMALL_SIZES.values()
         )
         seen: dict[int, tuple[int, int]] = {}
         for packet in c.demux(videos):
@@ -88,11 +94,11 @@ def test_ffmpeg_hls_demuxer_decodes_every_variant(node: NodeProcess, live: Publi
                 seen[packet.stream.index] = (frame.width, frame.height)
             if len(seen) == len(videos):
                 break
-    assert sorted(seen.values()) == sorted(SIZES.values())
+    assert sorted(seen.values()) == sorted(SMALL_SIZES.values())
 
 
 def test_segments_aligned_across_renditions(node: NodeProcess, live: Publisher) -> None:
-    lists = {n: node.get(f"/live/class1/{n}/index.m3u8").text for n in SIZES}
+    lists = {n: node.get(f"/live/class1/{n}/index.m3u8").text for n in SMALL_SIZES}
     for text in lists.values():
         media = m3u8.loads(text)
         for seg in media.segments:
@@ -101,7 +107,7 @@ def test_segments_aligned_across_renditions(node: NodeProcess, live: Publisher) 
     assert len(common) >= 2
     for msn in sorted(common)[-2:]:
         starts = []
-        for name in SIZES:
+        for name in SMALL_SIZES:
             r = node.get(f"/live/class1/{name}/{msn}.ts")
             assert r.headers["cache-control"] == "public, max-age=31536000, immutable"
             with av.open(io.BytesIO(r.content), format="mpegts") as c:
@@ -122,7 +128,7 @@ def test_streams_api_health_and_metrics(node: NodeProcess, live: Publisher) -> N
     assert s["source"]["fps"] == pytest.approx(30.0)
     assert s["source"]["bitrate"] > 0
     assert s["uptime"] > 0
-    assert {r["name"] for r in s["renditions"]} == set(SIZES)
+    assert {r["name"] for r in s["renditions"]} == set(SMALL_SIZES)
     metrics = node.get("/metrics").text
     for name in (
         "ingest_sessions",
@@ -134,13 +140,6 @@ def test_streams_api_health_and_metrics(node: NodeProcess, live: Publisher) -> N
     page = node.get("/")
     assert page.status_code == 200 and "hls.min.js" in page.text
     assert node.get("/static/hls.min.js").status_code == 200
-
-
-def _rejected(node: NodeProcess, reason: str) -> float:
-    for line in node.get("/metrics").text.splitlines():
-        if line.startswith(f'ingest_rejected_total{{reason="{reason}"}}'):
-            return float(line.split()[-1])
-    return 0.0
 
 
 def _raw(node: NodeProcess, payload: bytes) -> bytes:
@@ -174,21 +173,29 @@ def test_bad_connections_are_closed_and_counted(
     node: NodeProcess, live: Publisher, name: str, payload: bytes, reason: str | None
 ) -> None:
     before_msn = max(_msns(node, "live/class1/360p"))
-    before = _rejected(node, reason) if reason else 0.0
+    before = node.metric("ingest_rejected_total", reason=reason) if reason else 0.0
     _raw(node, payload)  # returns only once the node has closed the connection
     if reason:
-        wait_for(lambda: _rejected(node, reason) > before, 10, f"rejected{{reason={reason}}}")
+        wait_for(
+            lambda: node.metric("ingest_rejected_total", reason=reason) > before,
+            10,
+            f"rejected{{reason={reason}}}",
+        )
     # The good stream is untouched: it keeps publishing and producing segments.
     assert live.alive() and live.error is None
     wait_for(lambda: max(_msns(node, "live/class1/360p")) > before_msn, 15, "a new segment")
 
 
 def test_unknown_tenant_is_refused(node: NodeProcess, live: Publisher) -> None:
-    before = _rejected(node, "tenant")
+    before = node.metric("ingest_rejected_total", reason="tenant")
     pub = Publisher(SMALL, node.rtmp("nosuch/class1"), loop=False)
     pub.wait(20)
     assert pub.error is not None
-    wait_for(lambda: _rejected(node, "tenant") > before, 10, "rejected{reason=tenant}")
+    wait_for(
+        lambda: node.metric("ingest_rejected_total", reason="tenant") > before,
+        10,
+        "rejected{reason=tenant}",
+    )
     assert "nosuch" in node.log() and live.alive()
 
 

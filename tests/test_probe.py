@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from nodeutil import SMALL, SMALL_LADDER, NodeProcess, Publisher, wait_for
+from nodeutil import SMALL_LADDER, NodeProcess, publishing_node
 
 from nearcast.cli import main as cli_main
 from nearcast.probe import Playout, ProbeResult, parse_media_playlist, percentile, probe
@@ -88,23 +88,16 @@ def test_playout_counts_stalls_and_latency() -> None:
 
 @pytest.fixture(scope="module")
 def clocked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    node = NodeProcess(
+    with publishing_node(
         tmp_path_factory.mktemp("node") / "node.log",
+        ["live/clk"],
+        segments=3,
+        clock=True,
+        timeout=60,
         NEARCAST_TRANSCODE_LADDER=SMALL_LADDER,
         NEARCAST_TRANSCODE_CAPACITY_UNITS="8",
-    )
-    pub = Publisher(SMALL, node.rtmp("live/clk"), clock=True)
-    try:
-        wait_for(
-            lambda: node.get("/live/clk/180p/index.m3u8").text.count("#EXTINF") >= 3 or pub.error,
-            60,
-            "three segments of the clocked stream",
-        )
-        assert pub.error is None, pub.error
+    ) as node:
         yield node
-    finally:
-        pub.stop()
-        node.stop()
 
 
 def test_probe_reads_publish_clock_stamps_over_hls(clocked: NodeProcess) -> None:

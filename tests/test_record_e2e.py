@@ -35,13 +35,6 @@ def recorded_seconds(names: list[str]) -> float:
     return sum(int(name.split("-")[1].split(".")[0]) for name in names) / 1000
 
 
-def recorded_total(n: NodeProcess) -> float:
-    for line in n.get("/metrics").text.splitlines():
-        if line.startswith("record_segments_total "):
-            return float(line.split()[1])
-    raise AssertionError("no record_segments_total in /metrics")
-
-
 def kill9(n: NodeProcess) -> None:
     """SIGKILL the node and its child processes, as a crash of its service (cgroup) would."""
     children = n.children()
@@ -75,7 +68,7 @@ def test_kill9_keeps_every_complete_segment_and_reconnect_continues(tmp_path: Pa
         live = m3u8.loads(first.get("/live/class/vod/360p/index.m3u8").text)
         assert live.playlist_type == "event" and not live.is_endlist
         # What the node has acknowledged as recorded (counted after fsync and listing).
-        acked = recorded_total(first)
+        acked = first.metric("record_segments_total")
         assert acked >= 2 * len(RENDITIONS)
     finally:
         kill9(first)

@@ -11,7 +11,7 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
-from nodeutil import SMALL, SMALL_LADDER, NodeProcess, Publisher, wait_for
+from nodeutil import SMALL_LADDER, NodeProcess, publishing_node
 
 from nearcast.probe import probe_whep
 
@@ -23,24 +23,18 @@ E2E_P50_BOUND_MS = 2500
 
 @pytest.fixture(scope="module")
 def clocked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    node = NodeProcess(
+    with publishing_node(
         tmp_path_factory.mktemp("node") / "node.log",
+        ["live/rtc"],
+        rendition="240p",
+        segments=1,
+        clock=True,
+        timeout=60,
         NEARCAST_TRANSCODE_LADDER=SMALL_LADDER,
         NEARCAST_TRANSCODE_CAPACITY_UNITS="8",
         NEARCAST_WEBRTC_RENDITION="240p",
-    )
-    pub = Publisher(SMALL, node.rtmp("live/rtc"), clock=True)
-    try:
-        wait_for(
-            lambda: node.get("/live/rtc/240p/index.m3u8").text.count("#EXTINF") >= 1 or pub.error,
-            60,
-            "the first segment of the clocked stream",
-        )
-        assert pub.error is None, pub.error
+    ) as node:
         yield node
-    finally:
-        pub.stop()
-        node.stop()
 
 
 def test_whep_viewer_of_a_published_stream(clocked: NodeProcess) -> None:

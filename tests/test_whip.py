@@ -8,7 +8,6 @@ Each publishes a few seconds; the node must transcode them into the ladder.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import io
 import math
 import subprocess
@@ -29,11 +28,7 @@ from aiortc import (
     RTCSessionDescription,
     VideoStreamTrack,
 )
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-from nodeutil import SMALL, NodeProcess, segment_numbers, wait_for
+from nodeutil import SMALL, NodeProcess, segment_numbers, self_signed, wait_for
 
 from nearcast.tokens import sign
 
@@ -174,14 +169,6 @@ def check_ladder(node: NodeProcess, path: str, *, audio: bool = True) -> None:
                 assert c.streams.audio and c.streams.audio[0].codec_context.name == "aac"
 
 
-def metric(node: NodeProcess, prefix: str) -> float:
-    total = 0.0
-    for line in node.get("/metrics").text.splitlines():
-        if line.startswith(prefix):
-            total += float(line.split()[-1])
-    return total
-
-
 def ended(node: NodeProcess, path: str) -> bool:
     r = node.get(f"/{path}/240p/index.m3u8")
     return r.status_code == 200 and "#EXT-X-ENDLIST" in r.text
@@ -193,9 +180,9 @@ def ended(node: NodeProcess, path: str) -> bool:
 @pytest.mark.parametrize("codec", ["h264", "vp8"])
 def test_aiortc_publisher_is_transcoded(node: NodeProcess, codec: str) -> None:
     path = f"live/aiortc-{codec}"
-    frames_before = metric(node, 'ingest_frames_total{kind="video",protocol="whip"}')
-    audio_before = metric(node, 'ingest_frames_total{kind="audio",protocol="whip"}')
-    bytes_before = metric(node, 'ingest_bytes_total{protocol="whip"}')
+    frames_before = node.metric("ingest_frames_total", kind="video", protocol="whip")
+    audio_before = node.metric("ingest_frames_total", kind="audio", protocol="whip")
+    bytes_before = node.metric("ingest_bytes_total", protocol="whip")
     # The VP8 publisher vanishes without a DELETE (a closed laptop): the node must notice.
     vanish = codec == "vp8"
     location = asyncio.run(
@@ -203,14 +190,14 @@ def test_aiortc_publisher_is_transcoded(node: NodeProcess, codec: str) -> None:
     )
     wait_for(lambda: ready(node, path, 2), 20, f"segments of {path}")
     check_ladder(node, path)
-    assert metric(node, 'ingest_frames_total{kind="video",protocol="whip"}') > frames_before + 60
-    assert metric(node, 'ingest_frames_total{kind="audio",protocol="whip"}') > audio_before + 100
-    assert metric(node, 'ingest_bytes_total{protocol="whip"}') > bytes_before + 20_000
+    assert node.metric("ingest_frames_total", kind="video", protocol="whip") > frames_before + 60
+    assert node.metric("ingest_frames_total", kind="audio", protocol="whip") > audio_before + 100
+    assert node.metric("ingest_bytes_total", protocol="whip") > bytes_before + 20_000
     streams = {s["stream"]: s for s in node.get("/v1/streams").json()["streams"]}
     assert streams[path.split("/")[1]]["source"]["codec"] == codec
     # DELETE, or the vanished peer, ended the publish: after the grace period the playlists end.
     wait_for(lambda: ended(node, path), 15, "EXT-X-ENDLIST after the publisher left")
-    assert metric(node, 'ingest_sessions{protocol="whip"') == 0
+    assert node.metric("ingest_sessions", protocol="whip") == 0
     session = location.rsplit("/", 1)[1]
     ends = [ln for ln in node.log().splitlines() if f"session {session} " in ln and "ended:" in ln]
     assert ends, node.log()
@@ -267,30 +254,7 @@ def dtls_identity(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     stack) refuses the handshake with "wrong curve". RFC 8827 §6.5 makes P-256 the curve
     every WebRTC endpoint must support; the muxer's cert_file/key_file options take it.
     """
-    d = tmp_path_factory.mktemp("dtls")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ffmpeg-whip")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=7))
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = d / "cert.pem", d / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return str(cert_path), str(key_path)
+    return self_signed(tmp_path_factory.mktemp("dtls"), "ffmpeg-whip")
 
 
 def test_ffmpeg_whip_muxer_is_transcoded(node: NodeProcess, dtls_identity: tuple[str, str]) -> None:
@@ -349,7 +313,7 @@ async def _offer(codec: str = "h264") -> str:
 
 
 def test_unknown_tenant_is_refused_like_rtmp(node: NodeProcess) -> None:
-    before = metric(node, 'ingest_rejected_total{reason="tenant"}')
+    before = node.metric("ingest_rejected_total", reason="tenant")
     r = node.client.post(
         "/nosuch/class/whip",
         content=asyncio.run(_offer()),
@@ -358,7 +322,7 @@ def test_unknown_tenant_is_refused_like_rtmp(node: NodeProcess) -> None:
     assert r.status_code == 404
     assert "tenant 'nosuch' is not configured" in r.text
     assert r.headers["access-control-allow-origin"] == "*"
-    assert metric(node, 'ingest_rejected_total{reason="tenant"}') == before + 1
+    assert node.metric("ingest_rejected_total", reason="tenant") == before + 1
 
 
 def test_bad_offers_get_clear_errors(node: NodeProcess) -> None:
@@ -432,12 +396,12 @@ def test_patch_is_405_with_allow_and_session_ends_by_timeout(node: NodeProcess) 
     assert set(p.headers["allow"].replace(" ", "").split(",")) == {"DELETE", "OPTIONS"}
     o = node.client.options(location)
     assert o.status_code == 204 and "DELETE" in o.headers["access-control-allow-methods"]
-    assert metric(node, 'ingest_sessions{protocol="whip",tenant="live"}') == 1
+    assert node.metric("ingest_sessions", protocol="whip", tenant="live") == 1
     again = node.client.post("/live/patch/whip", content=asyncio.run(_offer()), headers=SDP_TYPE)
     assert again.status_code == 409 and "already being published" in again.text
     # No ICE ever arrives (the offer's peer is gone): dropped after connect_timeout.
     wait_for(lambda: node.client.delete(location).status_code == 404, 15, "the session to time out")
-    assert metric(node, 'ingest_sessions{protocol="whip",tenant="live"}') == 0
+    assert node.metric("ingest_sessions", protocol="whip", tenant="live") == 0
 
 
 def test_publish_page_is_served(node: NodeProcess) -> None:
@@ -460,7 +424,7 @@ def test_publish_token_as_bearer_then_operator_kick(node: NodeProcess) -> None:
     )
     r = node.client.post(url, content=offer, headers={**sdp, "Authorization": f"Bearer {forged}"})
     assert r.status_code == 403 and "signature does not match" in r.text
-    assert metric(node, 'ingest_rejected_total{reason="token_forged"}') >= 1
+    assert node.metric("ingest_rejected_total", reason="token_forged") >= 1
     r = node.client.post(url, content=offer, headers={**sdp, "Authorization": f"Bearer {good}"})
     assert r.status_code == 201, r.text
     location = r.headers["location"]
