@@ -747,13 +747,8 @@ class _PlacementReport:
         shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         self.host = f"[{shown}]" if ":" in shown else shown
         self._cpu = _CpuMeter()
-        self._sent = (time.monotonic(), node.media_app.metrics.sent)
-        counts = node.media_app.metrics.counts
-        self._fetches = (
-            self._sent[0],
-            _hls_fetches(counts, "segment"),
-            _hls_fetches(counts, "part"),
-        )
+        # (when, HLS bytes sent, segments fetched, parts fetched) at the last measure.
+        self._last = (time.monotonic(), *_hls_totals(node.media_app.metrics))
         self._egress_mbps = 0.0
         self._hls_viewers = 0
         # Placement session ids of streams whose publisher has gone, kept through the grace
@@ -813,21 +808,18 @@ class _PlacementReport:
             self.agent.update(self.descriptor())
         now = time.monotonic()
         metrics = node.media_app.metrics
-        t0, sent0 = self._sent
+        t0, sent0, seg0, part0 = self._last
         if now - t0 >= 0.5:
-            hls_mbps = (metrics.sent - sent0) * 8 / (now - t0) / 1e6
-            self._sent = (now, metrics.sent)
+            sent, seg, part = _hls_totals(metrics)
+            self._last = (now, sent, seg, part)
+            hls_mbps = (sent - sent0) * 8 / (now - t0) / 1e6
             # HLS viewers are not tracked per client (the fast path keeps no per-client
             # state): estimate them from the fetch rate, a player fetching one segment per
             # segment duration (or one part per part duration with LL-HLS).
-            f0, seg0, part0 = self._fetches
-            seg = _hls_fetches(metrics.counts, "segment")
-            part = _hls_fetches(metrics.counts, "part")
             hc = node.config.hls
-            by_seg = (seg - seg0) / (now - f0) * hc.segment_duration
-            by_part = (part - part0) / (now - f0) * hc.part_duration  # LL-HLS streams only
+            by_seg = (seg - seg0) / (now - t0) * hc.segment_duration
+            by_part = (part - part0) / (now - t0) * hc.part_duration  # LL-HLS streams only
             self._hls_viewers = round(max(by_seg, by_part))
-            self._fetches = (now, seg, part)
             # WHEP bytes are not counted per packet: estimate each WHEP viewer's egress as
             # its stream's ingest bit rate (what the tap rendition is at most).
             whep_bps = 0.0
@@ -848,8 +840,14 @@ class _PlacementReport:
         )
 
 
-def _hls_fetches(counts: dict[tuple[str, int], int], kind: str) -> int:
-    return sum(n for (k, status), n in list(counts.items()) if k == kind and status < 400)
+def _hls_totals(metrics: MediaMetrics) -> tuple[int, int, int]:
+    """HLS media bytes sent, and the segments and parts served, since the node started."""
+    seg = part = 0
+    for (kind, status), n in list(metrics.counts.items()):
+        if status < 400:
+            seg += n if kind == "segment" else 0
+            part += n if kind == "part" else 0
+    return metrics.sent, seg, part
 
 
 class _CpuMeter:

@@ -242,21 +242,21 @@ class _Segmenter:
 
     def video(self, p: av.Packet[Any], nals: list[bytes] | None, index: int | None) -> None:
         """An encoded packet (90 kHz); ``nals`` its NAL units, for CMAF."""
-        if self.ts is not None:
-            self.ts.video(p, index)
         for cmaf in (self.cmaf, self.record):
             if cmaf is None or p.pts is None or p.dts is None:
                 continue
             if nals is None:
                 nals = split_annexb(bytes(p))
             cmaf.video(nals, int(p.pts), int(p.dts), p.is_keyframe, index)
+        if self.ts is not None:  # last: muxing assigns the packet to the TS stream
+            self.ts.video(p, index)
 
     def audio(self, ap: av.Packet[Any]) -> None:
-        if self.ts is not None:
-            self.ts.audio(ap)
         for cmaf in (self.cmaf, self.record):
             if cmaf is not None and ap.pts is not None:
                 cmaf.audio(bytes(ap), int(ap.pts))
+        if self.ts is not None:  # last: muxing assigns the packet to the TS stream
+            self.ts.audio(ap)
 
     def flush(self) -> None:
         for packager in (self.cmaf, self.ts, self.record):
