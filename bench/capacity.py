@@ -228,17 +228,19 @@ def main() -> int:
         return 1
     runs: list[Run] = []
     capacity = {"nearcast": 0, "ffmpeg": 0}
+
+    def run_side(side: str, n: int, d: Path) -> Run:
+        if side == "nearcast":
+            return run_nearcast(n, args.seconds, d)
+        return run_ffmpeg(ffmpeg, n, args.seconds, d)
+
     with tempfile.TemporaryDirectory(prefix="nearcast-capacity-") as tmp:
         work = Path(tmp)
         for side in ("nearcast", "ffmpeg"):
             for n in range(1, args.max_streams + 1):
                 d = work / f"{side}-{n}"
                 d.mkdir()
-                run = (
-                    run_nearcast(n, args.seconds, d)
-                    if side == "nearcast"
-                    else run_ffmpeg(ffmpeg, n, args.seconds, d)
-                )
+                run = run_side(side, n, d)
                 runs.append(run)
                 print(run.row(), flush=True)
                 if not all(r.keeps_up for r in run.results):
@@ -249,11 +251,7 @@ def main() -> int:
         for side in ("nearcast", "ffmpeg"):
             d = work / f"overload-{side}"
             d.mkdir()
-            run = (
-                run_nearcast(heavy, args.seconds, d)
-                if side == "nearcast"
-                else run_ffmpeg(ffmpeg, heavy, args.seconds, d)
-            )
+            run = run_side(side, heavy, d)
             run.side = f"{side}*"
             runs.append(run)
             overload[side] = run.to_json()
