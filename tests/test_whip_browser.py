@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from nodeutil import NodeProcess, require_binary, wait_for
 from playwright.sync_api import sync_playwright
-from test_whip import LADDER, check_ladder, ended, metric, ready
+from test_whip import LADDER, check_ladder, ended, ready
 
 CHROMIUM_ARGS = [
     "--no-sandbox",
@@ -42,7 +42,7 @@ def test_chromium_publish_page(node: NodeProcess, codec: str) -> None:
     # node's endpoint: the browser's CORS preflight must pass for the POST and the DELETE.
     page_url = f"http://localhost:{node.http_port}/{path}/publish?autostart=1&codec={codec}"
     endpoint = f"{node.http}/{path}/whip"
-    frames = metric(node, 'ingest_frames_total{kind="video",protocol="whip"}')
+    frames = node.metric("ingest_frames_total", kind="video", protocol="whip")
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
         try:
@@ -58,12 +58,12 @@ def test_chromium_publish_page(node: NodeProcess, codec: str) -> None:
             wait_for(lambda: ready(node, path, 2), 40, f"segments of {path}")
             stream = node.get(f"/v1/streams/{path}").json()
             assert stream["source"]["codec"] == codec.lower()
-            assert metric(node, 'ingest_sessions{protocol="whip",tenant="live"}') == 1
+            assert node.metric("ingest_sessions", protocol="whip", tenant="live") == 1
             page.click("#stop")
             page.wait_for_function("document.body.dataset.state === 'stopped'", timeout=10_000)
         finally:
             browser.close()
     check_ladder(node, path)
-    assert metric(node, 'ingest_frames_total{kind="video",protocol="whip"}') > frames + 30
+    assert node.metric("ingest_frames_total", kind="video", protocol="whip") > frames + 30
     wait_for(lambda: ended(node, path), 15, "EXT-X-ENDLIST after Stop")
     assert "ended: DELETE by the client" in node.log()
