@@ -14,6 +14,13 @@ counted by reason.
 
 Only playlists are buffered for rewriting (they are small); segments and parts
 stream through untouched.
+
+A viewer presents the same token on every request (a playlist reload every part
+on LL-HLS), so :class:`TokenCheck` remembers a verified token until it expires:
+one HMAC per viewer, not per request. With it, the HTTP fast path
+(:meth:`distribute.http.MediaApp.fast`) answers a guarded tenant's media the way
+it answers an open one's; whatever it cannot accept (no token, a bad one, a
+``Bearer`` header) comes here, to be refused with its reason.
 """
 
 from __future__ import annotations
@@ -62,6 +69,70 @@ def rewrite_playlist(body: bytes, token: str) -> bytes:
     return b"\n".join(out)
 
 
+class TokenCheck:
+    """Playback token verification, with the verified tokens remembered until they expire.
+
+    ``keys_for(tenant)`` gives the tenant's key id -> secret map when its
+    playback requires a token, else ``None``. A remembered token is trusted only
+    while ``keys_for`` still returns the same map, so replacing a tenant's keys
+    takes effect at once.
+    """
+
+    def __init__(
+        self,
+        keys_for: Callable[[str], Mapping[str, str] | None],
+        clock: Callable[[], float] = time.time,
+        remember: int = 65536,
+    ) -> None:
+        self.keys_for = keys_for
+        self.clock = clock
+        self.remember = remember
+        # (token, tenant, stream) -> (expiry, the key map it was verified with)
+        self._ok: dict[tuple[str, str, str], tuple[float, Mapping[str, str]]] = {}
+        # (playlist, token) -> the playlist with the token in every URI
+        self._signed: dict[tuple[bytes, str], bytes] = {}
+
+    def guarded(self, tenant: str) -> bool:
+        return self.keys_for(tenant) is not None
+
+    def check(self, token: str | None, tenant: str, stream: str) -> None:
+        """Raise :class:`TokenError` unless ``token`` lets its bearer play ``tenant/stream``
+        (an open tenant needs none)."""
+        keys = self.keys_for(tenant)
+        if keys is None:
+            return
+        now = self.clock()
+        key = (token or "", tenant, stream)
+        hit = self._ok.get(key)
+        if hit is not None and now < hit[0] and hit[1] is keys:
+            return
+        claims = verify(token, keys, PLAY, tenant, stream, now)
+        if len(self._ok) >= self.remember:
+            self._ok = {k: v for k, v in self._ok.items() if now < v[0]}
+            if len(self._ok) >= self.remember:
+                self._ok.clear()
+        self._ok[key] = (float(claims.expires), keys)
+
+    def signed(self, playlist: bytes, token: str) -> bytes:
+        """``playlist`` with ``token`` in every URI, rewritten once per playlist and token
+        (a playlist is one bytes object until it changes)."""
+        key = (playlist, token)
+        out = self._signed.get(key)
+        if out is None:
+            if len(self._signed) >= 1024:
+                self._signed.clear()
+            out = self._signed[key] = rewrite_playlist(playlist, token)
+        return out
+
+    def valid(self, token: str, tenant: str, stream: str) -> bool:
+        """:meth:`check` as a yes or no, for the fast path (a no is refused elsewhere)."""
+        try:
+            self.check(token, tenant, stream)
+        except TokenError:
+            return False
+        return True
+
+
 class PlaybackMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         # playback_rejected_total{reason}: media requests refused for their token.
@@ -76,22 +147,20 @@ class PlaybackMetrics:
 class PlaybackGuard:
     """ASGI middleware: token check for ``/{tenant}/{stream}/...`` of guarded tenants.
 
-    ``keys_for(tenant)`` gives the tenant's key id -> secret map when its
-    playback requires a token, else ``None`` (the request passes untouched).
+    ``tokens`` says which tenants need a token and checks it (an open tenant's
+    request passes untouched).
     """
 
     def __init__(
         self,
         app: Callable[..., Any],
-        keys_for: Callable[[str], Mapping[str, str] | None],
+        tokens: TokenCheck,
         metrics: PlaybackMetrics,
-        clock: Callable[[], float] = time.time,
         cors_origin: str = "*",
     ) -> None:
         self.app = app
-        self.keys_for = keys_for
+        self.tokens = tokens
         self.metrics = metrics
-        self.clock = clock
         # A player on another origin must be able to read why it was refused.
         self._cors = [(b"access-control-allow-origin", cors_origin.encode())] if cors_origin else []
 
@@ -100,14 +169,13 @@ class PlaybackGuard:
             await self.app(scope, receive, send)
             return
         parts = scope["path"].strip("/").split("/")
-        keys = self.keys_for(parts[0]) if len(parts) >= 3 else None
-        if keys is None or parts[2] in _NOT_PLAYBACK:
+        if len(parts) < 3 or parts[2] in _NOT_PLAYBACK or not self.tokens.guarded(parts[0]):
             await self.app(scope, receive, send)
             return
         tenant, stream = parts[0], parts[1]
         token = self._token(scope)
         try:
-            verify(token, keys, PLAY, tenant, stream, self.clock())
+            self.tokens.check(token, tenant, stream)
         except TokenError as exc:
             self.metrics.rejected.labels(exc.reason).inc()
             client = (scope.get("client") or ("-",))[0]

@@ -22,7 +22,7 @@ import logging
 import socket
 from typing import Any
 
-from distribute.http import Hold, MediaApp
+from distribute.http import TIMED_OUT, Hold, MediaApp
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +33,8 @@ except ImportError:  # httptools missing: uvicorn's h11 protocol, no fast path
 
 STATUS_200 = b"HTTP/1.1 200 OK\r\n"
 SEND_BUFFER = 4 * 1024 * 1024
-_ERRORS = {
-    404: (b"HTTP/1.1 404 Not Found\r\n", b"the hinted part was not produced\n"),
-    503: (
-        b"HTTP/1.1 503 Service Unavailable\r\n",
-        b"the requested part did not appear within three target durations\n",
-    ),
-}
+STATUS_404 = b"HTTP/1.1 404 Not Found\r\n"
+STATUS_503 = b"HTTP/1.1 503 Service Unavailable\r\n"
 
 
 class _NoEvent:
@@ -173,7 +168,7 @@ def media_protocol(media: MediaApp) -> type[asyncio.Protocol] | str:
                 release()
                 got = hold.answer()
                 if got is None:
-                    line, body = _ERRORS[404]
+                    line, body = STATUS_404, hold.missing
                     block = (
                         b"content-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n"
                         + cors
@@ -197,7 +192,7 @@ def media_protocol(media: MediaApp) -> type[asyncio.Protocol] | str:
                 release()
                 if transport.is_closing():
                     return
-                line, body = _ERRORS[503]
+                line, body = STATUS_503, TIMED_OUT
                 block = (
                     b"content-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n" + cors
                 )

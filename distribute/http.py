@@ -27,6 +27,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from distribute.access import TokenCheck
 from distribute.hls.store import LiveStream, RenditionTrack, Store
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ BLOCKING_PLAYLIST_CACHE = b"public, max-age=2"
 VOD_PLAYLIST_CACHE = b"no-cache"
 ERROR_CACHE = b"no-store"
 TEXT = b"text/plain; charset=utf-8"
+NO_SEGMENT = b"no segment yet\n"
+TIMED_OUT = b"the requested part did not appear within three target durations\n"
 
 
 class VodSource(Protocol):
@@ -122,6 +125,8 @@ class Hold:
     timeout: float
     kind: str
     chunked: bool = False
+    # The body of that 404: the same words the ASGI path uses.
+    missing: bytes = b"the hinted part was not produced\n"
 
 
 class BadRange(ValueError):
@@ -191,8 +196,11 @@ class MediaApp:
         self.fallback = fallback
         self.metrics = metrics
         self.vod = vod
-        # Tenants whose requests must take the ASGI path (a playback token check wraps it).
-        self.guarded: Callable[[str], bool] | None = None
+        # Playback tokens (set by the node when some tenant needs them): a guarded
+        # tenant's request with a verified ``?token=`` is answered here like any
+        # other, its playlists signed; every other one goes down the ASGI path,
+        # where :class:`distribute.access.PlaybackGuard` refuses it with a reason.
+        self.tokens: TokenCheck | None = None
         self.cors = cors_origin.encode()
         cors = [
             (b"access-control-allow-origin", self.cors),
@@ -224,6 +232,7 @@ class MediaApp:
         self._b_ts = _lines(self._h_ts)
         self._b_m4s = _lines(self._h_m4s)
         self._b_part = _lines(self._h_part)
+        self._b_init = _lines(self._h_init)
 
     # -- fast path (see distribute.fastpath) ----------------------------------------------
 
@@ -246,9 +255,13 @@ class MediaApp:
 
         def answer() -> tuple[bytes, bytes] | None:
             body = track.playlist_skip if skip else track.playlist
+            if not body:
+                return None  # the stream ended before its first segment
             return (self._b_ended if stream.ended else self._b_blocking), body
 
-        return Hold(track, ready, answer, 3 * stream.config.segment_duration, "playlist")
+        return Hold(
+            track, ready, answer, 3 * stream.config.segment_duration, "playlist", missing=NO_SEGMENT
+        )
 
     def _hold_first(self, stream: LiveStream, track: RenditionTrack) -> Hold:
         """Before the run's first (short, lead) segment exists, hold a playlist request
@@ -258,9 +271,13 @@ class MediaApp:
             return track.last_msn >= 0 or stream.ended
 
         def answer() -> tuple[bytes, bytes] | None:
+            if not track.playlist:
+                return None  # the stream ended before its first segment
             return (self._b_ended if stream.ended else self._b_ll), track.playlist
 
-        return Hold(track, ready, answer, 3 * stream.config.segment_duration, "playlist")
+        return Hold(
+            track, ready, answer, 3 * stream.config.segment_duration, "playlist", missing=NO_SEGMENT
+        )
 
     def _hold_part(
         self, stream: LiveStream, track: RenditionTrack, msn: int, index: int
@@ -282,6 +299,32 @@ class MediaApp:
 
         return Hold(track, ready, answer, 3 * stream.config.segment_duration, "part", chunked=True)
 
+    @staticmethod
+    def _verified(tokens: TokenCheck, qs: bytes, tenant: str, stream: str) -> str | None:
+        """The request's ``?token=`` when it lets the viewer play ``tenant/stream``."""
+        if b"token=" not in qs:
+            return None
+        raw = _query(qs).get(b"token")
+        if not raw or b"%" in raw or b"+" in raw:
+            return None  # percent-encoded: the ASGI path decodes it
+        token = raw.decode("latin-1")
+        return token if tokens.valid(token, tenant, stream) else None
+
+    def _signing(self, hold: Hold | None, token: str) -> Hold | None:
+        """``hold`` answering with ``token`` in every URI of the playlist it sends."""
+        if hold is None:
+            return None
+        tokens = self.tokens
+        assert tokens is not None
+        unsigned = hold.answer
+
+        def answer() -> tuple[bytes, bytes] | None:
+            got = unsigned()
+            return None if got is None else (got[0], tokens.signed(got[1], token))
+
+        hold.answer = answer
+        return hold
+
     def fast(self, url: bytes, headers: Headers) -> tuple[bytes, bytes, int] | Hold | None:
         """A GET without a Range: (header block, body, status) when it can be answered
         now, a :class:`Hold` when it is a blocking reload or preload-hinted part that
@@ -297,15 +340,22 @@ class MediaApp:
         n = len(parts)
         if n > 1 and parts[1] in (b"v1", b"static"):
             return None
-        if self.guarded is not None and n >= 3 and self.guarded(parts[1].decode()):
-            return None
+        token: str | None = None
+        tokens = self.tokens
+        if tokens is not None and n >= 4 and tokens.guarded(parts[1].decode()):
+            token = self._verified(tokens, qs, parts[1].decode(), parts[2].decode())
+            if token is None:
+                return None
         if n == 4 and parts[3] == b"index.m3u8":
             stream = self.store.get(parts[1].decode(), parts[2].decode())
             if stream is None or not stream.master:
                 return None
+            body = stream.master
+            if token is not None:
+                body = tokens.signed(body, token)  # type: ignore[union-attr]
             self.metrics.count("master", 200)
-            self.metrics.sent += len(stream.master)
-            return (self._b_ended if stream.ended else self._b_live), stream.master, 200
+            self.metrics.sent += len(body)
+            return (self._b_ended if stream.ended else self._b_live), body, 200
         if n != 5 or parts[3] == b"vod":
             return None
         stream = self.store.get(parts[1].decode(), parts[2].decode())
@@ -334,7 +384,8 @@ class MediaApp:
                         if msn < 0 or (part is not None and part < 0):
                             return None
                         if not (track.reached(msn, part) or stream.ended):
-                            return self._hold_playlist(stream, track, q, msn, part)
+                            hold = self._hold_playlist(stream, track, q, msn, part)
+                            return hold if token is None else self._signing(hold, token)
                         block = self._b_ended if stream.ended else self._b_blocking
                     elif part_b is not None:
                         return None
@@ -344,7 +395,8 @@ class MediaApp:
                     body = track.playlist_skip if skip else track.playlist
             else:
                 if stream.low_latency and track.last_msn < 0 and not stream.ended:
-                    return self._hold_first(stream, track)
+                    hold = self._hold_first(stream, track)
+                    return hold if token is None else self._signing(hold, token)
                 body = track.playlist
                 if stream.ended:
                     block = self._b_ended
@@ -352,6 +404,8 @@ class MediaApp:
                     block = self._b_ll if stream.low_latency else self._b_live
             if not body:
                 return None
+            if token is not None:
+                body = tokens.signed(body, token)  # type: ignore[union-attr]
         elif file.endswith(b".m4s"):
             msn_b, dot, part_b = file[:-4].partition(b".")
             try:
@@ -377,6 +431,14 @@ class MediaApp:
             if seg is None or seg.gap:
                 return None
             kind, body, block = "segment", seg.data, self._b_ts
+        elif file.startswith(b"init-") and file.endswith(b".mp4"):
+            try:
+                init = track.inits.get(int(file[5:-4]))
+            except ValueError:
+                return None
+            if init is None:
+                return None
+            kind, body, block = "init", init, self._b_init
         else:
             return None
         self.metrics.count(kind, 200)
@@ -495,7 +557,7 @@ class MediaApp:
             await self._wait(stream, track, lambda: track.last_msn >= 0)
         body = track.playlist_skip if skip else track.playlist
         if not body:
-            await self._error(send, "playlist", 404, b"no segment yet\n")
+            await self._error(send, "playlist", 404, NO_SEGMENT)
             return
         if stream.ended:
             headers = self._h_ended
@@ -532,7 +594,7 @@ class MediaApp:
             return 200, b""
         ok = await self._wait(stream, track, lambda: track.reached(msn, part))
         if not ok:
-            return 503, b"the requested part did not appear within three target durations\n"
+            return 503, TIMED_OUT
         return 200, b""
 
     async def _wait(

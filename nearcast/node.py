@@ -20,7 +20,7 @@ from typing import Any
 import uvicorn
 from prometheus_client import CollectorRegistry
 
-from distribute.access import PlaybackGuard, PlaybackMetrics
+from distribute.access import PlaybackGuard, PlaybackMetrics, TokenCheck
 from distribute.api import create_api
 from distribute.fastpath import media_protocol
 from distribute.hls.store import LiveStream, RenditionTrack, Segment, Store
@@ -347,12 +347,14 @@ class Node:
         )
         self.http_app: Any = self.media_app
         if config.playback.tenants:
-            # Tenants whose viewers need a signed token: their media skips the fast path
-            # and goes through the token check, which also signs every playlist URI.
-            self.media_app.guarded = lambda tenant: config.playback.keys_for(tenant) is not None
+            # Tenants whose viewers need a signed token: the fast path answers a request
+            # whose token is already verified (signing every playlist URI with it); the
+            # guard checks the rest and refuses them with a reason.
+            tokens = TokenCheck(config.playback.keys_for)
+            self.media_app.tokens = tokens
             self.http_app = PlaybackGuard(
                 self.media_app,
-                config.playback.keys_for,
+                tokens,
                 PlaybackMetrics(self.registry),
                 cors_origin=config.http.cors_origin,
             )

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from distribute.access import PlaybackGuard, PlaybackMetrics, TokenCheck
 from distribute.api import find_hlsjs
 from distribute.config import HlsConfig
 from distribute.fastpath import media_protocol
@@ -69,10 +70,27 @@ LL_HLS = HlsConfig(
 
 
 class MediaServer:
-    def __init__(self, config: HlsConfig, vod: Any = None) -> None:
+    """``tokens`` wires playback tokens as a node does: the media app's fast path
+    checks them, and a :class:`PlaybackGuard` (counted in ``guarded``) takes the rest."""
+
+    def __init__(
+        self, config: HlsConfig, vod: Any = None, tokens: TokenCheck | None = None
+    ) -> None:
         self.store = Store(config)
-        self.metrics = MediaMetrics(CollectorRegistry())
+        registry = CollectorRegistry()
+        self.metrics = MediaMetrics(registry)
         self.app = MediaApp(self.store, _static, self.metrics, "*", vod=vod)
+        self.guarded = 0
+        asgi: Any = self.app
+        if tokens is not None:
+            self.app.tokens = tokens
+            guard = PlaybackGuard(self.app, tokens, PlaybackMetrics(registry))
+
+            async def counted(scope: dict[str, Any], receive: Any, send: Any) -> None:
+                self.guarded += 1
+                await guard(scope, receive, send)
+
+            asgi = counted
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         sock.listen(1024)
@@ -80,7 +98,7 @@ class MediaServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.server = uvicorn.Server(
             uvicorn.Config(
-                self.app,
+                asgi,
                 http=media_protocol(self.app),
                 log_level="warning",
                 lifespan="off",

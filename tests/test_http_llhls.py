@@ -336,3 +336,22 @@ def test_held_request_whose_client_leaves_is_dropped(server: MediaServer) -> Non
     wait_for(lambda: server.held() == 0, 5, "the held request released")
     assert server.call(lambda: len(s.renditions["360p"].waiters)) == 0
     assert httpx.get(f"{server.url}/live/s/360p/0.1.m4s").status_code == 200
+
+
+def test_a_stream_that_ends_before_its_first_segment_is_404_on_both_paths(
+    server: MediaServer,
+) -> None:
+    s = server.open()
+    feed_init(server, s)
+    url = f"{server.url}/live/s/360p/index.m3u8"
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(httpx.get, url, timeout=10)
+        blocking = pool.submit(httpx.get, url, params={"_HLS_msn": 0, "_HLS_part": 0}, timeout=10)
+        wait_for(lambda: server.held() == 2, 10, "both requests held")
+        server.call(lambda: s.end(0.0))
+        answers = [first.result(10), blocking.result(10)]
+    # The fast path answers held requests; HEAD goes down the ASGI path: same answer.
+    answers.append(httpx.head(url, timeout=10))
+    for r in answers:
+        assert r.status_code == 404
+    assert [r.text for r in answers[:2]] == ["no segment yet\n"] * 2

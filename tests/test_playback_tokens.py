@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from nodeutil import SMALL, SMALL_LADDER, NodeProcess, Publisher, wait_for
 from prometheus_client import CollectorRegistry
 
-from distribute.access import PlaybackGuard, PlaybackMetrics, rewrite_playlist
+from distribute.access import PlaybackGuard, PlaybackMetrics, TokenCheck, rewrite_playlist
 from nearcast.tokens import sign
 
 NOW = 1_800_000_000
@@ -73,7 +73,8 @@ async def _inner(scope, receive, send):  # type: ignore[no-untyped-def]
 def _guard() -> tuple[PlaybackGuard, CollectorRegistry]:
     registry = CollectorRegistry()
     keys = {"school": KEYS, "other": OTHER}
-    return PlaybackGuard(_inner, keys.get, PlaybackMetrics(registry), clock=lambda: NOW), registry
+    tokens = TokenCheck(keys.get, clock=lambda: NOW)
+    return PlaybackGuard(_inner, tokens, PlaybackMetrics(registry)), registry
 
 
 async def _get(path: str, query: str = "", headers: list | None = None) -> tuple[int, dict, bytes]:
@@ -140,7 +141,8 @@ async def test_every_wrong_token_is_refused(
 async def test_a_token_of_another_tenant_with_the_same_key_is_refused() -> None:
     """Tenants sharing a key id and secret: the tenant inside the token decides."""
     shared = {"school": KEYS, "other": KEYS}
-    guard = PlaybackGuard(_inner, shared.get, PlaybackMetrics(CollectorRegistry()), lambda: NOW)
+    tokens = TokenCheck(shared.get, clock=lambda: NOW)
+    guard = PlaybackGuard(_inner, tokens, PlaybackMetrics(CollectorRegistry()))
     token = play("k1", tenant="other")
     for path, want in (("/school/maths/360p/10.m4s", 403), ("/other/maths/360p/10.m4s", 200)):
         sent: list[dict] = []
