@@ -1,6 +1,6 @@
 """Fan-out benchmark: nearcast's media path against nginx, and 1,000 LL-HLS viewers.
 
-Run: ``python -m bench.fanout [--seconds S] [--viewers N] [--connections C]``
+Run: ``python -m bench.fanout [--seconds S] [--viewers N] [--connections C] [--token]``
 
 In one run, on the same machine:
 
@@ -19,6 +19,11 @@ In one run, on the same machine:
    instant each part is complete; the viewers log when the playlist naming it
    arrived. Reported: how many requests were held when each part completed and
    the p50/p99 delay from a part's completion to its delivery.
+
+With ``--token`` the tenant requires signed playback tokens, as a paying
+platform's would: every nearcast request (wrk's and the viewers') carries
+``?token=``, every playlist nearcast sends is signed with it, and nginx serves
+those same signed bytes with no check at all.
 
 The server and the load generators share the machine's cores, as in the
 performance notes; compare ratios from the same run only. The last line is one
@@ -42,12 +47,22 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "samples" / "lecture-720p.mp4"
 NGINX = "/usr/sbin/nginx"
 TENANT, STREAM, RENDITION = "live", "bench", "720p"
 BASE = f"/{TENANT}/{STREAM}/{RENDITION}"
+# --token: the tenant's playback key, and the query every nearcast request carries.
+TOKEN_KEYS = {"bench": "fanout-bench-secret-0123456789"}
+QUERY = ""
+
+
+def playback_token() -> str:
+    from nearcast.tokens import sign
+
+    return sign(TOKEN_KEYS["bench"], "bench", "play", TENANT, STREAM, int(time.time()) + 3600)
 
 
 def _raise_nofile() -> None:
@@ -64,12 +79,13 @@ def free_port() -> int:
 # -- the nearcast side (a child process: python -m bench.fanout --serve) ----------------
 
 
-def serve(port: int, snapshot: Path) -> None:
+def serve(port: int, snapshot: Path, guard: bool) -> None:
     """Serve a live LL-HLS stream fed in real time; print each part's completion instant."""
     import uvicorn
     from prometheus_client import CollectorRegistry
 
     from bench.cmaf import cmaf
+    from distribute.access import PlaybackGuard, PlaybackMetrics, TokenCheck
     from distribute.config import HlsConfig
     from distribute.fastpath import media_protocol
     from distribute.hls.store import Part, Store
@@ -89,6 +105,10 @@ def serve(port: int, snapshot: Path) -> None:
         await send({"type": "http.response.body", "body": b""})
 
     app = MediaApp(store, fallback, MediaMetrics(CollectorRegistry()))
+    asgi: Any = app
+    if guard:  # as the node wires it: the fast path checks tokens, the guard the rest
+        app.tokens = TokenCheck({TENANT: TOKEN_KEYS}.get)
+        asgi = PlaybackGuard(app, app.tokens, PlaybackMetrics(CollectorRegistry()))
     stream = store.open(StreamKey(TENANT, STREAM))
     stream.begin_generation()
     stream.set_renditions(
@@ -172,7 +192,7 @@ def serve(port: int, snapshot: Path) -> None:
         sock.listen(4096)
         server = uvicorn.Server(
             uvicorn.Config(
-                app,
+                asgi,
                 log_level="warning",
                 lifespan="off",
                 access_log=False,
@@ -304,7 +324,7 @@ def wrk(url: str, seconds: float, threads: int, connections: int) -> dict[str, f
 
 # -- LL-HLS viewers ------------------------------------------------------------------------
 
-HINT = re.compile(rb'PRELOAD-HINT:TYPE=PART,URI="(\d+)\.(\d+)\.m4s"')
+HINT = re.compile(rb'PRELOAD-HINT:TYPE=PART,URI="(\d+)\.(\d+)\.m4s[?"]')
 
 
 class Viewer(asyncio.Protocol):
@@ -325,7 +345,9 @@ class Viewer(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        self.transport.write(f"GET {BASE}/index.m3u8 HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+        self.transport.write(
+            f"GET {BASE}/index.m3u8{QUERY} HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+        )
 
     def data_received(self, data: bytes) -> None:
         got = time.time()
@@ -357,7 +379,8 @@ class Viewer(asyncio.Protocol):
             self.want = (int(m.group(1)), int(m.group(2)))
             self.sent = time.time()
             self.transport.write(
-                f"GET {BASE}/index.m3u8?_HLS_msn={self.want[0]}&_HLS_part={self.want[1]} "
+                f"GET {BASE}/index.m3u8?_HLS_msn={self.want[0]}&_HLS_part={self.want[1]}"
+                f"{QUERY.replace('?', '&')} "
                 "HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
             )
 
@@ -433,12 +456,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="alternating wrk rounds per server")
     ap.add_argument("--viewers", type=int, default=1000, help="simulated LL-HLS viewers")
     ap.add_argument("--viewer-seconds", type=float, default=12.0)
+    ap.add_argument(
+        "--token", action="store_true", help="the tenant requires signed playback tokens"
+    )
     ap.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--snapshot", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        serve(args.serve, Path(args.snapshot))
+        serve(args.serve, Path(args.snapshot), args.token)
         return
+    global QUERY
+    QUERY = f"?token={playback_token()}" if args.token else ""
     for tool in ("wrk", NGINX):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (Debian packages wrk and nginx-light)")
@@ -448,7 +476,8 @@ def main() -> None:
     snap = work / "www" / TENANT / STREAM / RENDITION
     nc_port, ng_port = free_port(), free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "bench.fanout", "--serve", str(nc_port), "--snapshot", str(snap)],
+        [sys.executable, "-m", "bench.fanout", "--serve", str(nc_port), "--snapshot", str(snap)]
+        + (["--token"] if args.token else []),
         stdout=subprocess.PIPE,
         cwd=ROOT,
     )
@@ -490,13 +519,13 @@ def main() -> None:
             for _round in range(args.rounds):
                 # What nearcast serves live right now; nginx serves the very same bytes.
                 if kind == "playlist":
-                    nc_path, file = f"{BASE}/index.m3u8", "index.m3u8"
+                    nc_path, file = f"{BASE}/index.m3u8{QUERY}", "index.m3u8"
                 elif kind == "segment":
                     msn = max(parts)[0] - 1  # the newest complete segment
-                    nc_path, file = f"{BASE}/{msn}.m4s", "seg.m4s"
+                    nc_path, file = f"{BASE}/{msn}.m4s{QUERY}", "seg.m4s"
                 else:
                     msn, idx = max(parts)  # the newest part
-                    nc_path, file = f"{BASE}/{msn}.{idx}.m4s", "part.m4s"
+                    nc_path, file = f"{BASE}/{msn}.{idx}.m4s{QUERY}", "part.m4s"
                 body = fetch(nc_port, nc_path)
                 # A new name each round: nginx's open_file_cache must not serve a
                 # cached length for a file rewritten in place.
@@ -573,6 +602,7 @@ def main() -> None:
     )
     figures = {
         "wrk": {"threads": args.threads, "connections": args.connections, "seconds": args.seconds},
+        "token": args.token,
         **results,
         "targets": {
             "segment_bytes_ratio>=0.85": results["segment"]["bytes_ratio"] >= 0.85,

@@ -300,11 +300,11 @@ class MediaApp:
         return Hold(track, ready, answer, 3 * stream.config.segment_duration, "part", chunked=True)
 
     @staticmethod
-    def _verified(tokens: TokenCheck, qs: bytes, tenant: str, stream: str) -> str | None:
+    def _verified(
+        tokens: TokenCheck, q: dict[bytes, bytes], tenant: str, stream: str
+    ) -> str | None:
         """The request's ``?token=`` when it lets the viewer play ``tenant/stream``."""
-        if b"token=" not in qs:
-            return None
-        raw = _query(qs).get(b"token")
+        raw = q.get(b"token")
         if not raw or b"%" in raw or b"+" in raw:
             return None  # percent-encoded: the ASGI path decodes it
         token = raw.decode("latin-1")
@@ -341,9 +341,11 @@ class MediaApp:
         if n > 1 and parts[1] in (b"v1", b"static"):
             return None
         token: str | None = None
+        q: dict[bytes, bytes] | None = None
         tokens = self.tokens
         if tokens is not None and n >= 4 and tokens.guarded(parts[1].decode()):
-            token = self._verified(tokens, qs, parts[1].decode(), parts[2].decode())
+            q = _query(qs)
+            token = self._verified(tokens, q, parts[1].decode(), parts[2].decode())
             if token is None:
                 return None
         if n == 4 and parts[3] == b"index.m3u8":
@@ -373,7 +375,8 @@ class MediaApp:
                     body = track.playlist
                     block = self._b_ended if stream.ended else self._b_live
                 else:
-                    q = _query(qs)
+                    if q is None:
+                        q = _query(qs)
                     msn_b, part_b = q.get(b"_HLS_msn"), q.get(b"_HLS_part")
                     if msn_b is not None:
                         try:

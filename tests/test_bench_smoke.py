@@ -30,7 +30,8 @@ def run_bench(*args: str, timeout: float = 120) -> tuple[list[str], dict]:
     return lines, json.loads(lines[-1])
 
 
-def test_fanout_bench_prints_its_table_and_figures() -> None:
+@pytest.mark.parametrize("token", [False, True], ids=["open", "token"])
+def test_fanout_bench_prints_its_table_and_figures(token: bool) -> None:
     require_binary("wrk")
     if not Path(NGINX).exists():  # a missing reference fails, it never skips
         pytest.fail("nginx is not installed; `make test` installs it (Debian package nginx-light)")
@@ -44,7 +45,9 @@ def test_fanout_bench_prints_its_table_and_figures() -> None:
         "20",
         "--viewer-seconds",
         "3",
+        *(["--token"] if token else []),
     )
+    assert figures["token"] is token
     assert lines[0].split()[:3] == ["what", "nearcast", "req/s"]
     for kind in ("playlist", "segment", "part"):
         row = figures[kind]
