@@ -14,7 +14,7 @@ import pytest
 from nodeutil import require_binary
 from taputil import LiveTap
 
-from distribute.whep.fanout import ViewerFeed
+from distribute.whep.fanout import TapFanout, ViewerFeed
 from media import MediaPacket, StreamKey
 from nearcast.config import load
 from nearcast.node import Node
@@ -269,3 +269,18 @@ async def test_viewers_share_the_workers_packets_no_per_viewer_encode(
         s = r.summary()
         assert s["frames"] >= 45 and s["stamped"] >= 0.9 * s["frames"], s
     assert packed["h264"] >= 90 and packed["opus"] > 0, packed
+
+
+def test_every_viewer_is_handed_the_same_packet_object() -> None:
+    fanout = TapFanout("live/cam", queue_limit=2)
+    video = [fanout.attach("video") for _ in range(3)]
+    audio = fanout.attach("audio")
+    assert fanout.publish(MediaPacket("video", "h264", 0, 0, b"idr", keyframe=True)) == 0
+    fanout.publish(MediaPacket("audio", "opus", 0, 0, b"opus"))
+    got = [f._queue[0] for f in video]
+    assert all(p is got[0] for p in got) and bytes(got[0]) == b"idr"
+    assert got[0].pts == 0 and got[0].is_keyframe and bytes(audio._queue[0]) == b"opus"
+    # What the slow viewers dropped is what publish reports (and the metric counts).
+    fanout.publish(MediaPacket("video", "h264", 33, 33, b"p"))
+    assert fanout.publish(MediaPacket("video", "h264", 66, 66, b"p")) == 3 * 2 + 3
+    assert sum(f.dropped for f in video) == 9

@@ -1,8 +1,10 @@
 """One stream's encoded packets, fanned out to every WebRTC viewer.
 
 The worker's TAP packets arrive on the event loop; :meth:`TapFanout.publish`
-appends each to every viewer's bounded :class:`ViewerFeed` (a deque append, no
-copy, no await), so one slow viewer can never hold up the others or the node:
+wraps each once as the :class:`av.Packet` aiortc sends (its senders only read
+it) and appends that one object to every viewer's bounded :class:`ViewerFeed`
+(a deque append, no copy, no await), so one slow viewer can never hold up the
+others or the node:
 
 - video: a feed that is full is emptied and waits for the next keyframe, so the
   viewer skips ahead to a clean picture instead of decoding garbage;
@@ -20,10 +22,26 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+from fractions import Fraction
+from typing import Any
+
+import av
 
 from media import MediaPacket
 
 log = logging.getLogger(__name__)
+
+MS = Fraction(1, 1000)
+
+
+def to_av_packet(packet: MediaPacket) -> av.Packet[Any]:
+    """``packet`` as aiortc's senders take it: encoded data with millisecond timestamps."""
+    out = av.Packet(packet.data)
+    out.pts = packet.pts
+    out.dts = packet.dts
+    out.time_base = MS
+    out.is_keyframe = packet.keyframe
+    return out
 
 
 class ViewerFeed:
@@ -35,37 +53,42 @@ class ViewerFeed:
         self.dropped = 0
         self.closed = False
         self.waiting_keyframe = kind == "video"
-        self._queue: collections.deque[MediaPacket] = collections.deque()
+        self._queue: collections.deque[av.Packet[Any]] = collections.deque()
         self._ready = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._queue)
 
-    def push(self, packet: MediaPacket) -> None:
+    def push(self, packet: MediaPacket, out: av.Packet[Any] | None = None) -> int:
+        """Queue ``out``, the av.Packet of ``packet`` (made here when not given).
+        Returns how many packets this dropped."""
         if self.closed:
-            return
+            return 0
+        dropped = 0
         if self.kind == "video":
             if len(self._queue) >= self.limit:
                 # Too slow: start over at the next keyframe.
-                self.dropped += len(self._queue)
+                dropped = len(self._queue)
                 self._queue.clear()
                 self.waiting_keyframe = True
             if self.waiting_keyframe:
                 if not packet.keyframe:
-                    self.dropped += 1
-                    return
+                    self.dropped += dropped + 1
+                    return dropped + 1
                 self.waiting_keyframe = False
         elif len(self._queue) >= self.limit:
             self._queue.popleft()
-            self.dropped += 1
-        self._queue.append(packet)
+            dropped = 1
+        self.dropped += dropped
+        self._queue.append(to_av_packet(packet) if out is None else out)
         self._ready.set()
+        return dropped
 
     def close(self) -> None:
         self.closed = True
         self._ready.set()
 
-    async def get(self) -> MediaPacket | None:
+    async def get(self) -> av.Packet[Any] | None:
         """The next packet; None once the feed is closed (the stream ended)."""
         while not self._queue:
             if self.closed:
@@ -83,9 +106,6 @@ class TapFanout:
         self.queue_limit = queue_limit
         self.feeds: set[ViewerFeed] = set()
         self.closed = False
-        self.packets = 0
-        self.video_codec = ""
-        self.audio_codec = ""
         self._warned_reorder = False
 
     def attach(self, kind: str) -> ViewerFeed:
@@ -99,12 +119,12 @@ class TapFanout:
         feed.close()
         self.feeds.discard(feed)
 
-    def publish(self, packet: MediaPacket) -> None:
+    def publish(self, packet: MediaPacket) -> int:
+        """Hand ``packet`` to every viewer of its kind; returns how many packets the
+        slow ones dropped."""
         if self.closed or packet.config:
-            return  # TAP video carries SPS/PPS in-band on every IDR
-        self.packets += 1
+            return 0  # TAP video carries SPS/PPS in-band on every IDR
         if packet.kind == "video":
-            self.video_codec = packet.codec
             if packet.pts != packet.dts and not self._warned_reorder:
                 # RTP carries presentation timestamps in send order; browsers' WebRTC
                 # H.264 path expects no reordering (it assumes B-frame-free streams).
@@ -116,11 +136,14 @@ class TapFanout:
                     packet.pts,
                     packet.dts,
                 )
-        else:
-            self.audio_codec = packet.codec
+        out = None
+        dropped = 0
         for feed in self.feeds:
             if feed.kind == packet.kind:
-                feed.push(packet)
+                if out is None:
+                    out = to_av_packet(packet)
+                dropped += feed.push(packet, out)
+        return dropped
 
     def restart(self) -> None:
         """The worker restarted: its next packets are a new sequence starting at an IDR."""
@@ -133,7 +156,3 @@ class TapFanout:
         for feed in self.feeds:
             feed.close()
         self.feeds.clear()
-
-    @property
-    def dropped(self) -> int:
-        return sum(f.dropped for f in self.feeds)

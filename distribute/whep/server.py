@@ -15,7 +15,6 @@ import logging
 import secrets
 import time
 from collections.abc import Coroutine
-from fractions import Fraction
 from typing import Any
 
 import av
@@ -38,7 +37,6 @@ from media import MediaPacket, StreamKey
 
 log = logging.getLogger(__name__)
 
-MS = Fraction(1, 1000)
 # What each kind is sent as; the TAP contract delivers exactly these.
 MIME = {"video": "video/H264", "audio": "audio/opus"}
 
@@ -58,20 +56,11 @@ class PacketTrack(MediaStreamTrack):
         if packet is None:
             self.stop()
             raise MediaStreamError
-        return to_av_packet(packet)
+        return packet
 
     def stop(self) -> None:
         self.feed.close()
         super().stop()
-
-
-def to_av_packet(packet: MediaPacket) -> av.Packet[Any]:
-    out = av.Packet(packet.data)
-    out.pts = packet.pts
-    out.dts = packet.dts
-    out.time_base = MS
-    out.is_keyframe = packet.keyframe
-    return out
 
 
 class WhepMetrics:
@@ -124,11 +113,9 @@ class WhepServer:
         fanout = self.fanouts.get(key)
         if fanout is None:
             return  # not opened (WebRTC off) or already ended: a worker's last packets
-        before = fanout.dropped
-        fanout.publish(packet)
-        after = fanout.dropped
-        if after > before:
-            self.metrics.discarded.inc(after - before)
+        dropped = fanout.publish(packet)
+        if dropped:
+            self.metrics.discarded.inc(dropped)
 
     def restart(self, key: StreamKey) -> None:
         fanout = self.fanouts.get(key)
