@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from nodeutil import require_binary
+from nodeutil import require_binary, wait_for
 from playwright.sync_api import sync_playwright
 from servehelp import LL_HLS, PAGES, MediaServer
 from test_browser import CHROMIUM_ARGS
@@ -84,6 +84,9 @@ def test_hlsjs_low_latency_starts_from_parts(server: MediaServer) -> None:
         try:
             page = browser.new_page()
             page.goto(f"{server.url}/ll.html")
+            # The clock starts when hls.js waits for the playlist (held until the run's
+            # lead segment exists), not while Chromium is still loading the page.
+            wait_for(lambda: server.held() >= 1, 20, "hls.js asking for the playlist")
             feeder.start()
             page.wait_for_function(
                 "window.state.playingAt !== null || window.state.fatal", timeout=20000

@@ -307,3 +307,37 @@ def test_every_listed_part_stays_servable_with_one_segment_to_spare() -> None:
                 assert {m for m, _ in t.parts} >= set(range(t.last_msn - 2, t.last_msn + 1))
         data = b"".join(f"360p:{i}.{p};".encode() * 10 for p in range(PARTS))
         s.add_segment(SegmentFrame("360p", i, i * 2.0, 2.0, "avc1.64001e,mp4a.40.2", data))
+
+
+def test_another_renditions_part_refreshes_only_the_reports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    s = ll_stream()
+    for name in ("360p", "180p"):
+        feed_segment(s, name, 0)
+        feed_part(s, name, 1, 0)
+    renders: list[str] = []
+    real = LiveStream.render
+
+    def counted(self: LiveStream, track, *, skip: bool) -> bytes:  # type: ignore[no-untyped-def]
+        renders.append(track.name)
+        return real(self, track, skip=skip)
+
+    monkeypatch.setattr(LiveStream, "render", counted)
+    before = s.renditions["360p"].playlist
+    assert renders == ["360p"]
+    feed_part(s, "180p", 1, 1)  # only the 180p playlist changed; 360p's report of it did
+    after = parse(s)
+    assert renders == ["360p"]  # the 360p body was not rendered again
+    reports = {r.uri: (r.last_msn, r.last_part) for r in after.rendition_reports}
+    assert reports["../180p/index.m3u8"][1] == 1
+    assert after.dumps().count("EXT-X-PART:") == m3u8.loads(before.decode()).dumps().count(
+        "EXT-X-PART:"
+    )
+    check_rules(after)
+    # The 360p body follows its own parts, and the stream's end adds ENDLIST after the reports.
+    feed_part(s, "360p", 1, 1)
+    assert parse(s).preload_hint.uri.endswith(".2.m4s") and renders == ["360p", "360p"]
+    s.end(10.0)
+    text = s.renditions["360p"].playlist.decode()
+    assert text.endswith("#EXT-X-ENDLIST\n") and "RENDITION-REPORT" in text

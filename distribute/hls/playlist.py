@@ -85,8 +85,13 @@ def media_playlist(
     low_latency: LowLatency | None = None,
     first_msn: int | None = None,
     vod: bool = False,
+    tail: bool = True,
 ) -> str:
-    """One media playlist. ``first_msn`` is the media sequence number when the list is empty."""
+    """One media playlist. ``first_msn`` is the media sequence number when the list is empty.
+
+    ``tail=False`` leaves out what :func:`playlist_tail` writes (rendition reports and
+    ENDLIST), for a caller that keeps the two apart: the reports change with every
+    other rendition's part, the rest only with this rendition's."""
     target = target_duration(configured_target, segments)
     fmp4 = any(s.map_uri for s in segments) or bool(low_latency and low_latency.pending_map_uri)
     # §7: EXT-X-MAP in a media playlist needs version 6, EXT-X-SKIP version 9.
@@ -140,14 +145,22 @@ def media_playlist(
         lines.extend(_part_line(p) for p in ll.pending_parts)
         if ll.preload_hint:
             lines.append(f'#EXT-X-PRELOAD-HINT:TYPE=PART,URI="{ll.preload_hint}"')
-    if ll is not None:
-        for uri, last_msn, last_part in ll.rendition_reports:
-            lines.append(
-                f'#EXT-X-RENDITION-REPORT:URI="{uri}",LAST-MSN={last_msn},LAST-PART={last_part}'
-            )
+    text = "\n".join(lines) + "\n"
+    if tail:
+        text += playlist_tail(ll.rendition_reports if ll is not None else (), ended)
+    return text
+
+
+def playlist_tail(reports: Sequence[tuple[str, int, int]], ended: bool) -> str:
+    """The end of a media playlist: EXT-X-RENDITION-REPORT of every other rendition
+    (§4.4.5.4, as (uri, last msn, last part)) and, once the stream ended, ENDLIST."""
+    lines = [
+        f'#EXT-X-RENDITION-REPORT:URI="{uri}",LAST-MSN={last_msn},LAST-PART={last_part}\n'
+        for uri, last_msn, last_part in reports
+    ]
     if ended:
-        lines.append("#EXT-X-ENDLIST")
-    return "\n".join(lines) + "\n"
+        lines.append("#EXT-X-ENDLIST\n")
+    return "".join(lines)
 
 
 def master_playlist(

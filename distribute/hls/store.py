@@ -33,6 +33,7 @@ from distribute.hls.playlist import (
     can_skip_until,
     master_playlist,
     media_playlist,
+    playlist_tail,
     target_duration,
 )
 from media import StreamKey
@@ -98,9 +99,14 @@ class RenditionTrack:
     building_program_time: float = 0.0
     last_part: tuple[int, int] = (-1, -1)
     last_msn: int = -1
-    # Rendered playlists (None = stale, rendered on the next request).
+    # Rendered playlists (None = stale, rendered on the next request). On LL-HLS each
+    # is a body, stale when this rendition changes, and a tail of rendition reports,
+    # stale when any other does.
     _playlist: bytes | None = None
     _playlist_skip: bytes | None = None
+    _body: bytes | None = None
+    _body_skip: bytes | None = None
+    _tail: bytes | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     # Callbacks of requests held by the HTTP fast path: called on every change,
     # each returns True once it has answered (and is then dropped).
@@ -128,17 +134,27 @@ class RenditionTrack:
     def playlist(self) -> bytes:
         """The full media playlist; empty until there is something to list."""
         if self._playlist is None:
-            assert self.stream is not None
-            self._playlist = self.stream.render(self, skip=False)
+            if self._body is None:
+                assert self.stream is not None
+                self._body = self.stream.render(self, skip=False)
+            self._playlist = self._body + self.tail() if self._body else b""
         return self._playlist
 
     @property
     def playlist_skip(self) -> bytes:
         """The delta update (``_HLS_skip=YES``, RFC 8216bis §6.2.5.1)."""
         if self._playlist_skip is None:
-            assert self.stream is not None
-            self._playlist_skip = self.stream.render(self, skip=True)
+            if self._body_skip is None:
+                assert self.stream is not None
+                self._body_skip = self.stream.render(self, skip=True)
+            self._playlist_skip = self._body_skip + self.tail() if self._body_skip else b""
         return self._playlist_skip
+
+    def tail(self) -> bytes:
+        if self._tail is None:
+            assert self.stream is not None
+            self._tail = self.stream.render_tail(self)
+        return self._tail
 
     def reached(self, msn: int, part: int | None) -> bool:
         """Does the playlist hold segment ``msn`` (complete), or part ``part`` of it, or later?"""
@@ -157,7 +173,11 @@ class RenditionTrack:
         return self.last_msn, last_part
 
     def invalidate(self) -> None:
-        self._playlist = self._playlist_skip = None
+        self._playlist = self._playlist_skip = self._body = self._body_skip = self._tail = None
+
+    def invalidate_reports(self) -> None:
+        """Another rendition changed: only the rendition reports are stale."""
+        self._playlist = self._playlist_skip = self._tail = None
 
     def notify(self) -> None:
         """Wake every request blocked on this rendition (they re-check their condition)."""
@@ -503,7 +523,7 @@ class LiveStream:
             # Rendition reports on every other playlist changed too.
             for t in self.renditions.values():
                 if t is not track:
-                    t.invalidate()
+                    t.invalidate_reports()
 
     def _duration_of(self, msn: int) -> float:
         for t in self.renditions.values():
@@ -527,13 +547,13 @@ class LiveStream:
         return list(track.segments)[-self.config.window :]
 
     def render(self, track: RenditionTrack, *, skip: bool) -> bytes:
+        """The media playlist of ``track`` up to its tail (see :meth:`render_tail`)."""
         window = self._window(track)
         if not window and not track.building:
             return b""
         first = window[0].msn if window else track.building_msn
         # Count discontinuities that already slid out of the playlist.
         gone = sum(1 for s in track.segments if s.discontinuity and s.msn < first)
-        target = target_duration(self.config.segment_duration, [])
         ll: LowLatency | None = None
         skipped = 0
         if self.low_latency:
@@ -576,20 +596,27 @@ class LiveStream:
             ended=self.ended,
             low_latency=ll,
             first_msn=first,
+            tail=False,
         )
         return text.encode()
+
+    def render_tail(self, track: RenditionTrack) -> bytes:
+        """What ends the playlist of ``track``: the LL-HLS rendition reports of the
+        others (they change with every part of any rendition) and ENDLIST."""
+        reports = []
+        if self.low_latency:
+            for other in self.renditions.values():
+                if other is track or (other.last_msn < 0 and not other.building):
+                    continue
+                last_msn, last_part = other.edge()
+                reports.append((f"../{other.name}/index.m3u8", last_msn, last_part))
+        return playlist_tail(reports, self.ended).encode()
 
     def _low_latency(self, track: RenditionTrack, skipped: int) -> LowLatency:
         if track.building:
             hint_msn, hint_part = track.building_msn, track.building[-1].index + 1
         else:
             hint_msn, hint_part = track.last_msn + 1, 0
-        reports = []
-        for other in self.renditions.values():
-            if other is track or (other.last_msn < 0 and not other.building):
-                continue
-            last_msn, last_part = other.edge()
-            reports.append((f"../{other.name}/index.m3u8", last_msn, last_part))
         return LowLatency(
             part_target=self.part_target,
             pending_parts=tuple(PartRef(p.duration, p.uri, p.independent) for p in track.building),
@@ -597,7 +624,6 @@ class LiveStream:
             pending_discontinuity=track.building_discontinuity if track.building else False,
             pending_map_uri=f"init-{track.init_id}.mp4" if track.init_id is not None else None,
             preload_hint=None if self.ended else f"{hint_msn}.{hint_part}.m4s",
-            rendition_reports=tuple(reports),
             skipped=skipped,
         )
 
