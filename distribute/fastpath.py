@@ -22,7 +22,7 @@ import logging
 import socket
 from typing import Any
 
-from distribute.http import TIMED_OUT, Hold, MediaApp
+from distribute.http import TIMED_OUT, Hold, MediaApp, header_lines
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,10 @@ def media_protocol(media: MediaApp) -> type[asyncio.Protocol] | str:
     if HttpToolsProtocol is None:
         return "auto"
 
-    cors = b"".join(k + b": " + v + b"\r\n" for k, v in media._cors)
+    error_block = (
+        b"content-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n"
+        + header_lines(media._cors)
+    )
 
     class MediaHttpProtocol(HttpToolsProtocol):
         _date_src: Any = None
@@ -120,7 +123,7 @@ def media_protocol(media: MediaApp) -> type[asyncio.Protocol] | str:
             cls = type(self)
             if defaults is not cls._date_src:
                 cls._date_src = defaults
-                cls._date_block = b"".join(k + b": " + v + b"\r\n" for k, v in defaults)
+                cls._date_block = header_lines(defaults)
             if chunked:
                 # Sent the moment it exists, as it is produced: chunked transfer.
                 head = b"".join(
@@ -169,11 +172,7 @@ def media_protocol(media: MediaApp) -> type[asyncio.Protocol] | str:
                 got = hold.answer()
                 if got is None:
                     line, body = STATUS_404, hold.missing
-                    block = (
-                        b"content-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n"
-                        + cors
-                    )
-                    self._write(line, block, body, False)
+                    self._write(line, error_block, body, False)
                     metrics.count(hold.kind, 404)
                 else:
                     self._write(STATUS_200, got[0], got[1], hold.chunked)
@@ -193,10 +192,7 @@ def media_protocol(media: MediaApp) -> type[asyncio.Protocol] | str:
                 if transport.is_closing():
                     return
                 line, body = STATUS_503, TIMED_OUT
-                block = (
-                    b"content-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n" + cors
-                )
-                self._write(line, block, body, False)
+                self._write(line, error_block, body, False)
                 metrics.count(hold.kind, 503)
                 finish()
 

@@ -163,7 +163,7 @@ def parse_range(header: bytes, size: int) -> tuple[int, int] | None:
     return first, min(last, size - 1)
 
 
-def _lines(headers: Headers) -> bytes:
+def header_lines(headers: Headers) -> bytes:
     return b"".join(k + b": " + v + b"\r\n" for k, v in headers)
 
 
@@ -225,14 +225,14 @@ class MediaApp:
         self._h_init = h(INIT_TYPE, SEGMENT_CACHE, True)
         self._h_part = h(FMP4_TYPE, part_cache, True)
         # The same header sets as raw HTTP/1.1 header lines, for the fast path.
-        self._b_live = _lines(self._h_live)
-        self._b_ended = _lines(self._h_ended)
-        self._b_ll = _lines(self._h_ll)
-        self._b_blocking = _lines(self._h_blocking)
-        self._b_ts = _lines(self._h_ts)
-        self._b_m4s = _lines(self._h_m4s)
-        self._b_part = _lines(self._h_part)
-        self._b_init = _lines(self._h_init)
+        self._b_live = header_lines(self._h_live)
+        self._b_ended = header_lines(self._h_ended)
+        self._b_ll = header_lines(self._h_ll)
+        self._b_blocking = header_lines(self._h_blocking)
+        self._b_ts = header_lines(self._h_ts)
+        self._b_m4s = header_lines(self._h_m4s)
+        self._b_part = header_lines(self._h_part)
+        self._b_init = header_lines(self._h_init)
 
     # -- fast path (see distribute.fastpath) ----------------------------------------------
 
@@ -325,8 +325,8 @@ class MediaApp:
         hold.answer = answer
         return hold
 
-    def fast(self, url: bytes, headers: Headers) -> tuple[bytes, bytes, int] | Hold | None:
-        """A GET without a Range: (header block, body, status) when it can be answered
+    def fast(self, url: bytes, headers: Headers) -> tuple[bytes, bytes] | Hold | None:
+        """A GET without a Range: (header block, body) of a 200 when it can be answered
         now, a :class:`Hold` when it is a blocking reload or preload-hinted part that
         must wait. None sends the request down the ASGI path, which handles
         everything (ranges, errors, HEAD, OPTIONS) the same way."""
@@ -357,7 +357,7 @@ class MediaApp:
                 body = tokens.signed(body, token)  # type: ignore[union-attr]
             self.metrics.count("master", 200)
             self.metrics.sent += len(body)
-            return (self._b_ended if stream.ended else self._b_live), body, 200
+            return (self._b_ended if stream.ended else self._b_live), body
         if n != 5 or parts[3] == b"vod":
             return None
         stream = self.store.get(parts[1].decode(), parts[2].decode())
@@ -446,7 +446,7 @@ class MediaApp:
             return None
         self.metrics.count(kind, 200)
         self.metrics.sent += len(body)
-        return block, body, 200
+        return block, body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

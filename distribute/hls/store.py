@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 AUDIO_CODEC = "mp4a.40.2"
 # Parts in the short lead segment that starts every LL-HLS run (see LiveStream._split).
 LEAD_PARTS = 3
+# Complete segments whose parts a playlist lists. With the segment being built, two
+# keep parts within about three target durations of the live edge, as RFC 8216bis
+# §4.4.4.9 recommends.
+PART_SEGMENTS = 2
 
 
 @dataclass(slots=True)
@@ -505,17 +509,11 @@ class LiveStream:
         # Normally the last complete segment; while segments are being dropped, the
         # one before the segment whose parts are arriving.
         newest = max(track.last_msn, track.last_part[0] - 1)
-        oldest_part_msn = newest - self._part_segments()
+        oldest_part_msn = newest - PART_SEGMENTS
         if track.parts and min(track.parts)[0] < oldest_part_msn:
             for k in [k for k in track.parts if k[0] < oldest_part_msn]:
                 del track.parts[k]
         return oldest_part_msn
-
-    def _part_segments(self) -> int:
-        """How many complete segments list their parts. With the segment being
-        built, two complete ones keep parts within about three target durations of
-        the live edge, as RFC 8216bis §4.4.4.9 recommends."""
-        return 2
 
     def _changed(self, track: RenditionTrack) -> None:
         track.notify()
@@ -573,7 +571,7 @@ class LiveStream:
                     keep += 1
                 skipped = len(window) - keep
             ll = self._low_latency(track, skipped)
-        with_parts = track.last_msn - self._part_segments()
+        with_parts = track.last_msn - PART_SEGMENTS
         refs = [
             SegmentRef(
                 s.msn,
