@@ -52,8 +52,11 @@ FLEET = {
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    """``nearcast ARGV`` as the real parser reads it; exits (fails) on a bad option."""
-    args = build_parser().parse_args(argv)
+    """``nearcast ARGV`` as the real parser reads it."""
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit:
+        raise AssertionError(f"`nearcast {shlex.join(argv)}` does not parse") from None
     assert getattr(args, "func", None), f"{argv} names no subcommand"
     return args
 
