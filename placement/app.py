@@ -370,6 +370,28 @@ def create_app(
         node = d.node.id if d.node else None
         return {"same": node == entry.get("node"), "node": node, "explanation": d.explain()}
 
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        """Readiness: the service can place, from the registry or (degraded) from a
+        snapshot younger than ``snapshot_max_age``; 503 when it cannot."""
+        try:
+            snap = await service.snapshot()
+        except (RegistryUnavailable, SnapshotTooOld) as exc:
+            return JSONResponse({"ready": False, "degraded": True, "detail": str(exc)}, 503)
+        return JSONResponse(
+            {
+                "ready": True,
+                "degraded": service.degraded,
+                "snapshot_age": round(max(0.0, service.clock() - snap.taken_at), 3),
+                "nodes": len(snap.nodes),
+            }
+        )
+
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

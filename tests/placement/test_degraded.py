@@ -101,6 +101,35 @@ async def test_no_snapshot_at_all_is_unavailable(clock: Clock) -> None:
         await svc.place(PlacementRequest("s", "a", LYON))
 
 
+async def test_readiness_follows_what_the_service_can_answer_from(clock: Clock) -> None:
+    reg = FlakyRegistry()
+    reg.down = True
+    app = create_app(PlacementConfig(), reg, clock=clock, background=False)
+    svc: PlacementService = app.state.service
+    await svc.start(background=False)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://placement"
+    ) as c:
+        assert (await c.get("/healthz")).json() == {"status": "ok"}
+        r = await c.get("/readyz")  # no snapshot yet: cannot place at all
+        assert r.status_code == 503 and r.json()["ready"] is False
+        reg.down = False
+        await reg.register(make_node("e1"), clock())
+        clock.advance(1)
+        r = await c.get("/readyz")
+        assert r.status_code == 200
+        assert r.json() == {"ready": True, "degraded": False, "snapshot_age": 0.0, "nodes": 1}
+        reg.down = True
+        clock.advance(20)  # answers from the 20 s old snapshot
+        r = await c.get("/readyz")
+        assert r.status_code == 200 and r.json()["degraded"] is True
+        assert r.json()["snapshot_age"] == 20.0
+        clock.advance(11)  # older than snapshot_max_age (30 s)
+        r = await c.get("/readyz")
+        assert r.status_code == 503 and "snapshot_max_age" in r.json()["detail"]
+    await svc.stop()
+
+
 async def test_redis_restart_end_to_end(redis_server: RedisServer) -> None:
     # Beats long enough that a loaded machine's scheduling and I/O (the margin below)
     # are small beside them.
