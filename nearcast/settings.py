@@ -109,15 +109,20 @@ def build(cls: type[T], data: Mapping[str, Any] | None, prefix: str = "") -> T:
 
 def env_keys(cls: type[Any], prefix: str = "") -> dict[str, str]:
     """Map every ``NEARCAST_*`` variable name to the dotted key it overrides."""
-    out: dict[str, str] = {}
+    return {name: key for name, (key, _tp) in _env_fields(cls, prefix).items()}
+
+
+def _env_fields(cls: type[Any], prefix: str = "") -> dict[str, tuple[str, Any]]:
+    """Every ``NEARCAST_*`` variable name -> (dotted key, the key's type)."""
+    out: dict[str, tuple[str, Any]] = {}
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         key = f"{prefix}.{f.name}" if prefix else f.name
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-            out.update(env_keys(tp, key))
+            out.update(_env_fields(tp, key))
         else:
-            out["NEARCAST_" + key.replace(".", "_").upper()] = key
+            out["NEARCAST_" + key.replace(".", "_").upper()] = (key, tp)
     return out
 
 
@@ -126,25 +131,28 @@ def apply_env(
 ) -> dict[str, Any]:
     """Return ``data`` with ``NEARCAST_SECTION_KEY=value`` overrides merged in.
 
-    Values are parsed as YAML scalars, so ``NEARCAST_HLS_WINDOW=8`` is an
-    integer and ``NEARCAST_RTMP_TENANTS='[live, school]'`` a list.
+    Values are parsed as YAML, so ``NEARCAST_HLS_WINDOW=8`` is an integer and
+    ``NEARCAST_RTMP_TENANTS='[live, school]'`` a list; the value of a string key is
+    taken as it is, so a secret such as ``NEARCAST_PLACEMENT_NODE_TOKEN=0123 #x``
+    is neither a number nor cut at the ``#``.
     """
     environ = os.environ if environ is None else environ
-    known = env_keys(cls)
+    known = _env_fields(cls)
     for name, raw in environ.items():
         if not name.startswith("NEARCAST_") or name == "NEARCAST_CONFIG":
             continue
         if name not in known:
             raise ConfigError(f"environment variable {name} names no configuration key")
         node = data
-        *parents, leaf = known[name].split(".")
+        key, tp = known[name]
+        *parents, leaf = key.split(".")
         for p in parents:
             child = node.get(p)
             if not isinstance(child, dict):
                 child = {}
                 node[p] = child
             node = child
-        node[leaf] = yaml.safe_load(raw) if raw != "" else ""
+        node[leaf] = raw if tp is str or raw == "" else yaml.safe_load(raw)
     return data
 
 

@@ -58,6 +58,25 @@ def test_env_overrides_any_key() -> None:
     assert "NEARCAST_TRANSCODE_AUDIO_BITRATE" in env_keys(Config)
 
 
+def test_a_string_key_takes_its_variable_verbatim() -> None:
+    # Parsed as YAML these would be a number, a truncated secret, an alias error and a bool.
+    cfg = load(
+        environ={
+            "NEARCAST_PLACEMENT_NODE_TOKEN": "0123456789",
+            "NEARCAST_PLACEMENT_OPERATOR_TOKEN": "s3cret #not-a-comment",
+            "NEARCAST_HTTP_CORS_ORIGIN": "*",
+            "NEARCAST_NODE_ISP": "yes",
+        }
+    )
+    assert cfg.placement.node_token == "0123456789"
+    assert cfg.placement.operator_token == "s3cret #not-a-comment"
+    assert cfg.http.cors_origin == "*"
+    assert cfg.node.isp == "yes"
+    # Other keys are still YAML: numbers, lists, mappings.
+    cfg = load(environ={"NEARCAST_HLS_WINDOW": "8", "NEARCAST_HLS_TENANTS": "{school: llhls}"})
+    assert cfg.hls.window == 8 and cfg.hls.tenants == {"school": "llhls"}
+
+
 def test_unknown_key_in_file_is_named(tmp_path) -> None:  # type: ignore[no-untyped-def]
     p = tmp_path / "c.yml"
     p.write_text("hls:\n  windoe: 3\n")
