@@ -305,6 +305,9 @@ class Node:
         self.store = Store(config.hls)
         self.capacity = Capacity(config.transcode.capacity_units)
         self.tmetrics.capacity.set(config.transcode.capacity_units)
+        from placement.agent import AgentCollector
+
+        self.registry.register(AgentCollector(lambda: self.agent))
         self.sessions: dict[StreamKey, StreamSession] = {}
         self._grace: dict[StreamKey, asyncio.TimerHandle] = {}
         self.rtmp = RtmpServer(config.rtmp, self, self.imetrics)

@@ -14,10 +14,12 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 
 import httpx
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from placement.config import PlacementConfig
 from placement.errors import PlacementError
@@ -194,3 +196,34 @@ class NodeAgent:
         if known and sessions:
             await self.registry.renew(self.node.id, sessions, now, self.config.lease_ttl)
         return known
+
+
+class AgentCollector(Collector):
+    """The node's view of its placement agent, read at scrape time.
+
+    ``agent()`` is the running agent, or None (not started, or failed to start).
+    """
+
+    def __init__(self, agent: Callable[[], NodeAgent | None]) -> None:
+        self.agent = agent
+
+    def collect(self) -> Iterator[Metric]:
+        agent = self.agent()
+        # placement_agent_heartbeats_total{result}: heartbeats to placement, ok or failed.
+        beats = CounterMetricFamily(
+            "placement_agent_heartbeats",
+            "Heartbeats this node sent to the placement service, by result",
+            labels=["result"],
+        )
+        beats.add_metric(["ok"], agent.beats if agent else 0)
+        beats.add_metric(["failed"], agent.failures if agent else 0)
+        yield beats
+        # placement_agent_registered: 1 while placement knows this node (last beat went through).
+        yield GaugeMetricFamily(
+            "placement_agent_registered",
+            "Whether the placement service knows this node (its last heartbeat went through)",
+            value=1 if agent is not None and agent.registered else 0,
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())

@@ -126,6 +126,8 @@ def test_node_registers_reports_load_and_renews_its_session_lease(
     publisher: Publisher | None = None
     try:
         desc = wait_for(lambda: service.node("edge-hz-1"), 15, "the node to register")
+        wait_for(lambda: node.metric("placement_agent_registered") == 1, 5, "registered == 1")
+        assert node.metric("placement_agent_heartbeats_total", result="ok") >= 1
         assert (desc["lat"], desc["lon"]) == (30.27, 120.15)
         assert desc["labels"] == {"tenants": "live"}
         assert desc["urls"] == {
@@ -200,6 +202,9 @@ def test_node_keeps_serving_hls_while_placement_is_unreachable(
         wait_for(lambda: fetch_latest_segment(node, "360p"), 20, "the first 360p segment")
         service.stop()  # the placement service and its Redis are gone
         wait_for(lambda: "heartbeat failed" in node.log(), 10, "the agent to notice")
+        # What an operator's alert sees (deploy/alerts.yml).
+        assert node.metric("placement_agent_heartbeats_total", result="failed") >= 1
+        wait_for(lambda: node.metric("placement_agent_registered") == 0, 5, "registered == 0")
         last = fetch_latest_segment(node, "360p")
         wait_for(
             lambda: fetch_latest_segment(node, "360p") >= last + 3,
