@@ -90,9 +90,10 @@ def test_eight_publishers_survive_a_fuzzing_ninth(node: NodeProcess) -> None:
         before = {s: _playlist(node, s) for s in STREAMS}
         t0 = time.monotonic()
         fuzzer.start()
-        # Fuzz until every stream has produced SEGMENTS_UNDER_FUZZ more segments.
-        for s in STREAMS:
-            goal = _count(node, s) + SEGMENTS_UNDER_FUZZ
+        # Fuzz until every stream has produced SEGMENTS_UNDER_FUZZ more segments (the
+        # goals are all set now: set one by one, the streams would be waited for in turn).
+        goals = {s: _count(node, s) + SEGMENTS_UNDER_FUZZ for s in STREAMS}
+        for s, goal in goals.items():
             wait_for(
                 lambda s=s, goal=goal: _count(node, s) >= goal, 40, f"{s} to advance under fuzzing"
             )
