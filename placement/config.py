@@ -38,7 +38,8 @@ class LivenessConfig:
 @dataclass(frozen=True)
 class GeoConfig:
     cidr_csv: str = ""
-    mmdb: str = ""
+    # One .mmdb path, or a list (a City and an ISP/ASN database): asked in order.
+    mmdb: str | tuple[str, ...] = ""
 
 
 @dataclass(frozen=True)

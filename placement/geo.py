@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import ipaddress
 import logging
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from placement.errors import InvalidField
@@ -69,24 +71,41 @@ class CidrTable:
 
 
 class GeoResolver:
-    def __init__(self, cidr: CidrTable | None = None, mmdb_path: str = "") -> None:
+    """Looks a client IP up in MaxMind databases, then the CIDR table, field by field.
+
+    Real MaxMind products split the fields: a City database has no ISP, an ISP or
+    ASN database has no city. So every configured source is asked in order (the
+    databases as listed, then the CSV) and each fills only what the earlier ones
+    left blank. Coordinates go with the city: a later source supplies them only
+    when it agrees on the city (or supplies the city itself).
+    """
+
+    def __init__(self, cidr: CidrTable | None = None, mmdb_path: str | Sequence[str] = "") -> None:
         self._cidr = cidr
-        self._mmdb: Any = None
-        if mmdb_path:
+        self._readers: list[Any] = []
+        paths = [mmdb_path] if isinstance(mmdb_path, str) else list(mmdb_path)
+        for path in filter(None, paths):
             import maxminddb
 
             try:
-                self._mmdb = maxminddb.open_database(mmdb_path)
+                self._readers.append(maxminddb.open_database(path))
             except (OSError, ValueError, maxminddb.InvalidDatabaseError) as exc:
-                raise InvalidField("geo.mmdb", f"cannot be opened: {exc}") from None
+                self.close()
+                raise InvalidField("geo.mmdb", f"{path!r} cannot be opened: {exc}") from None
+
+    @property
+    def _mmdb(self) -> Any:
+        """The first database's reader (None without one)."""
+        return self._readers[0] if self._readers else None
 
     @classmethod
-    def from_paths(cls, cidr_csv: str, mmdb: str) -> GeoResolver:
+    def from_paths(cls, cidr_csv: str, mmdb: str | Sequence[str]) -> GeoResolver:
         return cls(CidrTable.load(cidr_csv) if cidr_csv else None, mmdb)
 
-    def _from_mmdb(self, ip: str) -> Location | None:
+    @staticmethod
+    def _from_mmdb(reader: Any, ip: str) -> Location | None:
         try:
-            rec = self._mmdb.get(ip)
+            rec = reader.get(ip)
         except ValueError:
             return None
         if not isinstance(rec, dict):
@@ -105,15 +124,21 @@ class GeoResolver:
             source="mmdb",
         )
 
-    def resolve(self, ip: str | None, hints: Location | None = None) -> Location:
-        """Hints win field by field; the MaxMind database wins over the CIDR table."""
+    def lookup(self, ip: str) -> Location | None:
+        """The merged answer of every source, or None when none knows the address."""
         found: Location | None = None
-        if ip:
-            if self._mmdb is not None:
-                found = self._from_mmdb(ip)
-            if found is None and self._cidr is not None:
-                found = self._cidr.lookup(ip)
-        base = found or Location()
+        sources = [self._from_mmdb(r, ip) for r in self._readers]
+        if self._cidr is not None:
+            sources.append(self._cidr.lookup(ip))
+        for loc in sources:
+            if loc is None or not (loc.city or loc.isp or loc.region or loc.lat is not None):
+                continue
+            found = loc if found is None else _fill(found, loc)
+        return found
+
+    def resolve(self, ip: str | None, hints: Location | None = None) -> Location:
+        """Hints win field by field over the looked-up address (see the class)."""
+        base = (self.lookup(ip) if ip else None) or Location()
         if hints is None or not (hints.city or hints.isp or hints.region):
             return base
         return Location(
@@ -126,5 +151,26 @@ class GeoResolver:
         )
 
     def close(self) -> None:
-        if self._mmdb is not None:
-            self._mmdb.close()
+        for reader in self._readers:
+            reader.close()
+        self._readers = []
+
+
+def _fill(have: Location, more: Location) -> Location:
+    """``have`` with its blanks filled from ``more``; the source names each that gave a field."""
+    city = have.city or more.city
+    coords_fit = have.lat is None and more.lat is not None and more.city in ("", city)
+    filled = Location(
+        city=city,
+        isp=have.isp or more.isp,
+        region=have.region or more.region,
+        lat=more.lat if coords_fit else have.lat,
+        lon=more.lon if coords_fit else have.lon,
+        source=have.source,
+    )
+    if filled == have:
+        return have
+    names = have.source.split("+")
+    if more.source not in names:
+        filled = replace(filled, source="+".join([*names, more.source]))
+    return filled

@@ -72,7 +72,7 @@ def test_mmdb_wins_over_table(table: CidrTable) -> None:
             pass
 
     geo = GeoResolver(table)
-    geo._mmdb = FakeReader()
+    geo._readers = [FakeReader()]
     assert geo.resolve("10.1.2.3").city == "marseille"
     assert geo.resolve("10.1.2.3").isp == "bouygues"
     assert geo.resolve("2001:db8::5").city == "nice"  # not in the database: CSV answers

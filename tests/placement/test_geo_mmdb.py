@@ -16,8 +16,10 @@ import maxminddb
 import pytest
 from fastapi import FastAPI
 
+from nearcast.settings import build
 from placement.app import create_app
 from placement.config import GeoConfig, PlacementConfig
+from placement.errors import InvalidField
 from placement.geo import GeoResolver
 from placement.model import Location
 from placement.registry.memory import InProcessRegistry
@@ -174,3 +176,54 @@ async def test_api_places_by_client_ip_and_hints_win(app: FastAPI) -> None:
         assert view["kind"] == "view"
         assert view["request"]["location"]["city"] == "shanghai"
         assert view["request"]["location"]["source"] == "mmdb"
+
+
+def test_city_and_isp_databases_and_csv_merge_field_by_field(tmp_path: Path) -> None:
+    """MaxMind ships City (no ISP) and ISP/ASN (no city) as separate databases."""
+    city_db, isp_db = str(tmp_path / "city.mmdb"), str(tmp_path / "isp.mmdb")
+    write_mmdb(
+        city_db,
+        {
+            "203.0.113.0/24": city_record("hangzhou", "east", 30.27, 120.15),
+            "192.0.2.0/24": city_record("wuhan", "central", 30.59, 114.31),
+        },
+        database_type="GeoIP2-City",
+    )
+    write_mmdb(
+        isp_db,
+        {"203.0.113.0/24": {"isp": "china-telecom", "autonomous_system_number": 4134}},
+        database_type="GeoIP2-ISP",
+    )
+    csv_path = tmp_path / "cidr.csv"
+    csv_path.write_text(
+        "cidr,city,isp,region,lat,lon\n"
+        # Disagrees on the city: only its ISP is taken, and not its coordinates.
+        "192.0.2.0/24,elsewhere,china-unicom,west,1,1\n"
+        # Only the table knows this block.
+        "198.51.100.0/24,ningbo,china-mobile,east,29.87,121.54\n"
+    )
+    # One database: the CSV fills the ISP that a City database does not carry.
+    geo = GeoResolver.from_paths(str(csv_path), city_db)
+    try:
+        assert geo.resolve("192.0.2.7") == Location(
+            "wuhan", "china-unicom", "central", 30.59, 114.31, "mmdb+cidr"
+        )
+        assert geo.resolve("198.51.100.9").source == "cidr"
+    finally:
+        geo.close()
+    # A City and an ISP database, as a YAML list: both answer for one address.
+    cfg = build(PlacementConfig, {"geo": {"cidr_csv": str(csv_path), "mmdb": [city_db, isp_db]}})
+    geo = GeoResolver.from_paths(cfg.geo.cidr_csv, cfg.geo.mmdb)
+    try:
+        assert geo.resolve("203.0.113.9") == Location(
+            "hangzhou", "china-telecom", "east", 30.27, 120.15, "mmdb"
+        )
+        # The ISP database knows nothing of 192.0.2.0/24: the table still fills it.
+        assert geo.resolve("192.0.2.7").isp == "china-unicom"
+        # A hint still wins over every source.
+        assert geo.resolve("203.0.113.9", Location(isp="x", source="hint")).isp == "x"
+    finally:
+        geo.close()
+    # A bad second database names itself.
+    with pytest.raises(InvalidField, match="geo.mmdb"):
+        GeoResolver(None, [city_db, str(csv_path)])
