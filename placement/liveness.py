@@ -5,7 +5,9 @@ A node that misses its TTL stops receiving new placements at once (the
 window: like OpenYurt's node autonomy, a node cut off from the control plane
 usually still serves its viewers. If more than the threshold of a pool goes
 stale together, the control plane (or the network to it) is the likelier
-fault, so migrations freeze instead of stampeding the rest of the fleet.
+fault, so the sessions of those nodes stay put instead of stampeding the rest
+of the fleet. Only nodes that went stale *together* count: nodes long dead do
+not freeze a later, lone failure.
 """
 
 from __future__ import annotations
@@ -21,7 +23,16 @@ class PoolHealth:
     pool: str
     nodes: int
     stale: int
-    frozen: bool
+    # Nodes that went stale together with more than the threshold of the pool:
+    # their sessions stay put. The largest such burst, and the pool it was taken
+    # from (the nodes not already stale when it began), for the log.
+    frozen_nodes: frozenset[str] = frozenset()
+    burst: int = 0
+    burst_of: int = 0
+
+    @property
+    def frozen(self) -> bool:
+        return bool(self.frozen_nodes)
 
     @property
     def stale_fraction(self) -> float:
@@ -38,17 +49,43 @@ def is_orphaned(node: Node, now: float, ttl: float, autonomy: float) -> bool:
 
 
 def pool_health(
-    nodes: Iterable[Node], now: float, ttl: float, threshold: float
+    nodes: Iterable[Node], now: float, ttl: float, threshold: float, window: float | None = None
 ) -> dict[str, PoolHealth]:
-    totals: dict[str, list[int]] = {}
+    """Per pool, which stale nodes went stale *at once* with too much of the pool.
+
+    A burst is a set of nodes whose last heartbeats lie within ``window`` seconds
+    of each other (default: one TTL), measured against the nodes that were still
+    alive when it began. Nodes that died long before are in neither count, so a
+    pool with old dead nodes does not freeze when one more fails; and a node that
+    fails on its own, after a burst, is migrated even though the burst stays frozen.
+    """
+    window = ttl if window is None else window
+    live: dict[str, int] = {}
+    stale: dict[str, list[Node]] = {}
     for n in nodes:
-        acc = totals.setdefault(n.pool, [0, 0])
-        acc[0] += 1
-        acc[1] += is_stale(n, now, ttl)
-    return {
-        pool: PoolHealth(pool, total, stale, total > 0 and stale / total > threshold)
-        for pool, (total, stale) in totals.items()
-    }
+        if is_stale(n, now, ttl):
+            stale.setdefault(n.pool, []).append(n)
+        else:
+            live[n.pool] = live.get(n.pool, 0) + 1
+    out: dict[str, PoolHealth] = {}
+    for pool in live.keys() | stale.keys():
+        gone = sorted(stale.get(pool, ()), key=lambda n: n.last_heartbeat)
+        alive = live.get(pool, 0)
+        frozen: set[str] = set()
+        burst = burst_of = 0
+        first = 0
+        for last, node in enumerate(gone):
+            while gone[first].last_heartbeat < node.last_heartbeat - window:
+                first += 1
+            size, of = last - first + 1, alive + len(gone) - first
+            if size / of > threshold:
+                frozen.update(n.id for n in gone[first : last + 1])
+                if size > burst:
+                    burst, burst_of = size, of
+        out[pool] = PoolHealth(
+            pool, alive + len(gone), len(gone), frozenset(frozen), burst, burst_of
+        )
+    return out
 
 
 def sessions_to_migrate(
@@ -59,14 +96,14 @@ def sessions_to_migrate(
     ttl: float,
     autonomy: float,
 ) -> list[Session]:
-    """Sessions whose node is orphaned, in pools that are not frozen."""
+    """Sessions whose node is orphaned and not part of a frozen burst."""
     out: list[Session] = []
     for s in sessions:
         node = nodes.get(s.node_id)
         if node is None:
             continue
         ph = health.get(node.pool)
-        if ph is not None and ph.frozen:
+        if ph is not None and s.node_id in ph.frozen_nodes:
             continue
         if is_orphaned(node, now, ttl, autonomy):
             out.append(s)

@@ -94,6 +94,7 @@ class PlacementService:
         self.degraded = False
         self.degraded_since: float | None = None
         self.frozen_pools: set[str] = set()
+        self.frozen_nodes: frozenset[str] = frozenset()
         self._initial_policy = policy
         self._policy = policy or DEFAULT_POLICY
         self._versions: dict[int, Policy] = {}
@@ -747,14 +748,18 @@ class PlacementService:
             d = n.to_dict()
             d["alive"] = not is_stale(n, now, ttl)
             d["pool"] = n.pool
-            d["migrations_frozen"] = n.pool in self.frozen_pools
+            d["migrations_frozen"] = n.id in self.frozen_nodes
             out.append(d)
         return out, snap
 
     # ----- liveness
 
     async def reconcile(self) -> list[tuple[Session, str]]:
-        """Re-place sessions of nodes past TTL + autonomy window, unless the pool is frozen."""
+        """Re-place sessions of nodes past TTL + autonomy window, unless frozen.
+
+        Nodes that went stale at once with more than the mass-disconnect threshold
+        of their pool keep their sessions (see ``placement.liveness``).
+        """
         if self.degraded or self._snapshot is None:
             return []
         snap = self._snapshot
@@ -765,19 +770,21 @@ class PlacementService:
         for p in frozen - self.frozen_pools:
             h = health[p]
             log.warning(
-                "[pool %s] %d/%d nodes stale at once: migrations frozen (mass-disconnect guard)",
+                "[pool %s] %d/%d nodes stale at once: their migrations frozen"
+                " (mass-disconnect guard)",
                 p,
-                h.stale,
-                h.nodes,
+                h.burst,
+                h.burst_of,
             )
             self.metrics.fallbacks.labels("mass_disconnect").inc()
         for p in self.frozen_pools - frozen:
             log.info("[pool %s] migrations unfrozen", p)
         self.frozen_pools = frozen
+        self.frozen_nodes = frozenset().union(*(h.frozen_nodes for h in health.values()))
         orphaned = [
             n
             for n in snap.nodes.values()
-            if is_orphaned(n, now, lv.ttl, lv.autonomy_window) and n.pool not in frozen
+            if is_orphaned(n, now, lv.ttl, lv.autonomy_window) and n.id not in self.frozen_nodes
         ]
         if not orphaned:
             return []

@@ -177,6 +177,48 @@ async def test_mass_disconnect_freezes_migrations(service: PlacementService, clo
     assert s.node_id == placed.session.node_id
 
 
+async def test_lone_failure_after_a_frozen_burst_still_migrates(
+    service: PlacementService, clock: Clock
+) -> None:
+    """7 of 11 nodes vanish together (frozen); later one more dies on its own (migrated)."""
+    nodes = [make_node(f"e{i}", slots=1) for i in range(10)]
+    await add(service, clock, *nodes)
+    # Fill every node, so that each holds exactly one session.
+    placed = {}
+    for i in range(10):
+        p = await service.place(PlacementRequest("school", f"c{i}", LYON))
+        placed[p.session.node_id] = p.session
+    burst, survivors = nodes[:7], nodes[7:]
+    spare = make_node("spare", slots=4)
+    await add(service, clock, spare)
+    # The burst stops beating; the rest keep beating through the lease renewals below.
+    for _ in range(60):
+        clock.advance(1)
+        for n in [*survivors, spare]:
+            await service.registry.heartbeat(n.id, Load(), clock())
+        for node_id, sess in placed.items():
+            await service.registry.renew(node_id, [sess.id], clock(), 30.0)
+    await service.refresh()
+    assert await service.reconcile() == []
+    assert service.frozen_nodes == {n.id for n in burst}
+    # A minute later one survivor dies alone: 1 of the 4 still alive, not a partition.
+    lone = survivors[0]
+    for _ in range(20):
+        clock.advance(1)
+        for n in [*survivors[1:], spare]:
+            await service.registry.heartbeat(n.id, Load(), clock())
+        for node_id, sess in placed.items():
+            await service.registry.renew(node_id, [sess.id], clock(), 30.0)
+    await service.refresh()
+    moved = await service.reconcile()
+    assert [(s.id, old) for s, old in moved] == [(placed[lone.id].id, lone.id)]
+    assert moved[0][0].node_id == "spare"
+    assert service.frozen_nodes == {n.id for n in burst}
+    for n in burst:  # the burst's sessions stay where they were
+        s, _ = await service.get_session(placed[n.id].id)
+        assert s.node_id == n.id
+
+
 async def test_policy_versions_rollback_and_conflict(
     service: PlacementService, clock: Clock
 ) -> None:
