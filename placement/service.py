@@ -95,6 +95,11 @@ class PlacementService:
         self.degraded_since: float | None = None
         self.frozen_pools: set[str] = set()
         self.frozen_nodes: frozenset[str] = frozenset()
+        # Beats that reached this instance since its last good refresh (node -> when),
+        # and how many came while degraded: see ``_silent``.
+        self._beats: dict[str, float] = {}
+        self._degraded_beats = 0
+        self._silent_cache: tuple[str, int, frozenset[str]] | None = None
         self._initial_policy = policy
         self._policy = policy or DEFAULT_POLICY
         self._versions: dict[int, Policy] = {}
@@ -199,6 +204,8 @@ class PlacementService:
             return
         self.degraded = on
         self.degraded_since = now if on else None
+        self._degraded_beats = 0
+        self._silent_cache = None
         self.metrics.degraded.set(1 if on else 0)
         if on:
             log.warning("registry unreachable: answering from the last snapshot (degraded)")
@@ -234,6 +241,7 @@ class PlacementService:
             return self._usable_snapshot(now)
         was_degraded = self.degraded
         self._set_degraded(False, now)
+        self._beats.clear()  # the registry has them now
         self._gen += 1
         sid = f"{self.instance}-{self._gen}"
         if changes.full or prev is None:
@@ -297,6 +305,31 @@ class PlacementService:
         for tier in Tier:
             for state in [*(s.value for s in NodeState), "stale"]:
                 self.metrics.nodes.labels(tier.value, state).set(counts.get((tier.value, state), 0))
+
+    def _silent(self, snap: FleetSnapshot, now: float) -> frozenset[str]:
+        """While degraded: nodes that have not beaten here for a TTL, once beats arrive.
+
+        With the registry down, beats cannot reach the snapshot, so liveness is judged
+        as of the moment the snapshot was taken (``_ttl_for``). But once nodes' beats
+        reach this instance, silence is evidence again: a node quiet for a TTL gets no
+        new session, as when the registry is up. A node whose beats go to another
+        instance looks silent here too, which errs on the safe side, as degraded
+        placement should. Recomputed at most every 0.1 s.
+        """
+        if not self.degraded or self._degraded_beats == 0:
+            return frozenset()
+        tick = int(now * 10)
+        cached = self._silent_cache
+        if cached is not None and cached[0] == snap.id and cached[1] == tick:
+            return cached[2]
+        cutoff, beats = now - self.ttl, self._beats
+        silent = frozenset(
+            n.id
+            for n in snap.nodes.values()
+            if max(n.last_heartbeat, beats.get(n.id, n.last_heartbeat)) < cutoff
+        )
+        self._silent_cache = (snap.id, tick, silent)
+        return silent
 
     def _ttl_for(self, snap: FleetSnapshot, now: float) -> float:
         # In degraded mode heartbeats cannot reach the snapshot; judge liveness as of
@@ -491,7 +524,8 @@ class PlacementService:
             now = self.clock()
             headroom = self.config.degraded_headroom if self.degraded else 1.0
             ttl = self._ttl_for(snap, now)
-            asked = replace(req, exclude=frozenset(exclude))
+            # Logged with the request, so that replay excludes the same nodes.
+            asked = replace(req, exclude=frozenset(exclude) | self._silent(snap, now))
             d = core.decide(
                 snap, asked, policy, now, ttl=ttl, headroom=headroom, pending=self._usage
             )
@@ -704,6 +738,7 @@ class PlacementService:
         if node is not None and node.id != node_id:
             raise InvalidField("node.id", f"must equal the path's node id {node_id!r}")
         now = self.clock()
+        self._beats[node_id] = now
         try:
             if node is not None:
                 await self.registry.register(replace(node, load=load), now)
@@ -726,6 +761,7 @@ class PlacementService:
                             self._remember(s)
         except RegistryUnavailable:
             self._set_degraded(True, now)
+            self._degraded_beats += 1
             return {"known": True, "degraded": True, "missing_sessions": []}
         return {
             "known": known,
@@ -743,10 +779,11 @@ class PlacementService:
         snap = await self.snapshot()
         now = self.clock()
         ttl = self._ttl_for(snap, now)
+        silent = self._silent(snap, now)
         out = []
         for n in sorted(snap.nodes.values(), key=lambda n: n.id):
             d = n.to_dict()
-            d["alive"] = not is_stale(n, now, ttl)
+            d["alive"] = not is_stale(n, now, ttl) and n.id not in silent
             d["pool"] = n.pool
             d["migrations_frozen"] = n.id in self.frozen_nodes
             out.append(d)

@@ -247,6 +247,47 @@ async def test_a_degraded_decision_replays_to_the_same_node(clock: Clock) -> Non
     assert svc.replay(healthy).node is None
 
 
+async def test_a_node_silent_during_an_outage_gets_nothing_after_its_ttl(clock: Clock) -> None:
+    """Beats keep arriving while Redis is down: silence is evidence again."""
+    reg = FlakyRegistry()
+    cfg = PlacementConfig()
+    ttl = cfg.liveness.ttl
+    svc = PlacementService(cfg, reg, clock=clock)
+    await svc.start(background=False)
+    # The publisher's own ISP in Lyon is the better choice as long as it lives.
+    lyon = make_node("lyon-1", slots=8)
+    far = make_node("far-1", isp="sfr", slots=8)
+    for n in (lyon, far):
+        await reg.register(n, clock())
+    await svc.refresh()
+    reg.down = True
+    crashed_at = clock()
+    # Before any beat reaches the instance nothing is known: the snapshot's word holds.
+    clock.advance(ttl + 1)
+    placed = await svc.place(PlacementRequest("s", "a", LYON))
+    assert placed.degraded and placed.session.node_id == "lyon-1"
+    # Beats arrive from the other ISP's node only; lyon-1 crashed with the outage.
+    for _ in range(3):
+        out = await svc.heartbeat("far-1", Load())
+        assert out["degraded"]
+        clock.advance(0.5)
+    assert clock() - crashed_at > ttl + 1
+    placed = await svc.place(PlacementRequest("s", "b", LYON))
+    assert placed.degraded and placed.session.node_id == "far-1"
+    nodes, _ = await svc.list_nodes()
+    assert {n["id"]: n["alive"] for n in nodes} == {"far-1": True, "lyon-1": False}
+    # The decision logged what it excluded, so replay gives the same answer.
+    entry = next(e for e in svc.recent_decisions() if e["request"]["stream"] == "b")
+    assert "lyon-1" in entry["request"]["exclude"]
+    again = svc.replay(entry)
+    assert again.node is not None and again.node.id == "far-1"
+    # The Lyon node comes back and beats: it is eligible again at once.
+    await svc.heartbeat("lyon-1", Load())
+    clock.advance(0.2)
+    placed = await svc.place(PlacementRequest("s", "c", LYON))
+    assert placed.session.node_id == "lyon-1"
+
+
 async def test_replay_of_an_evicted_snapshot_says_why(clock: Clock) -> None:
     svc = PlacementService(PlacementConfig(), InProcessRegistry(), clock=clock)
     await svc.start(background=False)
