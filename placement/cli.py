@@ -54,6 +54,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="decision log to use instead of the synthetic trace: the JSON array "
         "GET /v1/decisions returns, saved as is, or JSON lines (one entry per line)",
     )
+    s.add_argument(
+        "--fleet",
+        metavar="FILE",
+        help="a recorded fleet instead of a synthetic one: GET /v1/nodes's body, saved "
+        "as is (its load and reservations are cleared; '--nodes' is ignored)",
+    )
     s.add_argument("--seed", type=int, default=1, help="random seed (1)")
     s.set_defaults(func=run_simulate)
 
@@ -101,7 +107,7 @@ def run_service(args: argparse.Namespace) -> int:
 def run_simulate(args: argparse.Namespace) -> int:
     from placement.errors import InvalidField
     from placement.policy import load_policy_file
-    from placement.simulate import builtin_policies, load_log, run
+    from placement.simulate import builtin_policies, load_fleet, load_log, run
 
     if not 1 <= args.nodes <= 100_000:
         print("nearcast simulate: '--nodes' must be 1-100000", file=sys.stderr)
@@ -109,6 +115,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     try:
         policies = [load_policy_file(p) for p in args.policy] or builtin_policies()
         replay = load_log(args.replay) if args.replay else None
+        fleet = load_fleet(args.fleet) if args.fleet else None
     except (InvalidField, OSError) as exc:
         print(f"nearcast simulate: {exc}", file=sys.stderr)
         return 2
@@ -119,6 +126,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         out_dir=args.out,
         seed=args.seed,
         replay=replay,
+        fleet=fleet,
     )
     print(report.markdown)
     return 0

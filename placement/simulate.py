@@ -9,6 +9,7 @@ backbone copy, else straight from the origin across the backbone.
 
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from placement.filters import Context, estimate_rtt_ms
 from placement.model import (
     Capacity,
     FleetSnapshot,
+    Load,
     Location,
     Node,
     PlacementRequest,
@@ -126,6 +128,45 @@ def build_fleet(n: int, seed: int, now: float = 0.0) -> Fleet:
             Capacity(2000, 200000.0, 200000),
         )
     return Fleet(nodes, cities)
+
+
+def load_fleet(path: str) -> Fleet:
+    """A recorded fleet: the body of ``GET /v1/nodes`` saved as is, or a JSON array of nodes.
+
+    Each node keeps its place, capacity, state and labels; its live load, reservations
+    and streams are cleared, since the trace places sessions of its own. The cities
+    for a synthetic trace are those of the fleet's edge nodes.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            body = json.load(fh)
+    except OSError as exc:
+        raise InvalidField("fleet", f"cannot be read: {exc.strerror}") from None
+    except ValueError as exc:
+        raise InvalidField("fleet", f"is not JSON: {exc}") from None
+    items = body.get("nodes") if isinstance(body, dict) else body
+    if not isinstance(items, list) or not items:
+        raise InvalidField("fleet", "must hold nodes: GET /v1/nodes's body or a JSON array")
+    nodes: dict[str, Node] = {}
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise InvalidField(f"fleet.nodes[{i}]", "must be a node object")
+        n = Node.from_dict(item, prefix=f"fleet.nodes[{i}].")
+        nodes[n.id] = replace(
+            n,
+            load=Load(),
+            last_heartbeat=0.0,
+            reserved_slots=0,
+            reserved_egress_mbps=0.0,
+            streams=frozenset(),
+        )
+    cities: dict[str, City] = {}
+    for n in nodes.values():
+        if n.tier is Tier.EDGE and n.city:
+            cities.setdefault(n.city, City(n.city, n.region, n.lat, n.lon))
+    if not cities:
+        raise InvalidField("fleet", "has no edge node with a city")
+    return Fleet(list(nodes.values()), sorted(cities.values(), key=lambda c: c.name))
 
 
 @dataclass(frozen=True)
@@ -264,33 +305,41 @@ class Result:
         }
 
 
-def _set(snap: FleetSnapshot, node: Node) -> None:
-    """Swap one node in the simulator's private snapshot (its indexes are plain dicts)."""
-    cast(dict[str, Node], snap.nodes)[node.id] = node
-    for index, key in (
-        (snap.by_tier_city, (node.tier, node.city)),
-        (snap.by_tier_region, (node.tier, node.region)),
-    ):
-        cast(dict[Any, tuple[Node, ...]], index)[key] = tuple(
-            node if n.id == node.id else n for n in index[key]
-        )
-    cast(dict[Tier, tuple[Node, ...]], snap.by_tier)[node.tier] = tuple(
-        node if n.id == node.id else n for n in snap.by_tier[node.tier]
-    )
+class _SimSnapshot:
+    """The simulator's private snapshot, whose nodes change in place in O(1).
+
+    Its indexes hold lists, and every node knows its slot in each of them, so a
+    reservation swaps one node without rebuilding a city's (or a tier's) list.
+    """
+
+    def __init__(self, nodes: Sequence[Node]) -> None:
+        self.snap = FleetSnapshot.build(nodes, "sim", 0.0)
+        self._slots: dict[str, list[tuple[list[Node], int]]] = {}
+        for name in ("by_tier_city", "by_tier_region", "by_tier"):
+            index = cast(dict[Any, Any], getattr(self.snap, name))
+            for key, members in list(index.items()):
+                mutable = list(members)
+                index[key] = mutable
+                for i, n in enumerate(mutable):
+                    self._slots.setdefault(n.id, []).append((mutable, i))
+
+    def set(self, node: Node) -> None:
+        cast(dict[str, Node], self.snap.nodes)[node.id] = node
+        for members, i in self._slots.get(node.id, ()):
+            members[i] = node
 
 
 def simulate(fleet: Fleet, trace: Sequence[ClassEvent], policy: Policy) -> Result:
-    snap = FleetSnapshot.build(fleet.nodes, "sim", 0.0)
+    sim = _SimSnapshot(fleet.nodes)
+    snap = sim.snap
     res = Result(policy.label)
-    ttl = float("inf")  # synthetic nodes never miss a heartbeat
+    ttl = float("inf")  # simulated nodes never miss a heartbeat
     ends: list[tuple[float, str, int, float]] = []
     for ev in trace:
-        ends.sort()
         while ends and ends[0][0] <= ev.start:
-            _, nid, slots, egress = ends.pop(0)
+            _, nid, slots, egress = heapq.heappop(ends)
             n = snap.nodes[nid]
-            _set(
-                snap,
+            sim.set(
                 replace(
                     n,
                     reserved_slots=n.reserved_slots - slots,
@@ -308,15 +357,14 @@ def simulate(fleet: Fleet, trace: Sequence[ClassEvent], policy: Policy) -> Resul
             continue
         origin = d.node
         res.tiers[origin.tier.value] += 1
-        _set(
-            snap,
+        sim.set(
             replace(
                 origin,
                 reserved_slots=origin.reserved_slots + 1,
                 reserved_egress_mbps=origin.reserved_egress_mbps + egress,
             ),
         )
-        ends.append((ev.start + ev.duration, origin.id, 1, egress))
+        heapq.heappush(ends, (ev.start + ev.duration, origin.id, 1, egress))
         # The publisher's uplink crosses the backbone only to a node outside its region.
         if origin.tier is Tier.CLOUD:
             res.backbone_gb += gb
@@ -451,8 +499,11 @@ def run(
     out_dir: str,
     seed: int = 1,
     replay: Sequence[dict[str, Any]] | None = None,
+    fleet: Fleet | None = None,
 ) -> Report:
-    fleet = build_fleet(nodes, seed)
+    """Simulate on ``fleet`` (default: a synthetic one of ``nodes`` nodes)."""
+    fleet = fleet or build_fleet(nodes, seed)
+    nodes = len(fleet.nodes)
     trace = trace_from_log(replay) if replay is not None else build_trace(fleet, classes, seed)
     results = tuple(simulate(fleet, trace, p) for p in policies)
     os.makedirs(out_dir, exist_ok=True)
