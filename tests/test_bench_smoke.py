@@ -59,9 +59,13 @@ def test_fanout_bench_prints_its_table_and_figures(token: bool) -> None:
 
 def test_placement_bench_prints_its_table_and_figures() -> None:
     lines, figures = run_bench(
-        "bench.placement", "--sizes", "1000", "--decisions", "100", "--concurrency", "4"
+        "bench.placement",
+        *("--sizes", "1000", "--decisions", "100", "--concurrency", "4", "--live", "2"),
+        "--check",
     )
     assert any("decisions/s" in line for line in lines[:-1])
     row = figures["results"]["1000"]
-    for mode in ("core", "inprocess", "redis", "redis_concurrent"):
+    for mode in ("core", "inprocess", "redis", "redis_concurrent", "redis_live"):
         assert row[mode]["p99_ms"] > 0 and row[mode]["per_s"] > 0, (mode, row[mode])
+    # The live run saw the background refresh take in the other process's beats.
+    assert row["redis_live"]["snapshots"] >= 2 and row["redis_live"]["refresh_read_max"] > 0
