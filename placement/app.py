@@ -17,6 +17,7 @@ from placement.config import PlacementConfig
 from placement.errors import (
     InvalidField,
     NoCapacity,
+    NodeBusy,
     PolicyConflict,
     RegistryUnavailable,
     SnapshotTooOld,
@@ -210,6 +211,10 @@ def create_app(
         async def _not_found(_: Request, exc: Exception) -> JSONResponse:
             return JSONResponse({"detail": str(exc)}, status_code=404)
 
+    @app.exception_handler(NodeBusy)
+    async def _busy(_: Request, exc: NodeBusy) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
     @app.exception_handler(PolicyConflict)
     async def _conflict(_: Request, exc: PolicyConflict) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "field": "version"}, status_code=409)
@@ -321,6 +326,16 @@ def create_app(
     @app.post("/v1/nodes/{node_id}/uncordon", dependencies=[Operator])
     async def uncordon(node_id: str) -> dict[str, Any]:
         return await _set_state(node_id, NodeState.READY)
+
+    @app.delete(
+        "/v1/nodes/{node_id}",
+        dependencies=[Operator],
+        responses={409: {"description": "ready and alive, or still holding sessions"}},
+    )
+    async def remove_node(node_id: str) -> dict[str, Any]:
+        """Decommission a node that is drained or cordoned (or dead) and holds no session."""
+        node = await service.remove_node(node_id)
+        return {"id": node.id, "removed": True}
 
     async def _policy_body(request: Request) -> Policy:
         raw = await request.body()

@@ -54,6 +54,14 @@ class PolicyConflict(PlacementError):
         self.version = version
 
 
+class NodeBusy(PlacementError):
+    """A node cannot be removed yet: it may still get sessions, or it holds some."""
+
+    def __init__(self, node_id: str, reason: str) -> None:
+        super().__init__(f"node {node_id!r} cannot be removed: {reason}")
+        self.node_id = node_id
+
+
 class NoCapacity(PlacementError):
     """No node passed the filters at any fallback step."""
 

@@ -25,6 +25,7 @@ from placement.config import PlacementConfig
 from placement.errors import (
     InvalidField,
     NoCapacity,
+    NodeBusy,
     PolicyConflict,
     RegistryUnavailable,
     SnapshotTooOld,
@@ -772,6 +773,35 @@ class PlacementService:
     async def set_state(self, node_id: str, state: NodeState) -> Node:
         node = await self.registry.set_state(node_id, state)
         log.info("[node %s] state -> %s", node_id, state.value)
+        await self.refresh()
+        return node
+
+    async def remove_node(self, node_id: str) -> Node:
+        """Decommission a node, as after ``kubectl drain`` and ``kubectl delete node``.
+
+        Refused (NodeBusy) while the node could still be given a session (it is
+        ready and alive: drain or cordon it first) or while it holds sessions (they
+        end, or are re-placed once it is stale past the autonomy window). A node
+        removed while it still runs registers again on its next beat.
+        """
+        snap = await self.refresh()
+        if self.degraded:
+            raise RegistryUnavailable("nodes cannot be removed while the registry is down")
+        now = self.clock()
+        node = snap.nodes.get(node_id)
+        if node is None:
+            raise UnknownNode(node_id)
+        if node.state is NodeState.READY and not is_stale(node, now, self.ttl):
+            raise NodeBusy(node_id, "it is ready and alive; drain or cordon it first")
+        held = [s.id for s in await self.registry.sessions(now) if s.node_id == node_id]
+        if held:
+            more = ", ..." if len(held) > 3 else ""
+            raise NodeBusy(
+                node_id, f"it still holds {len(held)} session(s): {', '.join(held[:3])}{more}"
+            )
+        if not await self.registry.remove(node_id):
+            raise UnknownNode(node_id)
+        log.info("[node %s] removed", node_id)
         await self.refresh()
         return node
 

@@ -44,6 +44,13 @@ class Registry(Protocol):
     async def set_state(self, node_id: str, state: NodeState) -> Node:
         """Drain, cordon or uncordon; raises UnknownNode."""
 
+    async def remove(self, node_id: str) -> bool:
+        """Forget a node (decommission); ``False`` when it is unknown.
+
+        Sessions still on it are the caller's concern; a beat from it afterwards
+        answers unknown, so a live node registers again.
+        """
+
     async def nodes(self, now: float) -> list[Node]:
         """Every node with its reservations (expired leases already returned)."""
 

@@ -33,11 +33,13 @@ class InProcessRegistry:
         self._epoch = uuid.uuid4().hex
         self._ver = 0
         self._changed: dict[str, int] = {}
+        self._removed: dict[str, int] = {}  # node -> counter value of its removal
 
     def _put(self, node: Node) -> None:
         self._nodes[node.id] = node
         self._ver += 1
         self._changed.pop(node.id, None)
+        self._removed.pop(node.id, None)
         self._changed[node.id] = self._ver
 
     def _expire(self, now: float) -> None:
@@ -89,6 +91,14 @@ class InProcessRegistry:
         self._put(node)
         return node
 
+    async def remove(self, node_id: str) -> bool:
+        if self._nodes.pop(node_id, None) is None:
+            return False
+        self._ver += 1
+        self._changed.pop(node_id, None)
+        self._removed[node_id] = self._ver
+        return True
+
     async def nodes(self, now: float) -> list[Node]:
         self._expire(now)
         return list(self._nodes.values())
@@ -103,7 +113,8 @@ class InProcessRegistry:
             if self._changed[node_id] <= since[1]:
                 break
             changed.append(self._nodes[node_id])
-        return NodeChanges(cursor, False, changed[::-1])
+        removed = frozenset(n for n, v in self._removed.items() if v > since[1])
+        return NodeChanges(cursor, False, changed[::-1], removed)
 
     async def reserve(
         self, session: Session, now: float, headroom: float = 1.0, force: bool = False

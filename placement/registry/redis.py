@@ -147,6 +147,7 @@ class RedisRegistry:
         self._beat = client.register_script(_script("heartbeat.lua"))
         self._register = client.register_script(_script("register.lua"))
         self._state = client.register_script(_script("state.lua"))
+        self._remove = client.register_script(_script("remove.lua"))
         self._changes = client.register_script(_script("changes.lua"))
 
     @classmethod
@@ -265,6 +266,21 @@ class RedisRegistry:
                     )
                 out.extend(bool(x) for x in await pipe.execute())
         return out
+
+    async def remove(self, node_id: str) -> bool:
+        with _unavailable():
+            pool = await self._pool(node_id)
+            if pool is None:
+                return False
+            ok = await self._remove(
+                keys=[self._k(pool, p) for p in ("desc", "live", "state", "cap", "streams")]
+                + self._ver_keys(pool),
+                args=[node_id],
+            )
+            await self._r.hdel(self._meta("nodepool"), node_id)
+        self._pool_of.pop(node_id, None)
+        self._desc.pop(node_id, None)
+        return bool(ok)
 
     async def set_state(self, node_id: str, state: NodeState) -> Node:
         with _unavailable():

@@ -90,6 +90,7 @@ async def test_session_lifecycle(app: FastAPI, client: httpx.AsyncClient) -> Non
         ("POST", "/v1/nodes/e1/drain"),
         ("POST", "/v1/nodes/e1/cordon"),
         ("POST", "/v1/nodes/e1/uncordon"),
+        ("DELETE", "/v1/nodes/e1"),
         ("GET", "/v1/policy"),
         ("PUT", "/v1/policy"),
         ("POST", "/v1/policy/dry-run"),
@@ -180,6 +181,18 @@ async def test_node_admin(app: FastAPI, client: httpx.AsyncClient) -> None:
     r = await client.get("/v1/nodes", headers=OP)
     [node] = r.json()["nodes"]
     assert node["id"] == "e1" and node["alive"] is True and node["state"] == "ready"
+
+
+async def test_remove_node(app: FastAPI, client: httpx.AsyncClient) -> None:
+    await register(client, "e1")
+    r = await client.delete("/v1/nodes/e1", headers=OP)
+    assert r.status_code == 409 and "drain or cordon it first" in r.json()["detail"], r.text
+    assert (await client.post("/v1/nodes/e1/cordon", headers=OP)).status_code == 200
+    r = await client.delete("/v1/nodes/e1", headers=OP)
+    assert r.status_code == 200 and r.json() == {"id": "e1", "removed": True}, r.text
+    assert (await client.get("/v1/nodes", headers=OP)).json()["nodes"] == []
+    r = await client.delete("/v1/nodes/e1", headers=OP)
+    assert r.status_code == 404 and "unknown node 'e1'" in r.json()["detail"]
 
 
 async def test_policy_endpoints(app: FastAPI, client: httpx.AsyncClient) -> None:

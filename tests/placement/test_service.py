@@ -11,12 +11,14 @@ from placement.config import PlacementConfig
 from placement.errors import (
     InvalidField,
     NoCapacity,
+    NodeBusy,
     PolicyConflict,
+    UnknownNode,
     UnknownSession,
     UnknownStream,
     UnknownTenant,
 )
-from placement.model import Load, Location, PlacementRequest
+from placement.model import Load, Location, NodeState, PlacementRequest
 from placement.policy import parse_policy
 from placement.registry import Registry
 from placement.registry.redis import RedisRegistry
@@ -217,6 +219,38 @@ async def test_lone_failure_after_a_frozen_burst_still_migrates(
     for n in burst:  # the burst's sessions stay where they were
         s, _ = await service.get_session(placed[n.id].id)
         assert s.node_id == n.id
+
+
+async def test_remove_a_node_after_draining_it(service: PlacementService, clock: Clock) -> None:
+    """Decommission: refused while the node may get or still holds sessions."""
+    await add(service, clock, make_node("e1"), make_node("e2", cpu=0.5))
+    placed = await service.place(PlacementRequest("school", "c", LYON))
+    assert placed.session.node_id == "e1"
+    with pytest.raises(NodeBusy, match="drain or cordon it first"):
+        await service.remove_node("e1")
+    await service.set_state("e1", NodeState.DRAINING)
+    with pytest.raises(NodeBusy, match="holds 1 session"):
+        await service.remove_node("e1")
+    await service.end_session(placed.session.id)
+    removed = await service.remove_node("e1")
+    assert removed.id == "e1"
+    # Gone from the snapshot (read incrementally), the listing and placement.
+    assert "e1" not in (await service.snapshot()).nodes
+    assert [n["id"] for n in (await service.list_nodes())[0]] == ["e2"]
+    other = await service.place(PlacementRequest("school", "d", LYON))
+    assert other.session.node_id == "e2"
+    with pytest.raises(UnknownNode):
+        await service.remove_node("e1")
+    # A beat from it says unknown: a node still running registers again.
+    assert (await service.heartbeat("e1", Load()))["known"] is False
+    await add(service, clock, make_node("e1"))
+    assert (await service.snapshot()).nodes["e1"].state is NodeState.READY
+    # A dead node with no sessions can go without being drained first.
+    await service.end_session(other.session.id)
+    clock.advance(service.ttl + 1)
+    await service.registry.heartbeat("e1", Load(), clock())
+    await service.refresh()
+    assert (await service.remove_node("e2")).id == "e2"
 
 
 async def test_policy_versions_rollback_and_conflict(
