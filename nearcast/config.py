@@ -73,6 +73,7 @@ class NodeSection:
 @dataclass(frozen=True)
 class RedisConfig:
     url: str = "redis://127.0.0.1:6379/0"
+    cluster: bool = False
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,9 @@ def run_service(args: argparse.Namespace) -> int:
         return 2
     url = args.redis or cfg.redis.url
     registry: Registry = (
-        InProcessRegistry() if url == "memory" else RedisRegistry.from_url(url, pc.key_prefix)
+        InProcessRegistry()
+        if url == "memory"
+        else RedisRegistry.from_url(url, pc.key_prefix, cluster=cfg.redis.cluster)
     )
     app = create_app(replace(pc, listen=f"{host}:{port}"), registry)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal with

@@ -10,7 +10,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
@@ -89,6 +89,10 @@ class RedisServer:
     # refuses (keys of one command or script in different slots, CROSSSLOT), so the
     # registry's key layout is checked for cluster safety.
     cluster_dir: str | None = None
+    # The hash slots this node serves in a cluster (all of them by default), and
+    # the port of its cluster bus.
+    slots: tuple[int, int] = (0, 16383)
+    bus_port: int = 0
 
     @property
     def url(self) -> str:
@@ -97,6 +101,7 @@ class RedisServer:
     def start(self) -> None:
         binary = shutil.which("redis-server")
         assert binary, "redis-server must be on PATH"
+        self.bus_port = free_port()
         self.proc = subprocess.Popen(
             [
                 binary,
@@ -117,7 +122,7 @@ class RedisServer:
                         # The bus port defaults to port + 10000, which may be taken
                         # or past 65535 for a port picked free: pick one free too.
                         "--cluster-port",
-                        str(free_port()),
+                        str(self.bus_port),
                     ]
                     if self.cluster_dir
                     else []
@@ -134,8 +139,8 @@ class RedisServer:
         if self.cluster_dir:
             r = redis.Redis.from_url(self.url)
             try:
-                r.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)  # type: ignore[no-untyped-call]
-                while r.cluster("info").get("cluster_state") != "ok":
+                r.execute_command("CLUSTER", "ADDSLOTSRANGE", *self.slots)  # type: ignore[no-untyped-call]
+                while self.slots == (0, 16383) and r.cluster("info").get("cluster_state") != "ok":
                     assert time.monotonic() < deadline, "the one-node cluster did not form"
                     time.sleep(0.02)
             finally:
@@ -150,6 +155,58 @@ class RedisServer:
                 self.proc.kill()
                 self.proc.wait()
             self.proc = None
+
+
+@dataclass
+class RedisClusterServers:
+    """A private Redis Cluster of ``shards`` primaries, the slots split evenly among them.
+
+    Keys of different pools land on different servers, so a client that is not
+    cluster-aware fails here (MOVED), as it would on a production cluster.
+    """
+
+    cluster_dir: str
+    shards: int = 3
+    servers: list[RedisServer] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.servers[0].url
+
+    def start(self) -> None:
+        step = 16384 // self.shards
+        for i in range(self.shards):
+            last = 16383 if i == self.shards - 1 else (i + 1) * step - 1
+            server = RedisServer(free_port(), cluster_dir=self.cluster_dir, slots=(i * step, last))
+            self.servers.append(server)
+            server.start()
+        first = redis.Redis.from_url(self.url)
+        try:
+            for other in self.servers[1:]:
+                first.execute_command(  # type: ignore[no-untyped-call]
+                    "CLUSTER", "MEET", "127.0.0.1", other.port, other.bus_port
+                )
+        finally:
+            first.close()
+        deadline = time.monotonic() + 20
+        for server in self.servers:
+            r = redis.Redis.from_url(server.url)
+            try:
+                while True:
+                    info = r.cluster("info")
+                    if info.get("cluster_state") == "ok" and int(
+                        info.get("cluster_known_nodes", 0)
+                    ) == len(self.servers):
+                        break
+                    assert time.monotonic() < deadline, "the cluster did not form"
+                    time.sleep(0.05)
+            finally:
+                r.close()
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+        self.servers = []
 
 
 async def wait_for(

@@ -43,6 +43,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import redis.exceptions
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
@@ -117,6 +118,55 @@ def _live(load: Load, now: float) -> str:
     )
 
 
+class _Fanout:
+    """A pipeline's stand-in on a Redis Cluster.
+
+    redis-py refuses scripts in a cluster pipeline, so the queued commands go out
+    concurrently instead, each to the shard that holds its slot. A script that a
+    shard does not know yet (a new or failed-over primary) is loaded and re-run.
+    """
+
+    def __init__(
+        self, client: RedisCluster, scripts: Mapping[str, str], limit: asyncio.Semaphore
+    ) -> None:
+        self._client = client
+        self._scripts = scripts
+        self._limit = limit
+        self._calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        def queue(*args: Any, **kwargs: Any) -> _Fanout:
+            self._calls.append((name, args, kwargs))
+            return self
+
+        return queue
+
+    def __await__(self) -> Iterator[Any]:
+        # ``AsyncScript.__call__`` awaits what ``evalsha`` returns, as with a pipeline.
+        yield from ()
+        return self
+
+    async def _run(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        # Bounded, like the plain client's pool: the cluster client's per-shard
+        # pools refuse a connection past their limit instead of queueing for one.
+        async with self._limit:
+            try:
+                return await getattr(self._client, name)(*args, **kwargs)
+            except redis.exceptions.NoScriptError:
+                if name != "evalsha" or args[0] not in self._scripts:
+                    raise
+                await self._client.script_load(self._scripts[args[0]])
+                return await getattr(self._client, name)(*args, **kwargs)
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        calls, self._calls = self._calls, []
+        return list(
+            await asyncio.gather(
+                *(self._run(*call) for call in calls), return_exceptions=not raise_on_error
+            )
+        )
+
+
 @dataclass(frozen=True)
 class _PoolCursor:
     epoch: str
@@ -127,9 +177,12 @@ class _PoolCursor:
 class RedisRegistry:
     name = "redis"
 
-    def __init__(self, client: aioredis.Redis, prefix: str = "nc") -> None:
+    def __init__(
+        self, client: aioredis.Redis | RedisCluster, prefix: str = "nc", fanout: int = 32
+    ) -> None:
         self._r = client
         self._p = prefix
+        self._fanout_limit = asyncio.Semaphore(fanout)
         self._pool_of: dict[str, str] = {}
         # tenant/stream -> session id, written in batches: the index lives in another
         # hash slot than the reservation, so writing it inline would double the round
@@ -149,11 +202,45 @@ class RedisRegistry:
         self._state = client.register_script(_script("state.lua"))
         self._remove = client.register_script(_script("remove.lua"))
         self._changes = client.register_script(_script("changes.lua"))
+        self._all_scripts = [
+            self._reserve,
+            self._release,
+            self._renew,
+            self._beat,
+            self._register,
+            self._state,
+            self._remove,
+            self._changes,
+        ]
 
     @classmethod
     def from_url(
-        cls, url: str, prefix: str = "nc", timeout: float = 1.0, max_connections: int = 64
+        cls,
+        url: str,
+        prefix: str = "nc",
+        timeout: float = 1.0,
+        max_connections: int = 64,
+        cluster: bool = False,
     ) -> RedisRegistry:
+        """A registry on ``url``; ``cluster`` for a Redis Cluster (any node as seed).
+
+        With ``cluster`` the client learns the slot map and sends each pool's
+        commands and scripts to the shard that holds its hash tag.
+        """
+        if cluster:
+            # Half the connections for fanned-out pipelines; the rest for single calls.
+            return cls(
+                RedisCluster.from_url(
+                    url,
+                    max_connections=max_connections,
+                    decode_responses=True,
+                    socket_timeout=timeout,
+                    socket_connect_timeout=min(timeout, 0.5),
+                    retry=Retry(NoBackoff(), 0),
+                ),
+                prefix,
+                fanout=max(1, max_connections // 2),
+            )
         # No client-side retries: a down Redis must surface fast so the service
         # can answer from its snapshot instead of stalling every request.
         extra: dict[str, Any] = {}
@@ -181,6 +268,13 @@ class RedisRegistry:
 
     def _meta(self, suffix: str) -> str:
         return f"{{{self._p}:meta}}:{suffix}"
+
+    def _pipe(self) -> Any:
+        """A non-transactional pipeline: one round trip, or a fan-out on a cluster."""
+        if isinstance(self._r, RedisCluster):
+            scripts = {sc.sha: sc.script for sc in self._all_scripts}
+            return _Fanout(self._r, scripts, self._fanout_limit)
+        return self._r.pipeline(transaction=False)
 
     async def _pool(self, node_id: str) -> str | None:
         pool = self._pool_of.get(node_id)
@@ -217,7 +311,7 @@ class RedisRegistry:
 
     async def register(self, node: Node, now: float) -> None:
         with _unavailable():
-            pipe = self._r.pipeline(transaction=False)
+            pipe = self._pipe()
             await self._queue_register(pipe, node, now, streams=True)
             await pipe.execute()
         self._pool_of[node.id] = node.pool
@@ -226,7 +320,7 @@ class RedisRegistry:
         """Bulk registration (fleet import, benchmarks): one pipeline per batch."""
         for i in range(0, len(nodes), batch):
             with _unavailable():
-                pipe = self._r.pipeline(transaction=False)
+                pipe = self._pipe()
                 for node in nodes[i : i + batch]:
                     await self._queue_register(pipe, node, now, streams=False)
                     self._pool_of[node.id] = node.pool
@@ -253,7 +347,7 @@ class RedisRegistry:
         out: list[bool] = []
         for i in range(0, len(beats), batch):
             with _unavailable():
-                pipe = self._r.pipeline(transaction=False)
+                pipe = self._pipe()
                 for node_id, load in beats[i : i + batch]:
                     pool = await self._pool(node_id)
                     if pool is None:
@@ -293,7 +387,7 @@ class RedisRegistry:
             )
             if not ok:
                 raise UnknownNode(node_id)
-            pipe = self._r.pipeline(transaction=False)
+            pipe = self._pipe()
             for part in _PARTS:
                 pipe.hmget(self._k(pool, part), [node_id])
             columns = await pipe.execute()
@@ -475,7 +569,7 @@ class RedisRegistry:
         NOSCRIPT (a restarted or failed-over Redis) are retried after loading the
         script. Errors come back as exception objects, one per call.
         """
-        pipe = self._r.pipeline(transaction=False)
+        pipe = self._pipe()
         for script, keys, args in calls:
             pipe.evalsha(script.sha, len(keys), *keys, *args)
         results: list[Any] = await pipe.execute(raise_on_error=False)
@@ -483,7 +577,7 @@ class RedisRegistry:
         if retry:
             for script in {calls[i][0] for i in retry}:
                 await self._r.script_load(script.script)
-            pipe = self._r.pipeline(transaction=False)
+            pipe = self._pipe()
             for i in retry:
                 script, keys, args = calls[i]
                 pipe.evalsha(script.sha, len(keys), *keys, *args)
@@ -527,7 +621,7 @@ class RedisRegistry:
         return str(moved) if moved else home
 
     async def _read(self, pool: str, session_id: str, now: float) -> Session | None:
-        pipe = self._r.pipeline(transaction=False)
+        pipe = self._pipe()
         pipe.hgetall(self._k(pool, f"sess:{session_id}"))
         pipe.zscore(self._k(pool, "leases"), session_id)
         data, score = await pipe.execute()
@@ -577,7 +671,7 @@ class RedisRegistry:
     async def sessions(self, now: float) -> list[Session]:
         with _unavailable():
             pools = sorted(str(p) for p in await self._r.smembers(self._meta("pools")))
-            pipe = self._r.pipeline(transaction=False)
+            pipe = self._pipe()
             for pool in pools:
                 pipe.zrange(self._k(pool, "leases"), 0, -1)
             ids = await pipe.execute()
@@ -635,7 +729,7 @@ class RedisRegistry:
             return
         key = f"{{{self._p}:log}}:decisions"
         with _unavailable():
-            pipe = self._r.pipeline(transaction=False)
+            pipe = self._pipe()
             pipe.lpush(key, *[json.dumps(e) for e in entries])
             pipe.ltrim(key, 0, max(0, keep - 1))
             await pipe.execute()
@@ -653,7 +747,10 @@ class RedisRegistry:
         with contextlib.suppress(Exception):
             await self._flush_index()
         with contextlib.suppress(Exception):
-            await self._r.aclose(close_connection_pool=True)
+            if isinstance(self._r, RedisCluster):
+                await self._r.aclose()
+            else:
+                await self._r.aclose(close_connection_pool=True)
 
 
 __all__ = ["RedisRegistry", "SessionState"]

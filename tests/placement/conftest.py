@@ -13,7 +13,14 @@ from placement.registry import Registry
 from placement.registry.memory import InProcessRegistry
 from placement.registry.redis import RedisRegistry
 from placement.service import PlacementService
-from placement.testing import REDIS_URL, Clock, RedisServer, free_port, redis_available
+from placement.testing import (
+    REDIS_URL,
+    Clock,
+    RedisClusterServers,
+    RedisServer,
+    free_port,
+    redis_available,
+)
 
 
 @pytest.fixture
@@ -21,31 +28,35 @@ def clock() -> Clock:
     return Clock()
 
 
-async def _cleanup(url: str, prefix: str) -> None:
+async def _cleanup(url: str, prefix: str, cluster: bool = False) -> None:
     import redis.asyncio as aioredis
+    from redis.asyncio.cluster import RedisCluster
 
-    r = aioredis.Redis.from_url(url)
+    r = RedisCluster.from_url(url) if cluster else aioredis.Redis.from_url(url)
     try:
+        # On a cluster, SCAN visits every primary; keys are deleted one by one,
+        # since they live in different slots.
         keys = [k async for k in r.scan_iter(match=f"{{{prefix}:*", count=1000)]
-        for key in keys:  # one by one: in a cluster they live in different slots
+        for key in keys:
             await r.delete(key)
     finally:
         await r.aclose()
 
 
 @pytest.fixture(scope="session")
-def cluster_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A private one-node Redis Cluster (every slot): CROSSSLOT errors surface here."""
-    server = RedisServer(free_port(), cluster_dir=str(tmp_path_factory.mktemp("cluster")))
-    server.start()
+def cluster_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A private three-shard Redis Cluster: pools land on different servers, so a
+    client that is not cluster-aware, or keys of one script in two slots, fail here."""
+    servers = RedisClusterServers(str(tmp_path_factory.mktemp("cluster")))
+    servers.start()
     try:
-        r = redis.Redis.from_url(server.url)
+        r = redis.Redis.from_url(servers.url)
         with pytest.raises(redis.ResponseError, match="same slot"):  # it does check slots
             r.mset({"{pool-a}:x": 1, "{pool-b}:y": 2})
         r.close()
-        yield server
+        yield servers
     finally:
-        server.stop()
+        servers.stop()
 
 
 @pytest.fixture(params=["memory", "redis", "redis-cluster"])
@@ -56,16 +67,17 @@ async def registry(request: pytest.FixtureRequest) -> AsyncIterator[Registry]:
         yield InProcessRegistry()
         return
     url = REDIS_URL
-    if request.param == "redis-cluster":
+    cluster = request.param == "redis-cluster"
+    if cluster:
         url = request.getfixturevalue("cluster_server").url
     assert redis_available(url), f"the redis backend tests need Redis at {url}"
     prefix = f"t{uuid.uuid4().hex[:10]}"
-    reg = RedisRegistry.from_url(url, prefix)
+    reg = RedisRegistry.from_url(url, prefix, cluster=cluster)
     try:
         yield reg
     finally:
         await reg.close()
-        await _cleanup(url, prefix)
+        await _cleanup(url, prefix, cluster)
 
 
 @pytest.fixture

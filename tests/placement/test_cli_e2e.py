@@ -40,10 +40,19 @@ def poll(predicate: Any, limit: float, what: str) -> Any:
 
 
 class Service:
-    def __init__(self, proc: subprocess.Popen[str], base: str, prefix: str) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[str], base: str, prefix: str, url: str, cluster: bool
+    ) -> None:
         self.proc = proc
         self.base = base
         self.prefix = prefix
+        self.url = url
+        self.cluster = cluster
+
+    def redis(self) -> redis.Redis | redis.RedisCluster:
+        if self.cluster:
+            return redis.RedisCluster.from_url(self.url, decode_responses=True)
+        return redis.Redis.from_url(self.url, decode_responses=True)
 
     def output(self) -> str:
         if self.proc.poll() is None:
@@ -52,12 +61,15 @@ class Service:
         return out
 
 
-@pytest.fixture
-def service(tmp_path: Path) -> Iterator[Service]:
-    assert redis_available(), f"the placement CLI test needs Redis at {REDIS_URL}"
+@pytest.fixture(params=["redis", "redis-cluster"])
+def service(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Service]:
+    cluster = request.param == "redis-cluster"
+    url = request.getfixturevalue("cluster_server").url if cluster else REDIS_URL
+    assert redis_available(url), f"the placement CLI test needs Redis at {url}"
     prefix = f"e2e{uuid.uuid4().hex[:10]}"
     cfg = tmp_path / "nearcast.yml"
     cfg.write_text(
+        f"redis:\n  cluster: {'true' if cluster else 'false'}\n"
         "placement:\n"
         f"  operator_token: op-e2e\n"
         f"  node_tokens: {{edge-hz-1: {NODE_TOKEN}}}\n"
@@ -74,7 +86,7 @@ def service(tmp_path: Path) -> Iterator[Service]:
             "--config",
             str(cfg),
             "--redis",
-            REDIS_URL,
+            url,
             "--listen",
             f"127.0.0.1:{port}",
         ],
@@ -82,17 +94,16 @@ def service(tmp_path: Path) -> Iterator[Service]:
         stderr=subprocess.STDOUT,
         text=True,
     )
-    svc = Service(proc, f"http://127.0.0.1:{port}", prefix)
+    svc = Service(proc, f"http://127.0.0.1:{port}", prefix, url, cluster)
     try:
         yield svc
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
-        r = redis.Redis.from_url(REDIS_URL)
-        keys = list(r.scan_iter(match=f"{{{prefix}:*", count=1000))
-        if keys:
-            r.delete(*keys)
+        r = svc.redis()
+        for key in list(r.scan_iter(match=f"{{{prefix}:*", count=1000)):
+            r.delete(key)  # one by one: on a cluster they live in different slots
         r.close()
 
 
@@ -153,7 +164,7 @@ def test_cli_serves_the_api_over_real_redis_and_exits_on_sigterm(service: Servic
         assert r.status_code == 200 and r.json()["node"] == "edge-hz-1"
 
         # The reservation lives in the real Redis under this service's prefix.
-        rc = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+        rc = service.redis()
         try:
             assert rc.hget(f"{{{service.prefix}:east}}:rslots", "edge-hz-1") == "1"
         finally:
