@@ -56,6 +56,7 @@ class PlacementConfig:
     lease_ttl: float = 30.0
     degraded_headroom: float = 0.5
     decision_log_size: int = 1000
+    replay_snapshots: int = 32
     liveness: LivenessConfig = field(default_factory=LivenessConfig)
     geo: GeoConfig = field(default_factory=GeoConfig)
 
@@ -82,5 +83,6 @@ class PlacementConfig:
         check(self.lease_ttl >= 1, "lease_ttl", "must be at least 1")
         check(0 < self.degraded_headroom <= 1, "degraded_headroom", "must be in (0, 1]")
         check(self.decision_log_size >= 0, "decision_log_size", "must not be negative")
+        check(self.replay_snapshots >= 0, "replay_snapshots", "must not be negative")
         for node, token in self.node_tokens.items():
             check(bool(token), f"node_tokens.{node}", "must not be empty")

@@ -106,6 +106,9 @@ class PlacementService:
         self._versions: dict[int, Policy] = {}
         self._snapshot: FleetSnapshot | None = None
         self._history: OrderedDict[str, FleetSnapshot] = OrderedDict()
+        # Beyond the last few: snapshots that logged decisions were made on.
+        self._kept: OrderedDict[str, FleetSnapshot] = OrderedDict()
+        self._decided_on: set[str] = set()
         self._gen = 0
         self._refreshing: asyncio.Future[FleetSnapshot] | None = None
         self._cursor: Any = None
@@ -275,7 +278,13 @@ class PlacementService:
         self._usage = {}
         self._history[snap.id] = snap
         while len(self._history) > SNAPSHOT_HISTORY:
-            self._history.popitem(last=False)
+            old_id, old = self._history.popitem(last=False)
+            # A snapshot that a logged decision used is kept longer, for replay.
+            if old_id in self._decided_on:
+                self._decided_on.discard(old_id)
+                self._kept[old_id] = old
+                while len(self._kept) > self.config.replay_snapshots:
+                    self._kept.popitem(last=False)
 
     def _usable_snapshot(self, now: float) -> FleetSnapshot:
         snap = self._snapshot
@@ -491,6 +500,8 @@ class PlacementService:
             entry["pending"] = {k: list(v) for k, v in pending.items()}
         self._recent.appendleft(entry)
         self._log_buffer.append(entry)
+        if d.snapshot_id in self._history:
+            self._decided_on.add(d.snapshot_id)
 
     async def _flush_log(self) -> None:
         buf, self._log_buffer = self._log_buffer, []
@@ -663,17 +674,20 @@ class PlacementService:
     def replay(self, entry: dict[str, Any]) -> core.Decision:
         """Re-run a logged publish decision on its snapshot, policy version, TTL and headroom.
 
-        Snapshots are kept in this instance's memory only, the last
-        ``SNAPSHOT_HISTORY`` of them: an older decision, or one another instance
-        made, cannot be replayed here.
+        Snapshots are kept in this instance's memory only: the last
+        ``SNAPSHOT_HISTORY`` of them, and the last ``replay_snapshots`` older ones
+        that logged decisions were made on. An older decision, or one another
+        instance made, cannot be replayed here.
         """
-        snap = self._history.get(str(entry["snapshot"]))
+        sid = str(entry["snapshot"])
+        snap = self._history.get(sid) or self._kept.get(sid)
         if snap is None:
             raise InvalidField(
                 "snapshot",
-                f"{entry['snapshot']!r} is no longer retained: only the last "
-                f"{SNAPSHOT_HISTORY} snapshots are kept, in the memory of the instance "
-                "that took them",
+                f"{entry['snapshot']!r} is no longer retained: the last "
+                f"{SNAPSHOT_HISTORY} snapshots and the last "
+                f"{self.config.replay_snapshots} older ones that decisions were made on "
+                "are kept, in the memory of the instance that took them",
             )
         policy = self._versions.get(int(entry["policy"]))
         if policy is None:

@@ -292,5 +292,38 @@ async def test_replay_of_an_evicted_snapshot_says_why(clock: Clock) -> None:
     svc = PlacementService(PlacementConfig(), InProcessRegistry(), clock=clock)
     await svc.start(background=False)
     entry = {"snapshot": "gone-1", "policy": 1, "at": 0.0, "request": {}}
-    with pytest.raises(InvalidField, match="only the last 16 snapshots are kept"):
+    with pytest.raises(InvalidField, match="the last 16 snapshots and the last 32 older ones"):
         svc.replay(entry)
+
+
+async def test_a_decision_stays_replayable_after_many_refreshes(clock: Clock) -> None:
+    """The snapshot a logged decision used outlives the last 16, up to replay_snapshots."""
+    reg = InProcessRegistry()
+    svc = PlacementService(PlacementConfig(replay_snapshots=2), reg, clock=clock)
+    await svc.start(background=False)
+    await reg.register(make_node("e1", slots=8), clock())
+    await reg.register(make_node("e2", slots=8, cpu=0.5), clock())
+    await svc.refresh()
+
+    async def refreshes(n: int) -> None:
+        for _ in range(n):  # the fleet changes between refreshes: e1 gets busier
+            clock.advance(1)
+            for node_id in ("e1", "e2"):
+                await reg.heartbeat(node_id, Load(cpu=0.6), clock())
+            await svc.refresh()
+
+    first = await svc.place(PlacementRequest("s", "a", LYON))
+    await refreshes(3)
+    second = await svc.place(PlacementRequest("s", "b", LYON))
+    await refreshes(3)
+    third = await svc.place(PlacementRequest("s", "c", LYON))
+    await refreshes(40)
+    log = {e["request"]["stream"]: e for e in svc.recent_decisions()}
+    # 46 refreshes later the last two decisions' snapshots are still there.
+    assert first.session.node_id == "e1"
+    for placed in (second, third):
+        again = svc.replay(log[placed.session.stream])
+        assert again.node is not None and again.node.id == placed.session.node_id
+    # Only the last two such snapshots are kept: the first decision's is gone.
+    with pytest.raises(InvalidField, match="no longer retained"):
+        svc.replay(log["a"])
