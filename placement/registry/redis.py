@@ -729,7 +729,8 @@ class RedisRegistry:
             return
         key = f"{{{self._p}:log}}:decisions"
         with _unavailable():
-            pipe = self._pipe()
+            # MULTI on one key (one slot): the trim must follow the push, on a cluster too.
+            pipe = self._r.pipeline(transaction=True)
             pipe.lpush(key, *[json.dumps(e) for e in entries])
             pipe.ltrim(key, 0, max(0, keep - 1))
             await pipe.execute()
