@@ -210,7 +210,7 @@ async def bench_live(
     cfg = PlacementConfig(snapshot_interval=1.0, snapshot_max_age=600.0, decision_log_size=0)
     svc = PlacementService(cfg, reg, clock=lambda: NOW)
     lat: list[float] = []
-    refreshes: list[tuple[int, int]] = []  # (snapshot, nodes its refresh read)
+    refreshes: list[tuple[str, int]] = []  # (snapshot id, nodes its refresh read)
     try:
         if not await asyncio.to_thread(ready.wait, 60):
             raise RuntimeError("the beating process did not start within 60 s")
@@ -230,8 +230,9 @@ async def bench_live(
                 sessions.append(placed.session.id)
                 if len(sessions) > 4 * concurrency:  # keep the fleet from filling up
                     await svc.end_session(sessions.pop(0))
-                if k == 0 and (not refreshes or refreshes[-1][0] != id(svc._snapshot)):
-                    refreshes.append((id(svc._snapshot), svc.last_refresh.read))
+                snap = svc._snapshot
+                if k == 0 and snap and (not refreshes or refreshes[-1][0] != snap.id):
+                    refreshes.append((snap.id, svc.last_refresh.read))
 
         t0 = time.perf_counter()
         c0 = time.process_time()

@@ -93,11 +93,6 @@ class GeoResolver:
                 self.close()
                 raise InvalidField("geo.mmdb", f"{path!r} cannot be opened: {exc}") from None
 
-    @property
-    def _mmdb(self) -> Any:
-        """The first database's reader (None without one)."""
-        return self._readers[0] if self._readers else None
-
     @classmethod
     def from_paths(cls, cidr_csv: str, mmdb: str | Sequence[str]) -> GeoResolver:
         return cls(CidrTable.load(cidr_csv) if cidr_csv else None, mmdb)

@@ -49,17 +49,16 @@ def is_orphaned(node: Node, now: float, ttl: float, autonomy: float) -> bool:
 
 
 def pool_health(
-    nodes: Iterable[Node], now: float, ttl: float, threshold: float, window: float | None = None
+    nodes: Iterable[Node], now: float, ttl: float, threshold: float
 ) -> dict[str, PoolHealth]:
     """Per pool, which stale nodes went stale *at once* with too much of the pool.
 
-    A burst is a set of nodes whose last heartbeats lie within ``window`` seconds
-    of each other (default: one TTL), measured against the nodes that were still
+    A burst is a set of nodes whose last heartbeats lie within one TTL of each
+    other, measured against the nodes that were still
     alive when it began. Nodes that died long before are in neither count, so a
     pool with old dead nodes does not freeze when one more fails; and a node that
     fails on its own, after a burst, is migrated even though the burst stays frozen.
     """
-    window = ttl if window is None else window
     live: dict[str, int] = {}
     stale: dict[str, list[Node]] = {}
     for n in nodes:
@@ -75,7 +74,7 @@ def pool_health(
         burst = burst_of = 0
         first = 0
         for last, node in enumerate(gone):
-            while gone[first].last_heartbeat < node.last_heartbeat - window:
+            while gone[first].last_heartbeat < node.last_heartbeat - ttl:
                 first += 1
             size, of = last - first + 1, alive + len(gone) - first
             if size / of > threshold:

@@ -202,16 +202,20 @@ class RedisRegistry:
         self._state = client.register_script(_script("state.lua"))
         self._remove = client.register_script(_script("remove.lua"))
         self._changes = client.register_script(_script("changes.lua"))
-        self._all_scripts = [
-            self._reserve,
-            self._release,
-            self._renew,
-            self._beat,
-            self._register,
-            self._state,
-            self._remove,
-            self._changes,
-        ]
+        # Script text by SHA, for a cluster shard that does not know a script yet.
+        self._script_text = {
+            sc.sha: sc.script
+            for sc in (
+                self._reserve,
+                self._release,
+                self._renew,
+                self._beat,
+                self._register,
+                self._state,
+                self._remove,
+                self._changes,
+            )
+        }
 
     @classmethod
     def from_url(
@@ -272,8 +276,7 @@ class RedisRegistry:
     def _pipe(self) -> Any:
         """A non-transactional pipeline: one round trip, or a fan-out on a cluster."""
         if isinstance(self._r, RedisCluster):
-            scripts = {sc.sha: sc.script for sc in self._all_scripts}
-            return _Fanout(self._r, scripts, self._fanout_limit)
+            return _Fanout(self._r, self._script_text, self._fanout_limit)
         return self._r.pipeline(transaction=False)
 
     async def _pool(self, node_id: str) -> str | None:

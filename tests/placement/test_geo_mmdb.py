@@ -86,7 +86,7 @@ def test_ip_resolves_through_maxminddb(mmdb: str, cidr_csv: str) -> None:
     geo = GeoResolver.from_paths(cidr_csv, mmdb)
     try:
         # The C extension's reader or the pure-Python one, both from maxminddb.
-        assert type(geo._mmdb).__module__.startswith("maxminddb")
+        assert type(geo._readers[0]).__module__.startswith("maxminddb")
         loc = geo.resolve("203.0.113.9")
         assert loc == Location("hangzhou", "china-telecom", "east", 30.27, 120.15, "mmdb")
         # The /8 around it, and the AS organisation as ISP.
