@@ -60,7 +60,7 @@ QUERY = ""
 
 
 def playback_token() -> str:
-    from nearcast.tokens import sign
+    from tokens import sign
 
     return sign(TOKEN_KEYS["bench"], "bench", "play", TENANT, STREAM, int(time.time()) + 3600)
 
@@ -91,7 +91,7 @@ def serve(port: int, snapshot: Path, guard: bool) -> None:
     from distribute.hls.store import Part, Store
     from distribute.http import MediaApp, MediaMetrics
     from media import StreamKey
-    from transcode.protocol import InitFrame, PartFrame, SegmentFrame
+    from media.segments import InitFrame, PartFrame, SegmentFrame
 
     _raise_nofile()
     media = cmaf(str(SAMPLE))

@@ -16,7 +16,7 @@ from pathlib import Path
 import av
 
 from nearcast.config import load
-from transcode.offline import transcode_file
+from nearcast.offline import transcode_file
 from transcode.worker import Spec
 
 ROOT = Path(__file__).resolve().parent.parent

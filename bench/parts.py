@@ -21,9 +21,10 @@ from pathlib import Path
 from statistics import median, quantiles
 from typing import Any
 
+from ingest.file import file_packets
+from media.segments import PartFrame
 from nearcast.config import load
-from transcode.offline import file_packets
-from transcode.protocol import FrameReader, FrameType, PartFrame
+from transcode.protocol import FrameReader, FrameType, decode_part
 from transcode.worker import Pipeline, Spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +44,7 @@ class _Sink:
         with self.lock:
             for ftype, payload in self.reader.feed(data):
                 if ftype is FrameType.PART:
-                    self.parts.append((now, PartFrame.parse(payload)))
+                    self.parts.append((now, decode_part(payload)))
 
 
 def run(profile: str, seconds: float, part: float, rungs: int) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Playback tokens: an ASGI guard in front of the media paths of tenants that require them.
 
 A viewer of such a tenant presents ``?token=`` (signed for action ``play`` on
-the tenant and stream, see :mod:`nearcast.tokens`) on the multivariant
+the tenant and stream, see :mod:`tokens`) on the multivariant
 playlist. Every playlist answered to that viewer is rewritten so that each URI
 in it (variants, segments, parts, init segments, preload hints, rendition
 reports) carries the same token: players follow the links without knowing
@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, quote
 
 from prometheus_client import CollectorRegistry, Counter
 
-from nearcast.tokens import TokenError, verify
+from tokens import TokenError, verify
 
 log = logging.getLogger(__name__)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from nearcast.settings import check
-from nearcast.tokens import TenantKeys
+from settings import check
+from tokens import TenantKeys
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from containers.mp4box import decode_span, parse_init, shift_decode_times
 from distribute.config import RecordConfig
-from distribute.hls.mp4box import decode_span, parse_init, shift_decode_times
 from distribute.hls.playlist import SegmentRef, VariantRef, master_playlist, media_playlist
 
 log = logging.getLogger(__name__)

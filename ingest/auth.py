@@ -6,7 +6,7 @@ stream, token, client address, protocol) and either returns or raises
 
 - ``token_missing``, ``token_malformed``, ``token_unknown_key``, ``token_forged``,
   ``token_wrong_action``, ``token_wrong_stream``, ``token_expired``: the signed
-  token (:mod:`nearcast.tokens`) does not grant this publish;
+  token (:mod:`tokens`) does not grant this publish;
 - ``webhook_denied``: the on_publish service answered non-2xx;
 - ``webhook_timeout``, ``webhook_error``: it did not answer and ``fail_open`` is false.
 
@@ -20,10 +20,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import tokens
 from ingest.config import IngestConfig
 from ingest.sink import PublishRefused
 from ingest.webhook import OnPublishHook
-from nearcast import tokens
 
 log = logging.getLogger(__name__)
 

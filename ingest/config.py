@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nearcast.settings import check
-from nearcast.tokens import TenantKeys as TenantAuth
+from settings import check
+from tokens import TenantKeys as TenantAuth
 
 
 @dataclass(frozen=True)

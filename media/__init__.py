@@ -1,8 +1,9 @@
 """The one internal media model (STYLE rule 2).
 
 Every ingest protocol maps what it receives to :class:`MediaPacket`; the
-transcode stage consumes them, and every output maps from what it produces.
-All timestamps are integer milliseconds, the native clock of RTMP/FLV.
+transcode stage consumes them, and hands distribution the packaged media of
+:mod:`media.segments`. All packet timestamps are integer milliseconds, the
+native clock of RTMP/FLV.
 """
 
 from media.model import AUDIO, VIDEO, MediaKind, MediaPacket, StreamKey

@@ -11,10 +11,8 @@ import sys
 import time
 from urllib.parse import quote
 
-from nearcast import probe, publish
+from nearcast import offline, placement_cli, probe, publish
 from nearcast.config import Config, ConfigError, load
-from placement import cli as placement_cli
-from transcode import offline
 
 log = logging.getLogger("nearcast")
 
@@ -80,7 +78,7 @@ def publish_url(
     now: float | None = None,
 ) -> str:
     """A signed ``rtmp(s)://host:port/tenant/stream?token=...`` publish URL."""
-    from nearcast import tokens
+    import tokens
 
     if tenant not in config.rtmp.tenants:
         raise ValueError(f"tenant {tenant!r} is not in rtmp.tenants {config.rtmp.tenants}")
@@ -127,7 +125,7 @@ def playback_url(
     now: float | None = None,
 ) -> str:
     """A signed ``http://host:port/tenant/stream/index.m3u8?token=...`` playback URL."""
-    from nearcast import tokens
+    import tokens
 
     keys = config.playback.tenants.get(tenant)
     if keys is None or not keys.keys:

@@ -2,7 +2,7 @@
 
 The built-in defaults are the dataclass defaults of each stage's section; the
 shipped ``nearcast.yml`` states the same values with a comment on every key,
-and ``tests/test_config.py`` proves the two agree.
+and ``tests/nearcast/test_config.py`` proves the two agree.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from distribute.config import HlsConfig, HttpConfig, PlaybackConfig, RecordConfi
 from distribute.whep.config import WebRtcConfig
 from ingest.config import IngestConfig, RtmpConfig
 from ingest.whip.config import WhipConfig
-from nearcast.settings import ConfigError, apply_env, build, check, load_yaml
 from placement.config import PlacementConfig
+from settings import ConfigError, apply_env, build, check, load_yaml
 from transcode.config import TranscodeConfig
 
 __all__ = ["Config", "ConfigError", "NodeSection", "RedisConfig", "load", "SHIPPED_CONFIG"]

@@ -35,11 +35,11 @@ from ingest.sink import PublishRefused, PublishRequest
 from ingest.stats import IngestStats
 from ingest.whip import WhipServer
 from media import MediaPacket, StreamKey
+from media.segments import InitFrame, PartFrame, SegmentFrame
 from nearcast.config import Config, parse_hostport
 from transcode.capacity import Capacity, ladder_units
 from transcode.metrics import TranscodeMetrics
 from transcode.pool import Transcoder, WorkerState
-from transcode.protocol import InitFrame, PartFrame, SegmentFrame
 from transcode.worker import Spec
 
 log = logging.getLogger(__name__)

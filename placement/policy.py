@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
-from nearcast.settings import ConfigError, build, check, to_dict
 from placement.errors import InvalidField
+from settings import ConfigError, build, check, to_dict
 
 TIERS = ("edge", "mec", "cloud")
 SCORERS = ("locality", "load", "cost", "latency", "affinity")

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 import uvicorn
 from prometheus_client import CollectorRegistry
 
+from bench.cmaf import cmaf
 from distribute.access import PlaybackGuard, PlaybackMetrics, TokenCheck
 from distribute.api import find_hlsjs
 from distribute.config import HlsConfig
@@ -19,6 +20,7 @@ from distribute.fastpath import media_protocol
 from distribute.hls.store import SEQUENCE_EPOCH, LiveStream, Store
 from distribute.http import MediaApp, MediaMetrics
 from media import StreamKey
+from media.segments import InitFrame, PartFrame, SegmentFrame
 
 T = TypeVar("T")
 
@@ -143,3 +145,40 @@ class MediaServer:
         self.server.should_exit = True
         self.thread.join(10)
         self._sock.close()
+
+
+def feed_init(srv: MediaServer, s: LiveStream) -> None:
+    for name in s.renditions:
+        srv.call(lambda n=name: s.add_init(InitFrame(n, cmaf().codecs, cmaf().init)))
+
+
+def feed_part(
+    srv: MediaServer,
+    s: LiveStream,
+    index: int,
+    part: int,
+    names: tuple[str, ...] = ("360p", "180p"),
+) -> None:
+    f = cmaf().segments[index % len(cmaf().segments)][part]
+    for n in names:
+        srv.call(
+            lambda n=n: s.add_part(
+                PartFrame(n, index, part, f.start, f.duration, f.independent, f.data)
+            )
+        )
+
+
+def feed_segment(
+    srv: MediaServer, s: LiveStream, index: int, names: tuple[str, ...] = ("360p", "180p")
+) -> None:
+    frags = cmaf().segments[index % len(cmaf().segments)]
+    for p in range(len(frags)):
+        feed_part(srv, s, index, p, names)
+    data = b"".join(f.data for f in frags)
+    dur = sum(f.duration for f in frags)
+    for n in names:
+        srv.call(
+            lambda n=n: s.add_segment(
+                SegmentFrame(n, index, frags[0].start, dur, cmaf().codecs, data)
+            )
+        )

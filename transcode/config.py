@@ -6,7 +6,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 
-from nearcast.settings import check
+from settings import check
 
 X264_TUNES = (
     "",

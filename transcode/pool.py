@@ -23,14 +23,15 @@ from dataclasses import asdict
 from typing import Any, Protocol
 
 from media import MediaPacket, StreamKey
+from media.segments import SegmentFrame
 from transcode.protocol import (
     FrameReader,
     FrameType,
     FramingError,
-    InitFrame,
-    PartFrame,
-    SegmentFrame,
+    decode_init,
     decode_packet,
+    decode_part,
+    decode_segment,
     encode_json,
     encode_packet,
 )
@@ -41,10 +42,10 @@ log = logging.getLogger(__name__)
 
 # Optional sink methods: frame type -> (method, payload -> its arguments).
 _OPTIONAL: dict[FrameType, tuple[str, Callable[[bytes], tuple[Any, ...]]]] = {
-    FrameType.PART: ("on_part", lambda p: (PartFrame.parse(p),)),
-    FrameType.INIT: ("on_init", lambda p: (InitFrame.parse(p),)),
-    FrameType.RECORD_INIT: ("on_record_init", lambda p: (InitFrame.parse(p),)),
-    FrameType.RECORD_SEGMENT: ("on_record_segment", lambda p: (SegmentFrame.parse(p),)),
+    FrameType.PART: ("on_part", lambda p: (decode_part(p),)),
+    FrameType.INIT: ("on_init", lambda p: (decode_init(p),)),
+    FrameType.RECORD_INIT: ("on_record_init", lambda p: (decode_init(p),)),
+    FrameType.RECORD_SEGMENT: ("on_record_segment", lambda p: (decode_segment(p),)),
     FrameType.TAP: ("on_tap", decode_packet),  # (packet, arrival) for WebRTC viewers
 }
 
@@ -276,7 +277,7 @@ class Transcoder:
                 return False
             for ftype, payload in frames:
                 if ftype is FrameType.SEGMENT:
-                    self.sink.on_segment(SegmentFrame.parse(payload))
+                    self.sink.on_segment(decode_segment(payload))
                 elif ftype is FrameType.RENDITIONS:
                     self.sink.on_renditions(json.loads(payload))
                 elif ftype is FrameType.STATS:

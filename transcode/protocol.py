@@ -12,10 +12,10 @@ from __future__ import annotations
 import enum
 import json
 import struct
-from dataclasses import dataclass
 from typing import Any
 
 from media import MediaPacket
+from media.segments import InitFrame, PartFrame, SegmentFrame
 
 HEADER = struct.Struct(">BI")
 # kind (0 video, 1 audio) | flags | pts | dts | arrival (wall-clock seconds at the node) |
@@ -87,47 +87,6 @@ def decode_packet(payload: bytes) -> tuple[MediaPacket, float]:
     return packet, arrival
 
 
-@dataclass(frozen=True, slots=True)
-class SegmentFrame:
-    """One finished media segment of one rendition."""
-
-    rendition: str
-    index: int  # segment number within this worker run; the store maps it to an MSN
-    start: float  # seconds, on the worker's media timeline
-    duration: float
-    codecs: str
-    data: bytes
-
-    def encode(self, ftype: FrameType = FrameType.SEGMENT) -> bytes:
-        meta = json.dumps(
-            {
-                "rendition": self.rendition,
-                "index": self.index,
-                "start": self.start,
-                "duration": self.duration,
-                "codecs": self.codecs,
-            },
-            separators=(",", ":"),
-        ).encode()
-        body = struct.pack(">I", len(meta)) + meta + self.data
-        return encode_frame(ftype, body)
-
-    @classmethod
-    def parse(cls, payload: bytes) -> SegmentFrame:
-        if len(payload) < 4:
-            raise FramingError("segment frame is shorter than its header")
-        (mlen,) = struct.unpack_from(">I", payload)
-        meta = json.loads(payload[4 : 4 + mlen])
-        return cls(
-            rendition=str(meta["rendition"]),
-            index=int(meta["index"]),
-            start=float(meta["start"]),
-            duration=float(meta["duration"]),
-            codecs=str(meta["codecs"]),
-            data=payload[4 + mlen :],
-        )
-
-
 def _encode_meta(ftype: FrameType, meta: dict[str, Any], data: bytes) -> bytes:
     raw = json.dumps(meta, separators=(",", ":")).encode()
     return encode_frame(ftype, struct.pack(">I", len(raw)) + raw + data)
@@ -146,68 +105,61 @@ def _parse_meta(payload: bytes, what: str) -> tuple[dict[str, Any], bytes]:
     return meta, payload[4 + mlen :]
 
 
-@dataclass(frozen=True, slots=True)
-class InitFrame:
-    """The fMP4 initialization segment (``EXT-X-MAP``) of one rendition.
-
-    Sent before the first part or segment of the rendition, and again whenever
-    it changes (a restarted worker, new codec parameters).
-    """
-
-    rendition: str
-    codecs: str
-    data: bytes
-
-    def encode(self, ftype: FrameType = FrameType.INIT) -> bytes:
-        return _encode_meta(ftype, {"rendition": self.rendition, "codecs": self.codecs}, self.data)
-
-    @classmethod
-    def parse(cls, payload: bytes) -> InitFrame:
-        meta, data = _parse_meta(payload, "init")
-        return cls(rendition=str(meta["rendition"]), codecs=str(meta["codecs"]), data=data)
+def encode_segment(seg: SegmentFrame, ftype: FrameType = FrameType.SEGMENT) -> bytes:
+    meta = {
+        "rendition": seg.rendition,
+        "index": seg.index,
+        "start": seg.start,
+        "duration": seg.duration,
+        "codecs": seg.codecs,
+    }
+    return _encode_meta(ftype, meta, seg.data)
 
 
-@dataclass(frozen=True, slots=True)
-class PartFrame:
-    """One LL-HLS partial segment (``EXT-X-PART``): a moof+mdat of one rendition.
+def decode_segment(payload: bytes) -> SegmentFrame:
+    meta, data = _parse_meta(payload, "segment")
+    return SegmentFrame(
+        rendition=str(meta["rendition"]),
+        index=int(meta["index"]),
+        start=float(meta["start"]),
+        duration=float(meta["duration"]),
+        codecs=str(meta["codecs"]),
+        data=data,
+    )
 
-    ``index`` is the segment it belongs to (the same numbering as
-    :class:`SegmentFrame`), ``part`` its position within that segment. The
-    complete segment follows as a SegmentFrame whose data is the concatenation
-    of its parts.
-    """
 
-    rendition: str
-    index: int
-    part: int
-    start: float
-    duration: float
-    independent: bool
-    data: bytes
+def encode_init(init: InitFrame, ftype: FrameType = FrameType.INIT) -> bytes:
+    return _encode_meta(ftype, {"rendition": init.rendition, "codecs": init.codecs}, init.data)
 
-    def encode(self) -> bytes:
-        meta = {
-            "rendition": self.rendition,
-            "index": self.index,
-            "part": self.part,
-            "start": self.start,
-            "duration": self.duration,
-            "independent": self.independent,
-        }
-        return _encode_meta(FrameType.PART, meta, self.data)
 
-    @classmethod
-    def parse(cls, payload: bytes) -> PartFrame:
-        meta, data = _parse_meta(payload, "part")
-        return cls(
-            rendition=str(meta["rendition"]),
-            index=int(meta["index"]),
-            part=int(meta["part"]),
-            start=float(meta["start"]),
-            duration=float(meta["duration"]),
-            independent=bool(meta["independent"]),
-            data=data,
-        )
+def decode_init(payload: bytes) -> InitFrame:
+    meta, data = _parse_meta(payload, "init")
+    return InitFrame(rendition=str(meta["rendition"]), codecs=str(meta["codecs"]), data=data)
+
+
+def encode_part(part: PartFrame) -> bytes:
+    meta = {
+        "rendition": part.rendition,
+        "index": part.index,
+        "part": part.part,
+        "start": part.start,
+        "duration": part.duration,
+        "independent": part.independent,
+    }
+    return _encode_meta(FrameType.PART, meta, part.data)
+
+
+def decode_part(payload: bytes) -> PartFrame:
+    meta, data = _parse_meta(payload, "part")
+    return PartFrame(
+        rendition=str(meta["rendition"]),
+        index=int(meta["index"]),
+        part=int(meta["part"]),
+        start=float(meta["start"]),
+        duration=float(meta["duration"]),
+        independent=bool(meta["independent"]),
+        data=data,
+    )
 
 
 class FrameReader:

@@ -30,9 +30,9 @@ import av.video.reformatter
 from av.audio.resampler import AudioResampler
 from av.video.frame import PictureType
 
-from distribute.hls.cmaf import AudioFormat, CmafPackager, split_annexb
-from distribute.hls.fmp4 import audio_specific_config
-from distribute.hls.tsmux import TsSegmenter
+from containers.cmaf import AudioFormat, CmafPackager, split_annexb
+from containers.fmp4 import audio_specific_config
+from containers.tsmux import TsSegmenter
 from media import MediaPacket
 from media.h264 import AvcConfig, split_nals, to_annexb
 from transcode.cfr import FrameRateConverter, Timeline, exact_rate
@@ -42,8 +42,11 @@ from transcode.protocol import (
     FrameReader,
     FrameType,
     decode_packet,
+    encode_init,
     encode_json,
     encode_packet,
+    encode_part,
+    encode_segment,
 )
 
 log = logging.getLogger("transcode.worker")
@@ -213,9 +216,9 @@ class _Segmenter:
                 frame_ticks=frame_ticks,
                 audio=audio,
                 part_ticks=part_ticks,
-                on_init=lambda f: out.write(f.encode(init)),
-                on_part=lambda f: out.write(f.encode()),
-                on_segment=lambda f: out.write(f.encode(seg)),
+                on_init=lambda f: out.write(encode_init(f, init)),
+                on_part=lambda f: out.write(encode_part(f)),
+                on_segment=lambda f: out.write(encode_segment(f, seg)),
                 timescale=TICKS_PER_SECOND,
                 min_duration=min_duration,
             )
@@ -234,7 +237,7 @@ class _Segmenter:
                 height=rung.height,
                 audio_rate=audio.sample_rate if audio else None,
                 audio_channels=audio.channels if audio else 2,
-                on_segment=lambda s: out.write(s.encode()),
+                on_segment=lambda s: out.write(encode_segment(s)),
                 min_duration=min_duration,
             )
             if spec.record_fmp4:

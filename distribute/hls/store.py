@@ -37,7 +37,7 @@ from distribute.hls.playlist import (
     target_duration,
 )
 from media import StreamKey
-from transcode.protocol import InitFrame, PartFrame, SegmentFrame
+from media.segments import InitFrame, PartFrame, SegmentFrame
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from nearcast.settings import check
+from settings import check
 
 
 @dataclass(frozen=True)

@@ -344,7 +344,9 @@ class WhipServer:
         servers = [RTCIceServer(urls=url) for url in self.config.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
         session = WhipSession(
-            self,
+            self.config,
+            self.metrics,
+            self._forget,
             secrets.token_urlsafe(12),
             key,
             remote,

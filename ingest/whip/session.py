@@ -7,19 +7,18 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiortc import RTCPeerConnection, RTCRtpReceiver
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
+from ingest.metrics import IngestMetrics
 from ingest.sink import Publication
+from ingest.whip.config import WhipConfig
 from ingest.whip.mapper import Timeline, TrackMapper
 from ingest.whip.tap import request_keyframe, tap_receiver
 from media import VIDEO, MediaPacket, StreamKey
-
-if TYPE_CHECKING:
-    from ingest.whip.server import WhipServer
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +37,17 @@ class _Track:
 
 
 class WhipSession:
+    """One publisher's peer connection, mapped to :class:`MediaPacket` for its publication.
+
+    The session knows nothing of the server that made it: it gets the WHIP settings
+    and metrics it reports into, and ``on_closed``, called once as it ends.
+    """
+
     def __init__(
         self,
-        server: WhipServer,
+        config: WhipConfig,
+        metrics: IngestMetrics,
+        on_closed: Callable[[WhipSession], None],
         session_id: str,
         key: StreamKey,
         remote: str,
@@ -48,7 +55,9 @@ class WhipSession:
         publication: Publication,
         keyframe_interval: float,
     ) -> None:
-        self.server = server
+        self.config = config
+        self.metrics = metrics
+        self._on_closed = on_closed
         self.id = session_id
         self.key = key
         self.remote = remote
@@ -137,7 +146,7 @@ class WhipSession:
                     config = t.mapper.announce() if t.mapper else None
                     if config is not None:
                         self._queue.put_nowait(config)
-            metrics = self.server.metrics
+            metrics = self.metrics
             metrics.bytes.labels("whip").inc(len(frame.data))
             try:
                 packets = mapper.map(frame.data, frame.timestamp, now)
@@ -198,17 +207,17 @@ class WhipSession:
                 return
 
     async def _run_watchdog(self) -> None:
-        cfg = self.server.config
+        cfg = self.config
         while not self.closed:
             await asyncio.sleep(0.5)
             now = time.monotonic()
             if not self.last_media:
                 if now - self.created > cfg.connect_timeout:
-                    self.server.metrics.rejected.labels("timeout").inc()
+                    self.metrics.rejected.labels("timeout").inc()
                     self.close_soon(f"no media within {cfg.connect_timeout:g} s")
                     return
             elif now - self.last_media > cfg.idle_timeout:
-                self.server.metrics.rejected.labels("timeout").inc()
+                self.metrics.rejected.labels("timeout").inc()
                 self.close_soon(f"no media for {cfg.idle_timeout:g} s")
                 return
 
@@ -234,7 +243,7 @@ class WhipSession:
     async def _close(self, reason: str) -> None:
         self.closed = True
         log.info("[whip %s] session %s from %s ended: %s", self.key, self.id, self.remote, reason)
-        self.server._forget(self)
+        self._on_closed(self)
         current = asyncio.current_task()
         if self._watchdog is not None and self._watchdog is not current:
             self._watchdog.cancel()

@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.connection import HiredisRespSerializer
+from redis.typing import ScriptTextT
 from redis.utils import HIREDIS_AVAILABLE
 
 from placement.errors import RegistryUnavailable, UnknownNode
@@ -94,7 +95,8 @@ if HIREDIS_AVAILABLE:
         a reservation (an EVALSHA with a dozen arguments); the bytes are the same.
         """
 
-        _packer = HiredisRespSerializer()
+        # redis-py leaves this constructor unannotated.
+        _packer = HiredisRespSerializer()  # type: ignore[no-untyped-call]
 
         def pack_command(self, *args: Any) -> list[bytes]:
             packed: list[bytes] = self._packer.pack(*args)
@@ -127,7 +129,7 @@ class _Fanout:
     """
 
     def __init__(
-        self, client: RedisCluster, scripts: Mapping[str, str], limit: asyncio.Semaphore
+        self, client: RedisCluster, scripts: Mapping[str, ScriptTextT], limit: asyncio.Semaphore
     ) -> None:
         self._client = client
         self._scripts = scripts
@@ -141,7 +143,7 @@ class _Fanout:
 
         return queue
 
-    def __await__(self) -> Iterator[Any]:
+    def __await__(self) -> Generator[Any, None, _Fanout]:
         # ``AsyncScript.__call__`` awaits what ``evalsha`` returns, as with a pipeline.
         yield from ()
         return self

@@ -7,13 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis
-
-from placement.config import PlacementConfig
-from placement.registry import Registry
-from placement.registry.memory import InProcessRegistry
-from placement.registry.redis import RedisRegistry
-from placement.service import PlacementService
-from placement.testing import (
+from placementutil import (
     REDIS_URL,
     Clock,
     RedisClusterServers,
@@ -21,6 +15,12 @@ from placement.testing import (
     free_port,
     redis_available,
 )
+
+from placement.config import PlacementConfig
+from placement.registry import Registry
+from placement.registry.memory import InProcessRegistry
+from placement.registry.redis import RedisRegistry
+from placement.service import PlacementService
 
 
 @pytest.fixture

@@ -5,13 +5,13 @@ import time
 
 import httpx
 import pytest
+from placementutil import free_port, make_node, wait_for
 
 from placement.agent import NodeAgent
 from placement.app import create_app
 from placement.config import LivenessConfig, PlacementConfig
 from placement.model import Load
 from placement.registry.memory import InProcessRegistry
-from placement.testing import free_port, make_node, wait_for
 
 FAST = LivenessConfig(
     heartbeat_interval=0.05, ttl=0.2, full_stats_interval=0.2, autonomy_window=0.5

@@ -10,13 +10,13 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from placementutil import Clock, make_node
 
 from placement.app import create_app
 from placement.config import PlacementConfig
 from placement.openapi import openapi_json
 from placement.policy import DEFAULT_POLICY
 from placement.registry.memory import InProcessRegistry
-from placement.testing import Clock, make_node
 
 OP = {"Authorization": "Bearer op-secret"}
 NODE = {"Authorization": "Bearer node-secret"}

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from placement import cli
+from nearcast import placement_cli as cli
 
 
 def parser() -> argparse.ArgumentParser:

@@ -19,8 +19,7 @@ from typing import Any
 import httpx
 import pytest
 import redis
-
-from placement.testing import REDIS_URL, free_port, make_node, redis_available
+from placementutil import REDIS_URL, free_port, make_node, redis_available
 
 pytestmark = pytest.mark.redis
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from nearcast.config import SHIPPED_CONFIG, load
-from nearcast.settings import ConfigError, build, to_dict
 from placement.config import PlacementConfig
+from settings import ConfigError, build, to_dict
 
 
 def test_shipped_section_states_the_defaults() -> None:

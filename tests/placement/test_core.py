@@ -1,11 +1,11 @@
 from __future__ import annotations
 
 import pytest
+from placementutil import make_node
 
 from placement.core import decide, route
 from placement.model import FleetSnapshot, Location, Node, NodeState, PlacementRequest
 from placement.policy import parse_policy
-from placement.testing import make_node
 
 NOW = 1_000_000.0
 LYON = Location("lyon", "orange", "west", 45.76, 4.84)

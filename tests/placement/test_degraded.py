@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+from placementutil import Clock, RedisServer, make_node, wait_for
 
 from placement.agent import NodeAgent
 from placement.app import create_app
@@ -22,7 +23,6 @@ from placement.model import Load, Location, Node, NodeState, PlacementRequest, S
 from placement.registry.memory import InProcessRegistry
 from placement.registry.redis import RedisRegistry
 from placement.service import PlacementService
-from placement.testing import Clock, RedisServer, make_node, wait_for
 
 LYON = Location("lyon", "orange", "west", 45.76, 4.84)
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from placementutil import make_node
 
 from placement.core import resolve_context
 from placement.filters import FILTERS, Context, feasible, first_rejection, summarize
 from placement.model import FleetSnapshot, Location, Node, NodeState
 from placement.policy import Filters, Policy, parse_policy
-from placement.testing import make_node
 
 NOW = 1_000_000.0
 

@@ -1,6 +1,6 @@
 """Client IP -> city/ISP through a real MaxMind DB file read by ``maxminddb``.
 
-The database is written by the test (``placement.testing.write_mmdb``) in the
+The database is written by the test (``placementutil.write_mmdb``) in the
 GeoIP2 City layout (IPv6 tree, IPv4 under ``::/96``); both the C extension and
 the pure-Python reader must read it.
 """
@@ -15,15 +15,15 @@ import httpx
 import maxminddb
 import pytest
 from fastapi import FastAPI
+from placementutil import Clock, make_node, write_mmdb
 
-from nearcast.settings import build
 from placement.app import create_app
 from placement.config import GeoConfig, PlacementConfig
 from placement.errors import InvalidField
 from placement.geo import GeoResolver
 from placement.model import Location
 from placement.registry.memory import InProcessRegistry
-from placement.testing import Clock, make_node, write_mmdb
+from settings import build
 
 OP = {"Authorization": "Bearer op"}
 NODE = {"Authorization": "Bearer nd"}

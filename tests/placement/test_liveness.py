@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import pytest
+from placementutil import make_node
 
 from placement.liveness import is_orphaned, is_stale, pool_health, sessions_to_migrate
 from placement.model import Session, Tier
-from placement.testing import make_node
 
 NOW = 1_000_000.0
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from placementutil import Clock, make_node
 
 from placement.errors import NoCapacity
 from placement.model import Load, Location, NodeState, PlacementRequest
 from placement.service import NODE_COUNT_INTERVAL, PlacementService
-from placement.testing import Clock, make_node
 
 LYON = Location("lyon", "orange", "west", 45.76, 4.84)
 TIERS = ("edge", "mec", "cloud")

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
 import pytest
+from placementutil import make_node
 
 from placement.errors import InvalidField
 from placement.model import FleetSnapshot, Node, Session, Tier, session_pool
-from placement.testing import make_node
 
 
 def test_node_round_trip() -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from placementutil import make_node
 
 from placement.errors import UnknownNode
 from placement.model import Load, NodeState, Session, SessionState, Tier
 from placement.registry import Registry
-from placement.testing import make_node
 
 NOW = 1_000_000.0
 

@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 import pytest
+from placementutil import make_node
 
 from placement import scorers
 from placement.core import resolve_context
 from placement.filters import Context
 from placement.model import FleetSnapshot, Load, Location
 from placement.policy import DEFAULT_POLICY
-from placement.testing import make_node
 
 NOW = 1_000_000.0
 

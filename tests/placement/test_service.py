@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+from placementutil import Clock, make_node, wait_for
 
 from placement.config import PlacementConfig
 from placement.errors import (
@@ -23,7 +24,6 @@ from placement.policy import parse_policy
 from placement.registry import Registry
 from placement.registry.redis import RedisRegistry
 from placement.service import PlacementService
-from placement.testing import Clock, make_node, wait_for
 
 LYON = Location("lyon", "orange", "west", 45.76, 4.84)
 

@@ -54,12 +54,12 @@ def test_replay_a_decision_log(tmp_path: Path) -> None:
 async def test_replay_a_recorded_log_on_the_recorded_fleet(tmp_path: Path) -> None:
     """GET /v1/nodes and GET /v1/decisions saved as is, then simulated together."""
     import httpx
+    from placementutil import Clock, make_node
 
+    from nearcast.cli import main
     from placement.app import create_app
-    from placement.cli import main
     from placement.config import PlacementConfig
     from placement.registry.memory import InProcessRegistry
-    from placement.testing import Clock, make_node
 
     clock = Clock()
     cfg = PlacementConfig(operator_token="op", node_tokens={"*": "nd"})

@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from placementutil import REDIS_URL, Clock, RedisServer, make_node
 
 from placement.config import PlacementConfig
 from placement.errors import UnknownNode
@@ -20,7 +21,6 @@ from placement.model import FleetSnapshot, Load, Node, NodeState, Session, Tier
 from placement.registry import Registry
 from placement.registry.redis import RedisRegistry, _HiredisPacked
 from placement.service import PlacementService
-from placement.testing import REDIS_URL, Clock, RedisServer, make_node
 
 NOW = 1_000_000.0
 

@@ -1,0 +1,334 @@
+"""Cut one rendition's encoded samples into CMAF parts and segments (pure).
+
+The packager sits right after the encoders in the worker. It receives video
+access units (as NAL unit lists) and AAC frames with their timestamps and
+emits, through callbacks:
+
+- an :class:`~media.segments.InitFrame` before the first media, and again
+  whenever the H.264 parameter sets change;
+- with LL-HLS, a :class:`~media.segments.PartFrame` (one ``moof``+``mdat``
+  holding the part's video and the audio of the same interval) the moment the
+  part's last frame arrives, without waiting for the next one;
+- at each segment boundary (an IDR on the forced grid), the
+  :class:`~media.segments.SegmentFrame`: the concatenation of its parts.
+
+Timing: the fMP4 timeline is the worker's media timeline plus
+:data:`TIMELINE_OFFSET` seconds, on every track alike. x264's B-frame reorder
+delay gives the first frames a DTS before the first PTS; the offset keeps every
+decode time non-negative and every composition offset positive, which all
+players read the same way (FFmpeg's mov demuxer shifts video by the largest
+negative offset, which would put it out of sync with audio). Decode times
+are the presentation times in decode order, :data:`REORDER_FRAMES` early,
+whatever the encoder's own delay, so decode and presentation spans agree and
+an encoder reopened with another B-frame setting continues seamlessly. Part boundaries
+lie on a grid of ``part_ticks`` from the segment's first decode time, so no
+part is longer than the part target (RFC 8216bis §4.4.4.9); only a segment's
+last part may be shorter.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from containers.fmp4 import AudioTrack, Sample, TrackRun, VideoTrack, fragment, init_segment
+from media.segments import InitFrame, PartFrame, SegmentFrame
+
+VIDEO_TRACK = 1
+AUDIO_TRACK = 2
+_NAL_AUD, _NAL_SPS, _NAL_PPS, _NAL_IDR = 9, 7, 8, 5
+# Seconds added to every timestamp in the fMP4 output (see the module docstring).
+TIMELINE_OFFSET = 1
+# Frames of B-frame reorder delay the decode timeline allows for (x264 uses at most 2).
+REORDER_FRAMES = 3
+
+
+def split_annexb(data: bytes) -> list[bytes]:
+    """NAL units of an Annex B access unit (3- or 4-byte start codes)."""
+    nals: list[bytes] = []
+    i = data.find(b"\x00\x00\x01")
+    while i >= 0:
+        start = i + 3
+        j = data.find(b"\x00\x00\x01", start)
+        end = len(data) if j < 0 else j
+        nal = data[start:end]
+        # A 4-byte start code leaves a zero at the end of the previous NAL.
+        nal = nal.rstrip(b"\x00") if j >= 0 else nal
+        if nal:
+            nals.append(nal)
+        i = j
+    return nals
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFormat:
+    sample_rate: int
+    channels: int
+    config: bytes  # AudioSpecificConfig
+    frame_samples: int = 1024
+    bitrate: int = 0
+
+
+@dataclass(slots=True)
+class _Video:
+    nals: list[bytes]
+    decode: int
+    cts: int
+    sync: bool
+    duration: int = 0
+
+
+class CmafPackager:
+    def __init__(
+        self,
+        rendition: str,
+        *,
+        width: int,
+        height: int,
+        frame_ticks: int,
+        audio: AudioFormat | None,
+        part_ticks: int,
+        on_init: Callable[[InitFrame], None],
+        on_part: Callable[[PartFrame], None] | None,
+        on_segment: Callable[[SegmentFrame], None],
+        timescale: int = 90000,
+        min_duration: float = 0.0,
+    ) -> None:
+        """``part_ticks`` 0 makes one fragment per segment and no parts (plain fMP4 HLS)."""
+        if frame_ticks <= 0:
+            raise ValueError(f"frame duration {frame_ticks} must be positive")
+        self.rendition = rendition
+        self._width = width
+        self._height = height
+        self._frame_ticks = frame_ticks
+        self._audio = audio
+        self._part_ticks = part_ticks
+        self._on_init = on_init
+        self._on_part = on_part if part_ticks > 0 else None
+        self._on_segment = on_segment
+        self.timescale = timescale
+        # A passed-through source may have keyframes more often than the grid.
+        self._min_ticks = int(min_duration * timescale)
+        self._params: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None = None
+        self._codecs = "avc1.640028"
+        self._sequence = 0
+        self._offset = TIMELINE_OFFSET * timescale
+        # Decode times are presentation times in decode order, REORDER_FRAMES
+        # early: the same for every encoder, so a reopened x264 with another
+        # B-frame delay (overload's faster preset) continues without a gap.
+        self._reorder_allowance = REORDER_FRAMES * frame_ticks
+        self._reorder = 0  # the current encoder's pts - dts at its IDR
+        self._audio_offset = TIMELINE_OFFSET * audio.sample_rate if audio else 0
+        self._seg_pts = 0  # presentation time of the segment's IDR
+        self._last_decode: int | None = None
+        self._seg_open = False
+        self._seg_index = 0
+        self._seg_start = 0  # decode time of the segment's IDR
+        self._seg_parts: list[bytes] = []
+        self._part_no = 0
+        self._part_start = 0
+        self._pending: list[_Video] = []
+        self._audio_q: deque[tuple[int, bytes]] = deque()
+        self._audio_floor: int | None = None  # audio before the first segment is dropped
+        self.segments = 0
+        self.parts = 0
+
+    @property
+    def codecs(self) -> str:
+        return self._codecs
+
+    # -- input -------------------------------------------------------------------
+
+    def audio(self, data: bytes, pts: int) -> None:
+        """One AAC frame; ``pts`` in samples on the same clock as video (``timescale``)."""
+        if self._audio is None:
+            return
+        self._audio_q.append((pts, data))
+        # Bounded if video stalls: audio that old can never be placed.
+        while len(self._audio_q) > 2000:
+            self._audio_q.popleft()
+
+    def video(
+        self, nals: list[bytes], pts: int, dts: int, keyframe: bool, index: int | None = None
+    ) -> None:
+        """One access unit (NAL units, no start codes or lengths) in ``timescale`` ticks.
+
+        A keyframe starts segment ``index`` (the grid's number) when one is given;
+        without one, a keyframe at least ``min_duration`` after the segment start does.
+        """
+        sps = tuple(n for n in nals if n and n[0] & 0x1F == _NAL_SPS)
+        pps = tuple(n for n in nals if n and n[0] & 0x1F == _NAL_PPS)
+        body = [n for n in nals if n and n[0] & 0x1F not in (_NAL_AUD, _NAL_SPS, _NAL_PPS)]
+        if not body:
+            return
+        new_params = bool(sps and pps) and (sps, pps) != self._params
+        if keyframe and (
+            not self._seg_open
+            or index is not None
+            or new_params
+            or pts - self._seg_pts >= self._min_ticks > 0
+        ):
+            if self._seg_open:
+                if self._pending and not self._pending[-1].duration:
+                    last = self._pending[-1]
+                    last.duration = max(
+                        1, max(0, pts + self._offset - self._reorder_allowance) - last.decode
+                    )
+                self._close_segment()
+            if new_params:
+                self._params = (sps, pps)
+                self._send_init()
+            if self._params is None:
+                return  # no parameter sets yet: nothing can be decoded
+            self._seg_open = True
+            if index is not None:
+                self._seg_index = index
+            elif self.segments:
+                self._seg_index += 1
+            self._reorder = pts - dts
+            self._seg_start = self._decode_time(dts)
+            if self._last_decode is not None:
+                self._seg_start = max(self._seg_start, self._last_decode + 1)
+            self._seg_pts = pts
+            self._part_no = 0
+            if self._audio_floor is None:
+                self._audio_floor = self._to_audio(pts)
+        if not self._seg_open:
+            return
+        decode = self._decode_time(dts)
+        if self._last_decode is not None and decode <= self._last_decode:
+            decode = self._last_decode + 1  # never let a jittery DTS run backwards
+        if self._on_part is not None and self._pending and decode >= self._part_end():
+            self._pending[-1].duration = decode - self._pending[-1].decode
+            self._close_part()
+        if self._pending:
+            prev = self._pending[-1]
+            prev.duration = decode - prev.decode
+        else:
+            self._part_start = decode
+        self._pending.append(_Video(body, decode, pts + self._offset - decode, keyframe))
+        self._last_decode = decode
+        if self._on_part is not None and decode + self._frame_ticks >= self._part_end():
+            # The part's last frame: emit now rather than wait for the next one.
+            self._close_part()
+
+    def flush(self) -> None:
+        if self._seg_open:
+            self._close_segment()
+        self._audio_q.clear()
+
+    # -- output ------------------------------------------------------------------
+
+    def _part_end(self) -> int:
+        # Parts follow each other on a grid from the IDR; after a gap in the
+        # input the grid restarts at the next frame, so no part is ever longer.
+        return self._part_start + self._part_ticks
+
+    def _to_audio(self, ticks: int) -> int:
+        """Media-timeline ticks (no offset) in audio samples."""
+        return 0 if self._audio is None else ticks * self._audio.sample_rate // self.timescale
+
+    def _decode_time(self, dts: int) -> int:
+        return max(0, dts + self._reorder + self._offset - self._reorder_allowance)
+
+    def _media_time(self, decode: int) -> float:
+        """Seconds on the worker's timeline of a decode time within the current segment."""
+        return (self._seg_pts + decode - self._seg_start) / self.timescale
+
+    def _send_init(self) -> None:
+        assert self._params is not None
+        sps, pps = self._params
+        tracks: list[VideoTrack | AudioTrack] = [
+            VideoTrack(VIDEO_TRACK, self.timescale, self._width, self._height, sps, pps)
+        ]
+        if self._audio is not None:
+            a = self._audio
+            tracks.append(AudioTrack(AUDIO_TRACK, a.sample_rate, a.channels, a.config, a.bitrate))
+        self._codecs = tracks[0].codec_string
+        self._on_init(InitFrame(self.rendition, self._codecs, init_segment(tracks)))
+
+    def _close_part(self) -> None:
+        if not self._pending:
+            return
+        last = self._pending[-1]
+        if not last.duration:
+            last.duration = self._frame_ticks
+        start = self._pending[0].decode
+        end = last.decode + last.duration
+        if self._on_part is not None:
+            # Never longer than the part target, whatever the last frame's guess.
+            end = min(end, self._part_end()) if self._part_ticks else end
+            last.duration = max(1, end - last.decode)
+        runs = [
+            TrackRun(
+                VIDEO_TRACK,
+                start,
+                [
+                    Sample(
+                        b"".join(len(n).to_bytes(4, "big") + n for n in v.nals),
+                        v.duration,
+                        v.sync,
+                        v.cts,
+                    )
+                    for v in self._pending
+                ],
+            )
+        ]
+        if self._audio is not None:
+            # The audio that plays alongside this part's pictures, as far as it has arrived
+            # (audio is encoded ahead of video, which waits in the encoder's reorder queue).
+            shown_end = max(v.decode + v.cts + v.duration for v in self._pending) - self._offset
+            runs.append(self._audio_run(self._to_audio(shown_end)))
+        self._sequence += 1
+        data = fragment(self._sequence, runs)
+        independent = self._pending[0].sync
+        self._pending = []
+        self._seg_parts.append(data)
+        if self._on_part is not None:
+            self._on_part(
+                PartFrame(
+                    rendition=self.rendition,
+                    index=self._seg_index,
+                    part=self._part_no,
+                    start=self._media_time(start),
+                    duration=(end - start) / self.timescale,
+                    independent=independent,
+                    data=data,
+                )
+            )
+            self.parts += 1
+        self._part_no += 1
+        self._part_start = end
+
+    def _audio_run(self, until: int) -> TrackRun:
+        assert self._audio is not None
+        floor = self._audio_floor or 0
+        while self._audio_q and self._audio_q[0][0] + self._audio.frame_samples <= floor:
+            self._audio_q.popleft()
+        taken: list[tuple[int, bytes]] = []
+        while self._audio_q and self._audio_q[0][0] < until:
+            taken.append(self._audio_q.popleft())
+        samples = []
+        for i, (pts, data) in enumerate(taken):
+            nxt = taken[i + 1][0] if i + 1 < len(taken) else pts + self._audio.frame_samples
+            samples.append(Sample(data, max(1, nxt - pts)))
+        base = taken[0][0] + self._audio_offset if taken else 0
+        return TrackRun(AUDIO_TRACK, max(0, base), samples, video=False)
+
+    def _close_segment(self) -> None:
+        self._close_part()
+        if self._seg_parts:
+            self._on_segment(
+                SegmentFrame(
+                    rendition=self.rendition,
+                    index=self._seg_index,
+                    start=self._seg_pts / self.timescale,
+                    duration=max(0, self._part_start - self._seg_start) / self.timescale,
+                    codecs=self._codecs,
+                    data=b"".join(self._seg_parts),
+                )
+            )
+            self.segments += 1
+        self._seg_parts = []
+        self._seg_open = False

@@ -1,0 +1,199 @@
+"""Cut encoded packets of one rendition into MPEG-TS segments.
+
+Runs in the transcode worker process, right after the encoders, so the node's
+event loop only ever stores finished segments. A segment starts at every video
+keyframe: the worker forces IDR frames on the same PTS grid in every rendition,
+so segment ``n`` covers the same time range in all of them (RFC 8216bis §6.2.4
+requires that for switching without a glitch).
+
+Each segment gets its own MPEG-TS muxer, so it begins with PAT/PMT and can be
+decoded on its own (RFC 8216bis §3.3).
+"""
+
+from __future__ import annotations
+
+import io
+from collections import deque
+from collections.abc import Callable
+from fractions import Fraction
+from typing import Any
+
+import av
+
+from media.segments import SegmentFrame
+
+# RFC 6381 codec strings need the profile/level bytes of the SPS.
+_SAMPLE_RATES = [96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000]
+
+
+def adts_header(object_type: int, sample_rate: int, channels: int, payload_len: int) -> bytes:
+    """ISO 14496-3 §1.A.2.2 fixed + variable header, no CRC (7 bytes)."""
+    try:
+        freq = _SAMPLE_RATES.index(sample_rate)
+    except ValueError:
+        raise ValueError(f"AAC sample rate {sample_rate} has no ADTS index") from None
+    length = payload_len + 7
+    if length > 0x1FFF:
+        raise ValueError(f"AAC frame of {payload_len} bytes is too large for ADTS")
+    profile = object_type - 1
+    return bytes(
+        [
+            0xFF,
+            0xF1,
+            ((profile & 0x3) << 6) | (freq << 2) | ((channels >> 2) & 0x1),
+            ((channels & 0x3) << 6) | ((length >> 11) & 0x3),
+            (length >> 3) & 0xFF,
+            ((length & 0x7) << 5) | 0x1F,
+            0xFC,
+        ]
+    )
+
+
+def h264_codec_string(annexb: bytes) -> str | None:
+    """``avc1.PPCCLL`` from the first SPS NAL unit in an Annex B access unit."""
+    i = 0
+    n = len(annexb)
+    while i + 4 < n:
+        j = annexb.find(b"\x00\x00\x01", i)
+        if j < 0 or j + 4 >= n:
+            return None
+        nal = annexb[j + 3]
+        if nal & 0x1F == 7:
+            p, c, lv = annexb[j + 4], annexb[j + 5], annexb[j + 6]
+            return f"avc1.{p:02X}{c:02X}{lv:02X}"
+        i = j + 3
+    return None
+
+
+class TsSegmenter:
+    def __init__(
+        self,
+        rendition: str,
+        *,
+        width: int,
+        height: int,
+        audio_rate: int | None,
+        audio_channels: int = 2,
+        on_segment: Callable[[SegmentFrame], None],
+        min_duration: float = 0.0,
+    ) -> None:
+        self.rendition = rendition
+        self._width = width
+        self._height = height
+        self._audio_rate = audio_rate
+        self._audio_channels = audio_channels
+        self._on_segment = on_segment
+        # Transcoded rungs only have keyframes on the grid; a passed-through
+        # source may have them more often, and must not make short segments.
+        self._min_duration = min_duration
+        self._pending_audio: deque[av.Packet[Any]] = deque()
+        self._buf: io.BytesIO | None = None
+        self._mux: av.container.OutputContainer | None = None
+        self._vstream: av.stream.Stream | None = None
+        self._astream: av.stream.Stream | None = None
+        self._start = 0.0
+        self._last_video_end = 0.0
+        self._index = 0
+        self._codecs = "avc1.640028"
+        self.segments = 0
+
+    # -- segment lifecycle -------------------------------------------------
+
+    def _open(self, start: float) -> None:
+        self._buf = io.BytesIO()
+        # A negative first DTS (B-frames) must not make libavformat shift this
+        # segment alone: every segment must keep the worker's one timeline.
+        mux = av.open(self._buf, "w", format="mpegts", options={"avoid_negative_ts": "disabled"})
+        self._vstream = mux.add_mux_stream(
+            "h264", width=self._width, height=self._height, time_base=Fraction(1, 90000)
+        )
+        if self._audio_rate:
+            self._astream = mux.add_mux_stream(
+                "aac", rate=self._audio_rate, time_base=Fraction(1, 90000)
+            )
+        self._mux = mux
+        self._start = start
+
+    def _close(self, end: float) -> None:
+        if self._mux is None or self._buf is None:
+            return
+        self._mux.close()
+        data = self._buf.getvalue()
+        self._on_segment(
+            SegmentFrame(
+                rendition=self.rendition,
+                index=self._index,
+                start=self._start,
+                duration=max(0.0, end - self._start),
+                codecs=self._codecs,
+                data=data,
+            )
+        )
+        self._index += 1
+        self.segments += 1
+        self._mux = None
+        self._buf = None
+
+    # -- packets -----------------------------------------------------------
+
+    def _mux_audio_until(self, t: float | None) -> None:
+        assert self._mux is not None
+        while self._pending_audio:
+            pkt = self._pending_audio[0]
+            if t is not None and pkt.pts is not None and float(pkt.pts * pkt.time_base) >= t:
+                break
+            self._pending_audio.popleft()
+            if self._astream is not None:
+                pkt.stream = self._astream
+                self._mux.mux_one(pkt)
+
+    def video(self, packet: av.Packet[Any], index: int | None = None) -> None:
+        """Mux one video packet; a keyframe may start segment ``index`` (the grid's number)."""
+        if packet.pts is None or packet.dts is None:
+            return
+        tb = packet.time_base
+        t = float(packet.pts * tb)
+        if packet.is_keyframe and (self._mux is None or t - self._start >= self._min_duration):
+            if self._mux is not None:
+                self._mux_audio_until(t)
+                self._close(t)
+            if index is not None:
+                self._index = index
+            if self._index == 0 and self.segments == 0:
+                codecs = h264_codec_string(bytes(packet))
+                if codecs:
+                    self._codecs = codecs
+            self._open(t)
+        if self._mux is None:
+            return  # nothing before the first keyframe can be decoded
+        self._mux_audio_until(float(packet.dts * tb))
+        assert self._vstream is not None
+        packet.stream = self._vstream
+        self._mux.mux_one(packet)
+        dur = float(packet.duration * tb) if packet.duration else 0.0
+        self._last_video_end = max(self._last_video_end, t + dur)
+
+    def audio(self, packet: av.Packet[Any], object_type: int = 2) -> None:
+        if self._audio_rate is None or packet.pts is None:
+            return
+        data = adts_header(object_type, self._audio_rate, self._audio_channels, packet.size)
+        framed = av.Packet(data + bytes(packet))
+        framed.pts = packet.pts
+        framed.dts = packet.dts
+        framed.time_base = packet.time_base
+        framed.duration = packet.duration
+        self._pending_audio.append(framed)
+        # Keep memory bounded if video stalls: audio older than a few segments
+        # can never be placed and is dropped.
+        while len(self._pending_audio) > 2000:
+            self._pending_audio.popleft()
+
+    def flush(self) -> None:
+        if self._mux is not None:
+            self._mux_audio_until(self._last_video_end)
+            self._close(self._last_video_end)
+        self._pending_audio.clear()
+
+    @property
+    def codecs(self) -> str:
+        return self._codecs

@@ -1,0 +1,134 @@
+"""``nearcast placement`` (run the service) and ``nearcast simulate`` subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from dataclasses import replace
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = subparsers.add_parser(
+        "placement",
+        help="run the placement service standalone",
+        description="Run the placement service (HTTP API) against a Redis registry. "
+        "Nodes heartbeat to it; operators manage policy and nodes through it.",
+    )
+    p.add_argument("--config", metavar="FILE", help="nearcast.yml to load (default: built-in)")
+    p.add_argument(
+        "--redis",
+        metavar="URL",
+        help="Redis URL of the shared registry (default: 'redis.url' from the config); "
+        "'memory' runs an in-process registry (single service, no fleet sharing)",
+    )
+    p.add_argument(
+        "--listen", metavar="HOST:PORT", help="address to serve on (default: 'placement.listen')"
+    )
+    p.set_defaults(func=run_service)
+
+    s = subparsers.add_parser(
+        "simulate",
+        help="compare placement policies on a synthetic fleet",
+        description="Build a seeded synthetic fleet (edge nodes per city, MEC per region, "
+        "a cloud), run a day of classes (one teacher, 20-60 students) through each policy "
+        "side by side, and write a Markdown report and PNG plots.",
+    )
+    s.add_argument("--nodes", type=int, default=2000, help="fleet size, up to 100000 (2000)")
+    s.add_argument("--classes", type=int, default=3000, help="classes in the trace (3000)")
+    s.add_argument(
+        "--policy",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="policy YAML to compare; repeat for several (default: built-in default "
+        "and cloud-only policies)",
+    )
+    s.add_argument("--out", metavar="DIR", default="simulation", help="output dir (simulation)")
+    s.add_argument(
+        "--replay",
+        metavar="LOG",
+        help="decision log to use instead of the synthetic trace: the JSON array "
+        "GET /v1/decisions returns, saved as is, or JSON lines (one entry per line)",
+    )
+    s.add_argument(
+        "--fleet",
+        metavar="FILE",
+        help="a recorded fleet instead of a synthetic one: GET /v1/nodes's body, saved "
+        "as is (its load and reservations are cleared; '--nodes' is ignored)",
+    )
+    s.add_argument("--seed", type=int, default=1, help="random seed (1)")
+    s.set_defaults(func=run_simulate)
+
+
+def run_service(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from nearcast.config import load, parse_hostport
+    from placement.app import create_app
+    from placement.registry import Registry
+    from placement.registry.memory import InProcessRegistry
+    from placement.registry.redis import RedisRegistry
+    from settings import ConfigError
+
+    try:
+        cfg = load(args.config)
+        pc = cfg.placement
+        host, port = parse_hostport(args.listen or pc.listen)
+    except ConfigError as exc:
+        print(f"nearcast placement: {exc}", file=sys.stderr)
+        return 2
+    url = args.redis or cfg.redis.url
+    registry: Registry = (
+        InProcessRegistry()
+        if url == "memory"
+        else RedisRegistry.from_url(url, pc.key_prefix, cluster=cfg.redis.cluster)
+    )
+    app = create_app(replace(pc, listen=f"{host}:{port}"), registry)
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal with
+    # the previous handler in place: make that handler a no-op so a requested stop
+    # ends with status 0, as a supervisor (systemd, Kubernetes) expects.
+    stopped: list[int] = []
+    previous = {
+        sig: signal.signal(sig, lambda s, _f: stopped.append(s))
+        for sig in (signal.SIGTERM, signal.SIGINT)
+    }
+    try:
+        uvicorn.run(app, host=host, port=port, log_level=cfg.node.log_level.lower())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopped:
+        log.info("placement service stopped by %s", signal.Signals(stopped[0]).name)
+    return 0
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    from placement.errors import InvalidField
+    from placement.policy import load_policy_file
+    from placement.simulate import builtin_policies, load_fleet, load_log, run
+
+    if not 1 <= args.nodes <= 100_000:
+        print("nearcast simulate: '--nodes' must be 1-100000", file=sys.stderr)
+        return 2
+    try:
+        policies = [load_policy_file(p) for p in args.policy] or builtin_policies()
+        replay = load_log(args.replay) if args.replay else None
+        fleet = load_fleet(args.fleet) if args.fleet else None
+    except (InvalidField, OSError) as exc:
+        print(f"nearcast simulate: {exc}", file=sys.stderr)
+        return 2
+    report = run(
+        nodes=args.nodes,
+        classes=args.classes,
+        policies=policies,
+        out_dir=args.out,
+        seed=args.seed,
+        replay=replay,
+        fleet=fleet,
+    )
+    print(report.markdown)
+    return 0

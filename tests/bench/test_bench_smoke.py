@@ -1,0 +1,71 @@
+"""The benchmarks still run and keep their contract: a table, then one JSON object as
+the last line. Tiny settings: this checks the harness, not the figures (those come from
+``python -m bench.NAME`` on a quiet machine)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from nodeutil import require_binary
+
+from bench.fanout import NGINX
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_bench(*args: str, timeout: float = 120) -> tuple[list[str], dict]:
+    out = subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    return lines, json.loads(lines[-1])
+
+
+@pytest.mark.parametrize("token", [False, True], ids=["open", "token"])
+def test_fanout_bench_prints_its_table_and_figures(token: bool) -> None:
+    require_binary("wrk")
+    if not Path(NGINX).exists():  # a missing reference fails, it never skips
+        pytest.fail("nginx is not installed; `make test` installs it (Debian package nginx-light)")
+    lines, figures = run_bench(
+        "bench.fanout",
+        "--seconds",
+        "1",
+        "--rounds",
+        "1",
+        "--viewers",
+        "20",
+        "--viewer-seconds",
+        "3",
+        *(["--token"] if token else []),
+    )
+    assert figures["token"] is token
+    assert lines[0].split()[:3] == ["what", "nearcast", "req/s"]
+    for kind in ("playlist", "segment", "part"):
+        row = figures[kind]
+        assert row["nearcast_rps"] > 0 and row["nginx_rps"] > 0, row
+        assert row["body_bytes"] > 0 and len(row["round_ratios"]) == 1, row
+    assert figures["llhls"]["viewers"] == 20 and figures["llhls"]["viewer_errors"] == 0
+    assert set(figures["targets"]) >= {"segment_bytes_ratio>=0.85", "viewers_held>=1000"}
+
+
+def test_placement_bench_prints_its_table_and_figures() -> None:
+    lines, figures = run_bench(
+        "bench.placement",
+        *("--sizes", "1000", "--decisions", "100", "--concurrency", "4", "--live", "2"),
+        "--check",
+    )
+    assert any("decisions/s" in line for line in lines[:-1])
+    row = figures["results"]["1000"]
+    for mode in ("core", "inprocess", "redis", "redis_concurrent", "redis_live"):
+        assert row[mode]["p99_ms"] > 0 and row[mode]["per_s"] > 0, (mode, row[mode])
+    # The live run saw the background refresh take in the other process's beats.
+    assert row["redis_live"]["snapshots"] >= 2 and row["redis_live"]["refresh_read_max"] > 0

@@ -1,0 +1,343 @@
+"""LL-HLS playlists from the store, checked with the independent ``m3u8`` parser."""
+
+from __future__ import annotations
+
+import m3u8
+import pytest
+from servehelp import INFO
+
+from distribute.config import HlsConfig
+from distribute.hls.store import LiveStream, Store, first_sequence
+from media import StreamKey
+from media.segments import InitFrame, PartFrame, SegmentFrame
+
+PARTS = 6  # 2 s segments of 1/3 s parts
+PART_DUR = 2.0 / PARTS
+
+
+def ll_stream(window: int = 6, **kw: object) -> LiveStream:
+    cfg = HlsConfig(
+        window=window, segment_format="fmp4", low_latency=True, part_duration=0.334, **kw
+    )
+    s = LiveStream(StreamKey("live", "ll"), cfg, now=0.0)
+    s.begin_generation()
+    s.set_renditions(INFO)
+    for name in ("360p", "180p"):
+        s.add_init(InitFrame(name, "avc1.64001e,mp4a.40.2", b"ftypmoov-" + name.encode()))
+    return s
+
+
+def feed_part(s: LiveStream, name: str, index: int, part: int) -> None:
+    data = f"{name}:{index}.{part};".encode() * 10
+    s.add_part(
+        PartFrame(name, index, part, index * 2.0 + part * PART_DUR, PART_DUR, part % 3 == 0, data)
+    )
+
+
+def feed_segment(s: LiveStream, name: str, index: int) -> None:
+    for p in range(PARTS):
+        feed_part(s, name, index, p)
+    data = b"".join(f"{name}:{index}.{p};".encode() * 10 for p in range(PARTS))
+    s.add_segment(SegmentFrame(name, index, index * 2.0, 2.0, "avc1.64001e,mp4a.40.2", data))
+
+
+def parse(s: LiveStream, name: str = "360p", skip: bool = False) -> m3u8.M3U8:
+    track = s.renditions[name]
+    return m3u8.loads((track.playlist_skip if skip else track.playlist).decode())
+
+
+def check_rules(pl: m3u8.M3U8) -> None:
+    """The LL-HLS rules of RFC 8216bis §4.4.3.7-4.4.4.9 that a player relies on."""
+    target = pl.part_inf.part_target
+    sc = pl.server_control
+    assert sc.can_block_reload == "YES"
+    assert sc.part_hold_back >= 3 * target
+    assert sc.can_skip_until >= 6 * pl.target_duration
+    for seg in pl.segments:
+        for p in seg.parts:
+            assert p.duration <= target
+        if seg.uri:  # m3u8 puts trailing parts in a segment without a URI
+            assert round(seg.duration) <= pl.target_duration
+    # The preload hint names the part after the last one listed.
+    complete = [seg for seg in pl.segments if seg.uri]
+    last = pl.segments[-1] if pl.segments else None
+    if pl.preload_hint is not None:
+        if last is not None and not last.uri:
+            msn, part = map(int, last.parts[-1].uri[:-4].split("."))
+            assert pl.preload_hint.uri == f"{msn}.{part + 1}.m4s"
+        else:
+            nxt = int(complete[-1].uri[:-4]) + 1 if complete else pl.media_sequence
+            assert pl.preload_hint.uri == f"{nxt}.0.m4s"
+
+
+def test_playlist_starts_from_parts_before_the_first_segment_is_complete() -> None:
+    s = ll_stream()
+    feed_part(s, "360p", 0, 0)
+    feed_part(s, "360p", 0, 1)
+    text = s.renditions["360p"].playlist.decode()
+    pl = m3u8.loads(text)
+    assert not [seg for seg in pl.segments if seg.uri]  # no complete segment yet
+    assert '#EXT-X-MAP:URI="init-1.mp4"' in text
+    assert '#EXT-X-PART:DURATION=0.33333,URI="0.0.m4s",INDEPENDENT=YES' in text
+    assert pl.preload_hint.uri == "0.2.m4s" and pl.preload_hint.hint_type == "PART"
+    assert "#EXT-X-PROGRAM-DATE-TIME:" in text
+    check_rules(pl)
+
+
+def test_parts_segments_hint_and_rendition_reports() -> None:
+    s = ll_stream()
+    for i in range(3):
+        feed_segment(s, "360p", i)
+        feed_segment(s, "180p", i)
+    feed_part(s, "360p", 3, 0)
+    feed_part(s, "360p", 3, 1)
+    pl = parse(s)
+    check_rules(pl)
+    # Worker segment 0 is listed as a 3-part lead (MSN 0) and the rest (MSN 1).
+    assert [seg.uri for seg in pl.segments if seg.uri] == ["0.m4s", "1.m4s", "2.m4s", "3.m4s"]
+    assert [seg.duration for seg in pl.segments if seg.uri] == pytest.approx([1.0, 1.0, 2.0, 2.0])
+    assert pl.segment_map[0].uri == "init-1.mp4"
+    # Parts listed for the last two complete segments and the one being built only.
+    assert not pl.segments[0].parts and not pl.segments[1].parts
+    assert [p.uri for p in pl.segments[2].parts] == [f"2.{p}.m4s" for p in range(PARTS)]
+    assert pl.preload_hint.uri == "4.2.m4s"
+    assert pl.version >= 9
+    # The 180p rendition has finished MSN 3 (all 6 parts), 360p is in part 1 of MSN 4.
+    reports = {r.uri: (r.last_msn, r.last_part) for r in pl.rendition_reports}
+    assert reports == {"../180p/index.m3u8": (3, PARTS - 1)}
+    reports = {r.uri: (r.last_msn, r.last_part) for r in parse(s, "180p").rendition_reports}
+    assert reports == {"../360p/index.m3u8": (4, 1)}
+    assert parse(s, "180p").preload_hint.uri == "4.0.m4s"
+
+
+def test_first_segment_lead_lets_players_start_after_three_parts() -> None:
+    """hls.js needs one EXTINF: the run's first segment is listed once 3 parts exist."""
+    s = ll_stream()
+    for p in range(3):
+        feed_part(s, "360p", 0, p)
+    pl = parse(s)
+    assert [seg.uri for seg in pl.segments if seg.uri] == ["0.m4s"]
+    assert pl.segments[0].duration == pytest.approx(1.0) and pl.segments[0].parts[0].independent
+    assert pl.preload_hint.uri == "1.0.m4s"
+    feed_segment(
+        s, "360p", 0
+    )  # the worker's whole first segment: the lead's bytes are not repeated
+    t = s.renditions["360p"]
+    assert t.by_msn[0].data + t.by_msn[1].data == b"".join(
+        f"360p:0.{p};".encode() * 10 for p in range(PARTS)
+    )
+    assert [p.uri for p in t.by_msn[1].parts] == ["1.0.m4s", "1.1.m4s", "1.2.m4s"]
+    assert "#EXT-X-INDEPENDENT-SEGMENTS" not in s.master.decode()
+    check_rules(parse(s))
+
+
+def test_delta_update_skips_old_segments() -> None:
+    s = ll_stream(window=12)
+    for i in range(12):
+        feed_segment(s, "360p", i)
+    full = parse(s)
+    delta = parse(s, skip=True)
+    assert full.server_control.can_skip_until == 12.0
+    # Segments older than 12 s from the end are replaced by EXT-X-SKIP.
+    assert delta.skip.skipped_segments == 6
+    assert delta.media_sequence == full.media_sequence
+    assert [x.uri for x in delta.segments if x.uri] == [x.uri for x in full.segments if x.uri][6:]
+
+
+def test_memory_is_bounded_per_rendition() -> None:
+    s = ll_stream(window=3)
+    for i in range(40):
+        feed_segment(s, "360p", i)
+    t = s.renditions["360p"]
+    assert len(t.segments) == 6 and len(t.by_msn) == 6
+    assert {k[0] for k in t.parts} <= {38, 39, 40}
+    assert sum(1 for seg in t.segments if seg.parts) <= 3
+    assert list(t.inits) == [1]
+
+
+def test_parts_stay_bounded_when_every_segment_is_too_large() -> None:
+    """Segments over hls.max_segment_bytes are dropped; their parts must not pile up."""
+    s = ll_stream(window=3, max_segment_bytes=65536)
+    big = b"x" * 20_000  # six parts make a 120 kB segment
+    for i in range(60):
+        for p in range(PARTS):
+            s.add_part(PartFrame("360p", i, p, i * 2.0 + p * PART_DUR, PART_DUR, p == 0, big))
+        stored = s.add_segment(SegmentFrame("360p", i, i * 2.0, 2.0, "avc1", big * PARTS))
+        assert stored is None
+    t = s.renditions["360p"]
+    assert s.dropped_segments == 60 and len(t.segments) <= 1  # at most the 3-part lead
+    assert len({k[0] for k in t.parts}) <= 4, sorted({k[0] for k in t.parts})
+    assert sum(len(p.data) for p in t.parts.values()) <= 4 * PARTS * len(big)
+    # A part larger than a whole segment may be is refused outright.
+    assert s.add_part(PartFrame("360p", 60, 0, 120.0, PART_DUR, True, b"y" * 70_000)) is None
+
+
+def test_a_reused_stream_name_never_reuses_a_segment_url() -> None:
+    """Segments are served immutable: a stream opened again (publisher back after the
+    grace period, or a node restarted) numbers its segments and inits past every URL
+    an earlier stream of the same name served."""
+    cfg = HlsConfig(segment_format="fmp4", low_latency=True, part_duration=0.334)
+    t0 = 1_790_000_000.0
+    first = Store(cfg).open(StreamKey("live", "class"), now=t0)
+    assert 0 < first_sequence(t0) == first._next_msn < 2**31  # half seconds since 2024
+    store = Store(cfg)
+    uris: list[set[str]] = []
+    for n, now in enumerate((t0, t0 + 3600.0)):
+        s = store.open(StreamKey("live", "class"), now=now)
+        s.begin_generation()
+        s.set_renditions(INFO)
+        s.add_init(InitFrame("360p", "avc1.64001e,mp4a.40.2", b"ftypmoov"))
+        segments = 1800 if n == 0 else 3  # an hour of 2 s segments, then a new class
+        for i in range(segments):
+            for p in range(PARTS):
+                s.add_part(PartFrame("360p", i, p, i * 2.0 + p * PART_DUR, PART_DUR, p == 0, b"p"))
+            s.add_segment(SegmentFrame("360p", i, i * 2.0, 2.0, "avc1", b"p" * PARTS))
+        t = s.renditions["360p"]
+        text = t.playlist.decode()
+        uris.append({x.uri for x in t.segments} | {f"init-{i}.mp4" for i in t.inits})
+        assert all(f'URI="init-{i}.mp4"' in text or i not in t.inits for i in t.inits)
+        s.publisher_connected = False
+        s.ended, s.ended_at = True, now + 1
+        # After a restart the node's store is empty: the clock alone keeps numbers apart.
+        restarted = Store(cfg).open(StreamKey("live", "class"), now=now + 3601.0)
+        assert restarted._next_msn > max(x.msn for x in t.segments)
+    assert not uris[0] & uris[1]
+
+
+def test_restart_discontinuity_and_new_init() -> None:
+    s = ll_stream()
+    feed_segment(s, "360p", 0)  # MSN 0 (lead) and 1
+    feed_part(s, "360p", 1, 0)  # a part of a segment the dying worker never finished
+    s.begin_generation()
+    s.add_init(InitFrame("360p", "avc1.64001e,mp4a.40.2", b"ftypmoov-restarted"))
+    feed_segment(s, "360p", 0)  # the new run: MSN 2 (lead) and 3
+    text = s.renditions["360p"].playlist.decode()
+    pl = m3u8.loads(text)
+    assert [x.uri for x in pl.segments if x.uri] == ["0.m4s", "1.m4s", "2.m4s", "3.m4s"]
+    assert [x.discontinuity for x in pl.segments if x.uri] == [False, False, True, False]
+    assert text.count("#EXT-X-MAP") == 2 and 'URI="init-3.mp4"' in text
+    assert "2.0.m4s" in text and text.index("#EXT-X-DISCONTINUITY") < text.index("init-3.mp4")
+    check_rules(pl)
+
+
+def test_part_longer_than_target_raises_part_target() -> None:
+    s = ll_stream()
+    s.add_part(PartFrame("360p", 0, 0, 0.0, 0.4, True, b"x"))
+    pl = parse(s)
+    assert pl.part_inf.part_target >= 0.4
+    check_rules(pl)
+
+
+def test_ended_stream_has_endlist_and_no_hint() -> None:
+    s = ll_stream()
+    feed_segment(s, "360p", 0)
+    s.end(now=5.0)
+    pl = parse(s)
+    assert pl.is_endlist and pl.preload_hint is None
+
+
+def test_reached_follows_parts_and_segments() -> None:
+    s = ll_stream()
+    t = s.renditions["360p"]
+    assert not t.reached(0, 0) and not t.reached(0, None)
+    feed_part(s, "360p", 0, 0)
+    assert t.reached(0, 0) and not t.reached(0, 1) and not t.reached(0, None)
+    feed_segment(s, "360p", 0)
+    assert t.reached(0, None) and t.reached(0, 99) and t.reached(1, None) and not t.reached(2, 0)
+
+
+@pytest.mark.parametrize("fmt", ["ts", "fmp4"])
+def test_non_ll_variants(fmt: str) -> None:
+    s = LiveStream(StreamKey("live", "v"), HlsConfig(segment_format=fmt), now=0.0)
+    s.begin_generation()
+    s.set_renditions(INFO)
+    if fmt == "fmp4":
+        s.add_init(InitFrame("360p", "avc1.64001e,mp4a.40.2", b"init"))
+    s.add_segment(SegmentFrame("360p", 0, 0.0, 2.0, "avc1.64001e", b"x" * 100))
+    text = s.renditions["360p"].playlist.decode()
+    pl = m3u8.loads(text)
+    assert "EXT-X-SERVER-CONTROL" not in text and "EXT-X-PART" not in text
+    if fmt == "fmp4":
+        assert pl.version == 7 and pl.segment_map[0].uri == "init-1.mp4"
+        assert pl.segments[0].uri == "0.m4s"
+    else:
+        assert pl.version == 3 and pl.segments[0].uri == "0.ts"
+
+
+def test_short_first_segment_is_not_split_twice() -> None:
+    """A first segment of only 3 parts (a publisher starting mid-GOP) is the lead itself."""
+    s = ll_stream()
+    for p in range(3):
+        feed_part(s, "360p", 0, p)
+    data = b"".join(f"360p:0.{p};".encode() * 10 for p in range(3))
+    s.add_segment(SegmentFrame("360p", 0, 0.0, 1.0, "avc1.64001e,mp4a.40.2", data))
+    feed_segment(s, "360p", 1)
+    pl = parse(s)
+    assert [x.uri for x in pl.segments if x.uri] == ["0.m4s", "1.m4s"]
+    assert [x.duration for x in pl.segments if x.uri] == pytest.approx([1.0, 2.0])
+    check_rules(pl)
+
+
+def test_no_split_when_segments_are_only_a_few_parts() -> None:
+    cfg = HlsConfig(
+        segment_format="fmp4", low_latency=True, segment_duration=1.0, part_duration=0.334
+    )
+    s = LiveStream(StreamKey("live", "short"), cfg, now=0.0)
+    s.begin_generation()
+    s.set_renditions(INFO)
+    s.add_init(InitFrame("360p", "avc1.64001e,mp4a.40.2", b"init"))
+    for p in range(3):
+        s.add_part(PartFrame("360p", 0, p, p / 3, 1 / 3, p == 0, b"x"))
+    s.add_segment(SegmentFrame("360p", 0, 0.0, 1.0, "avc1.64001e", b"xxx"))
+    assert [x.uri for x in parse(s).segments if x.uri] == ["0.m4s"]
+    assert s.renditions["360p"].by_msn[0].data == b"xxx"
+
+
+def test_every_listed_part_stays_servable_with_one_segment_to_spare() -> None:
+    s = ll_stream()
+    for i in range(12):
+        for p in range(PARTS):
+            feed_part(s, "360p", i, p)
+            t = s.renditions["360p"]
+            pl = parse(s)
+            listed = {(x.uri) for seg in pl.segments for x in seg.parts}
+            have = {f"{m}.{k}.m4s" for m, k in t.parts}
+            assert listed <= have, (i, p, sorted(listed - have))
+            if t.last_msn >= 4:  # and the parts of one segment older than those listed
+                assert {m for m, _ in t.parts} >= set(range(t.last_msn - 2, t.last_msn + 1))
+        data = b"".join(f"360p:{i}.{p};".encode() * 10 for p in range(PARTS))
+        s.add_segment(SegmentFrame("360p", i, i * 2.0, 2.0, "avc1.64001e,mp4a.40.2", data))
+
+
+def test_another_renditions_part_refreshes_only_the_reports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    s = ll_stream()
+    for name in ("360p", "180p"):
+        feed_segment(s, name, 0)
+        feed_part(s, name, 1, 0)
+    renders: list[str] = []
+    real = LiveStream.render
+
+    def counted(self: LiveStream, track, *, skip: bool) -> bytes:  # type: ignore[no-untyped-def]
+        renders.append(track.name)
+        return real(self, track, skip=skip)
+
+    monkeypatch.setattr(LiveStream, "render", counted)
+    before = s.renditions["360p"].playlist
+    assert renders == ["360p"]
+    feed_part(s, "180p", 1, 1)  # only the 180p playlist changed; 360p's report of it did
+    after = parse(s)
+    assert renders == ["360p"]  # the 360p body was not rendered again
+    reports = {r.uri: (r.last_msn, r.last_part) for r in after.rendition_reports}
+    assert reports["../180p/index.m3u8"][1] == 1
+    assert after.dumps().count("EXT-X-PART:") == m3u8.loads(before.decode()).dumps().count(
+        "EXT-X-PART:"
+    )
+    check_rules(after)
+    # The 360p body follows its own parts, and the stream's end adds ENDLIST after the reports.
+    feed_part(s, "360p", 1, 1)
+    assert parse(s).preload_hint.uri.endswith(".2.m4s") and renders == ["360p", "360p"]
+    s.end(10.0)
+    text = s.renditions["360p"].playlist.decode()
+    assert text.endswith("#EXT-X-ENDLIST\n") and "RENDITION-REPORT" in text

@@ -1,0 +1,354 @@
+"""The worker's pipeline, in-process: decode once, ladder, forced IDRs, segments."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import random
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import pytest
+from synth import interleave, video_packets
+
+from containers.cmaf import split_annexb
+from containers.mp4box import parse_fragments
+from ingest.file import file_packets
+from media.segments import InitFrame, PartFrame, SegmentFrame
+from transcode.config import Rendition
+from transcode.pool import spec_to_json
+from transcode.protocol import (
+    FrameReader,
+    FrameType,
+    decode_init,
+    decode_packet,
+    decode_part,
+    decode_segment,
+    encode_json,
+    encode_packet,
+)
+from transcode.worker import Output, Pipeline, Spec
+
+SMALL = str(Path(__file__).resolve().parents[2] / "samples" / "small-360p.mp4")
+LADDER = [
+    Rendition("360p", 640, 360, 700_000),
+    Rendition("240p", 426, 240, 400_000),
+    Rendition("720p", 1280, 720, 2_800_000),  # larger than the source: must be dropped
+]
+
+
+@pytest.fixture(scope="module")
+def segments() -> dict[str, list[SegmentFrame]]:
+    buf = io.BytesIO()
+    pipeline = Pipeline(Spec(stream="t/t", ladder=LADDER, x264_threads=1), Output(buf))
+    for p in file_packets(SMALL):
+        pipeline.feed(p)
+    pipeline.finish()
+    out: dict[str, list[SegmentFrame]] = {}
+    for ftype, payload in FrameReader().feed(buf.getvalue()):
+        if ftype is FrameType.SEGMENT:
+            s = decode_segment(payload)
+            out.setdefault(s.rendition, []).append(s)
+    return out
+
+
+def test_no_upscaled_rendition(segments: dict[str, list[SegmentFrame]]) -> None:
+    assert sorted(segments) == ["240p", "360p"]
+
+
+def test_segments_start_with_idr_and_have_expected_size(
+    segments: dict[str, list[SegmentFrame]],
+) -> None:
+    sizes = {"360p": (640, 360), "240p": (426, 240)}
+    for name, segs in segments.items():
+        for s in segs:
+            with av.open(io.BytesIO(s.data), format="mpegts") as c:
+                assert c.streams.audio, "audio is muxed in every rendition"
+                packets = [p for p in c.demux(c.streams.video[0]) if p.size]
+                assert packets[0].is_keyframe, f"{name} segment {s.index} starts without an IDR"
+                frames = [f for p in packets for f in p.decode()]
+                assert frames and all((f.width, f.height) == sizes[name] for f in frames)
+
+
+def test_boundaries_align_across_renditions(segments: dict[str, list[SegmentFrame]]) -> None:
+    a, b = segments["360p"], segments["240p"]
+    assert len(a) == len(b) >= 3
+    for x, y in zip(a, b, strict=True):
+        assert x.index == y.index
+        assert abs(x.start - y.start) < 1 / 30
+        assert abs(x.duration - y.duration) < 1 / 30
+
+
+def test_durations_follow_the_grid(segments: dict[str, list[SegmentFrame]]) -> None:
+    for segs in segments.values():
+        for s in segs[:-1]:
+            assert 1.9 <= s.duration <= 2.1
+        assert round(segs[-1].duration) <= 2
+
+
+def test_missing_hardware_encoder_falls_back_to_x264(caplog: pytest.LogCaptureFixture) -> None:
+    """A profile naming NVENC still plays on a node without a GPU."""
+    buf = io.BytesIO()
+    ladder = [Rendition("240p", 426, 240, 400_000, codec="h264_nvenc")]
+    pipeline = Pipeline(Spec(stream="t/hw", ladder=ladder, x264_threads=1), Output(buf))
+    for n, p in enumerate(file_packets(SMALL)):
+        pipeline.feed(p)
+        if n > 120:
+            break
+    pipeline.finish()
+    frames = FrameReader().feed(buf.getvalue())
+    info = next(json.loads(p) for t, p in frames if t is FrameType.RENDITIONS)
+    assert info["renditions"][0]["encoder"] == "libx264"
+    assert any(t is FrameType.SEGMENT for t, _ in frames)
+    assert "falling back to libx264" in caplog.text
+
+
+# -- fMP4 / LL-HLS parts and the WebRTC tap -----------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cmaf() -> list[tuple[FrameType, bytes]]:
+    buf = io.BytesIO()
+    spec = Spec(
+        stream="t/ll",
+        ladder=LADDER[:2],
+        x264_threads=1,
+        segment_format="fmp4",
+        part_duration=0.333,
+        tap="240p",
+    )
+    pipeline = Pipeline(spec, Output(buf))
+    for p in file_packets(SMALL):
+        pipeline.feed(p)
+    pipeline.finish()
+    return FrameReader().feed(buf.getvalue())
+
+
+def test_fmp4_init_comes_first_and_parts_tile_segments(cmaf: list[tuple[FrameType, bytes]]) -> None:
+    for name in ("360p", "240p"):
+        mine = []
+        for t, payload in cmaf:
+            if t is FrameType.INIT:
+                f = decode_init(payload)
+            elif t is FrameType.PART:
+                f = decode_part(payload)
+            elif t is FrameType.SEGMENT:
+                f = decode_segment(payload)
+            else:
+                continue
+            if f.rendition == name:
+                mine.append(f)
+        assert isinstance(mine[0], InitFrame) and mine[0].codecs.startswith("avc1.")
+        assert sum(isinstance(f, InitFrame) for f in mine) == 1
+        segs = [f for f in mine if isinstance(f, SegmentFrame)]
+        parts = [f for f in mine if isinstance(f, PartFrame)]
+        assert [s.index for s in segs] == list(range(len(segs))) and len(segs) >= 3
+        for s in segs:
+            sp = [p for p in parts if p.index == s.index]
+            assert [p.part for p in sp] == list(range(len(sp)))
+            assert b"".join(p.data for p in sp) == s.data
+            # RFC 8216bis §4.4.4.9: no part longer than the part target.
+            assert all(p.duration <= 0.333 for p in sp)
+            assert sp[0].independent and not any(p.independent for p in sp[1:])
+            assert abs(sp[0].start - s.start) < 1e-9
+            assert s.codecs == mine[0].codecs
+        # Each part is announced before the segment that contains it.
+        order = [type(f).__name__ + str(f.index) for f in mine[1:]]
+        for s in segs:
+            assert order.index(f"PartFrame{s.index}") < order.index(f"SegmentFrame{s.index}")
+
+
+def test_fmp4_output_decodes_at_a_constant_frame_rate(cmaf: list[tuple[FrameType, bytes]]) -> None:
+    for name, size in (("360p", (640, 360)), ("240p", (426, 240))):
+        init = next(
+            decode_init(p)
+            for t, p in cmaf
+            if t is FrameType.INIT and decode_init(p).rendition == name
+        )
+        segs = [decode_segment(p) for t, p in cmaf if t is FrameType.SEGMENT]
+        parts = [decode_part(p) for t, p in cmaf if t is FrameType.PART]
+        whole = init.data + b"".join(s.data for s in segs if s.rendition == name)
+        from_parts = init.data + b"".join(p.data for p in parts if p.rendition == name)
+        assert whole == from_parts
+        with av.open(io.BytesIO(whole), format="mp4") as c:
+            assert c.streams.audio, "audio is in every rendition's fragments"
+            frames = list(c.decode(video=0))
+        total = sum(s.duration for s in segs if s.rendition == name)
+        assert abs(len(frames) - total * 30) <= 1
+        assert all((f.width, f.height) == size for f in frames)
+        pts = [f.pts * f.time_base for f in frames]
+        assert all(b - a == Fraction(1, 30) for a, b in zip(pts, pts[1:], strict=False))
+
+
+def test_tap_sends_low_delay_annexb_h264_and_opus(cmaf: list[tuple[FrameType, bytes]]) -> None:
+    taps = [decode_packet(p)[0] for t, p in cmaf if t is FrameType.TAP]
+    video = [m for m in taps if m.kind == "video"]
+    audio = [m for m in taps if m.kind == "audio"]
+    assert {m.codec for m in video} == {"h264"} and {m.codec for m in audio} == {"opus"}
+    frames240 = sum(
+        1 for t, p in cmaf if t is FrameType.SEGMENT and decode_segment(p).rendition == "240p"
+    )
+    assert frames240 and len(video) >= 170
+    assert video[0].keyframe
+    for m in video:
+        assert m.pts == m.dts, "the tap rendition has no B-frames"
+        assert m.data.startswith(b"\x00\x00\x00\x01") or m.data.startswith(b"\x00\x00\x01")
+        if m.keyframe:
+            types = {n[0] & 0x1F for n in split_annexb(m.data)}
+            assert {5, 7, 8} <= types, "SPS and PPS ride on every IDR"
+    assert all(b.dts > a.dts for a, b in zip(video, video[1:], strict=False))
+    dec = av.CodecContext.create("h264", "r")
+    pictures = [f for m in video for f in dec.decode(av.Packet(m.data))] + list(dec.decode(None))
+    assert len(pictures) == len(video) and (pictures[0].width, pictures[0].height) == (426, 240)
+    steps = {b.pts - a.pts for a, b in zip(audio, audio[1:], strict=False)}
+    assert steps <= {20}, "20 ms Opus frames"
+    odec = av.CodecContext.create("opus", "r")
+    odec.sample_rate = 48000  # type: ignore[attr-defined]
+    pcm = [f for m in audio for f in odec.decode(av.Packet(m.data))]
+    assert (
+        pcm
+        and pcm[0].sample_rate == 48000
+        and sum(f.samples for f in pcm) >= 960 * (len(audio) - 1)
+    )
+
+
+def test_plain_fmp4_sends_init_and_whole_segments_only() -> None:
+    buf = io.BytesIO()
+    spec = Spec(stream="t/f", ladder=LADDER[1:2], x264_threads=1, segment_format="fmp4")
+    pipeline = Pipeline(spec, Output(buf))
+    for n, p in enumerate(file_packets(SMALL)):
+        pipeline.feed(p)
+        if n > 200:
+            break
+    pipeline.finish()
+    kinds = [
+        t
+        for t, _ in FrameReader().feed(buf.getvalue())
+        if t in (FrameType.INIT, FrameType.PART, FrameType.SEGMENT, FrameType.TAP)
+    ]
+    assert kinds[0] is FrameType.INIT and FrameType.PART not in kinds and FrameType.TAP not in kinds
+    segs = [
+        decode_segment(p) for t, p in FrameReader().feed(buf.getvalue()) if t is FrameType.SEGMENT
+    ]
+    for s in segs:
+        assert len(parse_fragments(s.data)) == 1, "one moof per segment without parts"
+
+
+def test_ts_with_recording_also_packages_cmaf_of_the_same_pictures() -> None:
+    """MPEG-TS for viewers, and a CMAF copy of the very same encode for the recorder."""
+    buf = io.BytesIO()
+    spec = Spec(stream="t/r", ladder=LADDER[1:2], x264_threads=1, record_fmp4=True)
+    pipeline = Pipeline(spec, Output(buf))
+    for p in file_packets(SMALL):
+        pipeline.feed(p)
+    pipeline.finish()
+    frames = FrameReader().feed(buf.getvalue())
+    kinds = [t for t, _ in frames if t not in (FrameType.STATS, FrameType.RENDITIONS)]
+    assert FrameType.INIT not in kinds and FrameType.PART not in kinds
+    assert kinds.index(FrameType.RECORD_INIT) < kinds.index(FrameType.RECORD_SEGMENT)
+    ts = [decode_segment(p) for t, p in frames if t is FrameType.SEGMENT]
+    rec = [decode_segment(p) for t, p in frames if t is FrameType.RECORD_SEGMENT]
+    init = [decode_init(p) for t, p in frames if t is FrameType.RECORD_INIT]
+    assert len(init) == 1 and ts[0].data[:1] == b"\x47"  # MPEG-TS sync byte
+    # Segment for segment: same boundaries, same durations (MPEG-TS does not count the
+    # stream's very last frame in the last segment's duration; CMAF does).
+    assert [s.index for s in rec] == [s.index for s in ts]
+    assert [s.start for s in rec] == pytest.approx([s.start for s in ts])
+    assert [s.duration for s in rec] == pytest.approx([s.duration for s in ts], abs=1 / 29.9)
+    decoded = []
+    for blob in (b"".join(s.data for s in ts), init[0].data + b"".join(s.data for s in rec)):
+        with av.open(io.BytesIO(blob)) as c:
+            decoded.append(sum(1 for _ in c.decode(video=0)))
+    assert decoded[0] == decoded[1] > 0
+
+
+@pytest.mark.parametrize("fmt", ["ts", "fmp4"])
+def test_constant_frame_rate_across_jitter_gap_and_clock_reset(fmt: str) -> None:
+    """Jittered input, a 1 s hole, then a publisher clock restarting at 0: 30 fps out, monotonic."""
+    rnd = random.Random(7)
+    frames = [(round(n * 1000 / 30) + rnd.randint(-8, 8), False) for n in range(180)]
+    vcfg, video = video_packets([(n * 40, False) for n in range(180)], 30.0, gop=30)
+    # Re-stamp the encoded pictures: jitter, drop frames 60..89 (a gap), restart the clock at 120.
+    stamped = []
+    for n, (p, (t, _)) in enumerate(zip(video, frames, strict=True)):
+        if 60 <= n < 90:
+            continue
+        if n >= 120:
+            t -= frames[120][0]
+        stamped.append(dataclasses.replace(p, pts=t, dts=t))
+    buf = io.BytesIO()
+    spec = Spec(
+        stream="t/cfr",
+        ladder=[Rendition("36p", 64, 36, 100_000, preset="ultrafast")],
+        x264_threads=1,
+        fps_hint=30.0,
+        live=False,
+        segment_format=fmt,
+    )
+    pipeline = Pipeline(spec, Output(buf))
+    for p in interleave(vcfg, [], None, []) + stamped:  # in arrival order, not sorted by time
+        pipeline.feed(p)
+    pipeline.finish()
+    out = FrameReader().feed(buf.getvalue())
+    data = b"".join(
+        [decode_init(p).data for t, p in out if t is FrameType.INIT]
+        + [decode_segment(p).data for t, p in out if t is FrameType.SEGMENT]
+    )
+    with av.open(io.BytesIO(data), format="mpegts" if fmt == "ts" else "mp4") as c:
+        pts = [f.pts * f.time_base for f in c.decode(video=0)]
+    assert all(b - a == Fraction(1, 30) for a, b in zip(pts, pts[1:], strict=False)), (
+        "constant 30 fps"
+    )
+    # 60 frames, 30 repeated across the hole, 30 more, then the 60 after the reset.
+    assert abs(len(pts) - 180) <= 1
+
+
+def test_worker_process_opens_every_rendition_with_its_init() -> None:
+    """A (re)started worker process sends each rendition's INIT before any of its media."""
+    spec = Spec(
+        stream="t/proc", ladder=LADDER[:2], x264_threads=1, segment_format="fmp4", part_duration=0.5
+    )
+    stdin = encode_json(FrameType.START, spec_to_json(spec))
+    for n, p in enumerate(file_packets(SMALL)):
+        stdin += encode_packet(p)
+        if n > 150:
+            break
+    stdin += encode_json(FrameType.END, {})
+    res = subprocess.run(
+        [sys.executable, "-m", "transcode.worker"], input=stdin, capture_output=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr.decode()
+    first: dict[str, FrameType] = {}
+    for t, payload in FrameReader().feed(res.stdout):
+        if t in (FrameType.INIT, FrameType.PART, FrameType.SEGMENT):
+            name = json.loads(payload[4 : 4 + int.from_bytes(payload[:4], "big")])["rendition"]
+            first.setdefault(name, t)
+    assert first == {"360p": FrameType.INIT, "240p": FrameType.INIT}
+
+
+def test_faster_preset_mid_stream_sends_a_new_init_at_a_segment_boundary() -> None:
+    """Overload step 1 reopens x264; new parameter sets come with a new EXT-X-MAP."""
+    buf = io.BytesIO()
+    spec = Spec(stream="t/reinit", ladder=LADDER[1:2], x264_threads=1, segment_format="fmp4")
+    pipeline = Pipeline(spec, Output(buf))
+    for p in file_packets(SMALL):
+        if p.dts > 2500 and pipeline._encoders:
+            pipeline._encoders[0].preset_override = "ultrafast"
+        pipeline.feed(p)
+    pipeline.finish()
+    init = b""
+    inits = 0
+    for t, payload in FrameReader().feed(buf.getvalue()):
+        if t is FrameType.INIT:
+            init = decode_init(payload).data
+            inits += 1
+        elif t is FrameType.SEGMENT:
+            seg = decode_segment(payload)
+            with av.open(io.BytesIO(init + seg.data), format="mp4") as c:
+                frames = list(c.decode(video=0))
+            assert abs(len(frames) - seg.duration * 30) <= 1, seg.index
+    assert inits == 2

@@ -1,0 +1,182 @@
+"""Signed stream tokens: HMAC-SHA256 over action, tenant, stream and expiry.
+
+One format serves publish tokens (RTMP ``?token=``, WHIP bearer) and, later,
+playback tokens: the signed ``action`` ("publish", "play") keeps one from being
+used as the other. A token is two base64url parts joined by a dot::
+
+    base64url(claims JSON) "." base64url(HMAC-SHA256(secret, "nc1." + claims part))
+
+with claims ``{"v": 1, "k": key id, "a": action, "t": tenant, "s": stream, "e": expiry}``
+(expiry in Unix seconds). The claims travel in clear so a refusal can say *why*
+(expired, other stream) once the signature has proved them genuine; they carry
+nothing secret. Each tenant has several keys at once, by key id, so a secret can
+be rotated without cutting publishers that hold tokens signed with the old one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from settings import check
+
+__all__ = ["Claims", "TenantKeys", "TokenError", "sign", "verify", "REASONS"]
+
+VERSION = 1
+_DOMAIN = b"nc1."
+# Every refusal reason verify() can give; they are metric labels, so the set is closed.
+REASONS = (
+    "missing",
+    "malformed",
+    "unknown_key",
+    "forged",
+    "wrong_action",
+    "wrong_stream",
+    "expired",
+)
+_MAX_TOKEN = 2048
+
+
+class TokenError(ValueError):
+    """A token does not grant what was asked. ``reason`` is one of :data:`REASONS`."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        assert reason in REASONS, reason
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    key_id: str
+    action: str
+    tenant: str
+    stream: str
+    expires: int
+
+    def __bytes__(self) -> bytes:
+        doc = {
+            "v": VERSION,
+            "k": self.key_id,
+            "a": self.action,
+            "t": self.tenant,
+            "s": self.stream,
+            "e": self.expires,
+        }
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def parse(cls, data: bytes) -> Claims:
+        try:
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError("token claims are not JSON") from None
+        if not isinstance(doc, dict) or doc.get("v") != VERSION:
+            raise ValueError(f"token claims are not version {VERSION}")
+        fields = {"k": str, "a": str, "t": str, "s": str, "e": int}
+        for name, tp in fields.items():
+            value = doc.get(name)
+            if not isinstance(value, tp) or isinstance(value, bool):
+                raise ValueError(f"token claim {name!r} is missing or not a {tp.__name__}")
+        return cls(doc["k"], doc["a"], doc["t"], doc["s"], doc["e"])
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(secret: str, body: str) -> bytes:
+    return hmac.new(secret.encode(), _DOMAIN + body.encode("ascii"), hashlib.sha256).digest()
+
+
+def sign(secret: str, key_id: str, action: str, tenant: str, stream: str, expires: int) -> str:
+    """A token granting ``action`` on ``tenant/stream`` until ``expires`` (Unix seconds)."""
+    if not secret:
+        raise ValueError("cannot sign with an empty secret")
+    body = _b64(bytes(Claims(key_id, action, tenant, stream, int(expires))))
+    return f"{body}.{_b64(_mac(secret, body))}"
+
+
+def verify(
+    token: str | None,
+    keys: Mapping[str, str],
+    action: str,
+    tenant: str,
+    stream: str,
+    now: float,
+) -> Claims:
+    """Check that ``token`` grants ``action`` on ``tenant/stream`` at ``now``.
+
+    ``keys`` maps key id to secret: every key listed is valid (rotation). Raises
+    :class:`TokenError` naming the first thing wrong; the signature is checked
+    before any claim is believed, so a forged token never reads as "expired".
+    """
+    if not token:
+        raise TokenError("missing", f"no token for {action} of {tenant}/{stream}")
+    if len(token) > _MAX_TOKEN or token.count(".") != 1:
+        raise TokenError("malformed", "token is not two base64url parts joined by '.'")
+    body, _, mac = token.partition(".")
+    try:
+        raw = _unb64(body)
+        given = _unb64(mac)
+        claims = Claims.parse(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise TokenError("malformed", f"token cannot be decoded: {exc}") from None
+    secret = keys.get(claims.key_id)
+    if secret is None:
+        raise TokenError(
+            "unknown_key", f"token is signed with key {claims.key_id!r}, unknown for {tenant}"
+        )
+    if not hmac.compare_digest(given, _mac(secret, body)):
+        raise TokenError("forged", f"token signature does not match key {claims.key_id!r}")
+    if claims.action != action:
+        raise TokenError("wrong_action", f"token grants {claims.action!r}, not {action!r}")
+    if (claims.tenant, claims.stream) != (tenant, stream):
+        raise TokenError(
+            "wrong_stream",
+            f"token is for {claims.tenant}/{claims.stream}, not {tenant}/{stream}",
+        )
+    if now >= claims.expires:
+        raise TokenError("expired", f"token expired {now - claims.expires:.0f} s ago")
+    return claims
+
+
+@dataclass(frozen=True)
+class TenantKeys:
+    """Token keys of one tenant (publish or playback): key id -> secret, all valid at once
+    (rotation)."""
+
+    require_token: bool = True
+    keys: dict[str, str] = field(default_factory=dict)
+    # Key id `nearcast token` signs with; empty means the first key listed.
+    sign_key: str = ""
+
+    def __post_init__(self) -> None:
+        check(
+            not self.require_token or bool(self.keys),
+            "keys",
+            "must hold at least one key when require_token is true",
+        )
+        for kid, secret in self.keys.items():
+            check(bool(kid) and "." not in kid, f"keys.{kid}", "key id must be non-empty, no '.'")
+            check(len(secret) >= 16, f"keys.{kid}", "secret must be at least 16 characters")
+        check(
+            not self.sign_key or self.sign_key in self.keys,
+            "sign_key",
+            "must name one of the tenant's keys",
+        )
+
+    def signing_key(self) -> tuple[str, str]:
+        if not self.keys:
+            raise ValueError("the tenant has no keys to sign with")
+        kid = self.sign_key or next(iter(self.keys))
+        return kid, self.keys[kid]
