@@ -46,14 +46,14 @@ def seed_streams() -> dict[str, bytes]:
         writer = ChunkWriter(compress=compress)
         msgs = [
             Message(3, 0, 20, 0, seeds["amf0-connect.bin"]),
-            Message(2, 0, 1, 0, (60).to_bytes(4, "big")),
+            Message(2, 0, 1, 0, (128).to_bytes(4, "big")),
         ]
         data = b"".join(writer.write(m) for m in msgs)
-        writer.chunk_size = 60
+        writer.chunk_size = 128
         ts = 0xFFFFF0
         for i in range(12):
             ts += 7 if i % 3 else 0xFFFFFF
-            data += writer.write(Message(4 + i % 2, ts, 8 + i % 2, 1, bytes([0xAF, 1]) * (i * 9)))
+            data += writer.write(Message(4 + i % 2, ts, 8 + i % 2, 1, bytes([0xAF, 1]) * (i * 20)))
         data += writer.write(Message(320, 5, 18, 1, seeds["amf0-metadata.bin"]))
         data += writer.write(Message(64, 0, 4, 0, bytes.fromhex("0006 00000001")))
         seeds[f"chunk-stream-{'compressed' if compress else 'plain'}.bin"] = data

@@ -76,6 +76,10 @@ class Node:
             NEARCAST_TRANSCODE_LADDER="[{name: source, codec: copy}]",
             NEARCAST_TRANSCODE_CAPACITY_UNITS="1000",
             NEARCAST_NODE_LOG_LEVEL="WARNING",
+            # Every publisher comes from loopback, and the steps go past the defaults'
+            # 16 connections per address and 32 publishers per node.
+            NEARCAST_RTMP_MAX_CONNECTIONS_PER_IP="0",
+            NEARCAST_INGEST_MAX_PUBLISHERS="0",
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nearcast", "node"],

@@ -17,6 +17,16 @@ class RtmpConfig:
     handshake_timeout: float = 10.0
     idle_timeout: float = 20.0
     max_message_size: int = 16 * 1024 * 1024
+    # Commands, data and control messages, and every message before a publish is accepted.
+    max_command_size: int = 64 * 1024
+    # Seconds a write to a peer may wait for its socket to drain.
+    write_timeout: float = 10.0
+    # Open connections, RTMP and RTMPS together, and from one IP address (0: no limit).
+    max_connections: int = 1000
+    max_connections_per_ip: int = 16
+    # Share of one core a connection's parsing may use, averaged over parse_burst seconds.
+    parse_budget: float = 0.25
+    parse_burst: float = 0.5
     # RTMPS: served on tls_listen when both a certificate and a key are configured.
     tls_listen: str = "0.0.0.0:1936"
     tls_cert: str = ""
@@ -37,6 +47,20 @@ class RtmpConfig:
         check(self.handshake_timeout > 0, "handshake_timeout", "must be greater than zero")
         check(self.idle_timeout > 0, "idle_timeout", "must be greater than zero")
         check(self.max_message_size >= 65536, "max_message_size", "must be at least 65536")
+        check(
+            4096 <= self.max_command_size <= self.max_message_size,
+            "max_command_size",
+            "must be between 4096 and max_message_size",
+        )
+        check(self.write_timeout > 0, "write_timeout", "must be greater than zero")
+        check(self.max_connections >= 0, "max_connections", "must be >= 0 (0: no limit)")
+        check(
+            self.max_connections_per_ip >= 0,
+            "max_connections_per_ip",
+            "must be >= 0 (0: no limit)",
+        )
+        check(0 < self.parse_budget <= 1, "parse_budget", "must be in (0, 1]")
+        check(0 < self.parse_burst <= 10, "parse_burst", "must be in (0, 10] seconds")
         check(":" in self.tls_listen, "tls_listen", "must be HOST:PORT")
         check(
             bool(self.tls_cert) == bool(self.tls_key),
@@ -76,7 +100,7 @@ class WebhookConfig:
 class IngestConfig:
     """Protocol-independent publish policy: limits, takeover, authentication, control."""
 
-    max_publishers: int = 0
+    max_publishers: int = 32
     max_publishers_per_tenant: int = 0
     max_bitrate: int = 0
     bitrate_window: float = 3.0

@@ -3,9 +3,12 @@
 :class:`ChunkReader` turns an arbitrarily split byte stream into complete messages;
 :class:`ChunkWriter` splits messages into chunks. Both are pure state machines.
 
-Memory is bounded: a message may not exceed ``max_message_size``, at most
-``max_chunk_streams`` chunk streams are tracked, and the bytes held for incomplete
-messages plus the unparsed tail never exceed ``max_buffered_bytes``.
+Memory and work are bounded: an audio, video or aggregate message may not exceed
+``max_message_size``, any other message (commands, data, control) not
+``max_command_size``; at most ``max_chunk_streams`` chunk streams are tracked; the
+bytes held for incomplete messages plus the unparsed tail never exceed
+``max_buffered_bytes``; and a peer may not shrink chunks below ``MIN_CHUNK_SIZE``,
+where parsing would cost more per byte than the media is worth.
 """
 
 from __future__ import annotations
@@ -36,6 +39,15 @@ AGGREGATE = 22
 DEFAULT_CHUNK_SIZE = 128
 #: §5.4.1: the chunk size field is 31 bits; bit 31 must be zero.
 MAX_CHUNK_SIZE = 0x7FFFFFFF
+#: Smallest chunk size a peer may set. The specification allows 1, but no encoder
+#: sends less than the default, and 1-byte chunks cost a header parse per byte.
+#: SRS refuses sizes below 128 too (SRS_CONSTS_RTMP_MIN_CHUNK_SIZE).
+MIN_CHUNK_SIZE = DEFAULT_CHUNK_SIZE
+#: Largest command, data or control message: AMF is decoded on the event loop, and
+#: every real command fits in a few hundred bytes.
+DEFAULT_MAX_COMMAND_SIZE = 64 * 1024
+#: Message types that carry media, limited by ``max_message_size`` instead.
+MEDIA_TYPES = frozenset((AUDIO, VIDEO, AGGREGATE))
 #: §5.3.1.1: the 3-byte basic header addresses chunk stream ids up to 65599.
 MAX_CSID = 65599
 #: §5.3.1.3: a timestamp field of 0xFFFFFF means a 32-bit extended timestamp follows.
@@ -85,8 +97,10 @@ def parse_set_chunk_size(payload: bytes) -> int:
     if len(payload) < 4:
         raise RtmpProtocolError(f"Set Chunk Size message is {len(payload)} bytes, needs 4")
     size = int.from_bytes(payload[:4], "big")
-    if size == 0 or size > MAX_CHUNK_SIZE:
-        raise RtmpProtocolError(f"Set Chunk Size of {size} is outside 1..{MAX_CHUNK_SIZE}")
+    if size < MIN_CHUNK_SIZE or size > MAX_CHUNK_SIZE:
+        raise RtmpProtocolError(
+            f"Set Chunk Size of {size} is outside {MIN_CHUNK_SIZE}..{MAX_CHUNK_SIZE}"
+        )
     return size
 
 
@@ -102,20 +116,29 @@ class ChunkReader:
         self,
         *,
         max_message_size: int = 16 * 1024 * 1024,
+        max_command_size: int = DEFAULT_MAX_COMMAND_SIZE,
         max_chunk_streams: int = 64,
         max_buffered_bytes: int | None = None,
     ) -> None:
         self.chunk_size = DEFAULT_CHUNK_SIZE
-        self._max_message_size = max_message_size
+        #: Largest media message; the owner may raise it once a publish is accepted.
+        self.max_message_size = max_message_size
+        self._max_command_size = max_command_size
         self._max_chunk_streams = max_chunk_streams
-        self._max_buffered = (
-            max_buffered_bytes if max_buffered_bytes is not None else 2 * max_message_size + 64
-        )
+        self._fixed_buffered = max_buffered_bytes
         self._buf = bytearray()
         self._streams: dict[int, _InStream] = {}
         self._partial_bytes = 0
         self._last_raw = 0
         self._last_ext: int | None = None
+
+    @property
+    def _max_buffered(self) -> int:
+        # One media message in flight, interleaved with a few small ones (audio,
+        # commands): a peer never needs two large messages half sent at once.
+        if self._fixed_buffered is not None:
+            return self._fixed_buffered
+        return self.max_message_size + 2 * self._max_command_size + 64
 
     @property
     def buffered_bytes(self) -> int:
@@ -232,10 +255,11 @@ class ChunkReader:
                 assert stream is not None
                 remaining = stream.length - len(partial)
             else:
-                if length > self._max_message_size:
+                limit = self.max_message_size if type_id in MEDIA_TYPES else self._max_command_size
+                if length > limit:
                     raise RtmpProtocolError(
-                        f"chunk stream {csid} announces a {length}-byte message, over the "
-                        f"limit of {self._max_message_size}"
+                        f"chunk stream {csid} announces a {length}-byte message of type "
+                        f"{type_id}, over the limit of {limit}"
                     )
                 remaining = length
             size = remaining if remaining < self.chunk_size else self.chunk_size

@@ -60,7 +60,12 @@ class _Connection:
             chunk_size=self.config.chunk_size,
             window_ack_size=self.config.window_ack_size,
             max_message_size=self.config.max_message_size,
+            max_command_size=self.config.max_command_size,
         )
+        # Parse-time credit in seconds: refills at parse_budget per second, up to
+        # parse_burst; a peer that spends it all is costing the loop, not streaming.
+        self._credit = self.config.parse_burst
+        self._credit_at = time.monotonic()
         self.app = ""
         self.app_query = ""
         self.publication: Publication | None = None
@@ -84,7 +89,9 @@ class _Connection:
                 if not data or self.disconnected:
                     break
                 m.bytes.labels(self.protocol).inc(len(data))
+                started = time.monotonic()
                 events = self.session.receive_data(data)
+                self._charge(started)
                 while events:
                     # Accepting a connect or publish releases what the core held
                     # back meanwhile; those events are handled in order, right here.
@@ -92,7 +99,7 @@ class _Connection:
                 out = self.session.data_to_send()
                 if out:
                     self.writer.write(out)
-                    await self.writer.drain()
+                    await self._drain()
         except TimeoutError:
             if self.publication is None and self.publish_key is not None:
                 # Unpublished, and the client lingers (FFmpeg waits for replies to
@@ -117,12 +124,36 @@ class _Connection:
         finally:
             await self._finish()
 
+    def _charge(self, started: float) -> None:
+        now = time.monotonic()
+        cfg = self.config
+        # Credit accrues over all the time that passed, parsing included, and the parse
+        # is paid from it: a budget of 1.0 can never run out.
+        earned = (now - self._credit_at) * cfg.parse_budget
+        self._credit = min(cfg.parse_burst, self._credit + earned - (now - started))
+        self._credit_at = now
+        if self._credit < 0:
+            raise _Refused(
+                "parse_budget",
+                f"parsing this peer's input used over {cfg.parse_budget:.0%} of a core "
+                f"(rtmp.parse_budget)",
+            )
+
+    async def _drain(self) -> None:
+        """Wait for the peer to take what was written, at most write_timeout seconds."""
+        try:
+            await asyncio.wait_for(self.writer.drain(), self.config.write_timeout)
+        except TimeoutError:
+            raise _Refused(
+                "write_timeout", f"peer read nothing for {self.config.write_timeout:g} s"
+            ) from None
+
     async def _flush(self) -> None:
         out = self.session.data_to_send()
         if out:
             self.writer.write(out)
-            with contextlib.suppress(ConnectionError, OSError):
-                await self.writer.drain()
+            with contextlib.suppress(ConnectionError, OSError, _Refused):
+                await self._drain()
 
     async def _handle(self, ev: object) -> list[rtmp.Event]:
         """Act on one event; returns events the core released as a result."""
@@ -233,6 +264,7 @@ class RtmpServer:
         self._tls_server: asyncio.Server | None = None
         self.tls_port = 0
         self._conns: set[asyncio.Task[None]] = set()
+        self._per_ip: dict[str, int] = {}
         self.port = 0
 
     @property
@@ -282,6 +314,15 @@ class RtmpServer:
     async def _accept(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, protocol: str = "rtmp"
     ) -> None:
+        peer = writer.get_extra_info("peername")
+        ip = str(peer[0]) if peer else "?"
+        refusal = self._over_limit(ip)
+        if refusal is not None:
+            # Refused before a byte is read: no handshake, no session, no buffers.
+            self.metrics.rejected.labels("connections").inc()
+            log.info("[%s %s] connection refused: %s", protocol, ip, refusal)
+            writer.transport.abort()
+            return
         sock = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -289,6 +330,7 @@ class RtmpServer:
         task = asyncio.current_task()
         assert task is not None
         self._conns.add(task)
+        self._per_ip[ip] = self._per_ip.get(ip, 0) + 1
         try:
             await _Connection(self, reader, writer, protocol).run()
         except asyncio.CancelledError:
@@ -299,6 +341,17 @@ class RtmpServer:
             log.exception("rtmp connection handler failed")
         finally:
             self._conns.discard(task)
+            left = self._per_ip.pop(ip) - 1
+            if left:
+                self._per_ip[ip] = left
+
+    def _over_limit(self, ip: str) -> str | None:
+        cfg = self.config
+        if cfg.max_connections and len(self._conns) >= cfg.max_connections:
+            return f"{len(self._conns)} connections open (rtmp.max_connections)"
+        if cfg.max_connections_per_ip and self._per_ip.get(ip, 0) >= cfg.max_connections_per_ip:
+            return f"{self._per_ip[ip]} connections from this address (rtmp.max_connections_per_ip)"
+        return None
 
     async def stop(self) -> None:
         if self._server is not None:

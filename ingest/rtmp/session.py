@@ -33,6 +33,7 @@ from .chunk import (
     COMMAND_AMF3,
     DATA_AMF0,
     DATA_AMF3,
+    DEFAULT_MAX_COMMAND_SIZE,
     SET_CHUNK_SIZE,
     SET_PEER_BANDWIDTH,
     USER_CONTROL,
@@ -151,6 +152,15 @@ Event = (
 )
 
 
+#: Longest peer-supplied string echoed back in a reply (FCPublish's stream name, an
+#: unknown method's name): a reply never costs more than a few hundred bytes.
+MAX_ECHO = 128
+
+
+def _echo(value: str) -> str:
+    return value if len(value) <= MAX_ECHO else value[:MAX_ECHO] + "..."
+
+
 def _split_query(value: str) -> tuple[str, str]:
     name, _, query = value.partition("?")
     return name, query
@@ -169,12 +179,19 @@ class ServerSession:
         chunk_size: int = 4096,
         window_ack_size: int = 2_500_000,
         max_message_size: int = 16 * 1024 * 1024,
+        max_command_size: int = DEFAULT_MAX_COMMAND_SIZE,
         handshake_random: bytes | None = None,
     ) -> None:
         self._chunk_size = chunk_size
         self._window_ack_size = window_ack_size
         self._handshake = ServerHandshake(random=handshake_random)
-        self._reader = ChunkReader(max_message_size=max_message_size)
+        # Until a publish is accepted, no message may be larger than a command: an
+        # unauthenticated peer gets no 16 MiB buffers (see accept_publish).
+        self._max_media = max_message_size
+        self._reader = ChunkReader(
+            max_message_size=min(max_command_size, max_message_size),
+            max_command_size=max_command_size,
+        )
         self._writer = ChunkWriter()
         self._out = bytearray()
         self._state = State.HANDSHAKE
@@ -196,6 +213,7 @@ class ServerSession:
         self._backlog: deque[Message] = deque()
         self._backlog_bytes = 0
         self._max_backlog = max_message_size
+        self._max_backlog_pending = max_command_size
 
     # -- state ---------------------------------------------------------------
 
@@ -282,6 +300,7 @@ class ServerSession:
         if name is None:
             raise RuntimeError(f"accept_publish({stream_id}) without a pending publish")
         self._publishing[stream_id] = name
+        self._reader.max_message_size = self._max_media
         self._prefix = f"[rtmp {self._app}/{name}]"
         self._user_control(STREAM_BEGIN, stream_id)
         self._send_command(
@@ -340,10 +359,11 @@ class ServerSession:
             if self._state is State.CLOSED:
                 self._backlog.clear()
                 break
-        if self._backlog_bytes > self._max_backlog:
+        limit = self._max_backlog if self._publishing else self._max_backlog_pending
+        if self._backlog_bytes > limit:
             raise RtmpProtocolError(
                 f"peer sent {self._backlog_bytes} bytes while its connect or publish "
-                f"was pending, over the limit of {self._max_backlog}"
+                f"was pending, over the limit of {limit}"
             )
         # §5.4.3: acknowledge once the bytes received since the last ack reach the
         # window; the sequence number is the total received so far, mod 2**32.
@@ -479,7 +499,9 @@ class ServerSession:
             self._send_command(0, "_result", txn, None, None)
             if name == "FCPublish":
                 # nginx-rtmp answers FCPublish with onFCPublish too; FMLE waits for it.
-                stream = str(args[0]) if args and isinstance(args[0], str) else ""
+                stream = (
+                    _echo(_split_query(args[0])[0]) if args and isinstance(args[0], str) else ""
+                )
                 self._send_command(
                     0,
                     "onFCPublish",
@@ -531,7 +553,7 @@ class ServerSession:
                 "_error",
                 txn,
                 None,
-                _status("error", "NetConnection.Call.Failed", f"Method not found ({name})."),
+                _status("error", "NetConnection.Call.Failed", f"Method not found ({_echo(name)})."),
             )
 
     def _on_connect(self, txn: float, command: dict[str, Any]) -> ConnectRequested:

@@ -292,3 +292,56 @@ def test_property_garbage(data: bytes, prefix_parts: int) -> None:
         drive(session, data)
     except RtmpProtocolError:
         pass
+
+
+# -- limits against hostile peers -----------------------------------------------------
+
+
+def test_huge_amf_command_is_refused_before_it_is_decoded() -> None:
+    """A 16 MiB connect of nulls took seconds of loop time to decode; it is now
+    refused from its chunk header, before a byte of its body is buffered."""
+    session = ServerSession()
+    header = ChunkWriter().write(Message(3, 0, 20, 0, b"\x05" * 200))[:12]
+    big = bytes([header[0]]) + b"\x00\x00\x00" + (16 * 1024 * 1024 - 1).to_bytes(3, "big")
+    with pytest.raises(RtmpProtocolError, match="over the limit of 65536"):
+        session.receive_data(HANDSHAKE + big + header[7:12] + b"\x05" * 128)
+    assert session.closed
+
+
+def test_chunk_size_below_128_is_refused() -> None:
+    session, client = connected()
+    with pytest.raises(RtmpProtocolError, match="Set Chunk Size of 1 is outside 128"):
+        session.receive_data(client.chunk_size(1))
+
+
+def test_media_larger_than_a_command_waits_for_publish() -> None:
+    """Before Publish.Start every message is capped at the command size; after it,
+    a keyframe may be as large as max_message_size."""
+    keyframe = b"\x17\x01\x00\x00\x00" + bytes(200_000)
+    session, client = connected()
+    with pytest.raises(RtmpProtocolError, match="200005-byte message of type 9"):
+        session.receive_data(client.media(9, 0, keyframe))
+
+    session, client = connected()
+    drive(session, client.command("publish", 5.0, None, "cam", "live", stream_id=1))
+    assert session.publishing == {1: "cam"}
+    session.receive_data(client.media(9, 40, keyframe))  # no limit error
+
+
+def test_data_message_stays_capped_while_publishing() -> None:
+    session, client = connected()
+    drive(session, client.command("publish", 5.0, None, "cam", "live", stream_id=1))
+    meta = amf0.encode("@setDataFrame", "onMetaData", amf0.EcmaArray(x="y" * 70_000))
+    with pytest.raises(RtmpProtocolError, match="of type 18, over the limit of 65536"):
+        session.receive_data(client.writer.write(Message(4, 0, 18, 1, meta)))
+
+
+def test_replies_never_echo_more_than_a_short_prefix() -> None:
+    session, client = connected()
+    name = "n" * 60_000
+    session.receive_data(
+        client.command("FCPublish", 3.0, None, name + "?token=secret") + client.command(name, 4.0)
+    )
+    out = session.data_to_send()
+    assert len(out) < 2_000
+    assert b"secret" not in out

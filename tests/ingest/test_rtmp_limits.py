@@ -1,0 +1,158 @@
+"""The RTMP server's limits against one hostile client, on a real socket.
+
+Each test runs the asyncio server in process with a sink that accepts every
+publish, and attacks it from raw sockets on loopback: too many connections,
+a peer that never reads its replies, a peer whose input costs too much to parse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from ingest.config import RtmpConfig
+from ingest.metrics import IngestMetrics
+from ingest.rtmp import amf0
+from ingest.rtmp.chunk import ChunkWriter, Message
+from ingest.rtmp.handshake import HandshakePacket
+from ingest.rtmp.server import RtmpServer
+from ingest.sink import PublishRequest
+from media import MediaPacket
+
+C1 = bytes(HandshakePacket(0, 0, bytes(1528)))
+HANDSHAKE = b"\x03" + C1 + C1
+
+
+class _Publication:
+    async def media(self, packet: MediaPacket) -> None:
+        pass
+
+    def metadata(self, values: dict[str, Any]) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+class _Sink:
+    async def open_publish(self, request: PublishRequest) -> _Publication:
+        return _Publication()
+
+
+@dataclasses.dataclass
+class Served:
+    server: RtmpServer
+    registry: CollectorRegistry
+
+    def rejected(self, reason: str) -> float:
+        value = self.registry.get_sample_value("ingest_rejected_total", {"reason": reason})
+        return value or 0.0
+
+
+async def _serve(**overrides: Any) -> Served:
+    registry = CollectorRegistry()
+    config = RtmpConfig(listen="127.0.0.1:0", **overrides)
+    server = RtmpServer(config, _Sink(), IngestMetrics(registry))
+    await server.start()
+    return Served(server, registry)
+
+
+@pytest.fixture
+async def served(request: pytest.FixtureRequest) -> AsyncIterator[Served]:
+    s = await _serve(**getattr(request, "param", {}))
+    yield s
+    await s.server.stop()
+
+
+async def _wait(predicate: Any) -> None:
+    """Poll a condition the server's own tasks make true, for at most 10 s.
+
+    The conditions are metric values and the server's connection set, which signal
+    nothing, so this polls rather than waits on an event.
+    """
+    async with asyncio.timeout(10):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+def _connected_client() -> tuple[bytes, ChunkWriter]:
+    writer = ChunkWriter()
+    connect = writer.write(
+        Message(3, 0, 20, 0, amf0.encode("connect", 1.0, {"app": "live", "tcUrl": "rtmp://h/live"}))
+    )
+    return HANDSHAKE + connect, writer
+
+
+@pytest.mark.parametrize("served", [{"max_connections_per_ip": 3}], indirect=True)
+async def test_connections_over_the_per_ip_limit_are_refused(served: Served) -> None:
+    port = served.server.port
+    held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+    await _wait(lambda: len(served.server._conns) == 3)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    # Refused before the handshake: the server closes without sending S0.
+    assert await asyncio.wait_for(reader.read(1), 5) == b""
+    assert served.rejected("connections") == 1
+    writer.close()
+    for _, w in held:
+        w.close()
+    await _wait(lambda: not served.server._conns)
+    # Freed slots are usable again.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(HANDSHAKE)
+    assert len(await asyncio.wait_for(reader.readexactly(3073), 5)) == 3073
+    writer.close()
+
+
+@pytest.mark.parametrize("served", [{"max_connections": 2}], indirect=True)
+async def test_connections_over_the_global_limit_are_refused(served: Served) -> None:
+    held = [await asyncio.open_connection("127.0.0.1", served.server.port) for _ in range(2)]
+    await _wait(lambda: len(served.server._conns) == 2)
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.server.port)
+    assert await asyncio.wait_for(reader.read(1), 5) == b""
+    assert served.rejected("connections") == 1
+    for _, w in [*held, (reader, writer)]:
+        w.close()
+
+
+@pytest.mark.parametrize("served", [{"write_timeout": 0.5, "parse_budget": 1.0}], indirect=True)
+async def test_a_peer_that_never_reads_is_dropped(served: Served) -> None:
+    """Pings make the server reply; a peer that reads none of it fills its socket
+    buffers, and the server gives up after write_timeout instead of waiting forever."""
+    sock = socket.create_connection(("127.0.0.1", served.server.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    hello, writer = _connected_client()
+    ping = writer.write(Message(2, 0, 4, 0, bytes.fromhex("0006 0000002a")))
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_sendall(sock, hello)
+    # Each ping asks for a 6-byte reply plus headers; send until the server stops reading.
+    with pytest.raises((ConnectionError, TimeoutError)):
+        async with asyncio.timeout(20):
+            while True:
+                await loop.sock_sendall(sock, ping * 512)
+    await _wait(lambda: served.rejected("write_timeout") == 1)
+    await _wait(lambda: not served.server._conns)
+    sock.close()
+
+
+@pytest.mark.parametrize("served", [{"parse_budget": 0.01, "parse_burst": 0.05}], indirect=True)
+async def test_a_peer_that_costs_too_much_parsing_is_dropped(served: Served) -> None:
+    """Commands full of AMF nulls are the cheapest bytes to send and the dearest to
+    decode; a peer that keeps sending them runs out of parse credit."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.server.port)
+    hello, chunks = _connected_client()
+    writer.write(hello)
+    costly = chunks.write(Message(3, 0, 20, 0, amf0.encode("_checkbw", 0.0) + b"\x05" * 60_000))
+    with pytest.raises((ConnectionError, TimeoutError)):
+        async with asyncio.timeout(20):
+            while True:
+                writer.write(costly)
+                await writer.drain()
+    await _wait(lambda: served.rejected("parse_budget") == 1)
+    writer.close()
