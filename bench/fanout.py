@@ -88,7 +88,8 @@ def serve(port: int, snapshot: Path, guard: bool) -> None:
     from distribute.access import PlaybackGuard, PlaybackMetrics, TokenCheck
     from distribute.config import HlsConfig
     from distribute.fastpath import media_protocol
-    from distribute.hls.store import Part, Store
+    from distribute.hls.store import Store
+    from distribute.hls.track import Part
     from distribute.http import MediaApp, MediaMetrics
     from media import StreamKey
     from media.segments import InitFrame, PartFrame, SegmentFrame

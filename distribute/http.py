@@ -28,7 +28,9 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from distribute.access import TokenCheck
-from distribute.hls.store import LiveStream, RenditionTrack, Store
+from distribute.hls.store import Store
+from distribute.hls.stream import LiveStream
+from distribute.hls.track import RenditionTrack
 
 log = logging.getLogger(__name__)
 

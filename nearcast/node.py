@@ -23,7 +23,9 @@ from prometheus_client import CollectorRegistry
 from distribute.access import PlaybackGuard, PlaybackMetrics, TokenCheck
 from distribute.api import create_api
 from distribute.fastpath import media_protocol
-from distribute.hls.store import LiveStream, RenditionTrack, Segment, Store
+from distribute.hls.store import Store
+from distribute.hls.stream import LiveStream
+from distribute.hls.track import RenditionTrack, Segment
 from distribute.http import MediaApp, MediaMetrics
 from distribute.record import Recorder, RecordMetrics, StreamRecorder
 from distribute.whep import WhepServer

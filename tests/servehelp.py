@@ -17,7 +17,8 @@ from distribute.access import PlaybackGuard, PlaybackMetrics, TokenCheck
 from distribute.api import find_hlsjs
 from distribute.config import HlsConfig
 from distribute.fastpath import media_protocol
-from distribute.hls.store import SEQUENCE_EPOCH, LiveStream, Store
+from distribute.hls.store import SEQUENCE_EPOCH, Store
+from distribute.hls.stream import LiveStream
 from distribute.http import MediaApp, MediaMetrics
 from media import StreamKey
 from media.segments import InitFrame, PartFrame, SegmentFrame

@@ -4,7 +4,7 @@ import m3u8
 from servehelp import INFO
 
 from distribute.config import HlsConfig
-from distribute.hls.store import LiveStream
+from distribute.hls.stream import LiveStream
 from media import StreamKey
 from media.segments import SegmentFrame
 

@@ -7,7 +7,8 @@ import pytest
 from servehelp import INFO
 
 from distribute.config import HlsConfig
-from distribute.hls.store import LiveStream, Store, first_sequence
+from distribute.hls.store import Store, first_sequence
+from distribute.hls.stream import LiveStream
 from media import StreamKey
 from media.segments import InitFrame, PartFrame, SegmentFrame
 

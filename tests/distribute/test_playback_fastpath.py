@@ -20,7 +20,7 @@ from servehelp import LL_HLS, MediaServer, feed_init, feed_part, feed_segment
 
 import distribute.access
 from distribute.access import TokenCheck
-from distribute.hls.store import LiveStream
+from distribute.hls.stream import LiveStream
 from tokens import TokenError, sign
 
 KEYS = {"k1": "class-secret-0123456789"}
