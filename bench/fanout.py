@@ -89,7 +89,8 @@ def serve(port: int, snapshot: Path, guard: bool) -> None:
     from distribute.config import HlsConfig
     from distribute.fastpath import media_protocol
     from distribute.hls.store import Part, Store
-    from distribute.http import MediaApp, MediaMetrics
+    from distribute.http import MediaApp
+    from distribute.media_metrics import MediaMetrics
     from media import StreamKey
     from media.segments import InitFrame, PartFrame, SegmentFrame
 

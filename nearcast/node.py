@@ -24,7 +24,8 @@ from distribute.access import PlaybackGuard, PlaybackMetrics, TokenCheck
 from distribute.api import create_api
 from distribute.fastpath import media_protocol
 from distribute.hls.store import LiveStream, RenditionTrack, Segment, Store
-from distribute.http import MediaApp, MediaMetrics
+from distribute.http import MediaApp
+from distribute.media_metrics import MediaMetrics
 from distribute.record import Recorder, RecordMetrics, StreamRecorder
 from distribute.whep import WhepServer
 from distribute.whep.http import whep_router
