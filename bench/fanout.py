@@ -90,7 +90,8 @@ def serve(port: int, snapshot: Path, guard: bool) -> None:
     from distribute.fastpath import media_protocol
     from distribute.hls.store import Store
     from distribute.hls.track import Part
-    from distribute.http import MediaApp, MediaMetrics
+    from distribute.http import MediaApp
+    from distribute.media_metrics import MediaMetrics
     from media import StreamKey
     from media.segments import InitFrame, PartFrame, SegmentFrame
 

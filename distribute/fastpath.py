@@ -22,7 +22,8 @@ import logging
 import socket
 from typing import Any
 
-from distribute.http import TIMED_OUT, Hold, MediaApp, header_lines
+from distribute.http import Hold, MediaApp
+from distribute.responses import TIMED_OUT, header_lines
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def media_protocol(media: MediaApp) -> type[asyncio.Protocol] | str:
 
     error_block = (
         b"content-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n"
-        + header_lines(media._cors)
+        + header_lines(media.respond.cors)
     )
 
     class MediaHttpProtocol(HttpToolsProtocol):

@@ -13,52 +13,48 @@ is held until that segment or part is listed, waiting on the rendition's
 :class:`asyncio.Event` (no polling), for at most three target durations (then
 503). A request for the preload-hinted part is held the same way and answered,
 with chunked transfer, the moment the part exists.
+
+This module decides what a media request gets; :mod:`distribute.responses`
+sends it (headers, Range, errors, CORS) and :mod:`distribute.media_metrics`
+counts it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterator, MutableMapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
-
-from prometheus_client import CollectorRegistry, Gauge
-from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector
+from typing import Protocol
 
 from distribute.access import TokenCheck
 from distribute.hls.store import Store
 from distribute.hls.stream import LiveStream
 from distribute.hls.track import RenditionTrack
+from distribute.media_metrics import MediaMetrics
+from distribute.responses import (
+    BLOCKING_PLAYLIST_CACHE,
+    ENDED_PLAYLIST_CACHE,
+    FMP4_TYPE,
+    INIT_TYPE,
+    LIVE_PLAYLIST_CACHE,
+    LL_PLAYLIST_CACHE,
+    NO_SEGMENT,
+    PLAYLIST_TYPE,
+    SEGMENT_CACHE,
+    SEGMENT_TYPE,
+    TIMED_OUT,
+    VOD_PLAYLIST_CACHE,
+    ASGIApp,
+    Headers,
+    Receive,
+    Responder,
+    Scope,
+    Send,
+    header_lines,
+)
 
 log = logging.getLogger(__name__)
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-Headers = list[tuple[bytes, bytes]]
-
-PLAYLIST_TYPE = b"application/vnd.apple.mpegurl"
-SEGMENT_TYPE = b"video/mp2t"
-FMP4_TYPE = b"video/mp4"  # CMAF media segments and parts; "video/iso.segment" is rarer in players
-INIT_TYPE = b"video/mp4"
-# RFC 8216bis §6.2.1 / Apple's authoring spec: a live playlist changes every
-# segment, so caches may keep it for at most half a target duration; a segment
-# never changes once listed.
-LIVE_PLAYLIST_CACHE = b"max-age=1"
-ENDED_PLAYLIST_CACHE = b"max-age=60"
-SEGMENT_CACHE = b"public, max-age=31536000, immutable"
-# LL-HLS: a plain playlist request must see the newest part; a blocking one
-# (unique URL per msn/part) and a part may be cached briefly by a CDN.
-LL_PLAYLIST_CACHE = b"no-cache"
-BLOCKING_PLAYLIST_CACHE = b"public, max-age=2"
-VOD_PLAYLIST_CACHE = b"no-cache"
-ERROR_CACHE = b"no-store"
-TEXT = b"text/plain; charset=utf-8"
-NO_SEGMENT = b"no segment yet\n"
-TIMED_OUT = b"the requested part did not appear within three target durations\n"
 
 
 class VodSource(Protocol):
@@ -69,51 +65,6 @@ class VodSource(Protocol):
     ) -> tuple[bytes, bytes] | None:
         """(body, content type), or None when there is no such file."""
         ...
-
-
-class MediaMetrics:
-    """Counters of the media path, kept as plain integers and exported at scrape time.
-
-    A prometheus_client ``Counter.inc`` takes a lock and validates its state on
-    every call; on a path that answers tens of thousands of requests a second
-    that is a measurable share of the work, so the hot path only adds to ints.
-    """
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.counts: dict[tuple[str, int], int] = {}
-        self.sent = 0
-        # hls_held_requests: LL-HLS blocking playlist and preload-hint part requests
-        # waiting right now for their part.
-        self.held = Gauge(
-            "hls_held_requests", "LL-HLS requests held until their part exists", registry=registry
-        )
-        registry.register(_MediaCollector(self))
-
-    def count(self, kind: str, status: int) -> None:
-        key = (kind, status)
-        self.counts[key] = self.counts.get(key, 0) + 1
-
-
-class _MediaCollector(Collector):
-    def __init__(self, metrics: MediaMetrics) -> None:
-        self.metrics = metrics
-
-    def collect(self) -> Iterator[CounterMetricFamily]:
-        # hls_requests_total{kind,status}: master, playlist, part, segment, init or vod
-        # requests answered by the media path; kind and status are small fixed sets.
-        requests = CounterMetricFamily(
-            "hls_requests", "HLS requests answered by the media path", labels=["kind", "status"]
-        )
-        for (kind, status), n in list(self.metrics.counts.items()):
-            requests.add_metric([kind, str(status)], n)
-        yield requests
-        # hls_outbound_bytes_total: body bytes sent to viewers (segments, parts, playlists).
-        sent = CounterMetricFamily("hls_outbound_bytes", "Body bytes sent to HLS viewers")
-        sent.add_metric([], self.metrics.sent)
-        yield sent
-
-    def describe(self) -> Iterator[CounterMetricFamily]:
-        return iter(())
 
 
 @dataclass(slots=True)
@@ -129,44 +80,6 @@ class Hold:
     chunked: bool = False
     # The body of that 404: the same words the ASGI path uses.
     missing: bytes = b"the hinted part was not produced\n"
-
-
-class BadRange(ValueError):
-    """A Range header no byte of the body satisfies (416)."""
-
-
-def parse_range(header: bytes, size: int) -> tuple[int, int] | None:
-    """One ``bytes=`` range of RFC 9110 §14.1.2 as (first, last) inclusive.
-
-    None means "send the whole body" (no usable range: another unit, several
-    ranges); :class:`BadRange` means 416.
-    """
-    unit, _, spec = header.partition(b"=")
-    if unit.strip().lower() != b"bytes" or b"," in spec:
-        return None
-    first_s, dash, last_s = spec.strip().partition(b"-")
-    if not dash:
-        return None
-    try:
-        first = int(first_s) if first_s else -1
-        last = int(last_s) if last_s else size - 1
-    except ValueError:
-        return None
-    if first_s == b"":  # suffix: the last N bytes
-        if not last_s:
-            return None
-        if last <= 0 or size == 0:
-            raise BadRange(f"suffix range of {last} bytes on a {size}-byte body")
-        return max(0, size - last), size - 1
-    if first >= size:
-        raise BadRange(f"range starts at {first}, past the {size}-byte body")
-    if first < 0 or last < first:
-        return None
-    return first, min(last, size - 1)
-
-
-def header_lines(headers: Headers) -> bytes:
-    return b"".join(k + b": " + v + b"\r\n" for k, v in headers)
 
 
 def _query(qs: bytes) -> dict[bytes, bytes]:
@@ -203,12 +116,8 @@ class MediaApp:
         # other, its playlists signed; every other one goes down the ASGI path,
         # where :class:`distribute.access.PlaybackGuard` refuses it with a reason.
         self.tokens: TokenCheck | None = None
-        self.cors = cors_origin.encode()
-        cors = [
-            (b"access-control-allow-origin", self.cors),
-            (b"access-control-expose-headers", b"content-length, content-range, age"),
-        ]
-        self._cors = cors
+        self.respond = Responder(cors_origin, metrics)
+        cors = self.respond.cors
         cfg = store.config
         # Parts live for about three segments; caches may keep them that long.
         part_cache = f"public, max-age={max(1, int(3 * cfg.segment_duration))}".encode()
@@ -478,25 +387,25 @@ class MediaApp:
     # -- handlers ----------------------------------------------------------------------
 
     async def _master(self, scope: Scope, send: Send, tenant: str, name: str) -> None:
-        if await self._preflight(scope, send, "master"):
+        if await self.respond.preflight(scope, send, "master"):
             return
         stream = self.store.get(tenant, name)
         if stream is None or not stream.master:
-            await self._error(send, "master", 404, b"no such stream\n")
+            await self.respond.error(send, "master", 404, b"no such stream\n")
             return
-        await self._body(
+        await self.respond.body(
             scope, send, "master", stream.master, self._h_ended if stream.ended else self._h_live
         )
 
     async def _media(
         self, scope: Scope, send: Send, tenant: str, name: str, rendition: str, file: str
     ) -> None:
-        if await self._preflight(scope, send, "playlist"):
+        if await self.respond.preflight(scope, send, "playlist"):
             return
         stream = self.store.get(tenant, name)
         track = stream.renditions.get(rendition) if stream else None
         if stream is None or track is None:
-            await self._error(send, "playlist", 404, b"no such stream\n")
+            await self.respond.error(send, "playlist", 404, b"no such stream\n")
             return
         if file == "index.m3u8":
             await self._playlist(scope, send, stream, track)
@@ -507,7 +416,7 @@ class MediaApp:
                 msn = int(msn_s)
                 part = int(part_s) if dot else -1
             except ValueError:
-                await self._error(send, "segment", 404, b"no such segment\n")
+                await self.respond.error(send, "segment", 404, b"no such segment\n")
                 return
             if dot:
                 await self._part(scope, send, stream, track, msn, part)
@@ -525,20 +434,20 @@ class MediaApp:
             except ValueError:
                 data = None
             if data is None:
-                await self._error(send, "init", 404, b"no such init segment\n")
+                await self.respond.error(send, "init", 404, b"no such init segment\n")
                 return
-            await self._body(scope, send, "init", data, self._h_init, ranges=True)
+            await self.respond.body(scope, send, "init", data, self._h_init, ranges=True)
         else:
-            await self._error(send, "segment", 404, b"no such file\n")
+            await self.respond.error(send, "segment", 404, b"no such file\n")
 
     async def _segment(
         self, scope: Scope, send: Send, track: RenditionTrack, msn: int, headers: Headers
     ) -> None:
         seg = track.by_msn.get(msn)
         if seg is None or seg.gap:
-            await self._error(send, "segment", 404, b"no such segment\n")
+            await self.respond.error(send, "segment", 404, b"no such segment\n")
             return
-        await self._body(scope, send, "segment", seg.data, headers, ranges=True)
+        await self.respond.body(scope, send, "segment", seg.data, headers, ranges=True)
 
     async def _playlist(
         self, scope: Scope, send: Send, stream: LiveStream, track: RenditionTrack
@@ -554,7 +463,7 @@ class MediaApp:
             if msn_b is not None or part_b is not None:
                 status, why = await self._block(stream, track, msn_b, part_b)
                 if status != 200:
-                    await self._error(send, "playlist", status, why)
+                    await self.respond.error(send, "playlist", status, why)
                     return
                 blocking = True
         if stream.low_latency and not blocking and track.last_msn < 0 and not stream.ended:
@@ -562,7 +471,7 @@ class MediaApp:
             await self._wait(stream, track, lambda: track.last_msn >= 0)
         body = track.playlist_skip if skip else track.playlist
         if not body:
-            await self._error(send, "playlist", 404, NO_SEGMENT)
+            await self.respond.error(send, "playlist", 404, NO_SEGMENT)
             return
         if stream.ended:
             headers = self._h_ended
@@ -572,7 +481,7 @@ class MediaApp:
             headers = self._h_ll
         else:
             headers = self._h_live
-        await self._body(scope, send, "playlist", body, headers)
+        await self.respond.body(scope, send, "playlist", body, headers)
 
     async def _block(
         self, stream: LiveStream, track: RenditionTrack, msn_b: bytes | None, part_b: bytes | None
@@ -637,7 +546,7 @@ class MediaApp:
                 msn == last_msn and index > last_part + 3
             )
             if stream.ended or msn <= track.last_msn or ahead or index < 0:
-                await self._error(send, "part", 404, b"no such part\n")
+                await self.respond.error(send, "part", 404, b"no such part\n")
                 return
 
             def arrived() -> bool:
@@ -646,27 +555,27 @@ class MediaApp:
             await self._wait(stream, track, arrived)
             part = track.parts.get(key)
             if part is None:
-                await self._error(send, "part", 404, b"the hinted part was not produced\n")
+                await self.respond.error(send, "part", 404, b"the hinted part was not produced\n")
                 return
             # Sent as it became available: chunked transfer, no Content-Length.
-            await self._body(
+            await self.respond.body(
                 scope, send, "part", part.data, self._h_part, ranges=True, chunked=True
             )
             return
-        await self._body(scope, send, "part", part.data, self._h_part, ranges=True)
+        await self.respond.body(scope, send, "part", part.data, self._h_part, ranges=True)
 
     async def _vod(
         self, scope: Scope, send: Send, tenant: str, name: str, rendition: str | None, file: str
     ) -> None:
-        if await self._preflight(scope, send, "vod"):
+        if await self.respond.preflight(scope, send, "vod"):
             return
         found = await self.vod.read(tenant, name, rendition, file) if self.vod else None
         if found is None:
-            await self._error(send, "vod", 404, b"no such recording\n")
+            await self.respond.error(send, "vod", 404, b"no such recording\n")
             return
         data, ctype = found
         if ctype == PLAYLIST_TYPE:
-            await self._body(scope, send, "vod", data, self._h_vod_pl)
+            await self.respond.body(scope, send, "vod", data, self._h_vod_pl)
         else:
             headers = (
                 self._h_init
@@ -675,102 +584,4 @@ class MediaApp:
                 if ctype == SEGMENT_TYPE
                 else self._h_m4s
             )
-            await self._body(scope, send, "vod", data, headers, ranges=True)
-
-    # -- responses ---------------------------------------------------------------------
-
-    async def _preflight(self, scope: Scope, send: Send, kind: str) -> bool:
-        method = scope["method"]
-        if method == "GET" or method == "HEAD":
-            return False
-        if method == "OPTIONS":
-            asked = b"range"
-            for k, v in scope["headers"]:
-                if k == b"access-control-request-headers":
-                    asked = v
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 204,
-                    "headers": [
-                        (b"access-control-allow-origin", self.cors),
-                        (b"access-control-allow-methods", b"GET, HEAD, OPTIONS"),
-                        (b"access-control-allow-headers", asked),
-                        (b"access-control-max-age", b"86400"),
-                        (b"content-length", b"0"),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": b""})
-            self.metrics.count(kind, 204)
-            return True
-        await self._error(
-            send, kind, 405, b"method not allowed\n", [(b"allow", b"GET, HEAD, OPTIONS")]
-        )
-        return True
-
-    async def _body(
-        self,
-        scope: Scope,
-        send: Send,
-        kind: str,
-        body: bytes,
-        headers: Headers,
-        *,
-        ranges: bool = False,
-        chunked: bool = False,
-    ) -> None:
-        status = 200
-        if ranges:
-            for k, v in scope["headers"]:
-                if k == b"range":
-                    try:
-                        r = parse_range(v, len(body))
-                    except BadRange:
-                        await self._error(
-                            send,
-                            kind,
-                            416,
-                            b"range not satisfiable\n",
-                            [(b"content-range", f"bytes */{len(body)}".encode())],
-                        )
-                        return
-                    if r is not None:
-                        first, last = r
-                        headers = headers + [
-                            (b"content-range", f"bytes {first}-{last}/{len(body)}".encode())
-                        ]
-                        body = body[first : last + 1]
-                        status = 206
-                    break
-        head = scope["method"] == "HEAD"
-        if chunked and not head:
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body, "more_body": True})
-            await send({"type": "http.response.body", "body": b""})
-        else:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": status,
-                    "headers": headers + [(b"content-length", str(len(body)).encode())],
-                }
-            )
-            await send({"type": "http.response.body", "body": b"" if head else body})
-        self.metrics.count(kind, status)
-        if not head:
-            self.metrics.sent += len(body)
-
-    async def _error(
-        self, send: Send, kind: str, status: int, body: bytes, extra: Headers | None = None
-    ) -> None:
-        headers = [
-            (b"content-type", TEXT),
-            (b"content-length", str(len(body)).encode()),
-            (b"cache-control", ERROR_CACHE),
-            *self._cors,
-            *(extra or []),
-        ]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-        self.metrics.count(kind, status)
+            await self.respond.body(scope, send, "vod", data, headers, ranges=True)

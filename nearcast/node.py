@@ -26,7 +26,8 @@ from distribute.fastpath import media_protocol
 from distribute.hls.store import Store
 from distribute.hls.stream import LiveStream
 from distribute.hls.track import RenditionTrack, Segment
-from distribute.http import MediaApp, MediaMetrics
+from distribute.http import MediaApp
+from distribute.media_metrics import MediaMetrics
 from distribute.record import Recorder, RecordMetrics, StreamRecorder
 from distribute.whep import WhepServer
 from distribute.whep.http import whep_router

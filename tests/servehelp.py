@@ -19,7 +19,8 @@ from distribute.config import HlsConfig
 from distribute.fastpath import media_protocol
 from distribute.hls.store import SEQUENCE_EPOCH, Store
 from distribute.hls.stream import LiveStream
-from distribute.http import MediaApp, MediaMetrics
+from distribute.http import MediaApp
+from distribute.media_metrics import MediaMetrics
 from media import StreamKey
 from media.segments import InitFrame, PartFrame, SegmentFrame
 

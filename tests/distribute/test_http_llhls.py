@@ -17,7 +17,7 @@ from servehelp import LL_HLS, MediaServer, feed_init, feed_part, feed_segment
 
 from bench.cmaf import cmaf
 from distribute.config import HlsConfig
-from distribute.http import BadRange, parse_range
+from distribute.responses import BadRange, parse_range
 from media.segments import SegmentFrame
 
 CMAF = cmaf()
