@@ -11,6 +11,10 @@ and records the node in ``chg``; :meth:`RedisRegistry.changes` reads, per pool
 and in one pipelined script call each, only the nodes scored above the counter
 the caller saw. A recreated counter (new epoch) makes it re-read that pool.
 
+Connections, pipelines (a fan-out on a cluster) and script calls are
+:class:`~placement.registry.redisclient.RegistryClient`'s; this module owns the
+keys and what is stored under them:
+
     {p:<pool>}:desc     hash  node -> descriptor JSON (full stats)
     {p:<pool>}:live     hash  node -> {"load": ..., "hb": t} (liveness beat)
     {p:<pool>}:state    hash  node -> ready|draining|cordoned (operator)
@@ -36,22 +40,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
-import redis.exceptions
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.commands.core import AsyncScript
-from redis.connection import HiredisRespSerializer
-from redis.typing import ScriptTextT
-from redis.utils import HIREDIS_AVAILABLE
 
-from placement.errors import RegistryUnavailable, UnknownNode
+from placement.errors import UnknownNode
 from placement.model import (
     Load,
     Node,
@@ -62,47 +58,13 @@ from placement.model import (
     stream_key,
 )
 from placement.registry import NodeChanges
+from placement.registry.redisclient import RegistryClient, connect, connect_cluster, unavailable
 
-_LUA = Path(__file__).with_name("lua")
 GC_BATCH = 256
-
-
-@contextlib.contextmanager
-def _unavailable() -> Iterator[None]:
-    try:
-        yield
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        raise RegistryUnavailable(f"redis is unavailable: {exc}") from exc
-
 
 _NO_CURSOR = "-"  # never equals a pool epoch ("" when absent, else "sec.usec")
 _PARTS = ("desc", "live", "state", "rslots", "regress", "streams")
 _STATES = {s.value: s for s in NodeState}
-
-
-def _script(name: str) -> str:
-    """A Lua script with the shared ``touch`` prelude."""
-    return (_LUA / "_touch.lua").read_text() + (_LUA / name).read_text()
-
-
-_HiredisPacked: type[aioredis.Connection] | None = None
-if HIREDIS_AVAILABLE:
-
-    class _HiredisPackedConnection(aioredis.Connection):
-        """Packs commands with hiredis's C serializer, as redis-py's sync client does.
-
-        The asyncio client packs in Python, which was the largest client-side cost of
-        a reservation (an EVALSHA with a dozen arguments); the bytes are the same.
-        """
-
-        # redis-py leaves this constructor unannotated.
-        _packer = HiredisRespSerializer()  # type: ignore[no-untyped-call]
-
-        def pack_command(self, *args: Any) -> list[bytes]:
-            packed: list[bytes] = self._packer.pack(*args)
-            return packed
-
-    _HiredisPacked = _HiredisPackedConnection
 
 
 def _live(load: Load, now: float) -> str:
@@ -120,55 +82,6 @@ def _live(load: Load, now: float) -> str:
     )
 
 
-class _Fanout:
-    """A pipeline's stand-in on a Redis Cluster.
-
-    redis-py refuses scripts in a cluster pipeline, so the queued commands go out
-    concurrently instead, each to the shard that holds its slot. A script that a
-    shard does not know yet (a new or failed-over primary) is loaded and re-run.
-    """
-
-    def __init__(
-        self, client: RedisCluster, scripts: Mapping[str, ScriptTextT], limit: asyncio.Semaphore
-    ) -> None:
-        self._client = client
-        self._scripts = scripts
-        self._limit = limit
-        self._calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        def queue(*args: Any, **kwargs: Any) -> _Fanout:
-            self._calls.append((name, args, kwargs))
-            return self
-
-        return queue
-
-    def __await__(self) -> Generator[Any, None, _Fanout]:
-        # ``AsyncScript.__call__`` awaits what ``evalsha`` returns, as with a pipeline.
-        yield from ()
-        return self
-
-    async def _run(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        # Bounded, like the plain client's pool: the cluster client's per-shard
-        # pools refuse a connection past their limit instead of queueing for one.
-        async with self._limit:
-            try:
-                return await getattr(self._client, name)(*args, **kwargs)
-            except redis.exceptions.NoScriptError:
-                if name != "evalsha" or args[0] not in self._scripts:
-                    raise
-                await self._client.script_load(self._scripts[args[0]])
-                return await getattr(self._client, name)(*args, **kwargs)
-
-    async def execute(self, raise_on_error: bool = True) -> list[Any]:
-        calls, self._calls = self._calls, []
-        return list(
-            await asyncio.gather(
-                *(self._run(*call) for call in calls), return_exceptions=not raise_on_error
-            )
-        )
-
-
 @dataclass(frozen=True)
 class _PoolCursor:
     epoch: str
@@ -183,8 +96,8 @@ class RedisRegistry:
         self, client: aioredis.Redis | RedisCluster, prefix: str = "nc", fanout: int = 32
     ) -> None:
         self._r = client
+        self._client = RegistryClient(client, fanout)
         self._p = prefix
-        self._fanout_limit = asyncio.Semaphore(fanout)
         self._pool_of: dict[str, str] = {}
         # tenant/stream -> session id, written in batches: the index lives in another
         # hash slot than the reservation, so writing it inline would double the round
@@ -196,28 +109,14 @@ class RedisRegistry:
         # Parsed descriptors by node id: a beat or a reservation re-reads the
         # descriptor string but does not re-parse and re-validate it.
         self._desc: dict[str, tuple[str, Node]] = {}
-        self._reserve = client.register_script(_script("reserve.lua"))
-        self._release = client.register_script(_script("release.lua"))
-        self._renew = client.register_script((_LUA / "renew.lua").read_text())
-        self._beat = client.register_script(_script("heartbeat.lua"))
-        self._register = client.register_script(_script("register.lua"))
-        self._state = client.register_script(_script("state.lua"))
-        self._remove = client.register_script(_script("remove.lua"))
-        self._changes = client.register_script(_script("changes.lua"))
-        # Script text by SHA, for a cluster shard that does not know a script yet.
-        self._script_text = {
-            sc.sha: sc.script
-            for sc in (
-                self._reserve,
-                self._release,
-                self._renew,
-                self._beat,
-                self._register,
-                self._state,
-                self._remove,
-                self._changes,
-            )
-        }
+        self._reserve = self._client.script("reserve.lua")
+        self._release = self._client.script("release.lua")
+        self._renew = self._client.script("renew.lua", touch=False)
+        self._beat = self._client.script("heartbeat.lua")
+        self._register = self._client.script("register.lua")
+        self._state = self._client.script("state.lua")
+        self._remove = self._client.script("remove.lua")
+        self._changes = self._client.script("changes.lua")
 
     @classmethod
     def from_url(
@@ -236,50 +135,17 @@ class RedisRegistry:
         if cluster:
             # Half the connections for fanned-out pipelines; the rest for single calls.
             return cls(
-                RedisCluster.from_url(
-                    url,
-                    max_connections=max_connections,
-                    decode_responses=True,
-                    socket_timeout=timeout,
-                    socket_connect_timeout=min(timeout, 0.5),
-                    retry=Retry(NoBackoff(), 0),
-                ),
+                connect_cluster(url, timeout, max_connections),
                 prefix,
                 fanout=max(1, max_connections // 2),
             )
-        # No client-side retries: a down Redis must surface fast so the service
-        # can answer from its snapshot instead of stalling every request.
-        extra: dict[str, Any] = {}
-        if _HiredisPacked is not None and url.startswith("redis://"):
-            extra["connection_class"] = _HiredisPacked
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            **extra,
-            max_connections=max_connections,
-            # Waiting for a free pooled connection is queueing, not an outage:
-            # give it longer than a socket timeout so a burst never looks like
-            # Redis being down (which would switch to degraded reservations).
-            timeout=max(5.0, timeout * 5),
-            decode_responses=True,
-            socket_timeout=timeout,
-            socket_connect_timeout=min(timeout, 0.5),
-        )
-        # A bounded pool: a burst of requests queues for a connection instead
-        # of opening thousands of sockets to Redis.
-        client = aioredis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
-        return cls(client, prefix)
+        return cls(connect(url, timeout, max_connections), prefix)
 
     def _k(self, pool: str, suffix: str) -> str:
         return f"{{{self._p}:{pool}}}:{suffix}"
 
     def _meta(self, suffix: str) -> str:
         return f"{{{self._p}:meta}}:{suffix}"
-
-    def _pipe(self) -> Any:
-        """A non-transactional pipeline: one round trip, or a fan-out on a cluster."""
-        if isinstance(self._r, RedisCluster):
-            return _Fanout(self._r, self._script_text, self._fanout_limit)
-        return self._r.pipeline(transaction=False)
 
     async def _pool(self, node_id: str) -> str | None:
         pool = self._pool_of.get(node_id)
@@ -315,8 +181,8 @@ class RedisRegistry:
         )
 
     async def register(self, node: Node, now: float) -> None:
-        with _unavailable():
-            pipe = self._pipe()
+        with unavailable():
+            pipe = self._client.pipe()
             await self._queue_register(pipe, node, now, streams=True)
             await pipe.execute()
         self._pool_of[node.id] = node.pool
@@ -324,8 +190,8 @@ class RedisRegistry:
     async def register_many(self, nodes: Sequence[Node], now: float, batch: int = 2000) -> None:
         """Bulk registration (fleet import, benchmarks): one pipeline per batch."""
         for i in range(0, len(nodes), batch):
-            with _unavailable():
-                pipe = self._pipe()
+            with unavailable():
+                pipe = self._client.pipe()
                 for node in nodes[i : i + batch]:
                     await self._queue_register(pipe, node, now, streams=False)
                     self._pool_of[node.id] = node.pool
@@ -333,7 +199,7 @@ class RedisRegistry:
 
     async def heartbeat(self, node_id: str, load: Load, now: float) -> bool:
         live = _live(load, now)
-        with _unavailable():
+        with unavailable():
             pool = await self._pool(node_id)
             if pool is None:
                 return False
@@ -351,8 +217,8 @@ class RedisRegistry:
         """Liveness beats for many registered nodes (a beat gateway, benchmarks): pipelined."""
         out: list[bool] = []
         for i in range(0, len(beats), batch):
-            with _unavailable():
-                pipe = self._pipe()
+            with unavailable():
+                pipe = self._client.pipe()
                 for node_id, load in beats[i : i + batch]:
                     pool = await self._pool(node_id)
                     if pool is None:
@@ -367,7 +233,7 @@ class RedisRegistry:
         return out
 
     async def remove(self, node_id: str) -> bool:
-        with _unavailable():
+        with unavailable():
             pool = await self._pool(node_id)
             if pool is None:
                 return False
@@ -382,7 +248,7 @@ class RedisRegistry:
         return bool(ok)
 
     async def set_state(self, node_id: str, state: NodeState) -> Node:
-        with _unavailable():
+        with unavailable():
             pool = await self._pool(node_id)
             if pool is None:
                 raise UnknownNode(node_id)
@@ -392,7 +258,7 @@ class RedisRegistry:
             )
             if not ok:
                 raise UnknownNode(node_id)
-            pipe = self._pipe()
+            pipe = self._client.pipe()
             for part in _PARTS:
                 pipe.hmget(self._k(pool, part), [node_id])
             columns = await pipe.execute()
@@ -459,7 +325,7 @@ class RedisRegistry:
     async def changes(self, now: float, since: Any = None) -> NodeChanges:
         """Per pool, one pipelined script call: lease GC plus the nodes changed since."""
         prev: Mapping[str, _PoolCursor] = since if isinstance(since, dict) else {}
-        with _unavailable():
+        with unavailable():
             await self._flush_index()
             pools = sorted(str(p) for p in await self._r.smembers(self._meta("pools")))
             calls = []
@@ -478,7 +344,7 @@ class RedisRegistry:
                     cur.n if cur else 0,
                 ]
                 calls.append((self._changes, keys, args))
-            results = await self._scripts(calls)
+            results = await self._client.scripts(calls)
             for res in results:
                 if isinstance(res, Exception):
                     raise res
@@ -527,7 +393,7 @@ class RedisRegistry:
     ) -> bool:
         pool = session.pool
         lease_ms = max(1, int((session.lease_expires - now) * 1000))
-        with _unavailable():
+        with unavailable():
             rc = await self._reserve_batched(
                 self._reserve_keys(pool, session.id),
                 [
@@ -564,37 +430,13 @@ class RedisRegistry:
         task = asyncio.ensure_future(self._run_batch(batch))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-    async def _scripts(
-        self, calls: Sequence[tuple[AsyncScript, list[Any], list[Any]]]
-    ) -> list[Any]:
-        """Script calls in one pipeline: one round trip.
-
-        redis-py's own pipelined scripts cost a ``SCRIPT EXISTS`` round trip on
-        every execute; here EVALSHA goes out directly and only calls refused with
-        NOSCRIPT (a restarted or failed-over Redis) are retried after loading the
-        script. Errors come back as exception objects, one per call.
-        """
-        pipe = self._pipe()
-        for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
-        results: list[Any] = await pipe.execute(raise_on_error=False)
-        retry = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
-        if retry:
-            for script in {calls[i][0] for i in retry}:
-                await self._r.script_load(script.script)
-            pipe = self._pipe()
-            for i in retry:
-                script, keys, args = calls[i]
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
-            for i, r in zip(retry, await pipe.execute(raise_on_error=False), strict=True):
-                results[i] = r
-        return results
-
     async def _run_batch(
         self, batch: list[tuple[list[str], list[Any], asyncio.Future[Any]]]
     ) -> None:
         try:
-            results = await self._scripts([(self._reserve, keys, args) for keys, args, _ in batch])
+            results = await self._client.scripts(
+                [(self._reserve, keys, args) for keys, args, _ in batch]
+            )
         except BaseException as exc:
             for _, _, fut in batch:
                 if not fut.done():
@@ -626,7 +468,7 @@ class RedisRegistry:
         return str(moved) if moved else home
 
     async def _read(self, pool: str, session_id: str, now: float) -> Session | None:
-        pipe = self._pipe()
+        pipe = self._client.pipe()
         pipe.hgetall(self._k(pool, f"sess:{session_id}"))
         pipe.zscore(self._k(pool, "leases"), session_id)
         data, score = await pipe.execute()
@@ -638,11 +480,11 @@ class RedisRegistry:
         return Session.from_dict(d)
 
     async def get_session(self, session_id: str, now: float) -> Session | None:
-        with _unavailable():
+        with unavailable():
             return await self._read(await self._locate(session_id), session_id, now)
 
     async def release(self, session_id: str, now: float) -> Session | None:
-        with _unavailable():
+        with unavailable():
             home = session_pool(session_id)
             pool = await self._locate(session_id)
             session = await self._read(pool, session_id, now)
@@ -668,15 +510,15 @@ class RedisRegistry:
         return session
 
     async def stream_session(self, tenant: str, stream: str, now: float) -> Session | None:
-        with _unavailable():
+        with unavailable():
             await self._flush_index()
             sid = await self._r.hget(self._meta("streams"), stream_key(tenant, stream))
         return await self.get_session(str(sid), now) if sid else None
 
     async def sessions(self, now: float) -> list[Session]:
-        with _unavailable():
+        with unavailable():
             pools = sorted(str(p) for p in await self._r.smembers(self._meta("pools")))
-            pipe = self._pipe()
+            pipe = self._client.pipe()
             for pool in pools:
                 pipe.zrange(self._k(pool, "leases"), 0, -1)
             ids = await pipe.execute()
@@ -693,7 +535,7 @@ class RedisRegistry:
     ) -> list[str]:
         if not session_ids:
             return []
-        with _unavailable():
+        with unavailable():
             pool = await self._pool(node_id)
             if pool is None:
                 return list(session_ids)
@@ -712,12 +554,12 @@ class RedisRegistry:
         return ok
 
     async def policies(self) -> dict[int, str]:
-        with _unavailable():
+        with unavailable():
             raw = await self._r.hgetall(self._meta("policies"))
         return {int(k): str(v) for k, v in raw.items()}
 
     async def store_policy(self, version: int, text: str, activate: bool) -> None:
-        with _unavailable():
+        with unavailable():
             pipe = self._r.pipeline(transaction=True)
             pipe.hset(self._meta("policies"), str(version), text)
             if activate:
@@ -725,7 +567,7 @@ class RedisRegistry:
             await pipe.execute()
 
     async def active_policy_version(self) -> int | None:
-        with _unavailable():
+        with unavailable():
             v = await self._r.get(self._meta("policy"))
         return int(v) if v is not None else None
 
@@ -733,7 +575,7 @@ class RedisRegistry:
         if not entries:
             return
         key = f"{{{self._p}:log}}:decisions"
-        with _unavailable():
+        with unavailable():
             # MULTI on one key (one slot): the trim must follow the push, on a cluster too.
             pipe = self._r.pipeline(transaction=True)
             pipe.lpush(key, *[json.dumps(e) for e in entries])
@@ -741,22 +583,19 @@ class RedisRegistry:
             await pipe.execute()
 
     async def recent_decisions(self, limit: int) -> list[dict[str, Any]]:
-        with _unavailable():
+        with unavailable():
             raw = await self._r.lrange(f"{{{self._p}:log}}:decisions", 0, limit - 1)
         return [json.loads(r) for r in raw]
 
     async def ping(self) -> None:
-        with _unavailable():
+        with unavailable():
             await self._r.ping()
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self._flush_index()
         with contextlib.suppress(Exception):
-            if isinstance(self._r, RedisCluster):
-                await self._r.aclose()
-            else:
-                await self._r.aclose(close_connection_pool=True)
+            await self._client.aclose()
 
 
 __all__ = ["RedisRegistry", "SessionState"]

@@ -19,7 +19,8 @@ from placement.config import PlacementConfig
 from placement.errors import UnknownNode
 from placement.model import FleetSnapshot, Load, Node, NodeState, Session, Tier
 from placement.registry import Registry
-from placement.registry.redis import RedisRegistry, _HiredisPacked
+from placement.registry.redis import RedisRegistry
+from placement.registry.redisclient import _HiredisPacked
 from placement.service import PlacementService
 
 NOW = 1_000_000.0
