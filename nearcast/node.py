@@ -2,16 +2,16 @@
 
 This module only wires the stages together and owns the per-stream lifecycle
 (publish, grace period, reconnect, end). The stages know nothing of each other.
+One publish's session and its worker's sink are in nearcast.session; what the node
+reports to placement is in nearcast.placement_report.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
-import os
 import socket
 import sys
 import time
@@ -25,278 +25,25 @@ from distribute.api import create_api
 from distribute.fastpath import media_protocol
 from distribute.hls.store import Store
 from distribute.hls.stream import LiveStream
-from distribute.hls.track import RenditionTrack, Segment
 from distribute.http import MediaApp
 from distribute.media_metrics import MediaMetrics
-from distribute.record import Recorder, RecordMetrics, StreamRecorder
+from distribute.record import Recorder, RecordMetrics
 from distribute.whep import WhepServer
 from distribute.whep.http import whep_router
 from ingest.auth import PublishAuth, client_ip
 from ingest.metrics import IngestMetrics
 from ingest.rtmp.server import RtmpServer, parse_query
 from ingest.sink import PublishRefused, PublishRequest
-from ingest.stats import IngestStats
 from ingest.whip import WhipServer
-from media import MediaPacket, StreamKey
-from media.segments import InitFrame, PartFrame, SegmentFrame
+from media import StreamKey
 from nearcast.config import Config, parse_hostport
+from nearcast.placement_report import PlacementReport
+from nearcast.session import StreamSession
 from transcode.capacity import Capacity, ladder_units
 from transcode.metrics import TranscodeMetrics
-from transcode.pool import Transcoder, WorkerState
-from transcode.worker import Spec
+from transcode.pool import WorkerState
 
 log = logging.getLogger(__name__)
-
-
-class _StoreSink:
-    """Reports of one stream's worker, applied to its HLS store entry."""
-
-    def __init__(self, node: Node, stream: LiveStream) -> None:
-        self.node = node
-        self.stream = stream
-        self.key = str(stream.key)
-        if node.recorder is not None:
-            stream.on_complete = self._completed
-
-    def on_renditions(self, info: dict[str, Any]) -> None:
-        self.stream.set_renditions(info)
-
-    def on_segment(self, segment: SegmentFrame) -> None:
-        self.stream.add_segment(segment)
-        self.node.tmetrics.segments.inc()
-
-    def _completed(self, track: RenditionTrack, segment: Segment) -> None:
-        """Every complete segment the store lists (an LL-HLS lead segment included)."""
-        if self.stream.fmp4:  # MPEG-TS streams record the worker's CMAF copy instead
-            self._record_segment(track.name, segment.data, segment.duration)
-
-    def on_init(self, init: InitFrame) -> None:
-        self.stream.add_init(init)
-        self.on_record_init(init)
-
-    def on_record_init(self, init: InitFrame) -> None:
-        """An fMP4 init segment for the recording (also the viewers' one with CMAF)."""
-        rec = self._recorder()
-        if rec is not None and rec.wants(init.rendition, self._sizes()):
-            rec.init(init.rendition, init.data)
-
-    def on_record_segment(self, segment: SegmentFrame) -> None:
-        """The CMAF copy of an MPEG-TS stream's segment, packaged for the recording."""
-        self._record_segment(segment.rendition, segment.data, segment.duration, fmp4=True)
-
-    # -- recording (record.tenants) -----------------------------------------------------
-
-    def _recorder(self) -> StreamRecorder | None:
-        if self.node.recorder is None or self.node.recorder.mode(self.stream.key.tenant) is None:
-            return None
-        rec = getattr(self, "_rec", None)
-        if rec is None:
-            key = self.stream.key
-            rec = self._rec = StreamRecorder(self.node.recorder, key.tenant, key.stream)
-        return rec
-
-    def _sizes(self) -> dict[str, int]:
-        return {n: t.width * t.height for n, t in self.stream.renditions.items()}
-
-    def _record_segment(
-        self, rendition: str, data: bytes, duration: float, fmp4: bool | None = None
-    ) -> None:
-        rec = self._recorder()
-        track = self.stream.renditions.get(rendition)
-        if rec is None or track is None or not rec.wants(rendition, self._sizes()):
-            return
-        variant = track.variant()
-        if self.stream.audio and "mp4a" not in variant.codecs:
-            variant = dataclasses.replace(variant, codecs=variant.codecs + ",mp4a.40.2")
-        rec.segment(rendition, data, duration, self.stream.fmp4 if fmp4 is None else fmp4, variant)
-
-    def record_begin(self) -> None:
-        rec = self._recorder()
-        if rec is not None:
-            rec.begin()
-
-    def on_part(self, part: PartFrame) -> None:
-        self.stream.add_part(part)
-
-    def on_restart(self) -> None:
-        self.node.tmetrics.restarts.inc()
-        self.stream.begin_generation()
-        self.node.whep.restart(self.stream.key)
-        self.record_begin()
-
-    def on_tap(self, packet: MediaPacket, arrival: float) -> None:
-        self.node.whep.feed(self.stream.key, packet)
-
-    def on_stats(self, stats: dict[str, Any]) -> None:
-        if "degradation" in stats:
-            d = stats["degradation"]
-            self.stream.degradation = int(d["level"])
-            if d.get("up"):
-                self.node.tmetrics.degradations.labels(d["step"]).inc()
-            return
-        prev = self.stream.stats
-        self.stream.stats = stats
-        dt = stats.get("wall_seconds", 0) - prev.get("wall_seconds", 0)
-        if prev and dt > 0:
-            for name, frames in stats.get("renditions", {}).items():
-                before = prev.get("renditions", {}).get(name, 0)
-                self.node.tmetrics.fps.labels(self.key, name).set((frames - before) / dt)
-        # The worker's own figure: how long ago its slowest rung's latest encoded
-        # frame arrived at the node. Wall minus media time is the fallback.
-        lag = stats.get("lag")
-        if lag is None:
-            lag = stats.get("wall_seconds", 0) - stats.get("media_seconds", 0)
-        self.node.tmetrics.lag.labels(self.key).set(max(0.0, float(lag)))
-
-
-def tap_rendition(wanted: str, ladder: list[Any]) -> str:
-    """The rung WebRTC viewers get: ``webrtc.rendition`` if the ladder has it, else its lowest."""
-    names: list[str] = [r.name for r in ladder]
-    if wanted in names or not ladder:
-        return wanted if ladder else ""
-    lowest = min(range(len(ladder)), key=lambda i: (ladder[i].height or 1 << 30, i))
-    return names[lowest]
-
-
-class StreamSession:
-    """One publish of one stream: its packets go to one transcode worker."""
-
-    def __init__(
-        self,
-        node: Node,
-        request: PublishRequest,
-        stream: LiveStream,
-        profile: str = "default",
-        units: float = 0.0,
-    ) -> None:
-        self.node = node
-        self.profile = profile
-        self.units = units
-        stream.ingest["profile"] = profile
-        self.request = request
-        self.key = request.key
-        self.stream = stream
-        self.transcoder: Transcoder | None = None
-        self._meta: dict[str, Any] = dict(request.metadata)
-        self.started = time.time()
-        self.closed = False
-        self._closing: asyncio.Task[None] | None = None
-        self.ingest = IngestStats(request.protocol, request.remote, time.monotonic())
-        self._next_limit_check = 0.0
-
-    def metadata(self, values: dict[str, Any]) -> None:
-        self._meta.update(values)
-
-    def _spec(self) -> Spec:
-        cfg = self.node.config
-        fps = self._meta.get("framerate") or self._meta.get("fps") or 0.0
-        try:
-            fps = float(fps)
-        except (TypeError, ValueError):
-            fps = 0.0
-        hls = self.stream.config  # the tenant's delivery (hls.tenants), else the node's
-        profile = cfg.transcode.profile(self.profile)
-        ladder = list(profile.ladder)
-        if hls.low_latency:
-            # LL-HLS trades bits for delay: x264's lookahead and B-frames alone hold back
-            # ~0.6 s, a third of the budget. Rungs that name their own tune keep it.
-            ladder = [
-                dataclasses.replace(r, tune="zerolatency")
-                if r.codec != "copy" and not r.tune
-                else r
-                for r in ladder
-            ]
-        return Spec(
-            stream=str(self.key),
-            ladder=ladder,
-            audio=profile.audio,
-            segment_duration=hls.segment_duration,
-            x264_threads=cfg.transcode.x264_threads,
-            fps_hint=fps if 1 <= fps <= 240 else 0.0,
-            degrade_lag=cfg.transcode.degrade_lag,
-            segment_format=hls.segment_format,
-            part_duration=hls.part_duration if hls.low_latency else 0.0,
-            tap=(tap_rendition(cfg.webrtc.rendition, profile.ladder) if cfg.webrtc.enabled else ""),
-            record_fmp4=(
-                hls.segment_format == "ts"
-                and self.node.recorder is not None
-                and self.node.recorder.mode(self.key.tenant) is not None
-            ),
-        )
-
-    def disconnect(self, reason: str) -> None:
-        """Close the publisher's connection (kick, takeover, limit); the stream flushes."""
-        if self.request.disconnect is not None:
-            self.request.disconnect(reason)
-        self.closed = True
-        if self._closing is None:
-            self._closing = asyncio.get_running_loop().create_task(self._close())
-
-    def _check_bitrate(self, now: float) -> None:
-        ic = self.node.config.ingest
-        if not ic.max_bitrate or now < self._next_limit_check:
-            return
-        self._next_limit_check = now + 0.5
-        if now - self.ingest.started < ic.bitrate_window:
-            return  # a full window first: the opening keyframe alone is a burst
-        rate = self.ingest.bitrate(now, ic.bitrate_window)
-        if rate > ic.max_bitrate:
-            log.warning(
-                "[node %s] publisher over the bit rate limit: %.0f kbit/s over %g s > %.0f kbit/s;"
-                " disconnecting",
-                self.key,
-                rate / 1000,
-                ic.bitrate_window,
-                ic.max_bitrate / 1000,
-            )
-            self.node.imetrics.rejected.labels("bitrate").inc()
-            self.disconnect("bitrate")
-
-    async def media(self, packet: MediaPacket) -> None:
-        if self.closed:
-            self.ingest.dropped += 1
-            return
-        now = time.monotonic()
-        if not self.ingest.add(packet, now):
-            self.ingest.dropped += 1  # late: behind its kind's DTS, no muxer would take it
-            return
-        self._check_bitrate(now)
-        if self.closed:
-            return
-        ingest = self.stream.ingest
-        if packet.config:
-            ingest[f"{packet.kind}_codec"] = packet.codec
-        else:
-            ingest.setdefault(f"{packet.kind}_codec", packet.codec)  # VP8 has no config
-        if self.transcoder is None:
-            # Start lazily: by the first media packet @setDataFrame has told us
-            # the frame rate, so the encoders open with the right one.
-            self.stream.begin_generation()
-            sink = _StoreSink(self.node, self.stream)
-            sink.record_begin()
-            self.transcoder = Transcoder(
-                self.key,
-                self._spec(),
-                sink,
-                queue_packets=self.node.config.transcode.input_queue_packets,
-                restart_backoff=self.node.config.transcode.restart_backoff,
-            )
-            self.transcoder.start()
-        await self.transcoder.send(packet)
-
-    async def close(self) -> None:
-        """Flush the worker and start the grace period. Every caller waits for the same flush."""
-        self.closed = True
-        if self._closing is None:
-            self._closing = asyncio.create_task(self._close())
-        await asyncio.shield(self._closing)
-
-    async def _close(self) -> None:
-        # The stream's last measured bit rate stays in its description after it ends.
-        self.stream.ingest["bitrate"] = round(self.ingest.bitrate(time.monotonic()))
-        if self.transcoder is not None:
-            await self.transcoder.finish()
-        self.node._unpublished(self)
 
 
 class Node:
@@ -645,7 +392,7 @@ class Node:
         from placement.agent import NodeAgent
 
         try:
-            report = _PlacementReport(self, host)
+            report = PlacementReport(self, host)
             registry = None if self.config.placement.url else self.placement_registry
             if self.placement is not None:
                 await self.placement.start()
@@ -741,154 +488,6 @@ class Node:
         if self._http_sock is not None:
             self._http_sock.close()
         log.info("node stopped")
-
-
-class _PlacementReport:
-    """What the placement agent tells the fleet about this node: its descriptor and load.
-
-    Everything here reads state the node already keeps (no I/O on the media path).
-    """
-
-    def __init__(self, node: Node, host: str) -> None:
-        self.node = node
-        self.agent: Any = None
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
-        self.host = f"[{shown}]" if ":" in shown else shown
-        self._cpu = _CpuMeter()
-        # (when, HLS bytes sent, segments fetched, parts fetched) at the last measure.
-        self._last = (time.monotonic(), *_hls_totals(node.media_app.metrics))
-        self._egress_mbps = 0.0
-        self._hls_viewers = 0
-        # Placement session ids of streams whose publisher has gone, kept through the grace
-        # period (the stream may come back), keyed by stream.
-        self._ids: dict[StreamKey, str] = {}
-
-    def descriptor(self) -> Any:
-        from placement import model as pm
-
-        n = self.node.config.node
-        rtmp = n.public_rtmp or f"rtmp://{self.host}:{self.node.rtmp_port}"
-        http = n.public_http or f"http://{self.host}:{self.node.http_port}"
-        total = self.node.capacity.total
-        return pm.Node(
-            id=n.id,
-            tier=pm.Tier(n.tier),
-            region=n.region,
-            city=n.city,
-            isp=n.isp,
-            lat=n.lat,
-            lon=n.lon,
-            urls=pm.Urls(rtmp=rtmp.rstrip("/"), http=http.rstrip("/"), whip=http.rstrip("/")),
-            # Ladder units as slots: the measured (or configured) transcode capacity; 1
-            # while it is still being measured, or when it is unknown (0: admit everything).
-            capacity=pm.Capacity(
-                slots=max(1, int(total)), egress_mbps=n.egress_mbps, viewers=n.max_viewers
-            ),
-            labels=dict(n.labels),
-        )
-
-    def sessions(self) -> list[str]:
-        """Placement session ids of the streams held, whose leases each beat renews.
-
-        A publisher names its session with ``?session=ID`` on the ingest URL (RTMP stream
-        key or WHIP URL); the id stays renewed through the grace period after it leaves.
-        """
-        from ingest.rtmp.server import parse_query
-
-        live: dict[StreamKey, str] = {}
-        for key, sess in self.node.sessions.items():
-            sid = parse_query(sess.request.query).get("session")
-            if sid:
-                live[key] = sid
-        for key in list(self._ids):
-            if key not in live and key not in self.node._grace:
-                del self._ids[key]
-        self._ids.update(live)
-        return sorted(set(self._ids.values()))
-
-    def load(self) -> Any:
-        """The node's real load, measured since the previous beat."""
-        from placement import model as pm
-
-        node = self.node
-        if self.agent is not None:
-            # Capacity is measured after start (calibration): re-send the descriptor.
-            self.agent.update(self.descriptor())
-        now = time.monotonic()
-        metrics = node.media_app.metrics
-        t0, sent0, seg0, part0 = self._last
-        if now - t0 >= 0.5:
-            sent, seg, part = _hls_totals(metrics)
-            self._last = (now, sent, seg, part)
-            hls_mbps = (sent - sent0) * 8 / (now - t0) / 1e6
-            # HLS viewers are not tracked per client (the fast path keeps no per-client
-            # state): estimate them from the fetch rate, a player fetching one segment per
-            # segment duration (or one part per part duration with LL-HLS).
-            hc = node.config.hls
-            by_seg = (seg - seg0) / (now - t0) * hc.segment_duration
-            by_part = (part - part0) / (now - t0) * hc.part_duration  # LL-HLS streams only
-            self._hls_viewers = round(max(by_seg, by_part))
-            # WHEP bytes are not counted per packet: estimate each WHEP viewer's egress as
-            # its stream's ingest bit rate (what the tap rendition is at most).
-            whep_bps = 0.0
-            for w in list(node.whep.sessions.values()):
-                if not w.closed:
-                    s = node.sessions.get(w.key)
-                    if s is not None:
-                        whep_bps += s.ingest.bitrate(now)
-            self._egress_mbps = hls_mbps + whep_bps / 1e6
-        whep_viewers = sum(1 for w in list(node.whep.sessions.values()) if not w.closed)
-        return pm.Load(
-            cpu=self._cpu.read(),
-            # Streams encoding a ladder; passthrough (over capacity, or a copy-only
-            # profile) costs no transcode slot.
-            transcodes=sum(1 for s in node.sessions.values() if s.units > 0 and not s.closed),
-            egress_mbps=round(self._egress_mbps, 3),
-            viewers=whep_viewers + self._hls_viewers,
-        )
-
-
-def _hls_totals(metrics: MediaMetrics) -> tuple[int, int, int]:
-    """HLS media bytes sent, and the segments and parts served, since the node started."""
-    seg = part = 0
-    for (kind, status), n in list(metrics.counts.items()):
-        if status < 400:
-            seg += n if kind == "segment" else 0
-            part += n if kind == "part" else 0
-    return metrics.sent, seg, part
-
-
-class _CpuMeter:
-    """Share of the machine's CPU in use (0-1) since the previous read, from /proc/stat:
-    transcode workers, the node and anything else on the host. Falls back to the 1-minute
-    load average per core where /proc is not available."""
-
-    def __init__(self) -> None:
-        self._last = self._times()
-        self._value = 0.0
-
-    @staticmethod
-    def _times() -> tuple[int, int] | None:
-        try:
-            with open("/proc/stat") as f:
-                fields = [int(x) for x in f.readline().split()[1:]]
-        except (OSError, ValueError):
-            return None
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        return sum(fields[:8]), idle  # guest time is already counted in user
-
-    def read(self) -> float:
-        now = self._times()
-        if now is None or self._last is None:
-            try:
-                return min(1.5, os.getloadavg()[0] / (os.cpu_count() or 1))
-            except OSError:
-                return 0.0
-        total, idle = now[0] - self._last[0], now[1] - self._last[1]
-        if total > 0:
-            self._value = min(1.0, max(0.0, 1.0 - idle / total))
-            self._last = now
-        return self._value
 
 
 class _EmbeddedServer(uvicorn.Server):

@@ -229,7 +229,7 @@ def test_config_errors_name_the_key(env: dict[str, str], message: str) -> None:
 
 
 def test_tap_rendition_falls_back_to_the_lowest_rung() -> None:
-    from nearcast.node import tap_rendition
+    from nearcast.session import tap_rendition
     from transcode.config import TranscodeConfig
 
     tc = TranscodeConfig()
