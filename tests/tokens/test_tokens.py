@@ -182,3 +182,51 @@ def test_nearcast_token_command() -> None:
 def test_config_errors_name_the_key(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         load(environ=env)
+
+
+# -- one spelling per token ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "malleate",
+    [
+        lambda t: t[:10] + "!!" + t[10:],  # characters outside the alphabet were skipped
+        lambda t: t + "====",  # padding was accepted
+        lambda t: t.replace(".", "==."),
+        lambda t: t[:5] + " " + t[5:],
+        lambda t: t[:-1] + "\n" + t[-1],
+    ],
+)
+def test_malleated_spellings_of_a_valid_token_are_refused(malleate: object) -> None:
+    token = _sign()
+    assert callable(malleate)
+    bad = malleate(token)
+    assert bad != token
+    with pytest.raises(tokens.TokenError) as exc:
+        tokens.verify(bad, KEYS, "publish", "school", "class1", NOW)
+    assert exc.value.reason in ("malformed", "forged")
+
+
+def test_unused_low_bits_of_the_last_character_are_refused() -> None:
+    """32 MAC bytes leave 2 unused bits in the last base64 character: flipping them
+    decodes to the same bytes, and must not verify."""
+    token = _sign()
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    last = alphabet.index(token[-1])
+    for low in (1, 2, 3):
+        twin = token[:-1] + alphabet[(last & ~3) | low]
+        with pytest.raises(tokens.TokenError, match="canonical"):
+            tokens.verify(twin, KEYS, "publish", "school", "class1", NOW)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=200), st.text(min_size=1, max_size=3))
+def test_no_edit_of_a_token_verifies_but_the_token_itself(at: int, insert: str) -> None:
+    token = _sign()
+    at %= len(token) + 1
+    edited = token[:at] + insert + token[at:]
+    try:
+        tokens.verify(edited, KEYS, "publish", "school", "class1", NOW)
+    except tokens.TokenError:
+        return
+    raise AssertionError(f"{edited!r} verified as well as {token!r}")
