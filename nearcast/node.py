@@ -40,7 +40,7 @@ from nearcast.config import Config, parse_hostport
 from transcode.capacity import Capacity, ladder_units
 from transcode.metrics import TranscodeMetrics
 from transcode.pool import Transcoder, WorkerState
-from transcode.worker import Spec
+from transcode.spec import Spec
 
 log = logging.getLogger(__name__)
 
