@@ -17,7 +17,7 @@ import av
 
 from nearcast.config import load
 from nearcast.offline import transcode_file
-from transcode.worker import Spec
+from transcode.spec import Spec
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -24,8 +24,9 @@ from typing import Any
 from ingest.file import file_packets
 from media.segments import PartFrame
 from nearcast.config import load
+from transcode.pipeline import Pipeline
 from transcode.protocol import FrameReader, FrameType, decode_part
-from transcode.worker import Pipeline, Spec
+from transcode.spec import Spec
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "samples" / "lecture-720p.mp4"

@@ -22,8 +22,9 @@ import av
 from distribute.hls.playlist import SegmentRef, VariantRef, master_playlist, media_playlist
 from ingest.file import file_packets
 from media.segments import SegmentFrame
+from transcode.pipeline import Pipeline
 from transcode.protocol import FrameReader, FrameType, decode_init, decode_segment
-from transcode.worker import Pipeline, Spec
+from transcode.spec import Spec
 
 
 class _DirWriter(io.RawIOBase):

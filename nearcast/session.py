@@ -21,7 +21,7 @@ from ingest.stats import IngestStats
 from media import MediaPacket
 from media.segments import InitFrame, PartFrame, SegmentFrame
 from transcode.pool import Transcoder
-from transcode.worker import Spec
+from transcode.spec import Spec
 
 if TYPE_CHECKING:
     from nearcast.node import Node

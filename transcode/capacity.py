@@ -21,7 +21,9 @@ import numpy as np
 
 from media import MediaPacket, StreamKey
 from transcode.config import Rendition, TranscodeConfig
-from transcode.worker import Output, Pipeline, Spec
+from transcode.output import Output
+from transcode.pipeline import Pipeline
+from transcode.spec import Spec
 
 REFERENCE_PIXEL_RATE = (1280 * 720 + 854 * 480 + 640 * 360) * 30.0
 # Keep 10% of the measured speed in reserve: a live stream at exactly 1.0x

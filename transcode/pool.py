@@ -35,7 +35,7 @@ from transcode.protocol import (
     encode_json,
     encode_packet,
 )
-from transcode.worker import Spec
+from transcode.spec import Spec
 
 log = logging.getLogger(__name__)
 

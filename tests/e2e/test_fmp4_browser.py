@@ -14,7 +14,7 @@ from playwright.sync_api import sync_playwright
 
 from nearcast.offline import transcode_file
 from transcode.config import AudioProfile, Rendition
-from transcode.worker import Spec
+from transcode.spec import Spec
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = str(ROOT / "samples" / "small-360p.mp4")

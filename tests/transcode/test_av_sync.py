@@ -16,8 +16,10 @@ import numpy as np
 from synth import audio_packets, interleave, video_packets
 
 from transcode.config import AudioProfile, Rendition
+from transcode.output import Output
+from transcode.pipeline import Pipeline
 from transcode.protocol import FrameReader, FrameType, decode_init, decode_segment
-from transcode.worker import Output, Pipeline, Spec
+from transcode.spec import Spec
 
 log = logging.getLogger(__name__)
 FPS = 30

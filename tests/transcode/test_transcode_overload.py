@@ -9,8 +9,10 @@ from pathlib import Path
 
 from ingest.file import file_packets
 from transcode.config import Rendition
+from transcode.output import Output
+from transcode.pipeline import Pipeline
 from transcode.protocol import FrameReader, FrameType, decode_segment
-from transcode.worker import Output, Pipeline, Spec
+from transcode.spec import Spec
 
 LECTURE = str(Path(__file__).resolve().parents[2] / "samples" / "lecture-720p.mp4")
 LADDER = [

@@ -15,7 +15,7 @@ from media import StreamKey
 from media.segments import SegmentFrame
 from transcode.config import Rendition
 from transcode.pool import Transcoder, WorkerState
-from transcode.worker import Spec
+from transcode.spec import Spec
 
 LADDER = [Rendition("180p", 320, 180, 250_000)]
 

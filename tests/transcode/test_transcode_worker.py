@@ -20,6 +20,8 @@ from containers.mp4box import parse_fragments
 from ingest.file import file_packets
 from media.segments import InitFrame, PartFrame, SegmentFrame
 from transcode.config import Rendition
+from transcode.output import Output
+from transcode.pipeline import Pipeline
 from transcode.pool import spec_to_json
 from transcode.protocol import (
     FrameReader,
@@ -31,7 +33,7 @@ from transcode.protocol import (
     encode_json,
     encode_packet,
 )
-from transcode.worker import Output, Pipeline, Spec
+from transcode.spec import Spec
 
 SMALL = str(Path(__file__).resolve().parents[2] / "samples" / "small-360p.mp4")
 LADDER = [
