@@ -275,7 +275,7 @@ async def test_simulate_replays_the_saved_decisions_output(
     app: FastAPI, client: httpx.AsyncClient, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`GET /v1/decisions` saved as is (a JSON array) feeds `nearcast simulate --replay`."""
-    from placement import cli
+    from nearcast import placement_cli as cli
     from placement.simulate import load_log, run
 
     await register(client, "e1")
