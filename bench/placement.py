@@ -230,7 +230,7 @@ async def bench_live(
                 sessions.append(placed.session.id)
                 if len(sessions) > 4 * concurrency:  # keep the fleet from filling up
                     await svc.end_session(sessions.pop(0))
-                snap = svc._snapshot
+                snap = svc.snapshots.current
                 if k == 0 and snap and (not refreshes or refreshes[-1][0] != snap.id):
                     refreshes.append((snap.id, svc.last_refresh.read))
 

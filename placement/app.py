@@ -232,7 +232,7 @@ def create_app(
             return JSONResponse({"detail": str(exc)}, status_code=503)
 
     def _node(node_id: str) -> Node | None:
-        snap = service._snapshot
+        snap = service.snapshots.current
         return snap.nodes.get(node_id) if snap else None
 
     def _location(request: Request, hint: LocationHint | None, ip: str | None) -> Location:
@@ -307,7 +307,7 @@ def create_app(
         return {
             "snapshot": snap.id,
             "degraded": service.degraded,
-            "frozen_pools": sorted(service.frozen_pools),
+            "frozen_pools": sorted(service.migrations.frozen_pools),
             "nodes": nodes,
         }
 

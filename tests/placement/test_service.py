@@ -174,7 +174,7 @@ async def test_mass_disconnect_freezes_migrations(service: PlacementService, clo
     await service.registry.heartbeat(nodes[4].id, Load(), clock())
     await service.refresh()
     assert await service.reconcile() == []
-    assert service.frozen_pools == {"west"}
+    assert service.migrations.frozen_pools == {"west"}
     s, _ = await service.get_session(placed.session.id)
     assert s.node_id == placed.session.node_id
 
@@ -202,7 +202,7 @@ async def test_lone_failure_after_a_frozen_burst_still_migrates(
             await service.registry.renew(node_id, [sess.id], clock(), 30.0)
     await service.refresh()
     assert await service.reconcile() == []
-    assert service.frozen_nodes == {n.id for n in burst}
+    assert service.migrations.frozen_nodes == {n.id for n in burst}
     # A minute later one survivor dies alone: 1 of the 4 still alive, not a partition.
     lone = survivors[0]
     for _ in range(20):
@@ -215,7 +215,7 @@ async def test_lone_failure_after_a_frozen_burst_still_migrates(
     moved = await service.reconcile()
     assert [(s.id, old) for s, old in moved] == [(placed[lone.id].id, lone.id)]
     assert moved[0][0].node_id == "spare"
-    assert service.frozen_nodes == {n.id for n in burst}
+    assert service.migrations.frozen_nodes == {n.id for n in burst}
     for n in burst:  # the burst's sessions stay where they were
         s, _ = await service.get_session(placed[n.id].id)
         assert s.node_id == n.id

@@ -122,7 +122,7 @@ async def test_service_refresh_reads_only_changes(registry: Registry) -> None:
     svc = PlacementService(PlacementConfig(decision_log_size=0), registry, clock=clock)
     await svc.start(background=False)
     try:
-        before = svc._snapshot
+        before = svc.snapshots.current
         assert before is not None and svc.last_refresh.full and svc.last_refresh.read == 20
         clock.advance(1)
         await registry.heartbeat("e07", Load(cpu=0.5), clock())
@@ -146,7 +146,7 @@ async def test_change_by_another_process_appears_in_next_snapshot() -> None:
         )
         svc = PlacementService(PlacementConfig(decision_log_size=0), reg, clock=clock)
         await svc.start(background=False)
-        before = svc._snapshot
+        before = svc.snapshots.current
         assert before is not None and len(before.nodes) == 200
 
         # Another process (its own client and connection) beats one node and

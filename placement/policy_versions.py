@@ -1,0 +1,93 @@
+"""The policy versions one service instance knows, and the active one.
+
+Versions are stored in the registry. The active one is loaded at start (or
+stored there, from the constructor or ``policy_file``, if none is), followed on
+every refresh, since another instance may change it, and changed by ``put``: a
+new, higher version, or an earlier one unchanged (a rollback).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from placement.errors import InvalidField, PolicyConflict, RegistryUnavailable, UnknownTenant
+from placement.policy import DEFAULT_POLICY, Policy, load_policy_file, parse_policy_yaml
+from placement.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+class PolicyVersions:
+    def __init__(self, registry: Registry, initial: Policy | None, policy_file: str) -> None:
+        self.registry = registry
+        self._initial = initial
+        self._policy_file = policy_file
+        self._policy = initial or DEFAULT_POLICY
+        self._versions: dict[int, Policy] = {}
+
+    @property
+    def active(self) -> Policy:
+        return self._policy
+
+    def get(self, version: int) -> Policy | None:
+        return self._versions.get(version)
+
+    def versions(self) -> list[int]:
+        return sorted(self._versions)
+
+    def check_tenant(self, tenant: str) -> None:
+        if self._policy.tenants and tenant not in self._policy.tenants:
+            raise UnknownTenant(tenant)
+
+    async def load(self) -> None:
+        initial = self._initial
+        if initial is None and self._policy_file:
+            initial = load_policy_file(self._policy_file)
+        try:
+            stored = await self.registry.policies()
+            self._versions = {v: parse_policy_yaml(t) for v, t in stored.items()}
+            active = await self.registry.active_policy_version()
+            if active is not None and active in self._versions:
+                self._policy = self._versions[active]
+                return
+            self._policy = initial or DEFAULT_POLICY
+            self._versions[self._policy.version] = self._policy
+            await self.registry.store_policy(
+                self._policy.version, self._policy.to_yaml(), activate=True
+            )
+        except RegistryUnavailable:
+            self._policy = initial or DEFAULT_POLICY
+            self._versions[self._policy.version] = self._policy
+
+    async def sync(self) -> None:
+        active = await self.registry.active_policy_version()
+        if active is None or active == self._policy.version:
+            return
+        if active not in self._versions:
+            stored = await self.registry.policies()
+            if active not in stored:
+                return
+            self._versions[active] = parse_policy_yaml(stored[active])
+        log.info("policy %s -> %s", self._policy.label, self._versions[active].label)
+        self._policy = self._versions[active]
+
+    async def put(self, policy: Policy) -> Policy:
+        """Activate ``policy``: a new higher version, or an earlier one unchanged (rollback)."""
+        stored = await self.registry.policies()
+        for v, text in stored.items():
+            self._versions.setdefault(v, parse_policy_yaml(text))
+        existing = self._versions.get(policy.version)
+        if existing is not None and existing.digest() != policy.digest():
+            raise PolicyConflict(policy.version)
+        latest = max(self._versions, default=0)
+        if existing is None and policy.version <= latest:
+            raise InvalidField(
+                "version",
+                f"must be greater than {latest} (the latest) or equal an earlier "
+                "version, unchanged, to roll back",
+            )
+        await self.registry.store_policy(policy.version, policy.to_yaml(), activate=True)
+        self._versions[policy.version] = policy
+        log.info("policy %s -> %s", self._policy.label, policy.label)
+        self._policy = policy
+        return policy

@@ -1,0 +1,106 @@
+"""Sessions as one service instance knows them, beside the registry.
+
+A bounded cache of the sessions it placed or restored (answers while the
+registry is away, and restores sessions a registry lost), the reservations it
+made against its snapshot while degraded, written back when the registry
+returns, and what was reserved since the current snapshot was taken.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import OrderedDict
+from dataclasses import replace
+
+from placement.errors import UnknownNode
+from placement.model import Node, NodeState, Session
+from placement.registry import Registry
+
+SESSION_CACHE = 100_000
+
+
+class LocalSessions:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        # Reservations made since the current snapshot was taken (node -> slots, egress):
+        # later decisions see them without rebuilding the snapshot.
+        self.usage: dict[str, tuple[int, float]] = {}
+        self._known: OrderedDict[str, Session] = OrderedDict()
+        self._pending: dict[str, Session] = {}
+        self._pending_release: set[str] = set()
+
+    @property
+    def unwritten(self) -> bool:
+        """Reservations or releases made while degraded wait for the registry."""
+        return bool(self._pending or self._pending_release)
+
+    def new_snapshot(self) -> None:
+        """A snapshot was taken: it holds the reservations made before it."""
+        self.usage = {}
+
+    def get(self, session_id: str) -> Session | None:
+        return self._known.get(session_id)
+
+    def find(self, tenant: str, stream: str, now: float) -> Session | None:
+        """The newest unexpired session of a stream."""
+        return next(
+            (
+                s
+                for s in reversed(self._known.values())
+                if s.tenant == tenant and s.stream == stream and s.lease_expires >= now
+            ),
+            None,
+        )
+
+    def remember(self, s: Session) -> None:
+        self._known[s.id] = s
+        self._known.move_to_end(s.id)
+        while len(self._known) > SESSION_CACHE:
+            self._known.popitem(last=False)
+
+    def forget(self, session_id: str) -> Session | None:
+        cached = self._known.pop(session_id, None)
+        self._pending.pop(session_id, None)
+        return cached
+
+    def release_later(self, session_id: str) -> None:
+        self._pending_release.add(session_id)
+
+    def use(self, s: Session) -> None:
+        slots, egress = self.usage.get(s.node_id, (0, 0.0))
+        self.usage[s.node_id] = (slots + s.slots, egress + s.egress_mbps)
+
+    def reserve_locally(self, s: Session, node: Node, headroom: float) -> bool:
+        """Conservative reservation against the snapshot while the registry is away."""
+        slots, egress = self.usage.get(node.id, (0, 0.0))
+        if node.state is not NodeState.READY or node.free_slots(headroom) - slots < s.slots:
+            return False
+        if node.free_egress(headroom) - egress < s.egress_mbps:
+            return False
+        s = replace(s, degraded=True)
+        self.use(s)
+        self._pending[s.id] = s
+        self.remember(s)
+        return True
+
+    async def write_back(self, now: float) -> None:
+        for sid in list(self._pending_release):
+            await self.registry.release(sid, now)
+            self._pending_release.discard(sid)
+        for sid, s in list(self._pending.items()):
+            if s.lease_expires < now:
+                del self._pending[sid]
+                continue
+            try:
+                await self.registry.reserve(replace(s, degraded=False), now, force=True)
+            except UnknownNode:
+                continue  # the node has not re-registered yet; next refresh
+            del self._pending[sid]
+            self.remember(replace(s, degraded=False))
+        # Sessions lost with the registry (e.g. a restarted Redis without persistence).
+        for sid, s in list(self._known.items()):
+            if s.lease_expires < now or sid in self._pending:
+                continue
+            if await self.registry.get_session(sid, now) is None:
+                with contextlib.suppress(UnknownNode):
+                    await self.registry.reserve(s, now, force=True)
