@@ -275,7 +275,7 @@ async def test_simulate_replays_the_saved_decisions_output(
     app: FastAPI, client: httpx.AsyncClient, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`GET /v1/decisions` saved as is (a JSON array) feeds `nearcast simulate --replay`."""
-    from nearcast import placement_cli as cli
+    from nearcast.cli import main
     from placement.simulate import load_log, run
 
     await register(client, "e1")
@@ -304,7 +304,7 @@ async def test_simulate_replays_the_saved_decisions_output(
     lines.write_text("\n".join(json.dumps(e) for e in r.json()) + "\n")
     assert load_log(str(lines)) == load_log(str(saved))
     # And through the CLI, as the docs describe it.
-    rc = cli.main(["simulate", "--nodes", "100", "--replay", str(saved), "--out", str(tmp_path)])
+    rc = main(["simulate", "--nodes", "100", "--replay", str(saved), "--out", str(tmp_path)])
     assert rc == 0
     assert "| sessions | 1 |" in capsys.readouterr().out
 
