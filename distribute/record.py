@@ -39,6 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from containers.mp4box import decode_span, parse_init, shift_decode_times
 from distribute.config import RecordConfig
 from distribute.hls.playlist import SegmentRef, VariantRef, master_playlist, media_playlist
+from media.names import stream_name_problem
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,9 @@ class Recording:
         self, root: Path, tenant: str, stream: str, config: RecordConfig, recorder: Recorder
     ):
         self.tenant = tenant
+        # Ingest refuses such names; the recorder still never writes outside its tree.
+        if stream_name_problem(stream) is not None or stream_name_problem(tenant) is not None:
+            raise ValueError(f"cannot record {tenant}/{stream!r}: not a safe folder name")
         self.path = root / tenant / stream
         self.config = config
         self.recorder = recorder

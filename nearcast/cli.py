@@ -11,6 +11,7 @@ import sys
 import time
 from urllib.parse import quote
 
+from media.names import stream_name_problem
 from nearcast import offline, placement_cli, probe, publish
 from nearcast.config import Config, ConfigError, load
 
@@ -82,8 +83,8 @@ def publish_url(
 
     if tenant not in config.rtmp.tenants:
         raise ValueError(f"tenant {tenant!r} is not in rtmp.tenants {config.rtmp.tenants}")
-    if not stream or "/" in stream or "?" in stream:
-        raise ValueError(f"invalid stream name {stream!r}")
+    if (problem := stream_name_problem(stream)) is not None:
+        raise ValueError(problem)
     auth = config.ingest.auth.tenants.get(tenant)
     if auth is None or not auth.keys:
         raise ValueError(f"tenant {tenant!r} has no keys in ingest.auth.tenants")
@@ -130,8 +131,8 @@ def playback_url(
     keys = config.playback.tenants.get(tenant)
     if keys is None or not keys.keys:
         raise ValueError(f"tenant {tenant!r} has no keys in playback.tenants")
-    if not stream or "/" in stream or "?" in stream:
-        raise ValueError(f"invalid stream name {stream!r}")
+    if (problem := stream_name_problem(stream)) is not None:
+        raise ValueError(problem)
     if ttl <= 0:
         raise ValueError(f"--ttl must be greater than zero, got {ttl:g}")
     if key_id and key_id not in keys.keys:

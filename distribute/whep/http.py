@@ -35,6 +35,21 @@ SDP = "application/sdp"
 MAX_OFFER = 64 * 1024
 
 
+async def bounded_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or ``None`` as soon as it is known to exceed ``limit`` bytes.
+
+    WHIP has the same reader (ingest.whip.server): the stages share no HTTP code.
+    """
+    if int(request.headers.get("content-length") or 0) > limit:
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return body
+
+
 def whep_router(server: WhepServer, cors_origin: str = "*") -> APIRouter:
     router = APIRouter()
 
@@ -72,8 +87,8 @@ def whep_router(server: WhepServer, cors_origin: str = "*") -> APIRouter:
             return error(
                 415, f"the offer must be sent as {SDP}", endpoint_methods, **{"Accept-Post": SDP}
             )
-        body = await request.body()
-        if len(body) > MAX_OFFER:
+        body = await bounded_body(request, MAX_OFFER)
+        if body is None:
             return error(413, f"offer larger than {MAX_OFFER} bytes", endpoint_methods)
         key = StreamKey(tenant, stream)
         try:

@@ -22,6 +22,7 @@ from ingest.rtmp import session as rtmp
 from ingest.rtmp.exceptions import RtmpProtocolError, UnsupportedCodec
 from ingest.sink import IngestSink, Publication, PublishRefused, PublishRequest
 from media import StreamKey
+from media.names import stream_name_problem
 
 log = logging.getLogger(__name__)
 
@@ -186,10 +187,11 @@ class _Connection:
 
     async def _publish(self, ev: rtmp.PublishRequested) -> None:
         name = ev.name
-        if not name or "/" in name or len(name) > 200:
-            self.session.reject_publish(ev.stream_id, BAD_NAME, f"invalid stream name {name!r}")
+        problem = stream_name_problem(name)
+        if problem is not None:
+            self.session.reject_publish(ev.stream_id, BAD_NAME, problem)
             await self._flush()
-            raise _Refused("name", f"invalid stream name {name!r}")
+            raise _Refused("name", problem)
         if self.publication is not None:
             self.session.reject_publish(ev.stream_id, BAD_NAME, "already publishing")
             await self._flush()

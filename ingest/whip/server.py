@@ -45,6 +45,7 @@ from ingest.whip.config import WhipConfig
 from ingest.whip.mapper import AUDIO_CODECS, VIDEO_CODECS
 from ingest.whip.session import WhipSession
 from media import StreamKey
+from media.names import stream_name_problem
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,19 @@ def _bearer(request: Request) -> str | None:
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     return None
+
+
+async def bounded_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or ``None`` as soon as it is known to exceed ``limit`` bytes:
+    from Content-Length before reading, else while it streams in."""
+    if int(request.headers.get("content-length") or 0) > limit:
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            return None
+    return body
 
 
 class WhipServer:
@@ -261,6 +275,11 @@ class WhipServer:
 
     async def _post(self, key: StreamKey, request: Request) -> Response:
         methods = "POST, OPTIONS"
+        problem = stream_name_problem(key.stream)
+        if problem is not None:
+            # Refused before the name reaches a log line or the Location header.
+            self.metrics.rejected.labels("name").inc()
+            return self._error(400, problem, methods)
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != SDP_TYPE:
             self.metrics.rejected.labels("protocol").inc()
@@ -270,8 +289,8 @@ class WhipServer:
                 methods,
                 **{"Accept-Post": SDP_TYPE},
             )
-        body = await request.body()
-        if len(body) > self.config.max_offer_bytes:
+        body = await bounded_body(request, self.config.max_offer_bytes)
+        if body is None:
             self.metrics.rejected.labels("protocol").inc()
             return self._error(
                 413, f"the SDP offer is larger than {self.config.max_offer_bytes} bytes", methods

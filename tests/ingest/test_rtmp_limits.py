@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from ingest.config import RtmpConfig
 from ingest.metrics import IngestMetrics
 from ingest.rtmp import amf0
-from ingest.rtmp.chunk import ChunkWriter, Message
+from ingest.rtmp.chunk import ChunkReader, ChunkWriter, Message
 from ingest.rtmp.handshake import HandshakePacket
 from ingest.rtmp.server import RtmpServer
 from ingest.sink import PublishRequest
@@ -155,4 +155,28 @@ async def test_a_peer_that_costs_too_much_parsing_is_dropped(served: Served) -> 
                 writer.write(costly)
                 await writer.drain()
     await _wait(lambda: served.rejected("parse_budget") == 1)
+    writer.close()
+
+
+@pytest.mark.parametrize("name", ["<img src=x onerror=alert(1)>", "..", ".", "a\r\nb"])
+async def test_publish_to_a_name_outside_the_rule_gets_bad_name(served: Served, name: str) -> None:
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", served.server.port)
+    hello, chunks = _connected_client()
+    writer.write(hello)
+    writer.write(chunks.write(Message(3, 0, 20, 0, amf0.encode("createStream", 2.0, None))))
+    writer.write(chunks.write(Message(8, 0, 20, 1, amf0.encode("publish", 3.0, None, name))))
+    await writer.drain()
+    await reader.readexactly(3073)  # S0 S1 S2
+    replies = ChunkReader()
+    codes: list[str] = []
+    async with asyncio.timeout(10):
+        while data := await reader.read(65536):
+            for m in replies.feed(data):
+                if m.type_id == 20:
+                    values = amf0.decode(m.payload)
+                    if values[0] == "onStatus":
+                        codes.append(values[3]["code"])
+    assert codes == ["NetStream.Publish.BadName"]
+    assert served.rejected("name") == 1
     writer.close()

@@ -160,3 +160,43 @@ def test_check_offer_messages() -> None:
     nofp = "\r\n".join(ln for ln in sdp.split("\r\n") if not ln.startswith("a=fingerprint"))
     with pytest.raises(OfferError, match="fingerprint"):
         check_offer(nofp)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["%3Cimg%20src%3Dx%20onerror%3Dalert(1)%3E", ".hidden", "a%0D%0ALocation:%20x", "x" * 129],
+)
+def test_stream_names_outside_the_rule_are_refused_before_anything_else(name: str) -> None:
+    async def run() -> None:
+        sink = FakeSink()
+        server, client, metrics = make(sink)
+        r = await client.post(f"/live/{name}/whip", content=await offer(), headers=SDP)
+        assert r.status_code == 400 and "stream name" in r.text
+        assert "location" not in r.headers
+        assert metrics.rejected.labels("name")._value.get() == 1
+        assert sink.requests == [] and server.sessions == {}
+
+    asyncio.run(run())
+
+
+def test_an_oversized_offer_is_refused_from_its_content_length() -> None:
+    """A 100 MB body is refused on its header: the server reads none of it."""
+
+    async def run() -> None:
+        sink = FakeSink()
+        _, client, _ = make(sink)
+        read = 0
+
+        async def hundred_megabytes():  # type: ignore[no-untyped-def]
+            nonlocal read
+            for _ in range(100):
+                read += 1
+                yield b"a=x\r\n" * 200_000
+
+        headers = {**SDP, "Content-Length": str(100_000_000)}
+        r = await client.post("/live/a/whip", content=hundred_megabytes(), headers=headers)
+        assert r.status_code == 413
+        assert read <= 1
+        assert sink.requests == []
+
+    asyncio.run(run())
