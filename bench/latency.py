@@ -30,7 +30,8 @@ from typing import Any
 import httpx
 
 from nearcast.launch import NodeSubprocess
-from nearcast.probe import ProbeError, format_table, probe
+from nearcast.playout import ProbeError
+from nearcast.probe import format_table, probe
 from nearcast.publish import publish
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,7 +18,7 @@ from distribute.whep.fanout import TapFanout, ViewerFeed
 from media import MediaPacket, StreamKey
 from nearcast.config import load
 from nearcast.node import Node
-from nearcast.probe import probe_whep
+from nearcast.whep_probe import probe_whep
 
 KEY = StreamKey("live", "cam")
 WHEP_P50_TARGET_MS = 300

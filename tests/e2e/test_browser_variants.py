@@ -28,7 +28,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from playwright.sync_api import sync_playwright
 
 from media.clock import read_stamp
-from nearcast.probe import luma
+from nearcast.stamp_decoder import luma
 
 LLHLS_P50_TARGET_MS = 1500
 

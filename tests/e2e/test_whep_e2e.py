@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pytest
 from nodeutil import SMALL_LADDER, NodeProcess, publishing_node
 
-from nearcast.probe import probe_whep
+from nearcast.whep_probe import probe_whep
 
 # Well under HLS's hold-back, through the whole pipeline on a shared, loaded 2-core
 # machine (the worker's decode and encode queues dominate there). The 300 ms target is

@@ -11,7 +11,9 @@ from hypothesis import strategies as st
 from nodeutil import SMALL_LADDER, NodeProcess, publishing_node
 
 from nearcast.cli import main as cli_main
-from nearcast.probe import Playout, ProbeResult, parse_media_playlist, percentile, probe
+from nearcast.media_playlist import parse_media_playlist
+from nearcast.playout import Playout, ProbeResult, percentile
+from nearcast.probe import probe
 
 parts_st = st.lists(
     st.tuples(st.floats(0.1, 1.0, allow_nan=False), st.booleans()), min_size=0, max_size=6
@@ -144,7 +146,7 @@ def test_decoder_follows_fmp4_parts_across_non_independent_ones() -> None:
     import numpy as np
 
     from media.clock import stamp_yuv420p
-    from nearcast.probe import StampDecoder
+    from nearcast.stamp_decoder import StampDecoder
 
     buf = io.BytesIO()
     with av.open(
@@ -259,7 +261,7 @@ async def test_llhls_client_follows_parts_with_blocking_reload() -> None:
 
     import httpx
 
-    from nearcast.probe import HlsProbe
+    from nearcast.hls_probe import HlsProbe
 
     fps, per_part, per_seg = 30, 3, 18
     t0 = time.time() + 1.0
