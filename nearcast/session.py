@@ -261,6 +261,7 @@ class StreamSession:
                 sink,
                 queue_packets=self.node.config.transcode.input_queue_packets,
                 restart_backoff=self.node.config.transcode.restart_backoff,
+                memory_mb=self.node.config.transcode.worker_memory_mb,
             )
             self.transcoder.start()
         await self.transcoder.send(packet)

@@ -126,9 +126,16 @@ class TranscodeConfig:
     capacity_units: float = 0.0
     overflow: str = "passthrough"
     degrade_lag: float = 1.5
+    # Address-space limit of each worker in MiB (RLIMIT_AS), 0 for none.
+    worker_memory_mb: int = 8192
 
     def __post_init__(self) -> None:
         _check_ladder(self.ladder, "ladder")
+        check(
+            self.worker_memory_mb == 0 or self.worker_memory_mb >= 1024,
+            "worker_memory_mb",
+            "must be 0 (no limit) or at least 1024",
+        )
         check(
             "default" not in self.profiles,
             "profiles",

@@ -15,16 +15,17 @@ import enum
 import json
 import logging
 import os
-import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any, Protocol
 
 from media import MediaPacket, StreamKey
 from media.segments import SegmentFrame
 from transcode.protocol import (
+    ENV_MEMORY,
+    ENV_PARENT,
     FrameReader,
     FrameType,
     FramingError,
@@ -97,8 +98,10 @@ class Transcoder:
         queue_packets: int = 600,
         restart_backoff: float = 0.5,
         max_restarts: int = 20,
+        memory_mb: int = 0,
     ) -> None:
         self.key = key
+        self.memory_mb = memory_mb
         self.spec = spec
         self.sink = sink
         self.restarts = 0
@@ -176,8 +179,9 @@ class Transcoder:
     # -- supervision -------------------------------------------------------------------
 
     async def _spawn(self) -> asyncio.subprocess.Process:
-        env = dict(os.environ)
-        env.setdefault("PYTHONUNBUFFERED", "1")
+        env = worker_environment(os.environ)
+        env[ENV_PARENT] = str(os.getpid())
+        env[ENV_MEMORY] = str(self.memory_mb)
         return await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -185,9 +189,10 @@ class Transcoder:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             env=env,
-            # The worker ignores SIGINT; the node decides when it ends, so a
-            # Ctrl-C still flushes the last segments instead of losing them.
-            preexec_fn=_ignore_sigint,
+            # A session of its own: a Ctrl-C at the node's terminal does not reach
+            # the worker, so the node decides when it ends and the last segments are
+            # flushed. (No preexec_fn: it is unsafe once the node has threads.)
+            start_new_session=True,
         )
 
     async def _supervise(self) -> None:
@@ -304,5 +309,21 @@ class Transcoder:
             await asyncio.wait_for(proc.wait(), 5)
 
 
-def _ignore_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+#: Variables a worker keeps from the node's environment: how to find Python, its
+#: packages and libraries, locale and time zone, and thread settings of the numeric
+#: libraries. Everything else, tokens and other secrets above all, stays behind.
+_WORKER_ENV = frozenset(
+    ("PATH", "HOME", "LANG", "TZ", "TMPDIR", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "SYSTEMROOT")
+)
+_WORKER_ENV_PREFIXES = ("LC_", "PYTHON", "OPENBLAS_", "OMP_", "MKL_", "CUDA_", "NVIDIA_")
+
+
+def worker_environment(parent: Mapping[str, str]) -> dict[str, str]:
+    """The environment a worker starts with: the node's, less what it has no use for."""
+    env = {
+        k: v
+        for k, v in parent.items()
+        if k in _WORKER_ENV or k.startswith(_WORKER_ENV_PREFIXES) or k == "NEARCAST_WORKER_LOG"
+    }
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env

@@ -17,6 +17,11 @@ from typing import Any
 from media import MediaPacket
 from media.segments import InitFrame, PartFrame, SegmentFrame
 
+#: Environment variables the node sets for a worker: its own pid (the worker exits
+#: when its parent is another process) and the worker's address-space limit in MiB.
+ENV_PARENT = "NEARCAST_WORKER_PARENT"
+ENV_MEMORY = "NEARCAST_WORKER_MEMORY_MB"
+
 HEADER = struct.Struct(">BI")
 # kind (0 video, 1 audio) | flags | pts | dts | arrival (wall-clock seconds at the node) |
 # codec name length. The arrival time lets the worker measure its own lag exactly.

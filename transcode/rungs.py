@@ -208,10 +208,14 @@ class RungEncoder:
         self.frames_out += 1
 
     def _run(self) -> None:
+        stopped = False
         try:
             while True:
                 item = self.queue.get()
                 if item is STOP:
+                    # Taken now: the final flush below may fail (a node gone, a pipe
+                    # broken), and the drain loop must not wait for a second STOP.
+                    stopped = True
                     if self._active:
                         self._drain(self._enc.encode(None))
                     self._seg.flush()
@@ -235,9 +239,8 @@ class RungEncoder:
         except BaseException as exc:  # reported to the node by the main thread
             self.error = exc
             log.exception("rung %s failed", self.rung.name)
-            while True:  # keep draining so the decoder never blocks on us
-                if self.queue.get() is STOP:
-                    return
+            while not stopped:  # keep draining so the decoder never blocks on us
+                stopped = self.queue.get() is STOP
 
 
 class SourceRung:
@@ -271,10 +274,12 @@ class SourceRung:
         self.thread = threading.Thread(target=self._run, name=f"rung-{rung.name}", daemon=True)
 
     def _run(self) -> None:
+        stopped = False
         try:
             while True:
                 item = self.queue.get()
                 if item is STOP:
+                    stopped = True  # as in RungEncoder._run
                     self._seg.flush()
                     return
                 kind, obj, _, arrival = item
@@ -311,5 +316,5 @@ class SourceRung:
         except BaseException as exc:
             self.error = exc
             log.exception("source rung %s failed", self.rung.name)
-            while self.queue.get() is not STOP:
-                pass
+            while not stopped:
+                stopped = self.queue.get() is STOP

@@ -17,17 +17,29 @@ FATAL and DONE out. The work itself is :class:`~transcode.pipeline.Pipeline`
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import json
 import logging
 import os
+import resource
+import signal
 import sys
+from pathlib import Path
 from typing import BinaryIO
 
 import av
 
 from transcode.output import Output
 from transcode.pipeline import Pipeline
-from transcode.protocol import FrameReader, FrameType, decode_packet, encode_json
+from transcode.protocol import (
+    ENV_MEMORY,
+    ENV_PARENT,
+    FrameReader,
+    FrameType,
+    decode_packet,
+    encode_json,
+)
 from transcode.spec import Spec
 
 
@@ -70,7 +82,36 @@ def run(stdin: BinaryIO, stdout: BinaryIO) -> int:
     return 0
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def confine() -> None:
+    """The worker's first act: die with the node, and be the one the kernel kills.
+
+    - ``PR_SET_PDEATHSIG``: the kernel sends SIGKILL when the node dies, whatever
+      the worker's threads are doing (a node killed with -9 left workers running
+      for good). If the node died before this line, the parent is already another
+      process: exit at once.
+    - ``oom_score_adj`` 1000: under memory pressure the kernel picks a worker, never
+      the node that serves every other class.
+    - ``RLIMIT_AS``: a generous backstop against a runaway decoder.
+    """
+    parent = int(os.environ.get(ENV_PARENT) or 0)
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        with contextlib.suppress(OSError):
+            Path("/proc/self/oom_score_adj").write_text("1000")
+    if parent and os.getppid() != parent:
+        os._exit(1)
+    limit_mb = int(os.environ.get(ENV_MEMORY) or 0)
+    if limit_mb > 0:
+        limit = limit_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def main() -> int:
+    confine()
     logging.basicConfig(
         level=os.environ.get("NEARCAST_WORKER_LOG", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -8,6 +8,7 @@ import json
 import random
 import subprocess
 import sys
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -354,3 +355,31 @@ def test_faster_preset_mid_stream_sends_a_new_init_at_a_segment_boundary() -> No
                 frames = list(c.decode(video=0))
             assert abs(len(frames) - seg.duration * 30) <= 1, seg.index
     assert inits == 2
+
+
+class _PipeThatBreaks(io.BytesIO):
+    """stdout towards a node that dies: every write fails once ``broken`` is set."""
+
+    broken = False
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        if self.broken:
+            raise BrokenPipeError(32, "Broken pipe")
+        return super().write(data)
+
+
+def test_finish_returns_when_the_final_flush_hits_a_broken_pipe() -> None:
+    """The rung takes STOP, its final flush fails, and it must not then wait for a
+    second STOP: a worker whose node was killed hung in Pipeline.finish for good."""
+    fh = _PipeThatBreaks()
+    pipeline = Pipeline(Spec(stream="t/t", ladder=LADDER[:1], x264_threads=1), Output(fh))
+    for p in file_packets(SMALL):
+        if p.dts > 1000:  # under one segment: the only segment is written by the flush
+            break
+        pipeline.feed(p)
+    fh.broken = True
+    done = threading.Thread(target=pipeline.finish, daemon=True)
+    done.start()
+    done.join(30)
+    assert not done.is_alive(), "Pipeline.finish hung after a failed final flush"
+    assert any(isinstance(r.error, BrokenPipeError) for r in pipeline._rungs)
