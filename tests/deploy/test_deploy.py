@@ -14,6 +14,7 @@ import argparse
 import json
 import re
 import shlex
+import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -300,6 +301,14 @@ def test_dockerfile_context_files_exist_and_are_not_ignored() -> None:
         for src in sources:
             assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
             assert src.split("/")[0] in allowed, f"COPY {src}: left out by the dockerignore"
+
+
+def test_image_copies_every_package_the_product_ships() -> None:
+    """The image copies package folders one by one: a new package must be among them."""
+    shipped = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]["packages"]
+    copies = {rest.split()[0] for word, rest in dockerfile() if word == "COPY"}
+    missing = sorted(set(shipped) - copies)
+    assert not missing, f"deploy/Dockerfile does not COPY {missing}"
 
 
 async def test_image_runs_a_node_with_a_served_healthcheck() -> None:
