@@ -76,5 +76,8 @@ def test_workers_are_confined_and_die_within_2s_of_a_kill_9_of_their_node(
     finally:
         for p in pubs:
             p.stop(5)
-        node.proc.wait(10)
-        node.client.close()
+        if node.proc.poll() is None:  # failed before the kill
+            node.stop()
+        else:
+            node.proc.wait(10)
+            node.client.close()
