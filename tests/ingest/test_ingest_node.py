@@ -1,7 +1,7 @@
 """Publish policy on a real node, with real publishers.
 
 Publishers: the Debian ``ffmpeg`` CLI (FFmpeg 5.1) and FFmpeg 8.1 bundled in PyAV.
-The webhook is a real HTTP service (tests/hookserver.py). Streams are passed through
+The webhook is a real HTTP service (tests/support/hookserver.py). Streams are passed through
 (a ``copy`` ladder), so only ingest work runs on the test machine.
 """
 

@@ -29,7 +29,7 @@ from ingest.rtmp.session import (
 from media.model import MediaPacket
 
 _HERE = pathlib.Path(__file__).resolve().parent
-_PATH_SETUP = f"import sys; sys.path[:0] = [{str(_HERE)!r}, {str(_HERE.parents[1])!r}]; "
+_PATH_SETUP = f"import sys; sys.path[:0] = [{str(_HERE)!r}, {str(_HERE.parents[2])!r}]; "
 
 
 def _publish(url: str) -> None:

@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from nearcast.launch import NodeSubprocess
 from nearcast.publish import publish
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SMALL = str(ROOT / "samples" / "small-360p.mp4")
 LECTURE = str(ROOT / "samples" / "lecture-720p.mp4")
 SMALL_LADDER = (
