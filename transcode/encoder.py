@@ -18,7 +18,6 @@ from transcode.ladder import Rung
 TICKS_PER_SECOND = 90_000
 TICK = Fraction(1, TICKS_PER_SECOND)
 
-X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow")
 # x264 preset names mapped onto NVENC's p1 (fastest) .. p7 (best).
 NVENC_PRESETS = {
     "ultrafast": "p1",

@@ -44,6 +44,9 @@ class Pipeline:
         self._adec: Any = None  # av.AudioCodecContext
         self._audio: AudioEncoder | None = None
         self._rungs: list[RungEncoder | SourceRung] = []
+        # The rungs that encode (not the source passthrough), fixed once the rungs start:
+        # the overload controller reads it for every packet and frame.
+        self._encoders: list[RungEncoder] = []
         self._avc: AvcConfig | None = None
         self._t0: int | None = None
         self._timeline = Timeline()
@@ -106,6 +109,7 @@ class Pipeline:
             )
             for r in rungs
         ]
+        self._encoders = [r for r in self._rungs if isinstance(r, RungEncoder)]
         if self.spec.tap and not any(r.tap for r in self._rungs):
             log.warning(
                 "[%s] tap rendition %r is not in this stream's ladder; WebRTC gets no video",
@@ -240,10 +244,6 @@ class Pipeline:
     @property
     def frames_dropped(self) -> int:
         return sum(r.dropped for r in self._encoders)
-
-    @property
-    def _encoders(self) -> list[RungEncoder]:
-        return [r for r in self._rungs if isinstance(r, RungEncoder)]
 
     def _decode(self, dec: Any, pkt: MediaPacket) -> list[Any]:
         """Decode one ms-timestamped packet; a corrupt one is dropped, not fatal."""
