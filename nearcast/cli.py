@@ -64,6 +64,10 @@ def _node(args: argparse.Namespace) -> int:
         print(f"nearcast: configuration error: {exc}", file=sys.stderr)
         return 2
     setup_logging(config.node.log_level)
+    if config.node.event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(run_node(config))
     return asyncio.run(run_node(config))
 
 

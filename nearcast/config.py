@@ -40,6 +40,7 @@ class NodeSection:
     egress_mbps: float = 1000.0
     max_viewers: int = 1000
     log_level: str = "INFO"
+    event_loop: str = "uvloop"
 
     def __post_init__(self) -> None:
         check(bool(self.id), "id", "must not be empty")
@@ -68,6 +69,7 @@ class NodeSection:
             "log_level",
             "must be DEBUG, INFO, WARNING or ERROR",
         )
+        check(self.event_loop in ("uvloop", "asyncio"), "event_loop", "must be uvloop or asyncio")
 
 
 @dataclass(frozen=True)
