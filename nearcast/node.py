@@ -39,6 +39,7 @@ from media import StreamKey
 from nearcast.config import Config, parse_hostport
 from nearcast.placement_report import PlacementReport
 from nearcast.session import StreamSession
+from transcode.admission import Admission, admit
 from transcode.capacity import Capacity, ladder_units
 from transcode.metrics import TranscodeMetrics
 from transcode.pool import WorkerState
@@ -171,18 +172,18 @@ class Node:
             if key in self.sessions:  # a third publisher won the race meanwhile
                 raise PublishRefused("duplicate", f"stream {key} is already being published")
         self._check_limits(key, replacing=old is not None)
-        profile, units = self._admit(request)
+        profile, admission = self._admit(request)
         timer = self._grace.pop(key, None)
         if timer is not None:
             timer.cancel()
             log.info("[node %s] publisher is back within the grace period", key)
         stream = self.store.open(key)
         stream.publisher_connected = True
-        session = StreamSession(self, request, stream, profile, units)
+        session = StreamSession(self, request, stream, profile, admission)
         self.sessions[key] = session
         if self.config.webrtc.enabled:
             self.whep.open(key)
-        self.capacity.reserve(key, units)
+        self.capacity.reserve(key, admission.units)
         self.tmetrics.used.set(self.capacity.in_use)
         return session
 
@@ -224,8 +225,8 @@ class Node:
         session.disconnect("kicked")
         return True
 
-    def _admit(self, request: PublishRequest) -> tuple[str, float]:
-        """Pick the stream's profile and check it fits the node's transcode capacity."""
+    def _admit(self, request: PublishRequest) -> tuple[str, Admission]:
+        """Pick the stream's profile and the largest part of its ladder that fits."""
         tc = self.config.transcode
         profile = tc.tenant_profiles.get(request.key.tenant, "default")
         asked = parse_query(request.query).get("profile") if tc.stream_profile_param else None
@@ -235,14 +236,29 @@ class Node:
             ladder = tc.profile(profile).ladder
         except KeyError:
             raise PublishRefused("profile", f"unknown transcode profile {profile!r}") from None
-        units = ladder_units(ladder)
-        if self.capacity.fits(units):
-            return profile, units
+        # An unknown capacity (calibration failed) admits every ladder, as before it existed.
+        known = self.capacity.total > 0
+        free = self.capacity.total - self.capacity.in_use if known else float("inf")
+        admission = admit(
+            ladder, free, reserve=tc.admission_reserve, add_source=tc.trimmed_adds_source
+        )
+        if admission is not None:
+            if admission.trimmed:
+                log.warning(
+                    "[node %s] %.2f of %.2f transcode units free: %s left out",
+                    request.key,
+                    free,
+                    self.capacity.total,
+                    ", ".join(name for name, _ in admission.left_out),
+                )
+                self.tmetrics.degradations.labels("trimmed").inc()
+            return profile, admission
         if tc.overflow == "refuse":
             raise PublishRefused(
                 "capacity",
                 f"no transcode capacity for {request.key}: {self.capacity.in_use:.2f} of "
-                f"{self.capacity.total:.2f} units in use, {profile!r} needs {units:.2f}",
+                f"{self.capacity.total:.2f} units in use, {profile!r} needs at least "
+                f"{min(ladder_units([r]) for r in ladder if r.codec != 'copy'):.2f}",
             )
         log.warning(
             "[node %s] over capacity (%.2f of %.2f units): serving the source untranscoded",
@@ -251,7 +267,9 @@ class Node:
             self.capacity.total,
         )
         self.tmetrics.degradations.labels("passthrough").inc()
-        return "passthrough", 0.0
+        reason = f"{free:.2f} transcode units free, not enough for any rung"
+        left_out = [(r.name, reason) for r in ladder if r.codec != "copy"]
+        return "passthrough", Admission(tc.profile("passthrough").ladder, 0.0, left_out)
 
     def _whip_keyframe_interval(self, publication: Any) -> float:
         """Seconds between keyframe requests to a WebRTC publisher (0: none).

@@ -20,6 +20,8 @@ from ingest.sink import PublishRequest
 from ingest.stats import IngestStats
 from media import MediaPacket
 from media.segments import InitFrame, PartFrame, SegmentFrame
+from transcode.admission import Admission
+from transcode.capacity import ladder_units
 from transcode.pool import Transcoder
 from transcode.spec import Spec
 
@@ -148,12 +150,15 @@ class StreamSession:
         request: PublishRequest,
         stream: LiveStream,
         profile: str = "default",
-        units: float = 0.0,
+        admission: Admission | None = None,
     ) -> None:
         self.node = node
         self.profile = profile
-        self.units = units
+        ladder = node.config.transcode.profile(profile).ladder
+        self.admission = admission or Admission(list(ladder), ladder_units(ladder), [])
+        self.units = self.admission.units
         stream.ingest["profile"] = profile
+        stream.left_out = dict(self.admission.left_out)
         self.request = request
         self.key = request.key
         self.stream = stream
@@ -177,7 +182,7 @@ class StreamSession:
             fps = 0.0
         hls = self.stream.config  # the tenant's delivery (hls.tenants), else the node's
         profile = cfg.transcode.profile(self.profile)
-        ladder = list(profile.ladder)
+        ladder = list(self.admission.ladder)
         if hls.low_latency:
             # LL-HLS trades bits for delay: x264's lookahead and B-frames alone hold back
             # ~0.6 s, a third of the budget. Rungs that name their own tune keep it.
@@ -197,7 +202,7 @@ class StreamSession:
             degrade_lag=cfg.transcode.degrade_lag,
             segment_format=hls.segment_format,
             part_duration=hls.part_duration if hls.low_latency else 0.0,
-            tap=(tap_rendition(cfg.webrtc.rendition, profile.ladder) if cfg.webrtc.enabled else ""),
+            tap=(tap_rendition(cfg.webrtc.rendition, ladder) if cfg.webrtc.enabled else ""),
             record_fmp4=(
                 hls.segment_format == "ts"
                 and self.node.recorder is not None

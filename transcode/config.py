@@ -125,6 +125,8 @@ class TranscodeConfig:
     restart_backoff: float = 0.5
     capacity_units: float = 0.0
     overflow: str = "passthrough"
+    admission_reserve: float = 0.3
+    trimmed_adds_source: bool = True
     degrade_lag: float = 1.5
     # Address-space limit of each worker in MiB (RLIMIT_AS), 0 for none.
     worker_memory_mb: int = 8192
@@ -151,6 +153,7 @@ class TranscodeConfig:
         check(
             self.overflow in ("refuse", "passthrough"), "overflow", "must be refuse or passthrough"
         )
+        check(self.admission_reserve >= 0, "admission_reserve", "must not be negative")
         check(self.degrade_lag > 0, "degrade_lag", "must be greater than zero")
         check(self.x264_threads >= 0, "x264_threads", "must be zero (auto) or positive")
         check(self.input_queue_packets >= 32, "input_queue_packets", "must be at least 32")

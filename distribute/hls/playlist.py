@@ -168,8 +168,12 @@ def master_playlist(
     audio_codec: str | None,
     version: int = 3,
     independent: bool = True,
+    notes: Sequence[str] = (),
 ) -> str:
     lines = ["#EXTM3U", f"#EXT-X-VERSION:{version}"]
+    # Plain comments (§4.1: a line starting with # but not #EXT), for the people who
+    # read playlists: e.g. which rungs admission left out, and why.
+    lines += [f"# {note}" for note in notes]
     if independent:
         # §4.4.2.1: every segment starts with a keyframe. Not so for LL-HLS streams,
         # whose first segment is split into a lead and the rest.

@@ -131,11 +131,17 @@ def _low_latency(
 
 
 def render_master(
-    renditions: Iterable[RenditionTrack], *, audio: bool, fmp4: bool, low_latency: bool
+    renditions: Iterable[RenditionTrack],
+    *,
+    audio: bool,
+    fmp4: bool,
+    low_latency: bool,
+    left_out: dict[str, str] | None = None,
 ) -> bytes:
-    """The master playlist: one variant per rendition."""
+    """The master playlist: one variant per rendition, and a comment per rung left out."""
     variants = [t.variant() for t in renditions]
     version = 7 if fmp4 else 3
+    notes = [f"rendition {name} left out: {why}" for name, why in (left_out or {}).items()]
     return master_playlist(
-        variants, AUDIO_CODEC if audio else None, version, independent=not low_latency
+        variants, AUDIO_CODEC if audio else None, version, independent=not low_latency, notes=notes
     ).encode()

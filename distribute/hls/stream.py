@@ -37,6 +37,8 @@ class LiveStream:
         self.source: dict[str, Any] = {}
         # Filled by the ingest side: codecs and the measured publisher bit rate.
         self.ingest: dict[str, Any] = {}
+        # Rungs of the stream's ladder that admission left out, with the reason for each.
+        self.left_out: dict[str, str] = {}
         self.created = now
         self.ended = False
         self.ended_at: float | None = None
@@ -389,7 +391,11 @@ class LiveStream:
 
     def _render_master(self) -> None:
         self.master = render_master(
-            self.renditions.values(), audio=self.audio, fmp4=self.fmp4, low_latency=self.low_latency
+            self.renditions.values(),
+            audio=self.audio,
+            fmp4=self.fmp4,
+            low_latency=self.low_latency,
+            left_out=self.left_out,
         )
 
     # -- read side ---------------------------------------------------------------------
@@ -411,6 +417,7 @@ class LiveStream:
             },
             "uptime": round(now - self.created, 3),
             "profile": self.ingest.get("profile", "default"),
+            "left_out": [{"rendition": n, "reason": why} for n, why in self.left_out.items()],
             "generation": self.generation,
             "degradation": self.degradation,
             "segments": self.segments_total,
