@@ -40,7 +40,7 @@ from nearcast.config import Config, parse_hostport
 from nearcast.placement_report import PlacementReport
 from nearcast.session import StreamSession
 from transcode.admission import Admission, admit
-from transcode.capacity import Capacity, ladder_units
+from transcode.capacity import Capacity, cached, ladder_units, remember
 from transcode.metrics import TranscodeMetrics
 from transcode.pool import WorkerState
 
@@ -115,7 +115,6 @@ class Node:
         self._http_server: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
         self._housekeeping: asyncio.Task[None] | None = None
-        self._calibration: asyncio.Task[None] | None = None
         self.agent: Any = None
         self._http_sock: socket.socket | None = None
         self.started = time.time()
@@ -345,6 +344,10 @@ class Node:
         if self.recorder is not None:
             # Close what a crash or a stop left open, before any publisher can add to it.
             await asyncio.to_thread(self.recorder.recover)
+        if self.config.transcode.capacity_units == 0:
+            # Before the ports open: no class is admitted on an unknown capacity, and the
+            # calibration encode never competes with a live stream for the cores.
+            await self._calibrate()
         await self.rtmp.start()
         host, port = parse_hostport(self.config.http.listen)
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -374,8 +377,6 @@ class Node:
                 raise RuntimeError("HTTP server did not start within 10 s")
             await asyncio.sleep(0.01)
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
-        if self.config.transcode.capacity_units == 0:
-            self._calibration = asyncio.create_task(self._calibrate(), name="calibration")
         await self._start_agent(host)
         log.info(
             "node %s up: rtmp://%s:%d  http://%s:%d",
@@ -429,29 +430,38 @@ class Node:
             self.agent = None
 
     async def _calibrate(self) -> None:
-        """Measure capacity in a child process, so the event loop and GIL stay free."""
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "transcode.calibrate",
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.DEVNULL,
-            )
+        """Measure capacity in a child process, so the event loop and GIL stay free; a
+        figure measured before on this machine for this ladder is taken as it is."""
+        tc = self.config.transcode
+        units = cached(tc) if tc.calibration_cache else None
+        if units is not None:
+            log.info("transcode capacity %.2f ladder units (measured before, cached)", units)
+        else:
+            log.info("measuring transcode capacity before opening the ports")
             try:
-                out, _ = await proc.communicate()
-            except asyncio.CancelledError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
-                raise
-            units = float(json.loads(out)["capacity_units"])
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("capacity calibration failed (%s); admitting every stream", exc)
-            return
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable,
+                    "-m",
+                    "transcode.calibrate",
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.DEVNULL,
+                )
+                try:
+                    out, _ = await proc.communicate()
+                except asyncio.CancelledError:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    await proc.wait()
+                    raise
+                units = float(json.loads(out)["capacity_units"])
+            except (OSError, ValueError, KeyError) as exc:
+                log.warning("capacity calibration failed (%s); admitting every stream", exc)
+                return
+            if tc.calibration_cache:
+                await asyncio.to_thread(remember, tc, units)
+            log.info("transcode capacity measured: %.2f ladder units", units)
         self.capacity.total = units
         self.tmetrics.capacity.set(units)
-        log.info("transcode capacity measured: %.2f ladder units", units)
 
     async def _housekeep(self) -> None:
         while True:
@@ -489,10 +499,6 @@ class Node:
                     self.recorder.end(key.tenant, key.stream)
             await asyncio.to_thread(self.recorder.close)
         self._grace.clear()
-        if self._calibration is not None:
-            self._calibration.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._calibration
         if self._housekeeping is not None:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):

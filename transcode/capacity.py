@@ -9,11 +9,17 @@ own), or set in config.
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import io
 import json
+import os
+import platform
+import statistics
 import sys
 import time
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import av
@@ -107,8 +113,76 @@ def calibrate(config: TranscodeConfig | None = None, seconds: float = 2.0) -> fl
     return round(speed * HEADROOM / max(ladder_units(list(config.ladder)), 1e-6), 2)
 
 
-def main() -> int:
-    print(json.dumps({"capacity_units": calibrate()}))
+def cache_key(config: TranscodeConfig) -> str:
+    """What a measured capacity depends on: the CPU, the cores this process may use, the
+    ladder and the encoder's build. A change to any of them measures again."""
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        model = platform.processor()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    facts = {
+        "cpu": model,
+        "cores": cores,
+        "ladder": [repr(r) for r in config.ladder],
+        "x264_threads": config.x264_threads,
+        "av": av.__version__,
+        "ffmpeg": av.library_versions.get("libavcodec"),
+    }
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "nearcast" / "capacity.json"
+
+
+def cached(config: TranscodeConfig, path: Path | None = None) -> float | None:
+    """The capacity measured before on this machine for this ladder, if any."""
+    try:
+        entries = json.loads((path or cache_path()).read_text())
+        units = float(entries[cache_key(config)])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return units if units > 0 else None
+
+
+def remember(config: TranscodeConfig, units: float, path: Path | None = None) -> None:
+    """Keep ``units`` for the next start; a cache that cannot be written is no error."""
+    path = path or cache_path()
+    try:
+        try:
+            entries = json.loads(path.read_text())
+            if not isinstance(entries, dict):
+                entries = {}
+        except (OSError, ValueError):
+            entries = {}
+        entries[cache_key(config)] = units
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entries))
+        tmp.replace(path)
+    except OSError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="This machine's transcode capacity.")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="fresh calibrations in a row, with their spread"
+    )
+    args = parser.parse_args(argv)
+    runs = [calibrate() for _ in range(max(1, args.repeat))]
+    result: dict[str, Any] = {"capacity_units": statistics.median(runs)}
+    if len(runs) > 1:
+        mid = statistics.median(runs)
+        result["runs"] = runs
+        result["spread"] = round(max(abs(r - mid) for r in runs) / mid, 3) if mid else 0.0
+    print(json.dumps(result))
     return 0
 
 

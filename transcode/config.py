@@ -124,6 +124,7 @@ class TranscodeConfig:
     input_queue_packets: int = 600
     restart_backoff: float = 0.5
     capacity_units: float = 0.0
+    calibration_cache: bool = True
     overflow: str = "passthrough"
     admission_reserve: float = 0.3
     trimmed_adds_source: bool = True

@@ -96,6 +96,10 @@ class NodeProcess(NodeSubprocess):
     not start fails the test."""
 
     def __init__(self, log_path: Path, **env: str) -> None:
+        # A configured capacity, generous for a test's streams: ladders do not depend on
+        # how fast the machine is or how busy it is, and no calibration slows the start.
+        # Tests of admission and calibration set their own.
+        env = {"NEARCAST_TRANSCODE_CAPACITY_UNITS": "8", **env}
         try:
             super().__init__(log_path, env)
         except RuntimeError as exc:
