@@ -227,6 +227,8 @@ class Pipeline:
     def _on_frame(self, frame: av.VideoFrame) -> None:
         if frame.pts is None:
             return
+        if not self._rungs and frame.pts < self.spec.resume_ms:
+            return  # replayed after a restart: already delivered by the previous worker
         self.frames_in += 1
         if not self._rungs:
             self._start_rungs(frame)

@@ -41,6 +41,9 @@ from transcode.spec import Spec
 log = logging.getLogger(__name__)
 
 
+# A GOP kept for a restarted worker is at most this large (20 s of a 6 Mb/s source).
+MAX_GOP_BYTES = 16 * 1024 * 1024
+
 # Optional sink methods: frame type -> (method, payload -> its arguments).
 _OPTIONAL: dict[FrameType, tuple[str, Callable[[bytes], tuple[Any, ...]]]] = {
     FrameType.PART: ("on_part", lambda p: (decode_part(p),)),
@@ -83,6 +86,7 @@ def spec_to_json(spec: Spec) -> dict[str, Any]:
         "part_duration": spec.part_duration,
         "tap": spec.tap,
         "record_fmp4": spec.record_fmp4,
+        "resume_ms": spec.resume_ms,
     }
 
 
@@ -112,6 +116,12 @@ class Transcoder:
         self._proc: asyncio.subprocess.Process | None = None
         self._task: asyncio.Task[None] | None = None
         self._configs: dict[str, bytes] = {}
+        # The packets sent since the last video keyframe: a restarted worker gets them
+        # first, so it starts at once instead of waiting up to a GOP for a keyframe.
+        self._gop: list[bytes] = []
+        self._gop_bytes = 0
+        # Media time (ms) every rendition has delivered up to, for the restarted worker.
+        self._delivered: dict[str, int] = {}
         self._need_keyframe = False
         self._state = WorkerState.STARTING
         self._finishing = False
@@ -221,9 +231,12 @@ class Transcoder:
                     self.restarts,
                 )
                 self._set_state(WorkerState.STARTING)
-                self._need_keyframe = True
+                # With the last GOP replayed, the new worker needs no fresh keyframe.
+                self._need_keyframe = not self._gop
                 self.sink.on_restart()
-                await asyncio.sleep(self._backoff)
+                if self.restarts > 1:
+                    # The first restart is immediate; a crash loop waits between tries.
+                    await asyncio.sleep(self._backoff)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -249,9 +262,15 @@ class Transcoder:
 
     async def _write(self, stdin: asyncio.StreamWriter) -> None:
         try:
-            stdin.write(encode_json(FrameType.START, spec_to_json(self.spec)))
+            start = spec_to_json(self.spec)
+            if self.restarts and self._delivered:
+                start["resume_ms"] = min(self._delivered.values())
+            stdin.write(encode_json(FrameType.START, start))
             for cfg in self._configs.values():
                 stdin.write(cfg)
+            if self.restarts:
+                # Without their arrival times: the replay is not lag to catch up on.
+                stdin.writelines(encode_packet(decode_packet(i[5:])[0]) for i in self._gop)
             while True:
                 item = await self._queue.get()
                 if item is None:
@@ -264,10 +283,32 @@ class Transcoder:
                         continue
                     if item[5] == 0 and item[6] & 0x01:
                         self._need_keyframe = False
+                self._keep(item)
                 stdin.write(item)
                 await stdin.drain()
         except (ConnectionResetError, BrokenPipeError):
             return
+
+    def _keep(self, item: bytes) -> None:
+        """Remember ``item`` (an encoded packet frame) as part of the current GOP."""
+        if item[5] == 0 and item[6] & 0x02:
+            return  # a sequence header: kept in _configs
+        if item[5] == 0 and item[6] & 0x01:
+            self._gop.clear()
+            self._gop_bytes = 0
+        elif not self._gop:
+            return  # no keyframe seen yet: a replay could not start from here
+        self._gop.append(item)
+        self._gop_bytes += len(item)
+        if self._gop_bytes > MAX_GOP_BYTES:
+            # A source with very long GOPs: a restart waits for a keyframe instead.
+            self._gop.clear()
+            self._gop_bytes = 0
+
+    def _delivered_to(self, rendition: str, end_s: float) -> None:
+        end = int(end_s * 1000)
+        if end > self._delivered.get(rendition, -1):
+            self._delivered[rendition] = end
 
     async def _read(self, stdout: asyncio.StreamReader) -> bool:
         reader = FrameReader()
@@ -282,7 +323,9 @@ class Transcoder:
                 return False
             for ftype, payload in frames:
                 if ftype is FrameType.SEGMENT:
-                    self.sink.on_segment(decode_segment(payload))
+                    segment = decode_segment(payload)
+                    self._delivered_to(segment.rendition, segment.start + segment.duration)
+                    self.sink.on_segment(segment)
                 elif ftype is FrameType.RENDITIONS:
                     self.sink.on_renditions(json.loads(payload))
                 elif ftype is FrameType.STATS:
@@ -296,8 +339,13 @@ class Transcoder:
                     # packets): a sink without the method ignores them.
                     method, parse = _OPTIONAL[ftype]
                     handler = getattr(self.sink, method, None)
-                    if handler is not None:
-                        handler(*parse(payload))
+                    if handler is not None or ftype is FrameType.PART:
+                        args = parse(payload)
+                        if ftype is FrameType.PART:
+                            part = args[0]
+                            self._delivered_to(part.rendition, part.start + part.duration)
+                        if handler is not None:
+                            handler(*args)
 
     async def _kill(self) -> None:
         proc = self._proc

@@ -35,6 +35,10 @@ class Spec:
     # With "ts": also package CMAF (RECORD_INIT / RECORD_SEGMENT frames) for the
     # recorder, so recordings are fMP4 whatever the viewers' format.
     record_fmp4: bool = False
+    # After a restart: media time (ms) up to which the previous worker already delivered.
+    # The node replays the source from its last keyframe; pictures before this are
+    # decoded (they are references) but not encoded again, so viewers see no repeat.
+    resume_ms: int = 0
 
     def __post_init__(self) -> None:
         if self.segment_format not in ("ts", "fmp4"):
@@ -56,6 +60,7 @@ class Spec:
             recover_after=float(obj.get("recover_after", 10.0)),
             segment_format=str(obj.get("segment_format", "ts")),
             part_duration=float(obj.get("part_duration", 0.0)),
+            resume_ms=int(obj.get("resume_ms", 0)),
             tap=str(obj.get("tap", "")),
             record_fmp4=bool(obj.get("record_fmp4", False)),
         )

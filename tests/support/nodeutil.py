@@ -132,7 +132,8 @@ class NodeProcess(NodeSubprocess):
 
     def stop(self, timeout: float = 30) -> int:
         rc = super().stop(timeout)
-        self.client.close()
+        if hasattr(self, "client"):  # not when the node failed to start
+            self.client.close()
         return rc
 
 

@@ -104,6 +104,12 @@ async def test_worker_killed_is_restarted_within_two_seconds() -> None:
     assert time.monotonic() - killed < 2.0
     assert sink.restarts == 1
     count = len(sink.segments)
+    delivered = max(s.start + s.duration for s in sink.segments)
+    await until(lambda: len(sink.segments) > count, 10, "a segment from the new worker")
+    # The new worker started from the replayed GOP, after what was already delivered:
+    # no media is listed twice, and none is missing.
+    first = sink.segments[count]
+    assert abs(first.start - delivered) < 0.1, (first.start, delivered)
     await feeder
     await t.finish(20)
     assert len(sink.segments) > count, "the restarted worker produced segments"
