@@ -7,6 +7,7 @@ import argparse
 import logging
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import replace
 
 log = logging.getLogger(__name__)
@@ -144,8 +145,13 @@ def run_service(args: argparse.Namespace) -> int:
     return 0
 
 
-def node_credential(args: argparse.Namespace, now: float | None = None) -> str:
-    """The credential ``nearcast node-credential ARGS`` prints; ValueError on bad input."""
+def node_credential(
+    args: argparse.Namespace,
+    now: float | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """The credential ``nearcast node-credential ARGS`` prints (``environ``: the process
+    environment, as for every config); ValueError on bad input."""
     import time
 
     from nearcast.config import load
@@ -160,7 +166,7 @@ def node_credential(args: argparse.Namespace, now: float | None = None) -> str:
     if not tenants:
         raise ValueError("--tenants names no tenant (use '*' for any)")
     return mint(
-        load(args.config).placement.node_keys,
+        load(args.config, environ=environ).placement.node_keys,
         args.node,
         tier=args.tier,
         region=args.region,
