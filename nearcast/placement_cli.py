@@ -1,4 +1,5 @@
-"""``nearcast placement`` (run the service) and ``nearcast simulate`` subcommands."""
+"""``nearcast placement`` (run the service), ``nearcast node-credential`` and ``nearcast
+simulate`` subcommands."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import logging
 import signal
 import sys
+from collections.abc import Mapping
 from dataclasses import replace
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         "--listen", metavar="HOST:PORT", help="address to serve on (default: 'placement.listen')"
     )
     p.set_defaults(func=run_service)
+
+    c = subparsers.add_parser(
+        "node-credential",
+        help="print a signed credential for a node to register with placement",
+        description="Sign a node credential with a key of 'placement.node_keys' (from "
+        "--config and NEARCAST_PLACEMENT_NODE_KEYS) and print it: the node's "
+        "placement.node_token. It names the node id and what the node may register; "
+        "placement refuses (403) a registration claiming anything else. '*' allows any "
+        "value of a claim.",
+    )
+    c.add_argument("node", metavar="NODE_ID", help="the node's node.id")
+    c.add_argument("--tier", required=True, help="edge, mec, cloud or '*'")
+    c.add_argument("--region", required=True, help="the node's node.region, or '*'")
+    c.add_argument("--city", required=True, help="the node's node.city, or '*'")
+    c.add_argument("--isp", required=True, help="the node's node.isp, or '*'")
+    c.add_argument(
+        "--host",
+        action="append",
+        required=True,
+        metavar="HOST",
+        help="host name its public_rtmp/public_http URLs may use; repeat for several; '*' any",
+    )
+    c.add_argument(
+        "--tenants",
+        default="*",
+        help="comma-separated tenants it may serve: its 'tenants' label must stay within "
+        "them (default '*': any, the label is not checked)",
+    )
+    c.add_argument(
+        "--ttl",
+        type=float,
+        default=90 * 86400.0,
+        help="seconds the credential is valid (default 7776000, 90 days)",
+    )
+    c.add_argument("--key", default="", help="key id to sign with (default: the first listed)")
+    c.add_argument("--config", metavar="FILE", help="the placement service's configuration")
+    c.set_defaults(func=run_node_credential)
 
     s = subparsers.add_parser(
         "simulate",
@@ -103,6 +142,51 @@ def run_service(args: argparse.Namespace) -> int:
             signal.signal(sig, handler)
     if stopped:
         log.info("placement service stopped by %s", signal.Signals(stopped[0]).name)
+    return 0
+
+
+def node_credential(
+    args: argparse.Namespace,
+    now: float | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """The credential ``nearcast node-credential ARGS`` prints (``environ``: the process
+    environment, as for every config); ValueError on bad input."""
+    import time
+
+    from nearcast.config import load
+    from placement.credentials import mint
+    from tokens.node import node_id_problem
+
+    if (problem := node_id_problem(args.node)) is not None:
+        raise ValueError(problem)
+    if args.ttl <= 0:
+        raise ValueError(f"--ttl must be greater than zero, got {args.ttl:g}")
+    tenants = [t.strip() for t in args.tenants.split(",") if t.strip()]
+    if not tenants:
+        raise ValueError("--tenants names no tenant (use '*' for any)")
+    return mint(
+        load(args.config, environ=environ).placement.node_keys,
+        args.node,
+        tier=args.tier,
+        region=args.region,
+        city=args.city,
+        isp=args.isp,
+        hosts=args.host,
+        tenants=tenants,
+        expires=int((time.time() if now is None else now) + args.ttl),
+        key_id=args.key,
+    )
+
+
+def run_node_credential(args: argparse.Namespace) -> int:
+    from settings import ConfigError
+
+    try:
+        print(node_credential(args))
+    except (ConfigError, ValueError) as exc:
+        print(f"nearcast node-credential: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

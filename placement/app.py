@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-import secrets
-from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from typing import Annotated, Any, TypeVar
 
 import yaml
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, Field
+from starlette.types import Message
 
 from placement.config import PlacementConfig
+from placement.credentials import check_claims
 from placement.errors import (
+    ClaimRefused,
     InvalidField,
     NoCapacity,
     NodeBusy,
@@ -27,11 +31,20 @@ from placement.errors import (
     UnknownTenant,
 )
 from placement.metrics import PlacementMetrics
-from placement.model import Load, Location, Node, NodeState, PlacementRequest, Session
+from placement.model import (
+    Load,
+    Location,
+    Node,
+    NodeState,
+    PlacementRequest,
+    Session,
+    check_node_id,
+)
 from placement.policy import Policy, parse_policy
 from placement.registry import Registry
 from placement.registry.memory import InProcessRegistry
 from placement.service import PlacementService
+from tokens.node import NodeCredentialError, verify_node
 
 NAME = r"^[A-Za-z0-9_.-]{1,128}$"
 
@@ -146,6 +159,104 @@ def _bearer(header: str | None) -> str:
     return ""
 
 
+def _same(given: str, expected: str) -> bool:
+    """Constant-time comparison of a presented token; any bytes a client sends (a header
+    is decoded as Latin-1) compare as unequal, never as an error."""
+    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _unauthorized(detail: str) -> HTTPException:
+    return HTTPException(401, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+Guard = Callable[[Request], Awaitable[None]]
+_F = TypeVar("_F", bound=Callable[..., Any])
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+def _capped(request: Request, limit: int) -> Request:
+    """``request`` with its body capped at ``limit`` bytes: refused from Content-Length
+    before anything is read, and while reading when the body is sent without one."""
+    length = request.headers.get("content-length")
+    if length is not None:
+        if not length.isdigit():
+            raise HTTPException(400, "Content-Length is not a number")
+        if int(length) > limit:
+            raise HTTPException(
+                413, f"request body is over {limit} bytes ('placement.max_body_bytes')"
+            )
+    receive = request.receive
+    seen = 0
+
+    async def limited() -> Message:
+        nonlocal seen
+        message = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise HTTPException(
+                    413, f"request body is over {limit} bytes ('placement.max_body_bytes')"
+                )
+        return message
+
+    return Request(request.scope, limited, request._send)
+
+
+def _route_class(guard: Guard | None, max_body: int) -> type[APIRoute]:
+    """Routes that run ``guard`` (authentication) and cap the body before FastAPI reads
+    and parses it: a dependency would run only after the body was read and parsed, so
+    an anonymous client could make the service parse megabytes of JSON. The check
+    travels with the route, also where an embedding node mounts it."""
+
+    class GuardedRoute(APIRoute):
+        def get_route_handler(self) -> Handler:
+            handler = super().get_route_handler()
+
+            async def guarded(request: Request) -> Response:
+                if guard is not None:
+                    await guard(request)
+                return await handler(_capped(request, max_body))
+
+            return guarded
+
+    return GuardedRoute
+
+
+class _Routes:
+    """``@routes.get(...)`` and friends adding routes of one guarded class to ``app``, in
+    declaration order. (Included routers would hide the routes from an embedding node,
+    which copies the app's /v1/ routes into its own.)"""
+
+    def __init__(self, app: FastAPI, route_class: type[APIRoute]) -> None:
+        self.app = app
+        self.route_class = route_class
+
+    def _add(self, method: str, path: str, **kw: Any) -> Callable[[_F], _F]:
+        def decorator(endpoint: _F) -> _F:
+            self.app.router.add_api_route(
+                path, endpoint, methods=[method], route_class_override=self.route_class, **kw
+            )
+            return endpoint
+
+        return decorator
+
+    def get(self, path: str, **kw: Any) -> Callable[[_F], _F]:
+        return self._add("GET", path, **kw)
+
+    def post(self, path: str, **kw: Any) -> Callable[[_F], _F]:
+        return self._add("POST", path, **kw)
+
+    def put(self, path: str, **kw: Any) -> Callable[[_F], _F]:
+        return self._add("PUT", path, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Callable[[_F], _F]:
+        return self._add("DELETE", path, **kw)
+
+
+def _bearer_header(authorization: Annotated[str | None, Header()] = None) -> None:
+    """Declares the bearer header in the OpenAPI document; the route checks it first."""
+
+
 def create_app(
     config: PlacementConfig,
     registry: Registry | None = None,
@@ -179,25 +290,43 @@ def create_app(
     app.state.service = service
     app.state.metrics = metrics
 
-    def operator(authorization: Annotated[str | None, Header()] = None) -> None:
-        token = config.operator_token
-        if not token or not secrets.compare_digest(_bearer(authorization), token):
-            raise HTTPException(
-                401,
-                "operator bearer token required ('placement.operator_token')",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+    async def operator(request: Request) -> None:
+        if not _same(_bearer(request.headers.get("authorization")), config.operator_token):
+            raise _unauthorized("operator bearer token required ('placement.operator_token')")
 
-    def node_auth(node_id: str, authorization: Annotated[str | None, Header()] = None) -> None:
-        token = config.node_tokens.get(node_id) or config.node_tokens.get("*", "")
-        if not token or not secrets.compare_digest(_bearer(authorization), token):
-            raise HTTPException(
-                401,
-                f"node {node_id!r} needs its bearer token ('placement.node_tokens')",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+    async def node_auth(request: Request) -> None:
+        """The node's credential, checked before its body is read: the path's node id
+        must follow the id rule (422) and the bearer token must be a genuine, unexpired
+        credential of that id (401). The registration is checked against its claims in
+        the handler, once the body is parsed."""
+        node_id = request.path_params["node_id"]
+        try:
+            check_node_id(node_id, "node_id")
+        except InvalidField:
+            metrics.registrations_rejected.labels("invalid_id").inc()
+            raise
+        token = _bearer(request.headers.get("authorization"))
+        try:
+            cred = verify_node(token, config.node_keys, node_id, service.clock())
+        except NodeCredentialError as exc:
+            metrics.registrations_rejected.labels(exc.reason).inc()
+            raise _unauthorized(
+                f"node {node_id!r}: {exc} (credentials: `nearcast node-credential`, "
+                "keys: 'placement.node_keys')"
+            ) from None
+        request.state.node_credential = cred
 
-    Operator = Depends(operator)
+    async def metrics_auth(request: Request) -> None:
+        token = config.metrics_token
+        if token and not _same(_bearer(request.headers.get("authorization")), token):
+            raise _unauthorized("metrics bearer token required ('placement.metrics_token')")
+
+    cap = config.max_body_bytes
+    operator_api = _Routes(app, _route_class(operator, cap))
+    node_api = _Routes(app, _route_class(node_auth, cap))
+    metrics_api = _Routes(app, _route_class(metrics_auth, cap))
+    open_api = _Routes(app, _route_class(None, cap))
+    Bearer = Depends(_bearer_header)
 
     @app.exception_handler(InvalidField)
     async def _invalid(_: Request, exc: InvalidField) -> JSONResponse:
@@ -210,6 +339,12 @@ def create_app(
         @app.exception_handler(cls)
         async def _not_found(_: Request, exc: Exception) -> JSONResponse:
             return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(ClaimRefused)
+    async def _refused(_: Request, exc: ClaimRefused) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(exc), "field": exc.field, "message": exc.message}, status_code=403
+        )
 
     @app.exception_handler(NodeBusy)
     async def _busy(_: Request, exc: NodeBusy) -> JSONResponse:
@@ -240,7 +375,9 @@ def create_app(
         client = ip or (request.client.host if request.client else None)
         return service.locate(client, hints)
 
-    @app.post("/v1/sessions", status_code=201, response_model=SessionOut, dependencies=[Operator])
+    @operator_api.post(
+        "/v1/sessions", status_code=201, response_model=SessionOut, dependencies=[Bearer]
+    )
     async def create_session(body: SessionCreate, request: Request) -> SessionOut:
         loc = _location(request, body.location, body.client_ip)
         placed = await service.place(
@@ -250,14 +387,14 @@ def create_app(
             placed.session, placed.decision.node, placed.degraded, service.explain(placed.decision)
         )
 
-    @app.get("/v1/sessions/{session_id}", response_model=SessionOut)
+    @open_api.get("/v1/sessions/{session_id}", response_model=SessionOut)
     async def get_session(session_id: str) -> SessionOut:
         if "~" not in session_id:
             raise UnknownSession(session_id)
         s, degraded = await service.get_session(session_id)
         return _session_out(s, _node(s.node_id), degraded, None)
 
-    @app.delete("/v1/sessions/{session_id}", status_code=204, dependencies=[Operator])
+    @operator_api.delete("/v1/sessions/{session_id}", status_code=204, dependencies=[Bearer])
     async def delete_session(session_id: str) -> Response:
         if "~" not in session_id:
             raise UnknownSession(session_id)
@@ -278,7 +415,7 @@ def create_app(
             explanation=service.explain(d),
         )
 
-    @app.get("/v1/route", response_model=RouteOut)
+    @open_api.get("/v1/route", response_model=RouteOut)
     async def route(
         request: Request,
         tenant: Annotated[str, Query(pattern=NAME)],
@@ -290,18 +427,29 @@ def create_app(
     ) -> RouteOut:
         return await _route(request, tenant, stream, city, isp, region, ip)
 
-    @app.post(
+    @node_api.post(
         "/v1/nodes/{node_id}/heartbeat",
         response_model=HeartbeatOut,
-        dependencies=[Depends(node_auth)],
+        dependencies=[Bearer],
+        responses={
+            401: {"description": "no credential of this node, or an expired one"},
+            403: {"description": "the descriptor claims what the credential does not allow"},
+            413: {"description": "body over 'placement.max_body_bytes'"},
+        },
     )
-    async def heartbeat(node_id: str, body: HeartbeatIn) -> HeartbeatOut:
+    async def heartbeat(node_id: str, body: HeartbeatIn, request: Request) -> HeartbeatOut:
         load = Load(**body.load.model_dump())
         node = Node.from_dict(body.node, prefix="node.") if body.node is not None else None
+        if node is not None:
+            try:
+                check_claims(node, request.state.node_credential)
+            except ClaimRefused as exc:
+                metrics.registrations_rejected.labels(exc.reason).inc()
+                raise
         out = await service.heartbeat(node_id, load, node, body.sessions)
         return HeartbeatOut(**out)
 
-    @app.get("/v1/nodes", dependencies=[Operator])
+    @operator_api.get("/v1/nodes", dependencies=[Bearer])
     async def list_nodes() -> dict[str, Any]:
         nodes, snap = await service.list_nodes()
         return {
@@ -315,21 +463,21 @@ def create_app(
         node = await service.set_state(node_id, state)
         return {"id": node.id, "state": node.state.value}
 
-    @app.post("/v1/nodes/{node_id}/drain", dependencies=[Operator])
+    @operator_api.post("/v1/nodes/{node_id}/drain", dependencies=[Bearer])
     async def drain(node_id: str) -> dict[str, Any]:
         return await _set_state(node_id, NodeState.DRAINING)
 
-    @app.post("/v1/nodes/{node_id}/cordon", dependencies=[Operator])
+    @operator_api.post("/v1/nodes/{node_id}/cordon", dependencies=[Bearer])
     async def cordon(node_id: str) -> dict[str, Any]:
         return await _set_state(node_id, NodeState.CORDONED)
 
-    @app.post("/v1/nodes/{node_id}/uncordon", dependencies=[Operator])
+    @operator_api.post("/v1/nodes/{node_id}/uncordon", dependencies=[Bearer])
     async def uncordon(node_id: str) -> dict[str, Any]:
         return await _set_state(node_id, NodeState.READY)
 
-    @app.delete(
+    @operator_api.delete(
         "/v1/nodes/{node_id}",
-        dependencies=[Operator],
+        dependencies=[Bearer],
         responses={409: {"description": "ready and alive, or still holding sessions"}},
     )
     async def remove_node(node_id: str) -> dict[str, Any]:
@@ -347,28 +495,28 @@ def create_app(
             raise InvalidField("policy", "must be a mapping")
         return parse_policy(data)
 
-    @app.get("/v1/policy", dependencies=[Operator])
+    @operator_api.get("/v1/policy", dependencies=[Bearer])
     async def get_policy() -> dict[str, Any]:
         p = service.policy
         return {"active": p.label, "versions": service.policy_versions(), "policy": p.to_dict()}
 
-    @app.put("/v1/policy", dependencies=[Operator], openapi_extra=_POLICY_BODY)
+    @operator_api.put("/v1/policy", dependencies=[Bearer], openapi_extra=_POLICY_BODY)
     async def put_policy(request: Request) -> dict[str, Any]:
         p = await service.put_policy(await _policy_body(request))
         return {"active": p.label, "versions": service.policy_versions(), "policy": p.to_dict()}
 
-    @app.post("/v1/policy/dry-run", dependencies=[Operator], openapi_extra=_POLICY_BODY)
+    @operator_api.post("/v1/policy/dry-run", dependencies=[Bearer], openapi_extra=_POLICY_BODY)
     async def dry_run(request: Request) -> dict[str, Any]:
         return await service.dry_run(await _policy_body(request))
 
-    @app.get("/v1/decisions", dependencies=[Operator])
+    @operator_api.get("/v1/decisions", dependencies=[Bearer])
     async def decisions(
         limit: Annotated[int, Query(ge=1, le=10000)] = 1000,
     ) -> list[dict[str, Any]]:
         """Recent decision log, newest first (feed it to ``nearcast simulate --replay``)."""
         return service.recent_decisions()[:limit]
 
-    @app.post("/v1/decisions/replay", dependencies=[Operator])
+    @operator_api.post("/v1/decisions/replay", dependencies=[Bearer])
     async def replay(entry: dict[str, Any]) -> dict[str, Any]:
         """Re-run one entry of the decision log on its snapshot, policy version, TTL and
         headroom; ``same`` says whether it chose the same node. Snapshots are kept in
@@ -385,12 +533,12 @@ def create_app(
         node = d.node.id if d.node else None
         return {"same": node == entry.get("node"), "node": node, "explanation": d.explain()}
 
-    @app.get("/healthz", include_in_schema=False)
+    @open_api.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz", include_in_schema=False)
+    @open_api.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
         """Readiness: the service can place, from the registry or (degraded) from a
         snapshot younger than ``snapshot_max_age``; 503 when it cannot."""
@@ -407,11 +555,11 @@ def create_app(
             }
         )
 
-    @app.get("/metrics", include_in_schema=False)
+    @metrics_api.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    @app.get("/{tenant}/{stream}/index.m3u8", status_code=302, response_class=RedirectResponse)
+    @open_api.get("/{tenant}/{stream}/index.m3u8", status_code=302, response_class=RedirectResponse)
     async def playlist_redirect(
         request: Request, tenant: str, stream: str, city: str = "", isp: str = ""
     ) -> RedirectResponse:

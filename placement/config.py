@@ -48,7 +48,9 @@ class PlacementConfig:
     listen: str = "0.0.0.0:8090"
     operator_token: str = ""
     node_token: str = ""
-    node_tokens: dict[str, str] = field(default_factory=dict)
+    node_keys: dict[str, str] = field(default_factory=dict)
+    metrics_token: str = ""
+    max_body_bytes: int = 65536
     policy_file: str = ""
     key_prefix: str = "nc"
     snapshot_interval: float = 1.0
@@ -84,5 +86,13 @@ class PlacementConfig:
         check(0 < self.degraded_headroom <= 1, "degraded_headroom", "must be in (0, 1]")
         check(self.decision_log_size >= 0, "decision_log_size", "must not be negative")
         check(self.replay_snapshots >= 0, "replay_snapshots", "must not be negative")
-        for node, token in self.node_tokens.items():
-            check(bool(token), f"node_tokens.{node}", "must not be empty")
+        for kid, secret in self.node_keys.items():
+            check(
+                bool(kid) and "." not in kid, f"node_keys.{kid}", "key id must be non-empty, no '.'"
+            )
+            check(len(secret) >= 16, f"node_keys.{kid}", "secret must be at least 16 characters")
+        check(
+            1024 <= self.max_body_bytes <= 16 * 1024 * 1024,
+            "max_body_bytes",
+            "must be 1024-16777216",
+        )

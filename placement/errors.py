@@ -76,3 +76,14 @@ class RegistryUnavailable(PlacementError):
 
 class SnapshotTooOld(PlacementError):
     """Degraded mode has outlived ``placement.snapshot_max_age``."""
+
+
+class ClaimRefused(PlacementError):
+    """A node registered something its credential does not allow; ``field`` is its
+    dotted name and ``reason`` the metric label (tier, region, city, isp, urls, tenants)."""
+
+    def __init__(self, field: str, reason: str, message: str) -> None:
+        super().__init__(f"'{field}' {message}")
+        self.field = field
+        self.reason = reason
+        self.message = message

@@ -84,17 +84,17 @@ def schedulable(node: Node, ctx: Context) -> str | None:
     return None
 
 
-def _csv(labels: Mapping[str, str], key: str) -> set[str]:
+def tenant_csv(labels: Mapping[str, str], key: str) -> set[str]:
     return {t.strip() for t in labels.get(key, "").split(",") if t.strip()}
 
 
 def tenant_labels(node: Node, ctx: Context) -> str | None:
     if not node.labels:
         return None
-    allow = _csv(node.labels, "tenants")
+    allow = tenant_csv(node.labels, "tenants")
     if allow and ctx.tenant not in allow:
         return "pinned to other tenant"
-    if ctx.tenant in _csv(node.labels, "deny-tenants"):
+    if ctx.tenant in tenant_csv(node.labels, "deny-tenants"):
         return "tenant denied"
     return None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from placement.model import NodeState, Tier
+from tokens.node import NODE_REASONS
 
 # tier: edge|mec|cloud|none; outcome: placed (session reserved), routed (viewer
 # sent to a node), rejected (no capacity anywhere), conflict (every candidate's
@@ -25,6 +26,22 @@ NODES = "placement_nodes"
 FALLBACKS = "placement_fallbacks_total"
 # 1 while the registry (Redis) is unreachable and answers come from the last snapshot.
 DEGRADED = "placement_degraded"
+# Heartbeats and registrations refused, by reason: invalid_id (422: the node id breaks
+# the id rule), a credential failure (401: missing, malformed, unknown_key, forged,
+# wrong_node, expired) or a claim the credential does not allow (403: tier, region,
+# city, isp, urls, tenants).
+REGISTRATIONS_REJECTED = "placement_registrations_rejected_total"
+
+REGISTRATION_REASONS = (
+    "invalid_id",
+    *NODE_REASONS,
+    "tier",
+    "region",
+    "city",
+    "isp",
+    "urls",
+    "tenants",
+)
 
 FALLBACK_REASONS = (
     "edge_unavailable",
@@ -63,6 +80,14 @@ class PlacementMetrics:
         self.degraded = Gauge(
             DEGRADED, "1 while answering from the last snapshot.", registry=self.registry
         )
+        self.registrations_rejected = Counter(
+            REGISTRATIONS_REJECTED,
+            "Node heartbeats and registrations refused, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in REGISTRATION_REASONS:
+            self.registrations_rejected.labels(reason)
         for tier in Tier:
             for state in [*(s.value for s in NodeState), "stale"]:
                 self.nodes.labels(tier.value, state).set(0)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from placement.errors import InvalidField
+from tokens.node import node_id_problem
 
 
 class Tier(enum.StrEnum):
@@ -31,6 +32,20 @@ class NodeState(enum.StrEnum):
 class SessionState(enum.StrEnum):
     RESERVED = "reserved"
     LIVE = "live"
+
+
+# Free-text descriptor fields (city, ISP, label names) and label values are bounded:
+# every node's descriptor is read on each full snapshot refresh.
+MAX_TEXT = 64
+MAX_LABEL_VALUE = 1024
+MAX_LABELS = 32
+
+
+def check_node_id(value: str, field: str = "id", what: str = "a node id") -> None:
+    """The one rule for node ids and regions (``tokens.node.NODE_ID``): they become Redis
+    keys, hash tags and space-separated fields of the registry's Lua scripts."""
+    if (problem := node_id_problem(value, what)) is not None:
+        raise InvalidField(field, problem)
 
 
 def _get(data: Mapping[str, Any], key: str, kind: type | tuple[type, ...], prefix: str) -> Any:
@@ -172,11 +187,9 @@ class Node:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], prefix: str = "") -> Node:
         node_id = _get(d, "id", str, prefix)
-        if not node_id or "~" in node_id or "{" in node_id or "}" in node_id:
-            raise InvalidField(prefix + "id", "must be non-empty without '~', '{' or '}'")
+        check_node_id(node_id, prefix + "id")
         region = _get(d, "region", str, prefix)
-        if not region or "{" in region or "}" in region or "~" in region:
-            raise InvalidField(prefix + "region", "must be non-empty without '~', '{' or '}'")
+        check_node_id(region, prefix + "region", "a region")
         urls = _get(d, "urls", Mapping, prefix)
         lat = float(_get(d, "lat", (int, float), prefix))
         lon = float(_get(d, "lon", (int, float), prefix))
@@ -187,6 +200,20 @@ class Node:
         labels = d.get("labels") or {}
         if not isinstance(labels, Mapping):
             raise InvalidField(prefix + "labels", "must be a mapping")
+        if len(labels) > MAX_LABELS:
+            raise InvalidField(prefix + "labels", f"has more than {MAX_LABELS} entries")
+        for k, v in labels.items():
+            if len(str(k)) > MAX_TEXT or len(str(v)) > MAX_LABEL_VALUE:
+                raise InvalidField(
+                    f"{prefix}labels.{str(k)[:MAX_TEXT]}",
+                    f"names are at most {MAX_TEXT} characters, values {MAX_LABEL_VALUE}",
+                )
+        for key in ("city", "isp"):
+            text = _get(d, key, str, prefix)
+            if len(text) > MAX_TEXT or not text.isprintable():
+                raise InvalidField(
+                    prefix + key, f"must be printable text of at most {MAX_TEXT} characters"
+                )
         return cls(
             id=node_id,
             tier=_enum(Tier, d.get("tier"), prefix + "tier"),

@@ -14,7 +14,7 @@ from dataclasses import replace
 from typing import Any
 
 from placement.errors import UnknownNode
-from placement.model import Load, Node, NodeState, Session, SessionState, stream_key
+from placement.model import Load, Node, NodeState, Session, SessionState, check_node_id, stream_key
 from placement.registry import NodeChanges
 
 
@@ -65,6 +65,8 @@ class InProcessRegistry:
         return s
 
     async def register(self, node: Node, now: float) -> None:
+        check_node_id(node.id)  # the same rule as the Redis registry's
+        check_node_id(node.region, "region", "a region")
         old = self._nodes.get(node.id)
         self._put(
             replace(

@@ -54,6 +54,7 @@ from placement.model import (
     NodeState,
     Session,
     SessionState,
+    check_node_id,
     session_pool,
     stream_key,
 )
@@ -160,6 +161,10 @@ class RedisRegistry:
         return [self._k(pool, "ver"), self._k(pool, "chg")]
 
     async def _queue_register(self, pipe: Any, node: Node, now: float, streams: bool) -> None:
+        # A space in an id would split the scripts' "node slots egress" lease fields and
+        # fail every refresh of the pool: ids are checked before anything is written.
+        check_node_id(node.id)
+        check_node_id(node.region, "region", "a region")
         pool = node.pool
         live = _live(node.load, now)
         pipe.sadd(self._meta("pools"), pool)

@@ -30,6 +30,8 @@ from prometheus_client import CollectorRegistry
 from nearcast.cli import build_parser
 from nearcast.config import Config, load, parse_hostport
 from nearcast.node import Node
+from nearcast.placement_cli import node_credential
+from nearcast.placement_report import PlacementReport
 from placement.app import create_app
 from placement.registry.memory import InProcessRegistry
 
@@ -167,10 +169,22 @@ def node_with_everything(extra: Mapping[str, str] | None = None) -> Node:
     return Node(load(environ=env))
 
 
-async def get(app: Any, path: str) -> int:
+async def get(app: Any, path: str, headers: Mapping[str, str] | None = None) -> int:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
-        return (await client.get(path)).status_code
+        return (await client.get(path, headers=headers)).status_code
+
+
+def minted(node_id: str) -> str:
+    """The credential deploy/README.md's `node-credential` line for ``node_id`` mints,
+    signed with the keys compose gives the placement service."""
+    text = (DEPLOY / "README.md").read_text()
+    lines = re.findall(rf"^mint (node-credential {re.escape(node_id)} .*)$", text, re.M)
+    assert len(lines) == 1, f"deploy/README.md mints no credential for {node_id}"
+    keys = service("placement").env["NEARCAST_PLACEMENT_NODE_KEYS"]
+    return node_credential(
+        parse(shlex.split(lines[0])), environ={"NEARCAST_PLACEMENT_NODE_KEYS": keys}
+    )
 
 
 # -- config files ----------------------------------------------------------------------
@@ -190,7 +204,7 @@ def test_every_config_file_is_used() -> None:
 
 
 @pytest.mark.parametrize(("name", "expected"), FLEET.items())
-def test_fleet_node(name: str, expected: tuple[str, str, str, str]) -> None:
+async def test_fleet_node(name: str, expected: tuple[str, str, str, str]) -> None:
     file, tier, city, isp = expected
     svc = service(name)
     s = services()[name]
@@ -208,12 +222,30 @@ def test_fleet_node(name: str, expected: tuple[str, str, str, str]) -> None:
     host_port = {int(p.split(":")[-1]): int(p.split(":")[-2]) for p in s["ports"]}
     for url, port in ((node.public_rtmp, rtmp), (node.public_http, http)):
         assert urlsplit(url).port == host_port[port], f"{url} is not where {port} is published"
-    # It registers with the fleet's placement service under a token the service accepts.
+    # It registers with the fleet's placement service, which accepts what the node
+    # reports under the credential deploy/README.md mints for it.
     place = service("placement")
     target = urlsplit(svc.config.placement.url)
     assert (target.hostname, target.port) == ("placement", placement_port(place))
-    assert node.id in place.config.placement.node_tokens
-    assert svc.config.placement.node_token == place.config.placement.node_tokens[node.id]
+    assert svc.env["NEARCAST_PLACEMENT_NODE_TOKEN"]
+    descriptor = PlacementReport(Node(svc.config), "0.0.0.0").descriptor()
+    app = create_app(place.config.placement, InProcessRegistry())
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://placement") as client:
+        r = await client.post(
+            f"/v1/nodes/{name}/heartbeat",
+            json={"load": {}, "node": descriptor.descriptor()},
+            headers={"Authorization": f"Bearer {minted(name)}"},
+        )
+        assert r.status_code == 200, r.text
+        # Another node's credential does not pass for this one.
+        other = minted(next(n for n in FLEET if n != name))
+        r = await client.post(
+            f"/v1/nodes/{name}/heartbeat",
+            json={"load": {}, "node": descriptor.descriptor()},
+            headers={"Authorization": f"Bearer {other}"},
+        )
+        assert r.status_code == 401
     # Recordings land on the node's own volume.
     record_dir = svc.config.record.dir
     volumes = [v.split(":")[1] for v in s["volumes"] if not v.startswith("./")]
@@ -243,8 +275,25 @@ def test_placement_service() -> None:
     assert redis.hostname in services() and services()[redis.hostname]["image"].startswith("redis:")
     assert s["depends_on"][redis.hostname] == {"condition": "service_healthy"}
     assert svc.config.placement.operator_token
-    assert set(svc.config.placement.node_tokens) == set(FLEET)
+    assert svc.config.placement.node_keys and svc.config.placement.metrics_token
     assert container_ports(s) == {placement_port(svc)}
+
+
+def test_redis_has_a_password_and_a_network_of_its_own() -> None:
+    """Redis asks for the password placement's URL carries, and shares its network with
+    placement alone: the nodes, which face the internet, cannot reach it."""
+    svc = service("placement")
+    url = urlsplit(svc.args.redis or svc.config.redis.url)
+    redis = services()[url.hostname or ""]
+    password = redis["environment"]["REDISCLI_AUTH"]
+    assert password and url.password == password
+    assert "--requirepass" in redis["command"][-1] and "$REDISCLI_AUTH" in redis["command"][-1]
+    assert "redis-cli" in " ".join(redis["healthcheck"]["test"])
+    [network] = redis["networks"]
+    assert compose()["networks"][network]["internal"] is True
+    joined = {n for n, s in services().items() if network in s.get("networks", ["default"])}
+    assert joined == {url.hostname, "placement"}
+    assert "ports" not in redis
 
 
 async def test_placement_healthcheck_is_served() -> None:
@@ -262,7 +311,9 @@ def test_secrets_stay_out_of_files() -> None:
     for name in CONFIG_FILES:
         cfg = load(str(DEPLOY / name), environ={})
         assert not cfg.placement.operator_token and not cfg.placement.node_token
-        assert not cfg.placement.node_tokens and not cfg.ingest.operator_token
+        assert not cfg.placement.node_keys and not cfg.placement.metrics_token
+        assert not cfg.ingest.operator_token
+        assert "@" not in cfg.redis.url, f"{name}: a Redis password in the file"
         assert not cfg.ingest.auth.tenants and not cfg.playback.tenants
     assert ".env" in (DEPLOY / ".gitignore").read_text().split()
 
@@ -480,13 +531,23 @@ async def test_prometheus_scrapes_every_service() -> None:
                 host, port = parse_hostport(target)
                 scraped[host] = job["job_name"]
                 svc = service(host)
+                headers: dict[str, str] = {}
                 if svc.args.command == "node":
                     assert port == parse_hostport(svc.config.http.listen)[1]
                     app = Node(svc.config).http_app
                 else:
                     assert port == placement_port(svc)
                     app = create_app(svc.config.placement, InProcessRegistry())
-                assert await get(app, job.get("metrics_path", "/metrics")) == 200
+                    # Its /metrics wants the metrics token, which Prometheus reads from the
+                    # compose secret mounted at credentials_file.
+                    auth = job["authorization"]
+                    secret = auth["credentials_file"].removeprefix("/run/secrets/")
+                    assert secret in services()["prometheus"]["secrets"]
+                    token = secrets()[compose()["secrets"][secret]["environment"]]
+                    assert token == svc.config.placement.metrics_token
+                    assert await get(app, job.get("metrics_path", "/metrics")) == 401
+                    headers = {"Authorization": f"{auth.get('type', 'Bearer')} {token}"}
+                assert await get(app, job.get("metrics_path", "/metrics"), headers) == 200
     assert scraped == {
         name: f"nearcast-{service(name).args.command}" for name in nearcast_services()
     }

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from nodeutil import ROOT, SMALL, SMALL_LADDER, NodeProcess, Publisher, segment_numbers, wait_for
-from placementutil import Clock, RedisServer, free_port, make_node
+from placementutil import NODE_KEYS, Clock, RedisServer, free_port, make_node, node_credential
 
 from placement.agent import NodeAgent
 from placement.config import PlacementConfig
@@ -26,7 +26,6 @@ from placement.model import Capacity, Load, Session, SessionState, Tier
 from placement.registry.memory import InProcessRegistry
 
 OP = {"Authorization": "Bearer op-test"}
-NODE_TOKEN = "node-test"
 LEASE_TTL = 3.0
 
 
@@ -38,7 +37,7 @@ class Service:
         cfg.write_text(
             "placement:\n"
             "  operator_token: op-test\n"
-            f"  node_tokens: {{'*': {NODE_TOKEN}}}\n"
+            f"  node_keys: {{k1: {NODE_KEYS['k1']}}}\n"
             "  snapshot_interval: 0.2\n"
             f"  lease_ttl: {LEASE_TTL}\n"
             "  liveness: {heartbeat_interval: 0.25, ttl: 2.0, full_stats_interval: 1.0}\n"
@@ -101,7 +100,16 @@ def start_node(tmp_path: Path, service: Service, node_id: str) -> NodeProcess:
         NEARCAST_HLS_SEGMENT_DURATION="1",
         NEARCAST_HLS_GRACE_PERIOD="1",
         NEARCAST_PLACEMENT_URL=service.base,
-        NEARCAST_PLACEMENT_NODE_TOKEN=NODE_TOKEN,
+        # What the node registers below, and nothing else.
+        NEARCAST_PLACEMENT_NODE_TOKEN=node_credential(
+            node_id,
+            tier="edge",
+            region="east",
+            city="hangzhou",
+            isp="local",
+            hosts=("edge-1.example.net",),
+            tenants=("live",),
+        ),
         NEARCAST_PLACEMENT_LIVENESS_HEARTBEAT_INTERVAL="0.25",
         NEARCAST_PLACEMENT_LIVENESS_TTL="2",
         NEARCAST_PLACEMENT_LIVENESS_FULL_STATS_INTERVAL="1",

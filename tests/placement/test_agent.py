@@ -5,7 +5,7 @@ import time
 
 import httpx
 import pytest
-from placementutil import free_port, make_node, wait_for
+from placementutil import NODE_KEYS, free_port, make_node, node_credential, wait_for
 
 from placement.agent import NodeAgent
 from placement.app import create_app
@@ -45,7 +45,10 @@ async def test_embedded_agent_registers_and_beats() -> None:
 
 async def test_http_agent_registers_with_its_token() -> None:
     cfg = PlacementConfig(
-        url="http://placement", node_token="tok", node_tokens={"e1": "tok"}, liveness=FAST
+        url="http://placement",
+        node_token=node_credential("e1"),
+        node_keys=NODE_KEYS,
+        liveness=FAST,
     )
     app = create_app(cfg, InProcessRegistry(), background=False)
     agent = NodeAgent(

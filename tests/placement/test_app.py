@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from placementutil import Clock, make_node
+from placementutil import NODE_KEYS, Clock, make_node, node_headers
 
 from placement.app import create_app
 from placement.config import PlacementConfig
@@ -19,14 +19,13 @@ from placement.policy import DEFAULT_POLICY
 from placement.registry.memory import InProcessRegistry
 
 OP = {"Authorization": "Bearer op-secret"}
-NODE = {"Authorization": "Bearer node-secret"}
 ROOT = Path(__file__).resolve().parents[2]
 LYON = {"city": "lyon", "isp": "orange", "region": "west"}
 
 
 @pytest.fixture
 async def app(clock: Clock) -> AsyncIterator[FastAPI]:
-    cfg = PlacementConfig(operator_token="op-secret", node_tokens={"*": "node-secret"})
+    cfg = PlacementConfig(operator_token="op-secret", node_keys=NODE_KEYS)
     app = create_app(cfg, InProcessRegistry(), clock=clock, background=False)
     await app.state.service.start(background=False)
     yield app
@@ -47,7 +46,9 @@ def beat_body(node_id: str, **kw: Any) -> dict[str, Any]:
 
 async def register(client: httpx.AsyncClient, node_id: str, **kw: Any) -> None:
     r = await client.post(
-        f"/v1/nodes/{node_id}/heartbeat", json=beat_body(node_id, **kw), headers=NODE
+        f"/v1/nodes/{node_id}/heartbeat",
+        json=beat_body(node_id, **kw),
+        headers=node_headers(node_id),
     )
     assert r.status_code == 200, r.text
     assert r.json()["known"] is True
@@ -110,22 +111,17 @@ async def test_operator_endpoints_need_the_token(
 async def test_heartbeat_needs_node_token(client: httpx.AsyncClient) -> None:
     r = await client.post("/v1/nodes/e1/heartbeat", json=beat_body("e1"))
     assert r.status_code == 401
-    r = await client.post("/v1/nodes/e1/heartbeat", json={"load": {}}, headers=NODE)
+    r = await client.post("/v1/nodes/e1/heartbeat", json={"load": {}}, headers=node_headers("e1"))
     assert r.status_code == 200 and r.json()["known"] is False
 
 
-async def test_per_node_token(clock: Clock) -> None:
-    cfg = PlacementConfig(node_tokens={"e1": "one"})
-    app = create_app(cfg, InProcessRegistry(), clock=clock, background=False)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://p") as c:
-        ok = await c.post(
-            "/v1/nodes/e1/heartbeat", json=beat_body("e1"), headers={"Authorization": "Bearer one"}
-        )
-        other = await c.post(
-            "/v1/nodes/e2/heartbeat", json=beat_body("e2"), headers={"Authorization": "Bearer one"}
-        )
+async def test_a_credential_names_one_node(client: httpx.AsyncClient) -> None:
+    """No wildcard: e1's credential cannot beat (or register) as e2."""
+    one = node_headers("e1")
+    ok = await client.post("/v1/nodes/e1/heartbeat", json=beat_body("e1"), headers=one)
+    other = await client.post("/v1/nodes/e2/heartbeat", json=beat_body("e2"), headers=one)
     assert (ok.status_code, other.status_code) == (200, 401)
+    assert "credential is for node 'e1', not 'e2'" in other.json()["detail"]
 
 
 @pytest.mark.parametrize(
@@ -148,7 +144,7 @@ async def test_session_validation_names_the_field(
 async def test_heartbeat_descriptor_validation(client: httpx.AsyncClient) -> None:
     body = beat_body("e1")
     body["node"]["tier"] = "fog"
-    r = await client.post("/v1/nodes/e1/heartbeat", json=body, headers=NODE)
+    r = await client.post("/v1/nodes/e1/heartbeat", json=body, headers=node_headers("e1"))
     assert r.status_code == 422 and r.json()["field"] == "node.tier"
 
 
@@ -219,9 +215,7 @@ async def test_client_ip_is_located(tmp_path: Path, clock: Clock) -> None:
     csv.write_text("cidr,city,isp,region,lat,lon\n10.1.0.0/16,lyon,orange,west,45.76,4.84\n")
     from placement.config import GeoConfig
 
-    cfg = PlacementConfig(
-        operator_token="t", node_tokens={"*": "n"}, geo=GeoConfig(cidr_csv=str(csv))
-    )
+    cfg = PlacementConfig(operator_token="t", node_keys=NODE_KEYS, geo=GeoConfig(cidr_csv=str(csv)))
     app = create_app(cfg, InProcessRegistry(), clock=clock, background=False)
     svc = app.state.service
     await svc.start(background=False)

@@ -19,12 +19,11 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from placementutil import REDIS_URL, free_port, make_node, redis_available
+from placementutil import NODE_KEYS, REDIS_URL, free_port, make_node, redis_available
 
 pytestmark = pytest.mark.redis
 
 OP = {"Authorization": "Bearer op-e2e"}
-NODE_TOKEN = "node-e2e"
 
 
 def poll(predicate: Any, limit: float, what: str) -> Any:
@@ -40,8 +39,15 @@ def poll(predicate: Any, limit: float, what: str) -> Any:
 
 class Service:
     def __init__(
-        self, proc: subprocess.Popen[str], base: str, prefix: str, url: str, cluster: bool
+        self,
+        proc: subprocess.Popen[str],
+        base: str,
+        prefix: str,
+        url: str,
+        cluster: bool,
+        config: str,
     ) -> None:
+        self.config = config
         self.proc = proc
         self.base = base
         self.prefix = prefix
@@ -71,7 +77,7 @@ def service(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Service]
         f"redis:\n  cluster: {'true' if cluster else 'false'}\n"
         "placement:\n"
         f"  operator_token: op-e2e\n"
-        f"  node_tokens: {{edge-hz-1: {NODE_TOKEN}}}\n"
+        f"  node_keys: {{k1: {NODE_KEYS['k1']}}}\n"
         f"  key_prefix: {prefix}\n"
         "  snapshot_interval: 0.2\n"
     )
@@ -93,7 +99,7 @@ def service(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Service]
         stderr=subprocess.STDOUT,
         text=True,
     )
-    svc = Service(proc, f"http://127.0.0.1:{port}", prefix, url, cluster)
+    svc = Service(proc, f"http://127.0.0.1:{port}", prefix, url, cluster, str(cfg))
     try:
         yield svc
     finally:
@@ -127,7 +133,21 @@ def test_cli_serves_the_api_over_real_redis_and_exits_on_sigterm(service: Servic
             "/v1/nodes/edge-hz-1/heartbeat", json=beat, headers={"Authorization": "Bearer x"}
         )
         assert r.status_code == 401
-        auth = {"Authorization": f"Bearer {NODE_TOKEN}"}
+        # The credential `nearcast node-credential` mints from the service's config.
+        minted = subprocess.run(
+            [sys.executable, "-m", "nearcast", "node-credential", "edge-hz-1"]
+            + ["--config", service.config, "--tier", "edge", "--region", "east"]
+            + ["--city", "hangzhou", "--isp", "china-telecom", "--host", "edge-hz-1.test"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        auth = {"Authorization": f"Bearer {minted.stdout.strip()}"}
+        # It binds the node to its city: another one is refused, naming the field.
+        elsewhere = {"load": {}, "node": {**beat["node"], "city": "shanghai"}}
+        r = c.post("/v1/nodes/edge-hz-1/heartbeat", json=elsewhere, headers=auth)
+        assert r.status_code == 403 and r.json()["field"] == "node.city", r.text
         r = c.post("/v1/nodes/edge-hz-1/heartbeat", json=beat, headers=auth)
         assert r.status_code == 200 and r.json()["known"] is True, r.text
         # A liveness beat (no descriptor) is accepted for a registered node.

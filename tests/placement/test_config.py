@@ -42,7 +42,9 @@ def test_every_shipped_key_has_a_comment() -> None:
         ),
         ({"degraded_headroom": 2}, "'placement.degraded_headroom' must be in (0, 1]"),
         ({"snapshot_max_age": 0.1}, "'placement.snapshot_max_age' must be at least"),
-        ({"node_tokens": {"e1": ""}}, "'placement.node_tokens.e1' must not be empty"),
+        ({"node_keys": {"k1": "short"}}, "'placement.node_keys.k1' secret must be at least 16"),
+        ({"node_keys": {"a.b": "0123456789abcdef"}}, "'placement.node_keys.a.b' key id must"),
+        ({"max_body_bytes": 10}, "'placement.max_body_bytes' must be 1024-16777216"),
     ],
 )
 def test_validation_names_the_key(data: dict[str, object], message: str) -> None:

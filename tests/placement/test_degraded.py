@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from placementutil import Clock, RedisServer, make_node, wait_for
+from placementutil import NODE_KEYS, Clock, RedisServer, make_node, node_credential, wait_for
 
 from placement.agent import NodeAgent
 from placement.app import create_app
@@ -137,8 +137,7 @@ async def test_redis_restart_end_to_end(redis_server: RedisServer) -> None:
     cfg = PlacementConfig(
         url="http://placement",
         operator_token="op",
-        node_token="node",
-        node_tokens={"*": "node"},
+        node_keys=NODE_KEYS,
         snapshot_interval=0.25,
         lease_ttl=10.0,
         liveness=LivenessConfig(
@@ -160,7 +159,7 @@ async def test_redis_restart_end_to_end(redis_server: RedisServer) -> None:
             NodeAgent(
                 node,
                 lambda: Load(cpu=0.1),
-                cfg,
+                replace(cfg, node_token=node_credential(node.id)),
                 transport=transport,
                 sessions=lambda nid=node.id: served[nid],
             )

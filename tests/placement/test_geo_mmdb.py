@@ -15,7 +15,7 @@ import httpx
 import maxminddb
 import pytest
 from fastapi import FastAPI
-from placementutil import Clock, make_node, write_mmdb
+from placementutil import NODE_KEYS, Clock, make_node, write_mmdb
 
 from placement.app import create_app
 from placement.config import GeoConfig, PlacementConfig
@@ -26,7 +26,6 @@ from placement.registry.memory import InProcessRegistry
 from settings import build
 
 OP = {"Authorization": "Bearer op"}
-NODE = {"Authorization": "Bearer nd"}
 
 
 def city_record(city: str, region: str, lat: float, lon: float, **extra: Any) -> dict[str, Any]:
@@ -123,7 +122,7 @@ def test_hints_override_the_database(mmdb: str) -> None:
 
 @pytest.fixture
 async def app(mmdb: str) -> AsyncIterator[FastAPI]:
-    cfg = PlacementConfig(operator_token="op", node_tokens={"*": "nd"}, geo=GeoConfig(mmdb=mmdb))
+    cfg = PlacementConfig(operator_token="op", node_keys=NODE_KEYS, geo=GeoConfig(mmdb=mmdb))
     clock = Clock()
     app = create_app(cfg, InProcessRegistry(), clock=clock, background=False)
     svc = app.state.service

@@ -54,7 +54,7 @@ def test_replay_a_decision_log(tmp_path: Path) -> None:
 async def test_replay_a_recorded_log_on_the_recorded_fleet(tmp_path: Path) -> None:
     """GET /v1/nodes and GET /v1/decisions saved as is, then simulated together."""
     import httpx
-    from placementutil import Clock, make_node
+    from placementutil import NODE_KEYS, Clock, make_node
 
     from nearcast.cli import main
     from placement.app import create_app
@@ -62,7 +62,7 @@ async def test_replay_a_recorded_log_on_the_recorded_fleet(tmp_path: Path) -> No
     from placement.registry.memory import InProcessRegistry
 
     clock = Clock()
-    cfg = PlacementConfig(operator_token="op", node_tokens={"*": "nd"})
+    cfg = PlacementConfig(operator_token="op", node_keys=NODE_KEYS)
     app = create_app(cfg, InProcessRegistry(), clock=clock, background=False)
     svc = app.state.service
     await svc.start(background=False)

@@ -17,6 +17,42 @@ import redis
 from placement.model import Capacity, Load, Node, NodeState, Tier, Urls
 
 REDIS_URL = os.environ.get("NEARCAST_TEST_REDIS", "redis://127.0.0.1:6379/0")
+# placement.node_keys of test services, and a far expiry for the credentials they sign.
+NODE_KEYS = {"k1": "node-key-0123456789abcdef"}
+FAR = 4_000_000_000
+
+
+def node_credential(
+    node_id: str,
+    *,
+    tier: str = "*",
+    region: str = "*",
+    city: str = "*",
+    isp: str = "*",
+    hosts: tuple[str, ...] = ("*",),
+    tenants: tuple[str, ...] = ("*",),
+    expires: int = FAR,
+    keys: dict[str, str] | None = None,
+) -> str:
+    """A node credential signed with :data:`NODE_KEYS` (claims default to anything)."""
+    from placement.credentials import mint
+
+    return mint(
+        keys or NODE_KEYS,
+        node_id,
+        tier=tier,
+        region=region,
+        city=city,
+        isp=isp,
+        hosts=hosts,
+        tenants=tenants,
+        expires=expires,
+    )
+
+
+def node_headers(node_id: str, **claims: object) -> dict[str, str]:
+    """The Authorization header of ``node_id``'s heartbeats."""
+    return {"Authorization": f"Bearer {node_credential(node_id, **claims)}"}  # type: ignore[arg-type]
 
 
 class Clock:
