@@ -167,10 +167,24 @@ def node_with_everything(extra: Mapping[str, str] | None = None) -> Node:
     return Node(load(environ=env))
 
 
-async def get(app: Any, path: str) -> int:
+async def get(app: Any, path: str, headers: Mapping[str, str] | None = None) -> int:
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
-        return (await client.get(path)).status_code
+        return (await client.get(path, headers=headers)).status_code
+
+
+def scrape_headers(job: dict[str, Any]) -> dict[str, str]:
+    """The Authorization header a scrape job sends: its credentials_file is a compose
+    secret mounted into the prometheus service, filled from a deploy/.env variable."""
+    auth = job.get("authorization")
+    if auth is None:
+        return {}
+    path = auth["credentials_file"]
+    assert path.startswith("/run/secrets/"), f"{job['job_name']}: {path} is no compose secret"
+    name = path.removeprefix("/run/secrets/")
+    assert name in services()["prometheus"].get("secrets", []), f"{name} is not mounted"
+    variable = compose()["secrets"][name]["environment"]
+    return {"authorization": f"{auth.get('type', 'Bearer')} {secrets()[variable]}"}
 
 
 # -- config files ----------------------------------------------------------------------
@@ -475,6 +489,7 @@ async def test_prometheus_scrapes_every_service() -> None:
         assert f"./{name}:/etc/prometheus/{name}:ro" in mounts
     scraped: dict[str, str] = {}
     for job in cfg["scrape_configs"]:
+        headers = scrape_headers(job)
         for static in job["static_configs"]:
             for target in static["targets"]:
                 host, port = parse_hostport(target)
@@ -483,10 +498,12 @@ async def test_prometheus_scrapes_every_service() -> None:
                 if svc.args.command == "node":
                     assert port == parse_hostport(svc.config.http.listen)[1]
                     app = Node(svc.config).http_app
+                    # A node's metrics are not for anyone who reaches its media port.
+                    assert await get(app, job.get("metrics_path", "/metrics")) == 401
                 else:
                     assert port == placement_port(svc)
                     app = create_app(svc.config.placement, InProcessRegistry())
-                assert await get(app, job.get("metrics_path", "/metrics")) == 200
+                assert await get(app, job.get("metrics_path", "/metrics"), headers) == 200
     assert scraped == {
         name: f"nearcast-{service(name).args.command}" for name in nearcast_services()
     }
