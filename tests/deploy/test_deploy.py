@@ -337,7 +337,13 @@ async def test_image_runs_a_node_with_a_served_healthcheck() -> None:
     copies = {r.split()[-1]: r.split()[0] for w, r in stage if w == "COPY" and "--" not in r}
     cfg = load(str(ROOT / copies[args.config]), environ={})
     ports = {int(p) for p in instructions["EXPOSE"].split()}
-    listens = (cfg.rtmp.listen, cfg.rtmp.tls_listen, cfg.http.listen, cfg.placement.listen)
+    listens = (
+        cfg.rtmp.listen,
+        cfg.rtmp.tls_listen,
+        cfg.http.listen,
+        cfg.http.tls_listen,
+        cfg.placement.listen,
+    )
     assert {parse_hostport(x)[1] for x in listens} <= ports
     port, path = healthcheck_url(instructions["HEALTHCHECK"])
     assert port == parse_hostport(cfg.http.listen)[1]
