@@ -85,11 +85,13 @@ def create_api(
 
     def describe(s: Any, now: float, full: bool) -> dict[str, Any]:
         d: dict[str, Any] = s.describe(now)
-        if full and ingest_stats is not None:
+        if ingest_stats is not None:
             # The live publisher's measurements; null while nobody publishes the stream.
-            d["ingest"] = ingest_stats(s.key.tenant, s.key.stream)
-            if d["ingest"] is not None:
-                d["source"]["bitrate"] = d["ingest"]["bitrate"]
+            stats = ingest_stats(s.key.tenant, s.key.stream)
+            if stats is not None:
+                d["source"]["bitrate"] = stats["bitrate"]
+            if full:
+                d["ingest"] = stats
         return d
 
     @app.get("/v1/streams")

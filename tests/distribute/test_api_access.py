@@ -54,6 +54,8 @@ async def test_anonymous_listing_hides_guarded_tenants_and_publisher_details() -
         assert [(s["tenant"], s["stream"]) for s in listed] == [("live", "open-class")]
         assert "ingest" not in listed[0]
         assert "203.0.113.7" not in r.text
+        # The source's bit rate is what its viewers receive anyway.
+        assert listed[0]["source"]["bitrate"] == 1_000_000
         # The guarded stream is indistinguishable from one that does not exist.
         one = await c.get("/v1/streams/school/maths")
         none = await c.get("/v1/streams/school/nothing")
