@@ -140,10 +140,12 @@ def playback_url(
     key_id, secret = (key_id, keys.keys[key_id]) if key_id else keys.signing_key()
     expires = int((time.time() if now is None else now) + ttl)
     token = tokens.sign(secret, key_id, "play", tenant, stream, expires)
+    # A node without plain HTTP (empty http.listen) plays over HTTPS only.
+    plain = bool(config.http.listen)
     return _url(
-        config.http.listen,
+        config.http.listen if plain else config.http.tls_listen,
         host,
-        "http",
+        "http" if plain else "https",
         f"/{quote(tenant)}/{quote(stream)}/index.m3u8?token={token}",
     )
 

@@ -15,6 +15,7 @@ from tlsutil import HOST, CertAuthority, served_certificate
 
 from media import StreamKey
 from media.segments import SegmentFrame
+from nearcast.cli import playback_url
 from nearcast.config import ConfigError, load
 from nearcast.node import Node
 
@@ -165,3 +166,13 @@ async def test_unreadable_certificate_fails_the_start_naming_the_key(tmp_path: P
     with pytest.raises(ValueError, match="http.tls_cert"):
         await n.start()
     await n.stop()
+
+
+def test_playback_url_of_an_https_only_node_is_https(tmp_path: Path) -> None:
+    config = _config(
+        tmp_path,
+        NEARCAST_HTTP_TLS_LISTEN="0.0.0.0:8443",
+        NEARCAST_PLAYBACK_TENANTS="{live: {keys: {k1: live-secret-0123456789}}}",
+    )
+    url = playback_url(config, "live", "cls", 60, host=HOST)
+    assert url.startswith(f"https://{HOST}:8443/live/cls/index.m3u8?token=")
