@@ -39,6 +39,8 @@ SOURCE_FPS = 30.0
 PASS_RATIO = 0.97
 MAX_LAG = 1.0
 CLK = os.sysconf("SC_CLK_TCK")
+# Bearer token of the benchmark node's operator calls (GET /v1/streams with ingest statistics).
+OPERATOR = "bench-operator-token"
 
 
 def _free_port() -> int:
@@ -80,6 +82,8 @@ class Node:
             # 16 connections per address and 32 publishers per node.
             NEARCAST_RTMP_MAX_CONNECTIONS_PER_IP="0",
             NEARCAST_INGEST_MAX_PUBLISHERS="0",
+            # GET /v1/streams shows ingest statistics to the operator only.
+            NEARCAST_INGEST_OPERATOR_TOKEN=OPERATOR,
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nearcast", "node"],
@@ -88,7 +92,11 @@ class Node:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.http_port}", timeout=10)
+        self.http = httpx.Client(
+            base_url=f"http://127.0.0.1:{self.http_port}",
+            timeout=10,
+            headers={"authorization": f"Bearer {OPERATOR}"},
+        )
         deadline = time.monotonic() + 30
         while True:
             try:

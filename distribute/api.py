@@ -1,4 +1,19 @@
-"""The node's control API and pages (FastAPI). Media bytes never pass through here."""
+"""The node's control API and pages (FastAPI). Media bytes never pass through here.
+
+What a caller learns depends on what it presents (the node listens on the open
+internet):
+
+- ``GET /v1/streams`` without a token lists only the streams of tenants whose
+  playback is open (no playback token required), with what a viewer of them can
+  see anyway (codecs, sizes, renditions, URLs); a guarded tenant's streams are
+  never listed, and ``GET /v1/streams/{tenant}/{stream}`` of one is 404 as for a
+  stream that does not exist.
+- With ``Authorization: Bearer <ingest.operator_token>`` both list every stream
+  with its ingest statistics (publisher address included). A wrong token is 401,
+  never the anonymous view, so an operator's typo is not mistaken for an empty node.
+- ``GET /metrics`` needs ``Authorization: Bearer <http.metrics_token>`` when that
+  is set (401 otherwise); empty leaves it open, for a node scraped on loopback.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +51,11 @@ def create_api(
     ingest_stats: Callable[[str, str], dict[str, Any] | None] | None = None,
     kick: Callable[[str, str], bool] | None = None,
     operator_token: str = "",
+    metrics_token: str = "",
+    guarded: Callable[[str], bool] = lambda tenant: False,
 ) -> FastAPI:
+    """``guarded(tenant)``: does the tenant's playback need a token (then its streams
+    are hidden from anonymous callers)?"""
     app = FastAPI(title="nearcast node", version="0.1.0", docs_url="/docs", redoc_url=None)
 
     @app.get("/healthz")
@@ -50,41 +69,54 @@ def create_api(
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        if metrics_token and not _bearer_is(request, metrics_token):
+            raise HTTPException(
+                401, "metrics bearer token required", headers={"WWW-Authenticate": "Bearer"}
+            )
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    def describe(s: Any, now: float) -> dict[str, Any]:
+    def operator(request: Request) -> bool:
+        """True for the operator, False for an anonymous caller; 401 for a wrong token."""
+        if "authorization" not in request.headers:
+            return False
+        require_operator(request)
+        return True
+
+    def describe(s: Any, now: float, full: bool) -> dict[str, Any]:
         d: dict[str, Any] = s.describe(now)
         if ingest_stats is not None:
             # The live publisher's measurements; null while nobody publishes the stream.
-            d["ingest"] = ingest_stats(s.key.tenant, s.key.stream)
-            if d["ingest"] is not None:
-                d["source"]["bitrate"] = d["ingest"]["bitrate"]
+            stats = ingest_stats(s.key.tenant, s.key.stream)
+            if stats is not None:
+                d["source"]["bitrate"] = stats["bitrate"]
+            if full:
+                d["ingest"] = stats
         return d
 
     @app.get("/v1/streams")
-    async def streams() -> dict[str, Any]:
+    async def streams(request: Request) -> dict[str, Any]:
+        full = operator(request)
         now = time.time()
         return {
             "node": node_info(),
-            "streams": [describe(s, now) for s in store.streams.values()],
+            "streams": [
+                describe(s, now, full)
+                for s in store.streams.values()
+                if full or not guarded(s.key.tenant)
+            ],
         }
 
     @app.get("/v1/streams/{tenant}/{stream}")
-    async def stream(tenant: str, stream: str) -> dict[str, Any]:
+    async def stream(tenant: str, stream: str, request: Request) -> dict[str, Any]:
+        full = operator(request)
         s = store.get(tenant, stream)
-        if s is None:
+        if s is None or (guarded(tenant) and not full):
             raise HTTPException(404, f"stream {tenant}/{stream} is not on this node")
-        return describe(s, time.time())
+        return describe(s, time.time(), full)
 
     def require_operator(request: Request) -> None:
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        ok = (
-            bool(operator_token)
-            and scheme.lower() == "bearer"
-            and hmac.compare_digest(given.strip().encode(), operator_token.encode())
-        )
-        if not ok:
+        if not _bearer_is(request, operator_token):
             raise HTTPException(
                 401, "operator bearer token required", headers={"WWW-Authenticate": "Bearer"}
             )
@@ -108,3 +140,13 @@ def create_api(
         return FileResponse(path, media_type="text/javascript")
 
     return app
+
+
+def _bearer_is(request: Request, token: str) -> bool:
+    """Does the request carry ``Authorization: Bearer <token>``? Never for an empty token."""
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return (
+        bool(token)
+        and scheme.lower() == "bearer"
+        and hmac.compare_digest(given.strip().encode(), token.encode())
+    )

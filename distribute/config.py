@@ -10,11 +10,33 @@ from tokens import TenantKeys
 
 @dataclass(frozen=True)
 class HttpConfig:
+    # Empty: no plain HTTP (then HTTPS must be configured).
     listen: str = "0.0.0.0:8080"
     cors_origin: str = "*"
+    # Bearer token GET /metrics requires; empty leaves /metrics open.
+    metrics_token: str = ""
+    # HTTPS: served on tls_listen when both a certificate and a key are configured.
+    tls_listen: str = "0.0.0.0:8443"
+    tls_cert: str = ""
+    tls_key: str = ""
 
     def __post_init__(self) -> None:
-        check(":" in self.listen, "listen", "must be HOST:PORT")
+        check(self.listen == "" or ":" in self.listen, "listen", "must be HOST:PORT or empty")
+        check(":" in self.tls_listen, "tls_listen", "must be HOST:PORT")
+        check(
+            bool(self.tls_cert) == bool(self.tls_key),
+            "tls_cert",
+            "and 'tls_key' must be set together (HTTPS needs both) or both left empty",
+        )
+        check(
+            bool(self.listen) or self.tls,
+            "listen",
+            "may be empty only when HTTPS is configured (tls_cert and tls_key)",
+        )
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert and self.tls_key)
 
 
 @dataclass(frozen=True)

@@ -36,20 +36,20 @@ async def run_node(config: Config) -> int:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     await node.start()
-    host = config.http.listen.rpartition(":")[0]
+    host = (config.http.listen or config.http.tls_listen).rpartition(":")[0]
     shown = "127.0.0.1" if host in ("0.0.0.0", "", "[::]", "::") else host
-    print(
-        f"nearcast node {config.node.id} ready\n"
-        f"  publish: rtmp://{shown}:{node.rtmp_port}/{config.rtmp.tenants[0]}/STREAM\n"
-        + (
-            f"  publish over TLS: rtmps://{shown}:{node.rtmp.tls_port}/"
-            f"{config.rtmp.tenants[0]}/STREAM\n"
-            if node.rtmp.tls_port
-            else ""
-        )
-        + f"  watch:   http://{shown}:{node.http_port}/",
-        flush=True,
-    )
+    tenant = config.rtmp.tenants[0]
+    lines = [
+        f"nearcast node {config.node.id} ready",
+        f"  publish: rtmp://{shown}:{node.rtmp_port}/{tenant}/STREAM",
+    ]
+    if node.rtmp.tls_port:
+        lines.append(f"  publish over TLS: rtmps://{shown}:{node.rtmp.tls_port}/{tenant}/STREAM")
+    if node.http_port:
+        lines.append(f"  watch:   http://{shown}:{node.http_port}/")
+    if node.https_port:
+        lines.append(f"  watch over TLS: https://{shown}:{node.https_port}/")
+    print("\n".join(lines), flush=True)
     try:
         await stop.wait()
     finally:
@@ -144,10 +144,12 @@ def playback_url(
     key_id, secret = (key_id, keys.keys[key_id]) if key_id else keys.signing_key()
     expires = int((time.time() if now is None else now) + ttl)
     token = tokens.sign(secret, key_id, "play", tenant, stream, expires)
+    # A node without plain HTTP (empty http.listen) plays over HTTPS only.
+    plain = bool(config.http.listen)
     return _url(
-        config.http.listen,
+        config.http.listen if plain else config.http.tls_listen,
         host,
-        "http",
+        "http" if plain else "https",
         f"/{quote(tenant)}/{quote(stream)}/index.m3u8?token={token}",
     )
 

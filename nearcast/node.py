@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import socket
+import ssl
 import sys
 import time
 from typing import Any
@@ -39,12 +40,16 @@ from media import StreamKey
 from nearcast.config import Config, parse_hostport
 from nearcast.placement_report import PlacementReport
 from nearcast.session import StreamSession
+from nearcast.tls import CertReloader, server_context
 from transcode.admission import Admission, admit
 from transcode.capacity import Capacity, cached, ladder_units, remember
 from transcode.metrics import TranscodeMetrics
 from transcode.pool import WorkerState
 
 log = logging.getLogger(__name__)
+
+# Housekeeping ticks (seconds) between checks of the certificate files for a renewal.
+TLS_RELOAD_TICKS = 3
 
 
 class Node:
@@ -77,6 +82,9 @@ class Node:
             ingest_stats=self.ingest_stats,
             kick=self.kick,
             operator_token=config.ingest.operator_token,
+            metrics_token=config.http.metrics_token,
+            # A tenant whose viewers need a token is not listed to anonymous callers.
+            guarded=lambda tenant: config.playback.keys_for(tenant) is not None,
         )
         self.placement_registry: Any = None
         self.placement: Any = None
@@ -112,8 +120,11 @@ class Node:
                 PlaybackMetrics(self.registry),
                 cors_origin=config.http.cors_origin,
             )
-        self._http_server: uvicorn.Server | None = None
-        self._http_task: asyncio.Task[None] | None = None
+        # One uvicorn server per listener (plain HTTP, HTTPS), the same app behind both.
+        self._http_servers: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
+        self._https_sock: socket.socket | None = None
+        # Certificates reloaded when their files change (HTTPS, RTMPS).
+        self._tls_reloaders: list[CertReloader] = []
         self._housekeeping: asyncio.Task[None] | None = None
         self.agent: Any = None
         self._http_sock: socket.socket | None = None
@@ -314,12 +325,13 @@ class Node:
             "rtmp_port": self.rtmp_port,
             "rtmps_port": self.rtmp.tls_port,
             "http_port": self.http_port,
+            "https_port": self.https_port,
         }
 
     def _ready(self) -> dict[str, bool]:
         return {
             "rtmp": self.rtmp.serving,
-            "http": self._http_server is not None and self._http_server.started,
+            "http": bool(self._http_servers) and all(s.started for s, _ in self._http_servers),
         }
 
     @property
@@ -328,7 +340,13 @@ class Node:
 
     @property
     def http_port(self) -> int:
+        """The plain HTTP port; 0 when ``http.listen`` is empty."""
         return self._http_sock.getsockname()[1] if self._http_sock else 0
+
+    @property
+    def https_port(self) -> int:
+        """The HTTPS port; 0 unless ``http.tls_cert`` and ``http.tls_key`` are set."""
+        return self._https_sock.getsockname()[1] if self._https_sock else 0
 
     def _update_worker_gauge(self) -> None:
         counts = {s: 0 for s in WorkerState}
@@ -349,13 +367,43 @@ class Node:
             # calibration encode never competes with a live stream for the cores.
             await self._calibrate()
         await self.rtmp.start()
-        host, port = parse_hostport(self.config.http.listen)
+        hc = self.config.http
+        if self.rtmp.tls_context is not None:
+            rc = self.config.rtmp
+            self._tls_reloaders.append(
+                CertReloader(self.rtmp.tls_context, rc.tls_cert, rc.tls_key, "RTMPS")
+            )
+        if hc.listen:
+            self._http_sock = await self._serve_http(hc.listen, None)
+        if hc.tls:
+            # A browser grants a WHIP page the camera only in a secure context, and tokens
+            # must not travel in clear: HTTPS serves the same app, fast path included.
+            ctx = server_context(hc.tls_cert, hc.tls_key, "HTTPS ('http.tls_cert')")
+            self._https_sock = await self._serve_http(hc.tls_listen, ctx)
+            self._tls_reloaders.append(CertReloader(ctx, hc.tls_cert, hc.tls_key, "HTTPS"))
+        host = parse_hostport(hc.listen or hc.tls_listen)[0]
+        self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+        await self._start_agent(host)
+        log.info(
+            "node %s up: rtmp://%s:%d  http://%s:%d  https://%s:%d",
+            self.config.node.id,
+            *parse_hostport(self.config.rtmp.listen)[:1],
+            self.rtmp_port,
+            host,
+            self.http_port,
+            host,
+            self.https_port,
+        )
+
+    async def _serve_http(self, listen: str, tls: ssl.SSLContext | None) -> socket.socket:
+        """Start a uvicorn server for the node's app on ``listen``, over TLS with ``tls``."""
+        host, port = parse_hostport(listen)
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(1024)
         sock.setblocking(False)
-        self._http_sock = sock
+        name = "https" if tls is not None else "http"
         server = _EmbeddedServer(
             uvicorn.Config(
                 self.http_app,
@@ -365,27 +413,23 @@ class Node:
                 lifespan="off",
                 access_log=False,
                 timeout_keep_alive=30,
+                # The node's own live context, so a reloaded certificate reaches new
+                # handshakes (nearcast.tls).
+                ssl_context_factory=None if tls is None else lambda _config, _default: tls,
             )
         )
-        self._http_server = server
-        self._http_task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
+        task = asyncio.create_task(server.serve(sockets=[sock]), name=name)
+        self._http_servers.append((server, task))
         deadline = time.monotonic() + 10
         while not server.started:
-            if self._http_task.done():
-                self._http_task.result()
+            if task.done():
+                sock.close()
+                task.result()
             if time.monotonic() > deadline:
-                raise RuntimeError("HTTP server did not start within 10 s")
+                sock.close()
+                raise RuntimeError(f"{name.upper()} server did not start within 10 s")
             await asyncio.sleep(0.01)
-        self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
-        await self._start_agent(host)
-        log.info(
-            "node %s up: rtmp://%s:%d  http://%s:%d",
-            self.config.node.id,
-            *parse_hostport(self.config.rtmp.listen)[:1],
-            self.rtmp_port,
-            host,
-            self.http_port,
-        )
+        return sock
 
     def _embed_placement(self, api: Any) -> None:
         """No placement.url: this node is its own placement service. It registers itself
@@ -464,13 +508,20 @@ class Node:
         self.tmetrics.capacity.set(units)
 
     async def _housekeep(self) -> None:
+        ticks = 0
         while True:
             await asyncio.sleep(1.0)
+            ticks += 1
             try:
                 for key in self.store.expire(time.time()):
                     log.info("[node %s] ended stream dropped from the store", key)
                     self.tmetrics.fps.clear()
                 self._update_worker_gauge()
+                if ticks % TLS_RELOAD_TICKS == 0:
+                    # Two stat() calls per certificate: a renewed one is served within
+                    # a few seconds, without a restart.
+                    for reloader in self._tls_reloaders:
+                        reloader.check()
             except Exception:
                 log.exception("housekeeping failed")
 
@@ -503,14 +554,16 @@ class Node:
             self._housekeeping.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._housekeeping
-        if self._http_server is not None and self._http_task is not None:
-            self._http_server.should_exit = True
-            try:
-                await asyncio.wait_for(self._http_task, 5)
-            except (TimeoutError, asyncio.CancelledError):
-                self._http_task.cancel()
-        if self._http_sock is not None:
-            self._http_sock.close()
+        for server, _task in self._http_servers:
+            server.should_exit = True
+        tasks = [task for _server, task in self._http_servers]
+        if tasks:
+            _done, pending = await asyncio.wait(tasks, timeout=5)
+            for task in pending:
+                task.cancel()
+        for sock in (self._http_sock, self._https_sock):
+            if sock is not None:
+                sock.close()
         log.info("node stopped")
 
 

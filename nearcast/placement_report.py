@@ -42,7 +42,11 @@ class PlacementReport:
 
         n = self.node.config.node
         rtmp = n.public_rtmp or f"rtmp://{self.host}:{self.node.rtmp_port}"
-        http = n.public_http or f"http://{self.host}:{self.node.http_port}"
+        http = n.public_http or (
+            f"http://{self.host}:{self.node.http_port}"
+            if self.node.http_port
+            else f"https://{self.host}:{self.node.https_port}"
+        )
         total = self.node.capacity.total
         return pm.Node(
             id=n.id,

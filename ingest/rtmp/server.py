@@ -264,6 +264,9 @@ class RtmpServer:
         self.metrics = metrics
         self._server: asyncio.Server | None = None
         self._tls_server: asyncio.Server | None = None
+        # The live RTMPS context: loading a new certificate into it (the node's
+        # housekeeping does when the files change) serves it to every new handshake.
+        self.tls_context: ssl.SSLContext | None = None
         self.tls_port = 0
         self._conns: set[asyncio.Task[None]] = set()
         self._per_ip: dict[str, int] = {}
@@ -298,13 +301,14 @@ class RtmpServer:
     async def _start_tls(self) -> None:
         host, _, port = self.config.tls_listen.rpartition(":")
         host = host.strip("[]") or "0.0.0.0"
+        self.tls_context = self._ssl_context()
         self._tls_server = await asyncio.start_server(
             self._accept_tls,
             host,
             int(port),
             reuse_address=True,
             backlog=256,
-            ssl=self._ssl_context(),
+            ssl=self.tls_context,
             # A client that never finishes TLS is a slowloris too.
             ssl_handshake_timeout=self.config.handshake_timeout,
         )

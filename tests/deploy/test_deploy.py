@@ -187,6 +187,20 @@ def minted(node_id: str) -> str:
     )
 
 
+def scrape_headers(job: dict[str, Any]) -> dict[str, str]:
+    """The Authorization header a scrape job sends: its credentials_file is a compose
+    secret mounted into the prometheus service, filled from a deploy/.env variable."""
+    auth = job.get("authorization")
+    if auth is None:
+        return {}
+    path = auth["credentials_file"]
+    assert path.startswith("/run/secrets/"), f"{job['job_name']}: {path} is no compose secret"
+    name = path.removeprefix("/run/secrets/")
+    assert name in services()["prometheus"].get("secrets", []), f"{name} is not mounted"
+    variable = compose()["secrets"][name]["environment"]
+    return {"authorization": f"{auth.get('type', 'Bearer')} {secrets()[variable]}"}
+
+
 # -- config files ----------------------------------------------------------------------
 
 
@@ -374,7 +388,13 @@ async def test_image_runs_a_node_with_a_served_healthcheck() -> None:
     copies = {r.split()[-1]: r.split()[0] for w, r in stage if w == "COPY" and "--" not in r}
     cfg = load(str(ROOT / copies[args.config]), environ={})
     ports = {int(p) for p in instructions["EXPOSE"].split()}
-    listens = (cfg.rtmp.listen, cfg.rtmp.tls_listen, cfg.http.listen, cfg.placement.listen)
+    listens = (
+        cfg.rtmp.listen,
+        cfg.rtmp.tls_listen,
+        cfg.http.listen,
+        cfg.http.tls_listen,
+        cfg.placement.listen,
+    )
     assert {parse_hostport(x)[1] for x in listens} <= ports
     port, path = healthcheck_url(instructions["HEALTHCHECK"])
     assert port == parse_hostport(cfg.http.listen)[1]
@@ -526,15 +546,17 @@ async def test_prometheus_scrapes_every_service() -> None:
         assert f"./{name}:/etc/prometheus/{name}:ro" in mounts
     scraped: dict[str, str] = {}
     for job in cfg["scrape_configs"]:
+        headers = scrape_headers(job)
         for static in job["static_configs"]:
             for target in static["targets"]:
                 host, port = parse_hostport(target)
                 scraped[host] = job["job_name"]
                 svc = service(host)
-                headers: dict[str, str] = {}
                 if svc.args.command == "node":
                     assert port == parse_hostport(svc.config.http.listen)[1]
                     app = Node(svc.config).http_app
+                    # A node's metrics are not for anyone who reaches its media port.
+                    assert await get(app, job.get("metrics_path", "/metrics")) == 401
                 else:
                     assert port == placement_port(svc)
                     app = create_app(svc.config.placement, InProcessRegistry())

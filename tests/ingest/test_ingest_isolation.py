@@ -25,6 +25,9 @@ from bench.ingest import ffmpeg_push
 
 STREAMS = [f"iso{i}" for i in range(8)]
 SEGMENTS_UNDER_FUZZ = 5
+# Ingest statistics are for the operator.
+OPERATOR = "operator-secret-0123"
+AUTH = {"authorization": f"Bearer {OPERATOR}"}
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +39,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
         NEARCAST_HLS_SEGMENT_DURATION="1",
         NEARCAST_HLS_WINDOW="60",
         NEARCAST_RTMP_HANDSHAKE_TIMEOUT="2",
+        NEARCAST_INGEST_OPERATOR_TOKEN=OPERATOR,
     )
     yield n
     n.stop()
@@ -125,7 +129,7 @@ def test_eight_publishers_survive_a_fuzzing_ninth(node: NodeProcess) -> None:
                 assert seg.duration <= pl.target_duration + 0.5, f"{s}: {seg.duration} s segment"
             gained = _media_seconds(pl) - _media_seconds(before[s])  # type: ignore[arg-type]
             assert gained >= elapsed - 2 * pl.target_duration, (s, gained, elapsed)
-            stats = node.get(f"/v1/streams/live/{s}").json()["ingest"]
+            stats = node.client.get(f"/v1/streams/live/{s}", headers=AUTH).json()["ingest"]
             # Nothing is dropped but late packets (DTS behind), which no muxer could take.
             assert stats["dropped_packets"] == stats["late_packets"], stats
         metrics = node.get("/metrics").text

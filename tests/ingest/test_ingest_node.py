@@ -25,6 +25,7 @@ from bench.ingest import ffmpeg_push
 
 KEYS = {"k2": "school-secret-new-0123", "k1": "school-secret-old-0123"}
 OPERATOR = "operator-secret-0123"
+_OPERATOR_AUTH = {"authorization": f"Bearer {OPERATOR}"}
 PASSTHROUGH = "[{name: source, codec: copy}]"
 BASE_ENV = {
     "NEARCAST_TRANSCODE_LADDER": PASSTHROUGH,
@@ -90,7 +91,8 @@ def _stop(proc: subprocess.Popen[bytes]) -> str:
 
 
 def _ingest(node: NodeProcess, tenant: str, stream: str) -> dict | None:
-    r = node.get(f"/v1/streams/{tenant}/{stream}")
+    # Ingest statistics (the publisher's address among them) are for the operator.
+    r = node.client.get(f"/v1/streams/{tenant}/{stream}", headers=_OPERATOR_AUTH)
     return r.json().get("ingest") if r.status_code == 200 else None
 
 
@@ -137,7 +139,7 @@ def test_ffmpeg_cli_with_nearcast_token_then_kick(node: NodeProcess) -> None:
         assert stats["keyframe_interval"] > 0
         # Nothing is dropped but late packets (DTS behind), which no muxer could take.
         assert stats["dropped_packets"] == stats["late_packets"], stats
-        listed = node.get("/v1/streams").json()["streams"]
+        listed = node.client.get("/v1/streams", headers=_OPERATOR_AUTH).json()["streams"]
         assert next(s for s in listed if s["stream"] == "cli")["ingest"]["protocol"] == "rtmp"
         assert node.metric("ingest_sessions", protocol="rtmp", tenant="school") >= 1
         # Kick: operator token required, unknown streams are 404.

@@ -54,6 +54,10 @@ class Service:
         )
         self.client = httpx.Client(base_url=self.base, timeout=5.0, headers=OP)
         wait_for(lambda: self.client.get("/openapi.json").status_code == 200, 30, "placement up")
+        # The nodes under test share this host's CPU with whatever else runs: placement's
+        # CPU filter must not turn them away for it.
+        policy = {"version": 2, "name": "tests", "filters": {"max_cpu": 1.5}}
+        self.client.put("/v1/policy", json=policy).raise_for_status()
 
     def node(self, node_id: str) -> dict[str, Any] | None:
         r = self.client.get("/v1/nodes")
