@@ -19,6 +19,7 @@ from ingest.whip.config import WhipConfig
 from ingest.whip.mapper import Timeline, TrackMapper
 from ingest.whip.tap import request_keyframe, tap_receiver
 from media import VIDEO, MediaPacket, StreamKey
+from media.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ class WhipSession:
         self._watchdog: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Future[object]] = set()
+        # Frame-level warnings: a peer can trigger them for every frame it sends.
+        self._warn = RateLimitedLog(log)
 
     @property
     def path(self) -> str:
@@ -136,7 +139,7 @@ class WhipSession:
                         mapper.kind, codec.name, codec.clockRate, self.timeline, codec.channels
                     )
                 except ValueError as exc:
-                    log.warning("[whip %s] frame dropped: %s", self.key, exc)
+                    self._warn.warning("codec", "[whip %s] frame dropped: %s", self.key, exc)
                     return
                 track.mapper = mapper
                 self.codecs[mapper.kind] = mapper.codec
@@ -151,7 +154,9 @@ class WhipSession:
             try:
                 packets = mapper.map(frame.data, frame.timestamp, now)
             except ValueError as exc:
-                log.warning("[whip %s] bad %s frame dropped: %s", self.key, mapper.codec, exc)
+                self._warn.warning(
+                    "bad", "[whip %s] bad %s frame dropped: %s", self.key, mapper.codec, exc
+                )
                 mapper.waiting_keyframe = mapper.kind == VIDEO
                 self._want_keyframe(track, now)
                 return
@@ -171,7 +176,9 @@ class WhipSession:
                     metrics.frames.labels("whip", pkt.kind).inc()
                 if self._queue.qsize() >= QUEUE_FRAMES and not pkt.config:
                     # The transcoder is far behind: drop, and restart video on a keyframe.
-                    log.warning("[whip %s] %s frame dropped: ingest queue full", self.key, pkt.kind)
+                    self._warn.warning(
+                        "full", "[whip %s] %s frame dropped: ingest queue full", self.key, pkt.kind
+                    )
                     if mapper.kind == VIDEO:
                         mapper.waiting_keyframe = True
                     return
