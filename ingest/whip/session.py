@@ -14,7 +14,8 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from ingest.metrics import IngestMetrics
-from ingest.sink import Publication
+from ingest.sink import Publication, PublishRefused
+from ingest.source import SourceGuard
 from ingest.whip.config import WhipConfig
 from ingest.whip.mapper import Timeline, TrackMapper
 from ingest.whip.tap import request_keyframe, tap_receiver
@@ -55,6 +56,7 @@ class WhipSession:
         pc: RTCPeerConnection,
         publication: Publication,
         keyframe_interval: float,
+        guard: SourceGuard | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -65,6 +67,8 @@ class WhipSession:
         self.pc = pc
         self.publication = publication
         self.keyframe_interval = keyframe_interval
+        # The source's size and frame rate, checked on each SPS and VP8 key frame.
+        self.guard = guard
         self.created = time.monotonic()
         self.last_media = 0.0
         self.closed = False
@@ -172,6 +176,15 @@ class WhipSession:
                 ):
                     self._send_pli(track, now)
             for pkt in packets:
+                if self.guard is not None:
+                    try:
+                        self.guard.packet(pkt)
+                    except PublishRefused as exc:
+                        log.warning("[whip %s] publish refused: %s", self.key, exc.description)
+                        metrics.rejected.labels(exc.reason).inc()
+                        self.closed = True  # nothing more reaches the publication
+                        self.close_soon(exc.reason)
+                        return
                 if not pkt.config:
                     metrics.frames.labels("whip", pkt.kind).inc()
                 if self._queue.qsize() >= QUEUE_FRAMES and not pkt.config:

@@ -1,0 +1,62 @@
+"""The node's publish policy in process: attempts per address, what the webhook sees, and
+the per-stream metric series a publish leaves behind."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from ingest.sink import PublishRefused, PublishRequest
+from media import StreamKey
+from nearcast.config import load
+from nearcast.node import Node
+
+
+@pytest.fixture
+async def node(request: pytest.FixtureRequest) -> AsyncIterator[Node]:
+    env = {"NEARCAST_TRANSCODE_CAPACITY_UNITS": "8", **getattr(request, "param", {})}
+    n = Node(load(environ=env))
+    yield n
+    for session in list(n.sessions.values()):
+        await session.close()
+    for timer in n._grace.values():
+        timer.cancel()
+    await n.auth.aclose()
+
+
+def publish(
+    stream: str, remote: str = "198.51.100.7:40000", protocol: str = "rtmp", **kw: Any
+) -> PublishRequest:
+    return PublishRequest(StreamKey("live", stream), protocol, remote, **kw)
+
+
+async def test_the_eleventh_attempt_in_a_minute_is_refused_rtmp_and_whip_alike(node: Node) -> None:
+    for i in range(5):
+        await node.open_publish(publish(f"r{i}", protocol="rtmp"))
+        await node.open_publish(publish(f"w{i}", "198.51.100.7", protocol="whip"))
+    with pytest.raises(PublishRefused) as info:
+        await node.open_publish(publish("one-more", protocol="whip"))
+    assert info.value.reason == "publish_rate" and info.value.retry_after > 50
+    with pytest.raises(PublishRefused, match="publish attempts"):
+        await node.open_publish(publish("one-more", protocol="rtmp"))
+    # Another address, and a relay (exempt), are not affected.
+    await node.open_publish(publish("other", "203.0.113.5:1935"))
+    await node.open_publish(publish("relayed", exempt=True))
+
+
+@pytest.mark.parametrize(
+    "node", [{"NEARCAST_INGEST_MAX_PUBLISH_ATTEMPTS_PER_IP": "0"}], indirect=True
+)
+async def test_zero_lets_loopback_publish_as_often_as_it_likes(node: Node) -> None:
+    for i in range(30):
+        session = await node.open_publish(publish(f"s{i % 3}", "127.0.0.1:5000"))
+        await session.close()
+
+
+async def test_the_source_limits_of_the_tenant_come_with_the_accepted_publish(node: Node) -> None:
+    request = publish("cam")
+    await node.open_publish(request)
+    assert request.source_limits is not None
+    assert (request.source_limits.max_width, request.source_limits.max_height) == (1920, 1080)
