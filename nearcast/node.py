@@ -271,6 +271,7 @@ class Node:
         session.stream.publisher_connected = False
         self.capacity.release(key)
         self.tmetrics.used.set(self.capacity.in_use)
+        self.tmetrics.forget_stream(str(key))  # its worker has flushed: no stats follow
         grace = self.config.hls.grace_period
         loop = asyncio.get_running_loop()
         self._grace[key] = loop.call_later(grace, self._end_stream, key, session.stream)
@@ -442,7 +443,6 @@ class Node:
             try:
                 for key in self.store.expire(time.time()):
                     log.info("[node %s] ended stream dropped from the store", key)
-                    self.tmetrics.fps.clear()
                 self._update_worker_gauge()
             except Exception:
                 log.exception("housekeeping failed")
