@@ -8,10 +8,13 @@ from typing import Any
 
 import pytest
 
+from ingest.auth import redact_query
 from ingest.sink import PublishRefused, PublishRequest
+from ingest.webhook import HookAnswer
 from media import StreamKey
 from nearcast.config import load
 from nearcast.node import Node
+from nearcast.session import _StoreSink
 
 
 @pytest.fixture
@@ -60,3 +63,65 @@ async def test_the_source_limits_of_the_tenant_come_with_the_accepted_publish(no
     await node.open_publish(request)
     assert request.source_limits is not None
     assert (request.source_limits.max_width, request.source_limits.max_height) == (1920, 1080)
+
+
+@pytest.mark.parametrize(
+    "node", [{"NEARCAST_INGEST_ON_PUBLISH_URL": "http://hooks.invalid/on_publish"}], indirect=True
+)
+async def test_no_spelling_of_the_token_reaches_the_webhook(node: Node) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def ask(payload: dict[str, Any]) -> HookAnswer:
+        seen.append(payload)
+        return HookAnswer("allowed", "test")
+
+    node.auth.hook.ask = ask  # type: ignore[method-assign]
+    query = "%74oken=s3cret&profile=passthrough&%54OKEN=s3cret2&t%6Fken=s3cret3&a=%74oken%3Dx"
+    await node.open_publish(publish("cam", query=query))
+    (payload,) = seen
+    assert "s3cret" not in payload["query"]
+    assert payload["query"] == "profile=passthrough&a=token%3Dx"
+
+
+@pytest.mark.parametrize(
+    ("query", "redacted"),
+    [
+        ("token=abc", ""),
+        ("%74oken=abc&x=1", "x=1"),
+        ("x=1&Token=abc&y=a+b", "x=1&y=a+b"),
+        ("x=%ZZ&token", "x=%25ZZ"),
+    ],
+)
+def test_redact_query(query: str, redacted: str) -> None:
+    assert redact_query(query) == redacted
+
+
+def _stream_series(node: Node) -> list[tuple[str, dict[str, str]]]:
+    return [
+        (s.name, s.labels)
+        for metric in node.registry.collect()
+        for s in metric.samples
+        if "stream" in s.labels
+    ]
+
+
+async def test_ended_publishes_leave_no_per_stream_series(node: Node) -> None:
+    sessions = []
+    for i in range(5):
+        session = await node.open_publish(publish(f"s{i}", f"192.0.2.{i}:1935"))
+        sink = _StoreSink(node, session.stream)
+        for wall, frames in ((1.0, 30), (2.0, 60)):  # two reports: a rate per rendition
+            sink.on_stats(
+                {
+                    "wall_seconds": wall,
+                    "media_seconds": wall,
+                    "renditions": {"720p": frames, "360p": frames},
+                }
+            )
+        sessions.append(session)
+    assert len(_stream_series(node)) == 5 * 3  # fps of two renditions and lag, per stream
+    for session in sessions[:4]:
+        await session.close()
+    assert {labels["stream"] for _, labels in _stream_series(node)} == {"live/s4"}
+    await sessions[4].close()
+    assert _stream_series(node) == []
