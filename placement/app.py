@@ -140,6 +140,12 @@ def _session_out(
     )
 
 
+def _same_secret(given: str, expected: str) -> bool:
+    """Constant-time comparison of any two strings: compare_digest refuses non-ASCII
+    str, and a header may hold any byte (a 500 instead of a 401)."""
+    return secrets.compare_digest(given.encode(), expected.encode())
+
+
 def _bearer(header: str | None) -> str:
     if header and header.lower().startswith("bearer "):
         return header[7:].strip()
@@ -181,7 +187,7 @@ def create_app(
 
     def operator(authorization: Annotated[str | None, Header()] = None) -> None:
         token = config.operator_token
-        if not token or not secrets.compare_digest(_bearer(authorization), token):
+        if not token or not _same_secret(_bearer(authorization), token):
             raise HTTPException(
                 401,
                 "operator bearer token required ('placement.operator_token')",
@@ -190,7 +196,7 @@ def create_app(
 
     def node_auth(node_id: str, authorization: Annotated[str | None, Header()] = None) -> None:
         token = config.node_tokens.get(node_id) or config.node_tokens.get("*", "")
-        if not token or not secrets.compare_digest(_bearer(authorization), token):
+        if not token or not _same_secret(_bearer(authorization), token):
             raise HTTPException(
                 401,
                 f"node {node_id!r} needs its bearer token ('placement.node_tokens')",
