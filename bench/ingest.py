@@ -79,11 +79,13 @@ class Node:
             NEARCAST_TRANSCODE_CAPACITY_UNITS="1000",
             NEARCAST_NODE_LOG_LEVEL="WARNING",
             # Every publisher comes from loopback, and the steps go past the defaults'
-            # 16 connections per address and 32 publishers per node.
+            # 16 connections per address, 32 publishers per node and 10 publish attempts
+            # per address a minute.
             NEARCAST_RTMP_MAX_CONNECTIONS_PER_IP="0",
             NEARCAST_INGEST_MAX_PUBLISHERS="0",
             # GET /v1/streams shows ingest statistics to the operator only.
             NEARCAST_INGEST_OPERATOR_TOKEN=OPERATOR,
+            NEARCAST_INGEST_MAX_PUBLISH_ATTEMPTS_PER_IP="0",
         )
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nearcast", "node"],

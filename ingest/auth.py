@@ -8,7 +8,9 @@ stream, token, client address, protocol) and either returns or raises
   ``token_wrong_action``, ``token_wrong_stream``, ``token_expired``: the signed
   token (:mod:`tokens`) does not grant this publish;
 - ``webhook_denied``: the on_publish service answered non-2xx;
-- ``webhook_timeout``, ``webhook_error``: it did not answer and ``fail_open`` is false.
+- ``webhook_timeout``, ``webhook_error``: it did not answer and ``fail_open`` is false;
+- ``publish_rate`` (:meth:`PublishAuth.check_rate`): the client's address made too many
+  publish attempts lately.
 
 Tokens are checked first, so a stranger never makes the node call the webhook.
 """
@@ -16,12 +18,15 @@ Tokens are checked first, so a stranger never makes the node call the webhook.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import tokens
 from ingest.config import IngestConfig
+from ingest.ratelimit import PublishRateLimiter
 from ingest.sink import PublishRefused
 from ingest.webhook import OnPublishHook
 
@@ -36,6 +41,16 @@ def client_ip(remote: str) -> str:
     if not sep or not port.isdigit() or (":" in host and not host.startswith("[")):
         return remote  # no port, or a bare IPv6 address
     return host.strip("[]")
+
+
+def redact_query(query: str) -> str:
+    """``query`` without its token, to show a webhook or a log.
+
+    Names are compared decoded, as the token is read (``%74oken=`` is ``token=``), and
+    the rest is re-encoded, so no spelling of the name lets the secret through.
+    """
+    pairs = parse_qsl(query, keep_blank_values=True)
+    return urlencode([(k, v) for k, v in pairs if k.strip().lower() != "token"])
 
 
 class PublishAuth:
@@ -53,6 +68,29 @@ class PublishAuth:
         self._clock = clock
         # Called with each webhook outcome (allowed, denied, timeout, error): a metric.
         self._on_webhook = on_webhook
+        self.attempts = PublishRateLimiter(
+            config.max_publish_attempts_per_ip,
+            config.publish_attempts_window,
+            config.publish_attempts_tracked_ips,
+        )
+
+    def check_rate(
+        self, client_ip: str, where: str, exempt: bool = False, now: float | None = None
+    ) -> None:
+        """Count one publish attempt from ``client_ip``; refuse it (``publish_rate``) when
+        the address is over ``ingest.max_publish_attempts_per_ip``."""
+        if exempt:
+            return
+        wait = self.attempts.attempt(client_ip, time.monotonic() if now is None else now)
+        if wait:
+            cfg = self.config
+            raise PublishRefused(
+                "publish_rate",
+                f"{where}: {cfg.max_publish_attempts_per_ip} publish attempts from {client_ip} "
+                f"in {cfg.publish_attempts_window:g} s (ingest.max_publish_attempts_per_ip); "
+                f"try again in {math.ceil(wait)} s",
+                retry_after=wait,
+            )
 
     def token_required(self, tenant: str) -> bool:
         t = self.config.auth.tenants.get(tenant)

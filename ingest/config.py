@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ingest.source import SourceLimits
 from settings import check
 from tokens import TenantKeys as TenantAuth
 
@@ -97,6 +98,21 @@ class WebhookConfig:
 
 
 @dataclass(frozen=True)
+class TenantIngest:
+    """One tenant's own source limits (``ingest.tenants``); a key left out is the node's."""
+
+    max_width: int | None = None
+    max_height: int | None = None
+    max_fps: float | None = None
+
+    def __post_init__(self) -> None:
+        for key in ("max_width", "max_height"):
+            value = getattr(self, key)
+            check(value is None or value >= 0, key, "must be >= 0 (0: no limit)")
+        check(self.max_fps is None or self.max_fps >= 0, "max_fps", "must be >= 0 (0: no limit)")
+
+
+@dataclass(frozen=True)
 class IngestConfig:
     """Protocol-independent publish policy: limits, takeover, authentication, control."""
 
@@ -106,6 +122,17 @@ class IngestConfig:
     bitrate_window: float = 3.0
     takeover: bool = False
     operator_token: str = ""
+    # Publish attempts (RTMP and WHIP together) from one IP address (IPv6: one /64) per
+    # publish_attempts_window seconds; 0: no limit. The table of addresses is bounded.
+    max_publish_attempts_per_ip: int = 10
+    publish_attempts_window: float = 60.0
+    publish_attempts_tracked_ips: int = 4096
+    # Largest source picture (either orientation) and frame rate; 0: no limit.
+    max_width: int = 1920
+    max_height: int = 1080
+    max_fps: float = 60.0
+    # Per-tenant source limits, overriding the three above.
+    tenants: dict[str, TenantIngest] = field(default_factory=dict)
     auth: AuthConfig = field(default_factory=AuthConfig)
     on_publish: WebhookConfig = field(default_factory=WebhookConfig)
 
@@ -118,3 +145,32 @@ class IngestConfig:
         )
         check(self.max_bitrate >= 0, "max_bitrate", "must be >= 0 (0: no limit)")
         check(0.5 <= self.bitrate_window <= 30, "bitrate_window", "must be between 0.5 and 30")
+        check(
+            self.max_publish_attempts_per_ip >= 0,
+            "max_publish_attempts_per_ip",
+            "must be >= 0 (0: no limit)",
+        )
+        check(
+            1 <= self.publish_attempts_window <= 3600,
+            "publish_attempts_window",
+            "must be between 1 and 3600 seconds",
+        )
+        check(
+            1024 <= self.publish_attempts_tracked_ips <= 1_000_000,
+            "publish_attempts_tracked_ips",
+            "must be between 1024 and 1000000",
+        )
+        check(self.max_width >= 0, "max_width", "must be >= 0 (0: no limit)")
+        check(self.max_height >= 0, "max_height", "must be >= 0 (0: no limit)")
+        check(self.max_fps >= 0, "max_fps", "must be >= 0 (0: no limit)")
+        for tenant in self.tenants:
+            check(bool(tenant), "tenants", "must name tenants (an empty name was given)")
+
+    def source_limits(self, tenant: str) -> SourceLimits:
+        """The largest source ``tenant`` may publish (``ingest.tenants``, else the node's)."""
+        own = self.tenants.get(tenant, TenantIngest())
+        return SourceLimits(
+            self.max_width if own.max_width is None else own.max_width,
+            self.max_height if own.max_height is None else own.max_height,
+            self.max_fps if own.max_fps is None else own.max_fps,
+        )

@@ -10,18 +10,23 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from media import MediaPacket, StreamKey
 
+if TYPE_CHECKING:
+    from ingest.source import SourceLimits
+
 
 class PublishRefused(Exception):
-    """The node will not take this publish. ``reason`` is a short metric label."""
+    """The node will not take this publish. ``reason`` is a short metric label;
+    ``retry_after`` (seconds, 0 for none) says when trying again may succeed."""
 
-    def __init__(self, reason: str, description: str) -> None:
+    def __init__(self, reason: str, description: str, retry_after: float = 0.0) -> None:
         super().__init__(description)
         self.reason = reason
         self.description = description
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -36,6 +41,12 @@ class PublishRequest:
     # Closes the publisher's connection; the node calls it to kick a publisher, on takeover
     # and when a limit is exceeded. The argument is the reason (a metric label).
     disconnect: Callable[[str], None] | None = None
+    # Exempt from the per-address publish rate limit: for publishers that authenticate as
+    # nodes of this fleet (relays), never for a client's own claim.
+    exempt: bool = False
+    # The largest source this publisher may send; the sink sets it when it accepts the
+    # publish, and the protocol adapter holds the media to it (None: no limit).
+    source_limits: SourceLimits | None = None
 
 
 class Publication(Protocol):

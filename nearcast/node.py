@@ -31,7 +31,7 @@ from distribute.media_metrics import MediaMetrics
 from distribute.record import Recorder, RecordMetrics
 from distribute.whep import WhepServer
 from distribute.whep.http import whep_router
-from ingest.auth import PublishAuth, client_ip
+from ingest.auth import PublishAuth, client_ip, redact_query
 from ingest.metrics import IngestMetrics
 from ingest.rtmp.server import RtmpServer, parse_query
 from ingest.sink import PublishRefused, PublishRequest
@@ -134,6 +134,8 @@ class Node:
 
     async def open_publish(self, request: PublishRequest) -> StreamSession:
         key = request.key
+        # Every attempt counts, refused ones too: guessing tokens or names is attempts.
+        self.auth.check_rate(client_ip(request.remote), str(key), exempt=request.exempt)
         if key.tenant not in self.config.rtmp.tenants:
             raise PublishRefused("tenant", f"tenant {key.tenant!r} is not configured on this node")
         token = request.token
@@ -145,9 +147,7 @@ class Node:
         self._check_limits(key, replacing=takeover)
         self._opening[key] = self._opening.get(key, 0) + 1
         try:
-            query = "&".join(
-                p for p in request.query.split("&") if p and not p.startswith("token=")
-            )
+            query = redact_query(request.query)
             await self.auth.check(
                 key.tenant,
                 key.stream,
@@ -183,6 +183,7 @@ class Node:
                 raise PublishRefused("duplicate", f"stream {key} is already being published")
         self._check_limits(key, replacing=old is not None)
         profile, admission = self._admit(request)
+        request.source_limits = self.config.ingest.source_limits(key.tenant)
         timer = self._grace.pop(key, None)
         if timer is not None:
             timer.cancel()
@@ -298,6 +299,7 @@ class Node:
         session.stream.publisher_connected = False
         self.capacity.release(key)
         self.tmetrics.used.set(self.capacity.in_use)
+        self.tmetrics.forget_stream(str(key))  # its worker has flushed: no stats follow
         grace = self.config.hls.grace_period
         loop = asyncio.get_running_loop()
         self._grace[key] = loop.call_later(grace, self._end_stream, key, session.stream)
@@ -515,7 +517,6 @@ class Node:
             try:
                 for key in self.store.expire(time.time()):
                     log.info("[node %s] ended stream dropped from the store", key)
-                    self.tmetrics.fps.clear()
                 self._update_worker_gauge()
                 if ticks % TLS_RELOAD_TICKS == 0:
                     # Two stat() calls per certificate: a renewed one is served within

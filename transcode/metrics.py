@@ -51,3 +51,16 @@ class TranscodeMetrics:
         self.segments = Counter(
             "transcode_segments_total", "Media segments produced", registry=registry
         )
+
+    def forget_stream(self, stream: str) -> None:
+        """Remove the series labelled with ``stream`` (its publish ended), so the label
+        sets stay bounded by the live streams."""
+        for gauge in (self.fps, self.lag):
+            labelsets = {
+                tuple(s.labels.values())  # in label-name order
+                for metric in gauge.collect()
+                for s in metric.samples
+                if s.labels.get("stream") == stream
+            }
+            for labels in labelsets:
+                gauge.remove(*labels)

@@ -21,6 +21,7 @@ import av
 from containers.cmaf import AudioFormat
 from media import MediaPacket
 from media.h264 import AvcConfig
+from media.ratelog import RateLimitedLog
 from transcode.audio import AudioEncoder
 from transcode.cfr import Timeline
 from transcode.ladder import plan
@@ -40,6 +41,8 @@ class Pipeline:
     def __init__(self, spec: Spec, out: Output) -> None:
         self.spec = spec
         self.out = out
+        # Warnings a publisher can trigger for every packet (bad data, clock jumps).
+        self._warn = RateLimitedLog(log)
         self._vdec: Any = None  # av.VideoCodecContext once the first video packet arrives
         self._adec: Any = None  # av.AudioCodecContext
         self._audio: AudioEncoder | None = None
@@ -190,7 +193,8 @@ class Pipeline:
         jumps = self._timeline.jumps
         dts = self._timeline.map(pkt.kind, pkt.dts, step_ms)
         if self._timeline.jumps != jumps:
-            log.warning(
+            self._warn.warning(
+                ("jump", pkt.kind),
                 "[%s] %s clock jumped at %d ms; continuing the timeline at %d ms",
                 self.spec.stream,
                 pkt.kind,
@@ -254,8 +258,12 @@ class Pipeline:
         try:
             return list(dec.decode(p))
         except av.error.InvalidDataError:
-            log.warning(
-                "[%s] undecodable %s packet at %d ms dropped", self.spec.stream, pkt.kind, pkt.dts
+            self._warn.warning(
+                ("undecodable", pkt.kind),
+                "[%s] undecodable %s packet at %d ms dropped",
+                self.spec.stream,
+                pkt.kind,
+                pkt.dts,
             )
             return []
 

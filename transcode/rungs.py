@@ -29,6 +29,7 @@ from av.video.frame import PictureType
 from containers.cmaf import AudioFormat, split_annexb
 from media import MediaPacket
 from media.h264 import AvcConfig, split_nals, to_annexb
+from media.ratelog import RateLimitedLog
 from transcode.cfr import FrameRateConverter, exact_rate
 from transcode.encoder import TICK, TICKS_PER_SECOND, open_video_encoder
 from transcode.ladder import Rung
@@ -71,6 +72,8 @@ class RungEncoder:
         self.dropped = 0
         self._active = True
         self._spec = spec
+        # Per-packet warnings, rate-limited: the input is the publisher's to choose.
+        self._warn = RateLimitedLog(log)
         self._out = out
         self.tap = spec.tap == rung.name
         self.fps = exact_rate(rung.fps)
@@ -135,7 +138,7 @@ class RungEncoder:
                 data = bytes(p)
                 nals = split_annexb(data)
                 if p.is_keyframe and not any(n[0] & 0x1F == 7 for n in nals if n):
-                    log.warning("[%s] tap IDR without SPS/PPS", self._spec.stream)
+                    self._warn.warning("tap_idr", "[%s] tap IDR without SPS/PPS", self._spec.stream)
                 tap_video(
                     self._out,
                     data,
@@ -262,6 +265,8 @@ class SourceRung:
         self.tap = spec.tap == rung.name
         self._out = out
         self._spec = spec
+        # Per-packet warnings, rate-limited: the input is the publisher's to choose.
+        self._warn = RateLimitedLog(log)
         self._seg = Segmenter(
             rung,
             spec,
@@ -293,8 +298,12 @@ class SourceRung:
                     nals = split_nals(mp.data, self.avc.length_size)
                     data = to_annexb(mp.data, self.avc, mp.keyframe)
                 except ValueError as exc:
-                    log.warning(
-                        "[source %s] packet at %d ms dropped: %s", self.rung.name, mp.dts, exc
+                    self._warn.warning(
+                        "dropped",
+                        "[source %s] packet at %d ms dropped: %s",
+                        self.rung.name,
+                        mp.dts,
+                        exc,
                     )
                     continue
                 if mp.keyframe:

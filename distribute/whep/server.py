@@ -98,6 +98,9 @@ class WhepServer:
         self.metrics = WhepMetrics(registry)
         self.fanouts: dict[StreamKey, TapFanout] = {}
         self.sessions: dict[str, WhepSession] = {}
+        # Offers past the max_viewers check and not yet sessions: they hold a slot, so
+        # concurrent offers cannot all pass the check before any of them is counted.
+        self._reserved = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
     # -- node side ---------------------------------------------------------------------
@@ -150,11 +153,22 @@ class WhepServer:
         if fanout is None or fanout.closed:
             self.metrics.attempts.labels("not_found").inc()
             raise StreamNotFound(f"stream {key} is not live on this node")
-        if len(self.sessions) >= self.config.max_viewers:
+        if len(self.sessions) + self._reserved >= self.config.max_viewers:
             self.metrics.attempts.labels("full").inc()
             raise TooManyViewers(
-                f"{len(self.sessions)} WebRTC viewers already (webrtc.max_viewers); try HLS"
+                f"{len(self.sessions) + self._reserved} WebRTC viewers already "
+                "(webrtc.max_viewers); try HLS"
             )
+        # Reserved before the first await, given back once the session counts or failed.
+        self._reserved += 1
+        try:
+            return await self._create(key, offer_sdp, fanout)
+        finally:
+            self._reserved -= 1
+
+    async def _create(
+        self, key: StreamKey, offer_sdp: str, fanout: TapFanout
+    ) -> tuple[WhepSession, str]:
         kinds = _offered_kinds(offer_sdp)
         if "video" not in kinds:
             self.metrics.attempts.labels("bad_offer").inc()

@@ -14,6 +14,8 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable
+from typing import TypeVar
 from urllib.parse import parse_qs
 
 from ingest.config import RtmpConfig
@@ -21,10 +23,12 @@ from ingest.metrics import IngestMetrics
 from ingest.rtmp import session as rtmp
 from ingest.rtmp.exceptions import RtmpProtocolError, UnsupportedCodec
 from ingest.sink import IngestSink, Publication, PublishRefused, PublishRequest
+from ingest.source import SourceGuard
 from media import StreamKey
 from media.names import stream_name_problem
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # onStatus codes (Adobe RTMP command messages, NetStream status codes).
 BAD_NAME = "NetStream.Publish.BadName"
@@ -71,6 +75,7 @@ class _Connection:
         self.app_query = ""
         self.publication: Publication | None = None
         self.publish_key: StreamKey | None = None
+        self.guard: SourceGuard | None = None
         self.prefix = f"[{protocol} {self.remote}]"
 
     async def run(self) -> None:
@@ -174,9 +179,13 @@ class _Connection:
         elif isinstance(ev, rtmp.MediaReceived):
             if self.publication is not None:
                 m.frames.labels(self.protocol, ev.packet.kind).inc()
+                if self.guard is not None:
+                    await self._hold_to_limits(ev.stream_id, self.guard.packet, ev.packet)
                 await self.publication.media(ev.packet)
         elif isinstance(ev, rtmp.MetadataReceived):
             if self.publication is not None:
+                if self.guard is not None:
+                    await self._hold_to_limits(ev.stream_id, self.guard.metadata, ev.metadata)
                 self.publication.metadata(dict(ev.metadata))
         elif isinstance(ev, rtmp.PublishStopped):
             await self._unpublish()
@@ -184,6 +193,16 @@ class _Connection:
             await self._flush()  # the core queued NetStream.Play.Failed
             raise _Refused("play", f"play of {ev.name!r} is not served over RTMP; use HLS")
         return []
+
+    async def _hold_to_limits(self, stream_id: int, check: Callable[[T], None], arg: T) -> None:
+        """Run a :class:`SourceGuard` check; a source over the limits ends the publish
+        with an error status, and the connection."""
+        try:
+            check(arg)
+        except PublishRefused as exc:
+            self.session.fail_publish(stream_id, REFUSED, exc.description)
+            await self._flush()
+            raise _Refused(exc.reason, exc.description) from None
 
     async def _publish(self, ev: rtmp.PublishRequested) -> None:
         name = ev.name
@@ -213,6 +232,9 @@ class _Connection:
             await self._flush()
             raise _Refused(exc.reason, exc.description) from None
         self.publish_key = key
+        limits = request.source_limits
+        if limits is not None and not limits.unlimited:
+            self.guard = SourceGuard(limits, str(key))
         self.prefix = f"[{self.protocol} {key}]"
         self.session.accept_publish(ev.stream_id)
         self.server.metrics.sessions.labels(self.protocol, key.tenant).inc()

@@ -317,6 +317,14 @@ class ServerSession:
             raise RuntimeError(f"reject_publish({stream_id}) without a pending publish")
         self._send_command(stream_id, "onStatus", 0, None, _status("error", code, description))
 
+    def fail_publish(self, stream_id: int, code: str, description: str) -> None:
+        """End an accepted publish with an error status (a limit the media broke); its
+        later media is dropped. The adapter then closes the connection."""
+        if self._publishing.pop(stream_id, None) is None:
+            raise RuntimeError(f"fail_publish({stream_id}) on a stream that is not publishing")
+        self._send_command(stream_id, "onStatus", 0, None, _status("error", code, description))
+        log.info("%s publish failed on stream %d: %s", self._prefix, stream_id, description)
+
     def ping(self, timestamp: int) -> None:
         self._user_control(PING_REQUEST, timestamp)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import math
 import secrets
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -41,6 +42,7 @@ from fastapi.responses import FileResponse, Response
 
 from ingest.metrics import IngestMetrics
 from ingest.sink import IngestSink, Publication, PublishRefused, PublishRequest
+from ingest.source import SourceGuard
 from ingest.whip.config import WhipConfig
 from ingest.whip.mapper import AUDIO_CODECS, VIDEO_CODECS
 from ingest.whip.session import WhipSession
@@ -66,6 +68,8 @@ REFUSAL_STATUS = {
     "codec": 400,
     "auth": 403,
     "token": 403,
+    # RFC 6585 §4, with Retry-After: the client's address made too many attempts.
+    "publish_rate": 429,
 }
 
 
@@ -186,7 +190,9 @@ class WhipServer:
             "Access-Control-Allow-Origin": self.cors,
             "Access-Control-Allow-Methods": methods,
             "Access-Control-Allow-Headers": "Authorization, Content-Type, If-Match",
-            "Access-Control-Expose-Headers": "Location, Link, ETag, Accept-Patch, Allow",
+            "Access-Control-Expose-Headers": (
+                "Location, Link, ETag, Accept-Patch, Allow, Retry-After"
+            ),
             "Allow": methods,
             "Cache-Control": "no-store",
         }
@@ -317,24 +323,27 @@ class WhipServer:
         query = dict(request.query_params)
         if token is not None:
             query["token"] = token  # the same place an RTMP publisher puts it
+        publish = PublishRequest(
+            key=key,
+            protocol="whip",
+            remote=remote,
+            query=urlencode(query),
+            token=token,
+            disconnect=lambda reason: self._disconnect(key, reason),
+        )
         try:
-            publication = await self.sink.open_publish(
-                PublishRequest(
-                    key=key,
-                    protocol="whip",
-                    remote=remote,
-                    query=urlencode(query),
-                    token=token,
-                    disconnect=lambda reason: self._disconnect(key, reason),
-                )
-            )
+            publication = await self.sink.open_publish(publish)
         except PublishRefused as exc:
             log.warning("[whip %s] publish from %s refused: %s", key, remote, exc.description)
             self.metrics.rejected.labels(exc.reason).inc()
             status, extra = refusal_status(exc.reason, token)
+            if exc.retry_after > 0:
+                extra["Retry-After"] = str(math.ceil(exc.retry_after))
             return self._error(status, exc.description, methods, **extra)
+        limits = publish.source_limits
+        guard = SourceGuard(limits, str(key)) if limits and not limits.unlimited else None
         try:
-            session, answer = await self._answer(key, remote, text, publication)
+            session, answer = await self._answer(key, remote, text, publication, guard)
         except Exception as exc:
             await publication.close()
             if isinstance(exc, (ValueError, OfferError)) or type(exc).__name__ == "OperationError":
@@ -358,7 +367,12 @@ class WhipServer:
         return Response(answer, status_code=201, media_type=SDP_TYPE, headers=headers)
 
     async def _answer(
-        self, key: StreamKey, remote: str, offer: str, publication: Publication
+        self,
+        key: StreamKey,
+        remote: str,
+        offer: str,
+        publication: Publication,
+        guard: SourceGuard | None = None,
     ) -> tuple[WhipSession, str]:
         servers = [RTCIceServer(urls=url) for url in self.config.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
@@ -372,6 +386,7 @@ class WhipServer:
             pc,
             publication,
             self.keyframe_interval(publication),
+            guard,
         )
         try:
             desc = aiosdp.SessionDescription.parse(offer)

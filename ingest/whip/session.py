@@ -14,11 +14,13 @@ from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from ingest.metrics import IngestMetrics
-from ingest.sink import Publication
+from ingest.sink import Publication, PublishRefused
+from ingest.source import SourceGuard
 from ingest.whip.config import WhipConfig
 from ingest.whip.mapper import Timeline, TrackMapper
 from ingest.whip.tap import request_keyframe, tap_receiver
 from media import VIDEO, MediaPacket, StreamKey
+from media.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,7 @@ class WhipSession:
         pc: RTCPeerConnection,
         publication: Publication,
         keyframe_interval: float,
+        guard: SourceGuard | None = None,
     ) -> None:
         self.config = config
         self.metrics = metrics
@@ -64,6 +67,8 @@ class WhipSession:
         self.pc = pc
         self.publication = publication
         self.keyframe_interval = keyframe_interval
+        # The source's size and frame rate, checked on each SPS and VP8 key frame.
+        self.guard = guard
         self.created = time.monotonic()
         self.last_media = 0.0
         self.closed = False
@@ -76,6 +81,8 @@ class WhipSession:
         self._watchdog: asyncio.Task[None] | None = None
         self._closing: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Future[object]] = set()
+        # Frame-level warnings: a peer can trigger them for every frame it sends.
+        self._warn = RateLimitedLog(log)
 
     @property
     def path(self) -> str:
@@ -136,7 +143,7 @@ class WhipSession:
                         mapper.kind, codec.name, codec.clockRate, self.timeline, codec.channels
                     )
                 except ValueError as exc:
-                    log.warning("[whip %s] frame dropped: %s", self.key, exc)
+                    self._warn.warning("codec", "[whip %s] frame dropped: %s", self.key, exc)
                     return
                 track.mapper = mapper
                 self.codecs[mapper.kind] = mapper.codec
@@ -151,7 +158,9 @@ class WhipSession:
             try:
                 packets = mapper.map(frame.data, frame.timestamp, now)
             except ValueError as exc:
-                log.warning("[whip %s] bad %s frame dropped: %s", self.key, mapper.codec, exc)
+                self._warn.warning(
+                    "bad", "[whip %s] bad %s frame dropped: %s", self.key, mapper.codec, exc
+                )
                 mapper.waiting_keyframe = mapper.kind == VIDEO
                 self._want_keyframe(track, now)
                 return
@@ -167,11 +176,22 @@ class WhipSession:
                 ):
                     self._send_pli(track, now)
             for pkt in packets:
+                if self.guard is not None:
+                    try:
+                        self.guard.packet(pkt)
+                    except PublishRefused as exc:
+                        log.warning("[whip %s] publish refused: %s", self.key, exc.description)
+                        metrics.rejected.labels(exc.reason).inc()
+                        self.closed = True  # nothing more reaches the publication
+                        self.close_soon(exc.reason)
+                        return
                 if not pkt.config:
                     metrics.frames.labels("whip", pkt.kind).inc()
                 if self._queue.qsize() >= QUEUE_FRAMES and not pkt.config:
                     # The transcoder is far behind: drop, and restart video on a keyframe.
-                    log.warning("[whip %s] %s frame dropped: ingest queue full", self.key, pkt.kind)
+                    self._warn.warning(
+                        "full", "[whip %s] %s frame dropped: ingest queue full", self.key, pkt.kind
+                    )
                     if mapper.kind == VIDEO:
                         mapper.waiting_keyframe = True
                     return

@@ -284,3 +284,42 @@ def test_every_viewer_is_handed_the_same_packet_object() -> None:
     fanout.publish(MediaPacket("video", "h264", 33, 33, b"p"))
     assert fanout.publish(MediaPacket("video", "h264", 66, 66, b"p")) == 3 * 2 + 3
     assert sum(f.dropped for f in video) == 9
+
+
+async def test_concurrent_offers_never_pass_max_viewers() -> None:
+    """Every offer awaits ICE gathering before its session counts; the slot is reserved
+    before that, so ten offers at once against a limit of three make three sessions."""
+    import asyncio
+
+    from aiortc import RTCPeerConnection
+
+    from distribute.whep import WhepServer
+    from distribute.whep.config import WebRtcConfig
+    from distribute.whep.exceptions import BadOffer, TooManyViewers
+
+    server = WhepServer(WebRtcConfig(max_viewers=3))
+    server.open(KEY)
+    viewers = [RTCPeerConnection() for _ in range(10)]
+    try:
+        for pc in viewers:
+            pc.addTransceiver("video", direction="recvonly")
+            await pc.setLocalDescription(await pc.createOffer())
+        results = await asyncio.gather(
+            *(server.create(KEY, pc.localDescription.sdp) for pc in viewers),
+            return_exceptions=True,
+        )
+        created = [r for r in results if not isinstance(r, BaseException)]
+        refused = [r for r in results if isinstance(r, TooManyViewers)]
+        assert (len(created), len(refused)) == (3, 7), results
+        assert len(server.sessions) == 3 and server._reserved == 0
+        # A deleted session, and an offer that fails, give their slots back.
+        await server.delete(KEY, created[0][0].id)
+        with pytest.raises(BadOffer):
+            await server.create(KEY, "v=0\r\nm=video 9 RTP/AVP 96\r\nbogus")
+        assert len(server.sessions) == 2 and server._reserved == 0
+        await server.create(KEY, viewers[9].localDescription.sdp)
+        assert len(server.sessions) == 3
+    finally:
+        await server.close()
+        for pc in viewers:
+            await pc.close()

@@ -40,6 +40,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
         NEARCAST_HLS_WINDOW="60",
         NEARCAST_RTMP_HANDSHAKE_TIMEOUT="2",
         NEARCAST_INGEST_OPERATOR_TOKEN=OPERATOR,
+        # Publishers and fuzzer share loopback, and fuzzed streams may publish too.
+        NEARCAST_INGEST_MAX_PUBLISH_ATTEMPTS_PER_IP="0",
     )
     yield n
     n.stop()

@@ -18,7 +18,15 @@ from pathlib import Path
 import av
 import pytest
 from hookserver import HookServer
-from nodeutil import SMALL, NodeProcess, Publisher, require_binary, self_signed, wait_for
+from nodeutil import (
+    SMALL,
+    NodeProcess,
+    Publisher,
+    require_binary,
+    segment_numbers,
+    self_signed,
+    wait_for,
+)
 
 import tokens
 from bench.ingest import ffmpeg_push
@@ -64,6 +72,8 @@ def node(tmp_path_factory: pytest.TempPathFactory, hook: HookServer) -> Iterator
         NEARCAST_RTMP_TLS_LISTEN="127.0.0.1:0",
         NEARCAST_RTMP_TLS_CERT=cert,
         NEARCAST_RTMP_TLS_KEY=key,
+        # The module's many publishes all come from loopback.
+        NEARCAST_INGEST_MAX_PUBLISH_ATTEMPTS_PER_IP="0",
     )
     yield n
     n.stop()
@@ -301,4 +311,43 @@ def test_fail_open_limits_and_bitrate(tmp_path: Path, hook: HookServer) -> None:
     finally:
         for p in procs:
             _stop(p)
+        n.stop()
+
+
+def test_source_too_large_and_publish_rate_with_real_publishers(tmp_path: Path) -> None:
+    """A tenant held to 320x180 refuses the 640x360 sample as soon as its SPS arrives, and
+    the fourth publish attempt from loopback within the window is refused; the stream
+    already live goes on untouched."""
+    n = NodeProcess(
+        tmp_path / "node.log",
+        **BASE_ENV,
+        NEARCAST_INGEST_TENANTS="{school: {max_width: 320, max_height: 180}}",
+        NEARCAST_INGEST_MAX_PUBLISH_ATTEMPTS_PER_IP="3",
+    )
+    live = Publisher(SMALL, n.rtmp("live/class"), loop=True)
+    try:
+        wait_for(lambda: n.get("/live/class/source/index.m3u8").status_code == 200, 30, "class")
+        big = Publisher(SMALL, n.rtmp("school/cam"), loop=False)
+        big.wait(30)
+        assert big.error is not None, "a source over the tenant's limit must be refused"
+        assert n.metric("ingest_rejected_total", reason="source_too_large") == 1
+        assert "640x360 is larger than 320x180" in n.log()
+        short = Publisher(SMALL, n.rtmp("live/short"), loop=False, duration=1)
+        short.wait(30)
+        assert short.error is None, short.error
+        over = Publisher(SMALL, n.rtmp("live/over"), loop=False)
+        over.wait(30)
+        assert over.error is not None, "the fourth attempt in a minute must be refused"
+        assert n.metric("ingest_rejected_total", reason="publish_rate") == 1
+        assert "ingest.max_publish_attempts_per_ip" in n.log()
+
+        # The class never stopped: its playlist keeps growing.
+        def newest() -> int:
+            return max(segment_numbers(n.get("/live/class/source/index.m3u8").text))
+
+        before = newest()
+        wait_for(lambda: newest() > before, 10, "a new segment of the class")
+        assert live.alive() and live.error is None
+    finally:
+        live.stop()
         n.stop()

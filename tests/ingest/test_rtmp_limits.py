@@ -13,16 +13,18 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+import paramsets
 import pytest
 from prometheus_client import CollectorRegistry
 
 from ingest.config import RtmpConfig
 from ingest.metrics import IngestMetrics
-from ingest.rtmp import amf0
+from ingest.rtmp import amf0, flv
 from ingest.rtmp.chunk import ChunkReader, ChunkWriter, Message
 from ingest.rtmp.handshake import HandshakePacket
 from ingest.rtmp.server import RtmpServer
 from ingest.sink import PublishRequest
+from ingest.source import SourceLimits
 from media import MediaPacket
 
 C1 = bytes(HandshakePacket(0, 0, bytes(1528)))
@@ -180,3 +182,91 @@ async def test_publish_to_a_name_outside_the_rule_gets_bad_name(served: Served, 
     assert codes == ["NetStream.Publish.BadName"]
     assert served.rejected("name") == 1
     writer.close()
+
+
+class _RecordingPublication(_Publication):
+    def __init__(self) -> None:
+        self.packets: list[MediaPacket] = []
+        self.closed = False
+
+    async def media(self, packet: MediaPacket) -> None:
+        self.packets.append(packet)
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+class _LimitingSink:
+    """Accepts every publish, holding its source to 1920x1080 at 60 fps, as the node does."""
+
+    def __init__(self) -> None:
+        self.publications: dict[str, _RecordingPublication] = {}
+
+    async def open_publish(self, request: PublishRequest) -> _RecordingPublication:
+        request.source_limits = SourceLimits(1920, 1080, 60.0)
+        pub = self.publications[request.key.stream] = _RecordingPublication()
+        return pub
+
+
+async def _publish(port: int, name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Any]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    hello, chunks = _connected_client()
+    writer.write(hello)
+    writer.write(chunks.write(Message(3, 0, 20, 0, amf0.encode("createStream", 2.0, None))))
+    writer.write(chunks.write(Message(8, 0, 20, 1, amf0.encode("publish", 3.0, None, name))))
+    await writer.drain()
+    await reader.readexactly(3073)
+    return reader, writer, chunks
+
+
+def _video(chunks: ChunkWriter, packet: MediaPacket) -> bytes:
+    return bytes(chunks.write(Message(6, packet.dts, 9, 1, flv.video_tag(packet))))
+
+
+async def _statuses(reader: asyncio.StreamReader) -> list[dict[str, Any]]:
+    """Every onStatus until the server closes the connection."""
+    replies = ChunkReader()
+    out: list[dict[str, Any]] = []
+    async with asyncio.timeout(10):
+        while data := await reader.read(65536):
+            for m in replies.feed(data):
+                if m.type_id == 20:
+                    values = amf0.decode(m.payload)
+                    if values[0] == "onStatus":
+                        out.append(values[3])
+    return out
+
+
+async def test_a_source_over_the_limit_is_refused_and_others_go_on() -> None:
+    registry = CollectorRegistry()
+    sink = _LimitingSink()
+    server = RtmpServer(RtmpConfig(listen="127.0.0.1:0"), sink, IngestMetrics(registry))
+    await server.start()
+    try:
+        _, ok_writer, ok_chunks = await _publish(server.port, "class")
+        _, avcc = paramsets.h264(1280, 720)
+        ok_writer.write(_video(ok_chunks, MediaPacket("video", "h264", 0, 0, avcc, config=True)))
+        await _wait(lambda: "class" in sink.publications and sink.publications["class"].packets)
+
+        reader, writer, chunks = await _publish(server.port, "uhd")
+        _, big = paramsets.h264(3840, 2160)
+        writer.write(_video(chunks, MediaPacket("video", "h264", 0, 0, big, config=True)))
+        statuses = await _statuses(reader)  # ends when the server closes the connection
+        assert statuses[0]["code"] == "NetStream.Publish.Start"
+        assert statuses[-1]["level"] == "error"
+        assert statuses[-1]["code"] == "NetStream.Publish.Rejected"
+        assert "3840x2160 is larger than 1920x1080" in statuses[-1]["description"]
+        value = registry.get_sample_value("ingest_rejected_total", {"reason": "source_too_large"})
+        assert value == 1
+        await _wait(lambda: sink.publications["uhd"].closed)
+        assert sink.publications["uhd"].packets == []  # the 4K header never reached the node
+
+        # The other publisher goes on.
+        frame = MediaPacket("video", "h264", 40, 40, b"\x00\x00\x00\x02\x65\x88", keyframe=True)
+        ok_writer.write(_video(ok_chunks, frame))
+        await _wait(lambda: len(sink.publications["class"].packets) == 2)
+        assert not sink.publications["class"].closed
+        ok_writer.close()
+        writer.close()
+    finally:
+        await server.stop()

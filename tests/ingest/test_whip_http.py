@@ -200,3 +200,16 @@ def test_an_oversized_offer_is_refused_from_its_content_length() -> None:
         assert sink.requests == []
 
     asyncio.run(run())
+
+
+def test_too_many_attempts_get_429_with_retry_after() -> None:
+    async def run() -> None:
+        refusal = PublishRefused("publish_rate", "10 publish attempts", retry_after=41.2)
+        server, client, metrics = make(FakeSink(refusal))
+        r = await client.post("/live/a/whip", content=await offer(), headers=SDP)
+        assert r.status_code == 429 and "10 publish attempts" in r.text
+        assert r.headers["retry-after"] == "42"
+        assert "Retry-After" in r.headers["access-control-expose-headers"]
+        assert metrics.rejected.labels("publish_rate")._value.get() == 1
+
+    asyncio.run(run())
