@@ -62,3 +62,37 @@ def test_worker_behind_real_time_degrades_in_order_and_recovers() -> None:
     # the slots it does produce keep the common numbering.
     assert low == list(range(len(low)))
     assert set(top) < set(low)
+
+
+def test_the_third_step_drops_frames() -> None:
+    """Behind real time for long enough, the worker reaches the last step: every other
+    picture of the rungs still encoding is dropped, and the drops are counted."""
+    buf = io.BytesIO()
+    spec = Spec(stream="t/overload3", ladder=LADDER, degrade_lag=0.6, recover_after=30)
+    pipeline = Pipeline(spec, Output(buf))
+    start = time.time()
+    # 21 s of media, 2 s late, at 3x real time: 7 s of wall clock behind real time,
+    # one step down every 2 s.
+    for p in file_packets(LECTURE):
+        if p.dts >= 21000:
+            break
+        due = start + p.dts / 1000 / 3
+        time.sleep(max(0.0, due - time.time()))  # pacing the source, not synchronising
+        pipeline.feed(p, due - 2.0)
+    dropped = pipeline.frames_dropped
+    pipeline.finish()
+    frames = FrameReader().feed(buf.getvalue())
+    steps = [
+        json.loads(payload)["degradation"]
+        for t, payload in frames
+        if t is FrameType.STATS and b"degradation" in payload
+    ]
+    assert [s["step"] for s in steps if s["up"]] == [
+        "faster_preset",
+        "drop_top_rung",
+        "drop_frames",
+    ], steps
+    assert dropped > 0
+    # The low rung kept producing segments throughout, at half its frame rate at the end.
+    low = [decode_segment(p) for t, p in frames if t is FrameType.SEGMENT]
+    assert [s for s in low if s.rendition == "360p"]
