@@ -317,3 +317,42 @@ def test_a_stream_that_ends_before_its_first_segment_is_404_on_both_paths(
     for r in answers:
         assert r.status_code == 404
     assert [r.text for r in answers[:2]] == ["no segment yet\n"] * 2
+
+
+def test_delta_update_requested_over_http_is_parsed(server: MediaServer) -> None:
+    """``_HLS_skip=YES`` through the server, on both paths (fast and held): the answer
+    is a delta update (EXT-X-SKIP) that a playlist parser reads, naming the same media
+    as the full playlist minus the skipped segments."""
+    import dataclasses
+
+    srv = MediaServer(dataclasses.replace(LL_HLS, window=12))
+    try:
+        s = srv.open()
+        feed_init(srv, s)
+        for i in range(12):
+            feed_segment(srv, s, i)
+        base = f"{srv.url}/live/s/360p/index.m3u8"
+        with httpx.Client(timeout=10) as client:
+            full = m3u8.loads(client.get(base).text)
+            r = client.get(base, params={"_HLS_skip": "YES"})
+            assert r.status_code == 200
+            delta = m3u8.loads(r.text)
+            assert "#EXT-X-SKIP:SKIPPED-SEGMENTS=" in r.text
+            assert delta.skip.skipped_segments == 6
+            assert delta.media_sequence == full.media_sequence
+            kept = [x.uri for x in delta.segments if x.uri]
+            assert kept == [x.uri for x in full.segments if x.uri][6:]
+            # A blocking reload with a delta: held, then answered as a delta too.
+            # The part the playlist hints at next (the LL-HLS lead segment shifts numbers).
+            msn = int(full.preload_hint.uri.split(".")[0])
+            with ThreadPoolExecutor(1) as pool:
+                held = pool.submit(
+                    client.get, base, params={"_HLS_msn": msn, "_HLS_part": 0, "_HLS_skip": "YES"}
+                )
+                wait_for(lambda: srv.held() == 1, 5, "the delta request held")
+                feed_part(srv, s, 12, 0)
+                r = held.result(5)
+            assert r.status_code == 200 and "#EXT-X-SKIP:" in r.text
+            assert m3u8.loads(r.text).skip.skipped_segments >= 6
+    finally:
+        srv.stop()
