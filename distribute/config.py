@@ -10,11 +10,30 @@ from tokens import TenantKeys
 
 @dataclass(frozen=True)
 class HttpConfig:
+    """The node's HTTP server (``http:`` section); the limits are enforced by the
+    protocol every request passes through (:mod:`distribute.fastpath`)."""
+
     listen: str = "0.0.0.0:8080"
     cors_origin: str = "*"
+    # Request limits, nginx's defaults or tighter: 414, 431, 408 and 413 beyond them.
+    max_url_bytes: int = 8192
+    max_header_bytes: int = 32768
+    max_headers: int = 100
+    header_timeout: float = 10.0
+    max_body_bytes: int = 1024 * 1024
+    write_timeout: float = 30.0
+    # Connections (and requests in progress) beyond which requests get 503; 0: no limit.
+    limit_concurrency: int = 4096
 
     def __post_init__(self) -> None:
         check(":" in self.listen, "listen", "must be HOST:PORT")
+        check(self.max_url_bytes >= 1024, "max_url_bytes", "must be at least 1024")
+        check(self.max_header_bytes >= 4096, "max_header_bytes", "must be at least 4096")
+        check(self.max_headers >= 16, "max_headers", "must be at least 16")
+        check(self.header_timeout > 0, "header_timeout", "must be greater than zero")
+        check(self.max_body_bytes >= 65536, "max_body_bytes", "must be at least 65536")
+        check(self.write_timeout > 0, "write_timeout", "must be greater than zero")
+        check(self.limit_concurrency >= 0, "limit_concurrency", "must not be negative")
 
 
 @dataclass(frozen=True)

@@ -338,12 +338,18 @@ class Node:
         server = _EmbeddedServer(
             uvicorn.Config(
                 self.http_app,
-                # Media hits skip the ASGI machinery (distribute/fastpath.py).
-                http=media_protocol(self.media_app),
+                # Media hits skip the ASGI machinery, and every request meets the
+                # http: section's limits there (distribute/fastpath.py).
+                http=media_protocol(self.media_app, self.config.http),
                 log_level="warning",
                 lifespan="off",
                 access_log=False,
                 timeout_keep_alive=30,
+                limit_concurrency=self.config.http.limit_concurrency or None,
+                # Without httptools (h11): at least the request head stays bounded.
+                h11_max_incomplete_event_size=(
+                    self.config.http.max_url_bytes + self.config.http.max_header_bytes
+                ),
             )
         )
         self._http_server = server
