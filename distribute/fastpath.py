@@ -21,8 +21,9 @@ Every request on the port passes through this protocol, so the limits of the
   lines or ``max_header_bytes`` of them: 431 (checked as the bytes arrive, so a
   4 MiB header line is never buffered whole);
 - a request line and headers not complete ``header_timeout`` seconds after the
-  connection or the request's first byte (slowloris): 408 (a keep-alive
-  connection between requests is uvicorn's ``timeout_keep_alive``);
+  connection or the request's first byte (slowloris), or a request body with
+  no byte for that long (slow POST): 408 (a keep-alive connection between
+  requests is uvicorn's ``timeout_keep_alive``);
 - a Content-Length over ``max_body_bytes``: 413 before a byte of the body is
   read (but a GET's, which nothing reads, is only cut at the cap: no header scan
   per media hit); a streamed body is cut at that size. A route that answers
@@ -144,6 +145,9 @@ def media_protocol(
     too_slow = (
         f"the request headers did not arrive within {header_timeout:g} s (http.header_timeout)\n"
     ).encode()
+    too_slow_body = (
+        f"no request body byte arrived for {header_timeout:g} s (http.header_timeout)\n"
+    ).encode()
     too_large = (
         f"the request body is larger than {max_body} bytes (http.max_body_bytes)\n"
     ).encode()
@@ -161,11 +165,13 @@ def media_protocol(
         _now = 0.0
         # Per connection: reading a request head since _head_since (0: not reading one),
         # _head_bytes received while reading it (whole reads: it may include a body); body
-        # bytes of the current request; the write buffer size and when it last changed.
+        # bytes of the current request and when the last came (0: none expected); the
+        # write buffer size and when it last changed.
         _in_head = True
         _head_since = 0.0
         _head_bytes = 0
         _body_bytes = 0
+        _body_since = 0.0
         _stall_size = 0
         _stall_since = 0.0
 
@@ -200,6 +206,15 @@ def media_protocol(
                 if since and now - since >= late_head and not transport.is_closing():
                     conn._refuse(STATUS_408, too_slow, "header_timeout")
                     continue
+                since = conn._body_since
+                if (
+                    since
+                    and now - since >= late_head
+                    and not conn.flow.read_paused  # the app, not the client, is behind
+                    and not transport.is_closing()
+                ):
+                    conn._refuse(STATUS_408, too_slow_body, "body_timeout")
+                    continue
                 # A closing transport still waits to flush its buffer: checked too.
                 size = transport.get_write_buffer_size()
                 if not size:
@@ -220,7 +235,7 @@ def media_protocol(
         def _refuse(self, status: bytes, body: bytes, reason: str) -> None:
             """Answer ``status`` (unless a response is under way) and close the connection."""
             rejected[reason] += 1
-            self._head_since = 0.0
+            self._head_since = self._body_since = 0.0
             cycle = self.cycle
             if cycle is not None and not cycle.response_complete:
                 cycle.disconnected = True  # the app's receive() sees the disconnect
@@ -280,6 +295,7 @@ def media_protocol(
             headers.append((name, value))
 
         def on_body(self, body: bytes) -> None:
+            self._body_since = self._now
             n = self._body_bytes = self._body_bytes + len(body)
             if n > max_body:
                 self._refuse(STATUS_413, too_large, "body")
@@ -289,6 +305,7 @@ def media_protocol(
         def on_message_complete(self) -> None:
             self._in_head = True
             self._head_bytes = 0
+            self._body_since = 0.0
             cycle = self.cycle  # uvicorn's, inlined: this runs for every request
             if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
                 return
@@ -319,6 +336,8 @@ def media_protocol(
             parser = self.parser
             method = parser.get_method()
             if method != b"GET":
+                # Its body may follow: timed from now (on_message_complete clears it).
+                self._body_since = self._now
                 # Refused on its Content-Length: not a byte of the body is read. (A GET's
                 # body, which nothing reads, is only cut at the cap: no scan per media hit.)
                 for k, v in self.headers:

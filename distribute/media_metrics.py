@@ -15,9 +15,17 @@ from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 # http_rejected_total{reason}: requests refused, or connections dropped, by the HTTP server's
-# limits (the ``http:`` section): url (414), headers (431), header_timeout (408), body (413),
-# concurrency (503), write_timeout (a client that stopped reading, dropped).
-REJECT_REASONS = ("url", "headers", "header_timeout", "body", "concurrency", "write_timeout")
+# limits (the ``http:`` section): url (414), headers (431), header_timeout (408), body_timeout
+# (408), body (413), concurrency (503), write_timeout (a client that stopped reading, dropped).
+REJECT_REASONS = (
+    "url",
+    "headers",
+    "header_timeout",
+    "body_timeout",
+    "body",
+    "concurrency",
+    "write_timeout",
+)
 
 
 class MediaMetrics:

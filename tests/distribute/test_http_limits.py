@@ -3,8 +3,9 @@
 One real node (small timeouts and a small ``limit_concurrency`` through
 ``NEARCAST_HTTP_*``) is attacked from loopback: an oversized URL (414), too many
 or too large headers (431), 300 slowloris connections (408, closed after the
-header timeout while ``/healthz`` keeps answering), 100 MB SDP bodies to WHIP and
-WHEP (413 without the node reading them), more connections than the limit (503).
+header timeout while ``/healthz`` keeps answering), a body that stops arriving
+(408), 100 MB SDP bodies to WHIP and WHEP (413 without the node reading them),
+more connections than the limit (503).
 A viewer that stops reading a segment larger than every socket buffer is dropped
 after the write timeout, on uvicorn serving the media app with the same protocol.
 """
@@ -178,6 +179,23 @@ def test_slowloris_connections_are_closed_after_the_header_timeout(node: NodePro
     assert sum(1 for a in answers.values() if a.startswith(b"HTTP/1.1 408 ")) >= 250
     assert slowest < 1.0, f"/healthz took {slowest:.2f} s under slowloris"
     assert rejected(node, "header_timeout") >= before + len(socks)
+
+
+def test_a_body_that_stops_arriving_gets_408(node: NodeProcess) -> None:
+    """A slow POST: headers, a few bytes of the promised body, then nothing."""
+    before = rejected(node, "body_timeout")
+    with connect(node) as s:
+        s.sendall(
+            b"POST /live/s/whip HTTP/1.1\r\nHost: node\r\nContent-Type: application/sdp\r\n"
+            b"Content-Length: 1000\r\n\r\nv=0\r\n"
+        )
+        start = time.monotonic()
+        got = read_all(s)
+        elapsed = time.monotonic() - start
+    assert got.startswith(b"HTTP/1.1 408 "), got[:200]
+    assert HEADER_TIMEOUT <= elapsed < 2 * HEADER_TIMEOUT + 1, elapsed
+    assert rejected(node, "body_timeout") == before + 1
+    healthy(node)
 
 
 @pytest.mark.parametrize("path", ["/live/s/whip", "/live/s/whep"])
