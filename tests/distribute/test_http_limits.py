@@ -295,6 +295,30 @@ def test_beyond_limit_concurrency_requests_get_503(node: NodeProcess) -> None:
     assert rejected(node, "concurrency") >= 1
 
 
+def test_a_client_that_stops_reading_is_dropped_after_the_write_timeout(
+    node: NodeProcess,
+) -> None:
+    """1,000 pipelined requests for a 26 KB document and not a byte read: once the
+    socket buffers are full the node's responses stall, and after the write timeout
+    the connection is dropped (the route's task and its buffers with it)."""
+    before = rejected(node, "write_timeout")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", node.http_port))
+    with sock:
+        sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: node\r\n\r\n" * 1000)
+        wait_for(
+            lambda: rejected(node, "write_timeout") == before + 1,
+            10,
+            "the stalled client to be dropped",
+            interval=0.1,
+        )
+        got = read_all(sock)
+    assert len(got) < 1000 * 20_000, "every response was delivered: nothing stalled"
+    healthy(node)
+
+
 def test_a_viewer_that_stops_reading_a_big_segment_is_dropped() -> None:
     """A segment larger than both socket buffers: what the kernel cannot take waits in
     the transport; after the write timeout without progress the connection is dropped
