@@ -22,7 +22,7 @@ class HttpConfig:
     header_timeout: float = 10.0
     max_body_bytes: int = 1024 * 1024
     write_timeout: float = 30.0
-    # Connections (and requests in progress) beyond which requests get 503; 0: no limit.
+    # Connections open (or requests in progress) at which requests get 503; 0: no limit.
     limit_concurrency: int = 4096
 
     def __post_init__(self) -> None:
