@@ -27,8 +27,8 @@ Every request on the port passes through this protocol, so the limits of the
 - a Content-Length over ``max_body_bytes``: 413 before a byte of the body is
   read (but a GET's, which nothing reads, is only cut at the cap: no header scan
   per media hit); a streamed body is cut at that size. A route that answers
-  before its body is in (WHIP's smaller ``max_offer_bytes``) closes the
-  connection instead of reading the rest;
+  before its body is in (WHIP's smaller ``max_offer_bytes``) leaves the rest
+  to be read and dropped, as uvicorn does, up to that size;
 - a response that makes no progress for ``write_timeout`` seconds because the
   client stopped reading: the connection is dropped and its buffers freed;
 - ``limit_concurrency`` connections or requests in progress: 503.
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 try:
     import httptools
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # httptools missing: uvicorn's h11 protocol, no fast path
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
 
@@ -235,8 +235,14 @@ def media_protocol(
         def _refuse(self, status: bytes, body: bytes, reason: str) -> None:
             """Answer ``status`` (unless a response is under way) and close the connection."""
             rejected[reason] += 1
+            in_body = self._body_since
             self._head_since = self._body_since = 0.0
             cycle = self.cycle
+            if in_body and cycle is not None and cycle.response_complete:
+                # A body still coming after its request was answered (a route refused it
+                # on its own, smaller limit): no second answer, the connection just ends.
+                self.transport.close()
+                return
             if cycle is not None and not cycle.response_complete:
                 cycle.disconnected = True  # the app's receive() sees the disconnect
                 cycle.message_event.set()
@@ -312,14 +318,6 @@ def media_protocol(
             cycle.more_body = False
             cycle.message_event.set()
 
-        def on_response_complete(self) -> None:
-            cycle = self.cycle
-            if type(cycle) is RequestResponseCycle and cycle.response_complete and cycle.more_body:
-                # Answered before its body was in (a route's own, smaller limit): the
-                # rest is not worth reading, so the connection ends here.
-                self.transport.close()
-            super().on_response_complete()
-
         def on_headers_complete(self) -> None:
             if self._head_bytes - len(self.url) > max_head:
                 # Only a head that came in large reads can be over: measured exactly.
@@ -336,14 +334,14 @@ def media_protocol(
             parser = self.parser
             method = parser.get_method()
             if method != b"GET":
-                # Its body may follow: timed from now (on_message_complete clears it).
-                self._body_since = self._now
                 # Refused on its Content-Length: not a byte of the body is read. (A GET's
                 # body, which nothing reads, is only cut at the cap: no scan per media hit.)
                 for k, v in self.headers:
                     if k == b"content-length" and (len(v) > 18 or int(v or b"0") > max_body):
                         self._refuse(STATUS_413, too_large, "body")
                         raise _Refused
+                # Its body may follow: timed from now (on_message_complete clears it).
+                self._body_since = self._now
             cycle = self.cycle
             if (
                 (cycle is None or cycle.response_complete)

@@ -228,21 +228,51 @@ def test_a_100_mb_sdp_body_is_refused_with_413_unread(node: NodeProcess, path: s
     ("path", "why"),
     [("/live/s/whip", b"SDP offer is larger"), ("/live/s/whep", b"offer larger")],
 )
-def test_an_offer_over_the_route_limit_is_refused_and_its_body_left_unread(
+def test_an_offer_over_the_route_limit_gets_the_routes_413_and_keep_alive(
     node: NodeProcess, path: str, why: bytes
 ) -> None:
     """Under http.max_body_bytes but over the route's own limit (64 KiB): the route
-    answers 413 from Content-Length and the connection ends instead of reading on."""
+    answers 413 from Content-Length, the body is read and dropped, and the
+    connection serves the next request."""
     head = (
         f"POST {path} HTTP/1.1\r\nHost: node\r\nContent-Type: application/sdp\r\n"
         "Content-Length: 500000\r\n\r\n"
     ).encode()
     with connect(node) as s:
         s.sendall(head)
-        got = read_all(s)  # the node closes the connection after its answer
-    assert got.startswith(b"HTTP/1.1 413 "), got[:200]
-    assert why in got
-    healthy(node)
+        got = s.recv(65536)
+        assert got.startswith(b"HTTP/1.1 413 "), got[:200]
+        assert why in got
+        s.sendall(b"a" * 500_000 + b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n")
+        got = b""
+        while b'{"status":"ok"}' not in got:
+            chunk = s.recv(65536)
+            assert chunk, got
+            got += chunk
+        assert got.startswith(b"HTTP/1.1 200 "), got[:200]
+
+
+def test_a_body_past_the_cap_after_an_early_answer_ends_the_connection(
+    node: NodeProcess,
+) -> None:
+    """The route answers (415) without reading; the chunked body goes on past
+    http.max_body_bytes: no second answer, the connection just ends."""
+    before = rejected(node, "body")
+    piece = b"x" * 1_000_000
+    chunk = b"%x\r\n" % len(piece) + piece + b"\r\n"
+    with connect(node) as s:
+        s.sendall(
+            b"POST /live/s/whip HTTP/1.1\r\nHost: node\r\nContent-Type: text/plain\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        sent = 0
+        with pytest.raises(OSError):
+            while sent < HUNDRED_MB:
+                sent += s.send(chunk)
+        got = read_all(s)
+    assert sent < HUNDRED_MB // 4
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", got) in ([b"415"], []), got[:300]
+    assert rejected(node, "body") == before + 1
 
 
 @pytest.mark.parametrize("path", ["/live/s/whip", "/live/s/whep"])
