@@ -62,6 +62,22 @@ def read_all(s: socket.socket) -> bytes:
     return got
 
 
+def read_response(s: socket.socket) -> bytes:
+    """One response with a Content-Length: its head and body, whatever reads it takes."""
+    got = b""
+    while b"\r\n\r\n" not in got:
+        chunk = s.recv(65536)
+        assert chunk, f"closed after {got!r}"
+        got += chunk
+    head, _, body = got.partition(b"\r\n\r\n")
+    length = int(re.findall(rb"content-length: (\d+)", head)[0])
+    while len(body) < length:
+        chunk = s.recv(65536)
+        assert chunk, f"closed after {got!r}"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def exchange(node: NodeProcess, request: bytes) -> bytes:
     """Send ``request`` (as far as the node takes it) and read the answer until close."""
     with connect(node) as s:
@@ -210,7 +226,7 @@ def test_a_100_mb_sdp_body_is_refused_with_413_unread(node: NodeProcess, path: s
     ).encode()
     with connect(node) as s:
         s.sendall(head)
-        first = s.recv(65536)  # before any body byte
+        first = read_response(s)  # before any body byte
         assert first.startswith(b"HTTP/1.1 413 "), first[:200]
         assert b"http.max_body_bytes" in first
         sent = 0
@@ -240,16 +256,12 @@ def test_an_offer_over_the_route_limit_gets_the_routes_413_and_keep_alive(
     ).encode()
     with connect(node) as s:
         s.sendall(head)
-        got = s.recv(65536)
+        got = read_response(s)
         assert got.startswith(b"HTTP/1.1 413 "), got[:200]
         assert why in got
         s.sendall(b"a" * 500_000 + b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n")
-        got = b""
-        while b'{"status":"ok"}' not in got:
-            chunk = s.recv(65536)
-            assert chunk, got
-            got += chunk
-        assert got.startswith(b"HTTP/1.1 200 "), got[:200]
+        got = read_response(s)
+        assert got.startswith(b"HTTP/1.1 200 ") and got.endswith(b'{"status":"ok"}'), got
 
 
 def test_a_body_past_the_cap_after_an_early_answer_ends_the_connection(
@@ -310,7 +322,7 @@ def test_beyond_limit_concurrency_requests_get_503(node: NodeProcess) -> None:
             s = connect(node)
             held.append(s)
             s.sendall(b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n")
-            got = s.recv(65536)
+            got = read_response(s)
             if not got.startswith(b"HTTP/1.1 200 "):
                 refused = got + read_all(s)
                 break
