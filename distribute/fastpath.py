@@ -312,8 +312,12 @@ def media_protocol(
             self._in_head = True
             self._head_bytes = 0
             self._body_since = 0.0
-            cycle = self.cycle  # uvicorn's, inlined: this runs for every request
-            if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
+            # uvicorn's, inlined (this runs for every request), in its order: an upgrade
+            # has no cycle.
+            if self.parser.should_upgrade() and self._should_upgrade():
+                return
+            cycle = self.cycle
+            if cycle.response_complete:
                 return
             cycle.more_body = False
             cycle.message_event.set()

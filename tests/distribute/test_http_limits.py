@@ -409,6 +409,17 @@ def test_normal_requests_pass_the_limits(node: NodeProcess) -> None:
     assert re.findall(rb"HTTP/1\.1 (\d{3}) ", got) == [b"200", b"404", b"404"], got[:500]
 
 
+def test_a_websocket_upgrade_still_reaches_uvicorn(node: NodeProcess) -> None:
+    """The protocol's own callbacks keep uvicorn's upgrade path (the node has no
+    WebSocket route, so the handshake is refused with 403, not a parse error's 400)."""
+    got = exchange(
+        node,
+        b"GET /ws HTTP/1.1\r\nHost: node\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    assert got.startswith(b"HTTP/1.1 403 "), got[:200]
+
+
 @pytest.mark.parametrize(
     ("env", "message"),
     [
