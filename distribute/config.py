@@ -10,6 +10,9 @@ from tokens import TenantKeys
 
 @dataclass(frozen=True)
 class HttpConfig:
+    """The node's HTTP server (``http:`` section); the limits are enforced by the
+    protocol every request passes through (:mod:`distribute.fastpath`)."""
+
     # Empty: no plain HTTP (then HTTPS must be configured).
     listen: str = "0.0.0.0:8080"
     cors_origin: str = "*"
@@ -19,6 +22,15 @@ class HttpConfig:
     tls_listen: str = "0.0.0.0:8443"
     tls_cert: str = ""
     tls_key: str = ""
+    # Request limits, nginx's defaults or tighter: 414, 431, 408 and 413 beyond them.
+    max_url_bytes: int = 8192
+    max_header_bytes: int = 32768
+    max_headers: int = 100
+    header_timeout: float = 10.0
+    max_body_bytes: int = 1024 * 1024
+    write_timeout: float = 30.0
+    # Connections open (or requests in progress) at which requests get 503; 0: no limit.
+    limit_concurrency: int = 4096
 
     def __post_init__(self) -> None:
         check(self.listen == "" or ":" in self.listen, "listen", "must be HOST:PORT or empty")
@@ -33,6 +45,13 @@ class HttpConfig:
             "listen",
             "may be empty only when HTTPS is configured (tls_cert and tls_key)",
         )
+        check(self.max_url_bytes >= 1024, "max_url_bytes", "must be at least 1024")
+        check(self.max_header_bytes >= 4096, "max_header_bytes", "must be at least 4096")
+        check(self.max_headers >= 16, "max_headers", "must be at least 16")
+        check(self.header_timeout > 0, "header_timeout", "must be greater than zero")
+        check(self.max_body_bytes >= 65536, "max_body_bytes", "must be at least 65536")
+        check(self.write_timeout > 0, "write_timeout", "must be greater than zero")
+        check(self.limit_concurrency >= 0, "limit_concurrency", "must not be negative")
 
     @property
     def tls(self) -> bool:

@@ -10,8 +10,34 @@ and the body straight to the transport. Everything else (a blocking reload that
 must wait, Range, HEAD, OPTIONS, errors, the control API) goes down the normal
 ASGI path, to the same :class:`MediaApp`, unchanged.
 
-Keep-alive, pipelining, flow control and timeouts stay uvicorn's: a fast
-response completes its cycle through ``on_response_complete`` like any other.
+Keep-alive, pipelining and flow control stay uvicorn's: a fast response
+completes its cycle through ``on_response_complete`` like any other.
+
+Every request on the port passes through this protocol, so the limits of the
+``http:`` section live here, for the media path and the ASGI routes alike
+(nginx's answers, then the connection is closed):
+
+- a URL longer than ``max_url_bytes``: 414; more than ``max_headers`` header
+  lines or ``max_header_bytes`` of them: 431 (checked as the bytes arrive, so a
+  4 MiB header line is never buffered whole);
+- a request line and headers not complete ``header_timeout`` seconds after the
+  connection or the request's first byte (slowloris), or a request body with
+  no byte for that long (slow POST): 408 (a keep-alive connection between
+  requests is uvicorn's ``timeout_keep_alive``);
+- a Content-Length over ``max_body_bytes``: 413 before a byte of the body is
+  read (but a GET's, which nothing reads, is only cut at the cap: no header scan
+  per media hit); a streamed body is cut at that size. A route that answers
+  before its body is in (WHIP's smaller ``max_offer_bytes``) leaves the rest
+  to be read and dropped, as uvicorn does, up to that size;
+- a response that makes no progress for ``write_timeout`` seconds because the
+  client stopped reading: the connection is dropped and its buffers freed;
+- ``limit_concurrency`` connections or requests in progress: 503.
+
+The two timeouts cost no timer per request: one timer per server, re-armed
+while connections exist, sweeps them (STYLE: the adapter re-arms a single
+timer); a request only stores the sweep's clock reading. What the limits add
+to a media hit is a few integer checks (under a microsecond on the ~8 us the
+protocol spends per request).
 """
 
 from __future__ import annotations
@@ -22,12 +48,14 @@ import logging
 import socket
 from typing import Any
 
+from distribute.config import HttpConfig
 from distribute.http import Hold, MediaApp
 from distribute.responses import TIMED_OUT, header_lines
 
 log = logging.getLogger(__name__)
 
 try:
+    import httptools
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 except ImportError:  # httptools missing: uvicorn's h11 protocol, no fast path
     HttpToolsProtocol = None  # type: ignore[assignment,misc]
@@ -36,6 +64,17 @@ STATUS_200 = b"HTTP/1.1 200 OK\r\n"
 SEND_BUFFER = 4 * 1024 * 1024
 STATUS_404 = b"HTTP/1.1 404 Not Found\r\n"
 STATUS_503 = b"HTTP/1.1 503 Service Unavailable\r\n"
+STATUS_408 = b"HTTP/1.1 408 Request Timeout\r\n"
+STATUS_413 = b"HTTP/1.1 413 Content Too Large\r\n"
+STATUS_414 = b"HTTP/1.1 414 URI Too Long\r\n"
+STATUS_431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+# Slack over max_header_bytes for the request line's method and version, when a request
+# head is measured in raw bytes received.
+HEAD_SLACK = 64
+
+
+class _Refused(Exception):
+    """Raised in a parser callback after a refusal is written: stops the parser."""
 
 
 class _NoEvent:
@@ -47,6 +86,7 @@ class _Answered:
     """The cycle of a request the fast path answered: complete, nothing to wait for."""
 
     response_complete = True
+    response_started = True
     disconnected = False
     keep_alive = True
     message_event = _NoEvent()
@@ -60,6 +100,7 @@ class _Held:
 
     __slots__ = ("response_complete", "more_body", "body", "disconnected")
     keep_alive = True
+    response_started = False
     message_event = _NoEvent()
 
     def __init__(self) -> None:
@@ -69,19 +110,70 @@ class _Held:
         self.body = bytearray()
 
 
-def media_protocol(media: MediaApp) -> type[asyncio.Protocol] | str:
-    """The protocol class to give ``uvicorn.Config(http=...)`` for a node serving ``media``."""
+def media_protocol(
+    media: MediaApp, limits: HttpConfig | None = None
+) -> type[asyncio.Protocol] | str:
+    """The protocol class to give ``uvicorn.Config(http=...)`` for a node serving ``media``,
+    enforcing ``limits`` (the ``http:`` section) on every request."""
     if HttpToolsProtocol is None:
         return "auto"
+    cfg = limits or HttpConfig()
+    max_url = cfg.max_url_bytes
+    max_header_bytes = cfg.max_header_bytes
+    max_headers = cfg.max_headers
+    max_body = cfg.max_body_bytes
+    # A request head in raw bytes, less its URL: the headers and their ": " and CRLFs.
+    max_head = max_header_bytes + HEAD_SLACK + 4 * max_headers
+    header_timeout = cfg.header_timeout
+    write_timeout = cfg.write_timeout
+    # Timeouts are checked this often: a quarter of the shorter one, at most once a second.
+    period = max(0.05, min(1.0, header_timeout / 4, write_timeout / 4))
+    late_head = header_timeout + period
+    limit = cfg.limit_concurrency
+    rejected = media.metrics.rejected
 
     error_block = (
         b"content-type: text/plain; charset=utf-8\r\ncache-control: no-store\r\n"
         + header_lines(media.respond.cors)
     )
+    refusal_block = error_block + b"connection: close\r\n"
+    too_long = f"the request URL is longer than {max_url} bytes (http.max_url_bytes)\n".encode()
+    too_many = f"more than {max_headers} request headers (http.max_headers)\n".encode()
+    too_big = (
+        f"the request headers are larger than {max_header_bytes} bytes (http.max_header_bytes)\n"
+    ).encode()
+    too_slow = (
+        f"the request headers did not arrive within {header_timeout:g} s (http.header_timeout)\n"
+    ).encode()
+    too_slow_body = (
+        f"no request body byte arrived for {header_timeout:g} s (http.header_timeout)\n"
+    ).encode()
+    too_large = (
+        f"the request body is larger than {max_body} bytes (http.max_body_bytes)\n"
+    ).encode()
+    busy = b"too many connections, try again later (http.limit_concurrency)\n"
+
+    complete = HttpToolsProtocol.on_response_complete
 
     class MediaHttpProtocol(HttpToolsProtocol):
         _date_src: Any = None
         _date_block = b""
+        url = b""  # uvicorn sets it from the first request on
+        # Every open connection, for the sweep; the sweep's timer and clock reading.
+        _live: set[MediaHttpProtocol] = set()
+        _sweeper: asyncio.TimerHandle | None = None
+        _now = 0.0
+        # Per connection: reading a request head since _head_since (0: not reading one),
+        # _head_bytes received while reading it (whole reads: it may include a body); body
+        # bytes of the current request and when the last came (0: none expected); the
+        # write buffer size and when it last changed.
+        _in_head = True
+        _head_since = 0.0
+        _head_bytes = 0
+        _body_bytes = 0
+        _body_since = 0.0
+        _stall_size = 0
+        _stall_since = 0.0
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -91,14 +183,174 @@ def media_protocol(media: MediaApp) -> type[asyncio.Protocol] | str:
                 # response instead of the event loop refilling a small buffer.
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+            cls = type(self)
+            if cls._sweeper is None:
+                cls._now = self.loop.time()
+                cls._sweeper = self.loop.call_later(period, cls._sweep, self.loop)
+            self._head_since = cls._now
+            cls._live.add(self)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            type(self)._live.discard(self)
+            super().connection_lost(exc)
+
+        @classmethod
+        def _sweep(cls, loop: asyncio.AbstractEventLoop) -> None:
+            """Close connections past the header timeout or the write timeout."""
+            now = cls._now = loop.time()
+            for conn in list(cls._live):
+                transport = conn.transport
+                since = conn._head_since
+                # ``since`` is a sweep's reading, up to a period before the head began: a
+                # client gets at least header_timeout, at most 1.5 times that.
+                if since and now - since >= late_head and not transport.is_closing():
+                    conn._refuse(STATUS_408, too_slow, "header_timeout")
+                    continue
+                since = conn._body_since
+                if (
+                    since
+                    and now - since >= late_head
+                    and not conn.flow.read_paused  # the app, not the client, is behind
+                    and not transport.is_closing()
+                ):
+                    conn._refuse(STATUS_408, too_slow_body, "body_timeout")
+                    continue
+                # A closing transport still waits to flush its buffer: checked too.
+                size = transport.get_write_buffer_size()
+                if not size:
+                    conn._stall_size = 0
+                elif size != conn._stall_size:
+                    conn._stall_size, conn._stall_since = size, now
+                elif now - conn._stall_since >= write_timeout:
+                    rejected["write_timeout"] += 1
+                    log.info(
+                        "HTTP client %s read nothing for %g s; dropped with %d bytes unsent",
+                        conn.client,
+                        write_timeout,
+                        size,
+                    )
+                    transport.abort()
+            cls._sweeper = loop.call_later(period, cls._sweep, loop) if cls._live else None
+
+        def _refuse(self, status: bytes, body: bytes, reason: str) -> None:
+            """Answer ``status`` (unless a response is under way) and close the connection."""
+            rejected[reason] += 1
+            in_body = self._body_since
+            self._head_since = self._body_since = 0.0
+            cycle = self.cycle
+            if in_body and cycle is not None and cycle.response_complete:
+                # A body still coming after its request was answered (a route refused it
+                # on its own, smaller limit): no second answer, the connection just ends.
+                self.transport.close()
+                return
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True  # the app's receive() sees the disconnect
+                cycle.message_event.set()
+                if cycle.response_started:
+                    self.transport.close()
+                    return
+            self._write(status, refusal_block, body, False)
+            self.transport.close()
+
+        def data_received(self, data: bytes) -> None:
+            if self._in_head:
+                self._head_bytes += len(data)
+            self._unset_keepalive_if_required()
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                else:
+                    self._unsupported_upgrade_warning()
+                return
+            except httptools.HttpParserError:
+                if self.transport.is_closing():
+                    return  # refused in a callback (_Refused): answered already
+                msg = "Invalid HTTP request received."
+                self.logger.warning(msg)
+                self.send_400_response(msg)
+                return
+            # httptools buffers a header line until it ends: bound what a head may take
+            # (a 4 MiB header line arrives as several reads, each counted here).
+            n = self._head_bytes
+            if n > max_head and self._in_head and n - len(self.url) > max_head:
+                if not self.transport.is_closing():
+                    self._refuse(STATUS_431, too_big, "headers")
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._body_bytes = 0
+            if not self._head_since:
+                self._head_since = self._now
+
+        def on_url(self, url: bytes) -> None:
+            self.url += url
+            if len(self.url) > max_url:
+                self._refuse(STATUS_414, too_long, "url")
+                raise _Refused
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            headers = self.headers
+            if len(headers) >= max_headers:
+                self._refuse(STATUS_431, too_many, "headers")
+                raise _Refused
+            name = name.lower()
+            if name == b"expect" and value.lower() == b"100-continue":
+                self.expect_100_continue = True
+            headers.append((name, value))
+
+        def on_body(self, body: bytes) -> None:
+            self._body_since = self._now
+            n = self._body_bytes = self._body_bytes + len(body)
+            if n > max_body:
+                self._refuse(STATUS_413, too_large, "body")
+                raise _Refused
+            super().on_body(body)
+
+        def on_message_complete(self) -> None:
+            self._in_head = True
+            self._head_bytes = 0
+            self._body_since = 0.0
+            # uvicorn's, inlined (this runs for every request), in its order: an upgrade
+            # has no cycle.
+            if self.parser.should_upgrade() and self._should_upgrade():
+                return
+            cycle = self.cycle
+            if cycle.response_complete:
+                return
+            cycle.more_body = False
+            cycle.message_event.set()
 
         def on_headers_complete(self) -> None:
+            if self._head_bytes - len(self.url) > max_head:
+                # Only a head that came in large reads can be over: measured exactly.
+                if sum(len(k) + len(v) for k, v in self.headers) > max_header_bytes:
+                    self._refuse(STATUS_431, too_big, "headers")
+                    raise _Refused
+            self._in_head = False
+            self._head_since = 0.0
+            self._head_bytes = 0
+            # uvicorn's own check (limit_concurrency), made before the fast path too.
+            if limit and (len(self.connections) >= limit or len(self.tasks) >= limit):
+                self._refuse(STATUS_503, busy, "concurrency")
+                raise _Refused
             parser = self.parser
+            method = parser.get_method()
+            if method != b"GET":
+                # Refused on its Content-Length: not a byte of the body is read. (A GET's
+                # body, which nothing reads, is only cut at the cap: no scan per media hit.)
+                for k, v in self.headers:
+                    if k == b"content-length" and (len(v) > 18 or int(v or b"0") > max_body):
+                        self._refuse(STATUS_413, too_large, "body")
+                        raise _Refused
+                # Its body may follow: timed from now (on_message_complete clears it).
+                self._body_since = self._now
             cycle = self.cycle
             if (
                 (cycle is None or cycle.response_complete)
                 and not self.pipeline
-                and parser.get_method() == b"GET"
+                and method == b"GET"
                 and parser.get_http_version() == "1.1"
                 and parser.should_keep_alive()
                 and not parser.should_upgrade()
@@ -112,7 +364,7 @@ def media_protocol(media: MediaApp) -> type[asyncio.Protocol] | str:
                 if type(hit) is tuple:
                     self._write(STATUS_200, hit[0], hit[1], False)
                     self.cycle = _ANSWERED  # type: ignore[assignment]
-                    self.on_response_complete()
+                    complete(self)
                     return
                 if hit is not None:
                     self._hold(hit)  # type: ignore[arg-type]

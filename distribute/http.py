@@ -242,7 +242,8 @@ class MediaApp:
         must wait. None sends the request down the ASGI path, which handles
         everything (ranges, errors, HEAD, OPTIONS) the same way."""
         path, _, qs = url.partition(b"?")
-        if b"%" in path:
+        if b"%" in path or not path.isascii():
+            # Percent-encoded or raw non-ASCII bytes: uvicorn decodes or refuses them (400).
             return None
         for k, _v in headers:
             if k == b"range":

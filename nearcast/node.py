@@ -409,8 +409,9 @@ class Node:
         server = _EmbeddedServer(
             uvicorn.Config(
                 self.http_app,
-                # Media hits skip the ASGI machinery (distribute/fastpath.py).
-                http=media_protocol(self.media_app),
+                # Media hits skip the ASGI machinery, and every request meets the
+                # http: section's limits there (distribute/fastpath.py).
+                http=media_protocol(self.media_app, self.config.http),
                 log_level="warning",
                 lifespan="off",
                 access_log=False,
@@ -418,6 +419,11 @@ class Node:
                 # The node's own live context, so a reloaded certificate reaches new
                 # handshakes (nearcast.tls).
                 ssl_context_factory=None if tls is None else lambda _config, _default: tls,
+                limit_concurrency=self.config.http.limit_concurrency or None,
+                # Without httptools (h11): at least the request head stays bounded.
+                h11_max_incomplete_event_size=(
+                    self.config.http.max_url_bytes + self.config.http.max_header_bytes
+                ),
             )
         )
         task = asyncio.create_task(server.serve(sockets=[sock]), name=name)

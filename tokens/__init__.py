@@ -74,7 +74,8 @@ class Claims:
     def parse(cls, data: bytes) -> Claims:
         try:
             doc = json.loads(data)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            # RecursionError: "[[[[..." nested past Python's limit fits in a 2 KiB token.
             raise ValueError("token claims are not JSON") from None
         if not isinstance(doc, dict) or doc.get("v") != VERSION:
             raise ValueError(f"token claims are not version {VERSION}")

@@ -17,11 +17,13 @@ not touch HTTP at all.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response
+from starlette.requests import ClientDisconnect
 
 from distribute.whep.exceptions import BadOffer, SessionNotFound, StreamNotFound, TooManyViewers
 from distribute.whep.server import WhepServer
@@ -33,21 +35,6 @@ WATCH_PAGE = Path(__file__).resolve().parent.parent / "web" / "watch.html"
 SDP = "application/sdp"
 # Largest offer accepted: a browser's is 3-8 KB.
 MAX_OFFER = 64 * 1024
-
-
-async def bounded_body(request: Request, limit: int) -> bytes | None:
-    """The request body, or ``None`` as soon as it is known to exceed ``limit`` bytes.
-
-    WHIP has the same reader (ingest.whip.server): the stages share no HTTP code.
-    """
-    if int(request.headers.get("content-length") or 0) > limit:
-        return None
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return body
 
 
 def whep_router(server: WhepServer, cors_origin: str = "*") -> APIRouter:
@@ -87,8 +74,14 @@ def whep_router(server: WhepServer, cors_origin: str = "*") -> APIRouter:
             return error(
                 415, f"the offer must be sent as {SDP}", endpoint_methods, **{"Accept-Post": SDP}
             )
-        body = await bounded_body(request, MAX_OFFER)
-        if body is None:
+        # Refused from Content-Length before reading. The HTTP server caps every body at
+        # http.max_body_bytes (answering 413 itself: the read ends in a disconnect) and
+        # ends the connection after an early answer (distribute.fastpath).
+        body: bytes | None = None
+        if int(request.headers.get("content-length") or 0) <= MAX_OFFER:
+            with contextlib.suppress(ClientDisconnect):
+                body = await request.body()
+        if body is None or len(body) > MAX_OFFER:
             return error(413, f"offer larger than {MAX_OFFER} bytes", endpoint_methods)
         key = StreamKey(tenant, stream)
         try:

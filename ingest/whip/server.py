@@ -20,6 +20,7 @@ endpoint supports.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import math
@@ -39,6 +40,7 @@ from aiortc import (
 from aiortc import sdp as aiosdp
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
+from starlette.requests import ClientDisconnect
 
 from ingest.metrics import IngestMetrics
 from ingest.sink import IngestSink, Publication, PublishRefused, PublishRequest
@@ -140,19 +142,6 @@ def _bearer(request: Request) -> str | None:
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
     return None
-
-
-async def bounded_body(request: Request, limit: int) -> bytes | None:
-    """The request body, or ``None`` as soon as it is known to exceed ``limit`` bytes:
-    from Content-Length before reading, else while it streams in."""
-    if int(request.headers.get("content-length") or 0) > limit:
-        return None
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            return None
-    return body
 
 
 class WhipServer:
@@ -295,8 +284,14 @@ class WhipServer:
                 methods,
                 **{"Accept-Post": SDP_TYPE},
             )
-        body = await bounded_body(request, self.config.max_offer_bytes)
-        if body is None:
+        # The offer's own limit, from Content-Length before reading. The HTTP server caps
+        # every body at http.max_body_bytes (answering 413 itself: the read ends in a
+        # disconnect) and ends the connection after an early answer (distribute.fastpath).
+        body: bytes | None = None
+        if int(request.headers.get("content-length") or 0) <= self.config.max_offer_bytes:
+            with contextlib.suppress(ClientDisconnect):
+                body = await request.body()
+        if body is None or len(body) > self.config.max_offer_bytes:
             self.metrics.rejected.labels("protocol").inc()
             return self._error(
                 413, f"the SDP offer is larger than {self.config.max_offer_bytes} bytes", methods

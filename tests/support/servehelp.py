@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from bench.cmaf import cmaf
 from distribute.access import PlaybackGuard, PlaybackMetrics, TokenCheck
 from distribute.api import find_hlsjs
-from distribute.config import HlsConfig
+from distribute.config import HlsConfig, HttpConfig
 from distribute.fastpath import media_protocol
 from distribute.hls.store import SEQUENCE_EPOCH, Store
 from distribute.hls.stream import LiveStream
@@ -78,7 +78,11 @@ class MediaServer:
     checks them, and a :class:`PlaybackGuard` (counted in ``guarded``) takes the rest."""
 
     def __init__(
-        self, config: HlsConfig, vod: Any = None, tokens: TokenCheck | None = None
+        self,
+        config: HlsConfig,
+        vod: Any = None,
+        tokens: TokenCheck | None = None,
+        http: HttpConfig | None = None,
     ) -> None:
         self.store = Store(config)
         registry = CollectorRegistry()
@@ -103,7 +107,7 @@ class MediaServer:
         self.server = uvicorn.Server(
             uvicorn.Config(
                 asgi,
-                http=media_protocol(self.app),
+                http=media_protocol(self.app, http),
                 log_level="warning",
                 lifespan="off",
                 access_log=False,
