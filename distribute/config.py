@@ -65,8 +65,8 @@ class HlsConfig:
     max_segment_bytes: int = 16 * 1024 * 1024
     grace_period: float = 10.0
     retain_ended: float = 60.0
-    segment_format: str = "ts"
-    low_latency: bool = False
+    segment_format: str = "fmp4"
+    low_latency: bool = True
     part_duration: float = 0.25
     # tenant -> "ts", "fmp4" or "llhls" (fMP4 with low latency): that tenant's streams
     # are delivered so, whatever segment_format and low_latency say for the others.

@@ -53,7 +53,7 @@ async def demo() -> int:
         "\n"
         f"  nearcast is running. Watch the sample lecture at:\n\n"
         f"      http://{shown}:{node.http_port}/\n\n"
-        f"  HLS:   http://{shown}:{node.http_port}/{tenant}/lecture/index.m3u8\n"
+        f"  LL-HLS: http://{shown}:{node.http_port}/{tenant}/lecture/index.m3u8\n"
         f"  Push your own: rtmp://{shown}:{node.rtmp_port}/{tenant}/<name>\n"
         "  (the first segments appear a few seconds after start; Ctrl-C stops)\n",
         flush=True,
@@ -69,6 +69,10 @@ async def demo() -> int:
 
 def main() -> int:
     try:
+        if load().node.event_loop == "uvloop":
+            import uvloop
+
+            return uvloop.run(demo())
         return asyncio.run(demo())
     except ConfigError as exc:
         print(f"nearcast: configuration error: {exc}", file=sys.stderr)

@@ -8,13 +8,16 @@ from distribute.hls.stream import LiveStream
 from media import StreamKey
 from media.segments import SegmentFrame
 
+# MPEG-TS delivery (LL-HLS is the default; tests/distribute/test_llhls.py covers it).
+TS = {"segment_format": "ts", "low_latency": False}
+
 
 def seg(rendition: str, index: int, size: int = 1000, duration: float = 2.0) -> SegmentFrame:
     return SegmentFrame(rendition, index, index * 2.0, duration, "avc1.64001E", b"x" * size)
 
 
 def stream(window: int = 3) -> LiveStream:
-    s = LiveStream(StreamKey("live", "t"), HlsConfig(window=window), now=0.0)
+    s = LiveStream(StreamKey("live", "t"), HlsConfig(window=window, **TS), now=0.0)
     s.begin_generation()
     s.set_renditions(INFO)
     return s
@@ -66,7 +69,7 @@ def test_skipped_slots_become_gaps() -> None:
 
 
 def test_end_writes_endlist_and_oversize_segments_are_dropped() -> None:
-    s = LiveStream(StreamKey("live", "t"), HlsConfig(max_segment_bytes=65536), now=0.0)
+    s = LiveStream(StreamKey("live", "t"), HlsConfig(max_segment_bytes=65536, **TS), now=0.0)
     s.begin_generation()
     s.set_renditions(INFO)
     s.add_segment(seg("360p", 0, size=70_000))

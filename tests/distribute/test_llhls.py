@@ -249,7 +249,8 @@ def test_reached_follows_parts_and_segments() -> None:
 
 @pytest.mark.parametrize("fmt", ["ts", "fmp4"])
 def test_non_ll_variants(fmt: str) -> None:
-    s = LiveStream(StreamKey("live", "v"), HlsConfig(segment_format=fmt), now=0.0)
+    hls = HlsConfig(segment_format=fmt, low_latency=False)
+    s = LiveStream(StreamKey("live", "v"), hls, now=0.0)
     s.begin_generation()
     s.set_renditions(INFO)
     if fmt == "fmp4":

@@ -274,8 +274,13 @@ def test_ffmpeg_plays_with_the_cli_token_and_every_uri_carries_it(node: NodeProc
     for p in master.playlists:
         assert p.uri.endswith(f"?token={token}")
         media = m3u8.loads(httpx.get(f"{node.http}/live/cls/{p.uri}", timeout=10).text)
-        seg = media.segments[-1].uri
+        # The newest whole segment (an LL-HLS playlist ends with the parts of the next);
+        # every part and the init segment carry the token too.
+        seg = [s.uri for s in media.segments if s.uri][-1]
         assert seg.endswith(f"?token={token}")
+        parts = [x.uri for s in media.segments for x in s.parts]
+        assert parts and all(u.endswith(f"?token={token}") for u in parts)
+        assert all(m.uri.endswith(f"?token={token}") for m in media.segment_map)
         r = httpx.get(f"{node.http}/live/cls/{p.uri.split('/')[0]}/{seg}", timeout=10)
         assert r.status_code == 200 and len(r.content) > 1000
 
@@ -284,7 +289,7 @@ def test_media_without_or_with_a_foreign_token_is_403(node: NodeProcess) -> None
     media = m3u8.loads(httpx.get(_play_url(node, "live", "cls"), timeout=10).text)
     variant = media.playlists[0].uri.split("?")[0]
     seg_list = httpx.get(f"{node.http}/live/cls/{media.playlists[0].uri}", timeout=10).text
-    seg = m3u8.loads(seg_list).segments[-1].uri.split("?")[0]
+    seg = [s.uri for s in m3u8.loads(seg_list).segments if s.uri][-1].split("?")[0]
     foreign = _play_url(node, "other", "cls").split("token=")[1]
     wrong_stream = _play_url(node, "live", "other").split("token=")[1]
     for path in ("index.m3u8", variant, f"{variant.split('/')[0]}/{seg}"):

@@ -84,6 +84,7 @@ def test_plain_fmp4_variants_from_the_node(tmp_path_factory: pytest.TempPathFact
         ["live/f"],
         NEARCAST_TRANSCODE_LADDER=SMALL_LADDER,
         NEARCAST_HLS_SEGMENT_FORMAT="fmp4",
+        NEARCAST_HLS_LOW_LATENCY="false",
     ) as node:
         master = m3u8.loads(node.get("/live/f/index.m3u8").text)
         assert sorted(p.uri for p in master.playlists) == sorted(
@@ -129,13 +130,15 @@ def test_hlsjs_low_latency_plays_the_node_below_target(llnode: NodeProcess) -> N
 
 
 def test_each_tenant_gets_its_own_delivery(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """hls.tenants: one node serves MPEG-TS to one tenant and LL-HLS to another."""
+    """hls.tenants: one node serves MPEG-TS to one tenant and LL-HLS (the default) to
+    another."""
     with publishing_node(
         tmp_path_factory.mktemp("tenantnode") / "node.log",
         ["live/tv", "school/maths"],
         NEARCAST_TRANSCODE_LADDER=SMALL_LADDER,
         NEARCAST_RTMP_TENANTS="[live, school]",
-        NEARCAST_HLS_TENANTS="{school: llhls}",
+        # LL-HLS by default; the "live" tenant asks for MPEG-TS.
+        NEARCAST_HLS_TENANTS="{live: ts}",
     ) as node:
         ts = node.get("/live/tv/180p/index.m3u8").text
         ll = node.get("/school/maths/180p/index.m3u8").text

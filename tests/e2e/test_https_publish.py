@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography import x509
-from nodeutil import NodeProcess, require_binary, wait_for
+from nodeutil import NodeProcess, require_binary, segment_numbers, wait_for
 from playwright.sync_api import Page, sync_playwright
 from tlsutil import HOST, CertAuthority, spki_sha256
 from whiputil import LADDER, ready
@@ -105,9 +105,10 @@ def test_browser_publishes_over_https_to_a_remote_name(
                 ext = {"sni_hostname": HOST}
                 r = c.get(url, headers={"host": f"{HOST}:{port}"}, extensions=ext)
                 assert r.status_code == 200
-                seg = [ln for ln in r.text.splitlines() if ln.endswith(".ts")][-1]
-                r = c.get(url.replace("index.m3u8", seg), extensions=ext)
-                assert r.status_code == 200 and r.content[:1] == b"\x47"
+                seg = segment_numbers(r.text)[-1]
+                r = c.get(url.replace("index.m3u8", f"{seg}.m4s"), extensions=ext)
+                # A CMAF segment (LL-HLS is the default delivery): it opens with a moof box.
+                assert r.status_code == 200 and r.content[4:8] in (b"moof", b"styp")
             listed = node.get(f"/v1/streams/{path}").json()
             assert listed["live"] and listed["source"]["codec"] == "h264"
             assert node.metric("ingest_sessions", protocol="whip", tenant="live") == 1

@@ -21,8 +21,9 @@ SEGMENT = 2.0  # hls.segment_duration's default
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
     n = NodeProcess(
         tmp_path_factory.mktemp("restart") / "node.log",
-        NEARCAST_RTMP_TENANTS="[live, ll]",
-        NEARCAST_HLS_TENANTS="{ll: llhls}",
+        # LL-HLS is the default delivery; the "tv" tenant asks for MPEG-TS.
+        NEARCAST_RTMP_TENANTS="[live, tv]",
+        NEARCAST_HLS_TENANTS="{tv: ts}",
     )
     yield n
     n.stop()
@@ -71,9 +72,9 @@ def _after_restart(node: NodeProcess, playlist: str) -> bool:
 
 
 def test_killed_worker_next_part_listed_within_2_s(node: NodeProcess) -> None:
-    pub = Publisher(SMALL, node.rtmp("ll/restart"), loop=True)
+    pub = Publisher(SMALL, node.rtmp("live/restart"), loop=True)
     try:
-        gap = _kill_and_wait(node, "ll/restart", parts=True)
+        gap = _kill_and_wait(node, "live/restart", parts=True)
     finally:
         pub.stop()
     print(f"LL-HLS: kill -9 -> next part listed in {gap:.2f} s")
@@ -81,9 +82,9 @@ def test_killed_worker_next_part_listed_within_2_s(node: NodeProcess) -> None:
 
 
 def test_killed_worker_next_segment_within_segment_duration_plus_1_s(node: NodeProcess) -> None:
-    pub = Publisher(SMALL, node.rtmp("live/restart"), loop=True)
+    pub = Publisher(SMALL, node.rtmp("tv/restart"), loop=True)
     try:
-        gap = _kill_and_wait(node, "live/restart", parts=False)
+        gap = _kill_and_wait(node, "tv/restart", parts=False)
     finally:
         pub.stop()
     print(f"MPEG-TS: kill -9 -> next segment listed in {gap:.2f} s")

@@ -284,6 +284,7 @@ def test_fail_open_limits_and_bitrate(tmp_path: Path, hook: HookServer) -> None:
         # The sample is ~340 kbit/s: over this limit once a full window is measured.
         NEARCAST_INGEST_MAX_BITRATE="150000",
         NEARCAST_INGEST_BITRATE_WINDOW="8",
+        NEARCAST_INGEST_OPERATOR_TOKEN=OPERATOR,  # _ingest reads the operator's view
     )
     procs: list[subprocess.Popen[bytes]] = []
     try:

@@ -88,10 +88,11 @@ def test_hls_delivery_per_tenant() -> None:
     from distribute.config import HlsConfig
 
     hls = HlsConfig(tenants={"school": "llhls", "tv": "ts", "vod": "fmp4"})
+    assert (hls.segment_format, hls.low_latency) == ("fmp4", True)  # LL-HLS by default
     assert hls.for_tenant("other") is hls
-    assert hls.for_tenant("tv") is hls  # the node's own format already
-    school = hls.for_tenant("school")
-    assert (school.segment_format, school.low_latency, school.tenants) == ("fmp4", True, {})
+    assert hls.for_tenant("school") is hls  # the node's own delivery already
+    tv = hls.for_tenant("tv")
+    assert (tv.segment_format, tv.low_latency, tv.tenants) == ("ts", False, {})
     vod = hls.for_tenant("vod")
     assert (vod.segment_format, vod.low_latency) == ("fmp4", False)
     with pytest.raises(ValueError, match=r"tenants\.school"):

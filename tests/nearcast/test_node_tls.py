@@ -31,6 +31,8 @@ def _config(tmp: Path, **env: str) -> Any:
             "NEARCAST_HTTP_TLS_CERT": str(tmp / "http.pem"),
             "NEARCAST_HTTP_TLS_KEY": str(tmp / "http.key"),
             "NEARCAST_TRANSCODE_CAPACITY_UNITS": "8",
+            # A whole MPEG-TS segment is fed straight into the store below.
+            "NEARCAST_HLS_TENANTS": "{live: ts}",
             **env,
         }
     )

@@ -98,6 +98,8 @@ def clocked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
         timeout=60,
         NEARCAST_TRANSCODE_LADDER=SMALL_LADDER,
         NEARCAST_TRANSCODE_CAPACITY_UNITS="8",
+        # Plain HLS in MPEG-TS, whose hold-back the first test checks (LL-HLS has its own).
+        NEARCAST_HLS_TENANTS="{live: ts}",
     ) as node:
         yield node
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import re
 import shutil
 import threading
 import time
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import m3u8
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -178,7 +180,13 @@ class Publisher:
 
 
 def segment_numbers(playlist: str) -> list[int]:
-    return [int(line[:-3]) for line in playlist.splitlines() if line.endswith(".ts")]
+    """The media sequence numbers of the whole segments a media playlist lists (MPEG-TS
+    ``N.ts`` or CMAF ``N.m4s``; LL-HLS parts ``N.P.m4s`` are not segments)."""
+    return [
+        int(name.split(".")[0])
+        for name in (line.split("?")[0] for line in playlist.splitlines())
+        if re.fullmatch(r"\d+\.(ts|m4s)", name)
+    ]
 
 
 @contextlib.contextmanager
@@ -211,3 +219,37 @@ def publishing_node(
         for p in pubs:
             p.stop()
         node.stop()
+
+
+def segment_bytes(node: NodeProcess, rendition: str, msn: int) -> tuple[bytes, str]:
+    """Segment ``msn`` of the media playlist at ``/{rendition}/index.m3u8``, as bytes a
+    demuxer opens on their own, and the demuxer's format: an MPEG-TS segment as it is, a
+    CMAF segment (``N.m4s``) behind the init segment its playlist maps it to."""
+    text = node.get(f"/{rendition}/index.m3u8").text
+    playlist = m3u8.loads(text)
+    if f"\n{msn}.ts" in text:
+        return node.get(f"/{rendition}/{msn}.ts").content, "mpegts"
+    init = None
+    for segment in playlist.segments:
+        if segment.init_section is not None:
+            init = segment.init_section.uri
+        if segment.uri and segment.uri.split("?")[0] == f"{msn}.m4s":
+            break
+    assert init is not None, f"no EXT-X-MAP for segment {msn} of {rendition}"
+    head = node.get(f"/{rendition}/{init}").content
+    return head + node.get(f"/{rendition}/{msn}.m4s").content, "mp4"
+
+
+def independent_segments(playlist: str) -> list[int]:
+    """The segments of a media playlist that start with an IDR. MPEG-TS and plain CMAF
+    segments all do; LL-HLS lists the first segment of every worker run as a three-part
+    lead and the rest, which starts mid-GOP, so there only the segments whose first part
+    says INDEPENDENT=YES count (parts are listed for the newest segments only)."""
+    parsed = m3u8.loads(playlist)
+    if not parsed.server_control or not parsed.server_control.can_block_reload:
+        return segment_numbers(playlist)
+    return [
+        int(s.uri.split(".")[0])
+        for s in parsed.segments
+        if s.uri and s.parts and s.parts[0].independent
+    ]

@@ -6,7 +6,7 @@ import io
 
 import av
 import m3u8
-from nodeutil import NodeProcess, segment_numbers
+from nodeutil import NodeProcess, independent_segments, segment_bytes
 
 LADDER = (
     "[{name: 240p, width: 426, height: 240, video_bitrate: 400000},"
@@ -24,7 +24,12 @@ def ready(node: NodeProcess, path: str, segments: int) -> bool:
         return False
     for p in master.playlists:
         media = node.get(f"/{path}/{p.uri}")
-        if media.status_code != 200 or len(segment_numbers(media.text)) < segments:
+        if media.status_code != 200:
+            return False
+        # Media time, not entries: LL-HLS lists a run's first segment as a lead and the rest.
+        parsed = m3u8.loads(media.text)
+        listed = sum(x.duration for x in parsed.segments if x.uri)
+        if listed < segments * (parsed.target_duration or 1):
             return False
     return True
 
@@ -36,14 +41,21 @@ def check_ladder(node: NodeProcess, path: str, *, audio: bool = True) -> None:
     for p in master.playlists:
         width, height = p.stream_info.resolution
         assert height <= SIZES[p.uri.split("/")[0]][1]  # never upscaled past the rung
-        text = node.get(f"/{path}/{p.uri}").text
-        msn = segment_numbers(text)[0]
-        r = node.get(f"/{path}/{p.uri.split('/')[0]}/{msn}.ts")
-        assert r.status_code == 200
-        with av.open(io.BytesIO(r.content), format="mpegts") as c:
+        rendition = f"{path}/{p.uri.split('/')[0]}"
+        text = node.get(f"/{rendition}/index.m3u8").text
+        # The longest segment that starts with an IDR (not an LL-HLS lead of three parts).
+        durations = {
+            int(x.uri.split(".")[0]): x.duration for x in m3u8.loads(text).segments if x.uri
+        }
+        msn = max(independent_segments(text), key=lambda m: (durations[m], m))
+        data, fmt = segment_bytes(node, rendition, msn)
+        with av.open(io.BytesIO(data), format=fmt) as c:
             v = c.streams.video[0]
             frames = [f for pkt in c.demux(v) for f in pkt.decode()]
-            assert len(frames) >= 10 and (frames[0].width, frames[0].height) == (width, height)
+            assert len(frames) >= 10 and (frames[0].width, frames[0].height) == (width, height), (
+                msn,
+                len(frames),
+            )
             if audio:
                 assert c.streams.audio and c.streams.audio[0].codec_context.name == "aac"
 
