@@ -645,3 +645,100 @@ class Stage:
             box["outcome"] = attack(self.node)
         result: Result = box["result"]
         return result
+
+
+# -- HTTP ----------------------------------------------------------------------------------
+
+
+def _status_line(data: bytes) -> str:
+    """``408`` from ``HTTP/1.1 408 Request Timeout``...; ``?`` when it is not one."""
+    parts = data.split(b" ", 2)
+    if len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1].isdigit():
+        return parts[1].decode()
+    return "?"
+
+
+def slowloris(node: NodeSubprocess, count: int = 300, seconds: float = 15.0) -> Outcome:
+    """``count`` requests whose headers never end: one more header line a second per
+    connection, for ``seconds``. Each ends as the status the node answered (``408``),
+    ``closed``/``reset`` without one, or ``open`` when it outlived ``seconds``."""
+    socks: dict[socket.socket, str] = {}
+    seen: Outcome = Counter()
+    try:
+        for _ in range(count):
+            try:
+                s = socket.create_connection(("127.0.0.1", node.http_port), timeout=2)
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: nearcast\r\n")
+                s.setblocking(False)
+                socks[s] = ""
+            except OSError:
+                seen["reset"] += 1
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and any(not v for v in socks.values()):
+            time.sleep(1.0)
+            for s, state in socks.items():
+                if state:
+                    continue
+                try:
+                    data = s.recv(4096)
+                    socks[s] = _status_line(data) if data else "closed"
+                except BlockingIOError:
+                    try:
+                        s.send(b"X-Slow: 1\r\n")
+                    except OSError:
+                        socks[s] = "reset"
+                except OSError:
+                    socks[s] = "reset"
+        seen.update(v or "open" for v in socks.values())
+    finally:
+        for s in socks:
+            s.close()
+    return seen
+
+
+def many_headers(node: NodeSubprocess, count: int = 20_000) -> Outcome:
+    """One request with ``count`` header lines; the status it gets."""
+    head = b"GET /healthz HTTP/1.1\r\nHost: nearcast\r\n"
+    head += b"".join(b"X-H%d: v\r\n" % i for i in range(count)) + b"\r\n"
+    with socket.create_connection(("127.0.0.1", node.http_port), timeout=10) as s:
+        try:
+            s.sendall(head)
+            return Counter([_status_line(s.recv(4096))])
+        except OSError:
+            return Counter(["reset"])
+
+
+def big_sdp(node: NodeSubprocess, size: int = 100 * 1024 * 1024, seconds: float = 5.0) -> Outcome:
+    """A 100 MB "SDP offer" POSTed to WHIP, sent as fast as the node reads it. The status
+    the node answers, and ``read_under_1mb`` when it answered (or closed) before taking
+    1 MiB of it: it refused from the headers instead of reading the body."""
+    head = (
+        f"POST /live/sdpbomb/whip HTTP/1.1\r\nHost: nearcast\r\n"
+        f"Content-Type: application/sdp\r\nContent-Length: {size}\r\n\r\n"
+    ).encode()
+    chunk = b"a=x-bomb:" + b"0" * 65_000 + b"\r\n"
+    seen: Outcome = Counter()
+    sent = 0
+    with socket.create_connection(("127.0.0.1", node.http_port), timeout=seconds) as s:
+        s.sendall(head)
+        s.setblocking(False)
+        deadline = time.monotonic() + seconds
+        answer = b""
+        while time.monotonic() < deadline and sent < size:
+            try:
+                answer = s.recv(4096)
+                break
+            except BlockingIOError:
+                pass
+            except OSError:
+                break
+            try:
+                sent += s.send(chunk)
+            except BlockingIOError:
+                time.sleep(0.01)
+            except OSError:
+                break
+        seen[_status_line(answer) if answer else "closed"] += 1
+    if sent < 1024 * 1024:
+        seen["read_under_1mb"] += 1
+    return seen
