@@ -544,6 +544,8 @@ class ServerSession:
             # deleteStream names the stream in its argument, closeStream in the header.
             sid = stream_id
             if name == "deleteStream" and args and isinstance(args[0], float):
+                if not args[0].is_integer():  # NaN and infinities too
+                    raise RtmpProtocolError(f"deleteStream of stream id {args[0]!r}")
                 sid = int(args[0])
             self._stop(sid, events)
             self._pending.pop(sid, None)
