@@ -739,8 +739,10 @@ def many_headers(node: NodeSubprocess, count: int = 20_000) -> Outcome:
 
 def big_sdp(node: NodeSubprocess, size: int = 100 * 1024 * 1024, seconds: float = 5.0) -> Outcome:
     """A 100 MB "SDP offer" POSTed to WHIP, sent as fast as the node reads it. The status
-    the node answers, and ``read_under_1mb`` when it answered (or closed) before taking
-    1 MiB of it: it refused from the headers instead of reading the body."""
+    the node answers, and ``answered_under_16mb`` when it answered (or closed) before the
+    kernel took 16 MiB of it: it refused from the headers instead of reading the body.
+    (What was sent is not what the node read: loopback socket buffers take several MB
+    before the node's answer gets back, more so on a busy machine.)"""
     head = (
         f"POST /live/sdpbomb/whip HTTP/1.1\r\nHost: nearcast\r\n"
         f"Content-Type: application/sdp\r\nContent-Length: {size}\r\n\r\n"
@@ -768,6 +770,6 @@ def big_sdp(node: NodeSubprocess, size: int = 100 * 1024 * 1024, seconds: float 
             except OSError:
                 break
         seen[_status_line(answer) if answer else "closed"] += 1
-    if sent < 1024 * 1024:
-        seen["read_under_1mb"] += 1
+    if sent < 16 * 1024 * 1024:
+        seen["answered_under_16mb"] += 1
     return seen

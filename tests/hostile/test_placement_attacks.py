@@ -1,15 +1,11 @@
 """Placement attacks on the node's embedded placement API while a class plays.
 
-Intended behaviour of the placement trust change (strict xfail until it lands):
-
 * a node heartbeating with a valid credential but a descriptor (tier, city) that the
-  credential does not allow gets 403; when this is flipped, configure in
-  :func:`stage_env` that ``edge-lyon-1``'s credential allows only tier ``edge`` in
-  ``lyon`` (with the key that change adds);
+  credential does not allow gets 403: ``edge-lyon-1``'s credential allows only tier
+  ``edge`` in ``lyon``;
 * a node id with a space in it gets 422 (ids are names in URLs, logs and keys).
 
-Refusals are counted in ``placement_rejected_total{reason}`` (the name that change is
-expected to give it; adjust here if it differs).
+Refusals are counted in ``placement_registrations_rejected_total{reason}``.
 """
 
 from __future__ import annotations
@@ -19,19 +15,19 @@ from collections import Counter
 import httpx
 import pytest
 from hostileutil import attack
-from placementutil import make_node
+from placementutil import NODE_KEYS, make_node, node_credential
 
 from bench.attacks import NodeSubprocess, Outcome, Stage
 
-NODE_ID, NODE_TOKEN = "edge-lyon-1", "edge-lyon-1-credential-0123"
-pytestmark = pytest.mark.xfail(
-    strict=True, reason="fixed in the HTTP limits / placement trust change"
-)
+NODE_ID = "edge-lyon-1"
+NODE_TOKEN = node_credential(NODE_ID, tier="edge", city="lyon")
+REJECTED = "placement_registrations_rejected_total"
 
 
 @pytest.fixture(scope="module")
 def stage_env() -> dict[str, str]:
-    return {"NEARCAST_PLACEMENT_NODE_TOKENS": f"{{{NODE_ID}: {NODE_TOKEN}, '*': {NODE_TOKEN}}}"}
+    keys = ", ".join(f"{k}: {v}" for k, v in NODE_KEYS.items())
+    return {"NEARCAST_PLACEMENT_NODE_KEYS": f"{{{keys}}}"}
 
 
 def _heartbeat(node: NodeSubprocess, node_id: str, tier: str, city: str) -> int:
@@ -47,14 +43,14 @@ def _heartbeat(node: NodeSubprocess, node_id: str, tier: str, city: str) -> int:
 
 def test_labels_the_credential_does_not_allow(stage: Stage) -> None:
     def register_as_origin(node: NodeSubprocess) -> Outcome:
-        return Counter([str(_heartbeat(node, NODE_ID, "origin", "paris"))])
+        return Counter([str(_heartbeat(node, NODE_ID, "cloud", "paris"))])
 
     attack(
         stage,
-        "node registers as an origin in paris with an edge credential",
+        "node registers as a cloud origin in paris with an edge credential for lyon",
         register_as_origin,
         told=lambda seen: seen == {"403": 1},
-        counted=lambda r: r.refused("placement_rejected_total") != {},
+        counted=lambda r: r.refused(REJECTED) == {"tier": 1},
     )
 
 
@@ -67,5 +63,5 @@ def test_node_id_with_a_space(stage: Stage) -> None:
         "node id with a space",
         register_spaced,
         told=lambda seen: seen == {"422": 1},
-        counted=lambda r: r.refused("placement_rejected_total") != {},
+        counted=lambda r: r.refused(REJECTED) == {"invalid_id": 1},
     )

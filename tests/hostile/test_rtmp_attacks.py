@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from functools import partial
 
-import pytest
 from hostileutil import attack
 
 from bench import attacks
@@ -59,7 +58,8 @@ def test_500_connections_that_never_read(stage: Stage) -> None:
         stage,
         "500 connections that never read",
         partial(attacks.never_read, count=500, hold=14.0),
-        told=lambda seen: seen["reset"] >= 500 - PER_IP and seen.total() == 500,
+        # Refused connections are reset or closed (FIN), as the kernel's timing has it.
+        told=lambda seen: seen["reset"] + seen["closed"] >= 500 - PER_IP and seen.total() == 500,
         counted=lambda r: r.refused() == {"connections": 500 - PER_IP, "handshake_timeout": PER_IP},
     )
     assert result.fd_growth < PER_IP, result
@@ -91,10 +91,10 @@ def test_xss_and_dot_names(stage: Stage) -> None:
     )
 
 
-@pytest.mark.xfail(strict=True, reason="fixed in the RTMP publish-rate / source caps change")
 def test_publish_rate_per_ip(stage: Stage) -> None:
     """60 publishes in a row from one address, each closed at once: beyond the per-IP
-    publish rate they are refused (NetStream.Publish.Rejected), counted as ``rate``."""
+    publish rate (ingest.max_publish_attempts_per_ip) they are refused
+    (NetStream.Publish.Rejected), counted as ``publish_rate``."""
 
     def burst(node: attacks.NodeSubprocess) -> attacks.Outcome:
         return attacks.Counter(attacks.publish_status(node, f"r{i}") for i in range(60))
@@ -104,5 +104,7 @@ def test_publish_rate_per_ip(stage: Stage) -> None:
         "60 publishes in a row",
         burst,
         told=lambda seen: seen["NetStream.Publish.Rejected"] > 0,
-        counted=lambda r: r.refused().get("rate", 0) == r.outcome["NetStream.Publish.Rejected"],
+        counted=lambda r: (
+            r.refused().get("publish_rate", 0) == r.outcome["NetStream.Publish.Rejected"]
+        ),
     )
