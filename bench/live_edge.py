@@ -204,7 +204,8 @@ class EdgeWatch:
         start = time.monotonic()
         next_round = start
         while True:
-            next_round += self.poll
+            # A round that overran (a busy machine) is not made up with a burst of polls.
+            next_round = max(next_round + self.poll, time.monotonic())
             time.sleep(max(0.0, next_round - time.monotonic()))
             each_round()
             self._round()
