@@ -74,3 +74,33 @@ def test_placement_bench_prints_its_table_and_figures() -> None:
         assert row[mode]["p99_ms"] > 0 and row[mode]["per_s"] > 0, (mode, row[mode])
     # The live run saw the background refresh take in the other process's beats.
     assert row["redis_live"]["snapshots"] >= 2 and row["redis_live"]["refresh_read_max"] > 0
+
+
+def test_capacity_bench_measures_both_sides_the_same_way() -> None:
+    """One stream each side, no overload run: both get the publisher's stamped input and
+    are measured from their playlists (lag, exact segment counts, start-up, every rung)."""
+    require_binary("ffmpeg")
+    lines, figures = run_bench(
+        "bench.capacity",
+        *("--seconds", "6", "--max-streams", "1", "--no-overload"),
+        timeout=420,
+    )
+    assert lines[0].split()[:4] == ["side", "N", "keep-up", "on-time"]
+    assert any(line.startswith("live capacity") for line in lines)
+    assert figures["overload"] == {} and figures["overload_streams"] is None
+    runs = {r["side"]: r for r in figures["runs"]}
+    assert set(runs) == {"nearcast", "ffmpeg"}, figures["runs"]
+    for side, run in runs.items():
+        assert run["streams"] == 1 and run["window_seconds"] >= 6, (side, run)
+        [stream] = run["per_stream"]
+        assert set(stream["rungs"]) == {"720p", "480p", "360p"}, (side, stream)
+        assert "error" not in stream, (side, stream)
+        for name in stream["judged"]:
+            rung = stream["rungs"][name]
+            # Counted from media sequence numbers: a whole number, never an estimate.
+            assert isinstance(rung["segments"], int) and rung["segments"] >= 0, (side, rung)
+            assert abs(rung["expected"] - run["window_seconds"] / 2.0) < 0.01, (side, rung)
+            # Read back from the newest segment's last frame and its first listing.
+            assert rung["lag"] is not None and rung["lag"] > 0, (side, name, rung)
+            assert rung["startup"] is not None and rung["startup"] > 0, (side, name, rung)
+    assert runs["ffmpeg"]["per_stream"][0]["judged"] == ["720p", "480p", "360p"]
