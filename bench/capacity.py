@@ -170,6 +170,11 @@ def run_nearcast(n: int, seconds: float, workdir: Path) -> Run:
         node.stop()
 
 
+def video_segments(out: Path) -> int:
+    """Segments of the video renditions: the audio group has its own, in ``audio/``."""
+    return sum(1 for p in out.glob("*/*.ts") if p.parent.name != "audio")
+
+
 def run_ffmpeg(ffmpeg: str, n: int, seconds: float, workdir: Path) -> Run:
     procs = []
     for i in range(n):
@@ -207,12 +212,12 @@ def run_ffmpeg(ffmpeg: str, n: int, seconds: float, workdir: Path) -> Run:
     for t in pumps:
         t.start()
     time.sleep(5)  # same warm-up as the node's first segment
-    counts0 = [len(list(out.glob("*/*.ts"))) for _, _, out in procs]
+    counts0 = [video_segments(out) for _, _, out in procs]
     time.sleep(seconds)
     run = Run("ffmpeg", n)
     for i, (_proc, started, out) in enumerate(procs):
         lag = (time.monotonic() - started) - progress[i]
-        segs = len(list(out.glob("*/*.ts"))) - counts0[i]
+        segs = video_segments(out) - counts0[i]
         rungs = len(load(environ={}).transcode.ladder)
         run.results.append(StreamResult(lag, segs // rungs, seconds / SEGMENT))
     for p, _, _ in procs:

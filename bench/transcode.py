@@ -112,10 +112,20 @@ def nearcast_cmd(src: Path, out: Path, fmt: str) -> tuple[list[str], dict[str, s
 
 
 def ffmpeg_ladder_cmd(
-    ffmpeg: str, src: Path, out: Path, seg: float, ladder: list[Rendition], fmt: str = "ts"
+    ffmpeg: str,
+    src: Path,
+    out: Path,
+    seg: float,
+    ladder: list[Rendition] | None = None,
+    fmt: str = "ts",
 ) -> list[str]:
-    """The FFmpeg CLI doing nearcast's ladder: the same x264 options, one AAC encode."""
-    audio = load(environ={}).transcode.audio
+    """The FFmpeg CLI doing nearcast's ladder (default: ``transcode.ladder``) with the
+    same x264 options and one AAC encode: renditions in ``out/NAME/``, audio in
+    ``out/audio/``."""
+    config = load(environ={}).transcode
+    audio = config.audio
+    if ladder is None:
+        ladder = [r for r in config.ladder if r.codec != "copy"]
     n = len(ladder)
     labels = "".join(f"[s{i}]" for i in range(n))
     scales = ";".join(
