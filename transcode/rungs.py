@@ -23,7 +23,6 @@ from fractions import Fraction
 from typing import Any
 
 import av
-import av.video.reformatter
 from av.video.frame import PictureType
 
 from containers.cmaf import AudioFormat, split_annexb
@@ -35,6 +34,7 @@ from transcode.encoder import TICK, TICKS_PER_SECOND, open_video_encoder
 from transcode.ladder import Rung
 from transcode.output import Output
 from transcode.packaging import Segmenter, tap_video
+from transcode.scale import Scaler
 from transcode.spec import Spec
 
 # One logger name for the whole worker process, whichever module logs.
@@ -87,7 +87,7 @@ class RungEncoder:
         )
         self._last_index: int | None = None
         self._last_frame: av.VideoFrame | None = None
-        self._scaler = av.video.reformatter.VideoReformatter()
+        self._scaler = Scaler(rung.width, rung.height)
         self._indexes: dict[int, int] = {}
         self._arrivals: dict[int, float] = {}
         self.codec = rung.codec
@@ -168,20 +168,7 @@ class RungEncoder:
         self._preset = preset
 
     def _scaled(self, frame: av.VideoFrame) -> av.VideoFrame:
-        if (
-            frame.width != self.rung.width
-            or frame.height != self.rung.height
-            or (frame.format.name != "yuv420p")
-        ):
-            return self._scaler.reformat(
-                frame,
-                width=self.rung.width,
-                height=self.rung.height,
-                format="yuv420p",
-                interpolation="BICUBIC",
-                threads=1,
-            )
-        return frame
+        return self._scaler.scale(frame)
 
     def _slot(self, frame: av.VideoFrame, n: int, arrival: float) -> None:
         """Encode ``frame`` as grid slot ``n`` (an IDR when a new segment starts there)."""

@@ -104,3 +104,30 @@ def test_capacity_bench_measures_both_sides_the_same_way() -> None:
             assert rung["lag"] is not None and rung["lag"] > 0, (side, name, rung)
             assert rung["startup"] is not None and rung["startup"] > 0, (side, name, rung)
     assert runs["ffmpeg"]["per_stream"][0]["judged"] == ["720p", "480p", "360p"]
+
+
+def test_transcode_bench_prints_every_pair_and_checks_like_for_like() -> None:
+    require_binary("ffmpeg")
+    lines, figures = run_bench(
+        "bench.transcode", "--seconds", "4", "--pairs", "1", "--clips", "lecture,noise", timeout=300
+    )
+    assert lines[0].startswith("ladder 720p, 480p, 360p")
+    assert figures["pairs"] == 1 and figures["format"] == "ts"
+    assert set(figures["clips"]) == {"lecture", "noise"}
+    for clip in figures["clips"].values():
+        (pair,) = clip["pairs"]
+        for side in ("nearcast", "ffmpeg"):
+            assert pair[side]["wall_seconds"] > 0 and pair[side]["cpu_seconds"] > 0, pair
+            assert clip[side]["cpu_seconds"] == pair[side]["cpu_seconds"]
+        # Like for like, whatever the machine: the same x264 options on every rung,
+        # read back from both outputs, and every rung scored on both sides.
+        for rung in ("720p", "480p", "360p"):
+            options = clip["x264_options"][rung]
+            assert options["identical"], options
+            assert "keyint=120 keyint_min=60 scenecut=0" in options["nearcast"]
+            psnr = clip["psnr"][rung]
+            assert psnr["nearcast_db"] > 25 and psnr["ffmpeg_db"] > 25, psnr
+    assert figures["x264_builds"]["nearcast"].startswith("core ")
+    assert figures["nearcast_startup"]["cpu_seconds"] > 0
+    assert "noise.ratio_cpu<=1.0" in figures["targets"]
+    assert figures["targets"]["lecture.x264_options_identical"] is True
