@@ -29,13 +29,13 @@ from distribute.hls.stream import LiveStream
 from distribute.http import MediaApp
 from distribute.media_metrics import MediaMetrics
 from distribute.record import Recorder, RecordMetrics
-from distribute.whep import WhepServer
 from distribute.whep.http import whep_router
+from distribute.whep.server import WhepServer
 from ingest.auth import PublishAuth, client_ip, redact_query
 from ingest.metrics import IngestMetrics
 from ingest.rtmp.server import RtmpServer, parse_query
 from ingest.sink import PublishRefused, PublishRequest
-from ingest.whip import WhipServer
+from ingest.whip.server import WhipServer
 from media import StreamKey
 from nearcast.config import Config, parse_hostport
 from nearcast.placement_report import PlacementReport

@@ -20,9 +20,7 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit
 
-from nearcast.hls_probe import HlsProbe
 from nearcast.playout import ProbeError, ProbeResult
-from nearcast.whep_probe import probe_whep
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +43,17 @@ async def probe(
     """
     if protocol == "auto":
         protocol = detect_protocol(url)
+    # The players are imported when used: every other command starts without httpx,
+    # aiortc and their decoders.
     if protocol == "whep":
+        from nearcast.whep_probe import probe_whep
+
         return await probe_whep(url, duration)
     low = {"hls": None, "llhls": True, "hls-segments": False}.get(protocol)
     if protocol not in ("hls", "llhls", "hls-segments"):
         raise ValueError(f"unknown protocol {protocol!r}: auto, hls, hls-segments, llhls or whep")
+    from nearcast.hls_probe import HlsProbe
+
     return await HlsProbe(
         url, duration, rendition=rendition, low_latency=low, hold_back=hold_back
     ).run()

@@ -1,6 +1,9 @@
-"""WebRTC ingest over WHIP (RFC 9725), with aiortc."""
+"""WebRTC ingest over WHIP (RFC 9725), with aiortc.
+
+The server is :mod:`ingest.whip.server`; this package exports only its configuration, so
+that reading the node's configuration does not import aiortc and FastAPI.
+"""
 
 from ingest.whip.config import WhipConfig
-from ingest.whip.server import PublishAuthorizer, WhipServer, allow_all, check_offer
 
-__all__ = ["PublishAuthorizer", "WhipConfig", "WhipServer", "allow_all", "check_offer"]
+__all__ = ["WhipConfig"]

@@ -293,9 +293,9 @@ async def test_concurrent_offers_never_pass_max_viewers() -> None:
 
     from aiortc import RTCPeerConnection
 
-    from distribute.whep import WhepServer
     from distribute.whep.config import WebRtcConfig
     from distribute.whep.exceptions import BadOffer, TooManyViewers
+    from distribute.whep.server import WhepServer
 
     server = WhepServer(WebRtcConfig(max_viewers=3))
     server.open(KEY)

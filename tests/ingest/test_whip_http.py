@@ -13,8 +13,8 @@ from prometheus_client import CollectorRegistry
 
 from ingest.metrics import IngestMetrics
 from ingest.sink import PublishRefused, PublishRequest
-from ingest.whip import WhipConfig, WhipServer, check_offer
-from ingest.whip.server import OfferError
+from ingest.whip import WhipConfig
+from ingest.whip.server import OfferError, WhipServer, check_offer
 from media import MediaPacket
 
 SDP = {"Content-Type": "application/sdp"}
