@@ -29,6 +29,9 @@ from media.names import stream_name_problem
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# Bytes read at once before a publish: commands are parsed on the event loop, so many
+# peers sending them take turns in small pieces with everything else the loop serves.
+PRE_PUBLISH_READ = 8192
 
 # onStatus codes (Adobe RTMP command messages, NetStream status codes).
 BAD_NAME = "NetStream.Publish.BadName"
@@ -91,7 +94,7 @@ class _Connection:
                         raise TimeoutError
                 else:
                     timeout = self.config.idle_timeout
-                data = await asyncio.wait_for(self.reader.read(65536), timeout)
+                data = await asyncio.wait_for(self.reader.read(self._read_size()), timeout)
                 if not data or self.disconnected:
                     break
                 m.bytes.labels(self.protocol).inc(len(data))
@@ -129,6 +132,11 @@ class _Connection:
             log.info("%s connection lost: %s", self.prefix, exc)
         finally:
             await self._finish()
+
+    def _read_size(self) -> int:
+        """Bytes to read at once: media in large reads once publishing (cheap to parse),
+        commands before it in small ones (AMF decoding costs ~0.4 ms per KiB)."""
+        return 65536 if self.publication is not None else PRE_PUBLISH_READ
 
     def _charge(self, started: float) -> None:
         now = time.monotonic()
