@@ -20,9 +20,12 @@ from distribute.config import HlsConfig
 from distribute.hls.render import PART_SEGMENTS, render_master, render_media, render_tail
 from distribute.hls.track import Part, RenditionTrack, Segment
 from media import StreamKey
+from media.ratelog import RateLimitedLog
 from media.segments import InitFrame, PartFrame, SegmentFrame
 
 log = logging.getLogger(__name__)
+# What can repeat for every part of a stream is logged once, then summed up now and then.
+_LIMITED = RateLimitedLog(log)
 
 # Parts in the short lead segment that starts every LL-HLS run (see LiveStream._split).
 LEAD_PARTS = 3
@@ -164,7 +167,9 @@ class LiveStream:
         assert index is not None
         frame = dataclasses.replace(frame, part=index)
         if msn <= track.last_msn or (msn, frame.part) <= track.last_part:
-            log.warning(
+            _LIMITED.log(
+                logging.WARNING,
+                (self.key, "part_order"),
                 "[hls %s] %s part %d.%d out of order; dropped",
                 self.key,
                 frame.rendition,
@@ -181,7 +186,9 @@ class LiveStream:
             track.building_discontinuity = self._pending_discontinuity and msn == self._base
             track.building_program_time = self._program_time(frame.start, frame.duration)
         if len(frame.data) > self.config.max_segment_bytes:
-            log.warning(
+            _LIMITED.log(
+                logging.WARNING,
+                (self.key, "part_size"),
                 "[hls %s] %s part %d.%d of %d bytes exceeds hls.max_segment_bytes; dropped",
                 self.key,
                 frame.rendition,
@@ -222,7 +229,9 @@ class LiveStream:
             return None
         if len(seg.data) > self.config.max_segment_bytes:
             self.dropped_segments += 1
-            log.warning(
+            _LIMITED.log(
+                logging.WARNING,
+                (self.key, "segment_size"),
                 "[hls %s] %s segment of %d bytes exceeds hls.max_segment_bytes; dropped",
                 self.key,
                 seg.rendition,
@@ -254,7 +263,14 @@ class LiveStream:
         start: float,
     ) -> Segment | None:
         if track.segments and msn <= track.segments[-1].msn:
-            log.warning("[hls %s] %s segment %d out of order; dropped", self.key, track.name, msn)
+            _LIMITED.log(
+                logging.WARNING,
+                (self.key, "segment_order"),
+                "[hls %s] %s segment %d out of order; dropped",
+                self.key,
+                track.name,
+                msn,
+            )
             return None
         if track.segments and msn > track.segments[-1].msn + 1:
             # A rung suspended under overload skipped grid slots: list them as

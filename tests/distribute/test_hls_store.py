@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+import logging
+
 import m3u8
+import pytest
 from servehelp import INFO
 
 from distribute.config import HlsConfig
@@ -88,3 +91,15 @@ def test_master_playlist_lists_every_rendition_with_attributes() -> None:
         assert p.stream_info.codecs.endswith("mp4a.40.2")
         assert p.stream_info.frame_rate == 30.0
         assert p.stream_info.average_bandwidth < p.stream_info.bandwidth
+
+
+def test_a_flood_of_out_of_order_segments_logs_a_few_lines(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    s = stream()
+    s.add_segment(seg("360p", 5))
+    with caplog.at_level(logging.WARNING, logger="distribute.hls.stream"):
+        for _ in range(1000):
+            s.add_segment(seg("360p", 1))
+    lines = [r for r in caplog.records if "out of order" in r.getMessage()]
+    assert 1 <= len(lines) <= 3
