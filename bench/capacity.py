@@ -271,11 +271,12 @@ class FfmpegOutput:
             return None
 
     def playlist(self, rung: str) -> str | None:
-        data = self._read(self.out / str(RUNGS.index(rung)) / "index.m3u8")
+        # ffmpeg_ladder_cmd names each rendition's folder after its rung (audio/ apart).
+        data = self._read(self.out / rung / "index.m3u8")
         return None if data is None else data.decode()
 
     def segment(self, rung: str, uri: str) -> bytes | None:
-        return self._read(self.out / str(RUNGS.index(rung)) / uri)
+        return self._read(self.out / rung / uri)
 
     def delivered(self) -> set[str]:
         return set(self.rungs)
