@@ -6,10 +6,11 @@ and that they play without stalls at a sane latency; the targets (p50 <= 1.5 s, 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
-from nodeutil import SMALL_LADDER, NodeProcess, publishing_node, require_binary
+from nodeutil import NodeProcess, publishing_node, require_binary
 
 from bench.players import LIBRARIES, PLAYERS, measure
 
@@ -17,18 +18,24 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 SECONDS = 15.0  # watched per player, after its first frame
 # Far above the target: a shared test machine is noisy, the benchmark judges the target.
 P50_CEILING_MS = 3000
+# One rung: the players have nothing to switch between, and the test machine's cores go
+# to keeping the encode in real time (a late encode is a stall the players rightly see).
+LADDER = "[{name: 360p, width: 640, height: 360, video_bitrate: 700000}]"
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    # LL-HLS set per tenant, whatever the node's default delivery is.
+    # LL-HLS set per tenant, whatever the node's default delivery is. Four segments (about
+    # 6 s of stream): Shaka Player opened on a stream younger than ~5 s buffers its video
+    # with holes and stalls once (docs/performance.md, real players); the first viewer of
+    # a fresh stream is the benchmark's to measure, not this test's.
     with publishing_node(
         tmp_path_factory.mktemp("players") / "node.log",
         ["live/clk"],
         rendition="360p",
-        segments=3,
+        segments=4,
         clock=True,
-        NEARCAST_TRANSCODE_LADDER=SMALL_LADDER,
+        NEARCAST_TRANSCODE_LADDER=LADDER,
         NEARCAST_HLS_TENANTS="{live: llhls}",
     ) as node:
         yield node
@@ -46,9 +53,10 @@ def test_player_presents_stamped_frames_without_stalls(node: NodeProcess, player
     require_binary("chromium")
     assert "PART-HOLD-BACK" in node.get("/live/clk/360p/index.m3u8").text  # LL-HLS indeed
     r = measure(player, f"{node.http}/live/clk/index.m3u8", SECONDS)
+    why = json.dumps(r)  # every figure, when an assertion fails
     # Most of the ~30 fps presented frames carry a stamp the page could read.
-    assert r["stamped"] >= SECONDS * 30 * 0.5, r
-    assert r["p50_ms"] is not None and 0 < r["p50_ms"] <= P50_CEILING_MS, r
-    assert r["p95_ms"] >= r["p50_ms"], r
-    assert r["startup_ms"] is not None and r["startup_ms"] > 0, r
-    assert r["stalls"] == 0, r
+    assert r["stamped"] >= SECONDS * 30 * 0.5, why
+    assert r["p50_ms"] is not None and 0 < r["p50_ms"] <= P50_CEILING_MS, why
+    assert r["p95_ms"] >= r["p50_ms"], why
+    assert r["startup_ms"] is not None and r["startup_ms"] > 0, why
+    assert r["stalls"] == 0, why
