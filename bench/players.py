@@ -49,19 +49,15 @@ LIBRARIES = {"hlsjs": "/static/hls.min.js", "shaka": "/static/shaka-player.compi
 # Player settings for low latency, the same as the node's own player pages. hls.js: its
 # target is the playlist's PART-HOLD-BACK (lowLatencyMode), and it plays up to 1.5x to
 # get back to it after a start on an independent part or a stall. Shaka: lowLatencyMode
-# (the default in 5.x) takes PART-HOLD-BACK as its presentation delay. Two changes to
-# Shaka's low-latency defaults, both measured on the node (docs/performance.md):
-# - segmentPrefetchLimit 0 (its LL default is 2): prefetching parts ahead, the hinted one
-#   included, left holes in the video buffer (a 4 s freeze and a stall) in 1 of 3 starts
-#   and put it 0.9-1.9 s behind; without it, 0.7-0.9 s and no stall in 3 of 3.
-# - no CEA-608 caption detection: with no CLOSED-CAPTIONS attribute in the master playlist
-#   Shaka probes segments for captions and, on a playlist as short as a new stream's,
-#   picks the segment still being built (parts only, no URI) and fails with "Cannot read
-#   properties of undefined (reading 'match')". The node carries no captions.
+# (the default in 5.x) takes PART-HOLD-BACK as its presentation delay. Its caption
+# detection is off: with no CLOSED-CAPTIONS attribute in the master playlist Shaka probes
+# segments for CEA-608 captions and, on a playlist as short as a new stream's, picks the
+# segment still being built (parts only, no URI) and fails with "Cannot read properties
+# of undefined (reading 'match')". The node carries no captions.
 DEFAULT_CONFIG: dict[str, dict[str, Any]] = {
     "hlsjs": {"lowLatencyMode": True, "maxLiveSyncPlaybackRate": 1.5},
     "shaka": {
-        "streaming": {"lowLatencyMode": True, "segmentPrefetchLimit": 0},
+        "streaming": {"lowLatencyMode": True},
         "manifest": {"hls": {"disableClosedCaptionsDetection": True}},
     },
 }

@@ -25,15 +25,15 @@ LADDER = "[{name: 360p, width: 640, height: 360, video_bitrate: 700000}]"
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
-    # LL-HLS set per tenant, whatever the node's default delivery is. Four segments (about
-    # 6 s of stream): Shaka Player opened on a stream younger than ~5 s buffers its video
-    # with holes and stalls once (docs/performance.md, real players); the first viewer of
-    # a fresh stream is the benchmark's to measure, not this test's.
+    # LL-HLS set per tenant, whatever the node's default delivery is. Six segments (about
+    # 10 s of stream): Shaka Player opened on a stream a few seconds old starts on a part
+    # that is not independent and stalls once (docs/performance.md, "Latency in real
+    # players"); the first viewer of a fresh stream is the benchmark's to measure.
     with publishing_node(
         tmp_path_factory.mktemp("players") / "node.log",
         ["live/clk"],
         rendition="360p",
-        segments=4,
+        segments=6,
         clock=True,
         NEARCAST_TRANSCODE_LADDER=LADDER,
         NEARCAST_HLS_TENANTS="{live: llhls}",
