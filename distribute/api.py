@@ -38,8 +38,20 @@ HLSJS_CANDIDATES = [
 ]
 
 
+# Shaka Player (npm too): a second, independent HLS implementation, which the latency
+# benchmark plays beside hls.js (bench/players.py).
+SHAKA_CANDIDATES = [
+    _ROOT / "node_modules" / "shaka-player" / "dist" / "shaka-player.compiled.js",
+    WEB / "vendor" / "shaka-player.compiled.js",
+]
+
+
 def find_hlsjs() -> Path | None:
     return next((p for p in HLSJS_CANDIDATES if p.is_file()), None)
+
+
+def find_shaka() -> Path | None:
+    return next((p for p in SHAKA_CANDIDATES if p.is_file()), None)
 
 
 def create_api(
@@ -137,6 +149,13 @@ def create_api(
         path = find_hlsjs()
         if path is None:
             raise HTTPException(404, "hls.js is not installed; run `make` (npm install)")
+        return FileResponse(path, media_type="text/javascript")
+
+    @app.get("/static/shaka-player.compiled.js")
+    async def shaka() -> Response:
+        path = find_shaka()
+        if path is None:
+            raise HTTPException(404, "Shaka Player is not installed; run `make` (npm install)")
         return FileResponse(path, media_type="text/javascript")
 
     return app

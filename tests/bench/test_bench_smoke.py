@@ -131,3 +131,22 @@ def test_transcode_bench_prints_every_pair_and_checks_like_for_like() -> None:
     assert figures["nearcast_startup"]["cpu_seconds"] > 0
     assert "noise.ratio_cpu<=1.0" in figures["targets"]
     assert figures["targets"]["lecture.x264_options_identical"] is True
+
+
+def test_latency_bench_reports_real_players_beside_the_probe() -> None:
+    require_binary("chromium")
+    lines, figures = run_bench(
+        "bench.latency",
+        *("--duration", "3", "--source", str(ROOT / "samples" / "small-360p.mp4")),
+        *("--modes", "llhls,first", "--workdir", "build/bench-latency-smoke"),
+        timeout=300,
+    )
+    assert any(line.startswith("LL-HLS in real players") for line in lines[:-1])
+    assert figures["llhls"]["latency_p50_ms"] is not None, figures["llhls"]
+    # Each player on the warmed node and as the first viewer of a fresh one.
+    assert set(figures["players"]) == {"hlsjs", "shaka", "hlsjs_first", "shaka_first"}
+    for name, r in figures["players"].items():
+        assert "error" not in r, (name, r)
+        assert r["stamped"] > 0 and r["p50_ms"] > 0 and r["startup_ms"] > 0, (name, r)
+        assert isinstance(r["stalls"], int) and isinstance(r["target_met"], bool), (name, r)
+    assert figures["player_targets"] == {"p50_ms": 1500, "startup_ms": 1500, "stalls": 0}

@@ -1,12 +1,6 @@
-"""What every browser test shares: how headless Chromium is started."""
+"""What every browser test shares: how headless Chromium is started (the flags live
+beside the benchmarks' player probe, which starts Chromium the same way)."""
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--autoplay-policy=no-user-gesture-required",
-]
+from bench.players import CHROMIUM_ARGS
+
+__all__ = ["CHROMIUM_ARGS"]

@@ -1,0 +1,348 @@
+"""Glass-to-glass latency in real players: hls.js and Shaka Player in headless Chromium.
+
+``nearcast probe`` models a player; this measures two independent ones. Each
+page plays the stream with its player library (served by the node under
+``/static/``) and, for every frame the browser presents
+(``video.requestVideoFrameCallback``), draws the frame to a canvas, reads the
+clock stamp that ``nearcast publish --clock`` burnt into it (the layout of
+:mod:`media.clock`, ported to JavaScript) and takes the frame's display time on
+the wall clock (``performance.timeOrigin + expectedDisplayTime``) minus the
+stamp. Chromium runs on this machine, so its clock is the publisher's.
+
+Besides latency a run records the startup (from the moment the player is given
+the URL to the first presented frame; the page first waits for the master
+playlist, so a viewer who arrives before the publisher is measured from the
+stream's appearance) and the stalls after the first frame (a ``waiting`` event,
+hls.js's ``bufferStalledError`` or Shaka's ``buffering`` event, counted once per
+episode until the next presented frame).
+
+The page is served on the node's own origin (Playwright answers one made-up
+path there), so the player fetches without CORS and the canvas stays readable.
+
+Run: ``python -m bench.players URL [--player hlsjs|shaka] [--seconds S]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+PLAYERS = ("hlsjs", "shaka")
+# The flags every headless Chromium gets, here and in the browser tests.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+]
+# The library each page loads from the node (distribute/api.py serves them from npm).
+LIBRARIES = {"hlsjs": "/static/hls.min.js", "shaka": "/static/shaka-player.compiled.js"}
+# Player settings for low latency, the same as the node's own player pages. hls.js: its
+# target is the playlist's PART-HOLD-BACK (lowLatencyMode), and it plays up to 1.5x to
+# get back to it after a start on an independent part or a stall. Shaka: lowLatencyMode
+# (the default in 5.x) takes PART-HOLD-BACK as its presentation delay. Its caption
+# detection is off: with no CLOSED-CAPTIONS attribute in the master playlist Shaka probes
+# segments for CEA-608 captions and, on a playlist as short as a new stream's, picks the
+# segment still being built (parts only, no URI) and fails with "Cannot read properties
+# of undefined (reading 'match')". The node carries no captions.
+DEFAULT_CONFIG: dict[str, dict[str, Any]] = {
+    "hlsjs": {"lowLatencyMode": True, "maxLiveSyncPlaybackRate": 1.5},
+    "shaka": {
+        "streaming": {"lowLatencyMode": True},
+        "manifest": {"hls": {"disableClosedCaptionsDetection": True}},
+    },
+}
+PAGE_PATH = "/__nearcast_player_probe/{player}.html"
+
+PAGE = """<!doctype html><html><head><meta charset="utf-8"></head><body>
+<video muted autoplay playsinline></video>
+<script src="__LIBRARY__"></script>
+<script>
+"use strict";
+const PLAYER = "__PLAYER__", URL_ = __URL__, CONFIG = __CONFIG__;
+const video = document.querySelector("video");
+const wall = () => performance.timeOrigin + performance.now();
+const S = window.probe = {
+  frames: 0, stamped: 0, latencies: [], stalls: 0, stallMs: 0, stalledAt: null,
+  loadedAt: performance.timeOrigin, streamAt: null, playerAt: null, firstFrameAt: null,
+  lastFrameAt: null, maxGapMs: 0, stallLog: [], width: 0, height: 0, errors: [], fatal: null,
+};
+
+// --- the clock stamp: the layout of media/clock.py -------------------------------------
+const COLS = 32, ROWS = 2, GRID_W = 48, GRID_H = 27, ORIGIN_COL = 8, ORIGIN_ROW = 1;
+const MIN_CONTRAST = 40;  // media/clock.py asks 48 of luma; RGB after a colour conversion
+const canvas = document.createElement("canvas");
+const ctx = canvas.getContext("2d", { willReadFrequently: true });
+
+function cellBox(i, w, h) {
+  const row = Math.floor(i / COLS), col = i % COLS;
+  const c = ORIGIN_COL + col, r = ORIGIN_ROW + row;
+  return [Math.floor(c * w / GRID_W), Math.floor(r * h / GRID_H),
+          Math.floor((c + 1) * w / GRID_W), Math.floor((r + 1) * h / GRID_H)];
+}
+
+function crc8(bytes) {
+  let crc = 0;
+  for (const b of bytes) {
+    crc ^= b;
+    for (let k = 0; k < 8; k++) crc = crc & 0x80 ? ((crc << 1) ^ 0x07) & 0xff : (crc << 1) & 0xff;
+  }
+  return crc;
+}
+
+function readStamp(w, h) {
+  if (!w || !h || w < GRID_W * 2 || h < GRID_H * 2) return null;
+  const bandH = Math.min(h, Math.floor((ORIGIN_ROW + ROWS) * h / GRID_H) + 1);
+  if (canvas.width !== w || canvas.height !== bandH) { canvas.width = w; canvas.height = bandH; }
+  ctx.drawImage(video, 0, 0, w, bandH, 0, 0, w, bandH);
+  const px = ctx.getImageData(0, 0, w, bandH).data;
+  const levels = [];
+  for (let i = 0; i < COLS * ROWS; i++) {
+    const [x0, y0, x1, y1] = cellBox(i, w, h);
+    const qx = Math.floor((x1 - x0) / 4), qy = Math.floor((y1 - y0) / 4);
+    let sum = 0, n = 0;
+    for (let y = y0 + qy; y < Math.max(y0 + qy + 1, y1 - qy); y++) {
+      for (let x = x0 + qx; x < Math.max(x0 + qx + 1, x1 - qx); x++) {
+        const o = (y * w + x) * 4;
+        sum += 0.299 * px[o] + 0.587 * px[o + 1] + 0.114 * px[o + 2]; n++;
+      }
+    }
+    levels.push(sum / n);
+  }
+  // The sync nibbles 1010 ... 0101: known white and black cells to threshold between.
+  const white = [levels[0], levels[2], levels[61], levels[63]];
+  const black = [levels[1], levels[3], levels[60], levels[62]];
+  if (Math.min(...white) - Math.max(...black) < MIN_CONTRAST) return null;
+  const thr = (white.reduce((a, b) => a + b) + black.reduce((a, b) => a + b)) / 8;
+  const bits = levels.map(v => (v > thr ? 1 : 0));
+  if (bits.slice(0, 4).join("") !== "1010" || bits.slice(60).join("") !== "0101") return null;
+  let ms = 0;
+  const bytes = [];
+  for (let b = 0; b < 6; b++) {
+    let byte = 0;
+    for (let k = 0; k < 8; k++) byte = (byte << 1) | bits[4 + b * 8 + k];
+    bytes.push(byte); ms = ms * 256 + byte;
+  }
+  let crc = 0;
+  for (let k = 0; k < 8; k++) crc = (crc << 1) | bits[52 + k];
+  return crc8(bytes) === crc ? ms : null;
+}
+
+// --- presented frames and stalls ---------------------------------------------------------
+function onFrame(_now, meta) {
+  const shown = performance.timeOrigin + meta.expectedDisplayTime;
+  if (S.firstFrameAt === null) S.firstFrameAt = shown;
+  if (S.lastFrameAt !== null) S.maxGapMs = Math.max(S.maxGapMs, shown - S.lastFrameAt);
+  S.lastFrameAt = shown;
+  if (S.stalledAt !== null) {
+    const ms = wall() - S.stalledAt;
+    S.stallMs += ms; S.stallLog.push([Math.round(S.stalledAt - S.firstFrameAt), Math.round(ms)]);
+    S.stalledAt = null;
+  }
+  S.frames++;
+  S.width = meta.width; S.height = meta.height;
+  const stamp = readStamp(meta.width, meta.height);
+  if (stamp !== null) { S.stamped++; S.latencies.push(shown - stamp); }
+  video.requestVideoFrameCallback(onFrame);
+}
+video.requestVideoFrameCallback(onFrame);
+
+function stall(why) {
+  if (S.firstFrameAt === null || S.stalledAt !== null) return;  // startup, or the same stall
+  S.stalls++;
+  S.stalledAt = wall();
+  S.errors.push("stall: " + why);
+}
+video.addEventListener("waiting", () => stall("waiting"));
+
+// --- the players ---------------------------------------------------------------------------
+function startHlsjs() {
+  const hls = new Hls(CONFIG);
+  hls.on(Hls.Events.ERROR, (_e, d) => {
+    if (d.details === "bufferStalledError") stall("hls.js bufferStalledError");
+    else S.errors.push(d.details);
+    if (d.fatal) S.fatal = "hls.js: " + d.details;
+  });
+  hls.loadSource(URL_);
+  hls.attachMedia(video);
+  window.player = hls;
+}
+
+async function startShaka() {
+  shaka.polyfill.installAll();
+  const player = new shaka.Player();
+  await player.attach(video);
+  player.configure(CONFIG);
+  player.addEventListener("error", e => {
+    S.errors.push("shaka " + e.detail.code + " " + JSON.stringify(e.detail.data).slice(0, 120));
+    const critical = e.detail.severity === shaka.util.Error.Severity.CRITICAL;
+    if (critical) S.fatal = "shaka: " + e.detail.code;
+  });
+  player.addEventListener("buffering", e => { if (e.buffering) stall("shaka buffering"); });
+  window.player = player;
+  await player.load(URL_);
+}
+
+async function main() {
+  // A viewer who arrives before the publisher: wait for the master playlist (the node
+  // answers 404 until the stream exists, and players give up on a 404).
+  for (;;) {
+    try { if ((await fetch(URL_, { cache: "no-store" })).ok) break; } catch (e) {}
+    await new Promise(r => setTimeout(r, 100));
+  }
+  S.streamAt = wall();
+  S.playerAt = wall();
+  if (PLAYER === "hlsjs") startHlsjs(); else await startShaka();
+  video.play().catch(() => {});
+}
+main().catch(e => { S.fatal = String(e && e.stack || e); });
+</script></body></html>
+"""
+
+
+class PlayerError(Exception):
+    """A player could not play the stream; the message names the player, URL and reason."""
+
+
+def page(player: str, url: str, config: dict[str, Any] | None = None) -> str:
+    """The HTML page that plays ``url`` (same origin as the page) with ``player``."""
+    if player not in PLAYERS:
+        raise ValueError(f"unknown player {player!r}: one of {', '.join(PLAYERS)}")
+    cfg = DEFAULT_CONFIG[player] if config is None else config
+    return (
+        PAGE.replace("__LIBRARY__", LIBRARIES[player])
+        .replace("__PLAYER__", player)
+        .replace("__URL__", json.dumps(url))
+        .replace("__CONFIG__", json.dumps(cfg))
+    )
+
+
+def percentile(values: list[float], p: float) -> float:
+    """Nearest-rank percentile of sorted ``values`` (as :mod:`nearcast.playout`)."""
+    return values[min(len(values) - 1, int(p * len(values)))]
+
+
+def summarize(state: dict[str, Any], player: str) -> dict[str, Any]:
+    """The figures of one run from the page's ``window.probe``."""
+    lat = sorted(float(x) for x in state["latencies"])
+    half = sorted(float(x) for x in state["latencies"][len(state["latencies"]) // 2 :])
+    first, at = state["firstFrameAt"], state["playerAt"]
+    return {
+        "player": player,
+        "frames": int(state["frames"]),
+        "stamped": int(state["stamped"]),
+        "p50_ms": round(percentile(lat, 0.5), 1) if lat else None,
+        "p95_ms": round(percentile(lat, 0.95), 1) if lat else None,
+        # After the player has caught up (the second half of the run).
+        "settled_p50_ms": round(percentile(half, 0.5), 1) if half else None,
+        "startup_ms": round(first - at, 1) if first is not None and at is not None else None,
+        "stream_wait_ms": round(state["streamAt"] - state["loadedAt"], 1)
+        if state["streamAt"] is not None
+        else None,
+        "stalls": int(state["stalls"]),
+        "stall_ms": round(float(state["stallMs"]), 1),
+        # [ms after the first frame, ms long] of each stall that ended.
+        "stall_log": state["stallLog"][:10],
+        "max_frame_gap_ms": round(float(state["maxGapMs"]), 1),
+        "resolution": f"{state['width']}x{state['height']}",
+        "errors": sorted(set(state["errors"]))[:10],
+    }
+
+
+def chromium_path() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        raise PlayerError("chromium is not installed (Debian package chromium)")
+    return path
+
+
+def measure(
+    player: str,
+    url: str,
+    seconds: float,
+    *,
+    config: dict[str, Any] | None = None,
+    start_timeout: float = 60.0,
+) -> dict[str, Any]:
+    """Play the master playlist ``url`` with ``player`` (hlsjs or shaka) in headless
+    Chromium for ``seconds`` after its first presented frame.
+
+    Returns ``p50_ms``, ``p95_ms`` (glass to glass, every stamped frame presented),
+    ``startup_ms``, ``stalls`` and ``frames`` (stamped frames read), and more (see
+    :func:`summarize`). ``config`` replaces the player's configuration (hls.js
+    ``new Hls(config)``, Shaka ``player.configure(config)``). Raises
+    :class:`PlayerError` when the player fails or shows nothing within ``start_timeout``.
+    """
+    from playwright.sync_api import Error as PlaywrightError
+    from playwright.sync_api import sync_playwright
+
+    html = page(player, url, config)
+    parts = urlsplit(url)
+    page_url = f"{parts.scheme}://{parts.netloc}{PAGE_PATH.format(player=player)}"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            tab = browser.new_page()
+            tab.route(page_url, lambda route: route.fulfill(body=html, content_type="text/html"))
+            tab.goto(page_url)
+            try:
+                tab.wait_for_function(
+                    "window.probe.firstFrameAt !== null || window.probe.fatal !== null",
+                    timeout=start_timeout * 1000,
+                )
+            except PlaywrightError:
+                seen = tab.evaluate(
+                    "({errors: window.probe.errors.slice(0, 5), stream: window.probe.streamAt,"
+                    " readyState: document.querySelector('video').readyState,"
+                    " currentTime: document.querySelector('video').currentTime})"
+                )
+                raise PlayerError(
+                    f"{player}: no frame of {url} within {start_timeout:.0f} s ({seen})"
+                ) from None
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline:
+                # Measuring for a while is the point here; a fatal error ends it early.
+                tab.wait_for_timeout(min(500.0, max(1.0, (deadline - time.monotonic()) * 1000)))
+                if tab.evaluate("window.probe.fatal") is not None:
+                    break
+            state = tab.evaluate("window.probe")
+        finally:
+            browser.close()
+    if state["fatal"] is not None:
+        raise PlayerError(f"{player}: {url}: {state['fatal']} (errors: {state['errors'][:5]})")
+    return summarize(state, player)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.players", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("url", help="a master playlist, e.g. http://HOST:8080/live/NAME/index.m3u8")
+    parser.add_argument("--player", choices=PLAYERS, action="append", help="default: both")
+    parser.add_argument("--seconds", type=float, default=20.0, help="seconds after the first frame")
+    parser.add_argument("--config", help="player configuration (JSON) instead of the default")
+    args = parser.parse_args(argv)
+    config = json.loads(args.config) if args.config else None
+    out = {p: measure(p, args.url, args.seconds, config=config) for p in args.player or PLAYERS}
+    for p, r in out.items():
+        print(
+            f"{p:<7}{r['p50_ms']!s:>9} p50 ms{r['p95_ms']!s:>9} p95 ms{r['startup_ms']!s:>9}"
+            f" startup ms{r['stalls']:>4} stalls{r['stamped']:>6} frames"
+        )
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
