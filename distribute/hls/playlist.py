@@ -184,7 +184,10 @@ def master_playlist(
         )
         lines.append(
             f"#EXT-X-STREAM-INF:BANDWIDTH={v.bandwidth},AVERAGE-BANDWIDTH={v.average_bandwidth},"
-            f'RESOLUTION={v.width}x{v.height},CODECS="{codecs}",FRAME-RATE={v.fps:.3f}'
+            f'RESOLUTION={v.width}x{v.height},CODECS="{codecs}",FRAME-RATE={v.fps:.3f},'
+            # No 608/708 captions in the video: players need not probe segments for them
+            # (Shaka Player otherwise fetches the segment still being built, and fails).
+            "CLOSED-CAPTIONS=NONE"
         )
         lines.append(v.uri)
     return "\n".join(lines) + "\n"

@@ -85,6 +85,7 @@ def test_master_playlist_attributes(node: NodeProcess, live: Publisher) -> None:
         assert si.bandwidth > si.average_bandwidth > 0
         assert si.codecs.startswith("avc1.") and si.codecs.endswith(",mp4a.40.2")
         assert si.frame_rate == pytest.approx(30.0)
+        assert si.closed_captions == "NONE"  # players need not probe segments for 608/708
 
 
 def test_ffmpeg_hls_demuxer_decodes_every_variant(node: NodeProcess, live: Publisher) -> None:
