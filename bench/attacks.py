@@ -58,6 +58,18 @@ Attack = Callable[[NodeSubprocess], Outcome]
 # -- RTMP --------------------------------------------------------------------------------
 
 
+# The address attacks connect from: 127.0.0.1 by default. A soak attacks from another
+# loopback address (127.0.0.0/8 is all loopback), as a real attacker's address differs
+# from the teacher's, whose per-address limits the attacks must not use up.
+SOURCE_ADDRESS = ""
+
+
+def connect(port: int, timeout: float) -> socket.socket:
+    """A TCP connection to the node's ``port`` on loopback, from :data:`SOURCE_ADDRESS`."""
+    source = (SOURCE_ADDRESS, 0) if SOURCE_ADDRESS else None
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=source)
+
+
 def connected() -> tuple[bytes, ChunkWriter]:
     """Handshake and connect, as every client sends them."""
     writer = ChunkWriter()
@@ -68,7 +80,7 @@ def connected() -> tuple[bytes, ChunkWriter]:
 def send(port: int, data: bytes, seconds: float = 5.0) -> str:
     """Send ``data`` and read until the node ends the connection: ``closed`` (FIN),
     ``reset`` (RST) or ``open`` (still open after ``seconds``)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=seconds) as s:
+    with connect(port, seconds) as s:
         try:
             s.sendall(data)
             while s.recv(65536):
@@ -112,7 +124,7 @@ def never_read(node: NodeSubprocess, count: int = 500, hold: float = 12.0) -> Ou
     try:
         for _ in range(count):
             try:
-                s = socket.create_connection(("127.0.0.1", node.rtmp_port), timeout=2)
+                s = connect(node.rtmp_port, 2)
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
                 s.setblocking(False)
                 s.send(hello + ping)
@@ -696,7 +708,7 @@ def slowloris(node: NodeSubprocess, count: int = 300, seconds: float = 15.0) -> 
     try:
         for _ in range(count):
             try:
-                s = socket.create_connection(("127.0.0.1", node.http_port), timeout=2)
+                s = connect(node.http_port, 2)
                 s.sendall(b"GET /healthz HTTP/1.1\r\nHost: nearcast\r\n")
                 s.setblocking(False)
                 socks[s] = ""
@@ -729,7 +741,7 @@ def many_headers(node: NodeSubprocess, count: int = 20_000) -> Outcome:
     """One request with ``count`` header lines; the status it gets."""
     head = b"GET /healthz HTTP/1.1\r\nHost: nearcast\r\n"
     head += b"".join(b"X-H%d: v\r\n" % i for i in range(count)) + b"\r\n"
-    with socket.create_connection(("127.0.0.1", node.http_port), timeout=10) as s:
+    with connect(node.http_port, 10) as s:
         try:
             s.sendall(head)
             return Counter([_status_line(s.recv(4096))])
@@ -750,7 +762,7 @@ def big_sdp(node: NodeSubprocess, size: int = 100 * 1024 * 1024, seconds: float 
     chunk = b"a=x-bomb:" + b"0" * 65_000 + b"\r\n"
     seen: Outcome = Counter()
     sent = 0
-    with socket.create_connection(("127.0.0.1", node.http_port), timeout=seconds) as s:
+    with connect(node.http_port, seconds) as s:
         s.sendall(head)
         s.setblocking(False)
         deadline = time.monotonic() + seconds

@@ -11,7 +11,9 @@ Load, all from loopback:
 * ``--viewers`` simulated LL-HLS viewers (asyncio + httpx), spread over the streams;
 * ``--whep`` WebRTC viewers (aiortc, as ``nearcast.whep_probe``), each reconnecting
   every minute;
-* the RTMP attacks of :mod:`bench.attacks`, one each minute in turn;
+* the attacks of :mod:`bench.attacks` (RTMP, slowloris, 20,000 headers, a 100 MB SDP
+  offer, bad stream names), one each minute in turn, meeting the node's default
+  limits;
 * a reader per stream that checks for segment gaps (as ``tests/hostile`` does).
 
 Each minute it prints the node's RSS and the RSS of its workers, the open descriptors
@@ -34,10 +36,10 @@ median of a minute's samples, grow less than 5% from
 the warm-up minute (the 5th, or the 1st for runs under 10 minutes) to the last, no
 segment gap, no error.
 
-The node runs with documented overrides for a single-address load: no per-address
-RTMP connection cap (``rtmp.max_connections_per_ip: 0``: the viewers, publishers and
-attacks all come from 127.0.0.1), LL-HLS for tenant ``live`` (``hls.tenants``),
-``hls.part_duration`` from ``--part``, a one-rung ladder and WHEP from that rung.
+The node runs with its default limits (the four publishers and the attacks' RTMP
+connections stay within ``rtmp.max_connections_per_ip`` and the publish attempts per
+address), LL-HLS (the default), ``hls.part_duration`` from ``--part``, a one-rung
+ladder and WHEP from that rung.
 """
 
 from __future__ import annotations
@@ -57,18 +59,23 @@ from typing import Any
 
 import httpx
 
+from bench import attacks
 from bench.attacks import (
     LADDER,
     RENDITION,
     RTMP_ATTACKS,
     SAMPLE,
     Reader,
+    bad_names,
+    big_sdp,
     counters,
     descendants,
     fds_besides,
+    many_headers,
     moved,
     open_fds,
     rss_mb,
+    slowloris,
     socket_inodes,
 )
 from nearcast.launch import NodeSubprocess
@@ -224,12 +231,26 @@ def _publisher(url: str, tally: Tally, stop: threading.Event, reconnect: bool) -
             return
 
 
+ATTACKER = "127.0.0.2"
+# The attack suite's attacks that need no set-up of their own, one a minute in turn.
+SOAK_ATTACKS = {
+    **RTMP_ATTACKS,
+    "300 slowloris HTTP connections": slowloris,
+    "20,000 headers": many_headers,
+    "100 MB SDP offer to WHIP": big_sdp,
+    "publishes to <img src=x onerror=alert(1)>, .. and .": bad_names,
+}
+
+
 def _attacks(node: NodeSubprocess, tally: Tally, stop: threading.Event) -> None:
-    names = list(RTMP_ATTACKS)
+    # From another address than the publishers': the attacks meet the per-address limits
+    # without using up the teacher's share of them.
+    attacks.SOURCE_ADDRESS = ATTACKER
+    names = list(SOAK_ATTACKS)
     i = 0
     while not stop.wait(60.0 if i else 30.0):
         try:
-            RTMP_ATTACKS[names[i % len(names)]](node)
+            SOAK_ATTACKS[names[i % len(names)]](node)
         except Exception as exc:
             tally.error(f"attack {names[i % len(names)]}: {exc!r}")
         i += 1
@@ -253,7 +274,6 @@ def run(minutes: float, viewers: int, whep: int, part: float) -> dict[str, Any]:
                 "NEARCAST_TRANSCODE_LADDER": LADDER,
                 "NEARCAST_TRANSCODE_CAPACITY_UNITS": "8",
                 "NEARCAST_NODE_LOG_LEVEL": "WARNING",
-                "NEARCAST_RTMP_MAX_CONNECTIONS_PER_IP": "0",
                 "NEARCAST_HLS_TENANTS": "{live: llhls}",
                 "NEARCAST_HLS_PART_DURATION": str(part),
                 "NEARCAST_WEBRTC_RENDITION": RENDITION,
