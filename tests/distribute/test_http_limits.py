@@ -367,7 +367,7 @@ def test_a_viewer_that_stops_reading_a_big_segment_is_dropped() -> None:
     and the buffer freed."""
     size = 24 * 1024 * 1024
     server = MediaServer(
-        HlsConfig(segment_format="fmp4", max_segment_bytes=size + 1),
+        HlsConfig(segment_format="fmp4", low_latency=False, max_segment_bytes=size + 1),
         http=HttpConfig(write_timeout=1.0, header_timeout=5.0),
     )
     try:

@@ -49,8 +49,8 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeProcess]:
 
 def _fuzz(port: int, stop: threading.Event, counts: dict[str, int]) -> None:
     rng = random.Random(4)
-    chunks, amf = load_corpus()
-    pool = chunks + amf
+    chunks, amf, tags = load_corpus()
+    pool = chunks + amf + tags
     while not stop.is_set():
         if rng.random() < 0.2:
             payload = rng.randbytes(rng.randint(1, 8192))
