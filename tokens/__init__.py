@@ -20,8 +20,9 @@ import binascii
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol, TypeVar
 
 from settings import check
 
@@ -106,16 +107,65 @@ def _unb64(text: str) -> bytes:
     return raw
 
 
-def _mac(secret: str, body: str) -> bytes:
-    return hmac.new(secret.encode(), _DOMAIN + body.encode("ascii"), hashlib.sha256).digest()
+def _mac(secret: str, body: str, domain: bytes = _DOMAIN) -> bytes:
+    return hmac.new(secret.encode(), domain + body.encode("ascii"), hashlib.sha256).digest()
+
+
+class Signed(Protocol):
+    """What a token's body parses to: claims naming the key they are signed with."""
+
+    @property
+    def key_id(self) -> str: ...
+
+
+S = TypeVar("S", bound=Signed)
+
+
+def seal(secret: str, payload: bytes, domain: bytes) -> str:
+    """The token form of ``payload``: its canonical base64url, a dot, and its MAC.
+    ``domain`` keeps kinds of tokens apart: one never verifies as another."""
+    if not secret:
+        raise ValueError("cannot sign with an empty secret")
+    body = _b64(payload)
+    return f"{body}.{_b64(_mac(secret, body, domain))}"
+
+
+def unseal(
+    token: str,
+    keys: Mapping[str, str],
+    parse: Callable[[bytes], S],
+    *,
+    domain: bytes,
+    max_len: int,
+    noun: str,
+    unknown_key: str,
+    error: Callable[[str, str], Exception],
+) -> S:
+    """The claims of ``token``, once it is proven genuine: well formed, signed with one
+    of ``keys`` (key id -> secret, all valid at once: rotation) under ``domain``. The
+    signature is checked before any claim is believed. A refusal raises
+    ``error(reason, message)`` with reason ``malformed``, ``unknown_key`` or ``forged``;
+    what the claims grant is the caller's to check."""
+    if len(token) > max_len or token.count(".") != 1:
+        raise error("malformed", f"{noun} is not two base64url parts joined by '.'")
+    body, _, mac = token.partition(".")
+    try:
+        raw = _unb64(body)
+        given = _unb64(mac)
+        claims = parse(raw)
+    except (binascii.Error, ValueError) as exc:
+        raise error("malformed", f"{noun} cannot be decoded: {exc}") from None
+    secret = keys.get(claims.key_id)
+    if secret is None:
+        raise error("unknown_key", f"{noun} is signed with key {claims.key_id!r}, {unknown_key}")
+    if not hmac.compare_digest(given, _mac(secret, body, domain)):
+        raise error("forged", f"{noun} signature does not match key {claims.key_id!r}")
+    return claims
 
 
 def sign(secret: str, key_id: str, action: str, tenant: str, stream: str, expires: int) -> str:
     """A token granting ``action`` on ``tenant/stream`` until ``expires`` (Unix seconds)."""
-    if not secret:
-        raise ValueError("cannot sign with an empty secret")
-    body = _b64(bytes(Claims(key_id, action, tenant, stream, int(expires))))
-    return f"{body}.{_b64(_mac(secret, body))}"
+    return seal(secret, bytes(Claims(key_id, action, tenant, stream, int(expires))), _DOMAIN)
 
 
 def verify(
@@ -134,22 +184,16 @@ def verify(
     """
     if not token:
         raise TokenError("missing", f"no token for {action} of {tenant}/{stream}")
-    if len(token) > _MAX_TOKEN or token.count(".") != 1:
-        raise TokenError("malformed", "token is not two base64url parts joined by '.'")
-    body, _, mac = token.partition(".")
-    try:
-        raw = _unb64(body)
-        given = _unb64(mac)
-        claims = Claims.parse(raw)
-    except (binascii.Error, ValueError) as exc:
-        raise TokenError("malformed", f"token cannot be decoded: {exc}") from None
-    secret = keys.get(claims.key_id)
-    if secret is None:
-        raise TokenError(
-            "unknown_key", f"token is signed with key {claims.key_id!r}, unknown for {tenant}"
-        )
-    if not hmac.compare_digest(given, _mac(secret, body)):
-        raise TokenError("forged", f"token signature does not match key {claims.key_id!r}")
+    claims = unseal(
+        token,
+        keys,
+        Claims.parse,
+        domain=_DOMAIN,
+        max_len=_MAX_TOKEN,
+        noun="token",
+        unknown_key=f"unknown for {tenant}",
+        error=TokenError,
+    )
     if claims.action != action:
         raise TokenError("wrong_action", f"token grants {claims.action!r}, not {action!r}")
     if (claims.tenant, claims.stream) != (tenant, stream):
