@@ -83,13 +83,11 @@ def send(port: int, data: bytes, seconds: float = 5.0) -> str:
     with connect(port, seconds) as s:
         try:
             s.sendall(data)
-            while s.recv(65536):
-                pass
         except TimeoutError:
             return "open"
         except OSError:
             return "reset"
-    return "closed"
+        return _ended(s, seconds)
 
 
 def amf_connect_16mib(node: NodeSubprocess) -> Outcome:
