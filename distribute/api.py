@@ -151,6 +151,11 @@ def create_api(
             raise HTTPException(404, "hls.js is not installed; run `make` (npm install)")
         return FileResponse(path, media_type="text/javascript")
 
+    @app.get("/static/stamp.js")
+    async def stamp() -> Response:
+        # The clock-stamp reader of the watch page and the player latency probe.
+        return FileResponse(WEB / "stamp.js", media_type="text/javascript")
+
     @app.get("/static/shaka-player.compiled.js")
     async def shaka() -> Response:
         path = find_shaka()
