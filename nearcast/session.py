@@ -21,7 +21,6 @@ from ingest.stats import IngestStats
 from media import MediaPacket
 from media.segments import InitFrame, PartFrame, SegmentFrame
 from transcode.admission import Admission
-from transcode.capacity import ladder_units
 from transcode.pool import Transcoder
 from transcode.spec import Spec
 
@@ -149,14 +148,13 @@ class StreamSession:
         node: Node,
         request: PublishRequest,
         stream: LiveStream,
-        profile: str = "default",
-        admission: Admission | None = None,
+        profile: str,
+        admission: Admission,
     ) -> None:
         self.node = node
         self.profile = profile
-        ladder = node.config.transcode.profile(profile).ladder
-        self.admission = admission or Admission(list(ladder), ladder_units(ladder), [])
-        self.units = self.admission.units
+        # The rungs the node admitted (Node._admit), not the profile's whole ladder.
+        self.admission = admission
         stream.ingest["profile"] = profile
         stream.left_out = dict(self.admission.left_out)
         self.request = request
@@ -169,6 +167,11 @@ class StreamSession:
         self._closing: asyncio.Task[None] | None = None
         self.ingest = IngestStats(request.protocol, request.remote, time.monotonic())
         self._next_limit_check = 0.0
+
+    @property
+    def units(self) -> float:
+        """Transcode capacity this stream holds, in ladder units."""
+        return self.admission.units
 
     def metadata(self, values: dict[str, Any]) -> None:
         self._meta.update(values)

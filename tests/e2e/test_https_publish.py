@@ -13,23 +13,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from browserutil import CAMERA_ARGS
 from cryptography import x509
 from nodeutil import NodeProcess, require_binary, segment_numbers, wait_for
 from playwright.sync_api import Page, sync_playwright
 from tlsutil import HOST, CertAuthority, spki_sha256
 from whiputil import LADDER, ready
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    f"--host-resolver-rules=MAP {HOST} 127.0.0.1",
-]
+CHROMIUM_ARGS = [*CAMERA_ARGS, f"--host-resolver-rules=MAP {HOST} 127.0.0.1"]
 STATE = "[document.body.dataset.state, document.getElementById('detail').textContent]"
 
 

@@ -5,20 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from browserutil import CAMERA_ARGS
 from nodeutil import NodeProcess, require_binary, wait_for
 from playwright.sync_api import sync_playwright
 from whiputil import LADDER, check_ladder, ended, ready
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +34,7 @@ def test_chromium_publish_page(node: NodeProcess, codec: str) -> None:
     endpoint = f"{node.http}/{path}/whip"
     frames = node.metric("ingest_frames_total", kind="video", protocol="whip")
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS)
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CAMERA_ARGS)
         try:
             page = browser.new_page()
             page.goto(f"{page_url}&whip={endpoint}")
