@@ -51,6 +51,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -378,24 +379,27 @@ def analyse(log: list[tuple[int, int, float, float]], warmup: float) -> dict[str
 
 
 def load_rounds(
-    kinds: list[tuple[str, str]],
+    kinds: Callable[[], list[tuple[str, str]]],
     snap: Path,
     node: tuple[int, int],
     nginx: tuple[int, int],
     args: argparse.Namespace,
     label: str,
 ) -> dict[str, dict[str, Any]]:
-    """wrk against the node and nginx, alternating, N rounds per kind of file."""
+    """wrk against the node and nginx, alternating, N rounds per kind of file. ``kinds``
+    names the files live right now: asked again every round, as parts and segments age
+    out of the playlist while the rounds run."""
     nc_port, nc_pid = node
     ng_port, ng_pid = nginx
     results: dict[str, dict[str, Any]] = {}
-    for kind, nc_path in kinds:
+    for index, (kind, _) in enumerate(kinds()):
         # Every round pins one file that both serve byte for byte, so a round's ratio
         # compares like with like. The round with the median ratio is reported:
         # neighbours on a shared machine steal CPU in bursts, and one burst should not
         # decide the ratio.
         pairs: list[dict[str, dict[str, float]]] = []
         for round_ in range(args.rounds):
+            nc_path = kinds()[index][1]
             body = fetch(nc_port, nc_path)
             # A new name each round: nginx's open_file_cache must not serve a cached
             # length for a file rewritten in place.
@@ -484,10 +488,11 @@ def main() -> None:
         d.chmod(0o755)
     ng_port = free_port()
     node = NodeSubprocess(work / "node.log", env=node_env(args.token))
+    publishers: list[threading.Thread] = []
     stop = threading.Event()
     nginx = None
     try:
-        start_publish(node.rtmp(f"{TENANT}/{STREAM}?profile=passthrough"), stop)
+        publishers.append(start_publish(node.rtmp(f"{TENANT}/{STREAM}?profile=passthrough"), stop))
         playlist_path = f"{BASE}/index.m3u8{QUERY}"
         live = wait_listed(node.http_port, playlist_path, 3, timeout=60)
         nginx = start_nginx(work / "www", ng_port, work)
@@ -504,7 +509,7 @@ def main() -> None:
         del live
         phases: dict[str, dict[str, dict[str, Any]]] = {}
         servers = ((node.http_port, node.proc.pid), (ng_port, ng_worker))
-        phases["alone"] = load_rounds(kinds(), snap, *servers, args, "alone")
+        phases["alone"] = load_rounds(kinds, snap, *servers, args, "alone")
         print_table("serving alone (passthrough, no encode on the machine)", phases["alone"])
 
         import uvloop
@@ -522,17 +527,19 @@ def main() -> None:
         )
 
         if not args.no_load:
-            start_publish(node.rtmp(f"{TENANT}/{LOAD_STREAM}"), stop)
+            publishers.append(start_publish(node.rtmp(f"{TENANT}/{LOAD_STREAM}"), stop))
             load_query = f"?token={playback_token(LOAD_STREAM)}" if args.token else ""
             wait_listed(
                 node.http_port, f"/{TENANT}/{LOAD_STREAM}/360p/index.m3u8{load_query}", 2, 90
             )
-            phases["under_transcode"] = load_rounds(kinds(), snap, *servers, args, "load")
+            phases["under_transcode"] = load_rounds(kinds, snap, *servers, args, "load")
             print_table(
                 "serving while a 3-rung ladder transcodes on the machine", phases["under_transcode"]
             )
     finally:
         stop.set()
+        for publisher in publishers:  # before the node goes: no reset mid-publish
+            publisher.join(15)
         if nginx is not None:
             nginx.terminate()
             nginx.wait(10)
