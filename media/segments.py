@@ -10,6 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# LL-HLS start-up: the first segment of every worker run is listed as two media
+# segments, a lead of this many parts (about PART-HOLD-BACK) and the rest, so that
+# players start from parts about a second after the publisher. The worker starts the
+# rest with a keyframe, so a player that starts there by time alone (Shaka) decodes
+# from its first part.
+LEAD_PARTS = 3
+
+
+def splits_lead(segment_duration: float, part_duration: float) -> bool:
+    """Whether a run's first segment is split into a lead and the rest: LL-HLS parts,
+    and a segment with more parts than the lead."""
+    return 0 < part_duration and segment_duration > (LEAD_PARTS + 0.5) * part_duration
+
 
 @dataclass(frozen=True, slots=True)
 class SegmentFrame:

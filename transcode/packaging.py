@@ -67,9 +67,7 @@ class Segmenter:
         if spec.segment_format == "fmp4":
             part_ticks = 0
             if spec.part_duration > 0:
-                # Whole frames only, and never more than the part target (RFC 8216bis §4.4.4.9).
-                per_part = max(1, math.floor(spec.part_duration * fps + Fraction(1, 10**6)))
-                part_ticks = per_part * frame_ticks
+                part_ticks = frames_per_part(spec.part_duration, fps) * frame_ticks
             self.cmaf = cmaf(part_ticks, FrameType.INIT, FrameType.SEGMENT)
         else:
             self.ts = TsSegmenter(
@@ -106,6 +104,12 @@ class Segmenter:
         for packager in (self.cmaf, self.ts, self.record):
             if packager is not None:
                 packager.flush()
+
+
+def frames_per_part(part_duration: float, fps: Fraction) -> int:
+    """Frames in an LL-HLS part: whole frames only, and never more than the part target
+    (RFC 8216bis §4.4.4.9)."""
+    return max(1, math.floor(part_duration * fps + Fraction(1, 10**6)))
 
 
 def tap_video(out: Output, data: bytes, pts: int, dts: int, keyframe: bool, arrival: float) -> None:

@@ -29,11 +29,12 @@ from containers.cmaf import AudioFormat, split_annexb
 from media import MediaPacket
 from media.h264 import AvcConfig, split_nals, to_annexb
 from media.ratelog import RateLimitedLog
+from media.segments import LEAD_PARTS, splits_lead
 from transcode.cfr import FrameRateConverter, exact_rate
 from transcode.encoder import TICK, TICKS_PER_SECOND, open_video_encoder
 from transcode.ladder import Rung
 from transcode.output import Output
-from transcode.packaging import Segmenter, tap_video
+from transcode.packaging import Segmenter, frames_per_part, tap_video
 from transcode.scale import Scaler
 from transcode.spec import Spec
 
@@ -82,6 +83,15 @@ class RungEncoder:
         # Segment n spans grid slots [n * fps * seg, (n + 1) * fps * seg).
         self._slots_per_segment = self.fps * Fraction(round(spec.segment_duration * 1000), 1000)
         self._gop_frames = max(1, round(self._slots_per_segment))
+        # LL-HLS: the store lists the run's first segment as a lead of LEAD_PARTS parts
+        # and the rest; a keyframe where the rest starts lets a player that picks its
+        # start by time alone begin there (slots from the run's first frame; None: none).
+        self._lead_keyframe: int | None = (
+            LEAD_PARTS * frames_per_part(spec.part_duration, self.fps)
+            if splits_lead(spec.segment_duration, spec.part_duration)
+            else None
+        )
+        self._run_first_slot: int | None = None
         self._cfr = FrameRateConverter(
             self.fps, origin_ms, max_fill=math.ceil(max_gap_ms * self.fps / 1000) + 1
         )
@@ -185,9 +195,18 @@ class RungEncoder:
         pts = self._origin + round(n * self._frame_ticks)
         frame.pts = pts
         frame.time_base = TICK
+        if self._run_first_slot is None:
+            self._run_first_slot = n
         if boundary:
             frame.pict_type = PictureType.I
             self._indexes[pts] = index
+        elif (
+            self._lead_keyframe is not None
+            and index == 0
+            and n - self._run_first_slot == self._lead_keyframe
+        ):
+            # Within segment 0 (no index: the segment goes on), where its lead ends.
+            frame.pict_type = PictureType.I
         else:
             frame.pict_type = PictureType.NONE
         if self.tap and arrival:

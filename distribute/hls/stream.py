@@ -21,14 +21,11 @@ from distribute.hls.render import PART_SEGMENTS, render_master, render_media, re
 from distribute.hls.track import Part, RenditionTrack, Segment
 from media import StreamKey
 from media.ratelog import RateLimitedLog
-from media.segments import InitFrame, PartFrame, SegmentFrame
+from media.segments import LEAD_PARTS, InitFrame, PartFrame, SegmentFrame, splits_lead
 
 log = logging.getLogger(__name__)
 # What can repeat for every part of a stream is logged once, then summed up now and then.
 _LIMITED = RateLimitedLog(log)
-
-# Parts in the short lead segment that starts every LL-HLS run (see LiveStream._split).
-LEAD_PARTS = 3
 
 
 class LiveStream:
@@ -85,9 +82,7 @@ class LiveStream:
         self._base = self._next_msn
         # Only when a segment has more parts than the lead (segment >= ~4 parts).
         cfg = self.config
-        self._split = (
-            self.low_latency and cfg.segment_duration > (LEAD_PARTS + 0.5) * cfg.part_duration
-        )
+        self._split = self.low_latency and splits_lead(cfg.segment_duration, cfg.part_duration)
         self._lead_whole = False
         self._anchor = None
         self.ended = False
