@@ -29,6 +29,8 @@ class HttpConfig:
     header_timeout: float = 10.0
     max_body_bytes: int = 1024 * 1024
     write_timeout: float = 30.0
+    # Seconds a connection may wait for its next request before it is closed.
+    keep_alive_timeout: int = 30
     # Connections open (or requests in progress) at which requests get 503; 0: no limit.
     limit_concurrency: int = 4096
 
@@ -51,6 +53,7 @@ class HttpConfig:
         check(self.header_timeout > 0, "header_timeout", "must be greater than zero")
         check(self.max_body_bytes >= 65536, "max_body_bytes", "must be at least 65536")
         check(self.write_timeout > 0, "write_timeout", "must be greater than zero")
+        check(self.keep_alive_timeout >= 1, "keep_alive_timeout", "must be at least 1")
         check(self.limit_concurrency >= 0, "limit_concurrency", "must not be negative")
 
     @property

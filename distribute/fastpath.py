@@ -127,7 +127,7 @@ def media_protocol(
     header_timeout = cfg.header_timeout
     write_timeout = cfg.write_timeout
     # Timeouts are checked this often: a quarter of the shorter one, at most once a second.
-    period = max(0.05, min(1.0, header_timeout / 4, write_timeout / 4))
+    period = max(0.05, min(1.0, header_timeout / 4, write_timeout / 4, cfg.keep_alive_timeout / 4))
     late_head = header_timeout + period
     limit = cfg.limit_concurrency
     rejected = media.metrics.rejected
@@ -153,8 +153,6 @@ def media_protocol(
     ).encode()
     busy = b"too many connections, try again later (http.limit_concurrency)\n"
 
-    complete = HttpToolsProtocol.on_response_complete
-
     class MediaHttpProtocol(HttpToolsProtocol):
         _date_src: Any = None
         _date_block = b""
@@ -174,6 +172,9 @@ def media_protocol(
         _body_since = 0.0
         _stall_size = 0
         _stall_since = 0.0
+        # Since when the connection waits for its next request (0: it is not waiting):
+        # the sweep applies the keep-alive timeout, not a timer armed per response.
+        _idle_since = 0.0
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -214,6 +215,11 @@ def media_protocol(
                     and not transport.is_closing()
                 ):
                     conn._refuse(STATUS_408, too_slow_body, "body_timeout")
+                    continue
+                since = conn._idle_since
+                if since and now - since >= conn.timeout_keep_alive:
+                    if not transport.is_closing():
+                        transport.close()
                     continue
                 # A closing transport still waits to flush its buffer: checked too.
                 size = transport.get_write_buffer_size()
@@ -279,10 +285,44 @@ def media_protocol(
                     self._refuse(STATUS_431, too_big, "headers")
 
         def on_message_begin(self) -> None:
-            super().on_message_begin()
+            # uvicorn's, less its ASGI scope: only a request the fast path leaves to the
+            # app needs one (_asgi builds it), and most requests are media hits.
+            self.url = b""
+            self.expect_100_continue = False
+            self.headers = []
             self._body_bytes = 0
+            self._idle_since = 0.0
             if not self._head_since:
                 self._head_since = self._now
+
+        def _asgi(self) -> None:
+            """Hand the request to uvicorn's ASGI cycle, with the scope it would have built."""
+            self.scope = {  # type: ignore[typeddict-item]
+                "type": "http",
+                "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+                "http_version": "1.1",
+                "server": self.server,
+                "client": self.client,
+                "scheme": self.scheme,  # type: ignore[typeddict-item]
+                "root_path": self.root_path,
+                "headers": self.headers,
+                "state": self.app_state.copy(),
+            }
+            super().on_headers_complete()
+
+        def on_response_complete(self) -> None:
+            # uvicorn's, less the keep-alive timer it arms per response: the sweep
+            # closes a connection idle for timeout_keep_alive (within a sweep period).
+            self.server_state.total_requests += 1
+            if self.transport.is_closing():
+                return
+            self._unset_keepalive_if_required()
+            self.flow.resume_reading()
+            if self.pipeline:
+                cycle, app = self.pipeline.pop()
+                self._start_asgi_task(cycle, app)
+            else:
+                self._idle_since = self._now
 
         def on_url(self, url: bytes) -> None:
             self.url += url
@@ -364,12 +404,12 @@ def media_protocol(
                 if type(hit) is tuple:
                     self._write(STATUS_200, hit[0], hit[1], False)
                     self.cycle = _ANSWERED  # type: ignore[assignment]
-                    complete(self)
+                    self.on_response_complete()
                     return
                 if hit is not None:
                     self._hold(hit)  # type: ignore[arg-type]
                     return
-            super().on_headers_complete()
+            self._asgi()
 
         def _write(self, status: bytes, block: bytes, body: bytes, chunked: bool) -> None:
             defaults = self.server_state.default_headers

@@ -415,7 +415,7 @@ class Node:
                 log_level="warning",
                 lifespan="off",
                 access_log=False,
-                timeout_keep_alive=30,
+                timeout_keep_alive=self.config.http.keep_alive_timeout,
                 # The node's own live context, so a reloaded certificate reaches new
                 # handshakes (nearcast.tls).
                 ssl_context_factory=None if tls is None else lambda _config, _default: tls,

@@ -431,3 +431,36 @@ def test_a_websocket_upgrade_still_reaches_uvicorn(node: NodeProcess) -> None:
 def test_limit_errors_name_the_key(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load(environ=env)
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_keep_alive_timeout() -> None:
+    """The sweep, not a timer per response, closes a connection that sends no next
+    request within http.keep_alive_timeout; one that keeps asking stays open."""
+    server = MediaServer(
+        HlsConfig(segment_format="fmp4", low_latency=False),
+        http=HttpConfig(keep_alive_timeout=1),
+    )
+    try:
+        request = b"GET /live/s/index.m3u8 HTTP/1.1\r\nHost: node\r\n\r\n"
+        idle, busy = socket.socket(), socket.socket()
+        for sock in (idle, busy):
+            sock.settimeout(5)
+            sock.connect(("127.0.0.1", server.port))
+        with idle, busy:
+            idle.sendall(request)
+            answered = time.monotonic()
+            assert read_response(idle).startswith(b"HTTP/1.1 404")
+            # Asking every 0.4 s for 2.4 s: never idle for a whole second.
+            for _ in range(6):
+                busy.sendall(request)
+                assert read_response(busy).startswith(b"HTTP/1.1 404")
+                wait = time.monotonic() + 0.4
+                while time.monotonic() < wait:
+                    time.sleep(0.05)
+            assert idle.recv(65536) == b"", "the idle connection is still open"
+            closed_after = time.monotonic() - answered
+            assert 0.9 < closed_after < 3.5, closed_after
+            busy.sendall(request)
+            assert read_response(busy).startswith(b"HTTP/1.1 404"), "the busy one was closed"
+    finally:
+        server.stop()

@@ -108,6 +108,7 @@ class MediaServer:
             uvicorn.Config(
                 asgi,
                 http=media_protocol(self.app, http),
+                timeout_keep_alive=http.keep_alive_timeout if http else 5,
                 log_level="warning",
                 lifespan="off",
                 access_log=False,
