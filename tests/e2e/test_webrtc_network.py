@@ -298,3 +298,39 @@ async def test_a_full_port_range_refuses_whip_and_whep_with_503() -> None:
         await viewer.close()
         await publisher.close()
         await node.stop()
+
+
+async def test_a_refused_turn_credential_is_logged_without_the_secret_and_counted(
+    turn: TurnServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from media.ice import IceServer, UdpPortRange
+    from media.icegather import IceNetwork
+
+    secret = "wrong-secret-4567"
+    registry = CollectorRegistry()
+    net = IceNetwork(
+        UdpPortRange(*free_udp_range(4)),
+        servers=[IceServer(urls=[turn.url], username=USER, credential=secret)],
+        registry=registry,
+    )
+    offerer = RTCPeerConnection()
+    pc = RTCPeerConnection(net.configuration())
+    try:
+        offerer.addTransceiver("video", direction="recvonly")
+        await offerer.setLocalDescription(await offerer.createOffer())
+        pc.addTransceiver(VideoStreamTrack(), direction="sendonly")
+        await pc.setRemoteDescription(offerer.localDescription)
+        net.bind(pc)
+        await pc.setLocalDescription(await pc.createAnswer())
+    finally:
+        await pc.close()
+        await offerer.close()
+    # The session still answers, with host candidates only.
+    assert [kind for _, _, kind in candidates(pc.localDescription.sdp)] and all(
+        kind == "host" for _, _, kind in candidates(pc.localDescription.sdp)
+    )
+    assert registry.get_sample_value("webrtc_ice_server_failures_total", {"kind": "turn"}) == 1
+    assert f"TURN server 127.0.0.1:{turn.port} gave no candidate" in caplog.text
+    assert "401" in caplog.text and secret not in caplog.text
