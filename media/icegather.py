@@ -185,7 +185,17 @@ class IceNetwork:
         if connection.turn_server:
             tasks[asyncio.create_task(self._relayed(connection, component))] = "turn"
         if tasks:
-            done, pending = await asyncio.wait(tasks, timeout=timeout)
+            try:
+                _, pending = await asyncio.wait(tasks, timeout=timeout)
+            except asyncio.CancelledError:
+                for task in tasks:  # an allocation must not outlive the session
+                    if not task.done():
+                        task.cancel()
+                    elif not task.cancelled() and task.exception() is None:
+                        relay = task.result()[1]
+                        if relay is not None:
+                            relay.transport.close()
+                raise
             for task in pending:
                 task.cancel()
             exhausted: BaseException | None = None
@@ -194,7 +204,8 @@ class IceNetwork:
                     self._server_failed(connection, kind, f"no answer within {timeout:g} s")
                     continue
                 error = task.exception()
-                if isinstance(error, PortsExhausted):
+                if isinstance(error, PortsExhausted):  # the TURN allocation's socket
+                    self.metrics.exhausted.inc()
                     exhausted = error
                 elif error is not None:
                     self._server_failed(connection, kind, str(error) or type(error).__name__)
