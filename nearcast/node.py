@@ -30,7 +30,7 @@ from distribute.http import MediaApp
 from distribute.media_metrics import MediaMetrics
 from distribute.record import Recorder, RecordMetrics
 from distribute.whep.http import whep_router
-from distribute.whep.server import WhepServer
+from distribute.whep.server import WhepServer, ice_network
 from ingest.auth import PublishAuth, client_ip, redact_query
 from ingest.metrics import IngestMetrics
 from ingest.rtmp.server import RtmpServer, parse_query
@@ -90,15 +90,18 @@ class Node:
         self.placement: Any = None
         if not config.placement.url:
             self._embed_placement(api)
+        # One WebRTC network (webrtc: UDP ports, announced IPs, STUN/TURN) for WHIP and WHEP.
+        self.ice = ice_network(config.webrtc, self.registry)
         self.whip = WhipServer(
             config.whip,
             self,
             self.imetrics,
             cors_origin=config.http.cors_origin,
             keyframe_interval=self._whip_keyframe_interval,
+            network=self.ice,
         )
         api.include_router(self.whip.router)
-        self.whep = WhepServer(config.webrtc, self.registry)
+        self.whep = WhepServer(config.webrtc, self.registry, network=self.ice)
         api.include_router(whep_router(self.whep, config.http.cors_origin))
         # Recording (record.tenants): written on its own thread, served at /{t}/{s}/vod/.
         self.recorder: Recorder | None = (

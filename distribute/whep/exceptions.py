@@ -19,3 +19,7 @@ class BadOffer(WhepError, ValueError):
 
 class TooManyViewers(WhepError):
     """The node's WebRTC viewer limit is reached (503)."""
+
+
+class NoUdpPort(WhepError):
+    """Every port of the node's WebRTC UDP range is in use (503)."""

@@ -25,7 +25,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 from starlette.requests import ClientDisconnect
 
-from distribute.whep.exceptions import BadOffer, SessionNotFound, StreamNotFound, TooManyViewers
+from distribute.whep.exceptions import (
+    BadOffer,
+    NoUdpPort,
+    SessionNotFound,
+    StreamNotFound,
+    TooManyViewers,
+)
 from distribute.whep.server import WhepServer
 from media import StreamKey
 
@@ -49,7 +55,7 @@ def whep_router(server: WhepServer, cors_origin: str = "*") -> APIRouter:
         }
 
     def links() -> list[str]:
-        return [f'<{url}>; rel="ice-server"' for url in server.ice_servers()]
+        return server.ice_links()
 
     def error(status: int, message: str, methods: str, **headers: str) -> Response:
         return PlainTextResponse(message + "\n", status, headers={**cors(methods), **headers})
@@ -92,6 +98,9 @@ def whep_router(server: WhepServer, cors_origin: str = "*") -> APIRouter:
             log.info("[whep %s] refused offer: %s", key, exc)
             return error(400, str(exc), endpoint_methods)
         except TooManyViewers as exc:
+            return error(503, str(exc), endpoint_methods, **{"Retry-After": "10"})
+        except NoUdpPort as exc:
+            log.warning("[whep %s] %s", key, exc)
             return error(503, str(exc), endpoint_methods, **{"Retry-After": "10"})
         location = f"/{tenant}/{stream}/whep/session/{session.id}"
         response = Response(

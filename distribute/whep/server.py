@@ -20,8 +20,6 @@ from typing import Any
 import av
 from aiortc import (
     MediaStreamTrack,
-    RTCConfiguration,
-    RTCIceServer,
     RTCPeerConnection,
     RTCRtpSender,
     RTCSessionDescription,
@@ -31,9 +29,17 @@ from aiortc.mediastreams import MediaStreamError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from distribute.whep.config import WebRtcConfig
-from distribute.whep.exceptions import BadOffer, SessionNotFound, StreamNotFound, TooManyViewers
+from distribute.whep.exceptions import (
+    BadOffer,
+    NoUdpPort,
+    SessionNotFound,
+    StreamNotFound,
+    TooManyViewers,
+)
 from distribute.whep.fanout import TapFanout, ViewerFeed
 from media import MediaPacket, StreamKey
+from media.ice import PortsExhausted, UdpPortRange, ice_servers
+from media.icegather import IceNetwork
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +74,8 @@ class WhepMetrics:
         registry = registry or CollectorRegistry()
         # webrtc_sessions: WHEP viewers currently connected or connecting.
         self.sessions = Gauge("webrtc_sessions", "WHEP sessions open", registry=registry)
-        # webrtc_session_attempts_total{result}: offers by outcome (created, bad_offer, ...).
+        # webrtc_session_attempts_total{result}: offers by outcome (created, bad_offer,
+        # not_found, full, no_port: the UDP port range was full).
         self.attempts = Counter(
             "webrtc_session_attempts", "WHEP session attempts", ["result"], registry=registry
         )
@@ -90,12 +97,30 @@ class WhepSession:
         self.closed = False
 
 
+def ice_network(config: WebRtcConfig, registry: CollectorRegistry | None = None) -> IceNetwork:
+    """The node's WebRTC network from the ``webrtc:`` section, for WHEP and WHIP alike."""
+    return IceNetwork(
+        UdpPortRange(config.udp_port_min, config.udp_port_max),
+        config.announce_ips,
+        ice_servers(config.ice_servers),
+        registry,
+    )
+
+
 class WhepServer:
     """Every WHEP session of a node, and the fan-out of each stream offered over WebRTC."""
 
-    def __init__(self, config: WebRtcConfig, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        config: WebRtcConfig,
+        registry: CollectorRegistry | None = None,
+        *,
+        network: IceNetwork | None = None,
+    ) -> None:
         self.config = config
         self.metrics = WhepMetrics(registry)
+        # Ports, announced addresses and STUN/TURN servers; the node shares it with WHIP.
+        self.network = network or ice_network(config, registry)
         self.fanouts: dict[StreamKey, TapFanout] = {}
         self.sessions: dict[str, WhepSession] = {}
         # Offers past the max_viewers check and not yet sessions: they hold a slot, so
@@ -142,8 +167,9 @@ class WhepServer:
 
     # -- viewer side ---------------------------------------------------------------------
 
-    def ice_servers(self) -> list[str]:
-        return list(self.config.ice_servers)
+    def ice_links(self) -> list[str]:
+        """``Link: rel="ice-server"`` values for viewers (RFC 9725 §4.6)."""
+        return self.network.links()
 
     async def create(self, key: StreamKey, offer_sdp: str) -> tuple[WhepSession, str]:
         """Answer a viewer's offer. Returns the session and the SDP answer."""
@@ -173,8 +199,7 @@ class WhepServer:
         if "video" not in kinds:
             self.metrics.attempts.labels("bad_offer").inc()
             raise BadOffer(f"offer for {key} has no video m-line")
-        ice = [RTCIceServer(urls=u) for u in self.config.ice_servers]
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
+        pc = RTCPeerConnection(self.network.configuration())
         feeds: list[ViewerFeed] = []
         try:
             # Transceivers made before the offer is applied take its m-lines of their kind,
@@ -198,6 +223,7 @@ class WhepServer:
                 ) from None
             except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
                 raise BadOffer(f"offer for {key} is not valid SDP: {exc}") from None
+            self.network.bind(pc)
             try:
                 answer = await pc.createAnswer()
             except (ValueError, RuntimeError) as exc:
@@ -206,13 +232,18 @@ class WhepServer:
                 raise BadOffer(
                     f"offer for {key} does not accept H.264 video (packetization-mode 1)"
                 )
-            await pc.setLocalDescription(answer)
+            try:
+                await pc.setLocalDescription(answer)
+            except PortsExhausted as exc:
+                raise NoUdpPort(f"cannot answer the offer for {key}: {exc.strerror}") from None
         except BaseException as exc:
             for feed in feeds:
                 fanout.detach(feed)
             await pc.close()
             if isinstance(exc, BadOffer):
                 self.metrics.attempts.labels("bad_offer").inc()
+            elif isinstance(exc, NoUdpPort):
+                self.metrics.attempts.labels("no_port").inc()
             raise
         session = WhepSession(secrets.token_urlsafe(12), key, pc, feeds)
         self.sessions[session.id] = session

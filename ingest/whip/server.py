@@ -31,8 +31,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 from aiortc import (
-    RTCConfiguration,
-    RTCIceServer,
     RTCPeerConnection,
     RTCRtpReceiver,
     RTCSessionDescription,
@@ -49,6 +47,8 @@ from ingest.whip.config import WhipConfig
 from ingest.whip.mapper import AUDIO_CODECS, VIDEO_CODECS
 from ingest.whip.session import WhipSession
 from media import StreamKey
+from media.ice import PortsExhausted
+from media.icegather import IceNetwork
 from media.names import stream_name_problem
 
 log = logging.getLogger(__name__)
@@ -154,8 +154,12 @@ class WhipServer:
         cors_origin: str = "*",
         authorize: PublishAuthorizer = allow_all,
         keyframe_interval: Callable[[Publication], float] | None = None,
+        network: IceNetwork | None = None,
     ) -> None:
         self.config = config
+        # Ports, announced addresses and STUN/TURN servers (the webrtc: section), shared
+        # with WHEP; by default ephemeral ports, host candidates only.
+        self.network = network or IceNetwork()
         self.sink = sink
         self.metrics = metrics
         self.cors = cors_origin
@@ -341,6 +345,15 @@ class WhipServer:
             session, answer = await self._answer(key, remote, text, publication, guard)
         except Exception as exc:
             await publication.close()
+            if isinstance(exc, PortsExhausted):
+                log.warning("[whip %s] publish from %s refused: %s", key, remote, exc.strerror)
+                self.metrics.rejected.labels("capacity").inc()
+                return self._error(
+                    503,
+                    f"cannot answer the offer: {exc.strerror}",
+                    methods,
+                    **{"Retry-After": "10"},
+                )
             if isinstance(exc, (ValueError, OfferError)) or type(exc).__name__ == "OperationError":
                 log.warning("[whip %s] offer refused: %s", key, exc)
                 self.metrics.rejected.labels("protocol").inc()
@@ -356,7 +369,7 @@ class WhipServer:
             ", ".join(f"{k} {v}" for k, v in sorted(session.codecs.items())),
         )
         headers = self._headers(methods, Location=session.path)
-        links = [f'<{url}>; rel="ice-server"' for url in self.config.ice_servers]
+        links = self.network.links()
         if links:
             headers["Link"] = ", ".join(links)
         return Response(answer, status_code=201, media_type=SDP_TYPE, headers=headers)
@@ -369,8 +382,7 @@ class WhipServer:
         publication: Publication,
         guard: SourceGuard | None = None,
     ) -> tuple[WhipSession, str]:
-        servers = [RTCIceServer(urls=url) for url in self.config.ice_servers]
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
+        pc = RTCPeerConnection(self.network.configuration())
         session = WhipSession(
             self.config,
             self.metrics,
@@ -404,6 +416,7 @@ class WhipServer:
                         )
                     )
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+            self.network.bind(pc)
             session.attach()
             await pc.setLocalDescription(await pc.createAnswer())
         except BaseException:
