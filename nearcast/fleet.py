@@ -193,9 +193,7 @@ def _mapping(value: Any, key: str, allowed: Sequence[str] | None = None) -> Mapp
         for k in value:
             if k not in allowed:
                 where = f"{key}.{k}" if key else str(k)
-                raise TopologyError(
-                    f"'{where}' is not a topology key (expected one of {', '.join(allowed)})"
-                )
+                raise TopologyError(f"'{where}' is not a topology key ({', '.join(allowed)})")
     return value
 
 
@@ -240,9 +238,9 @@ def parse_topology(data: Any, source: str = "topology") -> Topology:
 
 
 def _parse(data: Any) -> Topology:
+    if not isinstance(data, Mapping) or not data:
+        raise TopologyError(f"must be a mapping with 'nodes' (keys: {', '.join(TOP_KEYS)})")
     top = _mapping(data, "", TOP_KEYS)
-    if not top:
-        raise TopologyError("is empty: it needs at least 'nodes'")
     host = _string(top, "host", "host", "127.0.0.1")
     if host in ("0.0.0.0", "::") or any(c in host for c in "/[] "):
         raise TopologyError(f"'host' must be one address that clients reach, not {host!r}")
