@@ -866,7 +866,7 @@ def status(state: FleetState) -> tuple[bool, str]:
     return ok, "\n".join(lines)
 
 
-def describe(state: FleetState) -> str:
+def describe(state: FleetState, foreground: bool = False) -> str:
     """What a person opens and runs to watch a class relayed across cities."""
     d = state.demo
     tenant, stream = quote(d.tenant), quote(d.stream)
@@ -915,10 +915,10 @@ def describe(state: FleetState) -> str:
     lines += ["", "  Each node's player page:"]
     for n in state.nodes:
         lines.append(f"    {n.id:<{width}}  {n.http}/?stream={tenant}/{stream}")
-    lines += [
-        "",
-        f"  Stop it with `nearcast fleet down --run-dir {shlex.quote(state.run_dir)}`.",
-    ]
+    stop = (
+        "Ctrl-C" if foreground else f"`nearcast fleet down --run-dir {shlex.quote(state.run_dir)}`"
+    )
+    lines += ["", f"  Stop it with {stop}."]
     return "\n".join(lines)
 
 
@@ -984,7 +984,7 @@ def main(args: argparse.Namespace) -> int:
                 timeout=args.timeout,
                 say=_say,
             )
-            print(describe(state), flush=True)
+            print(describe(state, args.foreground), flush=True)
             if args.foreground:
                 return _foreground(state)
             return 0
