@@ -575,6 +575,9 @@ def up(
                 f"a fleet is already running from {run} (placement {previous.placement_url}); "
                 "`nearcast fleet down` first"
             )
+        # A fleet that ended without `fleet down` (the machine rebooted, say).
+        if previous.owns_prefix:
+            _forget_keys(previous.redis, previous.key_prefix)
         state_path(run).unlink()
     _check_redis(topology.placement.redis)
     for sub in ("logs", "config", "recordings"):
@@ -1004,6 +1007,10 @@ def main(args: argparse.Namespace) -> int:
     except (TopologyError, FleetError) as exc:
         print(f"nearcast fleet {action}: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # `up` has stopped what it started by now.
+        print(f"nearcast fleet {action}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _foreground(state: FleetState) -> int:
@@ -1013,6 +1020,9 @@ def _foreground(state: FleetState) -> int:
     _say("running in the foreground; Ctrl-C stops the fleet")
     gone: set[str] = set()
     while not stop.wait(1.0):
+        if not state_path(state.run_dir).exists():
+            _say("stopped by `nearcast fleet down`")
+            return 0
         for p in state.procs():
             if p.name not in gone and not alive(p):
                 gone.add(p.name)
