@@ -136,6 +136,7 @@ def test_fleet_up_registers_every_node_of_the_topology(day: Day) -> None:
         assert (seen["city"], seen["isp"], seen["tier"]) == (n.city, n.isp, n.tier)
         assert seen["urls"]["http"] == n.http and seen["urls"]["rtmp"] == n.rtmp
     assert len({n.http for n in day.state.nodes}) == len(day.state.nodes)
+    assert cli.main(["fleet", "status", "--run-dir", str(day.run_dir)]) == 0
 
 
 def test_teacher_in_berlin_gets_a_berlin_edge_node_and_publishes_there(day: Day) -> None:
