@@ -1,5 +1,6 @@
 # nearcast: the two commands of the README, and the steps they are made of.
 #   make run    start a node and push the sample lecture into it; open the printed URL
+#   make fleet  start the fleet of samples/fleet.yml (or TOPOLOGY=FILE) here; Ctrl-C stops it
 #   make test   run the whole test suite with real clients (FFmpeg, Chromium, Redis)
 
 PYTHON ?= python3
@@ -7,7 +8,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: all install run test lint typecheck bench clean system-deps redis web
+.PHONY: all install run fleet test lint typecheck bench clean system-deps redis web
 
 all: install
 
@@ -35,6 +36,9 @@ redis:
 
 run: install
 	$(PY) -m nearcast.demo
+
+fleet: install redis
+	$(PY) -m nearcast fleet up --foreground $(if $(TOPOLOGY),--topology $(TOPOLOGY))
 
 test: install system-deps redis
 	$(PY) -m pytest -q

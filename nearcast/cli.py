@@ -12,7 +12,7 @@ import time
 from urllib.parse import quote
 
 from media.names import stream_name_problem
-from nearcast import offline, placement_cli, probe, publish
+from nearcast import fleet, offline, placement_cli, probe, publish
 from nearcast.config import Config, ConfigError, load
 
 log = logging.getLogger("nearcast")
@@ -231,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe.register(sub)
     offline.register(sub)
     placement_cli.register(sub)
+    fleet.register(sub)
     _register_token(sub)
     return parser
 
