@@ -39,6 +39,7 @@ from placement.model import (
     Load,
     Location,
     Node,
+    NodeState,
     PlacementRequest,
     Tier,
     Urls,
@@ -895,6 +896,7 @@ class _Engine:
                             n
                             for n in pool
                             if n.id not in st.holders
+                            and n.state is NodeState.READY
                             and self.use[n.id][0] + RELAY_SLOTS <= n.capacity.slots + _EPS
                             and feasible(n, ctx)
                         ],
@@ -1054,14 +1056,14 @@ class _Engine:
 
     def end(self, idx: int, now: float) -> None:
         st = self.streams.pop(idx)
-        self._release(idx, st)
-        st.where = []
-        self._refresh(idx, st, now)
-        self.cloud_only_mbps -= BITRATE_MBPS * (1 + len(st.ev.students))
         for f in self.res.failures:
             lost = f.pending.pop(idx, None)
             if lost:
                 f.lost += len(lost)
+        self._release(idx, st)
+        st.where = []
+        self._refresh(idx, st, now)
+        self.cloud_only_mbps -= BITRATE_MBPS * (1 + len(st.ev.students))
 
     def fail(self, f: Failure, now: float) -> None:
         n = self.snap.nodes[f.node]

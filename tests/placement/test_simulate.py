@@ -379,3 +379,20 @@ def test_backbone_with_relays_is_a_fraction_of_cloud_only(
     assert 0 < r.backbone_gb < 0.2 * r.cloud_gb
     assert cloud.backbone_gb == pytest.approx(cloud.cloud_gb) == pytest.approx(r.cloud_gb)
     assert r.figures()["backbone_ratio"] == pytest.approx(r.backbone_gb / r.cloud_gb)
+
+
+def test_viewers_no_node_can_take_after_a_failure_are_counted_lost() -> None:
+    """Lyon's only edge fails and no tier can take its session: nobody is served again."""
+    fleet = [
+        _node("edge-lyon", "edge", "lyon", "west"),
+        _node("edge-paris", "edge", "paris", "west"),
+    ]
+    classes = [{"start": "10:00", "minutes": 30, "city": "lyon", "viewers": {"lyon": 3}}]
+    t = parse_trace(
+        {"fleet": fleet, "classes": classes, "failures": [{"node": "edge-lyon", "at": "10:10"}]}
+    )
+    r = simulate(t.fleet, t.classes, DEFAULT_POLICY, t.failures)
+    [f] = r.failures
+    assert (f.cut, f.lost, f.recovery_s) == (3, 3, None)
+    assert r.share_at(f.at + 60)["unserved"] == 1.0
+    assert "3 left unserved" in r.row()["failure of edge-lyon at 10:10:00"]
