@@ -562,24 +562,28 @@ class Result:
         total = sum(counts)
         return {k: n / total if total else 0.0 for k, n in zip(SHARES, counts, strict=True)}
 
-    def _gb(self, pick: int) -> float:
+    def traffic_gb(self, start: float = -math.inf, end: float = math.inf) -> tuple[float, float]:
+        """Backbone GB between ``start`` and ``end``: as simulated, and had every viewer
+        (and publisher) been served by the cloud."""
+        backbone = cloud = 0.0
         tl = self.timeline
-        mbit = sum(
-            (a.backbone_mbps if pick == 0 else a.cloud_only_mbps) * (b.t - a.t)
-            for a, b in zip(tl, tl[1:], strict=False)
-        )
-        return mbit / 8 / 1000
+        for a, b in zip(tl, tl[1:], strict=False):
+            span = min(b.t, end) - max(a.t, start)
+            if span > 0:
+                backbone += a.backbone_mbps * span
+                cloud += a.cloud_only_mbps * span
+        return backbone / 8 / 1000, cloud / 8 / 1000
 
     @property
     def backbone_gb(self) -> float:
         """Backbone GB: uplinks to a cloud origin, upstream copies to relays, and
         viewers served from the cloud or from another city."""
-        return self._gb(0)
+        return self.traffic_gb()[0]
 
     @property
     def cloud_gb(self) -> float:
         """Backbone GB had every viewer (and the publisher) been served by the cloud."""
-        return self._gb(1)
+        return self.traffic_gb()[1]
 
     @property
     def local_ratio(self) -> float:
@@ -641,9 +645,12 @@ class Result:
         for w in self.windows:
             where = f", {' '.join(w.cities)}" if w.cities else ""
             key = f"viewers local / MEC / cloud / other / unserved, {w.name}"
-            out[f"{key} ({clock(w.start)[:5]}-{clock(w.end)[:5]}{where})"] = _shares_text(
-                self.shares(w.start, w.end, w.cities)
-            )
+            span = f"{clock(w.start)[:5]}-{clock(w.end)[:5]}"
+            out[f"{key} ({span}{where})"] = _shares_text(self.shares(w.start, w.end, w.cities))
+            if not w.cities:
+                used, cloud_only = self.traffic_gb(w.start, w.end)
+                ratio = used / cloud_only if cloud_only else 0.0
+                out[f"backbone / cloud-only, {w.name} ({span})"] = f"{ratio:.3f}"
         for f in self.failures:
             out[f"failure of {f.node} at {clock(f.at)}"] = _failure_text(self, f)
         return out
@@ -1326,7 +1333,7 @@ def _plots(results: Sequence[Result], out_dir: str) -> list[str]:
         if len(r.timeline) < 2:
             continue
         _stack(ax, r, r.timeline[0].t, r.timeline[-1].t, None, HOUR)
-        for w in r.windows:
+        for w in {(w.name, w.start, w.end): w for w in r.windows}.values():
             ax.axvspan(w.start / HOUR, w.end / HOUR, color="grey", alpha=0.08)
             ax.text(
                 w.start / HOUR,

@@ -375,10 +375,13 @@ def test_no_node_is_ever_over_capacity(stress: tuple[Trace, Result, Result]) -> 
 def test_backbone_with_relays_is_a_fraction_of_cloud_only(
     stress: tuple[Trace, Result, Result],
 ) -> None:
-    _, r, cloud = stress
+    t, r, cloud = stress
     assert 0 < r.backbone_gb < 0.2 * r.cloud_gb
     assert cloud.backbone_gb == pytest.approx(cloud.cloud_gb) == pytest.approx(r.cloud_gb)
     assert r.figures()["backbone_ratio"] == pytest.approx(r.backbone_gb / r.cloud_gb)
+    # The spill to the cloud costs backbone: more of cloud-only's during the peak.
+    peak, before = (r.traffic_gb(*_window(t, w)) for w in ("peak", "before"))
+    assert before[0] / before[1] < peak[0] / peak[1] < 0.2
 
 
 def test_viewers_no_node_can_take_after_a_failure_are_counted_lost() -> None:
