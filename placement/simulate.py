@@ -1027,14 +1027,18 @@ class _Engine:
         self._add_holder(idx, st, d.node.id, None)
         self._use(d.node.id, slots=st.slots)
         for i in range(len(ev.students)):
-            if self._serve(idx, st, i, now):
-                # A viewer sent to a node that is down (not yet known) waits for it.
-                f = self._failure_of(st, i)
-                if f is not None:
-                    f.cut += 1
-                    f.pending.setdefault(idx, set()).add(i)
-            else:
-                self.res.turned_away += 1
+            self._admit(idx, st, i, now)
+
+    def _admit(self, idx: int, st: _Stream, i: int, now: float) -> None:
+        if not self._serve(idx, st, i, now):
+            self.res.turned_away += 1
+            return
+        # A viewer sent to a node that is down (not known yet) waits for it too.
+        f = self._failure_of(st, i)
+        if f is not None:
+            if not any(i in w for w in (g.pending.get(idx, ()) for g in self.res.failures)):
+                f.cut += 1
+            f.pending.setdefault(idx, set()).add(i)
 
     def _release(self, idx: int, st: _Stream) -> None:
         for i in range(len(st.where)):
@@ -1097,8 +1101,7 @@ class _Engine:
             for h in sorted(gone, key=lambda h: -self._depth(st, h)):
                 self._drop_holder(idx, st, h)
             for i in moved:
-                if not self._serve(idx, st, i, now):
-                    self.res.turned_away += 1
+                self._admit(idx, st, i, now)
             self._refresh(idx, st, now)
 
     def migrate(self, nid: str, now: float) -> None:
