@@ -692,12 +692,14 @@ def local_recovery(res: Result, f: FailureOutcome) -> tuple[float, float, float 
 def _failure_text(res: Result, f: FailureOutcome) -> str:
     if not f.cut:
         return "served no viewer: nothing to recover"
-    before, low, back = local_recovery(res, f)
     done = (
         f"all served again after {f.recovery_s:.0f} s"
         if f.recovery_s is not None
         else f"{f.lost} left unserved"
     )
+    if not sum(res.share_at(f.at - _EPS, [f.city]).values()):
+        return f"{f.cut} viewers cut, {done}"  # nobody watches from its city (a MEC's)
+    before, low, back = local_recovery(res, f)
     city = f"{f.city} local share {before:.0%} -> {low:.0%}"
     city += f", back after {back:.0f} s" if back is not None else ", not back"
     return f"{f.cut} viewers cut, {done}; {city}"

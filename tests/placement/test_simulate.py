@@ -399,3 +399,45 @@ def test_viewers_no_node_can_take_after_a_failure_are_counted_lost() -> None:
     assert (f.cut, f.lost, f.recovery_s) == (3, 3, None)
     assert r.share_at(f.at + 60)["unserved"] == 1.0
     assert "3 left unserved" in r.row()["failure of edge-lyon at 10:10:00"]
+
+
+def test_a_relay_feeds_another_once_the_origin_egress_is_spent() -> None:
+    """Lyon's origin can send two copies. Paris's and nice's edges (one viewer place
+    each) are busy until 10:20, so the MEC serves both cities from one relay. When the
+    MEC fails, the two viewers get relays in their cities: the origin feeds paris's (its
+    last copy) and paris's feeds nice's. When paris fails, nice is cut with it."""
+    fleet = [
+        _node("edge-lyon", "edge", "lyon", "west", egress_mbps=2 * BITRATE_MBPS),
+        _node("edge-paris", "edge", "paris", "west", viewers=1),
+        _node("edge-nice", "edge", "nice", "west", viewers=1),
+        _node("mec-west", "mec", "west-metro", "west"),
+        _node("cloud-1", "cloud", "cloud", "cloud-eu"),
+    ]
+    classes = [
+        {"start": "09:00", "minutes": 80, "city": "paris", "viewers": {"paris": 1}},
+        {"start": "09:00", "minutes": 80, "city": "nice", "viewers": {"nice": 1}},
+        {"start": "10:00", "minutes": 60, "city": "lyon", "viewers": {"paris": 1, "nice": 1}},
+        {"start": "10:05", "minutes": 55, "city": "lyon", "viewers": {"lyon": 1}},
+    ]
+    failures = [{"node": "mec-west", "at": "10:30"}, {"node": "edge-paris", "at": "10:40"}]
+    t = parse_trace({"fleet": fleet, "classes": classes, "failures": failures})
+    r = simulate(t.fleet, t.classes, DEFAULT_POLICY, t.failures)
+    mec, paris = r.failures
+    assert r.share_at(mec.at - 1)["mec"] == 2 / 3
+    assert (mec.cut, mec.recovery_s) == (2, 7.0)
+    assert r.share_at(mec.at + 8)["local"] == 1.0
+    # Paris's edge sent its viewer and nice's relay a copy each; lyon never over 2.
+    assert r.peak_use["edge-paris"][1] == 2 * BITRATE_MBPS
+    assert r.peak_use["edge-lyon"][1] == 2 * BITRATE_MBPS
+    assert (paris.cut, paris.lost, paris.recovery_s) == (2, 0, 7.0)
+    assert r.share_at(paris.at + 1)["unserved"] == 2 / 3
+    # Paris's viewer goes to the cloud, whose relay now feeds nice's.
+    assert r.share_at(paris.at + 8) == pytest.approx(
+        {"local": 2 / 3, "mec": 0, "cloud": 1 / 3, "remote": 0, "unserved": 0}
+    )
+    assert r.peak_use["cloud-1"][1] == 2 * BITRATE_MBPS
+    row = r.row()
+    assert row["failure of mec-west at 10:30:00"] == "2 viewers cut, all served again after 7 s"
+    assert row["failure of edge-paris at 10:40:00"].endswith(
+        "paris local share 100% -> 0%, not back"
+    )
