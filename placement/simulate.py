@@ -758,6 +758,8 @@ class _Engine:
         self.ttl = liveness.ttl
         self.use: dict[str, list[float]] = {n.id: [0.0, 0.0, 0.0] for n in fleet.nodes}
         self.dirty: set[str] = set()
+        self._ctxs: dict[Location, Context] = {}
+        self._ctx_for: tuple[int, float] = (0, math.nan)
         self.down: dict[str, FailureOutcome] = {}
         self.node_streams: dict[str, set[int]] = {}
         self.streams: dict[int, _Stream] = {}
@@ -820,18 +822,26 @@ class _Engine:
     # -- streams ------------------------------------------------------------------------
 
     def _ctx(self, st: _Stream, v: Viewer, now: float) -> Context:
-        return core.resolve_context(
-            self.snap,
-            st.ev.tenant,
-            st.ev.stream,
-            v.location,
-            self.policy,
-            now,
-            ttl=self.ttl,
-            headroom=1.0,
-            viewer=True,
-            egress_mbps=BITRATE_MBPS,
-        )
+        """The viewer's request context; viewers of one stream at one place and instant
+        share it (and its memo of RTT estimates)."""
+        if self._ctx_for != (id(st), now):
+            self._ctx_for = (id(st), now)
+            self._ctxs.clear()
+        ctx = self._ctxs.get(v.location)
+        if ctx is None:
+            ctx = self._ctxs[v.location] = core.resolve_context(
+                self.snap,
+                st.ev.tenant,
+                st.ev.stream,
+                v.location,
+                self.policy,
+                now,
+                ttl=self.ttl,
+                headroom=1.0,
+                viewer=True,
+                egress_mbps=BITRATE_MBPS,
+            )
+        return ctx
 
     def _add_holder(self, idx: int, st: _Stream, nid: str, parent: str | None) -> None:
         st.holders[nid] = parent
