@@ -1396,8 +1396,8 @@ def _plots(results: Sequence[Result], out_dir: str) -> list[str]:
     ax.legend(loc="upper left", fontsize=8)
     files.append(_save(fig, out_dir, "viewers.png"))
 
-    # Around each failure: the failed node's city, cut off and served again.
-    failures = [(r, f) for r in results for f in r.failures]
+    # Around each failure that cut viewers: the failed node's city, cut off and served again.
+    failures = [(r, f) for r in results for f in r.failures if f.cut]
     if failures:
         fig, axes = plt.subplots(
             len(failures), 1, figsize=(9, 3.4 * len(failures)), squeeze=False, layout="constrained"
