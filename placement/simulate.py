@@ -759,7 +759,7 @@ class _Engine:
         self.use: dict[str, list[float]] = {n.id: [0.0, 0.0, 0.0] for n in fleet.nodes}
         self.dirty: set[str] = set()
         self._ctxs: dict[Location, Context] = {}
-        self._ctx_for: tuple[int, float] = (0, math.nan)
+        self._ctx_for: tuple[str, str, float] = ("", "", math.nan)
         self.down: dict[str, FailureOutcome] = {}
         self.node_streams: dict[str, set[int]] = {}
         self.streams: dict[int, _Stream] = {}
@@ -824,8 +824,9 @@ class _Engine:
     def _ctx(self, st: _Stream, v: Viewer, now: float) -> Context:
         """The viewer's request context; viewers of one stream at one place and instant
         share it (and its memo of RTT estimates)."""
-        if self._ctx_for != (id(st), now):
-            self._ctx_for = (id(st), now)
+        key = (st.ev.tenant, st.ev.stream, now)
+        if self._ctx_for != key:
+            self._ctx_for = key
             self._ctxs.clear()
         ctx = self._ctxs.get(v.location)
         if ctx is None:
