@@ -74,7 +74,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         help="compare placement policies on a synthetic fleet",
         description="Build a seeded synthetic fleet (edge nodes per city, MEC per region, "
         "a cloud), run a day of classes (one teacher, 20-60 students) through each policy "
-        "side by side, and write a Markdown report and PNG plots.",
+        "side by side, and write a Markdown report and PNG plots. Every node's capacity "
+        "holds: viewers are served in their city (by the origin or a relay) while a node "
+        "there has room, else by their region's MEC, else by the cloud.",
     )
     s.add_argument("--nodes", type=int, default=2000, help="fleet size, up to 100000 (2000)")
     s.add_argument("--classes", type=int, default=3000, help="classes in the trace (3000)")
@@ -98,6 +100,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="FILE",
         help="a recorded fleet instead of a synthetic one: GET /v1/nodes's body, saved "
         "as is (its load and reservations are cleared; '--nodes' is ignored)",
+    )
+    s.add_argument(
+        "--trace",
+        metavar="FILE",
+        help="a trace file (YAML: its own fleet, classes, node failures and reporting "
+        "windows) instead of the synthetic fleet and day; a bundled trace by name, e.g. "
+        "'evening-peak' (a peak at 130%% of some cities' edge capacity, and an edge node "
+        "failing mid-class)",
     )
     s.add_argument("--seed", type=int, default=1, help="random seed (1)")
     s.set_defaults(func=run_simulate)
@@ -193,15 +203,23 @@ def run_node_credential(args: argparse.Namespace) -> int:
 def run_simulate(args: argparse.Namespace) -> int:
     from placement.errors import InvalidField
     from placement.policy import load_policy_file
-    from placement.simulate import builtin_policies, load_fleet, load_log, run
+    from placement.simulate import builtin_policies, load_fleet, load_log, load_trace, run
 
     if not 1 <= args.nodes <= 100_000:
         print("nearcast simulate: '--nodes' must be 1-100000", file=sys.stderr)
+        return 2
+    if args.trace and (args.replay or args.fleet):
+        print(
+            "nearcast simulate: '--trace' brings its own fleet and classes: "
+            "leave out '--replay' and '--fleet'",
+            file=sys.stderr,
+        )
         return 2
     try:
         policies = [load_policy_file(p) for p in args.policy] or builtin_policies()
         replay = load_log(args.replay) if args.replay else None
         fleet = load_fleet(args.fleet) if args.fleet else None
+        trace = load_trace(args.trace) if args.trace else None
     except (InvalidField, OSError) as exc:
         print(f"nearcast simulate: {exc}", file=sys.stderr)
         return 2
@@ -213,6 +231,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         replay=replay,
         fleet=fleet,
+        trace=trace,
     )
     print(report.markdown)
     return 0

@@ -1,0 +1,1 @@
+"""Traces bundled with ``nearcast simulate --trace NAME`` (YAML files)."""
