@@ -230,9 +230,12 @@ class PlacementService:
             # interval), not on every incremental refresh.
             self._counted_at = now
             self._count_nodes(snap, now)
+        # A full read with a cursor: the registry lost the history it refers to (an
+        # empty Redis came back between two refreshes, too fast to be seen degraded).
+        lost = was_degraded or (changes.full and prev is not None)
         try:
-            if was_degraded or self.sessions.unwritten:
-                await self.sessions.write_back(now)
+            if lost or self.sessions.unwritten:
+                await self.sessions.write_back(now, check_lost=lost)
             await self.decisions.flush()
         except RegistryUnavailable:
             self.degradation.set(True, now)

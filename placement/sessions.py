@@ -8,7 +8,6 @@ returns, and what was reserved since the current snapshot was taken.
 
 from __future__ import annotations
 
-import contextlib
 from collections import OrderedDict
 from dataclasses import replace
 
@@ -28,11 +27,15 @@ class LocalSessions:
         self._known: OrderedDict[str, Session] = OrderedDict()
         self._pending: dict[str, Session] = {}
         self._pending_release: set[str] = set()
+        # Sessions the registry lost (an empty Redis came back) whose node has not
+        # registered again yet: written back on each refresh until it has.
+        self._lost: set[str] = set()
 
     @property
     def unwritten(self) -> bool:
-        """Reservations or releases made while degraded wait for the registry."""
-        return bool(self._pending or self._pending_release)
+        """Reservations or releases made while degraded, or sessions the registry lost,
+        wait for the registry."""
+        return bool(self._pending or self._pending_release or self._lost)
 
     def new_snapshot(self) -> None:
         """A snapshot was taken: it holds the reservations made before it."""
@@ -83,7 +86,10 @@ class LocalSessions:
         self.remember(s)
         return True
 
-    async def write_back(self, now: float) -> None:
+    async def write_back(self, now: float, check_lost: bool = True) -> None:
+        """Write what was decided while degraded to the registry; with ``check_lost``,
+        also every session known here that the registry lost, else only those still
+        waiting for their node to register again."""
         for sid in list(self._pending_release):
             await self.registry.release(sid, now)
             self._pending_release.discard(sid)
@@ -98,9 +104,18 @@ class LocalSessions:
             del self._pending[sid]
             self.remember(replace(s, degraded=False))
         # Sessions lost with the registry (e.g. a restarted Redis without persistence).
-        for sid, s in list(self._known.items()):
-            if s.lease_expires < now or sid in self._pending:
+        # Their nodes register again on their next beat, after this refresh perhaps:
+        # those not yet back are tried again on the next refreshes.
+        lost = list(self._known) if check_lost else list(self._lost)
+        for sid in lost:
+            known = self._known.get(sid)
+            if known is None or known.lease_expires < now or sid in self._pending:
+                self._lost.discard(sid)
                 continue
             if await self.registry.get_session(sid, now) is None:
-                with contextlib.suppress(UnknownNode):
-                    await self.registry.reserve(s, now, force=True)
+                try:
+                    await self.registry.reserve(known, now, force=True)
+                except UnknownNode:
+                    self._lost.add(sid)
+                    continue
+            self._lost.discard(sid)
