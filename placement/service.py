@@ -378,7 +378,7 @@ class PlacementService:
         snapshot or this instance's sessions point at a dead node, so a placement of a
         new stream costs no extra registry read."""
         key = stream_key(req.tenant, req.stream)
-        cached = self.sessions.find(req.tenant, req.stream, now)
+        cached = self.sessions.latest(req.tenant, req.stream, now)
         suspects = [n for n in snap.by_stream.get(key, ()) if is_stale(n, now, ttl)]
         if cached is not None and (node := snap.nodes.get(cached.node_id)) is not None:
             if is_stale(node, now, ttl):

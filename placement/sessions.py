@@ -12,7 +12,7 @@ from collections import OrderedDict
 from dataclasses import replace
 
 from placement.errors import UnknownNode
-from placement.model import Node, NodeState, Session
+from placement.model import Node, NodeState, Session, stream_key
 from placement.registry import Registry
 
 SESSION_CACHE = 100_000
@@ -25,6 +25,8 @@ class LocalSessions:
         # later decisions see them without rebuilding the snapshot.
         self.usage: dict[str, tuple[int, float]] = {}
         self._known: OrderedDict[str, Session] = OrderedDict()
+        # tenant/stream -> the id of its session remembered last (see ``latest``).
+        self._latest: dict[str, str] = {}
         self._pending: dict[str, Session] = {}
         self._pending_release: set[str] = set()
         # Sessions the registry lost (an empty Redis came back) whose node has not
@@ -55,15 +57,30 @@ class LocalSessions:
             None,
         )
 
+    def latest(self, tenant: str, stream: str, now: float) -> Session | None:
+        """The stream's session remembered last, unless its lease ran out: one lookup,
+        where ``find`` may walk the whole cache."""
+        sid = self._latest.get(stream_key(tenant, stream))
+        s = self._known.get(sid) if sid is not None else None
+        return s if s is not None and s.lease_expires >= now else None
+
     def remember(self, s: Session) -> None:
         self._known[s.id] = s
         self._known.move_to_end(s.id)
+        self._latest[stream_key(s.tenant, s.stream)] = s.id
         while len(self._known) > SESSION_CACHE:
-            self._known.popitem(last=False)
+            self._unindex(self._known.popitem(last=False)[1])
+
+    def _unindex(self, s: Session) -> None:
+        key = stream_key(s.tenant, s.stream)
+        if self._latest.get(key) == s.id:
+            del self._latest[key]
 
     def forget(self, session_id: str) -> Session | None:
         cached = self._known.pop(session_id, None)
         self._pending.pop(session_id, None)
+        if cached is not None:
+            self._unindex(cached)
         return cached
 
     def release_later(self, session_id: str) -> None:
