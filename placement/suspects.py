@@ -11,6 +11,7 @@ per probe, not once per report.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -56,7 +57,7 @@ class Suspects:
         self._transport = transport
         self._monotonic = monotonic
         self._client: httpx.AsyncClient | None = None
-        self._inflight: dict[str, asyncio.Future[ProbeResult]] = {}
+        self._inflight: dict[str, asyncio.Task[ProbeResult]] = {}
         self._last: dict[str, ProbeResult] = {}
 
     async def check(
@@ -70,21 +71,25 @@ class Suspects:
         last = self._last.get(node_id)
         if last is not None and self._monotonic() - last.at < self.cache_s:
             return last
-        running = self._inflight.get(node_id)
-        if running is not None:
-            return await asyncio.shield(running)
-        fut: asyncio.Future[ProbeResult] = asyncio.get_running_loop().create_future()
-        self._inflight[node_id] = fut
+        task = self._inflight.get(node_id)
+        if task is None:
+            # A task of its own: a reporter that hangs up does not cancel the probe
+            # the others wait for.
+            task = asyncio.create_task(self._run(node_id, http_url, on_result))
+            self._inflight[node_id] = task
+        return await asyncio.shield(task)
+
+    async def _run(
+        self,
+        node_id: str,
+        http_url: str,
+        on_result: Callable[[ProbeResult], Awaitable[None]],
+    ) -> ProbeResult:
         try:
             result = await self._probe(node_id, http_url)
             await on_result(result)
             self._last[node_id] = result
-            fut.set_result(result)
             return result
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # mark retrieved: waiters re-raise it themselves
-            raise
         finally:
             del self._inflight[node_id]
             self._forget_old()
@@ -119,6 +124,12 @@ class Suspects:
         return ProbeResult(node_id, healthy, outcome, detail, self._monotonic())
 
     async def close(self) -> None:
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
