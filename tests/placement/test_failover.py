@@ -5,6 +5,7 @@ that marks it dead at once, and the stream's session moving off it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
-from placementutil import NODE_KEYS, free_port, make_node, node_headers
+from placementutil import NODE_KEYS, Clock, free_port, make_node, node_headers
 from prometheus_client import CollectorRegistry
 
 import tokens
@@ -51,11 +52,13 @@ Handler = Callable[[httpx.Request], Any]
 
 
 class Probed:
-    """What the nodes' /healthz answer, by host (``e1.test`` ...), and how often asked."""
+    """What the nodes' /healthz answer, by host (``e1.test`` ...), how often asked, and
+    the probes' clock (``clock.advance`` ages their cached results)."""
 
     def __init__(self) -> None:
         self.answers: dict[str, Handler] = {}
         self.calls: dict[str, int] = {}
+        self.clock = Clock(0.0)
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         host = request.url.host
@@ -86,7 +89,9 @@ async def started(
     )
     app = create_app(config, registry, metrics_registry=CollectorRegistry(), background=False)
     service = app.state.service
-    service.suspects = Suspects(service.metrics, transport=httpx.MockTransport(probed))
+    service.suspects = Suspects(
+        service.metrics, transport=httpx.MockTransport(probed), monotonic=probed.clock
+    )
     await service.start(background=False)
     transport = httpx.ASGITransport(app=app)
     try:
@@ -221,7 +226,7 @@ async def test_a_failed_probe_marks_the_origin_dead_and_its_stream_moves_on(
     r = await c.post(f"/v1/nodes/{origin}/suspect", headers=node_headers("e3"))
     assert r.json()["dead"] is False and probed.calls[f"{origin}.test"] == 1
     # ... after it, the origin is probed again, found dead, and gets nothing at once.
-    app.state.service.suspects._last.clear()
+    probed.clock.advance(1.0)
     r = await c.post(f"/v1/nodes/{origin}/suspect", headers=node_headers("e3"))
     assert r.status_code == 200, r.text
     assert r.json()["dead"] is True and r.json()["probe"] == "unreachable"
@@ -250,8 +255,9 @@ async def test_a_failed_probe_marks_the_origin_dead_and_its_stream_moves_on(
 
 
 async def test_fifty_relays_reporting_at_once_cause_one_probe(
-    mem: tuple[FastAPI, httpx.AsyncClient], probed: Probed
+    mem: tuple[FastAPI, httpx.AsyncClient], probed: Probed, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="placement.service")
     app, c = mem
     await beat(app, c, "e1")
     release = asyncio.Event()
@@ -265,10 +271,12 @@ async def test_fifty_relays_reporting_at_once_cause_one_probe(
         asyncio.create_task(c.post("/v1/nodes/e1/suspect", headers=node_headers(f"relay-{i}")))
         for i in range(50)
     ]
+    # Every report waits on the one probe (each is logged as it starts waiting).
     deadline = time.monotonic() + 10
-    while "e1" not in app.state.service.suspects._inflight:
-        assert time.monotonic() < deadline, "the probe did not start"
+    while caplog.text.count("[node e1] reported by relay-") < 50:
+        assert time.monotonic() < deadline, "the reports did not all arrive"
         await asyncio.sleep(0.01)
+    assert probed.calls == {"e1.test": 1}
     release.set()
     answers = await asyncio.gather(*reports)
     assert all(r.status_code == 200 and r.json()["dead"] is True for r in answers)
