@@ -17,12 +17,14 @@ from placementutil import NODE_KEYS, Clock, free_port, make_node, node_headers
 from prometheus_client import CollectorRegistry
 
 import tokens
+from nearcast.config import load
 from placement.app import create_app
 from placement.config import PlacementConfig
 from placement.model import Load
 from placement.registry import Registry
 from placement.registry.memory import InProcessRegistry
 from placement.suspects import Suspects
+from settings import ConfigError, build
 from tokens import TenantKeys
 
 OP = {"Authorization": "Bearer op-secret"}
@@ -369,3 +371,22 @@ async def test_mark_dead_stales_a_node_until_its_next_beat(registry: Registry) -
     assert await registry.heartbeat("e1", Load(cpu=0.2), now + 2) is True
     (node,) = await registry.nodes(now + 2)
     assert node.last_heartbeat == now + 2
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"live": {"keys": {"p1": "short"}}}, "'placement.publish_keys.live.keys.p1' secret"),
+        ({"live": {"keys": {}}}, "'placement.publish_keys.live.keys' must hold at least one"),
+        ({"live": {"key": {}}}, "'placement.publish_keys.live.key' is not a known key"),
+    ],
+)
+def test_publish_keys_are_validated_naming_the_key(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        build(PlacementConfig, {"publish_keys": data}, prefix="placement")
+    assert str(exc.value).startswith(message), str(exc.value)
+
+
+def test_publish_keys_come_from_the_environment_too() -> None:
+    env = {"NEARCAST_PLACEMENT_PUBLISH_KEYS": f"{{school: {{keys: {{p1: {SECRET}}}}}}}"}
+    assert load(None, environ=env).placement.publish_keys == PUBLISH_KEYS
