@@ -634,7 +634,9 @@ class PlacementService:
                 return
             now = self.clock()
             try:
-                known = await self.registry.mark_dead(node_id, now)
+                # A TTL ago: stale at once, its sessions kept for the autonomy window
+                # (by then its publishers have asked again and moved on).
+                known = await self.registry.mark_dead(node_id, now - self.ttl - 0.001, now)
             except RegistryUnavailable:
                 self.degradation.set(True, now)
                 log.warning("[node %s] found dead, but the registry is unreachable", node_id)

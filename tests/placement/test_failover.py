@@ -362,12 +362,16 @@ async def test_a_report_of_an_unknown_node_is_404(
 async def test_mark_dead_stales_a_node_until_its_next_beat(registry: Registry) -> None:
     now = 1_000_000.0
     await registry.register(make_node("e1", hb=now), now)
-    assert await registry.mark_dead("e1", now + 1) is True
-    assert await registry.mark_dead("nowhere", now + 1) is False
+    assert await registry.mark_dead("e1", now - 5, now + 1) is True
+    assert await registry.mark_dead("nowhere", now - 5, now + 1) is False
     (node,) = await registry.nodes(now + 1)
-    assert node.last_heartbeat == 0.0 and node.load.cpu == 0.1
+    assert node.last_heartbeat == now - 5 and node.load.cpu == 0.1
     changes = await registry.changes(now + 1)
-    assert [n.last_heartbeat for n in changes.nodes] == [0.0]
+    assert [n.last_heartbeat for n in changes.nodes] == [now - 5]
+    # Never later than its real last beat.
+    assert await registry.mark_dead("e1", now, now + 1) is True
+    (node,) = await registry.nodes(now + 1)
+    assert node.last_heartbeat == now - 5
     assert await registry.heartbeat("e1", Load(cpu=0.2), now + 2) is True
     (node,) = await registry.nodes(now + 2)
     assert node.last_heartbeat == now + 2
