@@ -182,3 +182,25 @@ def test_the_publisher_moves_to_the_other_node_when_its_node_is_killed(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_sigint_stops_a_publisher_that_waits_for_placement(tmp_path: Path) -> None:
+    log = tmp_path / "publish.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "nearcast", "publish", SMALL, "--reconnect"]
+            + ["--placement", f"http://127.0.0.1:{free_port()}", "--token", publish_token()],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    try:
+        # Nothing listens there: it keeps asking, with a bounded backoff.
+        wait_for(lambda: log.read_text().count("asking again in") >= 2, 60, "two retries")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=20) == 0
+        assert "stopped: sent 0 packets" in log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
