@@ -42,7 +42,15 @@ AUDIO_CODECS = frozenset({"aac", "mp3"})
 
 
 class PublishError(Exception):
-    """Publishing cannot start or could not continue; the message names the source or URL."""
+    """Publishing cannot start or could not continue; the message names the source or URL.
+
+    ``stats`` is what was sent before it failed (``None`` when not known): a publisher
+    carrying on elsewhere continues the stream's timestamps after ``media_seconds``.
+    """
+
+    def __init__(self, message: str, stats: PublishStats | None = None) -> None:
+        super().__init__(message)
+        self.stats = stats
 
 
 class _ClockStamper:
@@ -112,6 +120,19 @@ class PublishStats:
     bytes: int
     media_seconds: float
     loops: int
+
+
+def redact(url: str) -> str:
+    """``url`` without the value of its ``token`` parameter, to log or show."""
+    base, sep, query = url.partition("?")
+    if not sep:
+        return url
+    parts = [
+        f"{k}=..." if k.lower() == "token" else p
+        for p in query.split("&")
+        for k in [p.partition("=")[0]]
+    ]
+    return f"{base}?{'&'.join(parts)}"
 
 
 def _seconds(ts: int, time_base: Fraction) -> Fraction:
@@ -190,17 +211,18 @@ def _publish_here(
     open_timeout: float,
     report: Callable[[str], None],
     clock: bool = False,
+    start_at: float = 0.0,
 ) -> PublishStats:
     """The publisher proper; runs in the child process :func:`publish` starts."""
     limit = Fraction(duration) if duration is not None else None
-    prefix = f"[publish {url}]"
+    prefix = f"[publish {redact(url)}]"
 
     packets = 0
     sent_bytes = 0
     passes = 0
     # Media time at which the current pass starts, and the furthest packet end sent so far.
-    offset = Fraction(0)
-    media_end = Fraction(0)
+    offset = Fraction(start_at)
+    media_end = offset
 
     source_container = _open_source(source, open_timeout)
     try:
@@ -218,7 +240,7 @@ def _publish_here(
         try:
             output = av.open(url, "w", format="flv")
         except av.error.FFmpegError as exc:
-            raise PublishError(f"cannot open {url}: {exc.strerror}") from exc
+            raise PublishError(f"cannot open {redact(url)}: {exc.strerror}") from exc
         out_streams: dict[str, av.stream.Stream] = {}
         connected = False
         stamper = _ClockStamper(output, video) if clock and video is not None else None
@@ -236,7 +258,7 @@ def _publish_here(
                 # and sends the FLV header.
                 output.start_encoding()
             except av.error.FFmpegError as exc:
-                raise PublishError(f"cannot connect to {url}: {exc.strerror}") from exc
+                raise PublishError(f"cannot connect to {redact(url)}: {exc.strerror}") from exc
             connected = True
             report("connected")
             logger.info(
@@ -246,7 +268,8 @@ def _publish_here(
                 " + ".join(s.codec_context.name for s in (video, audio) if s is not None),
                 ", looping" if loop else "",
             )
-            wall_start = time.monotonic()
+            # A stream continued from `start_at` (another node took over) is paced from it.
+            wall_start = time.monotonic() - start_at
             finished = False
             while not finished and not stop.is_set():
                 passes += 1
@@ -291,7 +314,7 @@ def _publish_here(
                             output.mux(packet)
                     except av.error.FFmpegError as exc:
                         raise PublishError(
-                            f"{url}: sending failed after {packets} packets: {exc.strerror}"
+                            f"{redact(url)}: sending failed after {packets} packets: {exc.strerror}"
                         ) from exc
                     packets += 1
                     sent_bytes += size
@@ -316,6 +339,10 @@ def _publish_here(
                     output.mux(stamper.flush())
         finally:
             _close_output(output, connected, prefix)
+    except PublishError as exc:
+        if exc.stats is None:
+            exc.stats = PublishStats(packets, sent_bytes, float(media_end), passes)
+        raise
     finally:
         source_container.close()
 
@@ -355,6 +382,7 @@ def _child(
     open_timeout: float,
     log_level: int,
     clock: bool = False,
+    start_at: float = 0.0,
 ) -> None:
     # The parent turns Ctrl-C into `stop`, so the connection is closed properly here.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -378,12 +406,13 @@ def _child(
             open_timeout,
             lambda state: conn.send((state, None)),
             clock,
+            start_at,
         )
     except PublishError as exc:
-        conn.send(("error", str(exc)))
+        conn.send(("error", (str(exc), exc.stats)))
     except Exception as exc:
-        logger.exception("[publish %s] failed", url)
-        conn.send(("error", f"{url}: publishing failed: {exc!r}"))
+        logger.exception("[publish %s] failed", redact(url))
+        conn.send(("error", (f"{redact(url)}: publishing failed: {exc!r}", None)))
     else:
         conn.send(("done", stats))
     finally:
@@ -400,6 +429,7 @@ def publish(
     stop: threading.Event | None = None,
     open_timeout: float = 10.0,
     clock: bool = False,
+    start_at: float = 0.0,
 ) -> PublishStats:
     """Remux the first video and first audio stream of ``source`` to ``url`` as FLV.
 
@@ -411,6 +441,9 @@ def publish(
     connecting; the stats are then all zero).
 
     ``open_timeout`` bounds opening ``source`` and the RTMP connect and handshake.
+
+    ``start_at`` (seconds) is the media time the first packet is sent at: a stream that
+    another node takes over carries on from where it was (see :func:`publish_placed`).
 
     The work runs in a child process: PyAV 18.1 opens an output and writes its header
     (the whole RTMP connect and handshake) while holding the GIL, so in-process it would
@@ -425,6 +458,8 @@ def publish(
         raise ValueError(f"'duration' must be greater than zero, got {duration}")
     if open_timeout <= 0:
         raise ValueError(f"'open_timeout' must be greater than zero, got {open_timeout}")
+    if start_at < 0:
+        raise ValueError(f"'start_at' must not be negative, got {start_at}")
     # spawn, not fork: callers (servers, test harnesses) have threads, and forking those
     # can copy a held lock into the child.
     ctx = multiprocessing.get_context("spawn")
@@ -443,6 +478,7 @@ def publish(
             open_timeout,
             logger.getEffectiveLevel(),
             clock,
+            start_at,
         ),
         name="nearcast-publish",
         daemon=True,
@@ -459,7 +495,10 @@ def publish(
                     # Stuck in connect() where it cannot see `stop`; nothing was sent.
                     return PublishStats(0, 0, 0.0, 0)
             if deadline is not None and time.monotonic() >= deadline:
-                raise PublishError(f"cannot connect to {url}: timed out after {open_timeout:g} s")
+                raise PublishError(
+                    f"cannot connect to {redact(url)}: timed out after {open_timeout:g} s",
+                    PublishStats(0, 0, start_at, 0),
+                )
             if not receiver.poll(0.05):
                 continue
             try:
@@ -467,19 +506,21 @@ def publish(
             except EOFError:
                 proc.join(timeout=1)
                 raise PublishError(
-                    f"{url}: publisher process ended unexpectedly (exit code {proc.exitcode})"
+                    f"{redact(url)}: publisher process ended unexpectedly "
+                    f"(exit code {proc.exitcode})"
                 ) from None
             if kind == "connecting":
                 state, deadline = kind, time.monotonic() + open_timeout
             elif kind == "connected":
                 state, deadline = kind, None
             elif kind == "error":
-                raise PublishError(value)
+                message, stats = value
+                raise PublishError(message, stats)
             else:
                 assert isinstance(value, PublishStats)
                 return value
     except KeyboardInterrupt:
-        logger.info("[publish %s] interrupted, closing", url)
+        logger.info("[publish %s] interrupted, closing", redact(url))
         raise
     finally:
         child_stop.set()
@@ -491,7 +532,200 @@ def publish(
         receiver.close()
 
 
+class PlacementRefused(PublishError):
+    """Placement refused the credential or the request (401, 403, 422): asking again
+    cannot help."""
+
+
+@dataclass(frozen=True)
+class PlacedSession:
+    """A session placement gave: its id, its node and the node's RTMP ingest URL."""
+
+    id: str
+    node: str
+    rtmp: str
+
+
+def stream_of_token(token: str) -> tuple[str, str] | None:
+    """The tenant and stream a publish token names (read, not verified: placement and
+    the node verify it), or ``None`` when ``token`` is not a publish token."""
+    import base64
+    import binascii
+
+    import tokens
+
+    body = token.partition(".")[0]
+    try:
+        claims = tokens.Claims.parse(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    except (binascii.Error, ValueError):
+        return None
+    return (claims.tenant, claims.stream) if claims.action == "publish" else None
+
+
+def ask_placement(
+    placement: str, token: str, tenant: str, stream: str, timeout: float = 10.0
+) -> PlacedSession:
+    """``POST {placement}/v1/sessions`` for ``tenant/stream`` with ``token`` as the bearer
+    (the operator token, or the stream's publish token). Raises :class:`PlacementRefused`
+    when placement refuses it and :class:`PublishError` when it cannot place it now."""
+    import httpx
+
+    where = f"{placement.rstrip('/')}/v1/sessions"
+    try:
+        r = httpx.post(
+            where,
+            json={"tenant": tenant, "stream": stream},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+        )
+    except httpx.HTTPError as exc:
+        raise PublishError(f"placement {where}: {type(exc).__name__}: {exc}") from None
+    try:
+        body = r.json()
+    except ValueError:
+        body = {}
+    detail = body.get("detail", r.text[:200]) if isinstance(body, dict) else r.text[:200]
+    if r.status_code in (401, 403, 422):
+        raise PlacementRefused(
+            f"placement refused a session of {tenant}/{stream}: {r.status_code} {detail}"
+        )
+    if r.status_code != 201:
+        raise PublishError(
+            f"placement has no session for {tenant}/{stream}: {r.status_code} {detail}"
+        )
+    try:
+        return PlacedSession(str(body["id"]), str(body["node"]), str(body["ingest"]["rtmp"]))
+    except (KeyError, TypeError):
+        raise PublishError(f"placement {where} answered no session: {r.text[:200]}") from None
+
+
+def publish_placed(
+    source: str,
+    placement: str,
+    token: str,
+    *,
+    tenant: str = "",
+    stream: str = "",
+    reconnect: bool = True,
+    loop: bool = True,
+    realtime: bool = True,
+    duration: float | None = None,
+    stop: threading.Event | None = None,
+    open_timeout: float = 10.0,
+    clock: bool = False,
+    min_backoff: float = 0.25,
+    max_backoff: float = 5.0,
+    on_placed: Callable[[PlacedSession], None] | None = None,
+) -> PublishStats:
+    """Publish ``source`` to the node placement gives this stream; with ``reconnect``,
+    on any failure (the node died, refused, or cannot be reached) ask placement again
+    and carry on with the node it gives then, until ``stop`` is set or ``duration``
+    seconds of media were sent.
+
+    ``token`` is the bearer for placement: the operator token, or the stream's publish
+    token (``tenant`` and ``stream`` default to the ones it names), which also goes to
+    the node as ``?token=``, so one credential does both. A stream carried on by another
+    node continues the timestamps, with the time no node had it added when ``realtime``
+    (a live encoder's clock keeps running). Retries wait ``min_backoff`` doubling up to
+    ``max_backoff`` seconds, back to ``min_backoff`` once a node took media.
+    ``on_placed`` sees each session placement gives.
+    """
+    named = stream_of_token(token)
+    if not (tenant and stream):
+        if named is None:
+            raise ValueError("give the tenant and stream, or a publish token naming them")
+        tenant, stream = named
+    if not 0 < min_backoff <= max_backoff:
+        raise ValueError(f"need 0 < min_backoff <= max_backoff, got {min_backoff}, {max_backoff}")
+    stop = stop or threading.Event()
+    prefix = f"[publish {tenant}/{stream}]"
+    packets = sent_bytes = passes = 0
+    media_at = 0.0
+    down_since: float | None = None  # when the last node failed
+    backoff = min_backoff
+    node: str | None = None
+    while not stop.is_set():
+        try:
+            placed = ask_placement(placement, token, tenant, stream, open_timeout)
+        except PlacementRefused:
+            raise
+        except PublishError as exc:
+            if not reconnect:
+                raise
+            logger.warning("%s %s; asking again in %.2f s", prefix, exc, backoff)
+            if stop.wait(backoff):
+                break
+            backoff = min(backoff * 2, max_backoff)
+            continue
+        if on_placed is not None:
+            on_placed(placed)
+        if node is not None and placed.node != node:
+            logger.warning(
+                "%s switching from node %s to node %s (session %s) at %.3f s of media",
+                prefix,
+                node,
+                placed.node,
+                placed.id,
+                media_at,
+            )
+        else:
+            logger.info("%s placed on node %s (session %s)", prefix, placed.node, placed.id)
+        node = placed.node
+        if down_since is not None and realtime:
+            media_at += time.monotonic() - down_since
+        down_since = None
+        url = placed.rtmp
+        if named == (tenant, stream):
+            url += ("&" if "?" in url else "?") + f"token={token}"
+        try:
+            stats = publish(
+                source,
+                url,
+                loop=loop,
+                realtime=realtime,
+                duration=duration,
+                stop=stop,
+                open_timeout=open_timeout,
+                clock=clock,
+                start_at=media_at,
+            )
+        except PublishError as exc:
+            if not reconnect:
+                raise
+            down_since = time.monotonic()
+            sent = exc.stats
+            if sent is not None:
+                packets += sent.packets
+                sent_bytes += sent.bytes
+                passes += sent.loops
+                media_at = max(media_at, sent.media_seconds)
+                if sent.packets:
+                    backoff = min_backoff  # it was publishing: ask again at once
+            logger.warning(
+                "%s node %s failed: %s; asking placement again in %.2f s",
+                prefix,
+                node,
+                exc,
+                backoff,
+            )
+            if stop.wait(backoff):
+                break
+            backoff = min(backoff * 2, max_backoff)
+            continue
+        packets += stats.packets
+        sent_bytes += stats.bytes
+        passes += stats.loops
+        media_at = max(media_at, stats.media_seconds)
+        break
+    return PublishStats(packets, sent_bytes, media_at, passes)
+
+
 def _main(args: argparse.Namespace) -> int:
+    if args.placement:
+        return _main_placed(args)
+    if not args.url:
+        print("nearcast publish: give an RTMP URL, or --placement URL --token T", file=sys.stderr)
+        return 2
     try:
         stats = publish(
             args.source,
@@ -515,6 +749,61 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _main_placed(args: argparse.Namespace) -> int:
+    """``--placement``: ask placement for the node, and with ``--reconnect`` carry on
+    elsewhere whenever it fails; SIGINT and SIGTERM end it cleanly (exit 0)."""
+    if args.url:
+        print("nearcast publish: give either an RTMP URL or --placement, not both", file=sys.stderr)
+        return 2
+    if not args.token:
+        print("nearcast publish: --placement needs --token", file=sys.stderr)
+        return 2
+    tenant, _, stream = (args.stream or "").partition("/")
+    if args.stream and not (tenant and stream):
+        print("nearcast publish: --stream is TENANT/STREAM", file=sys.stderr)
+        return 2
+    if not args.stream and stream_of_token(args.token) is None:
+        print(
+            "nearcast publish: --token is not a publish token; name the stream with --stream",
+            file=sys.stderr,
+        )
+        return 2
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+        )
+    stop = threading.Event()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in signals}
+    try:
+        stats = publish_placed(
+            args.source,
+            args.placement,
+            args.token,
+            tenant=tenant,
+            stream=stream,
+            reconnect=args.reconnect,
+            loop=args.loop or args.reconnect,
+            realtime=args.realtime,
+            duration=args.duration,
+            stop=stop,
+            open_timeout=args.open_timeout,
+            clock=args.clock,
+            max_backoff=args.max_backoff,
+        )
+    except PublishError as exc:
+        print(f"nearcast publish: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print(
+        f"{'stopped' if stop.is_set() else 'done'}: sent {stats.packets} packets, "
+        f"{stats.bytes} bytes, {stats.media_seconds:.1f} s of media in {stats.loops} pass(es)"
+    )
+    return 0
+
+
 def _positive_float(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -534,15 +823,48 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
             "Exits 0 when done, 1 on an error, 130 on Ctrl-C."
         ),
         epilog=(
-            "example: nearcast publish samples/lecture-720p.mp4 "
-            "rtmp://127.0.0.1:1935/live/lecture --loop"
+            "examples: nearcast publish samples/lecture-720p.mp4 "
+            "rtmp://127.0.0.1:1935/live/lecture --loop; "
+            "nearcast publish samples/lecture-720p.mp4 --placement http://placement:8090 "
+            "--token T --reconnect"
         ),
     )
     parser.add_argument("source", metavar="SOURCE", help="media file to send (any PyAV input)")
     parser.add_argument(
         "url",
         metavar="URL",
-        help="RTMP URL ending in the app and stream key, e.g. rtmp://HOST:1935/live/KEY",
+        nargs="?",
+        help="RTMP URL ending in the app and stream key, e.g. rtmp://HOST:1935/live/KEY "
+        "(or --placement instead)",
+    )
+    parser.add_argument(
+        "--placement",
+        metavar="URL",
+        help="ask this placement service for the node (POST /v1/sessions) and publish to it",
+    )
+    parser.add_argument(
+        "--token",
+        metavar="T",
+        help="with --placement: the stream's signed publish token (`nearcast token`), sent "
+        "to placement as the bearer and to the node as ?token=; or the operator token",
+    )
+    parser.add_argument(
+        "--stream",
+        metavar="TENANT/STREAM",
+        help="with --placement: the stream to publish (default: the one the token names)",
+    )
+    parser.add_argument(
+        "--reconnect",
+        action="store_true",
+        help="with --placement: when the node fails, ask placement again and carry on with "
+        "the node it gives, looping SOURCE, timestamps continuing; until Ctrl-C or SIGTERM",
+    )
+    parser.add_argument(
+        "--max-backoff",
+        type=_positive_float,
+        default=5.0,
+        metavar="S",
+        help="with --reconnect: longest wait between asks, doubling from 0.25 s (default: 5)",
     )
     parser.add_argument(
         "--loop",

@@ -16,7 +16,13 @@ from pydantic import BaseModel, Field
 from starlette.types import Message
 
 from placement.config import PlacementConfig
-from placement.credentials import check_claims
+from placement.credentials import (
+    PublisherRefused,
+    check_claims,
+    check_publisher,
+    verify_publisher,
+    verify_reporter,
+)
 from placement.errors import (
     ClaimRefused,
     InvalidField,
@@ -316,6 +322,43 @@ def create_app(
             ) from None
         request.state.node_credential = cred
 
+    async def session_auth(request: Request) -> None:
+        """The operator token, or a publisher's signed publish token (checked with its
+        tenant's 'placement.publish_keys'); which stream the token allows is checked
+        in the handler, once the body is parsed."""
+        token = _bearer(request.headers.get("authorization"))
+        request.state.publisher = None
+        if _same(token, config.operator_token):
+            return
+        if not config.publish_keys:
+            raise _unauthorized("operator bearer token required ('placement.operator_token')")
+        try:
+            request.state.publisher = verify_publisher(token, config.publish_keys, service.clock())
+        except PublisherRefused as exc:
+            metrics.session_requests_rejected.labels(exc.reason).inc()
+            status = 403 if exc.reason == "wrong_action" else 401
+            raise HTTPException(
+                status,
+                f"{exc} (the operator token, or a publish token of the stream: "
+                "'placement.publish_keys')",
+                headers={"WWW-Authenticate": "Bearer"} if status == 401 else None,
+            ) from None
+
+    async def reporter_auth(request: Request) -> None:
+        """A relay reporting another node: its own node credential, whatever node the
+        path names."""
+        node_id = request.path_params["node_id"]
+        check_node_id(node_id, "node_id")
+        token = _bearer(request.headers.get("authorization"))
+        try:
+            cred = verify_reporter(token, config.node_keys, service.clock())
+        except NodeCredentialError as exc:
+            raise _unauthorized(
+                f"the reporting node's own credential is required: {exc} "
+                "(keys: 'placement.node_keys')"
+            ) from None
+        request.state.node_credential = cred
+
     async def metrics_auth(request: Request) -> None:
         token = config.metrics_token
         if token and not _same(_bearer(request.headers.get("authorization")), token):
@@ -325,6 +368,8 @@ def create_app(
     operator_api = _Routes(app, _route_class(operator, cap))
     node_api = _Routes(app, _route_class(node_auth, cap))
     metrics_api = _Routes(app, _route_class(metrics_auth, cap))
+    session_api = _Routes(app, _route_class(session_auth, cap))
+    reporter_api = _Routes(app, _route_class(reporter_auth, cap))
     open_api = _Routes(app, _route_class(None, cap))
     Bearer = Depends(_bearer_header)
 
@@ -375,10 +420,25 @@ def create_app(
         client = ip or (request.client.host if request.client else None)
         return service.locate(client, hints)
 
-    @operator_api.post(
-        "/v1/sessions", status_code=201, response_model=SessionOut, dependencies=[Bearer]
+    @session_api.post(
+        "/v1/sessions",
+        status_code=201,
+        response_model=SessionOut,
+        dependencies=[Bearer],
+        responses={
+            401: {"description": "neither the operator token nor a valid publish token"},
+            403: {"description": "a publish token of another stream (or not for publishing)"},
+        },
     )
     async def create_session(body: SessionCreate, request: Request) -> SessionOut:
+        """Place a session; the operator's, or a publisher's for its own stream only."""
+        claims = request.state.publisher
+        if claims is not None:
+            try:
+                check_publisher(claims, body.tenant, body.stream)
+            except PublisherRefused as exc:
+                metrics.session_requests_rejected.labels(exc.reason).inc()
+                raise HTTPException(403, str(exc)) from None
         loc = _location(request, body.location, body.client_ip)
         placed = await service.place(
             PlacementRequest(body.tenant, body.stream, loc, body.slots, body.egress_mbps)
@@ -448,6 +508,23 @@ def create_app(
                 raise
         out = await service.heartbeat(node_id, load, node, body.sessions)
         return HeartbeatOut(**out)
+
+    @reporter_api.post(
+        "/v1/nodes/{node_id}/suspect",
+        dependencies=[Bearer],
+        responses={
+            401: {"description": "no valid node credential of the reporting node"},
+            404: {"description": "no such node registered"},
+        },
+    )
+    async def suspect(node_id: str, request: Request) -> dict[str, Any]:
+        """A relay whose pulls from ``node_id`` fail reports it, with its own node
+        credential. Placement probes the node's ``/healthz`` (1 s timeout; one probe in
+        flight per node, its result reused for a second); if the probe fails, the node
+        gets no placement or route until it beats again. Answers ``{"node", "dead",
+        "probe" (healthy, unhealthy, timeout or unreachable), "detail"}``."""
+        reporter = request.state.node_credential.node
+        return await service.suspect(node_id, reporter)
 
     @operator_api.get("/v1/nodes", dependencies=[Bearer])
     async def list_nodes() -> dict[str, Any]:

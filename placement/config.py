@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from settings import check
+from tokens import TenantKeys
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class PlacementConfig:
     operator_token: str = ""
     node_token: str = ""
     node_keys: dict[str, str] = field(default_factory=dict)
+    # Per tenant, the keys of signed publish tokens (as in 'ingest.auth.tenants'): a
+    # publisher holding one may ask POST /v1/sessions for its own stream.
+    publish_keys: dict[str, TenantKeys] = field(default_factory=dict)
     metrics_token: str = ""
     max_body_bytes: int = 65536
     policy_file: str = ""
@@ -91,6 +95,8 @@ class PlacementConfig:
                 bool(kid) and "." not in kid, f"node_keys.{kid}", "key id must be non-empty, no '.'"
             )
             check(len(secret) >= 16, f"node_keys.{kid}", "secret must be at least 16 characters")
+        for tenant in self.publish_keys:
+            check(bool(tenant), "publish_keys", "must name tenants (an empty name was given)")
         check(
             1024 <= self.max_body_bytes <= 16 * 1024 * 1024,
             "max_body_bytes",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from placement.credentials import PUBLISH_REASONS
 from placement.model import NodeState, Tier
 from tokens.node import NODE_REASONS
 
@@ -31,6 +32,22 @@ DEGRADED = "placement_degraded"
 # wrong_node, expired) or a claim the credential does not allow (403: tier, region,
 # city, isp, urls, tenants).
 REGISTRATIONS_REJECTED = "placement_registrations_rejected_total"
+
+# POST /v1/sessions refused to a publish token, by reason: a token failure (401: missing,
+# malformed, unknown_key, forged, wrong_action, expired, unknown_tenant: the tenant has
+# no 'placement.publish_keys') or a body for another stream than the token's (403:
+# wrong_stream). Requests with the operator token are never counted here.
+SESSION_REQUESTS_REJECTED = "placement_session_requests_rejected_total"
+# POST /v1/nodes/{id}/suspect reports from relays, by the verdict answered: dead (the
+# probe failed: the node gets no placement or route until it beats again), alive (the
+# probe answered), unknown (no such node, or no http URL to probe).
+SUSPECT_REPORTS = "placement_suspect_reports_total"
+# Probes of a suspected node's /healthz (at most one in flight per node, its result
+# reused for about a second), by outcome: healthy (2xx), unhealthy (another status),
+# timeout (no answer within 1 s), unreachable (connection refused, reset, DNS...).
+SUSPECT_PROBES = "placement_suspect_probes_total"
+SUSPECT_VERDICTS = ("dead", "alive", "unknown")
+PROBE_OUTCOMES = ("healthy", "unhealthy", "timeout", "unreachable")
 
 REGISTRATION_REASONS = (
     "invalid_id",
@@ -86,6 +103,30 @@ class PlacementMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.session_requests_rejected = Counter(
+            SESSION_REQUESTS_REJECTED,
+            "Session requests refused to a publish token, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in PUBLISH_REASONS:
+            self.session_requests_rejected.labels(reason)
+        self.suspect_reports = Counter(
+            SUSPECT_REPORTS,
+            "Relays' reports of a node whose pulls fail, by the verdict answered.",
+            ["verdict"],
+            registry=self.registry,
+        )
+        for verdict in SUSPECT_VERDICTS:
+            self.suspect_reports.labels(verdict)
+        self.suspect_probes = Counter(
+            SUSPECT_PROBES,
+            "Health probes of suspected nodes, by outcome.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        for outcome in PROBE_OUTCOMES:
+            self.suspect_probes.labels(outcome)
         for reason in REGISTRATION_REASONS:
             self.registrations_rejected.labels(reason)
         for tier in Tier:

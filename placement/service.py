@@ -12,7 +12,8 @@ has a module each: degraded mode (``placement.degraded``), the snapshots kept
 (``placement.snapshots``), the policy versions (``placement.policy_versions``),
 the decision log and replay (``placement.decision_log``), the sessions known
 locally (``placement.sessions``) and the re-placement of dead nodes' sessions
-(``placement.migration``).
+(``placement.migration``), and the probes of nodes relays report as failing
+(``placement.suspects``).
 """
 
 from __future__ import annotations
@@ -52,12 +53,14 @@ from placement.model import (
     PlacementRequest,
     Session,
     Tier,
+    stream_key,
 )
 from placement.policy import Policy
 from placement.policy_versions import PolicyVersions
 from placement.registry import Registry
 from placement.sessions import LocalSessions
 from placement.snapshots import RefreshStats, SnapshotHistory
+from placement.suspects import ProbeResult, Suspects
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +108,7 @@ class PlacementService:
             degradation=self.degradation,
             max_tries=MAX_TRIES,
         )
+        self.suspects = Suspects(self.metrics)
         self._gen = 0
         self._refreshing: asyncio.Future[FleetSnapshot] | None = None
         self._cursor: Any = None
@@ -151,6 +155,7 @@ class PlacementService:
                 await t
         with contextlib.suppress(RegistryUnavailable):
             await self.decisions.flush()
+        await self.suspects.close()
         self._started = False
 
     async def _loop(self, interval: float, step: Callable[[], Any]) -> None:
@@ -225,9 +230,12 @@ class PlacementService:
             # interval), not on every incremental refresh.
             self._counted_at = now
             self._count_nodes(snap, now)
+        # A full read with a cursor: the registry lost the history it refers to (an
+        # empty Redis came back between two refreshes, too fast to be seen degraded).
+        lost = was_degraded or (changes.full and prev is not None)
         try:
-            if was_degraded or self.sessions.unwritten:
-                await self.sessions.write_back(now)
+            if lost or self.sessions.unwritten:
+                await self.sessions.write_back(now, check_lost=lost)
             await self.decisions.flush()
         except RegistryUnavailable:
             self.degradation.set(True, now)
@@ -338,10 +346,13 @@ class PlacementService:
                 self.metrics.fallbacks.labels("no_capacity").inc()
                 self._log("publish", asked, d, now, policy=policy, ttl=ttl, headroom=headroom)
                 raise NoCapacity(d.reason, self._explain(d))
+            stale = await self._stale_session(req, snap, now, ttl)
             for cand in d.ranked[:MAX_TRIES]:
                 node = snap.nodes[cand.node_id]
                 session = self._new_session(req, node, policy, now)
                 if await self._reserve(session, node, now, headroom):
+                    if stale is not None:
+                        await self._supersede(stale, session, now)
                     if cand is not d.ranked[0]:
                         d = replace(d, node=node)
                     self._fallback_metrics(d)
@@ -357,6 +368,48 @@ class PlacementService:
             "every candidate's capacity was taken by concurrent requests",
             self._explain(d),
         )
+
+    async def _stale_session(
+        self, req: PlacementRequest, snap: FleetSnapshot, now: float, ttl: float
+    ) -> Session | None:
+        """The stream's current session when its node is dead (past its TTL, or found
+        dead by a probe): the publisher asking again gets a new one, and the dead one
+        is released rather than left to be migrated beside it. Looked up only when the
+        snapshot or this instance's sessions point at a dead node, so a placement of a
+        new stream costs no extra registry read."""
+        key = stream_key(req.tenant, req.stream)
+        cached = self.sessions.latest(req.tenant, req.stream, now)
+        suspects = [n for n in snap.by_stream.get(key, ()) if is_stale(n, now, ttl)]
+        if cached is not None and (node := snap.nodes.get(cached.node_id)) is not None:
+            if is_stale(node, now, ttl):
+                suspects.append(node)
+        if not suspects:
+            return None
+        current = cached
+        if not self.degraded:
+            try:
+                current = await self.registry.stream_session(req.tenant, req.stream, now)
+            except RegistryUnavailable:
+                self.degradation.set(True, now)
+        if current is None:
+            return None
+        node = snap.nodes.get(current.node_id)
+        return current if node is None or is_stale(node, now, ttl) else None
+
+    async def _supersede(self, old: Session, new: Session, now: float) -> None:
+        if old.id == new.id:
+            return
+        log.info(
+            "[session %s] %s/%s: node %s is dead, replaced by session %s on node %s",
+            old.id,
+            old.tenant,
+            old.stream,
+            old.node_id,
+            new.id,
+            new.node_id,
+        )
+        with contextlib.suppress(UnknownSession):
+            await self.end_session(old.id)
 
     def _new_session(
         self, req: PlacementRequest, node: Node, policy: Policy, now: float
@@ -560,6 +613,51 @@ class PlacementService:
         log.info("[node %s] removed", node_id)
         await self.refresh()
         return node
+
+    async def suspect(self, node_id: str, reporter: str) -> dict[str, Any]:
+        """A relay (``reporter``) saw ``node_id``'s pulls fail: probe the node's /healthz
+        (one probe in flight per node, its result reused for a second) and, when the
+        probe fails, mark it dead in the registry: no placement or route goes to it
+        from the next snapshot (this instance's is refreshed at once) until it beats."""
+        snap = await self.snapshot()
+        node = snap.nodes.get(node_id)
+        if node is None and not self.degraded:
+            # Registered since the snapshot was taken (at most a snapshot interval ago).
+            node = (await self.refresh()).nodes.get(node_id)
+        if node is None or not node.urls.http:
+            self.metrics.suspect_reports.labels("unknown").inc()
+            raise UnknownNode(node_id)
+        log.info("[node %s] reported by %s: its pulls fail", node_id, reporter)
+
+        async def judged(result: ProbeResult) -> None:
+            if not result.dead:
+                return
+            now = self.clock()
+            try:
+                # A TTL ago: stale at once, its sessions kept for the autonomy window
+                # (by then its publishers have asked again and moved on).
+                known = await self.registry.mark_dead(node_id, now - self.ttl - 0.001, now)
+            except RegistryUnavailable:
+                self.degradation.set(True, now)
+                log.warning("[node %s] found dead, but the registry is unreachable", node_id)
+                return
+            if known:
+                log.warning(
+                    "[node %s] marked dead (%s): no placements or routes until it beats",
+                    node_id,
+                    result.detail,
+                )
+                with contextlib.suppress(RegistryUnavailable, SnapshotTooOld):
+                    await self.refresh()
+
+        result = await self.suspects.check(node_id, node.urls.http, judged)
+        self.metrics.suspect_reports.labels("dead" if result.dead else "alive").inc()
+        return {
+            "node": node_id,
+            "dead": result.dead,
+            "probe": result.outcome,
+            "detail": result.detail,
+        }
 
     async def list_nodes(self) -> tuple[list[dict[str, Any]], FleetSnapshot]:
         snap = await self.snapshot()

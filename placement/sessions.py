@@ -8,12 +8,11 @@ returns, and what was reserved since the current snapshot was taken.
 
 from __future__ import annotations
 
-import contextlib
 from collections import OrderedDict
 from dataclasses import replace
 
 from placement.errors import UnknownNode
-from placement.model import Node, NodeState, Session
+from placement.model import Node, NodeState, Session, stream_key
 from placement.registry import Registry
 
 SESSION_CACHE = 100_000
@@ -26,13 +25,19 @@ class LocalSessions:
         # later decisions see them without rebuilding the snapshot.
         self.usage: dict[str, tuple[int, float]] = {}
         self._known: OrderedDict[str, Session] = OrderedDict()
+        # tenant/stream -> the id of its session remembered last (see ``latest``).
+        self._latest: dict[str, str] = {}
         self._pending: dict[str, Session] = {}
         self._pending_release: set[str] = set()
+        # Sessions the registry lost (an empty Redis came back) whose node has not
+        # registered again yet: written back on each refresh until it has.
+        self._lost: set[str] = set()
 
     @property
     def unwritten(self) -> bool:
-        """Reservations or releases made while degraded wait for the registry."""
-        return bool(self._pending or self._pending_release)
+        """Reservations or releases made while degraded, or sessions the registry lost,
+        wait for the registry."""
+        return bool(self._pending or self._pending_release or self._lost)
 
     def new_snapshot(self) -> None:
         """A snapshot was taken: it holds the reservations made before it."""
@@ -52,15 +57,30 @@ class LocalSessions:
             None,
         )
 
+    def latest(self, tenant: str, stream: str, now: float) -> Session | None:
+        """The stream's session remembered last, unless its lease ran out: one lookup,
+        where ``find`` may walk the whole cache."""
+        sid = self._latest.get(stream_key(tenant, stream))
+        s = self._known.get(sid) if sid is not None else None
+        return s if s is not None and s.lease_expires >= now else None
+
     def remember(self, s: Session) -> None:
         self._known[s.id] = s
         self._known.move_to_end(s.id)
+        self._latest[stream_key(s.tenant, s.stream)] = s.id
         while len(self._known) > SESSION_CACHE:
-            self._known.popitem(last=False)
+            self._unindex(self._known.popitem(last=False)[1])
+
+    def _unindex(self, s: Session) -> None:
+        key = stream_key(s.tenant, s.stream)
+        if self._latest.get(key) == s.id:
+            del self._latest[key]
 
     def forget(self, session_id: str) -> Session | None:
         cached = self._known.pop(session_id, None)
         self._pending.pop(session_id, None)
+        if cached is not None:
+            self._unindex(cached)
         return cached
 
     def release_later(self, session_id: str) -> None:
@@ -83,7 +103,10 @@ class LocalSessions:
         self.remember(s)
         return True
 
-    async def write_back(self, now: float) -> None:
+    async def write_back(self, now: float, check_lost: bool = True) -> None:
+        """Write what was decided while degraded to the registry; with ``check_lost``,
+        also every session known here that the registry lost, else only those still
+        waiting for their node to register again."""
         for sid in list(self._pending_release):
             await self.registry.release(sid, now)
             self._pending_release.discard(sid)
@@ -98,9 +121,18 @@ class LocalSessions:
             del self._pending[sid]
             self.remember(replace(s, degraded=False))
         # Sessions lost with the registry (e.g. a restarted Redis without persistence).
-        for sid, s in list(self._known.items()):
-            if s.lease_expires < now or sid in self._pending:
+        # Their nodes register again on their next beat, after this refresh perhaps:
+        # those not yet back are tried again on the next refreshes.
+        lost = list(self._known) if check_lost else list(self._lost)
+        for sid in lost:
+            known = self._known.get(sid)
+            if known is None or known.lease_expires < now or sid in self._pending:
+                self._lost.discard(sid)
                 continue
             if await self.registry.get_session(sid, now) is None:
-                with contextlib.suppress(UnknownNode):
-                    await self.registry.reserve(s, now, force=True)
+                try:
+                    await self.registry.reserve(known, now, force=True)
+                except UnknownNode:
+                    self._lost.add(sid)
+                    continue
+            self._lost.discard(sid)

@@ -41,6 +41,12 @@ class Registry(Protocol):
     async def heartbeat(self, node_id: str, load: Load, now: float) -> bool:
         """Record liveness; ``False`` means the node is unknown and must re-register."""
 
+    async def mark_dead(self, node_id: str, silent_since: float, now: float) -> bool:
+        """A probe found the node dead: its last beat is set back to ``silent_since``
+        (a TTL ago: it gets no placement or route at once, and its sessions move after
+        the autonomy window as for any stale node), never later than its real one; its
+        next beat clears it. ``False`` when the node is unknown."""
+
     async def set_state(self, node_id: str, state: NodeState) -> Node:
         """Drain, cordon or uncordon; raises UnknownNode."""
 

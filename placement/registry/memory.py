@@ -85,6 +85,13 @@ class InProcessRegistry:
         self._put(replace(node, load=load, last_heartbeat=now))
         return True
 
+    async def mark_dead(self, node_id: str, silent_since: float, now: float) -> bool:
+        node = self._nodes.get(node_id)
+        if node is None:
+            return False
+        self._put(replace(node, last_heartbeat=min(node.last_heartbeat, silent_since)))
+        return True
+
     async def set_state(self, node_id: str, state: NodeState) -> Node:
         node = self._nodes.get(node_id)
         if node is None:

@@ -16,7 +16,8 @@ Connections, pipelines (a fan-out on a cluster) and script calls are
 keys and what is stored under them:
 
     {p:<pool>}:desc     hash  node -> descriptor JSON (full stats)
-    {p:<pool>}:live     hash  node -> {"load": ..., "hb": t} (liveness beat)
+    {p:<pool>}:live     hash  node -> {"load": ..., "hb": t} (liveness beat; hb set
+                              a TTL back and "dead": t once a probe found it dead)
     {p:<pool>}:state    hash  node -> ready|draining|cordoned (operator)
     {p:<pool>}:cap      hash  node -> "slots egress" (read by reserve.lua)
     {p:<pool>}:streams  hash  node -> JSON list of streams held or relayed
@@ -116,6 +117,7 @@ class RedisRegistry:
         self._beat = self._client.script("heartbeat.lua")
         self._register = self._client.script("register.lua")
         self._state = self._client.script("state.lua")
+        self._dead = self._client.script("dead.lua")
         self._remove = self._client.script("remove.lua")
         self._changes = self._client.script("changes.lua")
 
@@ -236,6 +238,17 @@ class RedisRegistry:
                     )
                 out.extend(bool(x) for x in await pipe.execute())
         return out
+
+    async def mark_dead(self, node_id: str, silent_since: float, now: float) -> bool:
+        with unavailable():
+            pool = await self._pool(node_id)
+            if pool is None:
+                return False
+            ok = await self._dead(
+                keys=[self._k(pool, "desc"), self._k(pool, "live"), *self._ver_keys(pool)],
+                args=[node_id, silent_since, now],
+            )
+        return bool(ok)
 
     async def remove(self, node_id: str) -> bool:
         with unavailable():

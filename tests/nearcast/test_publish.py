@@ -20,7 +20,7 @@ from pathlib import Path
 import av
 import pytest
 
-from nearcast.publish import PublishError, PublishStats, publish, register
+from nearcast.publish import PublishError, PublishStats, publish, redact, register
 
 SMALL = str(Path(__file__).resolve().parents[2] / "samples" / "small-360p.mp4")
 SMALL_SECONDS = 6.0
@@ -212,3 +212,55 @@ def test_open_timeout_bounds_a_silent_server() -> None:
         ):
             publish(SMALL, url, open_timeout=1.0)
         assert time.monotonic() - started < 8
+
+
+def test_start_at_carries_a_stream_on_from_that_media_time() -> None:
+    # As after a switch to another node: timestamps continue, and pacing starts there
+    # (about 1 s of media sent in about 1 s, not after a 5 s wait).
+    started = time.monotonic()
+    with rtmp_sink() as (url, received):
+        stats = publish_when_listening(url, loop=True, duration=6.0, start_at=5.0)
+    assert time.monotonic() - started < 5.0
+    dts = received.dts("video") + received.dts("audio")
+    assert 5.0 <= min(dts) and max(dts) < 6.0
+    assert 5.9 <= stats.media_seconds <= 6.1
+
+
+def test_a_failed_connect_reports_where_the_stream_was() -> None:
+    url = f"rtmp://127.0.0.1:{free_port()}/live/x?token=secret-token"
+    with pytest.raises(PublishError) as caught:
+        publish(SMALL, url, realtime=False, start_at=12.5)
+    assert caught.value.stats is not None and caught.value.stats.media_seconds == 12.5
+    assert "secret-token" not in str(caught.value) and "token=..." in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["rtmp://h/live/x", "--placement", "http://p"], "not both"),
+        (["--placement", "http://p"], "--placement needs --token"),
+        (["--placement", "http://p", "--token", "op"], "not a publish token"),
+        (["--placement", "http://p", "--token", "op", "--stream", "x"], "TENANT/STREAM"),
+        ([], "give an RTMP URL"),
+    ],
+)
+def test_cli_placement_options_are_checked(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    parser = argparse.ArgumentParser(prog="nearcast")
+    register(parser.add_subparsers())
+    args = parser.parse_args(["publish", SMALL, *argv])
+    assert args.func(args) == 2
+    assert says in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("rtmp://h/live/x", "rtmp://h/live/x"),
+        ("rtmp://h/live/x?session=s1&token=abc.def", "rtmp://h/live/x?session=s1&token=..."),
+        ("rtmp://h/live/x?TOKEN=abc", "rtmp://h/live/x?TOKEN=..."),
+    ],
+)
+def test_redact_hides_the_token_only(url: str, shown: str) -> None:
+    assert redact(url) == shown
