@@ -301,7 +301,7 @@ def node_streams(config: Config, timeout: float = 5.0) -> list[str]:
 
 
 def prestop(args: argparse.Namespace) -> int:
-    out = _container_log()
+    out = _open_log(args.log)
     deadline = time.monotonic() + args.wait
     try:
         config = load(args.config)
@@ -337,10 +337,13 @@ def prestop(args: argparse.Namespace) -> int:
         time.sleep(min(args.poll, left))
 
 
-def _container_log() -> TextIO | None:
-    """The container's own stderr: a preStop hook's output is otherwise discarded."""
+def _open_log(path: str) -> TextIO | None:
+    """Where the hook logs: a preStop hook's own output is discarded, so the DaemonSets
+    name the container's main process's stderr (/proc/1/fd/2). ``None``: stderr."""
+    if not path:
+        return None
     try:
-        return open("/proc/1/fd/2", "w")  # noqa: SIM115 - lives as long as the hook
+        return open(path, "a")  # noqa: SIM115 - lives as long as the hook
     except OSError:
         return None
 
@@ -365,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds to wait at most; leave the node time to stop within the grace period",
     )
     p.add_argument("--poll", type=float, default=10.0, help="seconds between checks")
+    p.add_argument("--log", default="", help="file to log to (default: stderr)")
     p.set_defaults(func=prestop)
     args = parser.parse_args(argv)
     return int(args.func(args))

@@ -36,7 +36,7 @@ import yaml
 from placementutil import free_port, wait_for
 
 from nearcast.cli import build_parser
-from nearcast.config import Config, load, parse_hostport
+from nearcast.config import Config, ConfigError, load, parse_hostport
 from nearcast.node import Node
 from nearcast.placement_cli import node_credential
 from placement.app import create_app
@@ -416,13 +416,39 @@ def host_settings(tier: str = "edge") -> dict[str, str]:
     )
 
 
-def node_config(tier: str) -> Config:
-    """The config of a node of ``tier``: its file, its DaemonSet's environment, the
-    Secrets (sample values) and what the init container derives from the host."""
-    ds = daemonsets()[tier]
+def service_links(objects: list[dict[str, Any]], workload: dict[str, Any]) -> dict[str, str]:
+    """The variables Kubernetes adds for every Service of the pod's namespace unless
+    the pod sets ``enableServiceLinks: false`` (NEARCAST_PLACEMENT_SERVICE_HOST, ...)."""
+    if workload["spec"]["template"]["spec"].get("enableServiceLinks", True) is False:
+        return {}
+    env = {}
+    for svc in objects:
+        if (
+            svc["kind"] != "Service"
+            or svc["metadata"]["namespace"] != workload["metadata"]["namespace"]
+        ):
+            continue
+        name = svc["metadata"]["name"].upper().replace("-", "_")
+        first = svc["spec"]["ports"][0]
+        env[f"{name}_SERVICE_HOST"] = "10.96.0.10"
+        env[f"{name}_SERVICE_PORT"] = str(first["port"])
+        env[f"{name}_PORT"] = f"tcp://10.96.0.10:{first['port']}"
+        for port in svc["spec"]["ports"]:
+            proto = port.get("protocol", "TCP")
+            env[f"{name}_PORT_{port['port']}_{proto}"] = f"tcp://10.96.0.10:{port['port']}"
+    return env
+
+
+def node_config(tier: str, objects: list[dict[str, Any]] | None = None) -> Config:
+    """The config of a node of ``tier``: its file, its DaemonSet's environment (with
+    what Kubernetes adds to it), the Secrets (sample values) and what the init
+    container derives from the host."""
+    objects = objects or rendered(RENDERINGS["redis-trial"])
+    ds = daemonsets(objects)[tier]
     c = container(ds, "node")
-    file = config_map_file(rendered(), ds, c, command_config(c))
+    file = config_map_file(objects, ds, c, command_config(c))
     env = {
+        **service_links(objects, ds),
         **loadable(container_env(c)),
         **host_settings(tier),
         "NEARCAST_PLACEMENT_NODE_TOKEN": "x",
@@ -430,12 +456,29 @@ def node_config(tier: str) -> Config:
     return load(str(file), environ=env)
 
 
-def placement_config() -> Config:
-    objects = rendered()
+def placement_config(objects: list[dict[str, Any]] | None = None) -> Config:
+    objects = objects or rendered(RENDERINGS["redis-trial"])
     d = find(objects, "Deployment", "nearcast-placement")
     c = container(d, "placement")
     file = config_map_file(objects, d, c, command_config(c))
-    return load(str(file), environ=container_env(c))
+    return load(str(file), environ={**service_links(objects, d), **container_env(c)})
+
+
+def test_service_links_are_off_because_nearcast_refuses_them() -> None:
+    """Kubernetes names its Service variables after the Service: nearcast-placement
+    gives NEARCAST_PLACEMENT_SERVICE_HOST, which is no configuration key, and nearcast
+    refuses to start on an unknown NEARCAST_* variable."""
+    objects = rendered(RENDERINGS["redis-trial"])
+    for o in objects:
+        if o["kind"] in ("Deployment", "DaemonSet"):
+            o["spec"]["template"]["spec"].pop("enableServiceLinks")
+    with pytest.raises(
+        ConfigError, match="NEARCAST_(PLACEMENT|REDIS)_.* names no configuration key"
+    ):
+        placement_config(objects)
+    for tier in TIERS:
+        with pytest.raises(ConfigError, match="names no configuration key"):
+            node_config(tier, objects)
 
 
 @pytest.mark.parametrize("tier", TIERS)
@@ -602,6 +645,8 @@ def test_node_daemonset(tier: str) -> None:
     argv = shlex.split(hook[-1].rpartition("exec ")[2])
     assert argv[:2] == ["python", "/etc/nearcast/scripts/node_hooks.py"]
     wait = float(argv[argv.index("--wait") + 1])
+    # Its lines go to the node's own log (a hook's output is otherwise discarded).
+    assert argv[argv.index("--log") + 1] == "/proc/1/fd/2"
     assert wait + STOP_S <= GRACE_S and wait >= GRACE_S / 2
     # The node container faces the internet: no API token, no root.
     assert spec["automountServiceAccountToken"] is False
