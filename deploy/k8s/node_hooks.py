@@ -3,11 +3,12 @@
 ``python node_hooks.py init`` runs in the node pod's init container. The downward API
 gives a pod its own labels, never its host's, so this reads the Kubernetes Node the
 pod runs on and turns its ``nearcast.io/*`` labels and annotations into the node's
-settings: ``node.id`` (the Kubernetes node name), region, city, ISP, position and
-public URLs, and the node's credential from Secret nearcast-node-credentials. They
-go to an env file (``NEARCAST_<SECTION>_<KEY>=...``) that the node's command sources,
-checked first with the loader ``nearcast node`` uses. It also undoes a drain that
-this hook's preStop made, so that a node back from a rollout takes classes again.
+settings: ``node.id`` (the Kubernetes node name), region, city, ISP, position, public
+URLs, the addresses WebRTC announces, and the node's credential from Secret
+nearcast-node-credentials. They go to an env file (``NEARCAST_<SECTION>_<KEY>=...``)
+that the node's command sources, checked first with the loader ``nearcast node`` uses.
+It also undoes a drain that this hook's preStop made, so that a node back from a
+rollout takes classes again.
 
 ``python node_hooks.py prestop --wait SECONDS`` is the node container's preStop hook:
 it drains the node at placement (``POST /v1/nodes/{id}/drain``, when Secret
@@ -21,6 +22,7 @@ node's own image.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import shlex
@@ -118,6 +120,26 @@ def node_settings(node: Mapping[str, Any], tier: str, config: Config) -> dict[st
             f"Kubernetes node {name} has no ExternalIP address: annotate it with "
             f"{PREFIX}public-host (the name or address publishers and viewers reach it at)"
         )
+    # WebRTC peers reach the node at these (webrtc.announce_ips): a cloud VM's ExternalIP
+    # is a 1:1 NAT address that no interface of the host carries. One an interface does
+    # carry is announced once (the node skips a duplicate).
+    announce = notes.get(PREFIX + "announce-ips")
+    if announce is None:
+        ips = [
+            a.get("address", "")
+            for a in node.get("status", {}).get("addresses") or []
+            if a.get("type") == "ExternalIP"
+        ]
+    else:
+        ips = [ip.strip() for ip in announce.split(",") if ip.strip()]
+    for ip in ips:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise SetupError(
+                f"{ip!r} (annotation {PREFIX}announce-ips or the ExternalIP of Kubernetes "
+                f"node {name}) is not an IP address"
+            ) from None
     shown = f"[{host}]" if ":" in host else host
     if not public_rtmp:
         public_rtmp = f"rtmp://{shown}:{listen_port(config.rtmp.listen)}"
@@ -126,7 +148,7 @@ def node_settings(node: Mapping[str, Any], tier: str, config: Config) -> dict[st
             public_http = f"http://{shown}:{listen_port(config.http.listen)}"
         else:
             public_http = f"https://{shown}:{listen_port(config.http.tls_listen)}"
-    return {
+    settings = {
         "NEARCAST_NODE_ID": name,
         "NEARCAST_NODE_REGION": region,
         "NEARCAST_NODE_CITY": labels[PREFIX + "city"],
@@ -136,6 +158,9 @@ def node_settings(node: Mapping[str, Any], tier: str, config: Config) -> dict[st
         "NEARCAST_NODE_PUBLIC_RTMP": public_rtmp,
         "NEARCAST_NODE_PUBLIC_HTTP": public_http,
     }
+    if ips:
+        settings["NEARCAST_WEBRTC_ANNOUNCE_IPS"] = json.dumps(ips)
+    return settings
 
 
 def mint_hint(settings: Mapping[str, str], tier: str) -> str:

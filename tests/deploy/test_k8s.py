@@ -58,10 +58,9 @@ UNITS_PER_CORE = 1.0
 NODE_PROCESS_CORES = 1.0
 # Published by Kubernetes in every namespace (the API server's CA).
 BUILTIN_CONFIGMAPS = {"kube-root-ca.crt": {"ca.crt"}}
-# Keys another change is adding (a configurable WebRTC UDP range). The DaemonSets set
-# them in a block marked PENDING; until the code knows them they are left out of the
-# environment the config is loaded with here, and nowhere else is an unknown key let by.
-AWAITED = {"NEARCAST_WEBRTC_UDP_PORT_MIN", "NEARCAST_WEBRTC_UDP_PORT_MAX"}
+# Addresses a node host has (IPv4, IPv6, the CNI bridge's, ...): a WebRTC session takes
+# a UDP port on each (docs/webrtc-network.md). node.yml's range is sized for it.
+HOST_ADDRESSES = 4
 
 
 # -- the renderer ----------------------------------------------------------------------
@@ -381,12 +380,6 @@ def container_env(c: dict[str, Any]) -> dict[str, str]:
     return env
 
 
-def loadable(env: Mapping[str, str]) -> dict[str, str]:
-    """``env`` without the awaited keys the code does not know yet."""
-    known = env_keys(Config)
-    return {k: v for k, v in env.items() if k in known or k not in AWAITED}
-
-
 def config_map_file(
     objects: list[dict[str, Any]], workload: dict[str, Any], c: dict[str, Any], path: str
 ) -> Path:
@@ -449,7 +442,7 @@ def node_config(tier: str, objects: list[dict[str, Any]] | None = None) -> Confi
     file = config_map_file(objects, ds, c, command_config(c))
     env = {
         **service_links(objects, ds),
-        **loadable(container_env(c)),
+        **container_env(c),
         **host_settings(tier),
         "NEARCAST_PLACEMENT_NODE_TOKEN": "x",
     }
@@ -484,8 +477,7 @@ def test_service_links_are_off_because_nearcast_refuses_them() -> None:
 @pytest.mark.parametrize("tier", TIERS)
 def test_node_config_and_environment_are_known_keys(tier: str) -> None:
     """node.yml loads with the strict loader (an unknown key is an error), and every
-    NEARCAST_* variable the DaemonSet sets is a key of the code, but for the awaited
-    WebRTC port range, which only its marked block may set."""
+    NEARCAST_* variable the DaemonSet sets is a key of the code."""
     known = env_keys(Config)
     ds = daemonsets()[tier]
     for c in (
@@ -494,7 +486,7 @@ def test_node_config_and_environment_are_known_keys(tier: str) -> None:
     ):
         for name in container_env(c):
             if name.startswith("NEARCAST_"):
-                assert name in known or name in AWAITED, f"{tier}/{c['name']}: {name} is no key"
+                assert name in known, f"{tier}/{c['name']}: {name} is no key"
     cfg = node_config(tier)
     assert cfg.node.tier == tier
     assert cfg.placement.url and cfg.ingest.operator_token and cfg.http.metrics_token
@@ -504,24 +496,17 @@ def test_node_config_and_environment_are_known_keys(tier: str) -> None:
     )
 
 
-def test_awaited_keys_only_in_the_marked_block() -> None:
-    for tier, ds in daemonsets().items():
-        env = container_env(container(ds, "node"))
-        udp_min, udp_max = (
-            int(env["NEARCAST_WEBRTC_UDP_PORT_MIN"]),
-            int(env["NEARCAST_WEBRTC_UDP_PORT_MAX"]),
-        )
-        cfg = node_config(tier)
-        # One port per WebRTC peer at most: every viewer and publisher fits.
-        assert 1024 < udp_min < udp_max <= 65535
-        assert udp_max - udp_min + 1 >= cfg.webrtc.max_viewers + cfg.ingest.max_publishers
-    text = (K8S / "node-edge.yaml").read_text()
-    block = text[
-        text.index("# ---- WebRTC UDP port range") : text.index("# -----------------------")
-    ]
-    assert "PENDING" in block and all(k in block for k in AWAITED)
-    for name in ("node.yml", "placement.yml"):
-        assert "udp_port" not in (K8S / name).read_text()
+@pytest.mark.parametrize("tier", TIERS)
+def test_webrtc_port_range_carries_every_session(tier: str) -> None:
+    """The UDP range (the hosts' firewalls open it) holds a port per address of the host
+    for every WebRTC viewer and publisher the node admits."""
+    cfg = node_config(tier)
+    low, high = cfg.webrtc.udp_port_min, cfg.webrtc.udp_port_max
+    assert 1024 < low < high <= 65535
+    sessions = cfg.webrtc.max_viewers + cfg.ingest.max_publishers
+    assert (high - low + 1) // HOST_ADDRESSES >= sessions
+    # Announced: the host's ExternalIP (host_settings' Node has 203.0.113.7).
+    assert cfg.webrtc.announce_ips == ["203.0.113.7"]
 
 
 def test_placement_config_and_environment_are_known_keys() -> None:
@@ -734,6 +719,19 @@ def test_host_labels_become_the_node_settings() -> None:
         k8s_node("n1", "mec", **{"nearcast.io/public-host": "n1.example.net"}), "mec", base
     )
     assert named["NEARCAST_NODE_PUBLIC_HTTP"] == "http://n1.example.net:8080"
+    # WebRTC announces the ExternalIP unless the host names its own addresses, or none.
+    assert cfg.webrtc.announce_ips == ["203.0.113.7"]
+    ips = {"nearcast.io/announce-ips": "198.51.100.9, 2001:db8::9"}
+    announced = h.node_settings(k8s_node("n1", "edge", **ips), "edge", base)
+    env = {**announced, "NEARCAST_PLACEMENT_NODE_TOKEN": "x"}
+    assert load(str(K8S / "node.yml"), environ=env).webrtc.announce_ips == [
+        "198.51.100.9",
+        "2001:db8::9",
+    ]
+    silent = h.node_settings(
+        k8s_node("n1", "edge", **{"nearcast.io/announce-ips": ""}), "edge", base
+    )
+    assert "NEARCAST_WEBRTC_ANNOUNCE_IPS" not in silent
 
 
 @pytest.mark.parametrize(
@@ -754,6 +752,10 @@ def test_host_labels_become_the_node_settings() -> None:
         ),
         (lambda n: n["status"].update({"addresses": []}), "nearcast.io/public-host"),
         (lambda n: n["metadata"].update({"name": "n" * 70}), "node.id"),
+        (
+            lambda n: n["metadata"]["annotations"].update({"nearcast.io/announce-ips": "a.b"}),
+            "'a.b' .* is not an IP address",
+        ),
     ],
 )
 def test_badly_labelled_host_is_refused_with_the_fix(change: Any, message: str) -> None:
@@ -863,7 +865,7 @@ async def test_prestop_drains_at_placement_and_the_next_start_undoes_it(tmp_path
             environ={"NEARCAST_PLACEMENT_NODE_KEYS": keys},
         )
         env = {
-            **loadable(container_env(container(daemonsets()["edge"], "node"))),
+            **container_env(container(daemonsets()["edge"], "node")),
             **settings,
             "NEARCAST_PLACEMENT_NODE_TOKEN": minted,
             "NEARCAST_PLACEMENT_URL": url,
