@@ -284,8 +284,8 @@ def init(args: argparse.Namespace) -> int:
     name = os.environ.get("NODE_NAME", "")
     try:
         config = load(args.config)
-        settings = node_settings(fetch_node(name), tier, config)
-        settings["NEARCAST_PLACEMENT_NODE_TOKEN"] = credential(settings, tier)
+        settings = node_settings(fetch_node(name, args.service_account), tier, config)
+        settings["NEARCAST_PLACEMENT_NODE_TOKEN"] = credential(settings, tier, args.credentials)
         # The node would refuse what the labels say: say so here, naming the key.
         config = load(args.config, environ={**os.environ, **settings})
     except (SetupError, ConfigError) as exc:
@@ -334,7 +334,9 @@ def prestop(args: argparse.Namespace) -> int:
         log(f"preStop: {exc}", out)
         return 0
     token = read_token(args.drain_token)
-    if token and config.placement.url:
+    if not config.placement.url:
+        log("preStop: no placement.url, nothing to drain", out)
+    elif token:
         try:
             status = placement_call(config, token, "drain")
         except OSError as exc:
@@ -384,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     i = sub.add_parser("init", help="write the node's env file from its host's labels")
     i.add_argument("--env-file", default=ENV_FILE)
+    i.add_argument("--credentials", default=CREDENTIALS, help="Secret nearcast-node-credentials")
+    i.add_argument("--service-account", default=SERVICE_ACCOUNT, help="its token and ca.crt")
     i.set_defaults(func=init)
     p = sub.add_parser("prestop", help="drain at placement, wait for the live streams")
     p.add_argument(

@@ -15,12 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import http.server
 import importlib.util
 import json
 import os
 import shlex
+import shutil
+import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator, Mapping
 from functools import cache
 from pathlib import Path
@@ -33,6 +37,7 @@ import kubernetes_validate
 import pytest
 import uvicorn
 import yaml
+from nodeutil import self_signed
 from placementutil import free_port, wait_for
 
 from nearcast.cli import build_parser
@@ -765,6 +770,113 @@ def test_badly_labelled_host_is_refused_with_the_fix(change: Any, message: str) 
         hooks().node_settings(node, "edge", load(str(K8S / "node.yml"), environ={}))
 
 
+@contextlib.contextmanager
+def api_server(tmp_path: Path, nodes: dict[str, dict[str, Any]], token: str) -> Iterator[int]:
+    """An HTTPS stand-in for the Kubernetes API server: GET /api/v1/nodes/NAME with the
+    service account's bearer token; its port (certificate for localhost)."""
+    cert, key = self_signed(tmp_path)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            name = self.path.removeprefix("/api/v1/nodes/")
+            if self.headers.get("Authorization") != f"Bearer {token}":
+                self.send_error(401)
+            elif name not in nodes:
+                self.send_error(404)
+            else:
+                body = json.dumps(nodes[name]).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def run_init(tmp_path: Path, port: int, node_name: str) -> subprocess.CompletedProcess[str]:
+    """`python node_hooks.py init` as the DaemonSet's init container runs it."""
+    ds = daemonsets()["edge"]
+    locate = container(ds, "locate", init=True)
+    argv = locate["command"]
+    assert argv[:3] == ["python", "/etc/nearcast/scripts/node_hooks.py", "init"]
+    env = {
+        "PATH": os.environ["PATH"],
+        "PYTHONPATH": str(ROOT),
+        "KUBERNETES_SERVICE_HOST": "localhost",
+        "KUBERNETES_SERVICE_PORT": str(port),
+        "NODE_NAME": node_name,
+        **{e["name"]: e["value"] for e in locate["env"] if "value" in e},
+    }
+    return subprocess.run(
+        [
+            sys.executable,
+            str(K8S / "node_hooks.py"),
+            "--config",
+            str(K8S / "node.yml"),
+            "--marker",
+            str(tmp_path / "marker"),
+            "--drain-token",
+            str(tmp_path / "no-drain-token"),
+            "init",
+            "--env-file",
+            str(tmp_path / "node.env"),
+            "--service-account",
+            str(tmp_path / "sa"),
+            "--credentials",
+            str(tmp_path / "credentials"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_init_container_writes_the_node_env_from_the_api_server(tmp_path: Path) -> None:
+    """The init container's command against an API server: the env file it writes,
+    sourced by the node container's shell, gives the node its host's identity and
+    credential; a host without a credential is refused with the command that mints it."""
+    (tmp_path / "sa").mkdir()
+    (tmp_path / "credentials").mkdir()
+    (tmp_path / "credentials" / "edge-ber-1").write_text("v1.credential-of-edge-ber-1\n")
+    nodes = {n: k8s_node(n, "edge") for n in ("edge-ber-1", "edge-muc-1")}
+    with api_server(tmp_path, nodes, "sa-token") as port:
+        (tmp_path / "sa" / "token").write_text("sa-token\n")
+        shutil.copy(tmp_path / "cert.pem", tmp_path / "sa" / "ca.crt")
+        done = run_init(tmp_path, port, "edge-ber-1")
+        assert done.returncode == 0, done.stderr
+        refused = run_init(tmp_path, port, "edge-muc-1")
+    assert refused.returncode == 1
+    assert "nearcast node-credential edge-muc-1 --tier edge" in refused.stderr, refused.stderr
+    node = container(daemonsets()["edge"], "node")
+    script = node["command"][-1].replace("/run/nearcast/node.env", str(tmp_path / "node.env"))
+    script = script.rpartition("&& exec ")[0] + "&& env -0"
+    out = subprocess.run(
+        ["sh", "-c", script], capture_output=True, check=True, env={"PATH": os.environ["PATH"]}
+    ).stdout.decode()
+    env = dict(line.split("=", 1) for line in out.split("\0") if "=" in line)
+    assert env["NEARCAST_PLACEMENT_NODE_TOKEN"] == "v1.credential-of-edge-ber-1"
+    cfg = load(
+        str(K8S / "node.yml"), environ={k: v for k, v in env.items() if k.startswith("NEARCAST_")}
+    )
+    assert (cfg.node.id, cfg.node.city, cfg.node.isp) == ("edge-ber-1", "berlin", "telekom")
+    assert cfg.node.public_http == "http://203.0.113.7:8080"
+
+
 def test_env_file_reads_back_through_sh(tmp_path: Path) -> None:
     values = {**host_settings(), "NEARCAST_PLACEMENT_NODE_TOKEN": "v1.a'b\"c$(id)`x` ;#"}
     (tmp_path / "node.env").write_text(hooks().env_file(values))
@@ -894,7 +1006,7 @@ async def test_prestop_drains_at_placement_and_the_next_start_undoes_it(tmp_path
                 "30",
                 "--poll",
                 "0.2",
-                env={**os.environ, **env},
+                env={**os.environ, **env, "PYTHONPATH": str(ROOT)},
                 cwd=ROOT,
                 stderr=asyncio.subprocess.PIPE,
             )
