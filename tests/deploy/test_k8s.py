@@ -193,7 +193,8 @@ def test_redis_trial_adds_only_redis() -> None:
     trial = {(o["kind"], o["metadata"]["name"]) for o in rendered(RENDERINGS["redis-trial"])}
     assert base < trial
     assert {n for _, n in trial - base} == {"nearcast-redis", "nearcast-redis-trial"}
-    assert all(o["metadata"].get("namespace") == "nearcast" for o in rendered() if namespaced(o))
+    for o in rendered(RENDERINGS["redis-trial"]):
+        assert o["metadata"].get("namespace") == ("nearcast" if namespaced(o) else None), o
 
 
 def namespaced(obj: dict[str, Any]) -> bool:
@@ -346,6 +347,28 @@ def test_secret_and_configmap_references_resolve(name: str) -> None:
         assert (kind, ref) in defined, f"{where}: {kind} {ref} is not in the manifests"
         if key is not None and not optional:
             assert key in defined[kind, ref], f"{where}: {kind} {ref} has no key {key}"
+
+
+@pytest.mark.parametrize("name", RENDERINGS)
+def test_mounts_service_accounts_and_rbac_resolve(name: str) -> None:
+    """What the API server would refuse or leave pending: a mount of no volume, a
+    service account or role that does not exist."""
+    objects = rendered(RENDERINGS[name])
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
+    for o in objects:
+        if o["kind"] in WORKLOADS:
+            spec = o["spec"]["template"]["spec"]
+            volumes = {v["name"] for v in spec.get("volumes", [])}
+            claims = {t["metadata"]["name"] for t in o["spec"].get("volumeClaimTemplates", [])}
+            for c in spec.get("initContainers", []) + spec["containers"]:
+                for m in c.get("volumeMounts", []):
+                    assert m["name"] in volumes | claims, f"{o['metadata']['name']}: {m['name']}"
+            if "serviceAccountName" in spec:
+                assert ("ServiceAccount", spec["serviceAccountName"]) in kinds
+        if o["kind"] == "ClusterRoleBinding":
+            assert (o["roleRef"]["kind"], o["roleRef"]["name"]) in kinds
+            for subject in o["subjects"]:
+                assert (subject["kind"], subject["name"]) in kinds
 
 
 def test_no_secret_value_in_the_repository() -> None:
