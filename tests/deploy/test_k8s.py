@@ -388,10 +388,7 @@ SECRET_SAMPLES = {
     ("nearcast-redis", "url"): "redis://:0123456789abcdef@nearcast-redis:6379/0",
     ("nearcast-node", "ingest-operator-token"): "test-node-operator-0123456789",
     ("nearcast-node", "metrics-token"): "test-node-metrics-0123456789",
-    (
-        "nearcast-node",
-        "ingest-auth-tenants",
-    ): '{school: {keys: {k1: "test-publish-key-0123456789"}}}',
+    ("nearcast-publish-keys", "tenants"): '{school: {keys: {k1: "test-publish-key-0123456789"}}}',
     ("nearcast-node", "playback-tenants"): '{school: {keys: {k1: "test-playback-key-0123456789"}}}',
 }
 
@@ -543,6 +540,8 @@ def test_placement_config_and_environment_are_known_keys() -> None:
     assert all(n in known for n in container_env(c) if n.startswith("NEARCAST_"))
     cfg = placement_config()
     assert cfg.placement.operator_token and cfg.placement.node_keys and cfg.placement.metrics_token
+    # A publisher's token is good for its session at placement and at the node.
+    assert cfg.placement.publish_keys == node_config("edge").ingest.auth.tenants
     assert cfg.redis.url == SECRET_SAMPLES["nearcast-redis", "url"]
     args = build_parser().parse_args(c["args"])
     assert args.command == "placement" and not args.redis
