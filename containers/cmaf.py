@@ -1,7 +1,7 @@
 """Cut one rendition's encoded samples into CMAF parts and segments (pure).
 
 The packager sits right after the encoders in the worker. It receives video
-access units (as NAL unit lists) and AAC frames with their timestamps and
+access units (as NAL unit lists) and AAC (or Opus) frames with their timestamps and
 emits, through callbacks:
 
 - an :class:`~media.segments.InitFrame` before the first media, and again
@@ -28,11 +28,22 @@ last part may be shorter.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from containers.fmp4 import AudioTrack, Sample, TrackRun, VideoTrack, fragment, init_segment
+from containers.fmp4 import (
+    AudioTrack,
+    OpusTrack,
+    Sample,
+    Track,
+    TrackRun,
+    VideoTrack,
+    fragment,
+    init_segment,
+)
+from media import MediaPacket
 from media.segments import InitFrame, PartFrame, SegmentFrame
 
 VIDEO_TRACK = 1
@@ -42,6 +53,8 @@ _NAL_AUD, _NAL_SPS, _NAL_PPS, _NAL_IDR = 9, 7, 8, 5
 TIMELINE_OFFSET = 1
 # Frames of B-frame reorder delay the decode timeline allows for (x264 uses at most 2).
 REORDER_FRAMES = 3
+# The video timescale of the WebRTC tap's rendition (TapPackager): ms * 90, exactly.
+TAP_VIDEO_TIMESCALE = 90000
 
 
 def split_annexb(data: bytes) -> list[bytes]:
@@ -63,11 +76,20 @@ def split_annexb(data: bytes) -> list[bytes]:
 
 @dataclass(frozen=True, slots=True)
 class AudioFormat:
+    """The audio track of a rendition: AAC (``config`` its AudioSpecificConfig), or
+    Opus (``codec="opus"``, 48 kHz; ``config`` unused: the ``dOps`` is derived)."""
+
     sample_rate: int
     channels: int
     config: bytes  # AudioSpecificConfig
     frame_samples: int = 1024
     bitrate: int = 0
+    codec: str = "aac"
+
+    def track(self, track_id: int) -> AudioTrack | OpusTrack:
+        if self.codec == "opus":
+            return OpusTrack(track_id, self.channels, bitrate=self.bitrate)
+        return AudioTrack(track_id, self.sample_rate, self.channels, self.config, self.bitrate)
 
 
 @dataclass(slots=True)
@@ -141,7 +163,7 @@ class CmafPackager:
     # -- input -------------------------------------------------------------------
 
     def audio(self, data: bytes, pts: int) -> None:
-        """One AAC frame; ``pts`` in samples on the same clock as video (``timescale``)."""
+        """One AAC (or Opus) frame; ``pts`` in samples of the audio's sample rate."""
         if self._audio is None:
             return
         self._audio_q.append((pts, data))
@@ -239,12 +261,11 @@ class CmafPackager:
     def _send_init(self) -> None:
         assert self._params is not None
         sps, pps = self._params
-        tracks: list[VideoTrack | AudioTrack] = [
+        tracks: list[Track] = [
             VideoTrack(VIDEO_TRACK, self.timescale, self._width, self._height, sps, pps)
         ]
         if self._audio is not None:
-            a = self._audio
-            tracks.append(AudioTrack(AUDIO_TRACK, a.sample_rate, a.channels, a.config, a.bitrate))
+            tracks.append(self._audio.track(AUDIO_TRACK))
         self._codecs = tracks[0].codec_string
         self._on_init(InitFrame(self.rendition, self._codecs, init_segment(tracks)))
 
@@ -332,3 +353,104 @@ class CmafPackager:
             self.segments += 1
         self._seg_parts = []
         self._seg_open = False
+
+
+class TapPackager:
+    """The WebRTC tap's packets as a CMAF rendition, repackaged without decoding.
+
+    The tap (what a worker sends WHEP viewers) is H.264 without B-frames, Annex B
+    with SPS/PPS in-band on every IDR, and 20 ms Opus packets, all with millisecond
+    timestamps (:class:`~media.MediaPacket`). Here they become a
+    :class:`CmafPackager` rendition on a 90 kHz video and a 48 kHz Opus timeline, so
+    both map back to the same milliseconds exactly: what
+    :mod:`distribute.whep.cmaf_source` reads on another node.
+
+    Segments start at IDRs. With ``grid`` (an encoded tap rung, whose IDRs are forced
+    on the segment grid) a segment's number follows from its IDR's time, so it gets
+    the number of the same segment of every other rendition, and a rung suspended
+    for a while leaves a gap rather than a shift; without (a passed-through source,
+    keyframes where the publisher put them) an IDR at least 0.9 segment after the
+    previous segment's starts the next, numbered in sequence as the worker numbers
+    that rung's own segments.
+    """
+
+    def __init__(
+        self,
+        rendition: str,
+        *,
+        width: int,
+        height: int,
+        fps: float,
+        channels: int | None,
+        segment_duration: float,
+        part_duration: float,
+        grid: bool,
+        on_init: Callable[[InitFrame], None],
+        on_part: Callable[[PartFrame], None] | None,
+        on_segment: Callable[[SegmentFrame], None],
+    ) -> None:
+        if fps <= 0 or segment_duration <= 0:
+            raise ValueError(f"tap rendition {rendition}: fps and segment duration must be > 0")
+        nominal = max(1, round(TAP_VIDEO_TIMESCALE / fps))
+        part_ticks = 0
+        if part_duration > 0:
+            # Whole frames, never more than the part target (RFC 8216bis §4.4.4.9).
+            part_ticks = max(1, math.floor(part_duration * fps + 1e-6)) * nominal
+        self._segment_ms = segment_duration * 1000
+        self._grid = grid
+        self._index = -1
+        self._seg_ms = 0
+        self._packager = CmafPackager(
+            rendition,
+            width=width,
+            height=height,
+            # Millisecond timestamps put each frame up to half a millisecond off the
+            # frame grid: one more millisecond of frame duration lets a part close on
+            # its last frame whichever way that frame was rounded.
+            frame_ticks=nominal + TAP_VIDEO_TIMESCALE // 1000,
+            audio=(
+                AudioFormat(48000, channels, b"", 960, codec="opus")
+                if channels is not None
+                else None
+            ),
+            part_ticks=part_ticks,
+            on_init=on_init,
+            on_part=on_part,
+            on_segment=on_segment,
+            timescale=TAP_VIDEO_TIMESCALE,
+            min_duration=0.0 if grid else segment_duration * 0.9,
+        )
+
+    @property
+    def segments(self) -> int:
+        return self._packager.segments
+
+    def packet(self, packet: MediaPacket) -> None:
+        """One tap packet, in the order the tap sends them."""
+        if packet.config:
+            return  # the tap sends parameter sets in-band
+        if packet.kind == "audio":
+            if packet.codec == "opus":
+                self._packager.audio(packet.data, packet.pts * 48)
+            return
+        if packet.codec != "h264":
+            return
+        index = None
+        if packet.keyframe and self._grid:
+            if self._index < 0:
+                self._index = 0
+            else:
+                self._index += max(1, round((packet.pts - self._seg_ms) / self._segment_ms))
+            self._seg_ms = packet.pts
+            index = self._index
+        ticks = TAP_VIDEO_TIMESCALE // 1000
+        self._packager.video(
+            split_annexb(packet.data),
+            packet.pts * ticks,
+            packet.dts * ticks,
+            packet.keyframe,
+            index,
+        )
+
+    def flush(self) -> None:
+        self._packager.flush()

@@ -8,6 +8,9 @@ Two products, as HLS needs them (RFC 8216bis §3.3, ISO/IEC 14496-12 and 23000-1
   default-base-is-moof, ``tfdt`` and a version-1 ``trun`` carrying per-sample
   duration, size, flags and signed composition offsets) + ``mdat``.
 
+Tracks: H.264 (``avc1``/``avcC``), AAC (``mp4a``/``esds``) and Opus (``Opus``/``dOps``,
+for the WebRTC tap's hidden rendition).
+
 Written by hand rather than through libavformat's mp4 muxer so that the worker
 decides exactly where a fragment ends: one fragment per LL-HLS part, flushed
 the moment its last frame is encoded, with no muxer-side buffering.
@@ -218,7 +221,58 @@ class AudioTrack:
         )
 
 
-Track = VideoTrack | AudioTrack
+@dataclass(frozen=True, slots=True)
+class OpusTrack:
+    """An Opus track, as "Encapsulation of Opus in ISO Base Media File Format"
+    (opus-codec.org, v0.8.1) describes it: an ``Opus`` sample entry with a ``dOps``
+    box, on a 48 kHz timescale (every Opus frame is a multiple of 2.5 ms at 48 kHz).
+
+    ``pre_skip`` is the encoder's priming in 48 kHz samples; a live rendition that
+    viewers join anywhere has none to signal and leaves it 0.
+    """
+
+    track_id: int
+    channels: int
+    pre_skip: int = 0
+    input_sample_rate: int = 48000
+    bitrate: int = 0
+
+    @property
+    def timescale(self) -> int:
+        return 48000
+
+    @property
+    def codec_string(self) -> str:
+        return "Opus"  # the sample entry four-cc (RFC 6381 §3.3)
+
+    def sample_entry(self) -> bytes:
+        return box(
+            b"Opus",
+            bytes(6),
+            struct.pack(">H", 1),  # data_reference_index
+            bytes(8),
+            struct.pack(">HHHH", self.channels, 16, 0, 0),
+            struct.pack(">I", 48000 << 16),
+            box(b"dOps", opus_specific(self.channels, self.pre_skip, self.input_sample_rate)),
+        )
+
+
+def opus_specific(channels: int, pre_skip: int = 0, input_sample_rate: int = 48000) -> bytes:
+    """The ``dOps`` payload (Opus-in-ISOBMFF §4.3.2) of a mono or stereo stream.
+
+    Channel mapping family 0 (RFC 7845 §5.1.1.1) covers one or two channels and
+    needs no mapping table; it is big-endian, unlike the OpusHead it mirrors.
+    """
+    if channels not in (1, 2):
+        raise ValueError(f"Opus channel count {channels} needs a mapping table; only 1 or 2")
+    if not 0 <= pre_skip < 1 << 16:
+        raise ValueError(f"Opus pre-skip {pre_skip} is out of range")
+    if not 0 <= input_sample_rate < 1 << 32:
+        raise ValueError(f"Opus input sample rate {input_sample_rate} is out of range")
+    return struct.pack(">BBHIhB", 0, channels, pre_skip, input_sample_rate, 0, 0)
+
+
+Track = VideoTrack | AudioTrack | OpusTrack
 
 
 def _descriptor(tag: int, *payload: bytes) -> bytes:

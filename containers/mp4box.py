@@ -44,7 +44,14 @@ class Box:
         return [c for c in self.children if c.kind == kind]
 
 
-def parse_boxes(data: bytes, base: int = 0) -> list[Box]:
+# Container boxes nest a handful deep (moov/trak/mdia/minf/stbl); a deeper tree is
+# hostile input, refused before it could exhaust the interpreter's stack.
+MAX_DEPTH = 16
+
+
+def parse_boxes(data: bytes, base: int = 0, depth: int = 0) -> list[Box]:
+    if depth > MAX_DEPTH:
+        raise ValueError(f"boxes at {base} nest deeper than {MAX_DEPTH} levels")
     boxes: list[Box] = []
     pos = 0
     n = len(data)
@@ -65,7 +72,7 @@ def parse_boxes(data: bytes, base: int = 0) -> list[Box]:
         payload = data[pos + header : pos + size]
         b = Box(kind, base + pos, payload)
         if kind in CONTAINERS:
-            b.children = parse_boxes(payload, base + pos + header)
+            b.children = parse_boxes(payload, base + pos + header, depth + 1)
         boxes.append(b)
         pos += size
     return boxes
@@ -84,7 +91,7 @@ class ParsedTrack:
     handler: str
     timescale: int
     codec: str  # sample entry four-cc
-    config: bytes  # avcC record or AudioSpecificConfig
+    config: bytes  # avcC record, AudioSpecificConfig or dOps payload
     width: int = 0
     height: int = 0
     channels: int = 0
@@ -174,6 +181,26 @@ def parse_init(data: bytes) -> list[ParsedTrack]:
                     track_id, handler, timescale, "mp4a", cfg, channels=channels, sample_rate=rate
                 )
             )
+        elif entry.kind == b"Opus":
+            if len(p) < 28:
+                raise ValueError("Opus sample entry is truncated")
+            sub = parse_boxes(p[28:])
+            dops = next((b for b in sub if b.kind == b"dOps"), None)
+            if dops is None:
+                raise ValueError("Opus sample entry has no dOps")
+            if len(dops.payload) < 11 or dops.payload[0] != 0:
+                raise ValueError("dOps is truncated or not version 0")
+            tracks.append(
+                ParsedTrack(
+                    track_id,
+                    handler,
+                    timescale,
+                    "Opus",
+                    dops.payload,
+                    channels=dops.payload[1],
+                    sample_rate=48000,
+                )
+            )
         else:
             tracks.append(
                 ParsedTrack(track_id, handler, timescale, entry.kind.decode("latin-1"), b"")
@@ -240,7 +267,7 @@ def _parse_moof(data: bytes, moof: Box) -> ParsedFragment:
         # the defaults a trun without per-sample values relies on (FFmpeg writes them).
         pos = 4 + (8 if tf_flags & 0x01 else 0) + (4 if tf_flags & 0x02 else 0)
         defaults = []
-        for bit in (0x08, 0x10):
+        for bit in (0x08, 0x10, 0x20):
             if tf_flags & bit:
                 if pos + 4 > len(t):
                     raise ValueError("tfhd is truncated")
@@ -248,7 +275,7 @@ def _parse_moof(data: bytes, moof: Box) -> ParsedFragment:
                 pos += 4
             else:
                 defaults.append(0)
-        default_duration, default_size = defaults
+        default_duration, default_size, default_flags = defaults
         version, _, d = _full(tfdt, "tfdt", 4)
         base = (
             struct.unpack_from(">Q" if version == 1 else ">I", d)[0]
@@ -261,18 +288,23 @@ def _parse_moof(data: bytes, moof: Box) -> ParsedFragment:
         count = struct.unpack_from(">I", r)[0]
         pos = 4
         offset = 0
+        if pos + 4 * bool(flags & 0x1) + 4 * bool(flags & 0x4) > len(r):
+            raise ValueError("trun is truncated")
         if flags & 0x1:
             offset = struct.unpack_from(">i", r, pos)[0]
             pos += 4
+        first_flags: int | None = None
         if flags & 0x4:
+            first_flags = struct.unpack_from(">I", r, pos)[0]
             pos += 4
         per = sum(4 for bit in (0x100, 0x200, 0x400, 0x800) if flags & bit)
         if pos + per * count > len(r):
             raise ValueError(f"trun of {count} samples overruns its box")
         cursor = moof.offset + offset
         samples = []
-        for _ in range(count):
-            dur, size, sflags, cts = default_duration, default_size, 0, 0
+        for i in range(count):
+            dur, size, cts = default_duration, default_size, 0
+            sflags = first_flags if i == 0 and first_flags is not None else default_flags
             if flags & 0x100:
                 dur = struct.unpack_from(">I", r, pos)[0]
                 pos += 4

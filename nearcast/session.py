@@ -1,6 +1,11 @@
 """One publish of one stream on the node: the session that feeds its transcode worker,
 and the sink that applies the worker's output to the HLS store, WHEP and the recording.
 
+With WebRTC on, the sink also packages the worker's TAP packets (the WebRTC viewers'
+H.264 and Opus) as the hidden ``webrtc`` CMAF rendition of an fMP4 stream: repackaged,
+never decoded, so that another node can pull it over LL-HLS and serve WHEP viewers
+from it (distribute.whep.cmaf_source).
+
 The node (nearcast.node) opens and ends sessions; a session tells it when its worker has
 flushed, and the node starts the grace period.
 """
@@ -13,9 +18,11 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from containers.cmaf import TapPackager
 from distribute.hls.stream import LiveStream
 from distribute.hls.track import RenditionTrack, Segment
 from distribute.record import StreamRecorder
+from distribute.whep.cmaf_source import TAP_RENDITION
 from ingest.sink import PublishRequest
 from ingest.stats import IngestStats
 from media import MediaPacket
@@ -33,12 +40,17 @@ log = logging.getLogger(__name__)
 class _StoreSink:
     """Reports of one stream's worker, applied to its HLS store entry."""
 
-    def __init__(self, node: Node, stream: LiveStream) -> None:
+    def __init__(self, node: Node, stream: LiveStream, spec: Spec | None = None) -> None:
         self.node = node
         self.stream = stream
         self.key = str(stream.key)
         if node.recorder is not None:
             stream.on_complete = self._completed
+        self._spec = spec
+        # The tap rendition's packets as the hidden webrtc rendition (made at the first
+        # tap IDR of every worker run, once the rung's size is known).
+        self._tap: TapPackager | None = None
+        self._tap_off = spec is None or not spec.tap or not stream.fmp4
 
     def on_renditions(self, info: dict[str, Any]) -> None:
         self.stream.set_renditions(info)
@@ -49,6 +61,8 @@ class _StoreSink:
 
     def _completed(self, track: RenditionTrack, segment: Segment) -> None:
         """Every complete segment the store lists (an LL-HLS lead segment included)."""
+        if track.name in self.stream.hidden:
+            return
         if self.stream.fmp4:  # MPEG-TS streams record the worker's CMAF copy instead
             self._record_segment(track.name, segment.data, segment.duration)
 
@@ -78,13 +92,15 @@ class _StoreSink:
         return rec
 
     def _sizes(self) -> dict[str, int]:
-        return {n: t.width * t.height for n, t in self.stream.renditions.items()}
+        return {t.name: t.width * t.height for t in self.stream.listed()}
 
     def _record_segment(
         self, rendition: str, data: bytes, duration: float, fmp4: bool | None = None
     ) -> None:
         rec = self._recorder()
         track = self.stream.renditions.get(rendition)
+        if rendition in self.stream.hidden:
+            return
         if rec is None or track is None or not rec.wants(rendition, self._sizes()):
             return
         variant = track.variant()
@@ -104,10 +120,79 @@ class _StoreSink:
         self.node.tmetrics.restarts.inc()
         self.stream.begin_generation()
         self.node.whep.restart(self.stream.key)
+        # The new worker's tap starts at an IDR: a new packaging run, like its rungs'.
+        self._tap = None
         self.record_begin()
 
     def on_tap(self, packet: MediaPacket, arrival: float) -> None:
         self.node.whep.feed(self.stream.key, packet)
+        if self._tap_off:
+            return
+        if self._tap is None:
+            if packet.kind != "video" or not packet.keyframe:
+                return
+            self._tap = self._tap_packager()
+            if self._tap is None:
+                return
+        try:
+            self._tap.packet(packet)
+        except ValueError as exc:
+            # A packet the packager cannot place: WHEP viewers still got it.
+            log.warning("[node %s] webrtc rendition stopped: %s", self.key, exc)
+            self._tap_off = True
+            self._tap = None
+
+    def _tap_packager(self) -> TapPackager | None:
+        """The packager of this worker run's webrtc rendition; None (and off for the
+        stream) when there is nothing it could serve."""
+        spec = self._spec
+        assert spec is not None
+        rung = next((r for r in spec.ladder if r.name == spec.tap), None)
+        track = self.stream.renditions.get(spec.tap)
+        if rung is None or track is None:
+            self._tap_off = True
+            return None
+        try:
+            hidden = self.stream.add_hidden_rendition(
+                TAP_RENDITION,
+                width=track.width,
+                height=track.height,
+                fps=track.fps,
+                codecs=track.codecs,
+            )
+        except ValueError as exc:  # a ladder rung named like it
+            log.warning("[node %s] no webrtc rendition: %s", self.key, exc)
+            self._tap_off = True
+            return None
+        hls = self.stream.config
+        log.info(
+            "[node %s] packaging the WebRTC tap (%s) as the %s rendition",
+            self.key,
+            spec.tap,
+            TAP_RENDITION,
+        )
+        return TapPackager(
+            hidden.name,
+            width=track.width,
+            height=track.height,
+            fps=track.fps or rung.fps or 30.0,
+            channels=(2 if spec.audio.channels == 2 else 1) if self.stream.audio else None,
+            segment_duration=hls.segment_duration,
+            part_duration=hls.part_duration if hls.low_latency else 0.0,
+            grid=rung.codec != "copy",
+            on_init=self.stream.add_init,
+            on_part=self.on_part,
+            on_segment=self._tap_segment,
+        )
+
+    def _tap_segment(self, segment: SegmentFrame) -> None:
+        self.stream.add_segment(segment)  # not a transcoded segment: not counted
+
+    def finish(self) -> None:
+        """The worker has flushed: so does the webrtc rendition."""
+        if self._tap is not None:
+            self._tap.flush()
+            self._tap = None
 
     def on_stats(self, stats: dict[str, Any]) -> None:
         if "degradation" in stats:
@@ -167,6 +252,7 @@ class StreamSession:
         self._closing: asyncio.Task[None] | None = None
         self.ingest = IngestStats(request.protocol, request.remote, time.monotonic())
         self._next_limit_check = 0.0
+        self._sink: _StoreSink | None = None
 
     @property
     def units(self) -> float:
@@ -261,11 +347,12 @@ class StreamSession:
             # Start lazily: by the first media packet @setDataFrame has told us
             # the frame rate, so the encoders open with the right one.
             self.stream.begin_generation()
-            sink = _StoreSink(self.node, self.stream)
+            spec = self._spec()
+            sink = self._sink = _StoreSink(self.node, self.stream, spec)
             sink.record_begin()
             self.transcoder = Transcoder(
                 self.key,
-                self._spec(),
+                spec,
                 sink,
                 queue_packets=self.node.config.transcode.input_queue_packets,
                 restart_backoff=self.node.config.transcode.restart_backoff,
@@ -286,4 +373,6 @@ class StreamSession:
         self.stream.ingest["bitrate"] = round(self.ingest.bitrate(time.monotonic()))
         if self.transcoder is not None:
             await self.transcoder.finish()
+        if self._sink is not None:
+            self._sink.finish()
         self.node._unpublished(self)

@@ -5,6 +5,11 @@ lead segment), stored in their rendition's track and evicted from it. Memory is
 bounded per rendition: ``2 * hls.window`` complete segments, the parts of the
 last few segments (the ones the playlist lists parts for), and the init segments
 those reference.
+
+A rendition added with :meth:`LiveStream.add_hidden_rendition` (the WebRTC tap's
+``webrtc`` rendition, which nearcast.session packages for relays) is stored and
+served like the others but never offered to players: the master playlist, the
+other renditions' reports, the stream's description and :meth:`ready` leave it out.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ class LiveStream:
         self.key = key
         self.config = config
         self.renditions: dict[str, RenditionTrack] = {}
+        # Names of renditions served but not listed (see add_hidden_rendition).
+        self.hidden: set[str] = set()
         self.audio = False
         self.source: dict[str, Any] = {}
         # Filled by the ingest side: codecs and the measured publisher bit rate.
@@ -102,6 +109,13 @@ class LiveStream:
         audio_bitrate = 0
         for r in info.get("renditions", []):
             audio_bitrate = int(r.get("audio_bitrate", 0))
+            if r["name"] in self.hidden:
+                log.warning(
+                    "[hls %s] rung %r has the name of a hidden rendition; not listed",
+                    self.key,
+                    r["name"],
+                )
+                continue
             track = self.renditions.get(r["name"])
             if track is None:
                 track = RenditionTrack(
@@ -119,6 +133,27 @@ class LiveStream:
                 track.width, track.height = int(r["width"]), int(r["height"])
                 track.fps = float(r["fps"])
         self._render_master()
+
+    def add_hidden_rendition(
+        self, name: str, *, width: int, height: int, fps: float, codecs: str
+    ) -> RenditionTrack:
+        """A rendition served at ``{name}/...`` that no master playlist lists: for other
+        nodes to pull, not for players to pick. Fed like the others (add_init, ...)."""
+        track = self.renditions.get(name)
+        if track is not None and name not in self.hidden:
+            raise ValueError(f"stream {self.key} already has a listed rendition {name!r}")
+        if track is None:
+            track = RenditionTrack(name, width, height, fps, 0, 0, 0, codecs=codecs)
+            track.stream = self
+            self.renditions[name] = track
+            self.hidden.add(name)
+        else:
+            track.width, track.height, track.fps = width, height, fps
+        return track
+
+    def listed(self) -> list[RenditionTrack]:
+        """The renditions players are offered: all but the hidden ones."""
+        return [t for t in self.renditions.values() if t.name not in self.hidden]
 
     def add_init(self, init: InitFrame) -> None:
         """A new fMP4 init segment: media from here on references it (EXT-X-MAP)."""
@@ -358,7 +393,7 @@ class LiveStream:
 
     def _changed(self, track: RenditionTrack) -> None:
         track.notify()
-        if self.low_latency:
+        if self.low_latency and track.name not in self.hidden:
             # Rendition reports on every other playlist changed too.
             for t in self.renditions.values():
                 if t is not track:
@@ -396,13 +431,11 @@ class LiveStream:
     def render_tail(self, track: RenditionTrack) -> bytes:
         """What ends the playlist of ``track``: the LL-HLS rendition reports of the
         others (they change with every part of any rendition) and ENDLIST."""
-        return render_tail(
-            track, self.renditions.values(), low_latency=self.low_latency, ended=self.ended
-        )
+        return render_tail(track, self.listed(), low_latency=self.low_latency, ended=self.ended)
 
     def _render_master(self) -> None:
         self.master = render_master(
-            self.renditions.values(),
+            self.listed(),
             audio=self.audio,
             fmp4=self.fmp4,
             low_latency=self.low_latency,
@@ -412,7 +445,8 @@ class LiveStream:
     # -- read side ---------------------------------------------------------------------
 
     def ready(self) -> bool:
-        return bool(self.renditions) and all(t.segments for t in self.renditions.values())
+        listed = self.listed()
+        return bool(listed) and all(t.segments for t in listed)
 
     def describe(self, now: float) -> dict[str, Any]:
         return {
@@ -442,7 +476,7 @@ class LiveStream:
                     "codecs": t.codecs,
                     "url": f"/{self.key.tenant}/{self.key.stream}/{t.name}/index.m3u8",
                 }
-                for t in self.renditions.values()
+                for t in self.listed()
             ],
             "url": f"/{self.key.tenant}/{self.key.stream}/index.m3u8",
         }
