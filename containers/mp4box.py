@@ -47,6 +47,8 @@ class Box:
 # Container boxes nest a handful deep (moov/trak/mdia/minf/stbl); a deeper tree is
 # hostile input, refused before it could exhaust the interpreter's stack.
 MAX_DEPTH = 16
+# Samples in one track run, at most: a part or segment holds a few hundred.
+MAX_RUN_SAMPLES = 1 << 16
 
 
 def parse_boxes(data: bytes, base: int = 0, depth: int = 0) -> list[Box]:
@@ -229,6 +231,11 @@ class ParsedFragment:
     runs: list[ParsedRun]
 
 
+# Top-level boxes a CMAF segment or fragmented file may carry beside its moof+mdat
+# pairs (segment type and index, producer time, events, padding, random access).
+_BESIDE_FRAGMENTS = (b"styp", b"sidx", b"prft", b"emsg", b"free", b"skip", b"mfra")
+
+
 def parse_fragments(data: bytes) -> list[ParsedFragment]:
     """Every moof + mdat pair in ``data`` (a part, or a segment of several parts)."""
     top = parse_boxes(data)
@@ -236,7 +243,7 @@ def parse_fragments(data: bytes) -> list[ParsedFragment]:
     i = 0
     while i < len(top):
         b = top[i]
-        if b.kind in (b"styp", b"sidx", b"prft"):
+        if b.kind in _BESIDE_FRAGMENTS:
             i += 1
             continue
         if b.kind != b"moof":
@@ -300,6 +307,9 @@ def _parse_moof(data: bytes, moof: Box) -> ParsedFragment:
         per = sum(4 for bit in (0x100, 0x200, 0x400, 0x800) if flags & bit)
         if pos + per * count > len(r):
             raise ValueError(f"trun of {count} samples overruns its box")
+        if count > MAX_RUN_SAMPLES:
+            # Without per-sample fields the count alone says how many: bound it.
+            raise ValueError(f"trun of {count} samples exceeds {MAX_RUN_SAMPLES}")
         cursor = moof.offset + offset
         samples = []
         for i in range(count):

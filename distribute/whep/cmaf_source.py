@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import heapq
 import logging
 import struct
 from collections.abc import Callable
@@ -213,7 +214,8 @@ class CmafDemuxer:
         offset = TIMELINE_OFFSET * 1000
         video, audio = self.video, self.audio
         shift = self._shift
-        out: list[MediaPacket] = []
+        vout: list[MediaPacket] = []
+        aout: list[MediaPacket] = []
         for frag in fragments:
             for run in frag.runs:
                 decode = run.base_decode_time
@@ -234,16 +236,16 @@ class CmafDemuxer:
                             payload = video.params + payload
                         pts = _ms(decode + s.cts, video.timescale) - offset
                         dts = min(pts, _ms(decode + shift, video.timescale) - offset)
-                        out.append(MediaPacket("video", "h264", pts, dts, payload, key))
+                        vout.append(MediaPacket("video", "h264", pts, dts, payload, key))
                         decode += s.duration
                 elif audio is not None and run.track_id == audio.track_id:
                     for s in run.samples:
                         pts = _ms(decode, audio.timescale) - offset
-                        out.append(MediaPacket("audio", "opus", pts, pts, s.data, True))
+                        aout.append(MediaPacket("audio", "opus", pts, pts, s.data, True))
                         decode += s.duration
         self._shift = shift
-        out.sort(key=lambda p: p.dts)  # stable: each kind stays in decode order
-        return out
+        # Interleaved by time; each kind stays in its decode order whatever its DTS.
+        return list(heapq.merge(vout, aout, key=lambda p: p.dts))
 
 
 class Pacer:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import struct
 import subprocess
 from fractions import Fraction
 from pathlib import Path
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 from containers.cmaf import TIMELINE_OFFSET, AudioFormat, CmafPackager, split_annexb
 from containers.fmp4 import (
     AudioTrack,
+    OpusTrack,
     Sample,
     TrackRun,
     VideoTrack,
@@ -24,6 +26,7 @@ from containers.fmp4 import (
     avcc_record,
     fragment,
     init_segment,
+    opus_specific,
 )
 from containers.mp4box import (
     decode_span,
@@ -372,3 +375,60 @@ def test_packager_invariants_hold_for_any_stream(
     assert sum(len(f.runs[0].samples) for s in segs for f in parse_fragments(s.data)) == sum(
         1 for e in events if e[0] == "v"
     )
+
+
+@given(channels=st.integers(1, 2), pre_skip=st.integers(0, 65535), rate=st.integers(0, 2**32 - 1))
+@settings(max_examples=50, deadline=None)
+def test_opus_init_round_trips(channels: int, pre_skip: int, rate: int) -> None:
+    data = init_segment(
+        [
+            VideoTrack(1, 90000, 160, 96, (SPS,), (PPS,)),
+            OpusTrack(2, channels, pre_skip=pre_skip, input_sample_rate=rate),
+        ]
+    )
+    _, a = parse_init(data)
+    assert (a.track_id, a.handler, a.timescale, a.codec, a.channels, a.sample_rate) == (
+        2,
+        "soun",
+        48000,
+        "Opus",
+        channels,
+        48000,
+    )
+    # dOps (Opus-in-ISOBMFF §4.3.2): version 0, big-endian, mapping family 0.
+    assert a.config == bytes([0, channels]) + pre_skip.to_bytes(2, "big") + rate.to_bytes(
+        4, "big"
+    ) + bytes(3)
+
+
+def test_opus_refuses_what_family_0_cannot_say() -> None:
+    with pytest.raises(ValueError, match="Opus channel count 6 needs a mapping table"):
+        opus_specific(6)
+    with pytest.raises(ValueError, match="pre-skip"):
+        opus_specific(2, pre_skip=1 << 16)
+
+
+def test_parser_bounds_nesting_and_sample_counts() -> None:
+    nested = b""
+    for _ in range(40):
+        nested = struct.pack(">I", 8 + len(nested)) + b"moov" + nested
+    with pytest.raises(ValueError, match="nest deeper than 16"):
+        parse_boxes(nested)
+    # A trun that counts 2^32-1 samples without per-sample fields: refused, not looped.
+    trun = struct.pack(">I", 0) + struct.pack(">I", 0xFFFFFFFF)
+    traf = (
+        struct.pack(">I", 16)
+        + b"tfhd"
+        + struct.pack(">II", 0x020000, 1)
+        + struct.pack(">I", 20)
+        + b"tfdt"
+        + struct.pack(">IQ", 1 << 24, 0)
+        + struct.pack(">I", 8 + len(trun))
+        + b"trun"
+        + trun
+    )
+    mfhd = struct.pack(">I", 16) + b"mfhd" + struct.pack(">II", 0, 1)
+    body = mfhd + struct.pack(">I", 8 + len(traf)) + b"traf" + traf
+    moof = struct.pack(">I", 8 + len(body)) + b"moof" + body
+    with pytest.raises(ValueError, match="exceeds 65536"):
+        parse_fragments(moof + struct.pack(">I", 8) + b"mdat")

@@ -104,3 +104,61 @@ class LiveTap:
                     ms = int(p.pts * 1000 // 48000)
                     self._send(MediaPacket("audio", "opus", ms, ms, bytes(p), keyframe=True))
             i += 1
+
+
+def encode_tap(
+    seconds: float, *, width: int = 160, height: int = 96, fps: int = 30, gop: int = 30
+) -> list[MediaPacket]:
+    """``seconds`` of TAP packets as a worker sends them, encoded as fast as possible:
+    x264 without B-frames (an IDR every ``gop`` frames) and 20 ms Opus, in the order a
+    worker interleaves them."""
+    venc = av.CodecContext.create("libx264", "w")
+    assert isinstance(venc, av.VideoCodecContext)
+    venc.width, venc.height, venc.pix_fmt = width, height, "yuv420p"
+    venc.time_base = Fraction(1, 1000)
+    venc.framerate = Fraction(fps)
+    venc.options = {
+        "preset": "ultrafast",
+        "tune": "zerolatency",
+        "x264-params": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0",
+    }
+    aenc = av.CodecContext.create("libopus", "w")
+    assert isinstance(aenc, av.AudioCodecContext)
+    aenc.sample_rate = 48000
+    aenc.layout = "stereo"
+    aenc.format = "s16"
+    aenc.bit_rate = 64000
+    aenc.time_base = Fraction(1, 48000)
+    out: list[MediaPacket] = []
+
+    def video(packets: list[av.Packet]) -> None:
+        for p in packets:
+            assert p.pts is not None and p.dts is not None
+            out.append(
+                MediaPacket("video", "h264", int(p.pts), int(p.dts), bytes(p), p.is_keyframe)
+            )
+
+    samples = 0
+    for i in range(round(seconds * fps)):
+        planes = np.full((height * 3 // 2, width), 128, np.uint8)
+        planes[:height] = (np.arange(width, dtype=np.int32)[None, :] + i * 5) % 200 + 20
+        frame = av.VideoFrame.from_ndarray(planes, format="yuv420p")
+        frame.pts = round(i * 1000 / fps)
+        frame.time_base = Fraction(1, 1000)
+        video(venc.encode(frame))
+        while samples < (i + 1) * 48000 // fps:
+            t = (samples + np.arange(960)) / 48000
+            tone = (np.sin(2 * np.pi * 440 * t) * 3000).astype(np.int16)
+            af = av.AudioFrame.from_ndarray(
+                np.repeat(tone, 2)[None, :], format="s16", layout="stereo"
+            )
+            af.sample_rate = 48000
+            af.pts = samples
+            af.time_base = Fraction(1, 48000)
+            samples += 960
+            for p in aenc.encode(af):
+                assert p.pts is not None
+                ms = int(p.pts * 1000 // 48000)
+                out.append(MediaPacket("audio", "opus", ms, ms, bytes(p), keyframe=True))
+    video(venc.encode(None))
+    return out
