@@ -1,6 +1,7 @@
 """Cut one rendition's encoded samples into CMAF parts and segments (pure).
 
-The packager sits right after the encoders in the worker. It receives video
+The packager sits right after the encoders in the worker (and, as
+:class:`TapPackager`, after the WebRTC tap in the node). It receives video
 access units (as NAL unit lists) and AAC (or Opus) frames with their timestamps and
 emits, through callbacks:
 

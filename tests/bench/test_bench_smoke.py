@@ -150,3 +150,10 @@ def test_latency_bench_reports_real_players_beside_the_probe() -> None:
         assert r["stamped"] > 0 and r["p50_ms"] > 0 and r["startup_ms"] > 0, (name, r)
         assert isinstance(r["stalls"], int) and isinstance(r["target_met"], bool), (name, r)
     assert figures["player_targets"] == {"p50_ms": 1500, "startup_ms": 1500, "stalls": 0}
+
+
+def test_tap_cmaf_bench_prints_its_table_and_figures() -> None:
+    lines, figures = run_bench("bench.tap_cmaf", "--seconds", "2", "--repeat", "1")
+    assert lines[0].split("|")[0].strip() == "stage"
+    assert figures["packets_out"] == figures["packets"] > 100
+    assert figures["parts"] >= 6 and figures["package_us_per_packet"] > 0
