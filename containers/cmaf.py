@@ -45,7 +45,7 @@ from containers.fmp4 import (
     init_segment,
 )
 from media import MediaPacket
-from media.segments import InitFrame, PartFrame, SegmentFrame
+from media.segments import LEAD_PARTS, InitFrame, PartFrame, SegmentFrame, splits_lead
 
 VIDEO_TRACK = 1
 AUDIO_TRACK = 2
@@ -369,10 +369,12 @@ class TapPackager:
     Segments start at IDRs. With ``grid`` (an encoded tap rung, whose IDRs are forced
     on the segment grid) a segment's number follows from its IDR's time, so it gets
     the number of the same segment of every other rendition, and a rung suspended
-    for a while leaves a gap rather than a shift; without (a passed-through source,
-    keyframes where the publisher put them) an IDR at least 0.9 segment after the
-    previous segment's starts the next, numbered in sequence as the worker numbers
-    that rung's own segments.
+    for a while leaves a gap rather than a shift; the IDR the worker forces where a
+    run's LL-HLS lead ends (or any less than half a segment after the segment's own)
+    only starts an independent part, as it does in the other renditions. Without
+    (a passed-through source, keyframes where the publisher put them) an IDR at least
+    0.9 segment after the previous segment's starts the next, numbered in sequence as
+    the worker numbers that rung's own segments.
     """
 
     def __init__(
@@ -394,9 +396,16 @@ class TapPackager:
             raise ValueError(f"tap rendition {rendition}: fps and segment duration must be > 0")
         nominal = max(1, round(TAP_VIDEO_TIMESCALE / fps))
         part_ticks = 0
+        self._frame_ms = 1000 / fps
+        # Where the worker forces an IDR inside a run's first segment (rungs.py): the
+        # end of the LL-HLS lead, LEAD_PARTS parts in.
+        self._lead_ms: float | None = None
         if part_duration > 0:
             # Whole frames, never more than the part target (RFC 8216bis §4.4.4.9).
-            part_ticks = max(1, math.floor(part_duration * fps + 1e-6)) * nominal
+            per_part = max(1, math.floor(part_duration * fps + 1e-6))
+            part_ticks = per_part * nominal
+            if splits_lead(segment_duration, part_duration):
+                self._lead_ms = LEAD_PARTS * per_part * self._frame_ms
         self._segment_ms = segment_duration * 1000
         self._grid = grid
         self._index = -1
@@ -438,12 +447,19 @@ class TapPackager:
             return
         index = None
         if packet.keyframe and self._grid:
-            if self._index < 0:
-                self._index = 0
-            else:
-                self._index += max(1, round((packet.pts - self._seg_ms) / self._segment_ms))
-            self._seg_ms = packet.pts
-            index = self._index
+            since = packet.pts - self._seg_ms
+            steps = round(since / self._segment_ms)
+            lead = (
+                self._index == 0
+                and self._lead_ms is not None
+                and abs(since - self._lead_ms) <= self._frame_ms / 2
+            )
+            if self._index < 0 or (steps >= 1 and not lead):
+                self._index = 0 if self._index < 0 else self._index + steps
+                self._seg_ms = packet.pts
+                index = self._index
+            # Otherwise an IDR within the segment (the worker's where a run's LL-HLS
+            # lead ends): it starts an independent part, not a segment, as in the rungs'.
         ticks = TAP_VIDEO_TIMESCALE // 1000
         self._packager.video(
             split_annexb(packet.data),

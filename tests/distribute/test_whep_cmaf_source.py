@@ -8,6 +8,7 @@ property-tested on generated fragments and fuzzed with damaged real ones; FFmpeg
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import io
 import struct
@@ -467,3 +468,19 @@ def test_reads_what_ffmpeg_packages_as_cmaf(tap: list[MediaPacket]) -> None:
             assert [split_annexb(p.data)[-1] for p in got] == [
                 split_annexb(p.data)[-1] for p in sent
             ]
+
+
+def test_an_idr_inside_a_segment_starts_a_part_not_a_segment(tap: list[MediaPacket]) -> None:
+    # The worker forces an IDR where a run's LL-HLS lead ends (3 parts into segment 0),
+    # here more than half a 1 s segment in: it must still not cut the segment.
+    lead_end = 600
+    marked = [
+        dataclasses.replace(p, keyframe=True) if p.kind == "video" and p.pts == lead_end else p
+        for p in tap
+    ]
+    out = package(marked)
+    assert [s.index for s in out.segments] == [0, 1, 2]
+    first = [p for p in out.parts if p.index == 0]
+    assert [p.independent for p in first] == [True, False, False, True, False]
+    again = demux(out.inits[0].data, [p.data for p in out.parts])
+    assert [p.pts for p in again if p.kind == "video" and p.keyframe] == [0, lead_end, 1000, 2000]

@@ -19,7 +19,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI
-from nodeutil import SMALL, Publisher
+from nodeutil import SMALL, Publisher, segment_numbers
 
 from distribute.whep.cmaf_source import TAP_RENDITION, CmafWhepSource
 from distribute.whep.config import WebRtcConfig
@@ -136,6 +136,10 @@ async def test_aiortc_viewer_decodes_the_tap_pulled_as_cmaf(
             with contextlib.suppress(asyncio.CancelledError):
                 await pull
             source.close()
+        # Segment numbers follow the tap rung's own (its IDRs are on the segment grid).
+        tap_rung = segment_numbers((await client.get(f"/{KEY}/240p/index.m3u8")).text)
+        relayed = segment_numbers((await client.get(f"/{KEY}/{TAP_RENDITION}/index.m3u8")).text)
+    assert abs(tap_rung[-1] - relayed[-1]) <= 1 and len(set(tap_rung) & set(relayed)) >= 3
     s = result.summary()
     # The tap rung's own pictures, decoded, and the stream's Opus beside them. A viewer
     # starts at the next IDR (up to one 1 s segment), so 3 s hold at least 2 s of video.
