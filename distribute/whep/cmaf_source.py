@@ -2,7 +2,10 @@
 
 A node that holds a stream packages its WebRTC tap (H.264 without B-frames, Opus)
 as the hidden LL-HLS rendition :data:`TAP_RENDITION` (``/{tenant}/{stream}/webrtc/``,
-never in the master playlist; see nearcast.session). A node that pulls the stream
+never in the master playlist; see nearcast.session): on fMP4 streams (the default
+``hls.segment_format``) of nodes with ``webrtc.enabled``. Its segments start at the
+tap's IDRs and carry the tap rung's segment numbers; its parts are the other
+renditions' parts. A node that pulls the stream
 from it hands what it fetches to a :class:`CmafWhepSource`, which publishes the
 same packets the origin's tap publishes into its own :class:`WhepServer` fan-out:
 re-packetized (length-prefixed NAL units back to Annex B with the ``avcC``'s
@@ -16,6 +19,12 @@ Use, on the event loop::
     source.discontinuity()           # an EXT-X-DISCONTINUITY with the same EXT-X-MAP
     source.init(other_init_bytes)    # a new EXT-X-MAP: a discontinuity too
     source.close()                   # the stream ended here: its WHEP sessions close
+
+A pull starts at the newest part marked ``INDEPENDENT=YES`` (or at a segment), then
+takes every following part in order, each through a blocking reload
+(``?_HLS_msn=M&_HLS_part=P`` of the ``EXT-X-PRELOAD-HINT``); tests/e2e/
+test_whep_cmaf_e2e.py does exactly that. Without LL-HLS upstream, pull whole segments
+and give ``max_backlog`` at least a segment's duration.
 
 - :meth:`CmafWhepSource.init` with bytes equal to the current init is a no-op, so a
   puller may pass the EXT-X-MAP of every segment. New init bytes (a new worker run
@@ -68,7 +77,7 @@ MAX_EARLY = 2.0
 MAX_BACK = 0.5
 # Seconds of media the pacer holds at most before it releases the excess at once.
 MAX_BACKLOG = 3.0
-# Packets held for pacing, at most (about 40 s of 30 fps video and Opus): a caller
+# Packets held for pacing, at most (about 50 s of 30 fps video and Opus): a caller
 # that pushes faster than real time loses the oldest rather than growing memory.
 MAX_QUEUED = 4096
 
@@ -186,7 +195,10 @@ class CmafDemuxer:
                 if t.codec != "avc1":
                     raise ValueError(f"{self.name}: video is {t.codec!r}; WHEP sends H.264 only")
                 if video is None:
-                    length_size, params = _avcc(t.config)
+                    try:
+                        length_size, params = _avcc(t.config)
+                    except ValueError as exc:
+                        raise ValueError(f"{self.name}: bad init segment: {exc}") from None
                     video = _Video(t.track_id, t.timescale, length_size, params)
             elif t.handler == "soun":
                 if t.codec != "Opus":

@@ -274,8 +274,8 @@ def test_damaged_init_raises_value_error_and_keeps_the_current(data: st.DataObje
     d.init(good)
     try:
         d.init(bytes(damaged))
-    except ValueError:
-        assert d.init_data == good
+    except ValueError as exc:
+        assert str(exc).startswith("fuzz: ") and d.init_data == good
     assert d.fragment(packaged.parts[0].data)
 
 
