@@ -143,14 +143,18 @@ class _StoreSink:
             self._tap = None
 
     def _tap_packager(self) -> TapPackager | None:
-        """The packager of this worker run's webrtc rendition; None (and off for the
-        stream) when there is nothing it could serve."""
+        """The packager of this worker run's webrtc rendition; None when there is
+        nothing it could serve (yet: the tap rung is not reported; or ever)."""
         spec = self._spec
         assert spec is not None
         rung = next((r for r in spec.ladder if r.name == spec.tap), None)
-        track = self.stream.renditions.get(spec.tap)
-        if rung is None or track is None:
+        if rung is None:
             self._tap_off = True
+            return None
+        track = self.stream.renditions.get(spec.tap)
+        if track is None:
+            # The worker's rung threads start before it reports its renditions, so a
+            # first IDR may come before the size is known: try again at the next.
             return None
         try:
             hidden = self.stream.add_hidden_rendition(

@@ -150,3 +150,15 @@ def test_the_recorder_never_gets_the_hidden_rendition(monkeypatch: pytest.Monkey
     sink.on_segment(SegmentFrame("180p", 0, 0.0, 1.0, "avc1.64001E", b"x"))
     assert recorded == ["180p"]
     assert TAP_RENDITION in stream.renditions
+
+
+def test_tap_idrs_before_the_renditions_report_wait_for_it() -> None:
+    sink, stream, whep = sink_for(info={})  # the worker has not reported its rungs yet
+    packets = tap_packets()
+    first_gop = [p for p in packets if p.pts < 1000]
+    feed(sink, first_gop)
+    assert TAP_RENDITION not in stream.renditions
+    sink.on_renditions(INFO)
+    feed(sink, [p for p in packets if p.pts >= 1000])
+    sink.finish()
+    assert [s.msn for s in stream.renditions[TAP_RENDITION].segments] == [0, 1, 2]
