@@ -40,6 +40,7 @@ class NodeSection:
     egress_mbps: float = 1000.0
     max_viewers: int = 1000
     log_level: str = "INFO"
+    log_format: str = "text"
     event_loop: str = "uvloop"
 
     def __post_init__(self) -> None:
@@ -69,6 +70,7 @@ class NodeSection:
             "log_level",
             "must be DEBUG, INFO, WARNING or ERROR",
         )
+        check(self.log_format in ("text", "json"), "log_format", "must be text or json")
         check(self.event_loop in ("uvloop", "asyncio"), "event_loop", "must be uvloop or asyncio")
 
 

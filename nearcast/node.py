@@ -38,6 +38,7 @@ from ingest.sink import PublishRefused, PublishRequest
 from ingest.whip.server import WhipServer
 from media import StreamKey
 from nearcast.config import Config, parse_hostport
+from nearcast.logs import uvicorn_log_config
 from nearcast.placement_report import PlacementReport
 from nearcast.session import StreamSession
 from nearcast.tls import CertReloader, server_context
@@ -416,6 +417,7 @@ class Node:
                 # http: section's limits there (distribute/fastpath.py).
                 http=media_protocol(self.media_app, self.config.http),
                 log_level="warning",
+                log_config=uvicorn_log_config(),
                 lifespan="off",
                 access_log=False,
                 timeout_keep_alive=self.config.http.keep_alive_timeout,

@@ -23,10 +23,12 @@ from distribute.hls.stream import LiveStream
 from distribute.hls.track import RenditionTrack, Segment
 from distribute.record import StreamRecorder
 from distribute.whep.cmaf_source import TAP_RENDITION
+from ingest.rtmp.server import parse_query
 from ingest.sink import PublishRequest
 from ingest.stats import IngestStats
 from media import MediaPacket
 from media.segments import InitFrame, PartFrame, SegmentFrame
+from nearcast.logs import bind_stream
 from transcode.admission import Admission
 from transcode.pool import Transcoder
 from transcode.spec import Spec
@@ -257,6 +259,8 @@ class StreamSession:
         self.ingest = IngestStats(request.protocol, request.remote, time.monotonic())
         self._next_limit_check = 0.0
         self._sink: _StoreSink | None = None
+        # What the publisher's task logs from now on names the stream (node.log_format).
+        bind_stream(self.key.tenant, self.key.stream, parse_query(request.query).get("session"))
 
     @property
     def units(self) -> float:

@@ -371,7 +371,10 @@ def worker_environment(parent: Mapping[str, str]) -> dict[str, str]:
     env = {
         k: v
         for k, v in parent.items()
-        if k in _WORKER_ENV or k.startswith(_WORKER_ENV_PREFIXES) or k == "NEARCAST_WORKER_LOG"
+        if k in _WORKER_ENV
+        or k.startswith(_WORKER_ENV_PREFIXES)
+        # NEARCAST_WORKER_LOG (level), _FORMAT and _NODE (node.log_format, nearcast.logs)
+        or k.startswith("NEARCAST_WORKER_LOG")
     }
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env

@@ -30,6 +30,7 @@ from typing import BinaryIO
 
 import av
 
+from media.logrecords import ContextFilter, JsonFormatter
 from transcode.output import Output
 from transcode.pipeline import Pipeline
 from transcode.protocol import (
@@ -117,6 +118,11 @@ def main() -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # The node's node.log_format (nearcast.logs): its lines and ours share one stderr.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(ContextFilter(os.environ.get("NEARCAST_WORKER_LOG_NODE", "")))
+        if os.environ.get("NEARCAST_WORKER_LOG_FORMAT") == "json":
+            handler.setFormatter(JsonFormatter())
     av.logging.set_level(av.logging.ERROR)
     try:
         return run(sys.stdin.buffer, sys.stdout.buffer)
