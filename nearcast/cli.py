@@ -12,18 +12,14 @@ import time
 from urllib.parse import quote
 
 from media.names import stream_name_problem
-from nearcast import fleet, offline, placement_cli, probe, publish
+from nearcast import fleet, logs, offline, placement_cli, probe, publish, status
 from nearcast.config import Config, ConfigError, load
 
 log = logging.getLogger("nearcast")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str, log_format: str = "text", node_id: str = "") -> None:
+    logs.setup_logging(level, log_format, node_id)
 
 
 async def run_node(config: Config) -> int:
@@ -63,7 +59,7 @@ def _node(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"nearcast: configuration error: {exc}", file=sys.stderr)
         return 2
-    setup_logging(config.node.log_level)
+    setup_logging(config.node.log_level, config.node.log_format, config.node.id)
     if config.node.event_loop == "uvloop":
         import uvloop
 
@@ -232,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     offline.register(sub)
     placement_cli.register(sub)
     fleet.register(sub)
+    status.register(sub)
     _register_token(sub)
     return parser
 

@@ -116,6 +116,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
 def run_service(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from nearcast import logs
     from nearcast.config import load, parse_hostport
     from placement.app import create_app
     from placement.registry import Registry
@@ -136,6 +137,9 @@ def run_service(args: argparse.Namespace) -> int:
         if url == "memory"
         else RedisRegistry.from_url(url, pc.key_prefix, cluster=cfg.redis.cluster)
     )
+    if cfg.node.log_format == "json":
+        # node.log_format applies to this service too: its lines and uvicorn's as JSON.
+        logs.setup_logging(cfg.node.log_level, "json")
     app = create_app(replace(pc, listen=f"{host}:{port}"), registry)
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then re-raises the signal with
     # the previous handler in place: make that handler a no-op so a requested stop
@@ -146,7 +150,13 @@ def run_service(args: argparse.Namespace) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT)
     }
     try:
-        uvicorn.run(app, host=host, port=port, log_level=cfg.node.log_level.lower())
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_level=cfg.node.log_level.lower(),
+            log_config=logs.uvicorn_log_config(),
+        )
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
