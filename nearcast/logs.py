@@ -11,7 +11,6 @@ the same stderr.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from types import TracebackType
 from typing import Any
@@ -38,27 +37,33 @@ _json_active = False
 
 def setup_logging(level: str, log_format: str = "text", node_id: str = "") -> None:
     """Log to stderr at ``level`` in ``log_format`` (text or json), every record tagged
-    with ``node_id`` and its stream (see the module's docstring). Replaces the root
-    logger's handlers, so calling it twice does not log everything twice."""
+    with ``node_id`` and its stream (see media.logrecords). Calling it again replaces
+    what it set up; like ``logging.basicConfig`` it leaves alone a root logger that
+    someone else configured (an application embedding the node, a test runner)."""
     global _json_active
     if log_format not in FORMATS:
         raise ValueError(f"log format must be text or json, got {log_format!r}")
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if getattr(h, "nearcast", False)]
+    if len(ours) != len(root.handlers):
+        return
     handler = logging.StreamHandler(sys.stderr)
+    handler.nearcast = True  # type: ignore[attr-defined]
     handler.addFilter(ContextFilter(node_id))
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
-    root = logging.getLogger()
-    for old in root.handlers[:]:
+    for old in ours:
         root.removeHandler(old)
         old.close()
     root.addHandler(handler)
     root.setLevel(level)
     _json_active = log_format == "json"
     # The transcode workers this process starts write the same format to the same stderr.
-    os.environ[WORKER_FORMAT_ENV] = log_format
-    os.environ[WORKER_NODE_ENV] = node_id
+    from transcode.pool import WORKER_LOG_ENV
+
+    WORKER_LOG_ENV.update({WORKER_FORMAT_ENV: log_format, WORKER_NODE_ENV: node_id})
     if _json_active:
         # A crash is one JSON line too, not a bare traceback a log pipeline splits up.
         sys.excepthook = _log_uncaught

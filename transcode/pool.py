@@ -190,6 +190,7 @@ class Transcoder:
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         env = worker_environment(os.environ)
+        env.update(WORKER_LOG_ENV)
         env[ENV_PARENT] = str(os.getpid())
         env[ENV_MEMORY] = str(self.memory_mb)
         return await asyncio.create_subprocess_exec(
@@ -366,15 +367,17 @@ _WORKER_ENV = frozenset(
 _WORKER_ENV_PREFIXES = ("LC_", "PYTHON", "OPENBLAS_", "OMP_", "MKL_", "CUDA_", "NVIDIA_")
 
 
+#: Added to every worker's environment: how the node logs (node.log_format), which
+#: nearcast.logs sets, so that the workers' lines match the node's on their shared stderr.
+WORKER_LOG_ENV: dict[str, str] = {}
+
+
 def worker_environment(parent: Mapping[str, str]) -> dict[str, str]:
     """The environment a worker starts with: the node's, less what it has no use for."""
     env = {
         k: v
         for k, v in parent.items()
-        if k in _WORKER_ENV
-        or k.startswith(_WORKER_ENV_PREFIXES)
-        # NEARCAST_WORKER_LOG (level), _FORMAT and _NODE (node.log_format, nearcast.logs)
-        or k.startswith("NEARCAST_WORKER_LOG")
+        if k in _WORKER_ENV or k.startswith(_WORKER_ENV_PREFIXES) or k == "NEARCAST_WORKER_LOG"
     }
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env

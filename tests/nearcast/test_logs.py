@@ -15,6 +15,7 @@ from nodeutil import SMALL, SMALL_LADDER, NodeProcess, Publisher, wait_for
 
 from nearcast import logs
 from nearcast.config import ConfigError, load
+from transcode import pool
 
 
 @pytest.fixture
@@ -102,22 +103,22 @@ def test_a_bound_stream_reaches_the_tasks_it_starts_and_no_other(captured: io.St
 
 def test_the_text_format_is_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
     # setup_logging tells the workers this process would start how to log.
-    monkeypatch.setenv(logs.WORKER_FORMAT_ENV, "")
-    monkeypatch.setenv(logs.WORKER_NODE_ENV, "")
+    monkeypatch.setattr(pool, "WORKER_LOG_ENV", {})
     root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    try:
-        logs.setup_logging("INFO", "text", "edge-test")
-        (handler,) = root.handlers
-        record = logging.LogRecord(
-            "nearcast.node", logging.INFO, "", 0, "[node %s] up", ("a/b",), None
-        )
-        assert handler.format(record).endswith(" INFO    nearcast.node: [node a/b] up")
-    finally:
-        for h in root.handlers:
-            h.close()
-        root.handlers[:], _ = saved
-        root.setLevel(saved[1])
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(root, "level", root.level)
+    logs.setup_logging("INFO", "text", "edge-test")
+    (handler,) = root.handlers
+    record = logging.LogRecord("nearcast.node", logging.INFO, "", 0, "[node %s] up", ("a/b",), None)
+    assert handler.format(record).endswith(" INFO    nearcast.node: [node a/b] up")
+    assert pool.WORKER_LOG_ENV == {
+        logs.WORKER_FORMAT_ENV: "text",
+        logs.WORKER_NODE_ENV: "edge-test",
+    }
+    # Again: replaced, not doubled.
+    logs.setup_logging("WARNING", "text", "edge-test")
+    assert len(root.handlers) == 1 and root.handlers[0] is not handler
+    root.handlers[0].close()
 
 
 def test_an_unknown_log_format_is_refused_naming_the_key() -> None:
