@@ -7,11 +7,13 @@ import asyncio
 import io
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from nodeutil import SMALL, SMALL_LADDER, NodeProcess, Publisher, wait_for
+from nodeutil import ROOT, SMALL, SMALL_LADDER, NodeProcess, Publisher, wait_for
 
 from nearcast import logs
 from nearcast.config import ConfigError, load
@@ -184,3 +186,23 @@ def test_lines_about_a_stream_carry_its_tenant_stream_and_session(
     # Bound when the publish was accepted: the session of ?session= as well.
     published = next(line for line in about if "publishing from" in line["message"])
     assert published.get("session") == "sess-42", published
+
+
+def test_a_crash_under_json_logging_is_one_json_line_with_its_traceback() -> None:
+    code = (
+        "from nearcast import logs\n"
+        "logs.setup_logging('INFO', 'json', 'edge-crash')\n"
+        "raise RuntimeError('boom')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 1
+    (raw,) = proc.stderr.splitlines()
+    line = json.loads(raw)
+    assert (line["level"], line["message"], line["node"]) == (
+        "CRITICAL",
+        "uncaught exception",
+        "edge-crash",
+    )
+    assert line["exception"].endswith("RuntimeError: boom")
