@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from types import TracebackType
 from typing import Any
 
@@ -65,8 +66,11 @@ def setup_logging(level: str, log_format: str = "text", node_id: str = "") -> No
 
     WORKER_LOG_ENV.update({WORKER_FORMAT_ENV: log_format, WORKER_NODE_ENV: node_id})
     if _json_active:
-        # A crash is one JSON line too, not a bare traceback a log pipeline splits up.
+        # A crash is one JSON line too, not a bare traceback a log pipeline splits up;
+        # so is a Python warning.
         sys.excepthook = _log_uncaught
+        threading.excepthook = _log_uncaught_in_thread
+        logging.captureWarnings(True)
         # Whatever configured uvicorn's own handlers before now: let them propagate here.
         for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
             lg = logging.getLogger(name)
@@ -80,6 +84,17 @@ def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackTy
         sys.__excepthook__(kind, exc, tb)
         return
     logging.getLogger("nearcast").critical("uncaught exception", exc_info=(kind, exc, tb))
+
+
+def _log_uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+    if args.exc_value is None:
+        return
+    name = args.thread.name if args.thread is not None else "?"
+    logging.getLogger("nearcast").critical(
+        "uncaught exception in thread %s",
+        name,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
 
 
 def uvicorn_log_config() -> dict[str, Any] | None:

@@ -188,21 +188,28 @@ def test_lines_about_a_stream_carry_its_tenant_stream_and_session(
     assert published.get("session") == "sess-42", published
 
 
-def test_a_crash_under_json_logging_is_one_json_line_with_its_traceback() -> None:
+def test_a_crash_under_json_logging_is_one_json_line_with_its_traceback_threads_too() -> None:
     code = (
         "from nearcast import logs\n"
+        "import threading\n"
         "logs.setup_logging('INFO', 'json', 'edge-crash')\n"
+        "def fail():\n"
+        "    raise ValueError('thread boom')\n"
+        "t = threading.Thread(target=fail, name='pump')\n"
+        "t.start(); t.join()\n"
         "raise RuntimeError('boom')\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 1
-    (raw,) = proc.stderr.splitlines()
-    line = json.loads(raw)
-    assert (line["level"], line["message"], line["node"]) == (
+    thread, main = (json.loads(raw) for raw in proc.stderr.splitlines())
+    assert (thread["level"], thread["message"]) == ("CRITICAL", "uncaught exception in thread pump")
+    assert thread["exception"].endswith("ValueError: thread boom")
+    assert (main["level"], main["message"], main["node"]) == (
         "CRITICAL",
         "uncaught exception",
         "edge-crash",
     )
-    assert line["exception"].endswith("RuntimeError: boom")
+    assert main["exception"].startswith("Traceback (most recent call last):")
+    assert main["exception"].endswith("RuntimeError: boom")
