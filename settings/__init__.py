@@ -126,6 +126,12 @@ def _env_fields(cls: type[Any], prefix: str = "") -> dict[str, tuple[str, Any]]:
     return out
 
 
+# NEARCAST_ variables that are not configuration keys: the file to load, and the
+# operator token client commands read (nearcast status), which may well be exported
+# in the shell that also starts a node.
+NOT_KEYS = frozenset({"NEARCAST_CONFIG", "NEARCAST_OPERATOR_TOKEN"})
+
+
 def apply_env(
     cls: type[Any], data: dict[str, Any], environ: Mapping[str, str] | None = None
 ) -> dict[str, Any]:
@@ -139,7 +145,7 @@ def apply_env(
     environ = os.environ if environ is None else environ
     known = _env_fields(cls)
     for name, raw in environ.items():
-        if not name.startswith("NEARCAST_") or name == "NEARCAST_CONFIG":
+        if not name.startswith("NEARCAST_") or name in NOT_KEYS:
             continue
         if name not in known:
             raise ConfigError(f"environment variable {name} names no configuration key")

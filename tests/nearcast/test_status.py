@@ -252,3 +252,9 @@ def test_a_placement_service_with_json_logging_writes_only_json_lines(
         line = json.loads(raw)
         assert {"time", "level", "logger", "message"} <= line.keys(), line
     assert any(json.loads(raw)["logger"] == "uvicorn.access" for raw in text.splitlines())
+
+
+def test_an_exported_operator_token_does_not_stop_a_node_loading_its_config() -> None:
+    from nearcast.config import load
+
+    assert load(environ={status.TOKEN_ENV: OP}).node.id == "edge-local"
