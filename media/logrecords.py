@@ -29,6 +29,8 @@ __all__ = ["FIELDS", "ContextFilter", "JsonFormatter", "bind_stream"]
 # The fields a record may carry beyond time, level, logger and message.
 FIELDS = ("node", "tenant", "stream", "session")
 
+# Longest session id logged; placement's ids are far shorter.
+MAX_SESSION = 128
 _context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
     "nearcast_log_context", default=None
 )
@@ -45,7 +47,8 @@ def bind_stream(tenant: str, stream: str, session: str | None = None) -> None:
     with ``tenant``, ``stream`` and the placement ``session`` id (``?session=``)."""
     fields = {"tenant": tenant, "stream": stream}
     if session:
-        fields["session"] = session
+        # The publisher's own claim (?session=), so bounded: a log line is no dump.
+        fields["session"] = session[:MAX_SESSION]
     _context.set(fields)
 
 

@@ -26,7 +26,7 @@ log = logging.getLogger("nearcast.demo")
 
 async def demo() -> int:
     config = load()
-    setup_logging(config.node.log_level)
+    setup_logging(config.node.log_level, config.node.log_format, config.node.id)
     node = Node(config)
     await node.start()
     stop = asyncio.Event()
