@@ -205,8 +205,8 @@ class MediaApp:
             return key in track.parts or track.last_msn >= msn or stream.ended
 
         def answer() -> tuple[bytes, bytes] | None:
-            p = track.parts.get(key)
-            return (self._b_part, p.data) if p is not None else None
+            data = track.part_data(msn, index)
+            return (self._b_part, data) if data is not None else None
 
         return Hold(track, ready, answer, 3 * stream.config.segment_duration, "part", chunked=True)
 
@@ -329,10 +329,10 @@ class MediaApp:
             except ValueError:
                 return None
             if dot:
-                p = track.parts.get((msn, index))
-                if p is None:
+                data = track.part_data(msn, index)
+                if data is None:
                     return self._hold_part(stream, track, msn, index)
-                kind, body, block = "part", p.data, self._b_part
+                kind, body, block = "part", data, self._b_part
             else:
                 seg = track.by_msn.get(msn)
                 if seg is None or seg.gap:
@@ -538,8 +538,8 @@ class MediaApp:
         index: int,
     ) -> None:
         key = (msn, index)
-        part = track.parts.get(key)
-        if part is None:
+        data = track.part_data(msn, index)
+        if data is None:
             # The preload-hinted part (or one just after it): hold the request
             # until the part exists (§6.2.6), unless it can no longer appear.
             last_msn, last_part = track.last_part
@@ -554,16 +554,16 @@ class MediaApp:
                 return key in track.parts or track.last_msn >= msn
 
             await self._wait(stream, track, arrived)
-            part = track.parts.get(key)
-            if part is None:
+            data = track.part_data(msn, index)
+            if data is None:
                 await self.respond.error(send, "part", 404, b"the hinted part was not produced\n")
                 return
             # Sent as it became available: chunked transfer, no Content-Length.
             await self.respond.body(
-                scope, send, "part", part.data, self._h_part, ranges=True, chunked=True
+                scope, send, "part", data, self._h_part, ranges=True, chunked=True
             )
             return
-        await self.respond.body(scope, send, "part", part.data, self._h_part, ranges=True)
+        await self.respond.body(scope, send, "part", data, self._h_part, ranges=True)
 
     async def _vod(
         self, scope: Scope, send: Send, tenant: str, name: str, rendition: str | None, file: str

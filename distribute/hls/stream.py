@@ -329,6 +329,11 @@ class LiveStream:
         s.init_id = track.init_id if self.fmp4 else None
         s.program_time = program_time
         s.parts = parts
+        if parts and sum(len(p.data) for p in parts) == len(data):
+            offsets = [0]
+            for p in parts:
+                offsets.append(offsets[-1] + len(p.data))
+            s.part_offsets = tuple(offsets)
         s.uri = self._segment_uri(msn)
         track.segments.append(s)
         track.by_msn[msn] = s

@@ -55,6 +55,17 @@ class Segment:
     program_time: float = 0.0
     parts: list[Part] | None = None
     uri: str = ""
+    # LL-HLS: where each of its parts starts in ``data`` (a segment is the concatenation of
+    # its parts), so a part stays servable while its segment is stored, after the part
+    # itself is evicted (a player that fell behind asks for parts listed long ago).
+    part_offsets: tuple[int, ...] = ()
+
+    def part(self, index: int) -> bytes | None:
+        """Part ``index`` of this segment, cut from its data; None when it has no such part."""
+        offsets = self.part_offsets
+        if not 0 <= index < len(offsets) - 1:
+            return None
+        return self.data[offsets[index] : offsets[index + 1]]
 
 
 @dataclass
@@ -96,6 +107,15 @@ class RenditionTrack:
     # each returns True once it has answered (and is then dropped).
     waiters: list[Callable[[], bool]] = field(default_factory=list)
     stream: PlaylistRenderer | None = field(default=None, repr=False)
+
+    def part_data(self, msn: int, index: int) -> bytes | None:
+        """The bytes of part ``index`` of segment ``msn``: the part while it is kept, then
+        its slice of the segment; None when neither is stored."""
+        part = self.parts.get((msn, index))
+        if part is not None:
+            return part.data
+        seg = self.by_msn.get(msn)
+        return None if seg is None else seg.part(index)
 
     def variant(self) -> VariantRef:
         # BANDWIDTH must cover the peak segment bit rate (RFC 8216bis §4.4.6.2);

@@ -356,3 +356,33 @@ def test_delta_update_requested_over_http_is_parsed(server: MediaServer) -> None
             assert m3u8.loads(r.text).skip.skipped_segments >= 6
     finally:
         srv.stop()
+
+
+def test_parts_of_a_stored_segment_stay_servable_after_the_parts_are_evicted(
+    server: MediaServer,
+) -> None:
+    """A player that fell behind asks for parts listed seconds ago: once the parts
+    themselves are evicted, they are cut from their segment, byte for byte, on the fast
+    path and the ASGI path (a Range request) alike."""
+    s = server.open()
+    feed_init(server, s)
+    feed_segment(server, s, 0)
+    feed_segment(server, s, 1)
+    base = f"{server.url}/live/s/360p"
+    pl = m3u8.loads(httpx.get(f"{base}/index.m3u8").text)
+    listed = [p.uri for seg in pl.segments for p in seg.parts]
+    assert listed
+    before = {uri: httpx.get(f"{base}/{uri}").content for uri in listed}
+    for index in range(2, 8):
+        feed_segment(server, s, index)
+    track = s.renditions["360p"]
+    keys = {tuple(int(x) for x in uri[: -len(".m4s")].split(".")) for uri in listed}
+    assert not keys & set(server.call(lambda: set(track.parts))), "parts still kept"
+    for uri, data in before.items():
+        fast = httpx.get(f"{base}/{uri}")
+        assert fast.status_code == 200 and fast.content == data, uri
+        ranged = httpx.get(f"{base}/{uri}", headers={"Range": "bytes=0-"})
+        assert ranged.status_code == 206 and ranged.content == data, uri
+    # A part index past the segment's last part is still unknown.
+    msn = max(k[0] for k in keys)
+    assert httpx.get(f"{base}/{msn}.99.m4s").status_code == 404
