@@ -25,6 +25,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from time import monotonic
 from typing import Protocol
 
 from distribute.access import TokenCheck
@@ -110,6 +111,7 @@ class MediaApp:
         self.store = store
         self.fallback = fallback
         self.metrics = metrics
+        self.viewers = metrics.viewers
         self.vod = vod
         # Playback tokens (set by the node when some tenant needs them): a guarded
         # tenant's request with a verified ``?token=`` is answered here like any
@@ -204,9 +206,14 @@ class MediaApp:
         def ready() -> bool:
             return key in track.parts or track.last_msn >= msn or stream.ended
 
+        metrics = self.metrics
+
         def answer() -> tuple[bytes, bytes] | None:
             p = track.parts.get(key)
-            return (self._b_part, p.data) if p is not None else None
+            if p is None:
+                return None
+            metrics.part_sent(p.stored, True)
+            return self._b_part, p.data
 
         return Hold(track, ready, answer, 3 * stream.config.segment_duration, "part", chunked=True)
 
@@ -236,11 +243,14 @@ class MediaApp:
         hold.answer = answer
         return hold
 
-    def fast(self, url: bytes, headers: Headers) -> tuple[bytes, bytes] | Hold | None:
+    def fast(
+        self, url: bytes, headers: Headers, client: tuple[str, int] | None = None
+    ) -> tuple[bytes, bytes] | Hold | None:
         """A GET without a Range: (header block, body) of a 200 when it can be answered
         now, a :class:`Hold` when it is a blocking reload or preload-hinted part that
         must wait. None sends the request down the ASGI path, which handles
-        everything (ranges, errors, HEAD, OPTIONS) the same way."""
+        everything (ranges, errors, HEAD, OPTIONS) the same way. ``client`` (address,
+        port) feeds the viewer estimate."""
         path, _, qs = url.partition(b"?")
         if b"%" in path or not path.isascii():
             # Percent-encoded or raw non-ASCII bytes: uvicorn decodes or refuses them (400).
@@ -282,6 +292,7 @@ class MediaApp:
         block: bytes
         if file == b"index.m3u8":
             kind = "playlist"
+            self._saw(client, headers, parts, stream.low_latency)
             if qs:
                 if not stream.low_latency:
                     body = track.playlist
@@ -333,6 +344,7 @@ class MediaApp:
                 if p is None:
                     return self._hold_part(stream, track, msn, index)
                 kind, body, block = "part", p.data, self._b_part
+                self.metrics.part_plain.observe(monotonic() - p.stored)
             else:
                 seg = track.by_msn.get(msn)
                 if seg is None or seg.gap:
@@ -359,6 +371,21 @@ class MediaApp:
         self.metrics.count(kind, 200)
         self.metrics.sent += len(body)
         return block, body
+
+    def _saw(
+        self,
+        client: tuple[str, int] | None,
+        headers: Headers,
+        parts: list[bytes],
+        low_latency: bool,
+    ) -> None:
+        """A media playlist request: one more sighting for the viewer estimate."""
+        ua = b""
+        for k, v in headers:
+            if k == b"user-agent":
+                ua = v
+                break
+        self.viewers.saw((client[0] if client else "", ua, parts[1], parts[2]), low_latency)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -453,6 +480,9 @@ class MediaApp:
     async def _playlist(
         self, scope: Scope, send: Send, stream: LiveStream, track: RenditionTrack
     ) -> None:
+        if scope["method"] == "GET":
+            path = scope["path"].encode().split(b"/")
+            self._saw(scope.get("client"), scope["headers"], path, stream.low_latency)
         qs: bytes = scope.get("query_string", b"")
         skip = False
         blocking = False
@@ -559,10 +589,13 @@ class MediaApp:
                 await self.respond.error(send, "part", 404, b"the hinted part was not produced\n")
                 return
             # Sent as it became available: chunked transfer, no Content-Length.
+            self.metrics.part_sent(part.stored, True)
             await self.respond.body(
                 scope, send, "part", part.data, self._h_part, ranges=True, chunked=True
             )
             return
+        if scope["method"] == "GET":
+            self.metrics.part_sent(part.stored, False)
         await self.respond.body(scope, send, "part", part.data, self._h_part, ranges=True)
 
     async def _vod(

@@ -37,6 +37,9 @@ class Part:
     duration: float
     independent: bool
     data: bytes
+    # time.monotonic() when the part entered the store: hls_part_delivery_seconds counts
+    # from here to its response.
+    stored: float = 0.0
 
     @property
     def uri(self) -> str:
