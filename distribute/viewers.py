@@ -70,6 +70,7 @@ class HlsViewers:
             if now - self._pruned_at >= 1.0:
                 self._pruned_at = now
                 self.prune(now)
+                seen = self.seen
             if len(seen) >= self.limit:
                 self.saturated += 1
                 return
