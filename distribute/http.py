@@ -111,7 +111,9 @@ class MediaApp:
         self.store = store
         self.fallback = fallback
         self.metrics = metrics
-        self.viewers = metrics.viewers
+        # Bound once: called per part response and per playlist request.
+        self._part_plain = metrics.part_plain.observe
+        self._saw_viewer = metrics.viewers.saw
         self.vod = vod
         # Playback tokens (set by the node when some tenant needs them): a guarded
         # tenant's request with a verified ``?token=`` is answered here like any
@@ -344,7 +346,7 @@ class MediaApp:
                 if p is None:
                     return self._hold_part(stream, track, msn, index)
                 kind, body, block = "part", p.data, self._b_part
-                self.metrics.part_plain.observe(monotonic() - p.stored)
+                self._part_plain(monotonic() - p.stored)
             else:
                 seg = track.by_msn.get(msn)
                 if seg is None or seg.gap:
@@ -385,7 +387,7 @@ class MediaApp:
             if k == b"user-agent":
                 ua = v
                 break
-        self.viewers.saw((client[0] if client else "", ua, parts[1], parts[2]), low_latency)
+        self._saw_viewer((client[0] if client else "", ua, parts[1], parts[2]), low_latency)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

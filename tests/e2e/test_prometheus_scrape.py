@@ -159,7 +159,11 @@ class Prometheus:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        wait_for(self.ready, 30, "prometheus to answer its API")
+        try:
+            wait_for(self.ready, 30, "prometheus to answer its API")
+        except BaseException:
+            self.stop()
+            raise
 
     def ready(self) -> bool:
         assert self.proc.poll() is None, "prometheus exited (see prometheus.log)"
