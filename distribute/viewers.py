@@ -13,7 +13,8 @@ What the estimate gets wrong, by construction: viewers behind one NAT with the
 same browser count once (under-count); a player that switches renditions is
 still one (same key); a viewer that changes address (mobile handover) counts
 twice for up to a window. A CDN in front of the node makes each of its edge
-caches one viewer: behind a CDN, count at the CDN.
+caches one viewer: behind a CDN, count at the CDN. A node relaying the stream is one
+viewer of it.
 
 The table is bounded: at most ``limit`` keys (by default 50,000: about 17 MB with
 browser User-Agents, about 6 ms to count at a scrape). When it is full and nothing in
