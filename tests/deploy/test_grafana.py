@@ -4,6 +4,7 @@ defines. (tests/e2e/test_prometheus_scrape.py runs every panel's query against a
 from __future__ import annotations
 
 import json
+import re
 from functools import cache
 
 import pytest
@@ -208,3 +209,17 @@ def _shown(name: str) -> set[str]:
     for q in queries(name):
         out |= metric_names(q.expr)
     return out
+
+
+@pytest.mark.parametrize("name", DASHBOARDS)
+def test_legends_name_only_labels_the_query_keeps(name: str) -> None:
+    """A legend's {{label}} must survive the query's aggregation, or Grafana prints it
+    empty."""
+    for p in panels(load(name)):
+        for t in p["targets"]:
+            kept = re.findall(r"\bby\s*\(([^)]*)\)", t["expr"])
+            if not kept:
+                continue  # no aggregation: every label of the series is there
+            labels = {x.strip() for group in kept for x in group.split(",")}
+            legend = set(re.findall(r"\{\{\s*(\w+)\s*\}\}", t.get("legendFormat", "")))
+            assert legend <= labels, (p["title"], t["refId"], legend - labels)
