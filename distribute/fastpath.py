@@ -397,7 +397,7 @@ def media_protocol(
                 and not self.flow.write_paused
             ):
                 try:
-                    hit = media.fast(self.url, self.headers)
+                    hit = media.fast(self.url, self.headers, self.client)
                 except Exception:
                     log.exception("media fast path failed; answering through ASGI")
                     hit = None

@@ -25,6 +25,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from time import monotonic
 from typing import Protocol
 
 from distribute.access import TokenCheck
@@ -110,6 +111,9 @@ class MediaApp:
         self.store = store
         self.fallback = fallback
         self.metrics = metrics
+        # Bound once: called per part response and per playlist request.
+        self._part_plain = metrics.part_plain.observe
+        self._saw_viewer = metrics.viewers.saw
         self.vod = vod
         # Playback tokens (set by the node when some tenant needs them): a guarded
         # tenant's request with a verified ``?token=`` is answered here like any
@@ -204,9 +208,15 @@ class MediaApp:
         def ready() -> bool:
             return key in track.parts or track.last_msn >= msn or stream.ended
 
+        metrics = self.metrics
+
         def answer() -> tuple[bytes, bytes] | None:
-            data = track.part_data(msn, index)
-            return (self._b_part, data) if data is not None else None
+            got = track.part_data(msn, index)
+            if got is None:
+                return None
+            if got[1]:
+                metrics.part_sent(got[1], True)
+            return self._b_part, got[0]
 
         return Hold(track, ready, answer, 3 * stream.config.segment_duration, "part", chunked=True)
 
@@ -236,11 +246,14 @@ class MediaApp:
         hold.answer = answer
         return hold
 
-    def fast(self, url: bytes, headers: Headers) -> tuple[bytes, bytes] | Hold | None:
+    def fast(
+        self, url: bytes, headers: Headers, client: tuple[str, int] | None = None
+    ) -> tuple[bytes, bytes] | Hold | None:
         """A GET without a Range: (header block, body) of a 200 when it can be answered
         now, a :class:`Hold` when it is a blocking reload or preload-hinted part that
         must wait. None sends the request down the ASGI path, which handles
-        everything (ranges, errors, HEAD, OPTIONS) the same way."""
+        everything (ranges, errors, HEAD, OPTIONS) the same way. ``client`` (address,
+        port) feeds the viewer estimate."""
         path, _, qs = url.partition(b"?")
         if b"%" in path or not path.isascii():
             # Percent-encoded or raw non-ASCII bytes: uvicorn decodes or refuses them (400).
@@ -282,6 +295,7 @@ class MediaApp:
         block: bytes
         if file == b"index.m3u8":
             kind = "playlist"
+            self._saw(client, headers, parts, stream.low_latency)
             if qs:
                 if not stream.low_latency:
                     body = track.playlist
@@ -329,10 +343,12 @@ class MediaApp:
             except ValueError:
                 return None
             if dot:
-                data = track.part_data(msn, index)
-                if data is None:
+                got = track.part_data(msn, index)
+                if got is None:
                     return self._hold_part(stream, track, msn, index)
-                kind, body, block = "part", data, self._b_part
+                kind, body, block = "part", got[0], self._b_part
+                if got[1]:
+                    self._part_plain(monotonic() - got[1])
             else:
                 seg = track.by_msn.get(msn)
                 if seg is None or seg.gap:
@@ -359,6 +375,21 @@ class MediaApp:
         self.metrics.count(kind, 200)
         self.metrics.sent += len(body)
         return block, body
+
+    def _saw(
+        self,
+        client: tuple[str, int] | None,
+        headers: Headers,
+        parts: list[bytes],
+        low_latency: bool,
+    ) -> None:
+        """A media playlist request: one more sighting for the viewer estimate."""
+        ua = b""
+        for k, v in headers:
+            if k == b"user-agent":
+                ua = v
+                break
+        self._saw_viewer((client[0] if client else "", ua, parts[1], parts[2]), low_latency)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -453,6 +484,9 @@ class MediaApp:
     async def _playlist(
         self, scope: Scope, send: Send, stream: LiveStream, track: RenditionTrack
     ) -> None:
+        if scope["method"] == "GET":
+            path = scope["path"].encode().split(b"/")
+            self._saw(scope.get("client"), scope["headers"], path, stream.low_latency)
         qs: bytes = scope.get("query_string", b"")
         skip = False
         blocking = False
@@ -538,8 +572,8 @@ class MediaApp:
         index: int,
     ) -> None:
         key = (msn, index)
-        data = track.part_data(msn, index)
-        if data is None:
+        got = track.part_data(msn, index)
+        if got is None:
             # The preload-hinted part (or one just after it): hold the request
             # until the part exists (§6.2.6), unless it can no longer appear.
             last_msn, last_part = track.last_part
@@ -554,16 +588,20 @@ class MediaApp:
                 return key in track.parts or track.last_msn >= msn
 
             await self._wait(stream, track, arrived)
-            data = track.part_data(msn, index)
-            if data is None:
+            got = track.part_data(msn, index)
+            if got is None:
                 await self.respond.error(send, "part", 404, b"the hinted part was not produced\n")
                 return
             # Sent as it became available: chunked transfer, no Content-Length.
+            if got[1]:
+                self.metrics.part_sent(got[1], True)
             await self.respond.body(
-                scope, send, "part", data, self._h_part, ranges=True, chunked=True
+                scope, send, "part", got[0], self._h_part, ranges=True, chunked=True
             )
             return
-        await self.respond.body(scope, send, "part", data, self._h_part, ranges=True)
+        if scope["method"] == "GET" and got[1]:
+            self.metrics.part_sent(got[1], False)
+        await self.respond.body(scope, send, "part", got[0], self._h_part, ranges=True)
 
     async def _vod(
         self, scope: Scope, send: Send, tenant: str, name: str, rendition: str | None, file: str

@@ -108,8 +108,9 @@ class Node:
         self.recorder: Recorder | None = (
             Recorder(config.record, RecordMetrics(self.registry)) if config.record.tenants else None
         )
+        media_metrics = MediaMetrics(self.registry, whep=lambda: len(self.whep.sessions))
         self.media_app = MediaApp(
-            self.store, api, MediaMetrics(self.registry), config.http.cors_origin, vod=self.recorder
+            self.store, api, media_metrics, config.http.cors_origin, vod=self.recorder
         )
         self.http_app: Any = self.media_app
         if config.playback.tenants:

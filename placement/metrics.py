@@ -1,15 +1,21 @@
 """Prometheus metrics of the placement service (STYLE rule 11: part of the interface).
 
 Label values are bounded: tiers, node states, outcomes and fallback reasons
-are fixed sets; node, tenant and session ids never become labels.
+are fixed sets; tenant and session ids never become labels. Node ids label only
+``placement_node_heartbeat_age_seconds``, one series per node of the fleet.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from placement.credentials import PUBLISH_REASONS
-from placement.model import NodeState, Tier
+from placement.model import FleetSnapshot, NodeState, Tier
 from tokens.node import NODE_REASONS
 
 # tier: edge|mec|cloud|none; outcome: placed (session reserved), routed (viewer
@@ -32,6 +38,10 @@ DEGRADED = "placement_degraded"
 # wrong_node, expired) or a claim the credential does not allow (403: tier, region,
 # city, isp, urls, tenants).
 REGISTRATIONS_REJECTED = "placement_registrations_rejected_total"
+# Seconds since each node's last heartbeat, as of the last fleet snapshot, computed at
+# scrape time; labels node (its id) and tier. The node's series goes when it leaves the
+# registry. Over placement.liveness.ttl the node is stale.
+HEARTBEAT_AGE = "placement_node_heartbeat_age_seconds"
 
 # POST /v1/sessions refused to a publish token, by reason: a token failure (401: missing,
 # malformed, unknown_key, forged, wrong_action, expired, unknown_tenant: the tenant has
@@ -134,3 +144,37 @@ class PlacementMetrics:
                 self.nodes.labels(tier.value, state).set(0)
         for reason in FALLBACK_REASONS:
             self.fallbacks.labels(reason)
+        self.heartbeat_ages = _HeartbeatAges()
+        self.registry.register(self.heartbeat_ages)
+
+    def watch_heartbeats(
+        self, snapshot: Callable[[], FleetSnapshot | None], clock: Callable[[], float]
+    ) -> None:
+        """Export each node's heartbeat age from ``snapshot()`` (the service's last one),
+        read at scrape time against ``clock()`` (the service's clock)."""
+        self.heartbeat_ages.snapshot = snapshot
+        self.heartbeat_ages.clock = clock
+
+
+class _HeartbeatAges(Collector):
+    """No series until a service gives it its snapshots (``watch_heartbeats``)."""
+
+    def __init__(self) -> None:
+        self.snapshot: Callable[[], FleetSnapshot | None] = lambda: None
+        self.clock: Callable[[], float] = time.time
+
+    def collect(self) -> Iterator[Metric]:
+        ages = GaugeMetricFamily(
+            HEARTBEAT_AGE,
+            "Seconds since each node's last heartbeat, as of the last fleet snapshot.",
+            labels=["node", "tier"],
+        )
+        snap = self.snapshot()
+        if snap is not None:
+            now = self.clock()
+            for node in snap.nodes.values():
+                ages.add_metric([node.id, node.tier.value], max(0.0, now - node.last_heartbeat))
+        yield ages
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())

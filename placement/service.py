@@ -97,6 +97,7 @@ class PlacementService:
         )
         self.policies = PolicyVersions(registry, policy, config.policy_file)
         self.snapshots = SnapshotHistory(config.replay_snapshots)
+        self.metrics.watch_heartbeats(lambda: self.snapshots.current, clock)
         self.sessions = LocalSessions(registry)
         self.decisions = decision_log.DecisionLog(registry, config.decision_log_size)
         self.migrations = Migrations(

@@ -2,11 +2,11 @@
 # Make sure the independent clients the test suite and benchmarks drive are
 # installed: Debian's ffmpeg CLI, Chromium for hls.js playback, redis-server,
 # nginx plus wrk as the fan-out reference, GStreamer, and coturn (turnserver) as the
-# TURN server WebRTC viewers relay through.
+# TURN server WebRTC viewers relay through, and Prometheus to scrape a test fleet.
 set -eu
 missing=""
 for pair in ffmpeg:ffmpeg chromium:chromium redis-server:redis-server nginx:nginx-light wrk:wrk \
-    turnserver:coturn; do
+    turnserver:coturn prometheus:prometheus; do
     cmd=${pair%%:*}
     pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || [ -x "/usr/sbin/$cmd" ] || missing="$missing $pkg"

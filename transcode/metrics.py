@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from transcode.overload import DEGRADE_STEPS
+
 
 class TranscodeMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
@@ -39,6 +41,10 @@ class TranscodeMetrics:
             ["step"],
             registry=registry,
         )
+        # The worker's steps exist from the start (at 0): a dashboard shows none taken, not
+        # no data.
+        for step in DEGRADE_STEPS:
+            self.degradations.labels(step)
         # transcode_capacity_units / transcode_used_units: the node's transcode capacity in
         # ladder units (1 = one default 720p30 ladder in real time) and what live streams use.
         self.capacity = Gauge(

@@ -227,7 +227,9 @@ class LiveStream:
                 len(frame.data),
             )
             return None
-        part = Part(msn, frame.part, frame.duration, frame.independent, frame.data)
+        part = Part(
+            msn, frame.part, frame.duration, frame.independent, frame.data, time.monotonic()
+        )
         track.building.append(part)
         track.parts[(msn, frame.part)] = part
         track.last_part = (msn, frame.part)

@@ -37,6 +37,9 @@ class Part:
     duration: float
     independent: bool
     data: bytes
+    # time.monotonic() when the part entered the store: hls_part_delivery_seconds counts
+    # from here to its response.
+    stored: float = 0.0
 
     @property
     def uri(self) -> str:
@@ -108,14 +111,16 @@ class RenditionTrack:
     waiters: list[Callable[[], bool]] = field(default_factory=list)
     stream: PlaylistRenderer | None = field(default=None, repr=False)
 
-    def part_data(self, msn: int, index: int) -> bytes | None:
-        """The bytes of part ``index`` of segment ``msn``: the part while it is kept, then
-        its slice of the segment; None when neither is stored."""
+    def part_data(self, msn: int, index: int) -> tuple[bytes, float] | None:
+        """The bytes of part ``index`` of segment ``msn`` and when the part was stored
+        (monotonic): the part while it is kept, then its slice of the segment (stored 0:
+        long ago); None when neither is stored."""
         part = self.parts.get((msn, index))
         if part is not None:
-            return part.data
+            return part.data, part.stored
         seg = self.by_msn.get(msn)
-        return None if seg is None else seg.part(index)
+        data = None if seg is None else seg.part(index)
+        return None if data is None else (data, 0.0)
 
     def variant(self) -> VariantRef:
         # BANDWIDTH must cover the peak segment bit rate (RFC 8216bis §4.4.6.2);
