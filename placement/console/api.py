@@ -161,6 +161,11 @@ def add_console_routes(
         target, HTTP status."""
         return audit.recent(limit)
 
+    @operator_api.get("/v1/console/whoami", dependencies=[bearer])
+    async def whoami(request: Request) -> dict[str, str]:
+        """The name of the operator whose token this is."""
+        return {"operator": request.state.operator}
+
     @operator_api.get("/v1/console/fleet", dependencies=[bearer])
     async def console_fleet() -> dict[str, Any]:
         """``GET /v1/nodes`` with each node's console status (live, stale, dead,
@@ -317,7 +322,9 @@ def add_console_routes(
         for v in service.policy_versions():
             p = service.policies.get(v)
             if p is not None:
-                versions.append({"version": v, "label": p.label, "yaml": p.to_yaml()})
+                versions.append(
+                    {"version": v, "label": p.label, "yaml": p.to_yaml(), "policy": p.to_dict()}
+                )
         return {
             "active": service.policy.version,
             "versions": versions,
