@@ -50,7 +50,9 @@ export function render(root) {
       } else {
         video.src = s.playback;
       }
-      video.addEventListener("playing", () => { state.textContent = `playing ${s.playback}`; });
+      video.addEventListener("timeupdate", () => {
+        state.textContent = `playing ${s.playback} (${video.currentTime.toFixed(1)} s)`;
+      });
       video.play().catch(() => {});
     } catch (err) {
       state.textContent = String(err.message || err);

@@ -56,13 +56,13 @@ export function render(root) {
   const summary = h("p", { class: "muted" });
   root.append(
     h("h1", {}, "Fleet"), summary,
+    h("div", { class: "wide" }, h("table", { "data-testid": "fleet-table" },
+      h("thead", {}, h("tr", {}, ["Node", "Tier", "City", "State", "Transcode units", "Egress",
+        "Viewers", "Streams", "Heartbeat", ""].map((t) => h("th", {}, t)))),
+      tbody)),
     h("div", { class: "cols" },
-      h("div", {}, h("table", { "data-testid": "fleet-table" },
-        h("thead", {}, h("tr", {}, ["Node", "Tier", "City", "State", "Transcode units", "Egress",
-          "Viewers", "Streams", "Heartbeat", ""].map((t) => h("th", {}, t)))),
-        tbody)),
-      h("div", {}, mapBox,
-        h("h2", {}, "Recent operator actions"),
+      mapBox,
+      h("div", {}, h("h2", {}, "Recent operator actions"),
         h("table", {}, h("thead", {}, h("tr", {}, ["When", "Operator", "Action", "Target", "Status"]
           .map((t) => h("th", {}, t)))), audit))));
 
