@@ -34,22 +34,23 @@ export function render(root) {
 
   function show(r) {
     const keys = Object.keys(r.results[0].table);
+    const table = h("table", { "data-testid": "sim-table" },
+      h("thead", {}, h("tr", {}, h("th", {}, ""), r.results.map((x) => h("th", {}, x.policy)))),
+      h("tbody", {}, keys.map((k) => h("tr", {}, h("td", {}, k), r.results.map((x) => h("td", {}, x.table[k]))))));
     out.replaceChildren(
       h("p", { class: "muted" }, `${r.nodes} nodes in ${r.cities} cities, ${r.classes} classes, seed ${r.seed} (${r.fleet} fleet), ${r.seconds} s`),
-      h("table", { "data-testid": "sim-table" },
-        h("thead", {}, h("tr", {}, h("th", {}, ""), r.results.map((x) => h("th", {}, x.policy)))),
-        h("tbody", {}, keys.map((k) => h("tr", {}, h("td", {}, k), r.results.map((x) => h("td", {}, x.table[k])))))),
-      h("h2", {}, "Local-serve ratio by hour of day"),
+      h("div", { class: "plots" }, h("div", {}, h("h2", {}, "Local-serve ratio by hour of day"),
       lineChart(r.results.map((x) => ({ name: x.policy,
         points: x.hourly_local.map((v, i) => [i, v]) })), { yMax: 1, xLabel: "hour",
-        yFormat: (v) => pct(v), xFormat: (v) => `${Math.round(v)}h`, testid: "plot-hourly" }),
-      h("h2", {}, "Viewers over the day"),
+        yFormat: (v) => pct(v), xFormat: (v) => `${Math.round(v)}h`, testid: "plot-hourly" })),
+      h("div", {}, h("h2", {}, "Viewers over the day"),
       lineChart(r.results.flatMap((x) => [
         { name: `${x.policy} local`, points: x.timeline.map((p) => [p.t / 3600, p.local]) },
         { name: `${x.policy} all`, points: x.timeline.map((p) => [p.t / 3600, SHARES.reduce((a, k) => a + p[k], 0)]) },
-      ]), { xLabel: "hour", xFormat: (v) => `${v.toFixed(0)}h`, yFormat: (v) => v.toFixed(0), testid: "plot-timeline" }),
-      h("h2", {}, "How viewers were served (viewer-seconds)"),
-      stackedBars(r.results.map((x) => ({ name: x.policy, parts: x.shares })), SHARES, { testid: "plot-shares" }));
+      ]), { xLabel: "hour", xFormat: (v) => `${v.toFixed(0)}h`, yFormat: (v) => v.toFixed(0), testid: "plot-timeline" })),
+      h("div", {}, h("h2", {}, "How viewers were served (viewer-seconds)"),
+        stackedBars(r.results.map((x) => ({ name: x.policy, parts: x.shares })), SHARES, { testid: "plot-shares" }))),
+      table);
   }
 
   root.append(h("h1", {}, "Simulate"),

@@ -61,11 +61,14 @@ export function fleetMap(nodes, { width = 560, height = 360, onSelect } = {}) {
 }
 
 // Lines over a shared x axis: series = [{name, points: [[x, y], ...]}].
-export function lineChart(series, { width = 520, height = 220, yMax, xLabel = "", yLabel = "",
+export function lineChart(series, { width = 520, height: plotHeight = 220, yMax, xLabel = "", yLabel = "",
   xFormat = String, yFormat = String, testid } = {}) {
-  const svg = h("svg", { viewBox: `0 0 ${width} ${height}`, width: "100%", role: "img",
-    "aria-label": yLabel, "data-testid": testid });
-  const m = { l: 48, r: 12, t: 12, b: 34 };
+  let height = plotHeight;
+  const svg = h("svg", { viewBox: `0 0 ${width} ${plotHeight + 14 * series.length}`, width: "100%",
+    role: "img", "aria-label": yLabel, "data-testid": testid });
+  // The legend goes under the x axis, one line per series.
+  const m = { l: 48, r: 12, t: 12, b: 44 + 14 * series.length };
+  height += 14 * series.length;
   const pts = series.flatMap((s) => s.points).filter((p) => p[1] !== null);
   if (!pts.length) return svg;
   const x0 = Math.min(...pts.map((p) => p[0]));
@@ -82,14 +85,16 @@ export function lineChart(series, { width = 520, height = 220, yMax, xLabel = ""
     const v = x0 + ((x1 - x0) * i) / 4;
     svg.append(h("text", { x: sx(v) - 10, y: height - m.b + 14 }, xFormat(v)));
   }
-  svg.append(h("text", { x: width / 2 - 30, y: height - 4 }, xLabel));
+  svg.append(h("text", { x: width / 2 - 30, y: height - m.b + 30 }, xLabel));
   series.forEach((s, i) => {
     const ok = s.points.filter((p) => p[1] !== null);
     svg.append(h("polyline", { fill: "none", stroke: SERIES[i % SERIES.length], "stroke-width": 2,
       points: ok.map((p) => `${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join(" "),
       "data-series": s.name }));
-    svg.append(h("text", { x: m.l + 8 + 150 * i, y: m.t + 10, fill: SERIES[i % SERIES.length] },
-      s.name));
+    const ly = height - m.b + 44 + 14 * i;
+    svg.append(h("line", { x1: m.l, x2: m.l + 18, y1: ly - 4, y2: ly - 4, "stroke-width": 3,
+      stroke: SERIES[i % SERIES.length] }));
+    svg.append(h("text", { x: m.l + 24, y: ly }, s.name));
   });
   return svg;
 }
@@ -112,9 +117,9 @@ export function stackedBars(rows, keys, { width = 520, testid } = {}) {
     });
   });
   keys.forEach((key, j) => {
-    svg.append(h("rect", { x: left + 80 * j, y: height - 18, width: 10, height: 10,
+    svg.append(h("rect", { x: left + 75 * j, y: height - 18, width: 10, height: 10,
       fill: SERIES[j % SERIES.length] }));
-    svg.append(h("text", { x: left + 14 + 80 * j, y: height - 9 }, key));
+    svg.append(h("text", { x: left + 14 + 75 * j, y: height - 9 }, key));
   });
   return svg;
 }

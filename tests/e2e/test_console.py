@@ -24,7 +24,7 @@ import httpx
 import pytest
 import yaml
 from browserutil import CHROMIUM_ARGS
-from nodeutil import SMALL, Publisher, require_binary, segment_numbers, wait_for
+from nodeutil import SMALL, NodeProcess, Publisher, require_binary, segment_numbers, wait_for
 from placementutil import RedisServer, free_port
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
@@ -280,3 +280,18 @@ def test_a_drain_clicked_in_the_console_keeps_new_sessions_off_the_node(console:
         return (last["operator"], last["action"], last["status"]) == ("alice", "remove_node", 200)
 
     wait_for(decommissioned, 20, f"alice's decommission of {EDGE}")
+
+
+def test_a_single_node_with_embedded_placement_serves_the_console(
+    tmp_path: Path,
+) -> None:
+    node = NodeProcess(tmp_path / "node.log", NEARCAST_PLACEMENT_OPERATOR_TOKEN="op-single")
+    try:
+        page = node.get("/console")
+        assert page.status_code == 200 and 'src="/console/console.js"' in page.text
+        assert node.get("/console/fleet.js").status_code == 200
+        who = node.client.get("/v1/console/whoami", headers={"Authorization": "Bearer op-single"})
+        assert who.status_code == 200 and who.json() == {"operator": "operator"}
+        assert node.get("/v1/console/fleet").status_code == 401
+    finally:
+        node.stop()
