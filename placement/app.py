@@ -18,7 +18,7 @@ from starlette.types import Message
 from placement import core, decision_log
 from placement.config import PlacementConfig
 from placement.console.api import add_console_routes
-from placement.console.audit import AuditLog
+from placement.console.audit import READ_ONLY_ACTIONS, AuditLog
 from placement.credentials import (
     PublisherRefused,
     check_claims,
@@ -300,7 +300,7 @@ def _audited_route_class(
 
             async def audited(request: Request) -> Response:
                 await guard(request)
-                if request.method in _READS:
+                if request.method in _READS or action in READ_ONLY_ACTIONS:
                     return await handler(_capped(request, max_body))
                 status = 500
                 try:

@@ -40,6 +40,8 @@ SIM_MAX_NODES = 500
 SIM_MAX_CLASSES = 2000
 SIM_TIMELINE_POINTS = 240
 NODE_TIMEOUT = 2.0
+# Sessions the console lists at once (each asks its origin node for its bitrate).
+MAX_SESSIONS = 1000
 
 
 class SimulateIn(BaseModel):
@@ -195,13 +197,17 @@ def add_console_routes(
         return body if isinstance(body, dict) else {}
 
     @operator_api.get("/v1/console/sessions", dependencies=[bearer])
-    async def console_sessions() -> dict[str, Any]:
-        """Every session with its origin node, the nodes holding its stream (origin and
-        relays, from their heartbeats), each holder's viewers, and the source bitrate
-        and renditions the origin reports (asked of it, 2 s at most)."""
+    async def console_sessions(
+        limit: Annotated[int, Query(ge=1, le=MAX_SESSIONS)] = 200,
+    ) -> dict[str, Any]:
+        """Sessions (the first ``limit`` by id) with their origin node, the nodes
+        holding their stream (origin and relays, from their heartbeats), each holder's
+        viewers, and the source bitrate and renditions the origin reports (asked of
+        it, 2 s at most); ``total`` counts them all."""
         snap = await service.snapshot()
         now = service.clock()
-        sessions = sorted(await service.registry.sessions(now), key=lambda s: s.id)
+        every = sorted(await service.registry.sessions(now), key=lambda s: s.id)
+        sessions = every[:limit]
         out = []
         async with httpx.AsyncClient(timeout=NODE_TIMEOUT) as client:
             infos = await asyncio.gather(
@@ -239,7 +245,7 @@ def add_console_routes(
                     "renditions": [r.get("name") for r in info.get("renditions") or ()],
                 }
             )
-        return {"snapshot": snap.id, "sessions": out}
+        return {"snapshot": snap.id, "total": len(every), "sessions": out}
 
     @operator_api.post(
         "/v1/sessions/{session_id}/kick",

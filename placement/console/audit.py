@@ -17,6 +17,9 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 AUDIT_SIZE = 1000
+# Operator POSTs that change nothing and run often (the console validates a draft
+# policy as the operator types, and replays a decision on each click): not recorded.
+READ_ONLY_ACTIONS = frozenset({"validate_policy", "replay"})
 
 
 class AuditLog:

@@ -79,7 +79,8 @@ export function render(root) {
     }
   }
 
-  root.append(h("h1", {}, "Classes"),
+  const count = h("p", { class: "muted" });
+  root.append(h("h1", {}, "Classes"), count,
     h("div", { class: "cols" },
       h("table", { "data-testid": "sessions-table" },
         h("thead", {}, h("tr", {}, ["Class", "Origin", "Held by (viewers on the node)", "Bitrate",
@@ -87,11 +88,13 @@ export function render(root) {
       player));
 
   const refresh = async () => {
-    const body = await api("/v1/console/sessions");
+    const body = await api("/v1/console/sessions?limit=200");
     if (!body.sessions.length) {
       tbody.replaceChildren(h("tr", {}, h("td", { colspan: 7, class: "muted" }, "No sessions.")));
       return;
     }
+    count.textContent = body.total > body.sessions.length
+      ? `${body.sessions.length} of ${body.total} sessions` : `${body.total} sessions`;
     tbody.replaceChildren(...body.sessions.map((s) => h("tr", { "data-session": s.id, "data-key": s.key },
       h("td", {}, h("strong", {}, s.key), h("div", { class: "muted" }, s.id)),
       h("td", {}, s.node_id, h("div", { class: `t-${s.tier}` }, `${s.tier} · ${s.origin_city}`)),

@@ -76,7 +76,7 @@ export function render(root) {
   }
 
   root.append(h("h1", {}, "Decisions"), status,
-    h("div", { class: "cols" },
+    h("div", { class: "cols detail-wide" },
       h("table", { "data-testid": "decisions-table" },
         h("thead", {}, h("tr", {}, ["Time", "Kind", "Stream", "From", "Node", "Tier", "Policy"].map((t) => h("th", {}, t)))),
         tbody),

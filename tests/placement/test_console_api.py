@@ -88,6 +88,8 @@ async def test_named_operators_actions_are_audited_with_their_name(
     assert (await client.post("/v1/nodes/e1/uncordon", headers=OP)).status_code == 200
     assert (await client.post("/v1/nodes/nope/drain", headers=BOB)).status_code == 404
     assert (await client.get("/v1/nodes", headers=ALICE)).status_code == 200  # reads: not audited
+    r = await client.post("/v1/policy/validate", content="name: x\n", headers=ALICE)
+    assert r.status_code == 200  # a check, as the operator types: not audited either
     r = await client.get("/v1/audit", headers=BOB)
     assert r.status_code == 200
     got = [(e["operator"], e["action"], e["target"], e["status"]) for e in r.json()]
