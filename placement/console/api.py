@@ -179,6 +179,11 @@ def add_console_routes(
             node = snap.nodes[d["id"]]
             d["status"] = node_status(node, now, ttl, d["alive"], dead_marks.get(node.id))
             d["heartbeat_age"] = round(max(0.0, now - node.last_heartbeat), 3)
+        # Marks of nodes that beat since, or are gone, are forgotten.
+        for node_id, since in list(dead_marks.items()):
+            known = snap.nodes.get(node_id)
+            if known is None or known.last_heartbeat > since:
+                del dead_marks[node_id]
         return {"snapshot": snap.id, "degraded": service.degraded, "ttl": ttl, "nodes": nodes}
 
     async def _stream_info(client: httpx.AsyncClient, node: Node, key: str) -> dict[str, Any]:

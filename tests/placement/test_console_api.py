@@ -17,6 +17,7 @@ from placement.app import create_app
 from placement.config import PlacementConfig
 from placement.console.api import node_status
 from placement.registry.memory import InProcessRegistry
+from placement.suspects import Suspects
 from settings import ConfigError
 
 ALICE = {"Authorization": "Bearer alice-token"}
@@ -141,6 +142,34 @@ async def test_console_fleet_shows_each_nodes_status_and_heartbeat_age(
     await app.state.service.refresh()
     body = (await client.get("/v1/console/fleet", headers=ALICE)).json()
     assert {n["id"]: n["status"] for n in body["nodes"]}["e1"] == "stale"
+
+
+def _refused(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("connection refused", request=request)
+
+
+async def test_a_node_a_relay_reports_and_the_probe_finds_dead_shows_dead(
+    app: FastAPI, client: httpx.AsyncClient, clock: Clock
+) -> None:
+    service = app.state.service
+    service.suspects = Suspects(service.metrics, transport=httpx.MockTransport(_refused))
+    await register(client, "e1")
+    await register(client, "e2")
+    r = await client.post("/v1/nodes/e1/suspect", headers=node_headers("e2"))
+    assert r.status_code == 200 and r.json()["dead"] is True, r.text
+    status = {
+        n["id"]: n["status"]
+        for n in (await client.get("/v1/console/fleet", headers=ALICE)).json()["nodes"]
+    }
+    assert status == {"e1": "dead", "e2": "live"}
+    clock.advance(1.0)
+    await register(client, "e1")  # it beats again
+    await service.refresh()
+    status = {
+        n["id"]: n["status"]
+        for n in (await client.get("/v1/console/fleet", headers=ALICE)).json()["nodes"]
+    }
+    assert status == {"e1": "live", "e2": "live"}
 
 
 def test_a_node_found_dead_shows_dead_until_it_beats_again() -> None:
