@@ -94,7 +94,8 @@ export function render(root) {
       return;
     }
     count.textContent = body.total > body.sessions.length
-      ? `${body.sessions.length} of ${body.total} sessions` : `${body.total} sessions`;
+      ? `${body.sessions.length} of ${body.total} sessions`
+      : `${body.total} session${body.total === 1 ? "" : "s"}`;
     tbody.replaceChildren(...body.sessions.map((s) => h("tr", { "data-session": s.id, "data-key": s.key },
       h("td", {}, h("strong", {}, s.key), h("div", { class: "muted" }, s.id)),
       h("td", {}, s.node_id, h("div", { class: `t-${s.tier}` }, `${s.tier} · ${s.origin_city}`)),
