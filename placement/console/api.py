@@ -40,6 +40,15 @@ SIM_MAX_NODES = 500
 SIM_MAX_CLASSES = 2000
 SIM_TIMELINE_POINTS = 240
 NODE_TIMEOUT = 2.0
+# The console's own files: never framed by another site (an operator's clicks are
+# actions), always revalidated (a new release's modules load at once).
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
 # Sessions the console lists at once (each asks its origin node for its bitrate).
 MAX_SESSIONS = 1000
 
@@ -141,7 +150,7 @@ def add_console_routes(
     @open_api.get("/console", include_in_schema=False)
     async def console_page() -> Response:
         html = here.joinpath("index.html").read_bytes()
-        return Response(html, media_type="text/html", headers={"Cache-Control": "no-cache"})
+        return Response(html, media_type="text/html", headers=PAGE_HEADERS)
 
     @open_api.get("/console/{asset}", include_in_schema=False)
     async def console_asset(asset: str) -> Response:
@@ -149,11 +158,7 @@ def add_console_routes(
         res = here.joinpath(asset)
         if m is None or not res.is_file():
             raise HTTPException(404, f"no console asset {asset!r}")
-        return Response(
-            res.read_bytes(),
-            media_type=MEDIA_TYPES[m.group(1)],
-            headers={"Cache-Control": "no-cache"},
-        )
+        return Response(res.read_bytes(), media_type=MEDIA_TYPES[m.group(1)], headers=PAGE_HEADERS)
 
     @operator_api.get("/v1/audit", dependencies=[bearer])
     async def audit_log(

@@ -346,6 +346,7 @@ async def test_console_pages_are_served_without_a_token(client: httpx.AsyncClien
     r = await client.get("/console")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert 'type="module"' in r.text
+    assert r.headers["x-frame-options"] == "DENY"  # no clickjacking of operator actions
     r = await client.get("/console/console.js")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript")
     r = await client.get("/console/style.css")
