@@ -407,7 +407,10 @@ def create_app(
             request.state.operator = name
             return
         if not config.publish_keys:
-            raise _unauthorized("operator bearer token required ('placement.operator_token')")
+            raise _unauthorized(
+                "operator bearer token required ('placement.operator_token' or "
+                "'placement.operators')"
+            )
         try:
             request.state.publisher = verify_publisher(token, config.publish_keys, service.clock())
         except PublisherRefused as exc:
