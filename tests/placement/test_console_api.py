@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,6 +14,7 @@ import pytest
 from fastapi import FastAPI
 from placementutil import NODE_KEYS, Clock, make_node, node_headers
 
+from nearcast.config import load
 from placement.app import create_app
 from placement.config import PlacementConfig
 from placement.console.api import node_status
@@ -353,3 +355,14 @@ async def test_console_pages_are_served_without_a_token(client: httpx.AsyncClien
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/css")
     for bad in ("api.py", "..%2Fapp.py", "nope.js", "index.html"):
         assert (await client.get(f"/console/{bad}")).status_code == 404
+
+
+def test_operators_come_from_the_environment_too(tmp_path: Path) -> None:
+    path = tmp_path / "nearcast.yml"
+    path.write_text("placement:\n  operators: {alice: from-file}\n")
+    env = {"NEARCAST_PLACEMENT_OPERATORS": "{alice: a-secret, bob: b-secret}"}
+    cfg = load(str(path), env).placement
+    assert cfg.operators == {"alice": "a-secret", "bob": "b-secret"}
+    assert cfg.operator_named("b-secret") == "bob" and cfg.operator_named("nope") is None
+    with pytest.raises(ConfigError, match="'placement.operators.Bob' name must be"):
+        load(str(path), {"NEARCAST_PLACEMENT_OPERATORS": "{Bob: x}"})
