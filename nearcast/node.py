@@ -448,8 +448,9 @@ class Node:
     def _embed_placement(self, api: Any) -> None:
         """No placement.url: this node is its own placement service. It registers itself
         in an in-process registry and answers the placement API's /v1/ routes (sessions,
-        route, nodes, policy, decisions) on its own HTTP port, so a single node needs no
-        Redis and other nodes may even heartbeat into it."""
+        route, nodes, policy, decisions) and serves the operator's console (/console) on
+        its own HTTP port, so a single node needs no Redis and other nodes may even
+        heartbeat into it."""
         from placement.app import create_app
         from placement.registry.memory import InProcessRegistry
 
@@ -458,7 +459,10 @@ class Node:
             self.config.placement, self.placement_registry, metrics_registry=self.registry
         )
         self.placement = app.state.service
-        routes = [r for r in app.router.routes if getattr(r, "path", "").startswith("/v1/")]
+        # The placement API, and the operator's console that drives it (/console).
+        routes = [
+            r for r in app.router.routes if getattr(r, "path", "").startswith(("/v1/", "/console"))
+        ]
         api.router.routes[:0] = routes  # before the node's /{tenant}/{stream}/... routes
         for exc, handler in app.exception_handlers.items():
             if exc not in api.exception_handlers:

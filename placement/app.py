@@ -15,7 +15,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, Field
 from starlette.types import Message
 
+from placement import core, decision_log
 from placement.config import PlacementConfig
+from placement.console.api import add_console_routes
+from placement.console.audit import READ_ONLY_ACTIONS, AuditLog
 from placement.credentials import (
     PublisherRefused,
     check_claims,
@@ -259,6 +262,71 @@ class _Routes:
         return self._add("DELETE", path, **kw)
 
 
+# Operator calls that change nothing are not audited.
+_READS = frozenset({"GET", "HEAD"})
+_ERROR_STATUS: tuple[tuple[type[Exception], int], ...] = (
+    (InvalidField, 422),
+    (UnknownNode, 404),
+    (UnknownSession, 404),
+    (UnknownStream, 404),
+    (UnknownTenant, 404),
+    (ClaimRefused, 403),
+    (NodeBusy, 409),
+    (PolicyConflict, 409),
+    (NoCapacity, 503),
+    (RegistryUnavailable, 503),
+    (SnapshotTooOld, 503),
+)
+
+
+def _status_of(exc: Exception) -> int:
+    if isinstance(exc, HTTPException):
+        return exc.status_code
+    return next((code for cls, code in _ERROR_STATUS if isinstance(exc, cls)), 500)
+
+
+def _audited_route_class(
+    guard: Guard, max_body: int, audit: AuditLog, clock: Callable[[], float]
+) -> type[APIRoute]:
+    """Operator routes: guarded and capped as ``_route_class``'s, and every call that
+    changes something recorded in ``audit`` with the operator's name (set by
+    ``guard``), the route's name as the action, its path parameters as the target,
+    and the outcome."""
+
+    class AuditedRoute(APIRoute):
+        def get_route_handler(self) -> Handler:
+            handler = super().get_route_handler()
+            action = self.name
+
+            async def audited(request: Request) -> Response:
+                await guard(request)
+                if request.method in _READS or action in READ_ONLY_ACTIONS:
+                    return await handler(_capped(request, max_body))
+                status = 500
+                try:
+                    response = await handler(_capped(request, max_body))
+                    status = response.status_code
+                    return response
+                except Exception as exc:
+                    status = _status_of(exc)
+                    raise
+                finally:
+                    operator = getattr(request.state, "operator", None)
+                    if operator is not None:
+                        audit.record(
+                            operator,
+                            action,
+                            {k: str(v) for k, v in request.path_params.items()},
+                            status,
+                            clock(),
+                            getattr(request.state, "audit_detail", None),
+                        )
+
+            return audited
+
+    return AuditedRoute
+
+
 def _bearer_header(authorization: Annotated[str | None, Header()] = None) -> None:
     """Declares the bearer header in the OpenAPI document; the route checks it first."""
 
@@ -297,8 +365,15 @@ def create_app(
     app.state.metrics = metrics
 
     async def operator(request: Request) -> None:
-        if not _same(_bearer(request.headers.get("authorization")), config.operator_token):
-            raise _unauthorized("operator bearer token required ('placement.operator_token')")
+        """An operator's token ('placement.operator_token' or one of
+        'placement.operators'); the operator's name goes into the audit log."""
+        name = config.operator_named(_bearer(request.headers.get("authorization")))
+        if name is None:
+            raise _unauthorized(
+                "operator bearer token required ('placement.operator_token' or "
+                "'placement.operators')"
+            )
+        request.state.operator = name
 
     async def node_auth(request: Request) -> None:
         """The node's credential, checked before its body is read: the path's node id
@@ -328,10 +403,14 @@ def create_app(
         in the handler, once the body is parsed."""
         token = _bearer(request.headers.get("authorization"))
         request.state.publisher = None
-        if _same(token, config.operator_token):
+        if (name := config.operator_named(token)) is not None:
+            request.state.operator = name
             return
         if not config.publish_keys:
-            raise _unauthorized("operator bearer token required ('placement.operator_token')")
+            raise _unauthorized(
+                "operator bearer token required ('placement.operator_token' or "
+                "'placement.operators')"
+            )
         try:
             request.state.publisher = verify_publisher(token, config.publish_keys, service.clock())
         except PublisherRefused as exc:
@@ -365,7 +444,11 @@ def create_app(
             raise _unauthorized("metrics bearer token required ('placement.metrics_token')")
 
     cap = config.max_body_bytes
-    operator_api = _Routes(app, _route_class(operator, cap))
+    audit = app.state.audit = AuditLog()
+    # Nodes a suspect probe found dead, and when: the console shows them dead (not
+    # only stale) until they beat again.
+    dead_marks: dict[str, float] = {}
+    operator_api = _Routes(app, _audited_route_class(operator, cap, audit, service.clock))
     node_api = _Routes(app, _route_class(node_auth, cap))
     metrics_api = _Routes(app, _route_class(metrics_auth, cap))
     session_api = _Routes(app, _route_class(session_auth, cap))
@@ -524,7 +607,10 @@ def create_app(
         gets no placement or route until it beats again. Answers ``{"node", "dead",
         "probe" (healthy, unhealthy, timeout or unreachable), "detail"}``."""
         reporter = request.state.node_credential.node
-        return await service.suspect(node_id, reporter)
+        out = await service.suspect(node_id, reporter)
+        if out["dead"]:
+            dead_marks[node_id] = service.clock()
+        return out
 
     @operator_api.get("/v1/nodes", dependencies=[Bearer])
     async def list_nodes() -> dict[str, Any]:
@@ -579,12 +665,19 @@ def create_app(
 
     @operator_api.put("/v1/policy", dependencies=[Bearer], openapi_extra=_POLICY_BODY)
     async def put_policy(request: Request) -> dict[str, Any]:
-        p = await service.put_policy(await _policy_body(request))
+        policy = await _policy_body(request)
+        request.state.audit_detail = {"version": policy.version}
+        p = await service.policies.put(policy, request.state.operator, service.clock())
         return {"active": p.label, "versions": service.policy_versions(), "policy": p.to_dict()}
 
     @operator_api.post("/v1/policy/dry-run", dependencies=[Bearer], openapi_extra=_POLICY_BODY)
-    async def dry_run(request: Request) -> dict[str, Any]:
-        return await service.dry_run(await _policy_body(request))
+    async def dry_run(
+        request: Request, limit: Annotated[int, Query(ge=1, le=10000)] = 500
+    ) -> dict[str, Any]:
+        """Re-decide the last ``limit`` logged publish requests on the current fleet
+        under the active policy and the candidate: sessions that would move (``shifts``
+        by tier), refusals, and the local-serve ratio before and after; applies nothing."""
+        return await service.dry_run(await _policy_body(request), limit)
 
     @operator_api.get("/v1/decisions", dependencies=[Bearer])
     async def decisions(
@@ -594,21 +687,34 @@ def create_app(
         return service.recent_decisions()[:limit]
 
     @operator_api.post("/v1/decisions/replay", dependencies=[Bearer])
-    async def replay(entry: dict[str, Any]) -> dict[str, Any]:
+    async def replay(
+        entry: dict[str, Any],
+        against: Annotated[str, Query(pattern="^(snapshot|fleet)$")] = "snapshot",
+    ) -> dict[str, Any]:
         """Re-run one entry of the decision log on its snapshot, policy version, TTL and
         headroom; ``same`` says whether it chose the same node. Snapshots are kept in
-        this instance's memory only (the last few): older ones answer 422 naming why."""
+        this instance's memory only (the last few): older ones answer 422 naming why.
+        ``against=fleet`` re-runs it on today's fleet instead (the current snapshot,
+        now, with the policy version it used): where the same request would go today."""
         for name in ("snapshot", "policy", "request", "at"):
             if name not in entry:
                 raise InvalidField(name, "missing from the decision log entry")
         try:
-            d = service.replay(entry)
+            d = service.replay(entry) if against == "snapshot" else await _replay_on_fleet(entry)
         except InvalidField:
             raise
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidField("request", f"not a decision log entry: {exc!r}") from None
         node = d.node.id if d.node else None
         return {"same": node == entry.get("node"), "node": node, "explanation": d.explain()}
+
+    async def _replay_on_fleet(entry: dict[str, Any]) -> core.Decision:
+        snap = await service.snapshot()
+        now = service.clock()
+        ttl = service.degradation.ttl_for(snap, now)
+        return decision_log.replay_on(entry, snap, service.policies, now, ttl)
+
+    add_console_routes(service, operator_api, open_api, audit, dead_marks, Bearer)
 
     @open_api.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

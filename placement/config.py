@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hmac
+import re
 from dataclasses import dataclass, field
 
 from settings import check
 from tokens import TenantKeys
+
+# An operator's name: it is written in the audit log and the logs, so a short plain word.
+OPERATOR_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,13 @@ class PlacementConfig:
     url: str = ""
     listen: str = "0.0.0.0:8090"
     operator_token: str = ""
+    # Named operators (the console's login): name -> bearer token. Every operator
+    # action is recorded with the name (GET /v1/audit); 'operator_token' is the
+    # unnamed one.
+    operators: dict[str, str] = field(default_factory=dict)
+    # The nodes' 'ingest.operator_token': placement presents it to a session's node
+    # when an operator kicks its publisher (POST /v1/sessions/{id}/kick).
+    node_operator_token: str = ""
     node_token: str = ""
     node_keys: dict[str, str] = field(default_factory=dict)
     # Per tenant, the keys of signed publish tokens (as in 'ingest.auth.tenants'): a
@@ -95,6 +107,7 @@ class PlacementConfig:
                 bool(kid) and "." not in kid, f"node_keys.{kid}", "key id must be non-empty, no '.'"
             )
             check(len(secret) >= 16, f"node_keys.{kid}", "secret must be at least 16 characters")
+        self._check_operators()
         for tenant in self.publish_keys:
             check(bool(tenant), "publish_keys", "must name tenants (an empty name was given)")
         check(
@@ -102,3 +115,37 @@ class PlacementConfig:
             "max_body_bytes",
             "must be 1024-16777216",
         )
+
+    def _check_operators(self) -> None:
+        seen: dict[str, str] = {}
+        if self.operator_token:
+            seen[self.operator_token] = "operator_token"
+        for name, token in self.operators.items():
+            key = f"operators.{name}"
+            check(
+                isinstance(name, str) and OPERATOR_NAME.match(name) is not None,
+                key,
+                "name must be 1-32 of a-z 0-9 _ -, starting with a letter",
+            )
+            check(isinstance(token, str) and token.strip() != "", key, "token must not be empty")
+            other = seen.get(token)
+            check(other is None, key, f"token must differ from the token of '{other}'")
+            seen[token] = key
+
+    def operator_named(self, token: str) -> str | None:
+        """The name of the operator whose token ``token`` is (constant-time per token);
+        ``"operator"`` for 'operator_token', None for no operator."""
+        found = None
+        for name, expected in self.operators.items():
+            if _same_token(token, expected):
+                found = name
+        if _same_token(token, self.operator_token):
+            found = found or UNNAMED_OPERATOR
+        return found
+
+
+UNNAMED_OPERATOR = "operator"
+
+
+def _same_token(given: str, expected: str) -> bool:
+    return bool(expected) and hmac.compare_digest(given.encode(), expected.encode())

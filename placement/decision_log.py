@@ -106,6 +106,28 @@ def replay(
     )
 
 
+def replay_on(
+    entry: dict[str, Any],
+    snap: FleetSnapshot,
+    policies: PolicyVersions,
+    now: float,
+    ttl: float,
+) -> core.Decision:
+    """Re-run a logged publish decision on another snapshot (today's fleet), with the
+    policy version it used, at ``now``: what the same request would get today. The
+    nodes it excluded stay excluded; pending reservations of its time do not apply."""
+    policy = policies.get(int(entry["policy"]))
+    if policy is None:
+        raise InvalidField("policy", f"version {entry['policy']} is unknown")
+    req = PlacementRequest.from_dict(entry["request"])
+    headroom = float(entry.get("headroom", 1.0))
+    return core.decide(snap, req, policy, now, ttl=ttl, headroom=headroom)
+
+
+def _local(d: core.Decision, req: PlacementRequest) -> bool:
+    return d.node is not None and d.tier == "edge" and d.node.city == req.location.city
+
+
 def compare_policies(
     entries: list[dict[str, Any]],
     snap: FleetSnapshot,
@@ -114,10 +136,15 @@ def compare_policies(
     now: float,
     ttl: float,
 ) -> dict[str, Any]:
-    """Re-decide the logged publish requests on ``snap`` under both policies."""
+    """Re-decide the logged publish requests on ``snap`` under both policies: how many
+    sessions would move and between which tiers, how many would be refused, and the
+    local-serve ratio before and after (the share placed on an edge node of the
+    publisher's own city)."""
     changed: list[dict[str, Any]] = []
     shifts: dict[str, int] = {}
-    before_rej = after_rej = evaluated = 0
+    tiers_before: dict[str, int] = {}
+    tiers_after: dict[str, int] = {}
+    before_rej = after_rej = evaluated = local_before = local_after = 0
     for e in entries:
         if "request" not in e or e.get("kind") != "publish":
             continue
@@ -129,6 +156,11 @@ def compare_policies(
         after_rej += not b.ok
         an = a.node.id if a.node else None
         bn = b.node.id if b.node else None
+        local_before += _local(a, req)
+        local_after += _local(b, req)
+        ta, tb = a.tier or "rejected", b.tier or "rejected"
+        tiers_before[ta] = tiers_before.get(ta, 0) + 1
+        tiers_after[tb] = tiers_after.get(tb, 0) + 1
         if an != bn:
             key = f"{a.tier or 'rejected'}->{b.tier or 'rejected'}"
             shifts[key] = shifts.get(key, 0) + 1
@@ -145,6 +177,10 @@ def compare_policies(
         "shifts": shifts,
         "rejected_before": before_rej,
         "rejected_after": after_rej,
+        "tiers_before": tiers_before,
+        "tiers_after": tiers_after,
+        "local_ratio_before": local_before / evaluated if evaluated else 0.0,
+        "local_ratio_after": local_after / evaluated if evaluated else 0.0,
         "examples": changed,
         "applied": False,
     }

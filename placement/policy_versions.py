@@ -4,11 +4,16 @@ Versions are stored in the registry. The active one is loaded at start (or
 stored there, from the constructor or ``policy_file``, if none is), followed on
 every refresh, since another instance may change it, and changed by ``put``: a
 new, higher version, or an earlier one unchanged (a rollback).
+
+Who activated which version, and when, is kept in this instance's memory
+(``history``): the console's policy history. The service's log and the audit
+log record the same.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from placement.errors import InvalidField, PolicyConflict, RegistryUnavailable, UnknownTenant
 from placement.policy import DEFAULT_POLICY, Policy, load_policy_file, parse_policy_yaml
@@ -24,6 +29,7 @@ class PolicyVersions:
         self._policy_file = policy_file
         self._policy = initial or DEFAULT_POLICY
         self._versions: dict[int, Policy] = {}
+        self._history: list[dict[str, Any]] = []
 
     @property
     def active(self) -> Policy:
@@ -70,9 +76,29 @@ class PolicyVersions:
             self._versions[active] = parse_policy_yaml(stored[active])
         log.info("policy %s -> %s", self._policy.label, self._versions[active].label)
         self._policy = self._versions[active]
+        # Activated by another instance: who and when are in that instance's log.
+        self._activated(self._policy, "", None, rollback=active < max(self._versions))
 
-    async def put(self, policy: Policy) -> Policy:
-        """Activate ``policy``: a new higher version, or an earlier one unchanged (rollback)."""
+    def history(self) -> list[dict[str, Any]]:
+        """Activations seen by this instance, oldest first: version, label, operator
+        and time (empty and None when not known: changed by another instance), and
+        whether it was a rollback."""
+        return list(self._history)
+
+    def _activated(self, policy: Policy, operator: str, at: float | None, rollback: bool) -> None:
+        self._history.append(
+            {
+                "version": policy.version,
+                "label": policy.label,
+                "operator": operator,
+                "at": at,
+                "rollback": rollback,
+            }
+        )
+
+    async def put(self, policy: Policy, operator: str = "", at: float | None = None) -> Policy:
+        """Activate ``policy``: a new higher version, or an earlier one unchanged
+        (rollback); ``operator`` and ``at`` go into the history."""
         stored = await self.registry.policies()
         for v, text in stored.items():
             self._versions.setdefault(v, parse_policy_yaml(text))
@@ -88,6 +114,8 @@ class PolicyVersions:
             )
         await self.registry.store_policy(policy.version, policy.to_yaml(), activate=True)
         self._versions[policy.version] = policy
-        log.info("policy %s -> %s", self._policy.label, policy.label)
+        by = f" by {operator}" if operator else ""
+        log.info("policy %s -> %s%s", self._policy.label, policy.label, by)
         self._policy = policy
+        self._activated(policy, operator, at, rollback=existing is not None)
         return policy
