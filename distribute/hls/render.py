@@ -112,11 +112,21 @@ def render_tail(
     return playlist_tail(reports, ended).encode()
 
 
+def _filled(track: RenditionTrack, part_target: float) -> bool:
+    """Whether the parts of the segment being built already make up its expected length,
+    to within half a part target."""
+    expected = track.building_expected
+    return expected > 0 and sum(p.duration for p in track.building) > expected - part_target / 2
+
+
 def _low_latency(
     track: RenditionTrack, part_target: float, ended: bool, skipped: int
 ) -> LowLatency:
-    if track.building:
+    if track.building and not _filled(track, part_target):
         hint_msn, hint_part = track.building_msn, track.building[-1].index + 1
+    elif track.building:
+        # Its parts fill the segment: the next part starts the next segment.
+        hint_msn, hint_part = track.building_msn + 1, 0
     else:
         hint_msn, hint_part = track.last_msn + 1, 0
     return LowLatency(

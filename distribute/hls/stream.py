@@ -215,6 +215,7 @@ class LiveStream:
             track.building_msn = msn
             track.building_discontinuity = self._pending_discontinuity and msn == self._base
             track.building_program_time = self._program_time(frame.start, frame.duration)
+            track.building_expected = self._expected_duration(track, msn)
         if len(frame.data) > self.config.max_segment_bytes:
             _LIMITED.log(
                 logging.WARNING,
@@ -405,6 +406,20 @@ class LiveStream:
             for t in self.renditions.values():
                 if t is not track:
                     t.invalidate_reports()
+
+    def _expected_duration(self, track: RenditionTrack, msn: int) -> float:
+        """How long segment ``msn`` will be: a segment of the grid, less the lead for the
+        rest of a run's first segment; 0 for the lead, which the store itself completes.
+        A passed-through source cuts where its keyframes fall, possibly later: its parts
+        then go on past the expected end, listed as they come, under a hint of the next
+        segment (a request held for it a little longer, never a 404)."""
+        duration = self.config.segment_duration
+        if self._split and msn == self._base:
+            return 0.0  # the lead: completed by the store after LEAD_PARTS parts
+        if self._split and msn == self._base + 1:
+            lead = track.by_msn.get(self._base)
+            return duration - lead.duration if lead is not None and not self._lead_whole else 0.0
+        return duration
 
     def _duration_of(self, msn: int) -> float:
         for t in self.renditions.values():

@@ -95,6 +95,10 @@ class RenditionTrack:
     building_msn: int = -1
     building_discontinuity: bool = False
     building_program_time: float = 0.0
+    # Seconds the segment being built is expected to last (0: unknown): once its parts
+    # fill it, the preload hint names the next segment's first part, not a part that
+    # will never come.
+    building_expected: float = 0.0
     last_part: tuple[int, int] = (-1, -1)
     last_msn: int = -1
     # Rendered playlists (None = stale, rendered on the next request). On LL-HLS each

@@ -65,7 +65,10 @@ def check_rules(pl: m3u8.M3U8) -> None:
     if pl.preload_hint is not None:
         if last is not None and not last.uri:
             msn, part = map(int, last.parts[-1].uri[:-4].split("."))
-            assert pl.preload_hint.uri == f"{msn}.{part + 1}.m4s"
+            filled = sum(p.duration for p in last.parts) > 2.0 - target / 2
+            assert pl.preload_hint.uri == (
+                f"{msn + 1}.0.m4s" if filled else f"{msn}.{part + 1}.m4s"
+            )
         else:
             nxt = int(complete[-1].uri[:-4]) + 1 if complete else pl.media_sequence
             assert pl.preload_hint.uri == f"{nxt}.0.m4s"
@@ -82,6 +85,24 @@ def test_playlist_starts_from_parts_before_the_first_segment_is_complete() -> No
     assert '#EXT-X-PART:DURATION=0.33333,URI="0.0.m4s",INDEPENDENT=YES' in text
     assert pl.preload_hint.uri == "0.2.m4s" and pl.preload_hint.hint_type == "PART"
     assert "#EXT-X-PROGRAM-DATE-TIME:" in text
+    check_rules(pl)
+
+
+def test_the_hint_names_the_next_segment_once_the_parts_fill_this_one() -> None:
+    """A hint of a part that never comes is a 404 a player may take as fatal (Shaka
+    does): once the parts of the segment being built fill its length, the hint names the
+    next segment's first part, before the segment itself is complete."""
+    s = ll_stream()
+    feed_segment(s, "360p", 0)
+    for p in range(PARTS - 1):
+        feed_part(s, "360p", 1, p)
+        pl = parse(s)
+        assert pl.preload_hint.uri == f"2.{p + 1}.m4s"
+        check_rules(pl)
+    feed_part(s, "360p", 1, PARTS - 1)
+    pl = parse(s)
+    assert not pl.segments[-1].uri and pl.segments[-1].parts[-1].uri == f"2.{PARTS - 1}.m4s"
+    assert pl.preload_hint.uri == "3.0.m4s"
     check_rules(pl)
 
 
