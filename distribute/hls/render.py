@@ -112,17 +112,18 @@ def render_tail(
     return playlist_tail(reports, ended).encode()
 
 
-def _filled(track: RenditionTrack, part_target: float) -> bool:
+def _filled(track: RenditionTrack) -> bool:
     """Whether the parts of the segment being built already make up its expected length,
-    to within half a part target."""
+    to within half a frame (a last part is at least one frame long)."""
     expected = track.building_expected
-    return expected > 0 and sum(p.duration for p in track.building) > expected - part_target / 2
+    slack = 0.5 / track.fps if track.fps > 0 else 0.001
+    return expected > 0 and sum(p.duration for p in track.building) > expected - slack
 
 
 def _low_latency(
     track: RenditionTrack, part_target: float, ended: bool, skipped: int
 ) -> LowLatency:
-    if track.building and not _filled(track, part_target):
+    if track.building and not _filled(track):
         hint_msn, hint_part = track.building_msn, track.building[-1].index + 1
     elif track.building:
         # Its parts fill the segment: the next part starts the next segment.

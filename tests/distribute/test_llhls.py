@@ -65,7 +65,7 @@ def check_rules(pl: m3u8.M3U8) -> None:
     if pl.preload_hint is not None:
         if last is not None and not last.uri:
             msn, part = map(int, last.parts[-1].uri[:-4].split("."))
-            filled = sum(p.duration for p in last.parts) > 2.0 - target / 2
+            filled = sum(p.duration for p in last.parts) > 2.0 - 0.5 / 30
             assert pl.preload_hint.uri == (
                 f"{msn + 1}.0.m4s" if filled else f"{msn}.{part + 1}.m4s"
             )
