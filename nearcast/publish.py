@@ -563,18 +563,28 @@ def stream_of_token(token: str) -> tuple[str, str] | None:
 
 
 def ask_placement(
-    placement: str, token: str, tenant: str, stream: str, timeout: float = 10.0
+    placement: str,
+    token: str,
+    tenant: str,
+    stream: str,
+    timeout: float = 10.0,
+    location: dict[str, str] | None = None,
 ) -> PlacedSession:
     """``POST {placement}/v1/sessions`` for ``tenant/stream`` with ``token`` as the bearer
-    (the operator token, or the stream's publish token). Raises :class:`PlacementRefused`
-    when placement refuses it and :class:`PublishError` when it cannot place it now."""
+    (the operator token, or the stream's publish token), and ``location`` (city, isp,
+    region) as a hint where placement would otherwise locate the publisher by its address.
+    Raises :class:`PlacementRefused` when placement refuses it and :class:`PublishError`
+    when it cannot place it now."""
     import httpx
 
     where = f"{placement.rstrip('/')}/v1/sessions"
+    ask: dict[str, object] = {"tenant": tenant, "stream": stream}
+    if location:
+        ask["location"] = location
     try:
         r = httpx.post(
             where,
-            json={"tenant": tenant, "stream": stream},
+            json=ask,
             headers={"Authorization": f"Bearer {token}"},
             timeout=timeout,
         )
@@ -616,6 +626,7 @@ def publish_placed(
     min_backoff: float = 0.25,
     max_backoff: float = 5.0,
     on_placed: Callable[[PlacedSession], None] | None = None,
+    location: dict[str, str] | None = None,
 ) -> PublishStats:
     """Publish ``source`` to the node placement gives this stream; with ``reconnect``,
     on any failure (the node died, refused, or cannot be reached) ask placement again
@@ -628,7 +639,8 @@ def publish_placed(
     node continues the timestamps, with the time no node had it added when ``realtime``
     (a live encoder's clock keeps running). Retries wait ``min_backoff`` doubling up to
     ``max_backoff`` seconds, back to ``min_backoff`` once a node took media.
-    ``on_placed`` sees each session placement gives.
+    ``on_placed`` sees each session placement gives; ``location`` is the hint of
+    :func:`ask_placement`.
     """
     named = stream_of_token(token)
     if not (tenant and stream):
@@ -646,7 +658,7 @@ def publish_placed(
     node: str | None = None
     while not stop.is_set():
         try:
-            placed = ask_placement(placement, token, tenant, stream, open_timeout)
+            placed = ask_placement(placement, token, tenant, stream, open_timeout, location)
         except PlacementRefused:
             raise
         except PublishError as exc:
@@ -790,6 +802,7 @@ def _main_placed(args: argparse.Namespace) -> int:
             open_timeout=args.open_timeout,
             clock=args.clock,
             max_backoff=args.max_backoff,
+            location={k: v for k in ("city", "isp", "region") if (v := getattr(args, k) or "")},
         )
     except PublishError as exc:
         print(f"nearcast publish: {exc}", file=sys.stderr)
@@ -853,6 +866,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[ty
         metavar="TENANT/STREAM",
         help="with --placement: the stream to publish (default: the one the token names)",
     )
+    for key in ("city", "isp", "region"):
+        parser.add_argument(
+            f"--{key}",
+            metavar=key.upper(),
+            help=f"with --placement: the publisher's {key}, a hint for placement where it "
+            "cannot tell from the publisher's address",
+        )
     parser.add_argument(
         "--reconnect",
         action="store_true",
