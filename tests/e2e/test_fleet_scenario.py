@@ -11,6 +11,11 @@ one fleet, as a school day would.
 
 from __future__ import annotations
 
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,11 +30,14 @@ from nodeutil import SMALL, Publisher, require_binary, segment_numbers, wait_for
 from placementutil import RedisServer, free_port
 
 from nearcast import cli, fleet
+from tokens import sign
 
 pytestmark = pytest.mark.redis
 
 TENANT = "school"
 RENDITION = "180p"
+# Placement's key for the school's publish tokens (placement.publish_keys).
+PUBLISH_KEY = ("k1", "fleet-scenario-publish-secret")
 
 
 @dataclass
@@ -98,6 +106,10 @@ def day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Day]:
     # A class that ends shows its end (EXT-X-ENDLIST) a second after its publisher
     # leaves instead of ten: the drain step waits for it.
     topology["defaults"].setdefault("hls", {})["grace_period"] = 1.0
+    # A teacher's own credential: a publish token placement accepts for that class only.
+    topology["placement"]["config"]["publish_keys"] = {
+        TENANT: {"keys": {PUBLISH_KEY[0]: PUBLISH_KEY[1]}}
+    }
     path = base / "fleet.yml"
     path.write_text(yaml.safe_dump(topology))
     run_dir = base / "run"
@@ -335,6 +347,94 @@ def test_a_drained_node_takes_no_new_class_and_its_class_ends_normally(day: Day)
 
     wait_for(ended, 20, f"the physics playlist on {node.id} to end (EXT-X-ENDLIST)")
     assert day.placement.delete(f"/v1/sessions/{session['id']}").status_code == 204
+
+
+# ----- 4. the origin dies mid-class
+
+
+def _discontinuities(playlist: str) -> int:
+    sequence = re.search(r"#EXT-X-DISCONTINUITY-SEQUENCE:(\d+)", playlist)
+    return (int(sequence.group(1)) if sequence else 0) + playlist.count("#EXT-X-DISCONTINUITY\n")
+
+
+def _after_last_discontinuity(playlist: str) -> list[str]:
+    """The part and segment URIs listed after the playlist's last discontinuity."""
+    tail = playlist.rsplit("#EXT-X-DISCONTINUITY\n", 1)[-1]
+    uris = re.findall(r'URI="(\d+\.\d+\.m4s)"', tail)
+    return uris + re.findall(r"^(\d+\.m4s)$", tail, re.M)
+
+
+def test_origin_killed_mid_class_teacher_and_relay_carry_on_within_5_s(
+    day: Day, tmp_path: Path
+) -> None:
+    """A Munich teacher publishes with `nearcast publish --placement --reconnect` and a
+    publish token of its own; Berlin students watch on a Berlin node relaying the class.
+    kill -9 of the origin: the teacher asks placement again and carries on elsewhere, the
+    relay reports its upstream dead, pulls from the new origin, and its playlist goes on
+    after a discontinuity. Measured: kill to the first new media a student on the relay
+    fetches."""
+    stream = "maths"
+    token = sign(PUBLISH_KEY[1], PUBLISH_KEY[0], "publish", TENANT, stream, int(time.time()) + 600)
+    log = tmp_path / "teacher.log"
+    cmd = [sys.executable, "-m", "nearcast", "publish", SMALL, "--placement"]
+    cmd += [day.state.placement_url, "--token", token, "--city", "munich", "--isp", "telekom"]
+    cmd += ["--reconnect", "--max-backoff", "1"]
+    with log.open("w") as out:
+        teacher = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+    try:
+
+        def origin() -> fleet.FleetNode | None:
+            r = day.placement.get("/v1/nodes")
+            for n in r.json()["nodes"]:
+                if f"{TENANT}/{stream}" in n.get("streams", []) and n["city"] == "munich":
+                    return day.node(n["id"])
+            assert teacher.poll() is None, log.read_text()[-2000:]
+            return None
+
+        first = wait_for(origin, 30, "the teacher's class on a munich node")
+        assert first.tier == "edge", first
+        routed = wait_for(
+            lambda: (r := day.route(stream, "berlin")).status_code == 302 and r.headers["location"],
+            10,
+            "a route for berlin students",
+        )
+        relay = next(n for n in day.state.nodes if routed.startswith(f"{n.http}/"))
+        assert relay.city == "berlin", (relay.id, routed)
+        media = f"{relay.http}/{TENANT}/{stream}/{RENDITION}/index.m3u8"
+
+        def relayed() -> str | None:
+            r = httpx.get(media, timeout=5)
+            return r.text if r.status_code == 200 and len(segment_numbers(r.text)) >= 2 else None
+
+        before = _discontinuities(wait_for(relayed, 30, f"the class relayed on {relay.id}"))
+
+        os.kill(first.proc.pid, signal.SIGKILL)
+        killed = time.monotonic()
+
+        def new_media_fetched() -> float | None:
+            r = httpx.get(media, timeout=5)
+            if r.status_code != 200 or _discontinuities(r.text) <= before:
+                return None
+            uris = _after_last_discontinuity(r.text)
+            if not uris:
+                return None
+            got = httpx.get(f"{relay.http}/{TENANT}/{stream}/{RENDITION}/{uris[0]}", timeout=5)
+            return time.monotonic() - killed if got.status_code == 200 and got.content else None
+
+        took = wait_for(new_media_fetched, 30, "new media on the relay after the origin died", 0.05)
+        print(f"\norigin {first.id} killed: first new media at a viewer on {relay.id} {took:.2f} s")
+        switched = log.read_text()
+        assert f"switching from node {first.id} to node" in switched, switched[-2000:]
+        assert took <= 5.0, f"{took:.2f} s from kill -9 to new media on the relay (target 5 s)"
+        nodes = {n["id"]: n for n in day.placement.get("/v1/nodes").json()["nodes"]}
+        assert not nodes[first.id]["alive"], nodes[first.id]
+    finally:
+        teacher.send_signal(signal.SIGTERM)
+        try:
+            assert teacher.wait(15) == 0, log.read_text()[-2000:]
+        finally:
+            if teacher.poll() is None:
+                teacher.kill()
 
 
 def test_fleet_down_stops_every_process_and_removes_its_state(day: Day) -> None:
