@@ -17,7 +17,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ import pytest
 import yaml
 from dashboards import DASHBOARDS, PENDING, ROOT, Query, load, pending, queries, substitute
 from nodeutil import SMALL, NodeProcess, Publisher, require_binary, wait_for
-from placementutil import NODE_KEYS, RedisServer, free_port, node_credential
+from placementutil import PlacementProcess, free_port, node_credential
 
 pytestmark = pytest.mark.redis
 
@@ -49,36 +48,12 @@ class Fleet:
 
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
-        self.procs: list[subprocess.Popen[bytes]] = []
         self.nodes: dict[str, NodeProcess] = {}
-        self.redis = RedisServer(free_port())
-        self.redis.start()
-        cfg = tmp / "placement.yml"
-        cfg.write_text(
-            "placement:\n"
-            "  operator_token: op-test\n"
-            f"  metrics_token: {PLACEMENT_METRICS_TOKEN}\n"
-            f"  node_keys: {{k1: {NODE_KEYS['k1']}}}\n"
-            "  snapshot_interval: 0.2\n"
-            "  liveness: {heartbeat_interval: 0.25, ttl: 2.0, full_stats_interval: 1.0}\n"
-        )
-        self.placement_port = free_port()
-        self.base = f"http://127.0.0.1:{self.placement_port}"
-        self.client = httpx.Client(base_url=self.base, timeout=10.0, headers=OP)
-        self.logs: list[Any] = []
+        self.placement = PlacementProcess(tmp, config={"metrics_token": PLACEMENT_METRICS_TOKEN})
+        self.placement_port = int(self.placement.base.rsplit(":", 1)[1])
+        self.base = self.placement.base
+        self.client = self.placement.client
         try:
-            self.procs.append(
-                self._spawn(
-                    "placement",
-                    [sys.executable, "-m", "nearcast", "placement", "--config", str(cfg)]
-                    + ["--redis", self.redis.url, "--listen", f"127.0.0.1:{self.placement_port}"],
-                )
-            )
-            wait_for(lambda: self.client.get("/openapi.json").status_code == 200, 30, "placement")
-            # The nodes share this host's CPU with whatever else runs: placement's CPU
-            # filter must not turn them away for it.
-            policy = {"version": 2, "name": "tests", "filters": {"max_cpu": 1.5}}
-            self.client.put("/v1/policy", json=policy).raise_for_status()
             for nid in NODES:
                 self.nodes[nid] = NodeProcess(
                     tmp / f"{nid}.log",
@@ -98,31 +73,13 @@ class Fleet:
             self.stop()
             raise
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.logs.append(log)
-        return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-
     def alive(self) -> set[str]:
-        r = self.client.get("/v1/nodes")
-        r.raise_for_status()
-        return {n["id"] for n in r.json()["nodes"] if n["alive"]}
+        return self.placement.alive()
 
     def stop(self) -> None:
         for node in self.nodes.values():
             node.stop()
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        self.redis.stop()
-        self.client.close()
-        for log in self.logs:
-            log.close()
+        self.placement.stop()
 
 
 class Prometheus:

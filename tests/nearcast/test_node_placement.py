@@ -8,73 +8,35 @@ the way an operator, a publisher and a viewer would.
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from nodeutil import ROOT, SMALL, SMALL_LADDER, NodeProcess, Publisher, segment_numbers, wait_for
-from placementutil import NODE_KEYS, Clock, RedisServer, free_port, make_node, node_credential
+from nodeutil import SMALL, SMALL_LADDER, NodeProcess, Publisher, segment_numbers, wait_for
+from placementutil import (
+    OPERATOR_HEADERS,
+    Clock,
+    PlacementProcess,
+    make_node,
+    node_credential,
+)
 
 from placement.agent import NodeAgent
 from placement.config import PlacementConfig
 from placement.model import Capacity, Load, Session, SessionState, Tier
 from placement.registry.memory import InProcessRegistry
 
-OP = {"Authorization": "Bearer op-test"}
+OP = OPERATOR_HEADERS
 LEASE_TTL = 3.0
 
 
-class Service:
+class Service(PlacementProcess):
+    """A placement service on its own redis-server, with a short session lease."""
+
     def __init__(self, tmp: Path) -> None:
-        self.redis = RedisServer(free_port())
-        self.redis.start()
-        cfg = tmp / "placement.yml"
-        cfg.write_text(
-            "placement:\n"
-            "  operator_token: op-test\n"
-            f"  node_keys: {{k1: {NODE_KEYS['k1']}}}\n"
-            "  snapshot_interval: 0.2\n"
-            f"  lease_ttl: {LEASE_TTL}\n"
-            "  liveness: {heartbeat_interval: 0.25, ttl: 2.0, full_stats_interval: 1.0}\n"
-        )
-        port = free_port()
-        self.base = f"http://127.0.0.1:{port}"
-        self.log = open(tmp / "placement.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nearcast", "placement", "--config", str(cfg)]
-            + ["--redis", self.redis.url, "--listen", f"127.0.0.1:{port}"],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-        self.client = httpx.Client(base_url=self.base, timeout=5.0, headers=OP)
-        wait_for(lambda: self.client.get("/openapi.json").status_code == 200, 30, "placement up")
-        # The nodes under test share this host's CPU with whatever else runs: placement's
-        # CPU filter must not turn them away for it.
-        policy = {"version": 2, "name": "tests", "filters": {"max_cpu": 1.5}}
-        self.client.put("/v1/policy", json=policy).raise_for_status()
-
-    def node(self, node_id: str) -> dict[str, Any] | None:
-        r = self.client.get("/v1/nodes")
-        r.raise_for_status()
-        return next((n for n in r.json()["nodes"] if n["id"] == node_id), None)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.redis.stop()
-        self.client.close()
-        self.log.close()
+        super().__init__(tmp, config={"lease_ttl": LEASE_TTL})
 
 
 @pytest.fixture

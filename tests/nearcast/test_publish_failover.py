@@ -14,8 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from nodeutil import ROOT, SMALL, NodeProcess, wait_for
-from placementutil import NODE_KEYS, RedisServer, free_port, node_credential
+from placementutil import PlacementProcess, free_port, node_credential
 
 import tokens
 
@@ -34,35 +35,17 @@ class Fleet:
     """A placement service on a private redis-server and two nodes registered with it."""
 
     def __init__(self, tmp: Path) -> None:
-        self.redis = RedisServer(free_port())
-        self.redis.start()
-        cfg = tmp / "placement.yml"
-        cfg.write_text(
-            "placement:\n"
-            "  operator_token: op-test\n"
-            f"  node_keys: {{k1: {NODE_KEYS['k1']}}}\n"
-            f"  publish_keys: {KEYS}\n"
-            "  snapshot_interval: 0.2\n"
-            f"  liveness: {{heartbeat_interval: {HB}, ttl: {TTL}, full_stats_interval: 1.0}}\n"
+        self.placement = PlacementProcess(
+            tmp,
+            config={
+                "publish_keys": yaml.safe_load(KEYS),
+                "liveness": {"heartbeat_interval": HB, "ttl": TTL, "full_stats_interval": 1.0},
+            },
         )
-        port = free_port()
-        self.base = f"http://127.0.0.1:{port}"
-        self.log = open(tmp / "placement.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nearcast", "placement", "--config", str(cfg)]
-            + ["--redis", self.redis.url, "--listen", f"127.0.0.1:{port}"],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-        self.client = httpx.Client(base_url=self.base, timeout=5.0, headers=OP)
+        self.base = self.placement.base
+        self.client = self.placement.client
         self.nodes: dict[str, NodeProcess] = {}
         try:
-            wait_for(lambda: self.client.get("/openapi.json").status_code == 200, 30, "placement")
-            # The nodes share this host's CPU with whatever else runs: placement's CPU
-            # filter must not turn them away for it.
-            policy = {"version": 2, "name": "tests", "filters": {"max_cpu": 1.5}}
-            self.client.put("/v1/policy", json=policy).raise_for_status()
             for nid in ("origin-a", "origin-b"):
                 self.nodes[nid] = NodeProcess(
                     tmp / f"{nid}.log",
@@ -83,9 +66,7 @@ class Fleet:
             raise
 
     def alive(self) -> set[str]:
-        r = self.client.get("/v1/nodes")
-        r.raise_for_status()
-        return {n["id"] for n in r.json()["nodes"] if n["alive"]}
+        return self.placement.alive()
 
     def publishing_on(self) -> str | None:
         """The node a publisher is connected to, from the nodes' own metrics."""
@@ -97,16 +78,7 @@ class Fleet:
     def stop(self) -> None:
         for node in self.nodes.values():
             node.stop()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.redis.stop()
-        self.client.close()
-        self.log.close()
+        self.placement.stop()
 
 
 @pytest.fixture(scope="module")

@@ -5,17 +5,13 @@ service logs JSON lines here, node.log_format applying to it too.)"""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from nodeutil import ROOT, SMALL, SMALL_LADDER, NodeProcess, Publisher, wait_for
-from placementutil import NODE_KEYS, free_port, node_credential
+from nodeutil import SMALL, SMALL_LADDER, NodeProcess, Publisher, wait_for
+from placementutil import PlacementProcess, free_port, node_credential
 
 from nearcast import cli, status
 
@@ -141,45 +137,16 @@ def test_status_refuses_a_url_that_is_not_http(capsys: pytest.CaptureFixture[str
     assert rc == 2 and "http(s)://" in err
 
 
-class Placement:
-    """``nearcast placement`` with an in-process registry, on a free port."""
+class Placement(PlacementProcess):
+    """A placement service (registry in memory) logging JSON, as a node would."""
 
     def __init__(self, tmp: Path) -> None:
-        cfg = tmp / "placement.yml"
-        cfg.write_text(
-            "placement:\n"
-            f"  operator_token: {OP}\n"
-            f"  node_keys: {{k1: {NODE_KEYS['k1']}}}\n"
-            "  snapshot_interval: 0.2\n"
-            "  liveness: {heartbeat_interval: 0.25, ttl: 2.0, full_stats_interval: 1.0}\n"
+        super().__init__(
+            tmp,
+            private_redis=False,
+            config={"operator_token": OP},
+            env={"NEARCAST_NODE_LOG_FORMAT": "json"},
         )
-        port = free_port()
-        self.base = f"http://127.0.0.1:{port}"
-        self.log = open(tmp / "placement.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nearcast", "placement", "--config", str(cfg)]
-            + ["--redis", "memory", "--listen", f"127.0.0.1:{port}"],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-            env={**os.environ, "NEARCAST_NODE_LOG_FORMAT": "json"},
-        )
-        self.log_path = tmp / "placement.log"
-        wait_for(
-            lambda: httpx.get(f"{self.base}/openapi.json", timeout=1).status_code == 200,
-            30,
-            "placement up",
-        )
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,12 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -178,12 +181,7 @@ class RedisServer:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, 5)
             self.proc = None
 
 
@@ -377,3 +375,93 @@ def write_mmdb(
     }
     with open(path, "wb") as fh:
         fh.write(tree + b"\x00" * 16 + data + _MMDB_META + mmdb_encode(meta))
+
+
+# The operator token of test placement services, as a header.
+OPERATOR = "op-test"
+OPERATOR_HEADERS = {"Authorization": f"Bearer {OPERATOR}"}
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds; reaped either way."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class PlacementProcess:
+    """``nearcast placement`` on a free port with the test node keys, OPERATOR and fast
+    liveness (``config`` adds or replaces placement: keys), on a private redis-server
+    (``private_redis``) or in memory. Test nodes share this machine's CPU with whatever
+    else runs, so the policy's CPU filter is as loose as it goes."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        *,
+        private_redis: bool = True,
+        config: dict[str, Any] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        import httpx
+        import yaml
+        from nodeutil import ROOT, wait_for
+
+        self.redis = RedisServer(free_port()) if private_redis else None
+        keys: dict[str, Any] = {
+            "operator_token": OPERATOR,
+            "node_keys": dict(NODE_KEYS),
+            "snapshot_interval": 0.2,
+            "liveness": {"heartbeat_interval": 0.25, "ttl": 2.0, "full_stats_interval": 1.0},
+        }
+        keys.update(config or {})
+        cfg = tmp / "placement.yml"
+        cfg.write_text(yaml.safe_dump({"placement": keys}))
+        port = free_port()
+        self.base = f"http://127.0.0.1:{port}"
+        self.log_path = tmp / "placement.log"
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.client = httpx.Client(base_url=self.base, timeout=10.0, headers=OPERATOR_HEADERS)
+        self.proc: subprocess.Popen[bytes] | None = None
+        try:
+            if self.redis is not None:
+                self.redis.start()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "nearcast", "placement", "--config", str(cfg)]
+                + ["--redis", self.redis.url if self.redis else "memory"]
+                + ["--listen", f"127.0.0.1:{port}"],
+                stdout=self.log,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env={**os.environ, **(env or {})},
+            )
+            wait_for(lambda: self.client.get("/openapi.json").status_code == 200, 30, "placement")
+            policy = {"version": 2, "name": "tests", "filters": {"max_cpu": 1.5}}
+            self.client.put("/v1/policy", json=policy).raise_for_status()
+        except BaseException:
+            self.stop()
+            raise
+
+    def nodes(self) -> list[dict[str, Any]]:
+        r = self.client.get("/v1/nodes")
+        r.raise_for_status()
+        return list(r.json()["nodes"])
+
+    def node(self, node_id: str) -> dict[str, Any] | None:
+        return next((n for n in self.nodes() if n["id"] == node_id), None)
+
+    def alive(self) -> set[str]:
+        return {n["id"] for n in self.nodes() if n["alive"]}
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_process(self.proc)
+        if self.redis is not None:
+            self.redis.stop()
+        self.client.close()
+        self.log.close()
