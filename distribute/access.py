@@ -43,6 +43,9 @@ Receive = Callable[[], Any]
 Send = Callable[[dict[str, Any]], Any]
 
 PLAY = "play"
+# A node pulling a stream to relay it signs its requests with a fleet relay key for this
+# action: never a viewer's token, never usable as one (``relay.keys``).
+RELAY = "relay"
 _URI_ATTR = re.compile(rb'URI="([^"]*)"')
 # Paths under a stream that are not media: publishing has its own authentication, and the
 # watch page is static (the media it then asks for carries the token).
@@ -83,8 +86,12 @@ class TokenCheck:
         keys_for: Callable[[str], Mapping[str, str] | None],
         clock: Callable[[], float] = time.time,
         remember: int = 65536,
+        relay_keys: Mapping[str, str] | None = None,
     ) -> None:
         self.keys_for = keys_for
+        # Fleet relay keys: a relay credential (action "relay") lets another node pull
+        # any guarded tenant's stream it names.
+        self.relay_keys = dict(relay_keys or {})
         self.clock = clock
         self.remember = remember
         # (token, tenant, stream) -> (expiry, the key map it was verified with)
@@ -106,7 +113,17 @@ class TokenCheck:
         hit = self._ok.get(key)
         if hit is not None and now < hit[0] and hit[1] is keys:
             return
-        claims = verify(token, keys, PLAY, tenant, stream, now)
+        try:
+            claims = verify(token, keys, PLAY, tenant, stream, now)
+        except TokenError as exc:
+            if not self.relay_keys:
+                raise
+            try:
+                claims = verify(token, self.relay_keys, RELAY, tenant, stream, now)
+            except TokenError as relay_exc:
+                if relay_exc.reason in ("malformed", "unknown_key"):
+                    raise exc from None  # not a relay credential: the viewer's reason stands
+                raise relay_exc from None
         if len(self._ok) >= self.remember:
             self._ok = {k: v for k, v in self._ok.items() if now < v[0]}
             if len(self._ok) >= self.remember:

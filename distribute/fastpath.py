@@ -98,8 +98,8 @@ _ANSWERED = _Answered()
 class _Held:
     """The cycle of a request waiting in a rendition's waiter list."""
 
-    __slots__ = ("response_complete", "more_body", "body", "disconnected")
-    keep_alive = True
+    # keep_alive is written by uvicorn's shutdown() on a connection still waiting.
+    __slots__ = ("response_complete", "more_body", "body", "disconnected", "keep_alive")
     response_started = False
     message_event = _NoEvent()
 
@@ -108,6 +108,7 @@ class _Held:
         self.disconnected = False
         self.more_body = True
         self.body = bytearray()
+        self.keep_alive = True
 
 
 def media_protocol(

@@ -68,6 +68,24 @@ class VodSource(Protocol):
         ...
 
 
+class RelayHook(Protocol):
+    """Streams this node does not hold, pulled from another node on demand
+    (:class:`distribute.relay.manager.RelayManager`)."""
+
+    def touch(self, stream: LiveStream, rendition: str | None) -> bool:
+        """A viewer request for a stream (and rendition): cheap, called per request.
+        False: the rendition is not ready to serve yet (the ASGI path waits for it)."""
+        ...
+
+    async def open(self, tenant: str, name: str, rendition: str | None) -> LiveStream | None:
+        """The local copy of a stream not held here, once relayed (bounded wait)."""
+        ...
+
+    async def settle(self, stream: LiveStream, rendition: str) -> None:
+        """Wait (bounded) until a relayed rendition lists something."""
+        ...
+
+
 @dataclass(slots=True)
 class Hold:
     """A fast-path request that must wait: answered from ``track``'s waiter callbacks."""
@@ -120,6 +138,8 @@ class MediaApp:
         # other, its playlists signed; every other one goes down the ASGI path,
         # where :class:`distribute.access.PlaybackGuard` refuses it with a reason.
         self.tokens: TokenCheck | None = None
+        # Streams not held here are relayed from another node (``relay.enabled``).
+        self.relay: RelayHook | None = None
         self.respond = Responder(cors_origin, metrics)
         cors = self.respond.cors
         cfg = store.config
@@ -277,6 +297,8 @@ class MediaApp:
             stream = self.store.get(parts[1].decode(), parts[2].decode())
             if stream is None or not stream.master:
                 return None
+            if self.relay is not None:
+                self.relay.touch(stream, None)
             body = stream.master
             if token is not None:
                 body = tokens.signed(body, token)  # type: ignore[union-attr]
@@ -290,6 +312,8 @@ class MediaApp:
             return None
         track = stream.renditions.get(parts[3].decode())
         if track is None:
+            return None
+        if self.relay is not None and not self.relay.touch(stream, track.name):
             return None
         file = parts[4]
         block: bytes
@@ -422,6 +446,8 @@ class MediaApp:
         if await self.respond.preflight(scope, send, "master"):
             return
         stream = self.store.get(tenant, name)
+        if stream is None and self.relay is not None:
+            stream = await self.relay.open(tenant, name, None)
         if stream is None or not stream.master:
             await self.respond.error(send, "master", 404, b"no such stream\n")
             return
@@ -435,10 +461,15 @@ class MediaApp:
         if await self.respond.preflight(scope, send, "playlist"):
             return
         stream = self.store.get(tenant, name)
+        relay = self.relay
+        if stream is None and relay is not None:
+            stream = await relay.open(tenant, name, rendition)
         track = stream.renditions.get(rendition) if stream else None
         if stream is None or track is None:
             await self.respond.error(send, "playlist", 404, b"no such stream\n")
             return
+        if relay is not None and not relay.touch(stream, rendition):
+            await relay.settle(stream, rendition)
         if file == "index.m3u8":
             await self._playlist(scope, send, stream, track)
         elif file.endswith(".m4s"):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from distribute.config import HlsConfig, HttpConfig, PlaybackConfig, RecordConfig
+from distribute.relay.config import RelayConfig
 from distribute.whep.config import WebRtcConfig
 from ingest.config import IngestConfig, RtmpConfig
 from ingest.whip.config import WhipConfig
@@ -94,6 +95,7 @@ class Config:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
     playback: PlaybackConfig = field(default_factory=PlaybackConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
 
 
 def load(path: str | None = None, environ: Mapping[str, str] | None = None) -> Config:

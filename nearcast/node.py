@@ -18,6 +18,7 @@ import sys
 import time
 from typing import Any
 
+import httpx
 import uvicorn
 from prometheus_client import CollectorRegistry
 
@@ -29,6 +30,9 @@ from distribute.hls.stream import LiveStream
 from distribute.http import MediaApp
 from distribute.media_metrics import MediaMetrics
 from distribute.record import Recorder, RecordMetrics
+from distribute.relay.api import add_relay_routes
+from distribute.relay.manager import PlacementDirectory, RelayManager
+from distribute.relay.metrics import RelayMetrics
 from distribute.whep.http import whep_router
 from distribute.whep.server import WhepServer, ice_network
 from ingest.auth import PublishAuth, client_ip, redact_query
@@ -117,7 +121,8 @@ class Node:
             # Tenants whose viewers need a signed token: the fast path answers a request
             # whose token is already verified (signing every playlist URI with it); the
             # guard checks the rest and refuses them with a reason.
-            tokens = TokenCheck(config.playback.keys_for)
+            # A relay's pull carries its relay credential (relay.keys), not a viewer token.
+            tokens = TokenCheck(config.playback.keys_for, relay_keys=config.relay.keys)
             self.media_app.tokens = tokens
             self.http_app = PlaybackGuard(
                 self.media_app,
@@ -132,6 +137,13 @@ class Node:
         self._tls_reloaders: list[CertReloader] = []
         self._housekeeping: asyncio.Task[None] | None = None
         self.agent: Any = None
+        # Streams not held here, pulled from another node on demand (relay.enabled).
+        self.relay: RelayManager | None = None
+        add_relay_routes(
+            api,
+            lambda: self.relay.describe() if self.relay is not None else [],
+            config.ingest.operator_token,
+        )
         self._http_sock: socket.socket | None = None
         self.started = time.time()
 
@@ -390,6 +402,8 @@ class Node:
             self._tls_reloaders.append(CertReloader(ctx, hc.tls_cert, hc.tls_key, "HTTPS"))
         host = parse_hostport(hc.listen or hc.tls_listen)[0]
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+        if self.config.relay.enabled:
+            self._start_relay(host)
         await self._start_agent(host)
         log.info(
             "node %s up: rtmp://%s:%d  http://%s:%d  https://%s:%d",
@@ -483,13 +497,48 @@ class Node:
                 self.config.placement,
                 registry=registry,
                 sessions=report.sessions,
-                streams=lambda: [str(k) for k in self.sessions],
+                streams=lambda: (
+                    [str(k) for k in self.sessions]
+                    + (self.relay.held() if self.relay is not None else [])
+                ),
             )
             report.agent = self.agent
             await self.agent.start()
         except Exception:
             log.exception("placement agent failed to start; serving without it")
             self.agent = None
+
+    def _start_relay(self, host: str) -> None:
+        """Relay streams not held here: ask placement (remote, or this node's own embedded
+        one) for an upstream with this node's credential."""
+        pc = self.config.placement
+        if pc.url:
+            base = pc.url.rstrip("/")
+        else:
+            shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+            shown = f"[{shown}]" if ":" in shown else shown
+            base = (
+                f"http://{shown}:{self.http_port}"
+                if self.http_port
+                else f"https://{shown}:{self.https_port}"
+            )
+        rc = self.config.relay
+        headers = {"Authorization": f"Bearer {pc.node_token}"} if pc.node_token else {}
+        client = httpx.AsyncClient(
+            base_url=base,
+            headers=headers,
+            timeout=httpx.Timeout(rc.read_timeout, connect=rc.connect_timeout),
+        )
+        self.relay = RelayManager(
+            rc,
+            self.store,
+            PlacementDirectory(client, self.config.node.id),
+            RelayMetrics(self.registry),
+            placement_client=client,
+        )
+        self.media_app.relay = self.relay
+        self.relay.start()
+        log.info("relay on: streams not held here are pulled via placement at %s", base)
 
     async def _calibrate(self) -> None:
         """Measure capacity in a child process, so the event loop and GIL stay free; a
@@ -551,6 +600,10 @@ class Node:
         if self.placement is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.placement.stop(), 5)
+        if self.relay is not None:
+            self.media_app.relay = None
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.relay.close(), 5)
         await self.rtmp.stop()
         await self.whip.stop()
         with contextlib.suppress(Exception):

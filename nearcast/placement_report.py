@@ -48,6 +48,11 @@ class PlacementReport:
             else f"https://{self.host}:{self.node.https_port}"
         )
         total = self.node.capacity.total
+        labels = dict(n.labels)
+        if self.node.config.relay.enabled:
+            # Placement may send viewers here for streams held elsewhere (core.route) and
+            # name this node as an upstream that can relay (core.upstream).
+            labels["relay"] = "on"
         return pm.Node(
             id=n.id,
             tier=pm.Tier(n.tier),
@@ -62,7 +67,7 @@ class PlacementReport:
             capacity=pm.Capacity(
                 slots=max(1, int(total)), egress_mbps=n.egress_mbps, viewers=n.max_viewers
             ),
-            labels=dict(n.labels),
+            labels=labels,
         )
 
     def sessions(self) -> list[str]:

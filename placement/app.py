@@ -102,6 +102,14 @@ class RouteOut(BaseModel):
     explanation: dict[str, Any]
 
 
+class UpstreamOut(BaseModel):
+    node: str
+    tier: str
+    url: str = Field(description="HTTP base URL of the node to pull from")
+    origin: str = Field(description="The stream's origin node, when known")
+    explanation: dict[str, Any]
+
+
 class LoadIn(BaseModel):
     cpu: float = Field(default=0.0, ge=0, le=1.5)
     transcodes: int = Field(default=0, ge=0)
@@ -438,6 +446,16 @@ def create_app(
             ) from None
         request.state.node_credential = cred
 
+    async def asker_auth(request: Request) -> None:
+        """The credential of the node named by the ``node`` query parameter (a relay)."""
+        node_id = request.query_params.get("node", "")
+        check_node_id(node_id, "node")
+        token = _bearer(request.headers.get("authorization"))
+        try:
+            verify_node(token, config.node_keys, node_id, service.clock())
+        except NodeCredentialError as exc:
+            raise _unauthorized(f"node {node_id!r}: {exc}") from None
+
     async def metrics_auth(request: Request) -> None:
         token = config.metrics_token
         if token and not _same(_bearer(request.headers.get("authorization")), token):
@@ -449,6 +467,7 @@ def create_app(
     # only stale) until they beat again.
     dead_marks: dict[str, float] = {}
     operator_api = _Routes(app, _audited_route_class(operator, cap, audit, service.clock))
+    asker_api = _Routes(app, _route_class(asker_auth, cap))
     node_api = _Routes(app, _route_class(node_auth, cap))
     metrics_api = _Routes(app, _route_class(metrics_auth, cap))
     session_api = _Routes(app, _route_class(session_auth, cap))
@@ -569,6 +588,57 @@ def create_app(
         ip: str | None = None,
     ) -> RouteOut:
         return await _route(request, tenant, stream, city, isp, region, ip)
+
+    @asker_api.get(
+        "/v1/upstream",
+        response_model=UpstreamOut,
+        dependencies=[Bearer],
+        responses={
+            401: {"description": "no credential of the asking node"},
+            404: {"description": "unknown stream (or asking node)"},
+            503: {"description": "no node to pull from now"},
+        },
+    )
+    async def upstream(
+        tenant: Annotated[str, Query(pattern=NAME)],
+        stream: Annotated[str, Query(pattern=NAME)],
+        node: Annotated[str, Query(description="The relay asking")],
+    ) -> UpstreamOut:
+        """The node a relay pulls ``tenant/stream`` from: a regional MEC that holds or
+        can relay it (edge askers), else its origin; explained like a placement."""
+        service.check_tenant(tenant)
+        snap = await service.snapshot()
+        now = service.clock()
+        asker = snap.nodes.get(node)
+        if asker is None:
+            raise UnknownNode(node)
+        session: Session | None = None
+        if not service.degraded:
+            with contextlib.suppress(RegistryUnavailable):
+                session = await service.registry.stream_session(tenant, stream, now)
+        if session is None:
+            session = service.sessions.find(tenant, stream, now)
+        if session is None and f"{tenant}/{stream}" not in snap.by_stream:
+            raise UnknownStream(tenant, stream)
+        d = core.upstream(
+            snap,
+            tenant,
+            stream,
+            asker,
+            service.policies.active,
+            now,
+            ttl=service.degradation.ttl_for(snap, now),
+            origin_id=session.node_id if session else None,
+        )
+        if d.node is None:
+            raise NoCapacity(d.reason, service.explain(d))
+        return UpstreamOut(
+            node=d.node.id,
+            tier=d.node.tier.value,
+            url=d.node.urls.http,
+            origin=str(d.extra.get("origin") or ""),
+            explanation={**service.explain(d), "origin": str(d.extra.get("origin") or "")},
+        )
 
     @node_api.post(
         "/v1/nodes/{node_id}/heartbeat",

@@ -14,12 +14,29 @@ from typing import Any
 from placement import selectors
 from placement.filters import Context, first_rejection, summarize
 from placement.filters import feasible as is_feasible
-from placement.model import FleetSnapshot, Location, Node, PlacementRequest, Tier, stream_key
+from placement.model import (
+    FleetSnapshot,
+    Location,
+    Node,
+    NodeState,
+    PlacementRequest,
+    Tier,
+    stream_key,
+)
 from placement.policy import TIERS, Policy, Weights
 from placement.scorers import SCORERS
 from placement.selectors import Candidate
 
 STEP_NAMES = {"edge": "local edge", "mec": "regional MEC", "cloud": "cloud"}
+# A node relaying a stream reports it twice in its heartbeat's streams: "tenant/stream"
+# (it holds it: viewers may be sent there) and "relay:tenant/stream" (not its origin).
+RELAY_MARK = "relay:"
+# The node label of a node that relays streams on demand (relay.enabled): "relay": "on".
+RELAY_LABEL = "relay"
+
+
+def can_relay(node: Node) -> bool:
+    return node.labels.get(RELAY_LABEL) == "on"
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +300,12 @@ def route(
     feasible, rejected, considered = _scan(pool, ctx, len(pool) or 1, ctx.stream_key)
     summary = summarize(len(feasible), considered, rejected)
     report = StepReport("viewer", considered, len(feasible), rejected, summary)
+    if pool and ctx.city and not any(n.city == ctx.city for n in feasible):
+        # Viewers stay in their city: with no holder there, a node of the city that
+        # relays on demand serves them (it pulls the stream once, see upstream()).
+        local = _relay_in_city(snapshot, ctx, policy, holders, report, summary)
+        if local is not None:
+            return local
     if not feasible:
         return Decision(
             None,
@@ -306,4 +329,184 @@ def route(
         snapshot_id=snapshot.id,
         at=now,
         top_k=policy.top_k,
+    )
+
+
+def _relay_in_city(
+    snapshot: FleetSnapshot,
+    ctx: Context,
+    policy: Policy,
+    holders: Mapping[str, Node],
+    holder_report: StepReport,
+    holder_summary: str,
+) -> Decision | None:
+    """A node in the viewer's city that can relay the stream and serve the viewer (same
+    ISP first), or None when there is none."""
+    pool = [
+        n
+        for tier in (Tier.EDGE, Tier.MEC)
+        for n in snapshot.by_tier_city.get((tier, ctx.city), ())
+        if can_relay(n) and n.id not in holders
+    ]
+    pool.sort(key=lambda n: n.id)
+    feasible, rejected, considered = _scan(pool, ctx, len(pool) or 1, ctx.stream_key)
+    # A new relay is new work: not on a node being drained.
+    draining = [n for n in feasible if n.state is not NodeState.READY]
+    if draining:
+        rejected = {**rejected, "draining": rejected.get("draining", 0) + len(draining)}
+        feasible = [n for n in feasible if n.state is NodeState.READY]
+    summary = summarize(len(feasible), considered, rejected)
+    report = StepReport("relay", considered, len(feasible), rejected, summary)
+    if not feasible:
+        return None
+    scored = rank(feasible, ctx, policy.viewer_weights)
+    by_id = snapshot.nodes
+    # Same city, then the viewer's ISP.
+    ranked = tuple(
+        sorted(scored, key=lambda c: (bool(ctx.isp) and by_id[c.node_id].isp != ctx.isp,))
+    )
+    node = by_id[ranked[0].node_id]
+    same_isp = ", same ISP" if ctx.isp and node.isp == ctx.isp else ""
+    return Decision(
+        node=node,
+        step="relay",
+        reason=(
+            f"viewer: no holder of {ctx.stream_key} in city {ctx.city} ({holder_summary}); "
+            f"{node.id} relays it on demand (same city{same_isp}) from {summary}"
+        ),
+        steps=(holder_report, report),
+        ranked=ranked,
+        policy=policy.label,
+        snapshot_id=snapshot.id,
+        at=ctx.now,
+        top_k=policy.top_k,
+        extra={"relay": True},
+    )
+
+
+def upstream(
+    snapshot: FleetSnapshot,
+    tenant: str,
+    stream: str,
+    asker: Node,
+    policy: Policy,
+    now: float,
+    *,
+    ttl: float,
+    origin_id: str | None = None,
+) -> Decision:
+    """The node a relay (``asker``) pulls ``tenant/stream`` from.
+
+    Relays chain by tier so that no two ever pull from each other: an edge asker
+    prefers a MEC of its region that holds the stream or can relay it (already
+    pulling: no new backbone traffic), else the origin; a MEC or cloud asker pulls
+    from the origin. The origin is the node of the stream's placement session
+    (``origin_id``) or, without one, a holder that does not relay it. The origin is
+    only asked to be alive: it is the one source of the stream.
+    """
+    key = stream_key(tenant, stream)
+    # The asker's place, without its ISP: an upstream need not share it.
+    location = Location(
+        city=asker.city, region=asker.region, lat=asker.lat, lon=asker.lon, source="node"
+    )
+    ctx = resolve_context(
+        snapshot,
+        tenant,
+        stream,
+        location,
+        policy,
+        now,
+        ttl=ttl,
+        headroom=1.0,
+        viewer=True,
+        exclude=frozenset({asker.id}),
+    )
+    holders = {n.id: n for n in snapshot.by_stream.get(key, ())}
+    relays = {n.id for n in snapshot.by_stream.get(RELAY_MARK + key, ())}
+    if origin_id:
+        origin = snapshot.nodes.get(origin_id)
+        origins = [origin] if origin is not None else []
+    else:
+        origins = [holders[k] for k in sorted(holders) if k not in relays]
+    known_origin = origin_id or (origins[0].id if len(origins) == 1 else "")
+    reports: list[StepReport] = []
+    notes: list[str] = []
+    if asker.tier is Tier.EDGE and asker.region:
+        pool = [
+            n
+            for n in snapshot.by_tier_region.get((Tier.MEC, asker.region), ())
+            if n.id != asker.id and (n.id in holders or can_relay(n))
+        ]
+        feasible, rejected, considered = _scan(pool, ctx, len(pool) or 1, key)
+        feasible = [n for n in feasible if n.id in holders or n.state is NodeState.READY]
+        summary = summarize(len(feasible), considered, rejected)
+        reports.append(StepReport("mec", considered, len(feasible), rejected, summary))
+        if feasible:
+            scored = rank(feasible, ctx, policy.viewer_weights)
+            # One that already holds the stream first: it pulls it already.
+            ranked = tuple(sorted(scored, key=lambda c: c.node_id not in holders))
+            node = snapshot.nodes[ranked[0].node_id]
+            how = "holds" if node.id in holders else "can relay"
+            notes.append(f"regional MEC: {node.id} {how} {key} ({summary})")
+            return Decision(
+                node=node,
+                step="mec",
+                reason="; ".join(notes),
+                steps=tuple(reports),
+                ranked=ranked,
+                policy=policy.label,
+                snapshot_id=snapshot.id,
+                at=now,
+                top_k=policy.top_k,
+                extra={"origin": known_origin},
+            )
+        notes.append(f"regional MEC: {summary}")
+    refused: dict[str, int] = {}
+    alive: list[Node] = []
+    for n in origins:
+        why = (
+            "asker"
+            if n.id == asker.id
+            else "no heartbeat"
+            if now - n.last_heartbeat > ttl
+            else "cordoned"
+            if n.state is NodeState.CORDONED
+            else None
+        )
+        if why is None:
+            alive.append(n)
+        else:
+            refused[why] = refused.get(why, 0) + 1
+    summary = summarize(len(alive), len(origins), refused)
+    if not origins:
+        summary = f"no origin of {key} known"
+    reports.append(StepReport("origin", len(origins), len(alive), refused, summary))
+    if not alive:
+        notes.append(f"origin: {summary}")
+        return Decision(
+            node=None,
+            step="none",
+            reason="; ".join(notes),
+            steps=tuple(reports),
+            ranked=(),
+            policy=policy.label,
+            snapshot_id=snapshot.id,
+            at=now,
+            top_k=policy.top_k,
+            extra={"origin": known_origin},
+        )
+    ranked = rank(alive, ctx, policy.viewer_weights)
+    node = snapshot.nodes[ranked[0].node_id]
+    notes.append(f"origin: {node.id} ({node.tier.value}, {summary})")
+    return Decision(
+        node=node,
+        step="origin",
+        reason="; ".join(notes),
+        steps=tuple(reports),
+        ranked=ranked,
+        policy=policy.label,
+        snapshot_id=snapshot.id,
+        at=now,
+        top_k=policy.top_k,
+        extra={"origin": node.id},
     )

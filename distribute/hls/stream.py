@@ -81,15 +81,20 @@ class LiveStream:
 
     # -- transcode side ------------------------------------------------------------------
 
-    def begin_generation(self) -> None:
-        """A new worker run starts: its segments follow a discontinuity (§4.4.4.3)."""
+    def begin_generation(self, *, lead: bool = True) -> None:
+        """A new worker run starts: its segments follow a discontinuity (§4.4.4.3).
+
+        ``lead=False``: the run's segments come already cut (a relay copying a new
+        upstream), so its first one is not split into a lead of its own."""
         if self._next_msn > self._first_msn:
             self._pending_discontinuity = True
             self.generation += 1
         self._base = self._next_msn
         # Only when a segment has more parts than the lead (segment >= ~4 parts).
         cfg = self.config
-        self._split = self.low_latency and splits_lead(cfg.segment_duration, cfg.part_duration)
+        self._split = (
+            lead and self.low_latency and splits_lead(cfg.segment_duration, cfg.part_duration)
+        )
         self._lead_whole = False
         self._anchor = None
         self.ended = False

@@ -1,0 +1,182 @@
+"""The pull relay end to end: an origin node publishing, an edge node relaying on demand.
+
+Origin A (cloud, its own embedded placement service) transcodes a published file; edge
+B (``relay.enabled``) registers with A's placement and serves A's streams to its own
+viewers by pulling them once. Both are real ``nearcast node`` processes; viewers are
+independent HTTP readers following LL-HLS blocking reloads, and FFmpeg (PyAV).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from nodeutil import SMALL, SMALL_LADDER, NodeProcess, Publisher, wait_for
+from placementutil import NODE_KEYS, node_credential
+
+from tokens import sign
+
+OP = "op-relay-test"
+RELAY_KEYS = "{r1: relay-key-0123456789abcdef}"
+# The guarded tenant's keys differ between the nodes: a viewer's token made for B is
+# refused by A, so B can only be pulling with its own relay credential.
+KEY_A = "vip-key-origin-0123456789"
+KEY_B = "vip-key-edge-0123456789ab"
+RENDITION = "180p"
+
+
+def _common(node_id: str, tier: str, city: str) -> dict[str, str]:
+    return {
+        "NEARCAST_NODE_ID": node_id,
+        "NEARCAST_NODE_TIER": tier,
+        "NEARCAST_NODE_REGION": "east",
+        "NEARCAST_NODE_CITY": city,
+        "NEARCAST_RTMP_TENANTS": "[live, vip]",
+        "NEARCAST_TRANSCODE_LADDER": SMALL_LADDER,
+        "NEARCAST_HLS_SEGMENT_DURATION": "1",
+        # Room to look up every segment the relay pulled while the test counts bytes.
+        "NEARCAST_HLS_WINDOW": "40",
+        "NEARCAST_INGEST_OPERATOR_TOKEN": OP,
+        "NEARCAST_RELAY_KEYS": RELAY_KEYS,
+        "NEARCAST_PLACEMENT_LIVENESS_HEARTBEAT_INTERVAL": "0.25",
+        "NEARCAST_PLACEMENT_LIVENESS_TTL": "2",
+        "NEARCAST_PLACEMENT_LIVENESS_FULL_STATS_INTERVAL": "0.5",
+    }
+
+
+class Fleet:
+    def __init__(self, tmp: Path) -> None:
+        self.a = NodeProcess(
+            tmp / "origin.log",
+            **_common("origin-a", "cloud", "shanghai"),
+            NEARCAST_PLACEMENT_NODE_KEYS=f"{{k1: {NODE_KEYS['k1']}}}",
+            NEARCAST_PLACEMENT_OPERATOR_TOKEN=OP,
+            NEARCAST_PLAYBACK_TENANTS=f"{{vip: {{keys: {{a1: {KEY_A}}}}}}}",
+        )
+        self.pubs = [Publisher(SMALL, self.a.rtmp(s)) for s in ("live/cam", "vip/cam")]
+        self.b = NodeProcess(
+            tmp / "edge.log",
+            **_common("edge-b", "edge", "hangzhou"),
+            NEARCAST_PLACEMENT_URL=self.a.http,
+            NEARCAST_PLACEMENT_NODE_TOKEN=node_credential("edge-b"),
+            NEARCAST_PLAYBACK_TENANTS=f"{{vip: {{keys: {{b1: {KEY_B}}}}}}}",
+            NEARCAST_RELAY_ENABLED="true",
+            NEARCAST_RELAY_IDLE_TIMEOUT="3",
+        )
+        for s in ("live/cam", "vip/cam"):
+            tok = sign(KEY_A, "a1", "play", "vip", "cam", int(time.time()) + 600)
+            q = f"?token={tok}" if s.startswith("vip") else ""
+
+            def listed(s: str = s, q: str = q) -> bool:
+                errors = [p.error for p in self.pubs if p.error is not None]
+                assert not errors, errors
+                r = self.a.get(f"/{s}/{RENDITION}/index.m3u8{q}")
+                return r.status_code == 200 and r.text.count("#EXTINF") >= 3
+
+            wait_for(listed, 90, f"3 segments of {s} on the origin")
+
+        wait_for(lambda: self.node("edge-b"), 30, "edge-b registered with the origin's placement")
+
+    def node(self, node_id: str) -> dict[str, Any] | None:
+        """``node_id`` as the origin's embedded placement service lists it."""
+        r = self.a.client.get("/v1/nodes", headers={"Authorization": f"Bearer {OP}"})
+        r.raise_for_status()
+        return next((n for n in r.json()["nodes"] if n["id"] == node_id), None)
+
+    def relays(self) -> list[dict[str, Any]]:
+        r = self.b.client.get("/v1/relays", headers={"Authorization": f"Bearer {OP}"})
+        r.raise_for_status()
+        return list(r.json()["relays"])
+
+    def relay(self, stream: str) -> dict[str, Any] | None:
+        return next((r for r in self.relays() if f"{r['tenant']}/{r['stream']}" == stream), None)
+
+    def stop(self) -> None:
+        for p in self.pubs:
+            p.stop()
+        self.b.stop()
+        self.a.stop()
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    f = Fleet(tmp_path_factory.mktemp("relay"))
+    try:
+        yield f
+    finally:
+        f.stop()
+
+
+_PART = re.compile(r'#EXT-X-PART:.*URI="([^"]+)"')
+
+
+async def _viewer(c: httpx.AsyncClient, seconds: float, got: list[int]) -> None:
+    """An LL-HLS reader: blocking reloads for the next part, each new part fetched once."""
+    if True:
+        r = await c.get("index.m3u8")
+        r.raise_for_status()
+        seen: set[str] = set()
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            text = r.text
+            parts = _PART.findall(text)
+            for uri in parts[-4:]:
+                if uri not in seen:
+                    seen.add(uri)
+                    pr = await c.get(uri)
+                    pr.raise_for_status()
+                    got[0] += len(pr.content)
+            hint = re.search(r'PRELOAD-HINT:TYPE=PART,URI="(\d+)\.(\d+)\.m4s', text)
+            assert hint is not None, text
+            msn, part = hint.groups()
+            r = await c.get(f"index.m3u8?_HLS_msn={msn}&_HLS_part={part}")
+            r.raise_for_status()
+
+
+def _run_viewers(base: str, n: int, seconds: float) -> list[int]:
+    async def main() -> list[int]:
+        counters = [[0] for _ in range(n)]
+        # One client (one TLS context) with a connection per viewer.
+        limits = httpx.Limits(max_connections=2 * n, max_keepalive_connections=2 * n)
+        async with httpx.AsyncClient(base_url=base, timeout=10, limits=limits) as c:
+            await asyncio.gather(*(_viewer(c, seconds, got) for got in counters))
+        return [got[0] for got in counters]
+
+    return asyncio.run(main())
+
+
+def test_relay_pulls_one_copy_for_50_viewers(fleet: Fleet) -> None:
+    base = f"{fleet.b.http}/live/cam/{RENDITION}/"
+    # The first request starts the relay and waits for it (no 404 while it starts).
+    assert fleet.b.get("/live/cam/index.m3u8").status_code == 200
+    got = _run_viewers(base, 50, 8.0)
+    assert all(g > 0 for g in got), got
+    relay = fleet.relay("live/cam")
+    assert relay is not None
+    # Only the rendition the viewers asked for is pulled.
+    assert set(relay["renditions"]) == {RENDITION}, relay
+    r = relay["renditions"][RENDITION]
+    pulled = relay["bytes"]["media"]
+    # One copy on the origin over the same range: its init, whole segments, and the
+    # parts of the segment being built that the relay has.
+    a = fleet.a
+    text = a.get(f"/live/cam/{RENDITION}/index.m3u8").text
+    init = re.findall(r'#EXT-X-MAP:URI="([^"]+)"', text)[-1]
+    expected = len(a.get(f"/live/cam/{RENDITION}/{init}").content)
+    for msn in range(r["first"], r["next"]):
+        seg = a.get(f"/live/cam/{RENDITION}/{msn}.m4s")
+        assert seg.status_code == 200, msn
+        expected += len(seg.content)
+    for i in range(r["parts"]):
+        expected += len(a.get(f"/live/cam/{RENDITION}/{r['next']}.{i}.m4s").content)
+    assert abs(pulled - expected) <= 0.05 * expected, (pulled, expected, relay)
+    # It does not grow with the viewers: 50 of them got ~50 copies from the relay.
+    assert sum(got) > 20 * pulled * 0.5, (sum(got), pulled)
+    assert fleet.b.metric("relay_inbound_bytes_total", kind="media") >= pulled
+    assert fleet.b.metric("relay_inbound_bytes_total", kind="playlist") > 0
