@@ -121,9 +121,9 @@ class TokenCheck:
             try:
                 claims = verify(token, self.relay_keys, RELAY, tenant, stream, now)
             except TokenError as relay_exc:
-                if relay_exc.reason in ("malformed", "unknown_key"):
-                    raise exc from None  # not a relay credential: the viewer's reason stands
-                raise relay_exc from None
+                if relay_exc.reason in ("wrong_stream", "expired"):
+                    raise relay_exc from None  # a genuine relay credential, but not for this
+                raise exc from None  # not a relay credential: the viewer's reason stands
         if len(self._ok) >= self.remember:
             self._ok = {k: v for k, v in self._ok.items() if now < v[0]}
             if len(self._ok) >= self.remember:

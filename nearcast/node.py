@@ -523,6 +523,8 @@ class Node:
                 else f"https://{shown}:{self.https_port}"
             )
         rc = self.config.relay
+        # httpx logs every request at INFO: a relay makes several per part.
+        logging.getLogger("httpx").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
         headers = {"Authorization": f"Bearer {pc.node_token}"} if pc.node_token else {}
         client = httpx.AsyncClient(
             base_url=base,

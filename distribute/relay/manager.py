@@ -228,7 +228,7 @@ class RelayedStream:
         self.tasks: dict[str, asyncio.Task[None]] = {}
         self.feeder: _Feeder | None = None
         self.used = True
-        self.last_used = time.monotonic()
+        self.last_used = self.opened = time.monotonic()
         self.closed = False
         self._switching: asyncio.Task[None] | None = None
         self._opening: asyncio.Task[None] | None = None
@@ -384,10 +384,19 @@ class RelayedStream:
             count=count,
             hold=3 * max(stream.config.segment_duration, 1.0),
             on_start=started,
-            on_primed=self.primed.setdefault(rendition, asyncio.Event()).set,
+            on_primed=lambda: self._primed(rendition),
         )
         self.tasks[rendition] = asyncio.create_task(
             self._run(puller, up), name=f"relay-{self.key}-{rendition}"
+        )
+
+    def _primed(self, rendition: str) -> None:
+        self.primed.setdefault(rendition, asyncio.Event()).set()
+        log.debug(
+            "%s %s: first playlist in after %.3f s",
+            self.prefix,
+            rendition,
+            time.monotonic() - self.opened,
         )
 
     async def _run(self, puller: Puller, up: Upstream) -> None:
@@ -663,7 +672,10 @@ class RelayManager:
             now = time.monotonic()
             for relay in list(self.relays.values()):
                 try:
-                    if relay.used:
+                    stream = relay.stream
+                    held = stream is not None and any(t.waiters for t in stream.renditions.values())
+                    if relay.used or held:
+                        # A request held for its part (a blocking reload) is a viewer too.
                         relay.used = False
                         relay.last_used = now
                     elif now - relay.last_used >= self.config.idle_timeout:
