@@ -205,6 +205,8 @@ class Node:
         if timer is not None:
             timer.cancel()
             log.info("[node %s] publisher is back within the grace period", key)
+        if self.relay is not None:
+            self.relay.release(key)  # a stream relayed here until now
         stream = self.store.open(key)
         stream.publisher_connected = True
         session = StreamSession(self, request, stream, profile, admission)

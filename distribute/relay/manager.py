@@ -670,6 +670,7 @@ class RelayManager:
         while True:
             await asyncio.sleep(period)
             now = time.monotonic()
+            self.unknown = {k: t for k, t in self.unknown.items() if t > now}
             for relay in list(self.relays.values()):
                 try:
                     stream = relay.stream
@@ -687,6 +688,14 @@ class RelayManager:
                         self.stop(relay, "idle", end=True, remove=True)
                 except Exception:
                     log.exception("%s idle check failed", relay.prefix)
+
+    def release(self, key: StreamKey) -> None:
+        """A publisher is taking ``key`` on this node: the relay of it stops and frees
+        the local stream, so the publish starts a stream of its own."""
+        relay = self.relays.get(key)
+        if relay is not None:
+            log.info("%s published here now: relay stopped", relay.prefix)
+            self.stop(relay, "published", end=True, remove=True)
 
     def drop(self, relay: RelayedStream, reason: str) -> None:
         """A relay that never started: forget it (waiting requests get None)."""

@@ -37,7 +37,7 @@ class RelayMetrics:
             registry=registry,
         )
         # relay_started_total / relay_stopped_total{reason}: relays started; stopped
-        # (idle, ended upstream, gone upstream, node stop).
+        # (idle, ended, gone, published here, stopped with the node, unknown, unavailable).
         self.started = Counter("relay_started", "Relays started on demand", registry=registry)
         self.stopped = Counter(
             "relay_stopped", "Relays stopped, by reason", ["reason"], registry=registry
