@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 # A stream placement does not know is not asked about again for this long.
 UNKNOWN_TTL = 2.0
 # Backoff between questions to placement while no other upstream is named.
-FAILOVER_BACKOFF = (0.25, 2.0)
+FAILOVER_BACKOFF = (0.25, 1.0)
 # A pull failing again within this many seconds of a failure means its upstream failed.
 RETRY_WINDOW = 5.0
 # The marker a relay puts before a stream it reports to placement: "relay:tenant/stream".
@@ -349,13 +349,13 @@ class RelayedStream:
             return
         cursor = self.cursors.get(rendition)
         if cursor is None:
-            if self.generations and feeder.base is None and self.tasks:
-                # After a switch every rendition starts at the new generation's first
-                # segment, which carries its discontinuity: known once one has started.
+            if feeder.base is None and any(not t.done() for t in self.tasks.values()):
+                # Renditions of a generation start no earlier than its first segment
+                # (after a switch, at it: it carries the discontinuity), known once one
+                # rendition has started.
                 self._deferred.add(rendition)
                 return
-            start = feeder.base if self.generations and self.started_at == {} else None
-            cursor = self.cursors[rendition] = Cursor(start=start, floor=feeder.base or 0)
+            cursor = self.cursors[rendition] = Cursor(floor=feeder.base or 0)
         m = self.manager
         inbound = m.metrics.inbound
 
