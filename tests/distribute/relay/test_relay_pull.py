@@ -15,14 +15,18 @@ import httpx
 import pytest
 from nodeutil import wait_for
 from prometheus_client import CollectorRegistry
-from servehelp import LL_HLS, MediaServer, feed_init, feed_part, feed_segment
+from servehelp import INFO, LL_HLS, MediaServer, feed_init, feed_part, feed_segment
 
 from bench.cmaf import cmaf
 from distribute.access import TokenCheck
+from distribute.config import HlsConfig
+from distribute.hls.store import SEQUENCE_EPOCH
 from distribute.hls.stream import LiveStream
 from distribute.relay.config import RelayConfig
 from distribute.relay.manager import NoUpstream, RelayManager, UnknownStream, Upstream
 from distribute.relay.metrics import RelayMetrics
+from media import StreamKey
+from media.segments import SegmentFrame
 from tokens import sign
 
 RELAY_KEYS = {"r1": "relay-key-0123456789abcdef"}
@@ -51,8 +55,14 @@ class Directory:
 
 
 class Relay:
-    def __init__(self, directory: Directory, tokens: TokenCheck | None = None, **cfg: Any) -> None:
-        self.srv = MediaServer(LL_HLS, tokens=tokens)
+    def __init__(
+        self,
+        directory: Directory,
+        tokens: TokenCheck | None = None,
+        hls: HlsConfig = LL_HLS,
+        **cfg: Any,
+    ) -> None:
+        self.srv = MediaServer(hls, tokens=tokens)
         self.registry = CollectorRegistry()
         config = RelayConfig(enabled=True, keys=RELAY_KEYS, first_wait=5.0, **cfg)
 
@@ -274,3 +284,38 @@ def _claims(token: str) -> str:
 
     body = token.split(".")[0]
     return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).decode()
+
+
+def test_mpeg_ts_streams_are_pulled_segment_by_segment() -> None:
+    ts = HlsConfig(segment_format="ts", low_latency=False, segment_duration=1.0)
+    srv = MediaServer(ts)
+
+    def segment(i: int) -> None:
+        for name in ("360p", "180p"):
+            s.add_segment(SegmentFrame(name, i, float(i), 1.0, "avc1.64001e", b"TS%d" % i * 188))
+
+    s = srv.call(lambda: srv.store.open(StreamKey("live", "cam"), now=SEQUENCE_EPOCH))
+    srv.call(lambda: s.set_renditions(INFO))
+    for i in range(5):
+        srv.call(lambda i=i: segment(i))
+    relay = Relay(Directory(_up(srv)), hls=ts)
+    try:
+        text = relay.client.get("/live/cam/360p/index.m3u8").text
+        assert text.count("#EXTINF") == 3 and "EXT-X-PART" not in text
+        srv.call(lambda: segment(5))
+        wait_for(
+            lambda: (
+                "#EXTINF" in relay.client.get("/live/cam/360p/index.m3u8").text
+                and relay.client.get("/live/cam/360p/index.m3u8").text.count("#EXTINF") == 4
+            ),
+            10,
+            "the relay to poll the new segment",
+        )
+        last = relay.client.get("/live/cam/360p/index.m3u8").text.strip().splitlines()[-1]
+        assert last.endswith(".ts")
+        assert relay.client.get(f"/live/cam/360p/{last}").content == b"TS5" * 188
+        (d,) = relay.describe()
+        assert set(d["renditions"]) == {"360p"}
+    finally:
+        relay.stop()
+        srv.stop()
