@@ -304,10 +304,7 @@ def test_mpeg_ts_streams_are_pulled_segment_by_segment() -> None:
         assert text.count("#EXTINF") == 3 and "EXT-X-PART" not in text
         srv.call(lambda: segment(5))
         wait_for(
-            lambda: (
-                "#EXTINF" in relay.client.get("/live/cam/360p/index.m3u8").text
-                and relay.client.get("/live/cam/360p/index.m3u8").text.count("#EXTINF") == 4
-            ),
+            lambda: relay.client.get("/live/cam/360p/index.m3u8").text.count("#EXTINF") == 4,
             10,
             "the relay to poll the new segment",
         )
