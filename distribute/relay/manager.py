@@ -270,6 +270,11 @@ class RelayedStream:
             return
         if self.closed:
             return
+        local = m.store.get(self.key.tenant, self.key.stream)
+        if local is not None and not local.ended:
+            # Published here while the relay was asking: the publisher's stream wins.
+            m.drop(self, "published")
+            return
         stream = m.store.open(self.key)
         stream.fmp4 = master.fmp4
         stream.low_latency = master.fmp4 and not master.independent
@@ -308,6 +313,7 @@ class RelayedStream:
             m.metrics.errors.labels("connect").inc()
             raise PullError("connect", f"{url}: {exc}", node_failed=True) from None
         m.metrics.inbound.labels(up.node, "playlist").inc(len(r.content))
+        self.bytes[1] += len(r.content)
         if r.status_code == 404:
             raise StreamGone(f"{url}: 404")
         if r.status_code != 200:
@@ -628,7 +634,8 @@ class RelayManager:
                 primed = relay.primed.get(rendition) if rendition is not None else None
                 if primed is not None:
                     await primed.wait()
-        return relay.stream
+        # None when the relay could not start; a stream published here meanwhile is served.
+        return relay.stream or self.store.get(tenant, name)
 
     async def settle(self, stream: LiveStream, rendition: str) -> None:
         """Wait (at most ``relay.first_wait``) until a relayed rendition's first playlist
