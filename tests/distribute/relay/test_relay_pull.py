@@ -7,6 +7,7 @@ origin. Viewers read the relay with blocking reloads, as players do.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -23,10 +24,12 @@ from distribute.config import HlsConfig
 from distribute.hls.store import SEQUENCE_EPOCH
 from distribute.hls.stream import LiveStream
 from distribute.relay.config import RelayConfig
+from distribute.relay.cursor import Cursor
 from distribute.relay.manager import NoUpstream, RelayManager, UnknownStream, Upstream
 from distribute.relay.metrics import RelayMetrics
+from distribute.relay.puller import Puller
 from media import StreamKey
-from media.segments import SegmentFrame
+from media.segments import InitFrame, SegmentFrame
 from tokens import sign
 
 RELAY_KEYS = {"r1": "relay-key-0123456789abcdef"}
@@ -80,8 +83,6 @@ class Relay:
 
     def stop(self) -> None:
         self.client.close()
-        import asyncio
-
         asyncio.run_coroutine_threadsafe(self.manager.close(), self.srv.loop).result(10)
         self.srv.stop()
 
@@ -315,4 +316,58 @@ def test_mpeg_ts_streams_are_pulled_segment_by_segment() -> None:
         assert set(d["renditions"]) == {"360p"}
     finally:
         relay.stop()
+        srv.stop()
+
+
+class Recorder:
+    """A RenditionSink keeping what it is handed, in order."""
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str, bytes]] = []
+
+    def on_init(self, rendition: str, data: bytes) -> None:
+        self.got.append(("init", data))
+
+    def on_part(self, rendition: str, part: Any, data: bytes) -> None:
+        self.got.append((f"part {part.index}", data))
+
+    def on_segment(self, rendition: str, segment: Any, data: bytes) -> None:
+        self.got.append(("segment", data))
+
+
+async def test_a_hidden_rendition_is_pulled_into_any_sink() -> None:
+    """What a WebRTC relay does with the origin's ``webrtc`` rendition (not in the
+    multivariant playlist): its init and each part, handed over in order."""
+    srv = MediaServer(LL_HLS)
+    s = srv.open("cam")
+    c = cmaf()
+    srv.call(lambda: s.add_hidden_rendition("webrtc", width=640, height=360, fps=30, codecs=""))
+    srv.call(lambda: s.add_init(InitFrame("webrtc", c.codecs, c.init)))
+    feed_segment(srv, s, 0, names=("webrtc",))
+    sink = Recorder()
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            puller = Puller(
+                client,
+                f"{srv.url}/live/cam",
+                "webrtc",
+                sink,
+                Cursor(backfill=0),
+                token=lambda: None,
+                count=lambda kind, n: None,
+                hold=6.0,
+            )
+            task = asyncio.create_task(puller.run())
+            frags = c.segments[1]
+            for p in range(len(frags)):
+                await asyncio.to_thread(feed_part, srv, s, 1, p, ("webrtc",))
+            deadline = asyncio.get_running_loop().time() + 10
+            while len(sink.got) < 1 + len(frags):
+                assert asyncio.get_running_loop().time() < deadline, sink.got
+                await asyncio.sleep(0.02)
+            task.cancel()
+        assert sink.got[0] == ("init", c.init)
+        assert sink.got[1:] == [(f"part {i}", f.data) for i, f in enumerate(frags)]
+        assert "webrtc" not in srv.call(lambda: s.master).decode()
+    finally:
         srv.stop()
