@@ -98,11 +98,11 @@ class Puller:
             params["token"] = token
         return params
 
-    async def _get(self, uri: str, kind: str, params: dict[str, str], read: float | None) -> bytes:
+    async def _get(self, uri: str, kind: str, params: dict[str, str], read: float) -> bytes:
         url = f"{self.base}/{self.rendition}/{uri}"
         try:
             timeout = httpx.Timeout(self.client.timeout.connect, read=read, write=read, pool=read)
-            r = await self.client.get(url, params=params, timeout=timeout if read else None)
+            r = await self.client.get(url, params=params, timeout=timeout)
         except httpx.ConnectError as exc:
             raise PullError("connect", f"{url}: {exc}", node_failed=True) from None
         except httpx.TimeoutException as exc:
