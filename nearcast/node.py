@@ -505,6 +505,8 @@ class Node:
                 ),
             )
             report.agent = self.agent
+            if self.relay is not None:
+                self.relay.on_change = self.agent.streams_changed
             await self.agent.start()
         except Exception:
             log.exception("placement agent failed to start; serving without it")

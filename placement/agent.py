@@ -80,6 +80,11 @@ class NodeAgent:
             self.node = node
             self._changed = True
 
+    def streams_changed(self) -> None:
+        """The streams held changed (a relay started or stopped): the next beat sends
+        the full descriptor, streams included, rather than waiting for full stats."""
+        self._changed = True
+
     async def start(self) -> None:
         if self._task is not None:
             return

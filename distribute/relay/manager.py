@@ -285,6 +285,7 @@ class RelayedStream:
         codecs = {v.name: _video_codecs(v.codecs) for v in master.variants}
         self.feeder = _Feeder(stream, codecs)
         m.by_stream[stream] = self
+        m.changed()
         m.metrics.started.inc()
         m.metrics.active.set(len(m.relays))
         log.info(
@@ -579,6 +580,8 @@ class RelayManager:
         self.by_stream: dict[LiveStream, RelayedStream] = {}
         self.unknown: dict[StreamKey, float] = {}
         self._idle: asyncio.Task[None] | None = None
+        # Called when the streams relayed change (what the node reports to placement).
+        self.on_change: Callable[[], None] | None = None
 
     # -- HTTP hooks -----------------------------------------------------------------------
 
@@ -696,6 +699,13 @@ class RelayManager:
                 except Exception:
                     log.exception("%s idle check failed", relay.prefix)
 
+    def changed(self) -> None:
+        if self.on_change is not None:
+            try:
+                self.on_change()
+            except Exception:
+                log.exception("[relay] change listener failed")
+
     def release(self, key: StreamKey) -> None:
         """A publisher is taking ``key`` on this node: the relay of it stops and frees
         the local stream, so the publish starts a stream of its own."""
@@ -718,6 +728,7 @@ class RelayManager:
         stream = relay.stream
         if stream is not None:
             self.by_stream.pop(stream, None)
+            self.changed()
             stream.publisher_connected = False
             if end:
                 stream.end(time.time())
