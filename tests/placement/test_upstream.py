@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from placementutil import NODE_KEYS, Clock, make_node, node_headers
+from placementutil import NODE_KEYS, Clock, make_node, node_headers, wait_for
 
+from placement.agent import NodeAgent
 from placement.app import create_app
-from placement.config import PlacementConfig
+from placement.config import LivenessConfig, PlacementConfig
 from placement.core import route, upstream
-from placement.model import FleetSnapshot, Location, Node, NodeState
+from placement.model import FleetSnapshot, Load, Location, Node, NodeState
 from placement.policy import parse_policy
 from placement.registry.memory import InProcessRegistry
 
@@ -229,3 +231,29 @@ async def test_upstream_route_is_503_while_no_origin_is_alive(
     )
     assert r.status_code == 503, r.text
     assert "no heartbeat" in r.json()["explanation"]["reason"]
+
+
+async def test_a_relay_reports_its_streams_on_the_next_beat_not_the_next_full_stats() -> None:
+    reg = InProcessRegistry()
+    held: list[str] = []
+    slow = LivenessConfig(heartbeat_interval=0.05, ttl=0.2, full_stats_interval=60)
+    agent = NodeAgent(
+        make_node("e1"),
+        lambda: Load(),
+        PlacementConfig(liveness=slow),
+        registry=reg,
+        streams=lambda: list(held),
+    )
+    await agent.start()
+    try:
+        await wait_for(lambda: agent.beats >= 2, 3.0, "registration")
+        held[:] = [KEY, f"relay:{KEY}"]
+        agent.streams_changed()
+
+        async def reported() -> bool:
+            nodes = await reg.nodes(time.time())
+            return bool(nodes) and nodes[0].streams == RELAYED
+
+        await wait_for(reported, 3.0, "the relayed stream in the registry")
+    finally:
+        await agent.stop()
