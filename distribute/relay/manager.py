@@ -222,7 +222,6 @@ class RelayedStream:
         self.upstream: Upstream | None = None
         self.stream: LiveStream | None = None
         self.ready = asyncio.Event()
-        self.failed: str | None = None
         self.wanted: set[str] = set()
         self.cursors: dict[str, Cursor] = {}
         self.tasks: dict[str, asyncio.Task[None]] = {}
@@ -253,18 +252,15 @@ class RelayedStream:
             up = await m.directory.upstream(self.key.tenant, self.key.stream)
             master = await self._master(up)
         except UnknownStream as exc:
-            self.failed = "unknown"
             m.unknown[self.key] = time.monotonic() + UNKNOWN_TTL
             log.info("%s placement knows no such stream: %s", self.prefix, exc)
             m.drop(self, "unknown")
             return
         except (NoUpstream, PullError, StreamGone) as exc:
-            self.failed = "unavailable"
             log.warning("%s no upstream to pull from: %s", self.prefix, exc)
             m.drop(self, "unavailable")
             return
         except Exception:
-            self.failed = "error"
             log.exception("%s relay failed to start", self.prefix)
             m.drop(self, "error")
             return
@@ -540,6 +536,8 @@ class RelayedStream:
                     "first": self.started_at.get(name),
                     "next": c.next_msn,
                     "parts": len(c.parts),
+                    # Segments gone upstream before this relay got them (it fell behind).
+                    "skipped": c.skipped,
                 }
                 for name, c in self.cursors.items()
             },
@@ -599,9 +597,6 @@ class RelayManager:
             relay.want(rendition)
         primed = relay.primed.get(rendition)
         return primed is None or primed.is_set()
-
-    def relaying(self, stream: LiveStream) -> bool:
-        return stream in self.by_stream
 
     async def open(self, tenant: str, name: str, rendition: str | None) -> LiveStream | None:
         """The local copy of ``tenant/name`` once the relay has its playlist (waiting at
