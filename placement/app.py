@@ -595,7 +595,7 @@ def create_app(
         dependencies=[Bearer],
         responses={
             401: {"description": "no credential of the asking node"},
-            404: {"description": "unknown stream (or asking node)"},
+            404: {"description": "unknown stream"},
             503: {"description": "no node to pull from now"},
         },
     )
@@ -605,13 +605,13 @@ def create_app(
         node: Annotated[str, Query(description="The relay asking")],
     ) -> UpstreamOut:
         """The node a relay pulls ``tenant/stream`` from: a regional MEC that holds or
-        can relay it (edge askers), else its origin; explained like a placement."""
+        can relay it (edge askers), else its origin (also for an asker not registered
+        yet); explained like a placement."""
         service.check_tenant(tenant)
         snap = await service.snapshot()
         now = service.clock()
-        asker = snap.nodes.get(node)
-        if asker is None:
-            raise UnknownNode(node)
+        # Not registered yet (a node just started): it gets the origin.
+        asker: Node | str = snap.nodes.get(node) or node
         session: Session | None = None
         if not service.degraded:
             with contextlib.suppress(RegistryUnavailable):

@@ -388,7 +388,7 @@ def upstream(
     snapshot: FleetSnapshot,
     tenant: str,
     stream: str,
-    asker: Node,
+    asker: Node | str,
     policy: Policy,
     now: float,
     *,
@@ -405,9 +405,14 @@ def upstream(
     only asked to be alive: it is the one source of the stream.
     """
     key = stream_key(tenant, stream)
+    # An asker placement does not know yet (its id only: not registered) gets the origin.
+    me = asker if isinstance(asker, Node) else None
+    asker_id = me.id if me is not None else str(asker)
     # The asker's place, without its ISP: an upstream need not share it.
-    location = Location(
-        city=asker.city, region=asker.region, lat=asker.lat, lon=asker.lon, source="node"
+    location = (
+        Location(city=me.city, region=me.region, lat=me.lat, lon=me.lon, source="node")
+        if me is not None
+        else Location()
     )
     ctx = resolve_context(
         snapshot,
@@ -419,7 +424,7 @@ def upstream(
         ttl=ttl,
         headroom=1.0,
         viewer=True,
-        exclude=frozenset({asker.id}),
+        exclude=frozenset({asker_id}),
     )
     holders = {n.id: n for n in snapshot.by_stream.get(key, ())}
     relays = {n.id for n in snapshot.by_stream.get(RELAY_MARK + key, ())}
@@ -431,11 +436,11 @@ def upstream(
     known_origin = origin_id or (origins[0].id if len(origins) == 1 else "")
     reports: list[StepReport] = []
     notes: list[str] = []
-    if asker.tier is Tier.EDGE and asker.region:
+    if me is not None and me.tier is Tier.EDGE and me.region:
         pool = [
             n
-            for n in snapshot.by_tier_region.get((Tier.MEC, asker.region), ())
-            if n.id != asker.id and (n.id in holders or can_relay(n))
+            for n in snapshot.by_tier_region.get((Tier.MEC, me.region), ())
+            if n.id != asker_id and (n.id in holders or can_relay(n))
         ]
         feasible, rejected, considered = _scan(pool, ctx, len(pool) or 1, key)
         feasible = [n for n in feasible if n.id in holders or n.state is NodeState.READY]
@@ -466,7 +471,7 @@ def upstream(
     for n in origins:
         why = (
             "asker"
-            if n.id == asker.id
+            if n.id == asker_id
             else "no heartbeat"
             if now - n.last_heartbeat > ttl
             else "cordoned"

@@ -102,6 +102,12 @@ def test_holders_that_relay_are_never_taken_for_the_origin() -> None:
     assert d.node is None and "no origin" in d.reason
 
 
+def test_an_asker_not_registered_yet_gets_the_origin() -> None:
+    s = snap(CLOUD, make_node("m-west", "mec", streams=RELAYED, labels=RELAY))
+    d = upstream(s, "school", "class1", "e-new", parse_policy({}), NOW, ttl=6.0)
+    assert (d.step, d.node.id) == ("origin", "c-origin")
+
+
 def test_the_origin_is_not_asked_to_be_near() -> None:
     far = make_node("c-far", "cloud", region="ap", city="tokyo", lat=35.7, lon=139.7, streams=HELD)
     d = ask(snap(far, EDGE), "e-lyon")
