@@ -300,12 +300,18 @@ def route(
     feasible, rejected, considered = _scan(pool, ctx, len(pool) or 1, ctx.stream_key)
     summary = summarize(len(feasible), considered, rejected)
     report = StepReport("viewer", considered, len(feasible), rejected, summary)
-    if pool and ctx.city and not any(n.city == ctx.city for n in feasible):
+    in_city = [n for n in feasible if n.city == ctx.city] if ctx.city else []
+    if pool and ctx.city and not in_city:
         # Viewers stay in their city: with no holder there, a node of the city that
         # relays on demand serves them (it pulls the stream once, see upstream()).
         local = _relay_in_city(snapshot, ctx, policy, holders, report, summary)
         if local is not None:
             return local
+    where = ""
+    if in_city:
+        # A holder in the viewer's city serves them, before any holder elsewhere (a
+        # relay of the region, say) that scores better on load.
+        feasible, where = in_city, f" in city {ctx.city}"
     if not feasible:
         return Decision(
             None,
@@ -322,7 +328,7 @@ def route(
     return Decision(
         node=snapshot.nodes[ranked[0].node_id],
         step="viewer",
-        reason=f"viewer: nearest holder of {ctx.stream_key} from {summary}",
+        reason=f"viewer: nearest holder of {ctx.stream_key}{where} from {summary}",
         steps=(report,),
         ranked=ranked,
         policy=policy.label,

@@ -138,6 +138,14 @@ def test_a_holder_in_the_city_is_preferred_to_a_new_relay() -> None:
     assert (d.step, d.node.id) == ("viewer", "e-holder")
 
 
+def test_a_busy_holder_in_the_city_is_preferred_to_an_idle_one_elsewhere() -> None:
+    origin = make_node("e-origin", streams=HELD, slots=1, cpu=0.6)
+    mec = make_node("m-west", "mec", city="west-metro", streams=RELAYED, labels=RELAY)
+    d = view(snap(origin, mec))
+    assert (d.step, d.node.id) == ("viewer", "e-origin")
+    assert "in city lyon" in d.reason
+
+
 @pytest.mark.parametrize(
     "local",
     [
