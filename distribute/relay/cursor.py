@@ -46,7 +46,15 @@ class Assemble:
     segment: SegmentRef
 
 
-Step = Init | Whole | Part | Assemble
+@dataclass(frozen=True, slots=True)
+class Discontinuity:
+    """Segment ``msn`` follows an EXT-X-DISCONTINUITY upstream (a new worker run, or the
+    upstream's own switch to another node): what follows starts a new generation."""
+
+    msn: int
+
+
+Step = Init | Whole | Part | Assemble | Discontinuity
 
 
 class Cursor:
@@ -67,6 +75,8 @@ class Cursor:
         self.init_uri: str | None = None
         # Segments the upstream no longer listed when they were due (fell behind).
         self.skipped = 0
+        # The upstream number this rendition's pull started at.
+        self.first: int | None = None
 
     @property
     def started(self) -> bool:
@@ -87,10 +97,15 @@ class Cursor:
         steps: list[Step] = []
         init = self.init_uri
         msn = self.next_msn
+        # Where this rendition's pull began: a discontinuity there is no news to it.
+        first = self.first if self.first is not None else msn
+        self.first = first
         fed = len(self.parts)
         for seg in pl.segments:
             if seg.msn < msn:
                 continue
+            if seg.discontinuity and not fed and seg.msn > first:
+                steps.append(Discontinuity(seg.msn))
             if seg.map_uri is not None and seg.map_uri != init and not seg.gap:
                 steps.append(Init(seg.map_uri))
                 init = seg.map_uri
@@ -102,6 +117,8 @@ class Cursor:
             fed = 0
             msn = seg.msn + 1
         if pl.trailing and pl.next_msn == msn:
+            if pl.trailing_discontinuity and not fed and msn > first:
+                steps.append(Discontinuity(msn))
             if pl.trailing_map is not None and pl.trailing_map != init:
                 steps.append(Init(pl.trailing_map))
             steps.extend(Part(p) for p in pl.trailing[fed:])
@@ -112,6 +129,8 @@ class Cursor:
         bytes for :class:`Assemble`, else ``data``."""
         if isinstance(step, Init):
             self.init_uri = step.uri
+            return data
+        if isinstance(step, Discontinuity):
             return data
         if isinstance(step, Part):
             p = step.part

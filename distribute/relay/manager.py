@@ -149,6 +149,8 @@ class _Feeder:
         self.stream = stream
         self.codecs = codecs
         self.base: int | None = None
+        # The upstream discontinuity the current local generation started at.
+        self.since: int | None = None
         # Per rendition: media time of the segment being fed, and of its next part.
         self._seg_start: dict[str, float] = {}
         self._part_start: dict[str, float] = {}
@@ -159,6 +161,16 @@ class _Feeder:
 
     def on_init(self, rendition: str, data: bytes) -> None:
         self.stream.add_init(InitFrame(rendition, self.codecs.get(rendition, ""), data))
+
+    def on_discontinuity(self, rendition: str, msn: int) -> None:
+        """The upstream starts a new run at ``msn`` (every rendition at the same number):
+        so does the local stream, once, when the first rendition gets there. Numbers
+        map on from the local number that follows the last segment listed."""
+        if self.base is None or (self.since is not None and msn <= self.since):
+            return
+        log.info("[relay %s] upstream discontinuity at %d: new generation", self.stream.key, msn)
+        self.stream.begin_generation(lead=False)
+        self.base, self.since = msn, msn
 
     def on_part(self, rendition: str, part: PartRef, data: bytes) -> None:
         seg_start = self._seg_start.get(rendition, 0.0)
@@ -490,7 +502,7 @@ class RelayedStream:
                 assert self.stream is not None and self.feeder is not None
                 self.stream.begin_generation(lead=False)
                 self.generations += 1
-                self.feeder.base = None
+                self.feeder.base = self.feeder.since = None
                 self.cursors.clear()
                 self.started_at.clear()
                 self._deferred.clear()

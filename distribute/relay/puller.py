@@ -20,7 +20,7 @@ from typing import Protocol
 
 import httpx
 
-from distribute.relay.cursor import Assemble, Cursor, Init, Part, Step, Whole
+from distribute.relay.cursor import Assemble, Cursor, Discontinuity, Init, Part, Step, Whole
 from distribute.relay.playlist import MediaPlaylist, PartRef, SegmentRef, parse_media
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,10 @@ class RenditionSink(Protocol):
     def on_part(self, rendition: str, part: PartRef, data: bytes) -> None: ...
 
     def on_segment(self, rendition: str, segment: SegmentRef, data: bytes) -> None: ...
+
+    def on_discontinuity(self, rendition: str, msn: int) -> None:
+        """Segment ``msn`` and what follows come after an EXT-X-DISCONTINUITY upstream."""
+        ...
 
 
 class PullError(Exception):
@@ -175,7 +179,7 @@ class Puller:
         read = self.client.timeout.read or 5.0
 
         async def fetch(step: Step) -> bytes:
-            if isinstance(step, Assemble):
+            if isinstance(step, Assemble | Discontinuity):
                 return b""
             if isinstance(step, Whole) and step.segment.gap:
                 return b""
@@ -204,7 +208,9 @@ class Puller:
 
     def _apply(self, step: Step, data: bytes) -> None:
         out = self.cursor.advance(step, data)
-        if isinstance(step, Init):
+        if isinstance(step, Discontinuity):
+            self.sink.on_discontinuity(self.rendition, step.msn)
+        elif isinstance(step, Init):
             self.sink.on_init(self.rendition, out)
         elif isinstance(step, Part):
             self.sink.on_part(self.rendition, step.part, out)

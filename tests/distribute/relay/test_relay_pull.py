@@ -334,6 +334,9 @@ class Recorder:
     def on_segment(self, rendition: str, segment: Any, data: bytes) -> None:
         self.got.append(("segment", data))
 
+    def on_discontinuity(self, rendition: str, msn: int) -> None:
+        self.got.append(("discontinuity", b""))
+
 
 async def test_a_hidden_rendition_is_pulled_into_any_sink() -> None:
     """What a WebRTC relay does with the origin's ``webrtc`` rendition (not in the
@@ -371,3 +374,28 @@ async def test_a_hidden_rendition_is_pulled_into_any_sink() -> None:
         assert "webrtc" not in srv.call(lambda: s.master).decode()
     finally:
         srv.stop()
+
+
+def test_an_upstream_discontinuity_carries_on_in_the_relays_playlist(
+    origin: tuple[MediaServer, LiveStream],
+) -> None:
+    srv, s = origin
+    relay = Relay(Directory(_up(srv)))
+    try:
+        assert relay.client.get("/live/cam/180p/index.m3u8").status_code == 200
+        # The origin's worker restarts: a new run after a discontinuity.
+        srv.call(s.begin_generation)
+        feed_init(srv, s)
+        feed_segment(srv, s, 0)
+        feed_segment(srv, s, 1)
+
+        def carried() -> str | None:
+            text = relay.client.get("/live/cam/180p/index.m3u8").text
+            _, disc, after = text.partition("#EXT-X-DISCONTINUITY")
+            return text if disc and "#EXTINF" in after else None
+
+        text = wait_for(carried, 10, "the relay's playlist to carry the discontinuity")
+        numbers = [int(line.split(".")[0]) for line in text.splitlines() if line.endswith(".m4s")]
+        assert numbers == sorted(numbers) and len(set(numbers)) == len(numbers)
+    finally:
+        relay.stop()
