@@ -24,6 +24,7 @@ from dashboards import (
 from prometheus_client import CollectorRegistry
 
 from distribute.media_metrics import MediaMetrics
+from distribute.relay.metrics import RelayMetrics
 from distribute.whep.server import WhepMetrics
 from ingest.metrics import IngestMetrics
 from placement.agent import AgentCollector
@@ -60,6 +61,7 @@ def defined() -> frozenset[str]:
     TranscodeMetrics(node)
     MediaMetrics(node)
     WhepMetrics(node)
+    RelayMetrics(node)
     node.register(AgentCollector(lambda: None))
     placement = PlacementMetrics(CollectorRegistry())
     return frozenset(exposed(node) | exposed(placement.registry))

@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from dashboards import DASHBOARDS, PENDING, ROOT, Query, load, pending, queries, substitute
+from dashboards import DASHBOARDS, ROOT, Query, load, pending, queries, substitute
 from nodeutil import SMALL, NodeProcess, Publisher, require_binary, wait_for
 from placementutil import PlacementProcess, free_port, node_credential
 
@@ -38,6 +38,7 @@ PLACEMENT_METRICS_TOKEN = "placement-metrics-secret"
 LADDER = "[{name: 180p, width: 320, height: 180, video_bitrate: 250000}]"
 NODES = ("edge-a", "edge-b")
 VIEWERS = ("hls.js/1.5 (viewer 1)", "hls.js/1.5 (viewer 2)", "AVPlayer (viewer 3)")
+RELAY_VIEWER = "hls.js/1.5 (a viewer of the relaying node)"
 # What $__rate_interval becomes: Grafana's is four scrape intervals at least; ten of the
 # test's 1 s scrapes keep a rate defined on a loaded machine.
 RATE_INTERVAL = "10s"
@@ -67,6 +68,7 @@ class Fleet:
                     NEARCAST_PLACEMENT_LIVENESS_FULL_STATS_INTERVAL="1",
                     NEARCAST_TRANSCODE_LADDER=LADDER,
                     NEARCAST_HLS_SEGMENT_DURATION="1",
+                    NEARCAST_RELAY_ENABLED="true",
                 )
             wait_for(lambda: self.alive() == set(NODES), 30, "both nodes registered")
         except BaseException:
@@ -231,6 +233,11 @@ def scraped(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Promethe
         assert master.startswith(origin.http), master
         playlist = master.rsplit("/", 1)[0] + f"/{RENDITION}/index.m3u8"
         viewers = [Viewer(playlist, ua) for ua in VIEWERS]
+        # One more on the other node, which relays the stream from the origin (the relay
+        # panel's bytes); the origin counts the relay as one more viewer.
+        other = next(n for n in fleet.nodes.values() if n is not origin)
+        relayed = f"{other.http}/{TENANT}/{STREAM}/{RENDITION}/index.m3u8"
+        viewers.append(Viewer(relayed, RELAY_VIEWER))
         # A client that does not speak RTMP: refused (ingest_rejected_total).
         with socket.create_connection(("127.0.0.1", origin.rtmp_port), timeout=5) as sock:
             sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" + b"\0" * 1600)
@@ -294,26 +301,22 @@ def test_every_panel_query_returns_series_from_the_fleet(
         raise AssertionError("queries without a series:\n" + "\n".join(empty)) from None
 
 
-def test_panels_waiting_for_relays_are_the_listed_ones_and_get_no_series_yet(
+def test_relay_bytes_come_from_the_relaying_node_by_kind(
     scraped: tuple[Prometheus, Fleet],
 ) -> None:
-    """The relay panel needs relay_inbound_bytes_total, which this build does not export
-    (PENDING in tests/support/dashboards.py): its queries are evaluated and return
-    nothing. When relays land, this fails: wire a relay into the fleet above and take
-    the metric off PENDING."""
+    """The relay panel's metric, through Prometheus: the node relaying the stream pulled
+    media and playlists from the origin, and the origin pulled nothing."""
     prom, fleet = scraped
-    waiting = [
-        (q, e) for name in DASHBOARDS for q, e in _substituted(prom, name) if pending(q.expr)
-    ]
-    assert {n for q, _ in waiting for n in pending(q.expr)} == PENDING.keys()
-    for q, e in waiting:
-        assert prom.query(e) == [], q
-    for node in fleet.nodes.values():
-        text = node.client.get(
-            "/metrics", headers={"Authorization": f"Bearer {NODE_METRICS_TOKEN}"}
-        ).text
-        for metric in PENDING:
-            assert metric.removesuffix("_total") not in text, f"{metric} exists now: see above"
+    expr = 'sum by (instance, kind, origin) (relay_inbound_bytes_total{job="nearcast-node"})'
+
+    def pulled() -> list[dict[str, Any]]:
+        got = prom.query(expr)
+        return got if {s["metric"]["kind"] for s in got} == {"media", "playlist"} else []
+
+    series = wait_for(pulled, 30, "relay bytes of both kinds", interval=0.5)
+    assert len({s["metric"]["instance"] for s in series}) == 1, series
+    assert {s["metric"]["origin"] for s in series} <= set(NODES), series
+    assert all(float(s["value"][1]) > 0 for s in series), series
 
 
 def test_prometheus_scrapes_every_target_with_the_shipped_config(
@@ -340,7 +343,8 @@ def test_new_metrics_read_what_the_fleet_did(scraped: tuple[Prometheus, Fleet]) 
             for s in prom.query(expr)
         }
 
-    expected = {"protocol=hls": 0, "protocol=llhls": len(VIEWERS), "protocol=whep": 0}
+    # The players, the relay's own viewer, and the relay as a viewer of the origin.
+    expected = {"protocol=hls": 0, "protocol=llhls": len(VIEWERS) + 2, "protocol=whep": 0}
     viewers = 'sum by (protocol) (viewers{job="nearcast-node"})'
     # Polled: the newest scrape may predate a viewer's first request.
     wait_for(lambda: value(viewers) == expected, 20, f"viewers {expected}", interval=0.5)

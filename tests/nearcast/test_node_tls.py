@@ -101,8 +101,8 @@ async def test_https_only_node_serves_api_and_media_over_tls(node: Node, ca: Cer
     fast = node.media_app.fast
     hits: list[Any] = []
 
-    def spy(url: bytes, headers: Any) -> Any:
-        got = fast(url, headers)
+    def spy(url: bytes, headers: Any, *client: Any) -> Any:
+        got = fast(url, headers, *client)
         hits.append(got)
         return got
 
