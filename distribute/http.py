@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from time import monotonic
 from typing import Protocol
 
-from distribute.access import TokenCheck
+from distribute.access import RELAY_HEADER, TokenCheck
 from distribute.hls.store import Store
 from distribute.hls.stream import LiveStream
 from distribute.hls.track import RenditionTrack
@@ -446,7 +446,7 @@ class MediaApp:
         if await self.respond.preflight(scope, send, "master"):
             return
         stream = self.store.get(tenant, name)
-        if stream is None and self.relay is not None:
+        if stream is None and self.relay is not None and not _from_relay(scope):
             stream = await self.relay.open(tenant, name, None)
         if stream is None or not stream.master:
             await self.respond.error(send, "master", 404, b"no such stream\n")
@@ -462,7 +462,7 @@ class MediaApp:
             return
         stream = self.store.get(tenant, name)
         relay = self.relay
-        if stream is None and relay is not None:
+        if stream is None and relay is not None and not _from_relay(scope):
             stream = await relay.open(tenant, name, rendition)
         track = stream.renditions.get(rendition) if stream else None
         if stream is None or track is None:
@@ -655,3 +655,11 @@ class MediaApp:
                 else self._h_m4s
             )
             await self.respond.body(scope, send, "vod", data, headers, ranges=True)
+
+
+_RELAY_HEADER = RELAY_HEADER.encode()
+
+
+def _from_relay(scope: Scope) -> bool:
+    """Whether the request is another node's relay pull (it is never relayed onwards)."""
+    return any(k == _RELAY_HEADER for k, _ in scope["headers"])

@@ -434,6 +434,22 @@ def upstream(
     )
     holders = {n.id: n for n in snapshot.by_stream.get(key, ())}
     relays = {n.id for n in snapshot.by_stream.get(RELAY_MARK + key, ())}
+    if origin_id and origin_id == asker_id:
+        # The stream's session is on the asker (its publisher is moving there): it is the
+        # origin and pulls from nobody, or two relays could end up pulling from each other.
+        summary = f"{asker_id} is the origin of {key}"
+        return Decision(
+            node=None,
+            step="none",
+            reason=f"origin: {summary}",
+            steps=(StepReport("origin", 1, 0, {"asker": 1}, summary),),
+            ranked=(),
+            policy=policy.label,
+            snapshot_id=snapshot.id,
+            at=now,
+            top_k=policy.top_k,
+            extra={"origin": origin_id},
+        )
     if origin_id:
         origin = snapshot.nodes.get(origin_id)
         origins = [origin] if origin is not None else []

@@ -201,6 +201,7 @@ class PlacementService:
     async def _refresh(self) -> FleetSnapshot:
         now = self.clock()
         prev = self.snapshots.current
+        mark = self.sessions.mark()
         try:
             # Incremental: only nodes changed since the last snapshot are read.
             changes = await self.registry.changes(now, self._cursor if prev else None)
@@ -225,7 +226,7 @@ class PlacementService:
             nodes=len(snap.nodes),
         )
         self.snapshots.install(snap)
-        self.sessions.new_snapshot()
+        self.sessions.new_snapshot(mark)
         if now - self._counted_at >= NODE_COUNT_INTERVAL or self.last_refresh.full:
             # Counting walks the whole fleet: at most every few seconds (a scrape
             # interval), not on every incremental refresh.

@@ -24,6 +24,10 @@ class LocalSessions:
         # Reservations made since the current snapshot was taken (node -> slots, egress):
         # later decisions see them without rebuilding the snapshot.
         self.usage: dict[str, tuple[int, float]] = {}
+        # The same reservations in the order made, numbered: a refresh that began reading
+        # the registry before some of them keeps them (see ``mark``).
+        self._used: list[tuple[int, str, int, float]] = []
+        self._used_n = 0
         self._known: OrderedDict[str, Session] = OrderedDict()
         # tenant/stream -> the id of its session remembered last (see ``latest``).
         self._latest: dict[str, str] = {}
@@ -39,9 +43,21 @@ class LocalSessions:
         wait for the registry."""
         return bool(self._pending or self._pending_release or self._lost)
 
-    def new_snapshot(self) -> None:
-        """A snapshot was taken: it holds the reservations made before it."""
+    def mark(self) -> int:
+        """Where the reservations stand as a refresh starts reading the registry."""
+        return self._used_n
+
+    def new_snapshot(self, mark: int | None = None) -> None:
+        """A snapshot was taken: it holds the reservations made before its read began
+        (``mark``; None: all of them). Those made while it was read stay counted here,
+        or the next decision would see their capacity free for a snapshot interval (and
+        lose a reservation round trip on it). One the read already saw is then counted
+        twice until the next refresh: on the safe side."""
+        self._used = [u for u in self._used if mark is not None and u[0] > mark]
         self.usage = {}
+        for _, node, slots, egress in self._used:
+            had_slots, had_egress = self.usage.get(node, (0, 0.0))
+            self.usage[node] = (had_slots + slots, had_egress + egress)
 
     def get(self, session_id: str) -> Session | None:
         return self._known.get(session_id)
@@ -89,6 +105,8 @@ class LocalSessions:
     def use(self, s: Session) -> None:
         slots, egress = self.usage.get(s.node_id, (0, 0.0))
         self.usage[s.node_id] = (slots + s.slots, egress + s.egress_mbps)
+        self._used_n += 1
+        self._used.append((self._used_n, s.node_id, s.slots, s.egress_mbps))
 
     def reserve_locally(self, s: Session, node: Node, headroom: float) -> bool:
         """Conservative reservation against the snapshot while the registry is away."""

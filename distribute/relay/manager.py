@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from distribute.access import RELAY
+from distribute.access import RELAY, RELAY_HEADER
 from distribute.hls.store import Store
 from distribute.hls.stream import LiveStream
 from distribute.relay.config import RelayConfig
@@ -579,6 +579,7 @@ class RelayManager:
         self.directory = directory
         self.metrics = metrics
         self.client = client or httpx.AsyncClient(
+            headers={RELAY_HEADER: getattr(directory, "node_id", "") or "relay"},
             timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout),
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
         )

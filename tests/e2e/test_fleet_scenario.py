@@ -367,6 +367,20 @@ def _after_last_discontinuity(playlist: str) -> list[str]:
     return uris + re.findall(r"^(\d+\.m4s)$", tail, re.M)
 
 
+def _playlists(day: Day, stream: str, dead: fleet.FleetNode) -> str:
+    """Every live node's media playlist of ``stream``, for a failure's message."""
+    out = []
+    for n in day.state.nodes:
+        if n is dead:
+            continue
+        try:
+            r = httpx.get(f"{n.http}/{TENANT}/{stream}/{RENDITION}/index.m3u8", timeout=5)
+            out.append(f"--- {n.id}: {r.status_code}\n{r.text[-1500:]}")
+        except httpx.HTTPError as exc:
+            out.append(f"--- {n.id}: {exc!r}")
+    return "\n".join(out)
+
+
 def test_origin_killed_mid_class_teacher_and_relay_carry_on_within_5_s(
     day: Day, tmp_path: Path
 ) -> None:
@@ -424,7 +438,12 @@ def test_origin_killed_mid_class_teacher_and_relay_carry_on_within_5_s(
             got = httpx.get(f"{relay.http}/{TENANT}/{stream}/{RENDITION}/{uris[0]}", timeout=5)
             return time.monotonic() - killed if got.status_code == 200 and got.content else None
 
-        took = wait_for(new_media_fetched, 30, "new media on the relay after the origin died", 0.05)
+        try:
+            took = wait_for(
+                new_media_fetched, 30, "new media on the relay after the origin died", 0.05
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{_playlists(day, stream, first)}") from None
         print(f"\norigin {first.id} killed: first new media at a viewer on {relay.id} {took:.2f} s")
         switched = log.read_text()
         assert f"switching from node {first.id} to node" in switched, switched[-2000:]

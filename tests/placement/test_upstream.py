@@ -95,6 +95,15 @@ def test_no_upstream_when_the_origin_is_down(origin: Node, reason: str) -> None:
     assert d.node is None and reason in d.reason
 
 
+def test_the_origin_has_no_upstream_even_where_a_mec_relays_its_stream() -> None:
+    """The publisher moved to this edge (its session is here) while a MEC still relays
+    the stream from the old origin: the edge must not pull it from that MEC, which will
+    pull from the edge, or the two relay each other in a loop."""
+    mec = make_node("m-west", "mec", streams=RELAYED, labels=RELAY)
+    d = ask(snap(CLOUD, EDGE, mec), "e-lyon", origin="e-lyon")
+    assert d.node is None and "e-lyon is the origin of school/class1" in d.reason, d.reason
+
+
 def test_holders_that_relay_are_never_taken_for_the_origin() -> None:
     # Only relays hold the stream (its origin is gone): nobody to pull from.
     edge_relay = make_node("e-paris", city="paris", region="north", streams=RELAYED)

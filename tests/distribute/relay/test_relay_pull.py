@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from servehelp import INFO, LL_HLS, MediaServer, feed_init, feed_part, feed_segment
 
 from bench.cmaf import cmaf
-from distribute.access import TokenCheck
+from distribute.access import RELAY_HEADER, TokenCheck
 from distribute.config import HlsConfig
 from distribute.hls.store import SEQUENCE_EPOCH
 from distribute.hls.stream import LiveStream
@@ -238,6 +238,26 @@ def test_unknown_stream_is_404_without_waiting(origin: tuple[MediaServer, LiveSt
         assert relay.client.get("/live/nope/180p/index.m3u8").status_code == 404
         assert time.monotonic() - t0 < 3
         # Placement is not asked again at once (a burst of bad requests costs it one).
+        assert directory.asked == 1
+    finally:
+        relay.stop()
+
+
+def test_a_relay_pull_of_a_stream_not_held_here_is_never_relayed_onwards(
+    origin: tuple[MediaServer, LiveStream],
+) -> None:
+    """Another node's pull (it carries RELAY_HEADER) of a stream this node does not hold
+    gets a 404 at once, without a relay of its own: no two nodes relay from each other."""
+    srv, _ = origin
+    directory = Directory(_up(srv))
+    relay = Relay(directory)
+    try:
+        pull = {RELAY_HEADER: "mec-west"}
+        assert relay.client.get("/live/cam/index.m3u8", headers=pull).status_code == 404
+        assert relay.client.get("/live/cam/180p/index.m3u8", headers=pull).status_code == 404
+        assert directory.asked == 0 and relay.describe() == []
+        # A viewer's request for the same stream starts the relay.
+        assert relay.client.get("/live/cam/index.m3u8").status_code == 200
         assert directory.asked == 1
     finally:
         relay.stop()
