@@ -46,9 +46,9 @@ PLAY = "play"
 # A node pulling a stream to relay it signs its requests with a fleet relay key for this
 # action: never a viewer's token, never usable as one (``relay.keys``).
 RELAY = "relay"
-# The request header every relay pull carries (its value: the pulling node's id). A node
-# never starts a relay of its own to answer such a request: two nodes that each think
-# the other holds a stream would otherwise relay it from each other in a loop.
+# The request header every relay pull carries (its value: the pulling node's id). An edge
+# node never starts a relay of its own to answer such a request (MediaApp.relays_for_relays):
+# relays chain edge -> MEC -> origin, and an edge is asked by a relay only as an origin.
 RELAY_HEADER = "x-nearcast-relay"
 _URI_ATTR = re.compile(rb'URI="([^"]*)"')
 # Paths under a stream that are not media: publishing has its own authentication, and the

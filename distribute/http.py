@@ -140,6 +140,10 @@ class MediaApp:
         self.tokens: TokenCheck | None = None
         # Streams not held here are relayed from another node (``relay.enabled``).
         self.relay: RelayHook | None = None
+        # Whether another node's relay pull may start a relay here too: on MEC and cloud
+        # nodes, which edges pull through (relays chain by tier); never on an edge, which
+        # only another node's relay asks when it is the origin, or it would relay back.
+        self.relays_for_relays = False
         self.respond = Responder(cors_origin, metrics)
         cors = self.respond.cors
         cfg = store.config
@@ -440,13 +444,17 @@ class MediaApp:
         else:
             await self.fallback(scope, receive, send)
 
+    def _may_relay(self, scope: Scope) -> bool:
+        """Whether a request for a stream not held here may start a relay of it."""
+        return self.relays_for_relays or not _from_relay(scope)
+
     # -- handlers ----------------------------------------------------------------------
 
     async def _master(self, scope: Scope, send: Send, tenant: str, name: str) -> None:
         if await self.respond.preflight(scope, send, "master"):
             return
         stream = self.store.get(tenant, name)
-        if stream is None and self.relay is not None and not _from_relay(scope):
+        if stream is None and self.relay is not None and self._may_relay(scope):
             stream = await self.relay.open(tenant, name, None)
         if stream is None or not stream.master:
             await self.respond.error(send, "master", 404, b"no such stream\n")
@@ -462,7 +470,7 @@ class MediaApp:
             return
         stream = self.store.get(tenant, name)
         relay = self.relay
-        if stream is None and relay is not None and not _from_relay(scope):
+        if stream is None and relay is not None and self._may_relay(scope):
             stream = await relay.open(tenant, name, rendition)
         track = stream.renditions.get(rendition) if stream else None
         if stream is None or track is None:

@@ -543,6 +543,7 @@ class Node:
             placement_client=client,
         )
         self.media_app.relay = self.relay
+        self.media_app.relays_for_relays = self.config.node.tier != "edge"
         self.relay.start()
         log.info("relay on: streams not held here are pulled via placement at %s", base)
 

@@ -246,8 +246,9 @@ def test_unknown_stream_is_404_without_waiting(origin: tuple[MediaServer, LiveSt
 def test_a_relay_pull_of_a_stream_not_held_here_is_never_relayed_onwards(
     origin: tuple[MediaServer, LiveStream],
 ) -> None:
-    """Another node's pull (it carries RELAY_HEADER) of a stream this node does not hold
-    gets a 404 at once, without a relay of its own: no two nodes relay from each other."""
+    """On an edge node, another node's pull (it carries RELAY_HEADER) of a stream it does
+    not hold gets a 404 at once, without a relay of its own: no two nodes relay from each
+    other. A MEC or cloud node relays for the edges that pull through it."""
     srv, _ = origin
     directory = Directory(_up(srv))
     relay = Relay(directory)
@@ -261,6 +262,13 @@ def test_a_relay_pull_of_a_stream_not_held_here_is_never_relayed_onwards(
         assert directory.asked == 1
     finally:
         relay.stop()
+    mec = Relay(Directory(_up(srv)))
+    try:
+        mec.srv.app.relays_for_relays = True
+        pull = {RELAY_HEADER: "edge-lyon"}
+        assert mec.client.get("/live/cam/index.m3u8", headers=pull).status_code == 200
+    finally:
+        mec.stop()
 
 
 class Recording(TokenCheck):
