@@ -33,6 +33,7 @@ from distribute.record import Recorder, RecordMetrics
 from distribute.relay.api import add_relay_routes
 from distribute.relay.manager import PlacementDirectory, RelayManager
 from distribute.relay.metrics import RelayMetrics
+from distribute.whep.cmaf_source import CmafWhepSource
 from distribute.whep.http import whep_router
 from distribute.whep.server import WhepServer, ice_network
 from ingest.auth import PublishAuth, client_ip, redact_query
@@ -107,7 +108,7 @@ class Node:
         )
         api.include_router(self.whip.router)
         self.whep = WhepServer(config.webrtc, self.registry, network=self.ice)
-        api.include_router(whep_router(self.whep, config.http.cors_origin))
+        api.include_router(whep_router(self.whep, config.http.cors_origin, self._relay_tap))
         # Recording (record.tenants): written on its own thread, served at /{t}/{s}/vod/.
         self.recorder: Recorder | None = (
             Recorder(config.record, RecordMetrics(self.registry)) if config.record.tenants else None
@@ -300,6 +301,13 @@ class Node:
         reason = f"{free:.2f} transcode units free, not enough for any rung"
         left_out = [(r.name, reason) for r in ladder if r.codec != "copy"]
         return "passthrough", Admission(tc.profile("passthrough").ladder, 0.0, left_out)
+
+    async def _relay_tap(self, tenant: str, stream: str) -> bool:
+        """A WHEP viewer of a stream not published here: relay its WebRTC tap, if relays
+        are on (relay.enabled)."""
+        if self.relay is None:
+            return False
+        return await self.relay.open_tap(tenant, stream)
 
     def _whip_keyframe_interval(self, publication: Any) -> float:
         """Seconds between keyframe requests to a WebRTC publisher (0: none).
@@ -543,6 +551,11 @@ class Node:
             placement_client=client,
         )
         self.media_app.relay = self.relay
+        if self.config.webrtc.enabled:
+            # WHEP viewers of a relayed stream: its WebRTC tap, pulled as CMAF and sent
+            # re-packetized (distribute.whep.cmaf_source).
+            self.relay.tap_sink = lambda key: CmafWhepSource(self.whep, key)
+            self.relay.tap_viewers = self.whep.viewers
         self.media_app.relays_for_relays = self.config.node.tier != "edge"
         self.relay.start()
         log.info("relay on: streams not held here are pulled via placement at %s", base)

@@ -31,10 +31,11 @@ from distribute.access import RELAY, RELAY_HEADER
 from distribute.hls.store import Store
 from distribute.hls.stream import LiveStream
 from distribute.relay.config import RelayConfig
-from distribute.relay.cursor import Cursor
+from distribute.relay.cursor import BACKFILL_SEGMENTS, Cursor
 from distribute.relay.metrics import RelayMetrics
 from distribute.relay.playlist import Master, PartRef, SegmentRef, parse_master
 from distribute.relay.puller import Puller, PullError, StreamGone
+from distribute.whep.cmaf_source import TAP_RENDITION
 from media import StreamKey
 from media.segments import InitFrame, PartFrame, SegmentFrame
 from tokens import sign
@@ -141,6 +142,19 @@ class Credentials:
         self._cache.pop((tenant, stream), None)
 
 
+class TapSink(Protocol):
+    """Where a relayed stream's WebRTC tap goes (distribute.whep.cmaf_source's
+    CmafWhepSource: WHEP viewers of this node, re-packetized, no decode)."""
+
+    def init(self, data: bytes) -> None: ...
+
+    def fragment(self, data: bytes) -> object: ...
+
+    def discontinuity(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class _Feeder:
     """A pulled rendition into the local stream: upstream media sequence numbers map to
     worker segment indexes from ``base`` (the generation's first upstream number)."""
@@ -154,18 +168,41 @@ class _Feeder:
         # Per rendition: media time of the segment being fed, and of its next part.
         self._seg_start: dict[str, float] = {}
         self._part_start: dict[str, float] = {}
+        # The hidden TAP_RENDITION goes here (WHEP viewers), not into the local stream;
+        # the segment whose parts it was last given (a segment assembled from them is
+        # not given again).
+        self.tap: TapSink | None = None
+        self._tap_parts_of: int | None = None
+
+    def _tap(self, what: str, data: bytes) -> None:
+        assert self.tap is not None
+        try:
+            if what == "init":
+                self.tap.init(data)
+            else:
+                self.tap.fragment(data)
+        except ValueError as exc:
+            log.warning("[relay %s] webrtc %s refused: %s", self.stream.key, what, exc)
 
     def _index(self, msn: int) -> int:
         assert self.base is not None
         return msn - self.base
 
     def on_init(self, rendition: str, data: bytes) -> None:
+        if rendition == TAP_RENDITION:
+            if self.tap is not None:
+                self._tap("init", data)
+            return
         self.stream.add_init(InitFrame(rendition, self.codecs.get(rendition, ""), data))
 
     def on_discontinuity(self, rendition: str, msn: int) -> None:
         """The upstream starts a new run at ``msn`` (every rendition at the same number):
         so does the local stream, once, when the first rendition gets there. Numbers
         map on from the local number that follows the last segment listed."""
+        if rendition == TAP_RENDITION:
+            if self.tap is not None:
+                self.tap.discontinuity()
+            return
         if self.base is None or (self.since is not None and msn <= self.since):
             return
         log.info("[relay %s] upstream discontinuity at %d: new generation", self.stream.key, msn)
@@ -173,6 +210,11 @@ class _Feeder:
         self.base, self.since = msn, msn
 
     def on_part(self, rendition: str, part: PartRef, data: bytes) -> None:
+        if rendition == TAP_RENDITION:
+            if self.tap is not None:
+                self._tap("part", data)
+                self._tap_parts_of = part.msn
+            return
         seg_start = self._seg_start.get(rendition, 0.0)
         start = seg_start if part.index == 0 else self._part_start.get(rendition, seg_start)
         self.stream.add_part(
@@ -189,6 +231,10 @@ class _Feeder:
         self._part_start[rendition] = start + part.duration
 
     def on_segment(self, rendition: str, segment: SegmentRef, data: bytes) -> None:
+        if rendition == TAP_RENDITION:
+            if self.tap is not None and segment.msn != self._tap_parts_of:
+                self._tap("segment", data)
+            return
         start = self._seg_start.get(rendition, 0.0)
         track = self.stream.renditions.get(rendition)
         codecs = self.codecs.get(rendition) or (track.codecs if track else "")
@@ -349,7 +395,7 @@ class RelayedStream:
         if rendition in self.wanted or self.closed:
             return
         stream = self.stream
-        if stream is not None and rendition not in stream.renditions:
+        if stream is not None and rendition not in stream.renditions and rendition != TAP_RENDITION:
             return
         self.wanted.add(rendition)
         self.primed.setdefault(rendition, asyncio.Event())
@@ -370,7 +416,9 @@ class RelayedStream:
                 # rendition has started.
                 self._deferred.add(rendition)
                 return
-            cursor = self.cursors[rendition] = Cursor(floor=feeder.base or 0)
+            # WebRTC viewers start at the live edge: the tap's backlog is latency.
+            backfill = 0 if rendition == TAP_RENDITION else BACKFILL_SEGMENTS
+            cursor = self.cursors[rendition] = Cursor(floor=feeder.base or 0, backfill=backfill)
         m = self.manager
         inbound = m.metrics.inbound
 
@@ -524,6 +572,9 @@ class RelayedStream:
 
     async def close(self) -> None:
         self.closed = True
+        if self.feeder is not None and self.feeder.tap is not None:
+            self.feeder.tap.close()
+            self.feeder.tap = None
         tasks = [t for t in (self._opening, self._switching, *self.tasks.values()) if t]
         current = asyncio.current_task()
         for t in tasks:
@@ -593,6 +644,11 @@ class RelayManager:
         self._idle: asyncio.Task[None] | None = None
         # Called when the streams relayed change (what the node reports to placement).
         self.on_change: Callable[[], None] | None = None
+        # Makes the sink of a relayed stream's WebRTC tap (WHEP viewers here); None: WHEP
+        # viewers are not relayed.
+        self.tap_sink: Callable[[StreamKey], TapSink] | None = None
+        # WHEP viewers of a stream here: a relay they watch is in use.
+        self.tap_viewers: Callable[[StreamKey], int] = lambda key: 0
 
     # -- HTTP hooks -----------------------------------------------------------------------
 
@@ -648,6 +704,31 @@ class RelayManager:
         # None when the relay could not start; a stream published here meanwhile is served.
         return relay.stream or self.store.get(tenant, name)
 
+    async def open_tap(self, tenant: str, name: str) -> bool:
+        """A WHEP viewer of a stream not published here: relay the stream's WebRTC tap
+        (its hidden TAP_RENDITION) into a :class:`TapSink` made by ``tap_sink``, once.
+        True once the tap's first playlist is in (waiting at most ``relay.first_wait``);
+        its first packets follow as they are pulled."""
+        factory = self.tap_sink
+        if factory is None:
+            return False
+        t0 = time.monotonic()
+        stream = await self.open(tenant, name, None)
+        relay = self.relays.get(StreamKey(tenant, name))
+        if stream is None or relay is None or relay.feeder is None or relay.closed:
+            return False
+        if relay.feeder.tap is None:
+            relay.feeder.tap = factory(relay.key)
+        relay.want(TAP_RENDITION)
+        primed = relay.primed.get(TAP_RENDITION)
+        if primed is None:
+            return False
+        left = self.config.first_wait - (time.monotonic() - t0)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.1, left)):
+                await primed.wait()
+        return primed.is_set()
+
     async def settle(self, stream: LiveStream, rendition: str) -> None:
         """Wait (at most ``relay.first_wait``) until a relayed rendition's first playlist
         is in: its playlist then lists what the relay started from."""
@@ -693,6 +774,11 @@ class RelayManager:
                 try:
                     stream = relay.stream
                     held = stream is not None and any(t.waiters for t in stream.renditions.values())
+                    held = held or (
+                        relay.feeder is not None
+                        and relay.feeder.tap is not None
+                        and self.tap_viewers(relay.key) > 0
+                    )
                     if relay.used or held:
                         # A request held for its part (a blocking reload) is a viewer too.
                         relay.used = False

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import APIRouter, Request
@@ -43,7 +44,14 @@ SDP = "application/sdp"
 MAX_OFFER = 64 * 1024
 
 
-def whep_router(server: WhepServer, cors_origin: str = "*") -> APIRouter:
+def whep_router(
+    server: WhepServer,
+    cors_origin: str = "*",
+    relay: Callable[[str, str], Awaitable[bool]] | None = None,
+) -> APIRouter:
+    """The WHEP endpoints of ``server``. ``relay``: called for a stream not live here,
+    true once it relays the stream's WebRTC tap from another node (the viewer is then
+    answered as on the origin)."""
     router = APIRouter()
 
     def cors(methods: str) -> dict[str, str]:
@@ -90,8 +98,14 @@ def whep_router(server: WhepServer, cors_origin: str = "*") -> APIRouter:
         if body is None or len(body) > MAX_OFFER:
             return error(413, f"offer larger than {MAX_OFFER} bytes", endpoint_methods)
         key = StreamKey(tenant, stream)
+        offer = body.decode("utf-8", "replace")
         try:
-            session, answer = await server.create(key, body.decode("utf-8", "replace"))
+            try:
+                session, answer = await server.create(key, offer)
+            except StreamNotFound:
+                if relay is None or not server.config.enabled or not await relay(tenant, stream):
+                    raise
+                session, answer = await server.create(key, offer)
         except StreamNotFound as exc:
             return error(404, str(exc), endpoint_methods)
         except BadOffer as exc:

@@ -130,6 +130,11 @@ class WhepServer:
 
     # -- node side ---------------------------------------------------------------------
 
+    def viewers(self, key: StreamKey) -> int:
+        """WHEP sessions of ``key`` open now."""
+        fanout = self.fanouts.get(key)
+        return sum(1 for s in self.sessions.values() if s.key == key) if fanout else 0
+
     def open(self, key: StreamKey) -> TapFanout:
         """The stream is live (again): viewers may join."""
         fanout = self.fanouts.get(key)

@@ -21,6 +21,7 @@ import pytest
 from nodeutil import SMALL, SMALL_LADDER, NodeProcess, Publisher, wait_for
 from placementutil import NODE_KEYS, node_credential
 
+from nearcast.whep_probe import probe_whep
 from tokens import sign
 
 OP = "op-relay-test"
@@ -217,6 +218,20 @@ def test_ffmpeg_plays_the_stream_from_the_relay(fleet: Fleet) -> None:
             if decoded >= 30:
                 break
     assert decoded >= 30
+
+
+def test_a_whep_viewer_of_the_relay_gets_the_origins_webrtc_tap_without_a_transcode(
+    fleet: Fleet,
+) -> None:
+    """WHEP on the relay: B pulls the origin's WebRTC tap (H.264 without B-frames, and
+    Opus) as its hidden CMAF rendition and sends it re-packetized; an aiortc viewer of B
+    decodes pictures and sound. B transcodes nothing."""
+    result = asyncio.run(probe_whep(f"{fleet.b.http}/live/cam/whep", duration=4.0))
+    s = result.summary()
+    assert s["frames"] >= 30 and s["stalls"] == 0, s
+    assert s["audio_frames"] >= 50 and s["audio_rate"] == 48000, s
+    assert fleet.b.metric("transcode_segments_total") == 0
+    assert fleet.b.metric("relay_inbound_bytes_total", kind="media") > 0
 
 
 def test_guarded_tenant_needs_a_token_at_the_relay_and_is_pulled_with_its_credential(
