@@ -429,8 +429,9 @@ def media_protocol(
                 (status, cls._date_block, block, b"content-length: %d\r\n\r\n" % len(body))
             )
             # One write (one send syscall) per response: small bodies are copied
-            # behind the head, large ones go out as one vectored write.
-            if len(body) <= 65536:
+            # behind the head, larger ones (a part is tens of KiB) go out as one
+            # vectored write, without a copy of the body in user space.
+            if len(body) <= 16384:
                 self.transport.write(head + body)
             else:
                 self.transport.writelines((head, body))
