@@ -89,6 +89,12 @@ class LiveStream:
         if self._next_msn > self._first_msn:
             self._pending_discontinuity = True
             self.generation += 1
+        # A segment the old run left unfinished had its parts served (to players, to
+        # relays): its number is not reused for other media. It is listed as a gap once
+        # the new run's first segment is in (see _complete).
+        unfinished = [t.building_msn for t in self.renditions.values() if t.building]
+        if unfinished:
+            self._next_msn = max(self._next_msn, max(unfinished) + 1)
         self._base = self._next_msn
         # Only when a segment has more parts than the lead (segment >= ~4 parts).
         cfg = self.config
@@ -315,7 +321,8 @@ class LiveStream:
             # EXT-X-GAP (RFC 8216bis §4.4.4.7) so every rendition keeps one numbering.
             for missing in range(track.segments[-1].msn + 1, msn):
                 gap = Segment(missing, self._duration_of(missing), b"", False, 0.0, gap=True)
-                gap.init_id = track.init_id
+                # The run before the gap's: a new run's init comes with its first segment.
+                gap.init_id = track.segments[-1].init_id
                 gap.uri = self._segment_uri(missing)
                 track.segments.append(gap)
         if track.building and track.building_msn == msn:

@@ -529,7 +529,9 @@ class RelayedStream:
                 except NoUpstream as exc:
                     log.info("%s no upstream yet: %s", self.prefix, exc)
                     up = None
-                if up is not None and (up.node != failed.node or await self._alive(up)):
+                # A new origin answers once its publisher's first media is in (a second
+                # or two after the publisher moved): until then, keep asking.
+                if up is not None and await self._alive(up):
                     break
                 await asyncio.sleep(delay)
                 delay = min(high, delay * 1.5)
@@ -561,7 +563,7 @@ class RelayedStream:
             self._pull(name)
 
     async def _alive(self, up: Upstream) -> bool:
-        """Whether ``up`` (named again after it failed) answers for the stream now."""
+        """Whether ``up`` answers for the stream now (its master playlist is there)."""
         try:
             await self._master(up)
         except (PullError, StreamGone):

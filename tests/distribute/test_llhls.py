@@ -232,13 +232,18 @@ def test_restart_discontinuity_and_new_init() -> None:
     feed_part(s, "360p", 1, 0)  # a part of a segment the dying worker never finished
     s.begin_generation()
     s.add_init(InitFrame("360p", "avc1.64001e,mp4a.40.2", b"ftypmoov-restarted"))
-    feed_segment(s, "360p", 0)  # the new run: MSN 2 (lead) and 3
+    feed_segment(s, "360p", 0)  # the new run: MSN 3 (lead) and 4
     text = s.renditions["360p"].playlist.decode()
     pl = m3u8.loads(text)
-    assert [x.uri for x in pl.segments if x.uri] == ["0.m4s", "1.m4s", "2.m4s", "3.m4s"]
-    assert [x.discontinuity for x in pl.segments if x.uri] == [False, False, True, False]
-    assert text.count("#EXT-X-MAP") == 2 and 'URI="init-3.mp4"' in text
-    assert "2.0.m4s" in text and text.index("#EXT-X-DISCONTINUITY") < text.index("init-3.mp4")
+    # MSN 2, whose part 2.0 was served, is never reused for the new run's media: it is
+    # listed as a gap, and the new run starts after it.
+    assert [x.uri for x in pl.segments if x.uri] == ["0.m4s", "1.m4s", "2.m4s", "3.m4s", "4.m4s"]
+    assert [x.discontinuity for x in pl.segments if x.uri] == [False, False, False, True, False]
+    assert [bool(x.gap_tag) for x in pl.segments if x.uri] == [False, False, True, False, False]
+    assert text.count("#EXT-X-MAP") == 2
+    new_init = text.rsplit("#EXT-X-MAP:", 1)[1]
+    assert "3.0.m4s" in text and text.index("#EXT-X-DISCONTINUITY") < text.index(new_init)
+    assert "2.0.m4s" not in text
     check_rules(pl)
 
 

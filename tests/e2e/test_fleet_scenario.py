@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,9 @@ import redis
 import yaml
 from nodeutil import SMALL, Publisher, require_binary, segment_numbers, wait_for
 from placementutil import RedisServer, free_port
+from prometheus_client.parser import text_string_to_metric_families
 
+from bench.players import measure
 from nearcast import cli, fleet
 from tokens import sign
 
@@ -38,6 +41,9 @@ TENANT = "school"
 RENDITION = "180p"
 # Placement's key for the school's publish tokens (placement.publish_keys).
 PUBLISH_KEY = ("k1", "fleet-scenario-publish-secret")
+# Seconds the student's hls.js plays the relayed class, from its first frame, through
+# the origin's death.
+PLAYED_S = 14.0
 
 
 @dataclass
@@ -417,6 +423,8 @@ def test_origin_killed_mid_class_teacher_and_relay_carry_on_within_5_s(
         )
         relay = next(n for n in day.state.nodes if routed.startswith(f"{n.http}/"))
         assert relay.city == "berlin", (relay.id, routed)
+        # The node drained in step 6 takes no new relay either.
+        assert relay.id != day.classes["physics"]["node"], relay.id
         media = f"{relay.http}/{TENANT}/{stream}/{RENDITION}/index.m3u8"
 
         def relayed() -> str | None:
@@ -424,32 +432,38 @@ def test_origin_killed_mid_class_teacher_and_relay_carry_on_within_5_s(
             return r.text if r.status_code == 200 and len(segment_numbers(r.text)) >= 2 else None
 
         before = _discontinuities(wait_for(relayed, 30, f"the class relayed on {relay.id}"))
-
-        os.kill(first.proc.pid, signal.SIGKILL)
-        killed = time.monotonic()
-
-        def new_media_fetched() -> float | None:
-            r = httpx.get(media, timeout=5)
-            if r.status_code != 200 or _discontinuities(r.text) <= before:
-                return None
-            uris = _after_last_discontinuity(r.text)
-            if not uris:
-                return None
-            got = httpx.get(f"{relay.http}/{TENANT}/{stream}/{RENDITION}/{uris[0]}", timeout=5)
-            return time.monotonic() - killed if got.status_code == 200 and got.content else None
-
-        try:
-            took = wait_for(
-                new_media_fetched, 30, "new media on the relay after the origin died", 0.05
+        # A student plays the class on the relay in hls.js (headless Chromium) through
+        # the kill, without a reload: its longest gap between presented frames is the
+        # interruption it sees.
+        require_binary("chromium")
+        parts_served = relay_parts_served(relay)
+        with ThreadPoolExecutor(1) as pool:
+            student = pool.submit(
+                measure, "hlsjs", f"{relay.http}/{TENANT}/{stream}/index.m3u8", PLAYED_S
             )
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{_playlists(day, stream, first)}") from None
-        print(f"\norigin {first.id} killed: first new media at a viewer on {relay.id} {took:.2f} s")
-        switched = log.read_text()
-        assert f"switching from node {first.id} to node" in switched, switched[-2000:]
-        assert took <= 5.0, f"{took:.2f} s from kill -9 to new media on the relay (target 5 s)"
-        nodes = {n["id"]: n for n in day.placement.get("/v1/nodes").json()["nodes"]}
-        assert not nodes[first.id]["alive"], nodes[first.id]
+            # A few seconds of the class played (parts the relay answered) before the kill.
+            wait_for(
+                lambda: relay_parts_served(relay) >= parts_served + 12 or student.done(),
+                60,
+                "the student's player to play the class on the relay",
+            )
+            assert not student.done(), student.result()
+            os.kill(first.proc.pid, signal.SIGKILL)
+            killed = time.monotonic()
+            played = _after_the_kill(day, relay, stream, first, media, before, killed, log)
+            seen = student.result(timeout=PLAYED_S + 60)
+        gap = seen["max_frame_gap_ms"] / 1000
+        print(
+            f"\norigin {first.id} killed: hls.js on {relay.id} presented frames again after "
+            f"{gap:.2f} s at most, {seen['frames']} frames, stalls {seen['stall_log']}"
+        )
+        # hls.js goes on playing the class from the relay without a reload. Its own gap
+        # is the figure to report: the relay has new media within the 5 s target
+        # (``played``), hls.js takes longer over the discontinuity and the gap segment
+        # (the open part of the edge-network issue); bounded here, not judged.
+        assert seen["frames"] >= PLAYED_S * 30 * 0.25, seen
+        assert gap <= 20.0, f"hls.js saw no new frame for {gap:.2f} s: {seen}"
+        assert played <= 5.0
     finally:
         teacher.send_signal(signal.SIGTERM)
         try:
@@ -457,6 +471,53 @@ def test_origin_killed_mid_class_teacher_and_relay_carry_on_within_5_s(
         finally:
             if teacher.poll() is None:
                 teacher.kill()
+
+
+def relay_parts_served(node: fleet.FleetNode) -> float:
+    """LL-HLS parts ``node`` answered so far (its own metrics)."""
+    text = httpx.get(f"{node.http}/metrics", timeout=5).text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "hls_requests_total" and s.labels.get("kind") == "part"
+    )
+
+
+def _after_the_kill(
+    day: Day,
+    relay: fleet.FleetNode,
+    stream: str,
+    first: fleet.FleetNode,
+    media: str,
+    before: int,
+    killed: float,
+    log: Path,
+) -> float:
+    """Seconds from the kill to the first new media a reader of the relay fetches; the
+    teacher has moved to another node by then."""
+
+    def new_media_fetched() -> float | None:
+        r = httpx.get(media, timeout=5)
+        if r.status_code != 200 or _discontinuities(r.text) <= before:
+            return None
+        uris = _after_last_discontinuity(r.text)
+        if not uris:
+            return None
+        got = httpx.get(f"{relay.http}/{TENANT}/{stream}/{RENDITION}/{uris[0]}", timeout=5)
+        return time.monotonic() - killed if got.status_code == 200 and got.content else None
+
+    try:
+        took = wait_for(new_media_fetched, 30, "new media on the relay after the origin died", 0.05)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{_playlists(day, stream, first)}") from None
+    print(f"\norigin {first.id} killed: first new media at a viewer on {relay.id} {took:.2f} s")
+    switched = log.read_text()
+    assert f"switching from node {first.id} to node" in switched, switched[-2000:]
+    assert took <= 5.0, f"{took:.2f} s from kill -9 to new media on the relay (target 5 s)"
+    nodes = {n["id"]: n for n in day.placement.get("/v1/nodes").json()["nodes"]}
+    assert not nodes[first.id]["alive"], nodes[first.id]
+    return took
 
 
 def test_fleet_down_stops_every_process_and_removes_its_state(day: Day) -> None:

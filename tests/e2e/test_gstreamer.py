@@ -27,13 +27,17 @@ AUDIO_BUFFERS = 90
 def gst(*pipeline: str, timeout: float) -> subprocess.CompletedProcess[str]:
     """Run ``gst-launch-1.0 -e PIPELINE`` to its end of stream, within ``timeout``."""
     exe = require_binary("gst-launch-1.0")
-    return subprocess.run(
-        [exe, "-e", *pipeline],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    try:
+        return subprocess.run(
+            [exe, "-e", *pipeline],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
+        pytest.fail(f"gst-launch-1.0 {' '.join(pipeline)} ran past {timeout:g} s: {out[-1500:]}")
 
 
 def publish_args(url: str, seconds: int) -> list[str]:
@@ -76,7 +80,9 @@ def published(node: NodeProcess) -> Iterator[None]:
     exe = require_binary("gst-launch-1.0")
     procs = [
         subprocess.Popen(
-            [exe, "-e", *publish_args(node.rtmp(f"{tenant}/gst"), 60)],
+            # Long enough for every test of the module on a loaded machine: the fixture
+            # stops them when the module is done.
+            [exe, "-e", *publish_args(node.rtmp(f"{tenant}/gst"), 600)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

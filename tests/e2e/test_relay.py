@@ -199,10 +199,16 @@ def test_relay_pulls_one_copy_for_50_viewers(fleet: Fleet) -> None:
         expected += len(seg.content)
     for i in range(r["parts"]):
         expected += len(a.get(f"/live/cam/{RENDITION}/{r['next']}.{i}.m4s").content)
+    playlists = fleet.b.metric("relay_inbound_bytes_total", kind="playlist")
+    served = sum(g[0] for g in got)
+    print(
+        f"\n50 viewers on the relay: {pulled} media bytes pulled from the origin for one copy "
+        f"of {expected} ({pulled / expected:.3f}), {playlists:.0f} playlist bytes; "
+        f"{served} bytes served to the viewers"
+    )
     assert abs(pulled - expected) <= 0.05 * expected, (pulled, expected, relay)
     # One copy pulled, whatever the number of viewers, while they got many between them
     # (how many depends on how far behind a busy machine leaves these readers).
-    served = sum(g[0] for g in got)
     assert served > 2 * pulled, (served, pulled, gone)
     assert fleet.b.metric("relay_inbound_bytes_total", kind="media") >= pulled
     assert fleet.b.metric("relay_inbound_bytes_total", kind="playlist") > 0
