@@ -410,6 +410,28 @@ def upstream(
     (``origin_id``) or, without one, a holder that does not relay it. The origin is
     only asked to be alive: it is the one source of the stream.
     """
+
+    def decided(
+        node: Node | None,
+        step: str,
+        reason: str,
+        steps: tuple[StepReport, ...],
+        ranked: tuple[Candidate, ...],
+        origin: str,
+    ) -> Decision:
+        return Decision(
+            node=node,
+            step=step,
+            reason=reason,
+            steps=steps,
+            ranked=ranked,
+            policy=policy.label,
+            snapshot_id=snapshot.id,
+            at=now,
+            top_k=policy.top_k,
+            extra={"origin": origin},
+        )
+
     key = stream_key(tenant, stream)
     # An asker placement does not know yet (its id only: not registered) gets the origin.
     me = asker if isinstance(asker, Node) else None
@@ -438,17 +460,13 @@ def upstream(
         # The stream's session is on the asker (its publisher is moving there): it is the
         # origin and pulls from nobody, or two relays could end up pulling from each other.
         summary = f"{asker_id} is the origin of {key}"
-        return Decision(
-            node=None,
-            step="none",
-            reason=f"origin: {summary}",
-            steps=(StepReport("origin", 1, 0, {"asker": 1}, summary),),
-            ranked=(),
-            policy=policy.label,
-            snapshot_id=snapshot.id,
-            at=now,
-            top_k=policy.top_k,
-            extra={"origin": origin_id},
+        return decided(
+            None,
+            "none",
+            f"origin: {summary}",
+            (StepReport("origin", 1, 0, {"asker": 1}, summary),),
+            (),
+            origin_id,
         )
     if origin_id:
         origin = snapshot.nodes.get(origin_id)
@@ -475,18 +493,7 @@ def upstream(
             node = snapshot.nodes[ranked[0].node_id]
             how = "holds" if node.id in holders else "can relay"
             notes.append(f"regional MEC: {node.id} {how} {key} ({summary})")
-            return Decision(
-                node=node,
-                step="mec",
-                reason="; ".join(notes),
-                steps=tuple(reports),
-                ranked=ranked,
-                policy=policy.label,
-                snapshot_id=snapshot.id,
-                at=now,
-                top_k=policy.top_k,
-                extra={"origin": known_origin},
-            )
+            return decided(node, "mec", "; ".join(notes), tuple(reports), ranked, known_origin)
         notes.append(f"regional MEC: {summary}")
     refused: dict[str, int] = {}
     alive: list[Node] = []
@@ -510,30 +517,8 @@ def upstream(
     reports.append(StepReport("origin", len(origins), len(alive), refused, summary))
     if not alive:
         notes.append(f"origin: {summary}")
-        return Decision(
-            node=None,
-            step="none",
-            reason="; ".join(notes),
-            steps=tuple(reports),
-            ranked=(),
-            policy=policy.label,
-            snapshot_id=snapshot.id,
-            at=now,
-            top_k=policy.top_k,
-            extra={"origin": known_origin},
-        )
+        return decided(None, "none", "; ".join(notes), tuple(reports), (), known_origin)
     ranked = rank(alive, ctx, policy.viewer_weights)
     node = snapshot.nodes[ranked[0].node_id]
     notes.append(f"origin: {node.id} ({node.tier.value}, {summary})")
-    return Decision(
-        node=node,
-        step="origin",
-        reason="; ".join(notes),
-        steps=tuple(reports),
-        ranked=ranked,
-        policy=policy.label,
-        snapshot_id=snapshot.id,
-        at=now,
-        top_k=policy.top_k,
-        extra={"origin": node.id},
-    )
+    return decided(node, "origin", "; ".join(notes), tuple(reports), ranked, node.id)
