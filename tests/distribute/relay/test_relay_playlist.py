@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from servehelp import INFO
 
 from distribute.config import HlsConfig
 from distribute.hls.render import render_master
@@ -12,22 +13,6 @@ from distribute.hls.stream import LiveStream
 from distribute.relay.playlist import parse_master, parse_media
 from media import StreamKey
 from media.segments import InitFrame, PartFrame, SegmentFrame
-
-INFO = {
-    "audio": True,
-    "renditions": [
-        {
-            "name": n,
-            "width": w,
-            "height": h,
-            "fps": 30.0,
-            "video_bitrate": b,
-            "maxrate": b,
-            "audio_bitrate": 128000,
-        }
-        for n, w, h, b in (("360p", 640, 360, 700_000), ("180p", 320, 180, 200_000))
-    ],
-}
 
 
 def _stream(low_latency: bool, fmp4: bool) -> LiveStream:
