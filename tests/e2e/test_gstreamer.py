@@ -12,7 +12,7 @@ independent of FFmpeg, hls.js and Shaka Player.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from nodeutil import SMALL_LADDER, NodeProcess, require_binary, segment_numbers, wait_for
@@ -24,12 +24,18 @@ FRAMES = 90
 AUDIO_BUFFERS = 90
 
 
-def gst(*pipeline: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    """Run ``gst-launch-1.0 -e PIPELINE`` to its end of stream, within ``timeout``."""
+def gst(
+    *pipeline: str, timeout: float, diagnose: Callable[[], str] = lambda: ""
+) -> subprocess.CompletedProcess[str]:
+    """Run ``gst-launch-1.0 -e PIPELINE`` to its end of stream, within ``timeout``.
+
+    Past it, the failure names the streams playbin3 selected, the last buffering levels,
+    and what ``diagnose`` says of the server (its playlist and log), so a timeout tells
+    which side stopped."""
     exe = require_binary("gst-launch-1.0")
     try:
         return subprocess.run(
-            [exe, "-e", *pipeline],
+            [exe, "-e", "-m", *pipeline],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -37,7 +43,15 @@ def gst(*pipeline: str, timeout: float) -> subprocess.CompletedProcess[str]:
         )
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
-        pytest.fail(f"gst-launch-1.0 {' '.join(pipeline)} ran past {timeout:g} s: {out[-1500:]}")
+        lines = out.replace("\r", "\n").splitlines()
+        selected = [line[:300] for line in lines if "streams-selected" in line][-3:]
+        eos = [line[:200] for line in lines if "eos" in line.lower()][-5:]
+        levels = [line.strip() for line in lines if line.startswith("buffering...")][-20:]
+        pytest.fail(
+            f"gst-launch-1.0 {' '.join(pipeline)} ran past {timeout:g} s\n"
+            f"selected: {selected}\nend of stream: {eos}\nbuffering: {levels}\n"
+            f"{diagnose()}"
+        )
 
 
 def publish_args(url: str, seconds: int) -> list[str]:
@@ -101,6 +115,13 @@ def published(node: NodeProcess) -> Iterator[None]:
                 p.wait()
 
 
+def diagnose(node: NodeProcess, tenant: str) -> str:
+    """The node's side of a failed playback: the lowest rung's playlist and the log's end."""
+    playlist = node.get(f"/{tenant}/gst/180p/index.m3u8").text
+    log = node.log_path.read_text(errors="replace")[-3000:]
+    return f"180p playlist:\n{playlist[-1500:]}\nnode log:\n{log}"
+
+
 def listed(node: NodeProcess, path: str, segments: int) -> bool:
     r = node.get(path)
     return r.status_code == 200 and len(segment_numbers(r.text)) >= segments
@@ -136,6 +157,7 @@ def test_gstreamer_playbin3_decodes_the_nodes_hls(
         f"video-sink=identity eos-after={FRAMES} ! fakesink sync=true",
         f"audio-sink=identity eos-after={AUDIO_BUFFERS} ! fakesink sync=true",
         timeout=60,
+        diagnose=lambda: diagnose(node, tenant),
     )
     log = out.stdout[-2000:] + out.stderr[-2000:]
     assert out.returncode == 0, log
