@@ -69,20 +69,25 @@ PAGE = """<!doctype html><html><head><meta charset="utf-8"></head><body>
 <script src="/static/stamp.js"></script>
 <script>
 "use strict";
-const PLAYER = "__PLAYER__", URL_ = __URL__, CONFIG = __CONFIG__;
+const PLAYER = "__PLAYER__", URL_ = __URL__, CONFIG = __CONFIG__, GAP_MS = 250;
 const video = document.querySelector("video");
 const wall = () => performance.timeOrigin + performance.now();
 const S = window.probe = {
   frames: 0, stamped: 0, latencies: [], stalls: 0, stallMs: 0, stalledAt: null,
   loadedAt: performance.timeOrigin, streamAt: null, playerAt: null, firstFrameAt: null,
-  lastFrameAt: null, maxGapMs: 0, stallLog: [], width: 0, height: 0, errors: [], fatal: null,
+  lastFrameAt: null, maxGapMs: 0, gaps: [], stallLog: [], width: 0, height: 0, errors: [],
+  fatal: null,
 };
 
 // --- presented frames and stalls ---------------------------------------------------------
 function onFrame(_now, meta) {
   const shown = performance.timeOrigin + meta.expectedDisplayTime;
   if (S.firstFrameAt === null) S.firstFrameAt = shown;
-  if (S.lastFrameAt !== null) S.maxGapMs = Math.max(S.maxGapMs, shown - S.lastFrameAt);
+  if (S.lastFrameAt !== null) {
+    S.maxGapMs = Math.max(S.maxGapMs, shown - S.lastFrameAt);
+    // Freezes a viewer sees (over GAP_MS): [last frame before, first frame after], wall ms.
+    if (shown - S.lastFrameAt > GAP_MS && S.gaps.length < 20) S.gaps.push([S.lastFrameAt, shown]);
+  }
   S.lastFrameAt = shown;
   if (S.stalledAt !== null) {
     const ms = wall() - S.stalledAt;
@@ -194,6 +199,8 @@ def summarize(state: dict[str, Any], player: str) -> dict[str, Any]:
         # [ms after the first frame, ms long] of each stall that ended.
         "stall_log": state["stallLog"][:10],
         "max_frame_gap_ms": round(float(state["maxGapMs"]), 1),
+        # Freezes over 250 ms: (last frame before, first frame after), wall-clock seconds.
+        "freezes": [(a / 1000, b / 1000) for a, b in state["gaps"]],
         "resolution": f"{state['width']}x{state['height']}",
         "errors": sorted(set(state["errors"]))[:10],
     }

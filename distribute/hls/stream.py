@@ -86,15 +86,18 @@ class LiveStream:
 
         ``lead=False``: the run's segments come already cut (a relay copying a new
         upstream), so its first one is not split into a lead of its own."""
+        # A segment the old run left unfinished had its parts served (to players, to
+        # relays): its number is not reused for other media. It ends where the old run
+        # did, as the segment of the parts it has (a segment is the concatenation of its
+        # parts), so that a player's buffer runs on into the new run without a hole. A
+        # rendition that has no part of it lists it as a gap of the same length once the
+        # new run's first segment is in (see _complete).
+        for track in self.renditions.values():
+            if track.building:
+                self._finish_unfinished(track)
         if self._next_msn > self._first_msn:
             self._pending_discontinuity = True
             self.generation += 1
-        # A segment the old run left unfinished had its parts served (to players, to
-        # relays): its number is not reused for other media. It is listed as a gap once
-        # the new run's first segment is in (see _complete).
-        unfinished = [t.building_msn for t in self.renditions.values() if t.building]
-        if unfinished:
-            self._next_msn = max(self._next_msn, max(unfinished) + 1)
         self._base = self._next_msn
         # Only when a segment has more parts than the lead (segment >= ~4 parts).
         cfg = self.config
@@ -106,13 +109,25 @@ class LiveStream:
         self.ended = False
         self.ended_at = None
         for track in self.renditions.values():
-            # Parts of a segment the old worker never finished are dropped.
-            for p in track.building:
-                track.parts.pop((p.msn, p.index), None)
             track.building = []
             track.building_msn = -1
             track.last_part = track.edge()
             track.notify()
+
+    def _finish_unfinished(self, track: RenditionTrack) -> None:
+        """List the segment ``track`` was building when its run stopped, made of the
+        parts it has: what players and relays already have of it stays valid."""
+        parts = track.building
+        last = track.segments[-1] if track.segments else None
+        start = last.start + last.duration if last is not None and not last.gap else 0.0
+        self._complete(
+            track,
+            track.building_msn,
+            sum(p.duration for p in parts),
+            b"".join(p.data for p in parts),
+            track.codecs,
+            start,
+        )
 
     def set_renditions(self, info: dict[str, Any]) -> None:
         self.source = dict(info.get("source", {}))

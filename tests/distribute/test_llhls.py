@@ -235,16 +235,42 @@ def test_restart_discontinuity_and_new_init() -> None:
     feed_segment(s, "360p", 0)  # the new run: MSN 3 (lead) and 4
     text = s.renditions["360p"].playlist.decode()
     pl = m3u8.loads(text)
-    # MSN 2, whose part 2.0 was served, is never reused for the new run's media: it is
-    # listed as a gap, and the new run starts after it.
+    # MSN 2, whose part 2.0 was served, is never reused for the new run's media: it ends
+    # where the old run did, as the segment of that one part, and the new run follows it.
     assert [x.uri for x in pl.segments if x.uri] == ["0.m4s", "1.m4s", "2.m4s", "3.m4s", "4.m4s"]
     assert [x.discontinuity for x in pl.segments if x.uri] == [False, False, False, True, False]
-    assert [bool(x.gap_tag) for x in pl.segments if x.uri] == [False, False, True, False, False]
+    assert not any(x.gap_tag for x in pl.segments)
+    assert pl.segments[2].duration == pytest.approx(PART_DUR, abs=1e-5)
+    track = s.renditions["360p"]
+    served = track.part_data(2, 0)
+    assert served is not None and track.by_msn[2].data == served[0] == b"360p:1.0;" * 10
     assert text.count("#EXT-X-MAP") == 2
     new_init = text.rsplit("#EXT-X-MAP:", 1)[1]
     assert "3.0.m4s" in text and text.index("#EXT-X-DISCONTINUITY") < text.index(new_init)
-    assert "2.0.m4s" not in text
+    # Segment 2 (old init) is listed before the new init: the part a player has is valid.
+    assert text.index("2.m4s") < text.index(new_init)
     check_rules(pl)
+
+
+def test_restart_lists_a_gap_as_long_as_the_unfinished_segment_where_a_rung_has_none() -> None:
+    """180p had no part of the segment the old run left unfinished in 360p: it lists a
+    gap of the same length, so both renditions keep one timeline across the switch."""
+    s = ll_stream()
+    for name in ("360p", "180p"):
+        feed_segment(s, name, 0)
+    feed_part(s, "360p", 1, 0)
+    feed_part(s, "360p", 1, 1)
+    s.begin_generation()
+    for name in ("360p", "180p"):
+        s.add_init(InitFrame(name, "avc1.64001e,mp4a.40.2", b"ftypmoov-again-" + name.encode()))
+        feed_segment(s, name, 0)
+    full, low = parse(s, "360p"), parse(s, "180p")
+    assert [x.uri for x in full.segments] == [x.uri for x in low.segments]
+    assert [bool(x.gap_tag) for x in low.segments] == [False, False, True, False, False]
+    two_parts = pytest.approx(2 * PART_DUR, abs=1e-5)
+    assert low.segments[2].duration == full.segments[2].duration == two_parts
+    for pl in (full, low):
+        check_rules(pl)
 
 
 def test_part_longer_than_target_raises_part_target() -> None:

@@ -395,7 +395,7 @@ def test_origin_killed_mid_class_teacher_and_relay_carry_on_within_5_s(
     kill -9 of the origin: the teacher asks placement again and carries on elsewhere, the
     relay reports its upstream dead, pulls from the new origin, and its playlist goes on
     after a discontinuity. Measured: kill to the first new media a student on the relay
-    fetches."""
+    fetches, and kill to the first new frame hls.js presents to a student there."""
     stream = "maths"
     token = sign(PUBLISH_KEY[1], PUBLISH_KEY[0], "publish", TENANT, stream, int(time.time()) + 600)
     log = tmp_path / "teacher.log"
@@ -449,20 +449,23 @@ def test_origin_killed_mid_class_teacher_and_relay_carry_on_within_5_s(
             )
             assert not student.done(), student.result()
             os.kill(first.proc.pid, signal.SIGKILL)
-            killed = time.monotonic()
+            killed, killed_wall = time.monotonic(), time.time()
             played = _after_the_kill(day, relay, stream, first, media, before, killed, log)
             seen = student.result(timeout=PLAYED_S + 60)
-        gap = seen["max_frame_gap_ms"] / 1000
+        # The student's interruption: from the kill to the first frame hls.js presented
+        # after it (the end of the freeze that spans the kill; none if it never froze).
+        resumed = [end - killed_wall for start, end in seen["freezes"] if end > killed_wall]
+        frozen = max(resumed[0] if resumed else 0.0, 0.0)
         print(
-            f"\norigin {first.id} killed: hls.js on {relay.id} presented frames again after "
-            f"{gap:.2f} s at most, {seen['frames']} frames, stalls {seen['stall_log']}"
+            f"\norigin {first.id} killed: hls.js on {relay.id} presented a new frame "
+            f"{frozen:.2f} s after the kill (longest freeze "
+            f"{seen['max_frame_gap_ms'] / 1000:.2f} s, {seen['frames']} frames, "
+            f"stalls {seen['stall_log']})"
         )
-        # hls.js goes on playing the class from the relay without a reload. Its own gap
-        # is the figure to report: the relay has new media within the 5 s target
-        # (``played``), hls.js takes longer over the discontinuity and the gap segment
-        # (the open part of the edge-network issue); bounded here, not judged.
+        # hls.js goes on playing the class from the relay without a reload, within the
+        # issue's 5 s from the kill.
         assert seen["frames"] >= PLAYED_S * 30 * 0.25, seen
-        assert gap <= 20.0, f"hls.js saw no new frame for {gap:.2f} s: {seen}"
+        assert frozen <= 5.0, f"hls.js presented no new frame for {frozen:.2f} s: {seen}"
         assert played <= 5.0
     finally:
         teacher.send_signal(signal.SIGTERM)
