@@ -119,6 +119,13 @@ class StreamInfo(BaseModel):
     generation: int = Field(description="Publishes of this stream (discontinuities).")
     degradation: int = Field(description="How many steps the worker has degraded (0: none).")
     segments: int = Field(description="Segments produced so far.")
+    edge_age: float | None = Field(
+        None,
+        description="Seconds since the end of the newest listed part or segment, on its "
+        "EXT-X-PROGRAM-DATE-TIME clock: how stale the live edge is here (null before any "
+        "media; 0 when media ran ahead of that clock). Grows when media stops arriving or "
+        "the worker runs slower than real time.",
+    )
     renditions: list[Rendition]
     url: str = Field(description="The multivariant playlist, relative to the node.")
     ingest: dict[str, Any] | None = Field(
@@ -298,6 +305,11 @@ def create_api(
     async def stamp() -> Response:
         # The clock-stamp reader of the watch page and the player latency probe.
         return FileResponse(WEB / "stamp.js", media_type="text/javascript")
+
+    @app.get("/static/whep.js", include_in_schema=False)
+    async def whepjs() -> Response:
+        # The WHEP viewer of the watch page, loaded by the placement console too.
+        return FileResponse(WEB / "whep.js", media_type="text/javascript")
 
     @app.get("/static/shaka-player.compiled.js", include_in_schema=False)
     async def shaka() -> Response:

@@ -302,7 +302,7 @@ def schema() -> dict[str, Any]:
         if isinstance(route, APIRoute):
             if route.path in _PAGES or route.name in _METHOD_NOT_ALLOWED:
                 continue
-            if "/whep" in route.path:
+            if route.path.startswith("/{tenant}/{stream}/whep"):
                 # The WHEP router keeps its routes out of the node's live /docs page; they
                 # are part of the API all the same.
                 route = copy.copy(route)

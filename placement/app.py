@@ -329,6 +329,8 @@ def _audited_route_class(
                             clock(),
                             getattr(request.state, "audit_detail", None),
                         )
+                        # Stored before the answer: a GET /v1/audit that follows sees it.
+                        await audit.flush()
 
             return audited
 
@@ -462,7 +464,7 @@ def create_app(
             raise _unauthorized("metrics bearer token required ('placement.metrics_token')")
 
     cap = config.max_body_bytes
-    audit = app.state.audit = AuditLog()
+    audit = app.state.audit = AuditLog(service.registry)
     # Nodes a suspect probe found dead, and when: the console shows them dead (not
     # only stale) until they beat again.
     dead_marks: dict[str, float] = {}

@@ -5,9 +5,12 @@ stored there, from the constructor or ``policy_file``, if none is), followed on
 every refresh, since another instance may change it, and changed by ``put``: a
 new, higher version, or an earlier one unchanged (a rollback).
 
-Who activated which version, and when, is kept in this instance's memory
-(``history``): the console's policy history. The service's log and the audit
-log record the same.
+Who activated which version, and when, is kept in the registry's ``policy``
+journal (``history``, capped at HISTORY_SIZE): the console's policy history. On
+Redis it is shared by every instance and survives their restarts; embedded (the
+in-process registry) it lives in memory. Each instance also keeps the activations
+it saw, answered while the registry is unreachable. The service's log and the
+audit log record the same.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ from placement.policy import DEFAULT_POLICY, Policy, load_policy_file, parse_pol
 from placement.registry import Registry
 
 log = logging.getLogger(__name__)
+
+HISTORY_SIZE = 1000
+JOURNAL = "policy"
 
 
 class PolicyVersions:
@@ -76,25 +82,33 @@ class PolicyVersions:
             self._versions[active] = parse_policy_yaml(stored[active])
         log.info("policy %s -> %s", self._policy.label, self._versions[active].label)
         self._policy = self._versions[active]
-        # Activated by another instance: who and when are in that instance's log.
-        self._activated(self._policy, "", None, rollback=active < max(self._versions))
-
-    def history(self) -> list[dict[str, Any]]:
-        """Activations seen by this instance, oldest first: version, label, operator
-        and time (empty and None when not known: changed by another instance), and
-        whether it was a rollback."""
-        return list(self._history)
-
-    def _activated(self, policy: Policy, operator: str, at: float | None, rollback: bool) -> None:
+        # Activated by another instance, which put who and when in the journal: only
+        # this instance's own copy notes it.
         self._history.append(
-            {
-                "version": policy.version,
-                "label": policy.label,
-                "operator": operator,
-                "at": at,
-                "rollback": rollback,
-            }
+            _activation(self._policy, "", None, rollback=active < max(self._versions))
         )
+
+    async def history(self) -> list[dict[str, Any]]:
+        """Activations, oldest first (the last HISTORY_SIZE): version, label, operator
+        and time, and whether it was a rollback. From the registry's journal; while it
+        is unreachable, those this instance saw (operator and time empty and None when
+        another instance made the change)."""
+        try:
+            return list(reversed(await self.registry.journal(JOURNAL, HISTORY_SIZE)))
+        except RegistryUnavailable:
+            return list(self._history)
+
+    async def _activated(
+        self, policy: Policy, operator: str, at: float | None, rollback: bool
+    ) -> None:
+        entry = _activation(policy, operator, at, rollback)
+        self._history.append(entry)
+        del self._history[:-HISTORY_SIZE]
+        try:
+            await self.registry.append_journal(JOURNAL, [entry], HISTORY_SIZE)
+        except RegistryUnavailable as exc:
+            # The version is active (stored just before): only its history line is missing.
+            log.warning("policy %s: activation not stored in the history: %s", policy.label, exc)
 
     async def put(self, policy: Policy, operator: str = "", at: float | None = None) -> Policy:
         """Activate ``policy``: a new higher version, or an earlier one unchanged
@@ -117,5 +131,15 @@ class PolicyVersions:
         by = f" by {operator}" if operator else ""
         log.info("policy %s -> %s%s", self._policy.label, policy.label, by)
         self._policy = policy
-        self._activated(policy, operator, at, rollback=existing is not None)
+        await self._activated(policy, operator, at, rollback=existing is not None)
         return policy
+
+
+def _activation(policy: Policy, operator: str, at: float | None, rollback: bool) -> dict[str, Any]:
+    return {
+        "version": policy.version,
+        "label": policy.label,
+        "operator": operator,
+        "at": at,
+        "rollback": rollback,
+    }

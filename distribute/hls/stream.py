@@ -497,7 +497,20 @@ class LiveStream:
         listed = self.listed()
         return bool(listed) and all(t.segments for t in listed)
 
+    def live_edge(self) -> float | None:
+        """When the newest listed part or segment ends, on its EXT-X-PROGRAM-DATE-TIME
+        clock (wall clock, anchored when the run's first media arrived); None before
+        any media is listed."""
+        ends = []
+        for t in self.listed():
+            if t.building:
+                ends.append(t.building_program_time + sum(p.duration for p in t.building))
+            elif t.segments and t.segments[-1].program_time:
+                ends.append(t.segments[-1].program_time + t.segments[-1].duration)
+        return max(ends, default=None)
+
     def describe(self, now: float) -> dict[str, Any]:
+        edge = self.live_edge()
         return {
             "tenant": self.key.tenant,
             "stream": self.key.stream,
@@ -515,6 +528,8 @@ class LiveStream:
             "generation": self.generation,
             "degradation": self.degradation,
             "segments": self.segments_total,
+            # Media that ran ahead of the anchored clock (a publisher's burst) is 0 old.
+            "edge_age": None if edge is None else round(max(0.0, now - edge), 3),
             "renditions": [
                 {
                     "name": t.name,

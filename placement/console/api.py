@@ -84,6 +84,18 @@ def node_status(node: Node, now: float, ttl: float, alive: bool, dead_since: flo
     return "live"
 
 
+def city_viewers(holders: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Viewers of one stream per city: the sum over the nodes holding it there (origin
+    and relays; a node's viewers are all its viewers, as it reports them), by city;
+    ``nodes`` counts them, those of unknown viewers included."""
+    cities: dict[str, dict[str, Any]] = {}
+    for x in holders:
+        c = cities.setdefault(x["city"], {"city": x["city"], "viewers": 0, "nodes": 0})
+        c["nodes"] += 1
+        c["viewers"] += x["viewers"] or 0
+    return [cities[k] for k in sorted(cities)]
+
+
 def _policy_text(text: str) -> Policy:
     try:
         return parse_policy_yaml(text)
@@ -164,9 +176,9 @@ def add_console_routes(
     async def audit_log(
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     ) -> list[dict[str, Any]]:
-        """Operator actions on this instance, newest first: time, operator, action,
-        target, HTTP status."""
-        return audit.recent(limit)
+        """Operator actions, newest first: time, operator, action, target, HTTP status
+        (kept in the registry: on Redis, every instance's, across restarts)."""
+        return await audit.recent(limit)
 
     @operator_api.get("/v1/console/whoami", dependencies=[bearer])
     async def whoami(request: Request) -> dict[str, str]:
@@ -212,8 +224,11 @@ def add_console_routes(
     ) -> dict[str, Any]:
         """Sessions (the first ``limit`` by id) with their origin node, the nodes
         holding their stream (origin and relays, from their heartbeats), each holder's
-        viewers, and the source bitrate and renditions the origin reports (asked of
-        it, 2 s at most); ``total`` counts them all."""
+        viewers and their sum per city (``cities``), the origin's LL-HLS playlist
+        (``playback``) and WHEP endpoint (``whep``), and what the origin reports (asked
+        of it, 2 s at most): the source bitrate, renditions and ``edge_age``, the
+        seconds since the end of the newest part or segment it lists (its
+        EXT-X-PROGRAM-DATE-TIME); ``total`` counts them all."""
         snap = await service.snapshot()
         now = service.clock()
         every = sorted(await service.registry.sessions(now), key=lambda s: s.id)
@@ -233,22 +248,26 @@ def add_console_routes(
             origin = snap.nodes.get(s.node_id)
             holders = sorted({n.id for n in snap.by_stream.get(key, ())} | {s.node_id})
             source = info.get("source") or {}
+            held = [
+                {
+                    "id": h,
+                    "role": "origin" if h == s.node_id else "relay",
+                    "tier": n.tier.value if (n := snap.nodes.get(h)) else "",
+                    "city": n.city if n else "",
+                    "viewers": n.load.viewers if n else None,
+                }
+                for h in holders
+            ]
             out.append(
                 {
                     **s.to_dict(),
                     "key": key,
                     "playback": f"{origin.urls.http}/{key}/index.m3u8" if origin else "",
+                    "whep": f"{origin.urls.http}/{key}/whep" if origin else "",
                     "origin_city": origin.city if origin else "",
-                    "holders": [
-                        {
-                            "id": h,
-                            "role": "origin" if h == s.node_id else "relay",
-                            "tier": n.tier.value if (n := snap.nodes.get(h)) else "",
-                            "city": n.city if n else "",
-                            "viewers": n.load.viewers if n else None,
-                        }
-                        for h in holders
-                    ],
+                    "holders": held,
+                    "cities": city_viewers(held),
+                    "edge_age": info.get("edge_age"),
                     "bitrate": source.get("bitrate"),
                     "live": info.get("live"),
                     "publisher_connected": info.get("publisher_connected"),
@@ -332,7 +351,7 @@ def add_console_routes(
 
     @operator_api.get("/v1/policy/history", dependencies=[bearer])
     async def policy_history() -> dict[str, Any]:
-        """Every stored version (label, YAML) and the activations this instance saw,
+        """Every stored version (label, YAML) and the activations (the last 1000),
         with the operator's name and time."""
         versions = []
         for v in service.policy_versions():
@@ -344,7 +363,7 @@ def add_console_routes(
         return {
             "active": service.policy.version,
             "versions": versions,
-            "history": service.policies.history(),
+            "history": await service.policies.history(),
         }
 
     @operator_api.post("/v1/policy/rollback/{version}", dependencies=[bearer])

@@ -103,6 +103,13 @@ class Registry(Protocol):
 
     async def recent_decisions(self, limit: int) -> list[dict[str, Any]]: ...
 
+    async def append_journal(self, name: str, entries: Sequence[dict[str, Any]], keep: int) -> None:
+        """Add ``entries`` (oldest first) to the journal ``name`` (the audit log, the
+        policy activations), keeping its newest ``keep``."""
+
+    async def journal(self, name: str, limit: int) -> list[dict[str, Any]]:
+        """The newest ``limit`` entries of the journal ``name``, newest first."""
+
     async def ping(self) -> None: ...
 
     async def close(self) -> None: ...

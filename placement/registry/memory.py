@@ -28,6 +28,7 @@ class InProcessRegistry:
         self._policies: dict[int, str] = {}
         self._active: int | None = None
         self._log: deque[str] = deque()
+        self._journals: dict[str, deque[str]] = {}
         # Change log for incremental snapshots: node -> counter value of its last
         # change, kept in change order (oldest first).
         self._epoch = uuid.uuid4().hex
@@ -213,6 +214,16 @@ class InProcessRegistry:
 
     async def recent_decisions(self, limit: int) -> list[dict[str, Any]]:
         return [json.loads(e) for e in list(self._log)[:limit]]
+
+    async def append_journal(self, name: str, entries: Sequence[dict[str, Any]], keep: int) -> None:
+        log = self._journals.setdefault(name, deque())
+        for e in entries:
+            log.appendleft(json.dumps(e))
+        while len(log) > keep:
+            log.pop()
+
+    async def journal(self, name: str, limit: int) -> list[dict[str, Any]]:
+        return [json.loads(e) for e in list(self._journals.get(name, ()))[:limit]]
 
     async def ping(self) -> None:
         return None

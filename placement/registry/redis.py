@@ -34,6 +34,8 @@ keys and what is stored under them:
     {p:meta}:streams    hash  tenant/stream -> session id
     {p:meta}:policies   hash  version -> policy YAML;  {p:meta}:policy  active version
     {p:log}:decisions   list  recent decision log (JSON), newest first
+    {p:log}:j:<name>    list  a journal (JSON), newest first, capped: j:audit (operator
+                              actions), j:policy (policy activations)
 """
 
 from __future__ import annotations
@@ -603,6 +605,22 @@ class RedisRegistry:
     async def recent_decisions(self, limit: int) -> list[dict[str, Any]]:
         with unavailable():
             raw = await self._r.lrange(f"{{{self._p}:log}}:decisions", 0, limit - 1)
+        return [json.loads(r) for r in raw]
+
+    async def append_journal(self, name: str, entries: Sequence[dict[str, Any]], keep: int) -> None:
+        if not entries:
+            return
+        key = f"{{{self._p}:log}}:j:{name}"
+        with unavailable():
+            # As the decision log: push and trim in one MULTI on one key (one slot).
+            pipe = self._r.pipeline(transaction=True)
+            pipe.lpush(key, *[json.dumps(e) for e in entries])
+            pipe.ltrim(key, 0, max(0, keep - 1))
+            await pipe.execute()
+
+    async def journal(self, name: str, limit: int) -> list[dict[str, Any]]:
+        with unavailable():
+            raw = await self._r.lrange(f"{{{self._p}:log}}:j:{name}", 0, limit - 1)
         return [json.loads(r) for r in raw]
 
     async def ping(self) -> None:

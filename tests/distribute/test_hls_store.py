@@ -103,3 +103,16 @@ def test_a_flood_of_out_of_order_segments_logs_a_few_lines(
             s.add_segment(seg("360p", 1))
     lines = [r for r in caplog.records if "out of order" in r.getMessage()]
     assert 1 <= len(lines) <= 3
+
+
+def test_describe_gives_the_age_of_the_live_edge(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = stream()
+    assert s.describe(1000.0)["edge_age"] is None  # nothing listed yet
+    # The first segment's end is anchored at the wall clock it arrived at.
+    monkeypatch.setattr("distribute.hls.stream.time.time", lambda: 1000.0)
+    s.add_segment(seg("360p", 0))
+    assert s.describe(1003.5)["edge_age"] == 3.5
+    s.add_segment(seg("360p", 1))  # ends at 1002 on the program clock
+    assert s.describe(1003.5)["edge_age"] == 1.5
+    # Media ahead of the anchored clock (a publisher's burst) is not younger than new.
+    assert s.describe(1001.0)["edge_age"] == 0.0

@@ -177,13 +177,30 @@ def test_classes_page_previews_a_class_and_kicks_its_publisher(console: Console)
     row = page.locator(f"tr[data-key='{TENANT}/physics']")
     expect(row.get_by_test_id("holders")).to_contain_text(f"{EDGE} (origin", timeout=TIMEOUT_MS)
     expect(row.get_by_test_id("bitrate")).to_contain_text("kb/s", timeout=TIMEOUT_MS)
+    # The origin's live edge is fresh (parts of 0.5 s or segments of 2 s: well under 5 s).
+    expect(row.get_by_test_id("edge-age")).to_have_text(re.compile(r"^[0-4]\.\d s$"))
+    expect(row.get_by_test_id("cities")).to_contain_text("berlin: ")
+    (listed,) = [
+        s
+        for s in console.api.get("/v1/console/sessions").json()["sessions"]
+        if s["key"] == f"{TENANT}/physics"
+    ]
+    assert 0 <= listed["edge_age"] < 5, listed
+    assert listed["whep"] == f"{node.http}/{TENANT}/physics/whep"
+    assert [(c["city"], c["nodes"]) for c in listed["cities"]] == [("berlin", 1)]
+    assert listed["cities"][0]["viewers"] == listed["holders"][0]["viewers"]
+    for mode in ("llhls", "whep"):
+        page.get_by_test_id("preview-mode").select_option(mode)
+        row.locator("[data-action=preview]").click()
+        _plays(page, f"document.querySelector('video[data-session][data-mode={mode}]')")
+        url = listed["whep"] if mode == "whep" else listed["playback"]
+        expect(page.get_by_test_id("preview-state")).to_contain_text(f"playing {url}")
+    console.shot("classes")  # previewing over WHEP
+    # The node's WHEP viewer session ends with the preview (DELETE from another origin).
+    page.get_by_test_id("preview-mode").select_option("llhls")
     row.locator("[data-action=preview]").click()
-    video = "document.querySelector('video[data-session]')"
-    page.wait_for_function(f"{video} && !{video}.paused && {video}.currentTime > 0", timeout=60_000)
-    start = page.evaluate(f"{video}.currentTime")
-    page.wait_for_function(f"{video}.currentTime >= {start + 1}", timeout=60_000)  # it plays
-    expect(page.get_by_test_id("preview-state")).to_contain_text("playing")
-    console.shot("classes")
+    wait_for(lambda: _whep_viewers(node.http) == 0, 20, "the WHEP preview's session to end")
+    expect(page.get_by_test_id("preview-state")).to_contain_text("playing", timeout=60_000)
     row.locator("[data-action=kick]").click()
     expect(page.locator("#flash")).to_contain_text(f"kicked the publisher of {TENANT}/physics")
 
@@ -200,6 +217,26 @@ def test_classes_page_previews_a_class_and_kicks_its_publisher(console: Console)
         ("alice", "delete_session"),
         ("alice", "kick"),
     ]
+
+
+def _plays(page: Page, video: str) -> None:
+    """The preview plays: frames decoded (its size is known) and its time advancing."""
+    page.wait_for_function(
+        f"{video} && !{video}.paused && {video}.videoWidth > 0 && {video}.currentTime > 0",
+        timeout=60_000,
+    )
+    start = page.evaluate(f"{video}.currentTime")
+    page.wait_for_function(f"{video}.currentTime >= {start + 1}", timeout=60_000)
+
+
+def _whep_viewers(base: str) -> float:
+    """The node's open WHEP sessions (webrtc_sessions)."""
+    text = httpx.get(f"{base}/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.split("{")[0].split(" ")[0] == "webrtc_sessions"
+    )
 
 
 def test_decisions_page_explains_a_placement_and_replays_it_both_ways(console: Console) -> None:

@@ -4,6 +4,7 @@ and the console's pages."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -11,14 +12,17 @@ from typing import Any
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 from fastapi import FastAPI
-from placementutil import NODE_KEYS, Clock, make_node, node_headers
+from placementutil import NODE_KEYS, REDIS_URL, Clock, make_node, node_headers, redis_available
 
 from nearcast.config import load
 from placement.app import create_app
 from placement.config import PlacementConfig
-from placement.console.api import node_status
+from placement.console.api import city_viewers, node_status
+from placement.registry import Registry
 from placement.registry.memory import InProcessRegistry
+from placement.registry.redis import RedisRegistry
 from placement.suspects import Suspects
 from settings import ConfigError
 
@@ -327,8 +331,29 @@ async def test_console_sessions_lists_origin_and_relays(
         ("e1", "origin", 0),
         ("e2", "relay", 7),
     ]
-    # Its node is not reachable here: no bitrate, the list still answers.
-    assert got["bitrate"] is None
+    assert got["whep"] == "http://e1.test/school/c1/whep"
+    assert got["cities"] == [{"city": "lyon", "viewers": 7, "nodes": 2}]
+    # Its node is not reachable here: no bitrate, no edge age, the list still answers.
+    assert got["bitrate"] is None and got["edge_age"] is None
+
+
+@pytest.mark.parametrize(
+    ("holders", "cities"),
+    [
+        ([], []),
+        (
+            [("ber-1", "berlin", 3), ("ams-1", "amsterdam", 5), ("ber-2", "berlin", 4)],
+            [("amsterdam", 5, 1), ("berlin", 7, 2)],
+        ),
+        # A holder placement has no heartbeat of: counted as a node, not as viewers.
+        ([("ber-1", "berlin", 2), ("gone", "", None)], [("", 0, 1), ("berlin", 2, 1)]),
+    ],
+)
+def test_city_viewers_sums_the_holders_of_each_city(
+    holders: list[tuple[str, str, int | None]], cities: list[tuple[str, int, int]]
+) -> None:
+    got = city_viewers([{"id": i, "city": c, "viewers": v} for i, c, v in holders])
+    assert [(c["city"], c["viewers"], c["nodes"]) for c in got] == cities
 
 
 async def test_kick_needs_the_nodes_token_and_a_reachable_node(
@@ -366,3 +391,65 @@ def test_operators_come_from_the_environment_too(tmp_path: Path) -> None:
     assert cfg.operator_named("b-secret") == "bob" and cfg.operator_named("nope") is None
     with pytest.raises(ConfigError, match="'placement.operators.Bob' name must be"):
         load(str(path), {"NEARCAST_PLACEMENT_OPERATORS": "{Bob: x}"})
+
+
+async def _history_and_audit(registry: Registry, clock: Clock, act: bool) -> dict[str, Any]:
+    """Start an instance on ``registry``; with ``act``, alice applies a policy and bob
+    rolls it back; answer its policy history and audit log, and stop it."""
+    cfg = PlacementConfig(operators={"alice": "alice-token", "bob": "bob-token"})
+    app = create_app(cfg, registry, clock=clock, background=False)
+    await app.state.service.start(background=False)
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://placement") as c:
+            if act:
+                r = await c.put(
+                    "/v1/policy", content="name: edge-first\nversion: 2\n", headers=ALICE
+                )
+                assert r.status_code == 200, r.text
+                clock.advance(30)
+                assert (await c.post("/v1/policy/rollback/1", headers=BOB)).status_code == 200
+            history = (await c.get("/v1/policy/history", headers=ALICE)).json()
+            audit = (await c.get("/v1/audit", headers=ALICE)).json()
+        return {"history": history["history"], "audit": audit}
+    finally:
+        await app.state.service.stop()
+
+
+@pytest.mark.redis
+async def test_audit_log_and_policy_history_survive_a_restart_on_redis(clock: Clock) -> None:
+    assert redis_available(REDIS_URL), f"this test needs Redis at {REDIS_URL}"
+    prefix = f"t{uuid.uuid4().hex[:10]}"  # keys of this test only
+    try:
+        before = await _history_and_audit(RedisRegistry.from_url(REDIS_URL, prefix), clock, True)
+        assert [(e["label"], e["operator"], e["rollback"]) for e in before["history"]] == [
+            ("edge-first@2", "alice", False),
+            ("default@1", "bob", True),
+        ]
+        assert [(e["operator"], e["action"]) for e in before["audit"]] == [
+            ("bob", "rollback"),
+            ("alice", "put_policy"),
+        ]
+        clock.advance(60)
+        after = await _history_and_audit(RedisRegistry.from_url(REDIS_URL, prefix), clock, False)
+        assert after == before
+    finally:
+        r = aioredis.Redis.from_url(REDIS_URL)
+        try:
+            for key in [k async for k in r.scan_iter(match=f"{{{prefix}:*", count=1000)]:
+                await r.delete(key)
+        finally:
+            await r.aclose()
+
+
+async def test_embedded_placement_keeps_them_in_memory(clock: Clock) -> None:
+    registry = InProcessRegistry()
+    before = await _history_and_audit(registry, clock, True)
+    assert len(before["history"]) == 2 and len(before["audit"]) == 2
+    # The same process (a stopped and started service on the same registry) keeps them;
+    # a new process starts a new registry, empty.
+    assert await _history_and_audit(registry, clock, False) == before
+    assert await _history_and_audit(InProcessRegistry(), clock, False) == {
+        "history": [],
+        "audit": [],
+    }

@@ -145,3 +145,13 @@ async def test_policies_and_decision_log(registry: Registry) -> None:
     await registry.log_decisions([{"n": i} for i in range(5)], keep=3)
     assert await registry.recent_decisions(10) == [{"n": 4}, {"n": 3}, {"n": 2}]
     await registry.ping()
+
+
+async def test_journals_are_capped_and_apart(registry: Registry) -> None:
+    assert await registry.journal("audit", 10) == []
+    await registry.append_journal("audit", [{"n": i} for i in range(3)], keep=4)
+    await registry.append_journal("audit", [{"n": 3}, {"n": 4}], keep=4)
+    await registry.append_journal("policy", [{"v": 1}], keep=4)
+    assert await registry.journal("audit", 10) == [{"n": 4}, {"n": 3}, {"n": 2}, {"n": 1}]
+    assert await registry.journal("audit", 2) == [{"n": 4}, {"n": 3}]
+    assert await registry.journal("policy", 10) == [{"v": 1}]

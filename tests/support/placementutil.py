@@ -10,14 +10,16 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import redis
 
+from placement.errors import RegistryUnavailable
 from placement.model import Capacity, Load, Node, NodeState, Tier, Urls
+from placement.registry.memory import InProcessRegistry
 
 REDIS_URL = os.environ.get("NEARCAST_TEST_REDIS", "redis://127.0.0.1:6379/0")
 # placement.node_keys of test services, and a far expiry for the credentials they sign.
@@ -465,3 +467,21 @@ class PlacementProcess:
             self.redis.stop()
         self.client.close()
         self.log.close()
+
+
+class FlakyJournal(InProcessRegistry):
+    """The in-process registry whose journals (audit, policy history) fail while ``down``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    async def append_journal(self, name: str, entries: Sequence[dict[str, Any]], keep: int) -> None:
+        if self.down:
+            raise RegistryUnavailable("down")
+        await super().append_journal(name, entries, keep)
+
+    async def journal(self, name: str, limit: int) -> list[dict[str, Any]]:
+        if self.down:
+            raise RegistryUnavailable("down")
+        return await super().journal(name, limit)
