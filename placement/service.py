@@ -343,6 +343,12 @@ class PlacementService:
             d = core.decide(
                 snap, asked, policy, now, ttl=ttl, headroom=headroom, pending=self.sessions.usage
             )
+            if not d.ok and self.sessions.usage and not self.degraded:
+                # This instance's reservations since the snapshot may include some its
+                # read already saw (counted twice until the next refresh, see
+                # LocalSessions.new_snapshot). The registry's reservation is the
+                # authority: decide on the snapshot alone and let it answer.
+                d = core.decide(snap, asked, policy, now, ttl=ttl, headroom=headroom)
             if not d.ok:
                 self.metrics.decisions.labels("none", "rejected").inc()
                 self.metrics.fallbacks.labels("no_capacity").inc()

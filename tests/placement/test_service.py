@@ -56,6 +56,26 @@ async def test_no_capacity_carries_explanation(service: PlacementService, clock:
     assert exc.value.explanation["fallback"][0]["summary"] == "0/1 nodes available: 1 cpu>0.7"
 
 
+async def test_a_reservation_counted_twice_does_not_refuse_the_last_free_slot(
+    service: PlacementService, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh whose read already saw a reservation, but which began before it, keeps
+    it counted locally too (on the safe side). The node's last slot must still be
+    placed: the registry's reservation decides, not the double count. (The console's
+    drain test hit it: the second of two classes on a two-slot node got a 503.)"""
+    await add(service, clock, make_node("e1", slots=2))
+    first = await service.place(PlacementRequest("school", "c1", LYON))
+    # The refresh "began" before the reservation: mark 0 keeps it counted.
+    monkeypatch.setattr(service.sessions, "mark", lambda: 0)
+    await service.refresh()
+    assert service.sessions.usage == {"e1": (first.session.slots, first.session.egress_mbps)}
+    second = await service.place(PlacementRequest("school", "c2", LYON))
+    assert second.session.node_id == "e1"
+    # The registry still refuses a third: no overbooking.
+    with pytest.raises(NoCapacity):
+        await service.place(PlacementRequest("school", "c3", LYON))
+
+
 @pytest.mark.parametrize("instances", [1, 2])
 async def test_no_overbooking_under_1000_concurrent_requests(
     registry: Registry, clock: Clock, instances: int
