@@ -65,6 +65,21 @@ def _wait_registered(origin: str, node_id: str, timeout: float) -> None:
     raise RuntimeError(f"{node_id} did not register with the origin's placement in {timeout} s")
 
 
+def _warm(relay: str, timeout: float) -> None:
+    """Ask the relay for every rendition until each lists 3 segments and parts of the
+    last two (the origin lists parts of its last three)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = httpx.get(f"{relay}/live/bench/index.m3u8", timeout=5)
+        uris = [x for x in r.text.splitlines() if x and not x.startswith("#")]
+        if r.status_code == 200 and uris:
+            texts = [httpx.get(f"{relay}/live/bench/{uri}", timeout=5).text for uri in uris]
+            if all(t.count("#EXTINF") >= 3 and t.count("#EXT-X-PART:") >= 12 for t in texts):
+                return
+        time.sleep(0.25)
+    raise RuntimeError(f"the relay did not list parts of every rendition in {timeout} s")
+
+
 async def _both(origin: str, relay: str, duration: float) -> tuple[Any, ...]:
     return await asyncio.gather(
         probe(f"{origin}/live/bench/index.m3u8", duration, "llhls"),
@@ -112,6 +127,12 @@ def run(source: str, duration: float, workdir: Path) -> dict[str, Any]:
         ).raise_for_status()
         wait_playlist(a.http, "bench", 90)
         _wait_registered(a.http, "edge-b", 30)
+        # Both viewers join a running class: the relay is pulling every rendition and
+        # lists parts as far back as the origin before the probes start. The segments a
+        # relay copies as it starts come whole, without parts; a probe that joined then
+        # would start at the newest part, at the live edge, without the PART-HOLD-BACK
+        # the origin's viewer keeps: a lower figure that says nothing of the relay.
+        _warm(b.http, 60)
         results = asyncio.run(_both(a.http, b.http, duration))
         if pub.error is not None:
             raise RuntimeError(f"publisher failed: {pub.error}")
