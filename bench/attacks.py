@@ -582,8 +582,15 @@ class Stage:
     """
 
     def __init__(
-        self, log_dir: Path, env: dict[str, str] | None = None, *, guard_playback: bool = False
+        self,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        *,
+        guard_playback: bool = False,
+        margin: float = 2.0,
     ) -> None:
+        # Seconds measured before and after each attack (see ``window``).
+        self.margin = margin
         full = {
             "NEARCAST_TRANSCODE_LADDER": LADDER,
             "NEARCAST_TRANSCODE_CAPACITY_UNITS": "4",
@@ -642,8 +649,8 @@ class Stage:
         self.stop()
 
     @contextlib.contextmanager
-    def window(self, name: str, margin: float = 2.0) -> Iterator[dict[str, Any]]:
-        """Measure what happens inside the block, with ``margin`` seconds either side.
+    def window(self, name: str) -> Iterator[dict[str, Any]]:
+        """Measure what happens inside the block, with ``self.margin`` seconds either side.
 
         Yields a dict; the block's outcome goes in ``box["outcome"]``, and after the block
         ``box["result"]`` holds the :class:`Result`."""
@@ -654,13 +661,16 @@ class Stage:
         self.reader.mark()
         t0 = time.monotonic()
         with Probe(self.node.http) as probe:
-            time.sleep(margin)
+            time.sleep(self.margin)  # measured: /healthz before the attack
             yield box
-            time.sleep(margin)
+            time.sleep(self.margin)  # and after it
         window = time.monotonic() - t0
         # The segment that was being written when the window closed is listed within
-        # one target duration; wait for it so the window's media time is complete.
-        time.sleep(2.5)
+        # one target duration: wait (2.5 s at most) until the media listed since the
+        # window opened covers it, as ``Result.problems`` judges it.
+        deadline = time.monotonic() + 2.5
+        while time.monotonic() < deadline and self.reader.since().seconds < window - 2.0:
+            time.sleep(0.1)
         watch = self.reader.since()
         lat = sorted(probe.samples)
         box["result"] = Result(

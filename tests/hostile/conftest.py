@@ -25,7 +25,10 @@ def stage_env() -> dict[str, str]:
 def stage(tmp_path_factory: pytest.TempPathFactory, stage_env: dict[str, str]) -> Iterator[Stage]:
     """The shipped node, default limits, tenant ``live`` guarding playback with tokens."""
     try:
-        s = Stage(tmp_path_factory.mktemp("hostile"), stage_env, guard_playback=True).start()
+        # One second of /healthz either side of an attack (the bench keeps two).
+        s = Stage(
+            tmp_path_factory.mktemp("hostile"), stage_env, guard_playback=True, margin=1.0
+        ).start()
     except RuntimeError as exc:
         raise AssertionError(str(exc)) from None
     try:
