@@ -28,6 +28,7 @@ from starlette.routing import BaseRoute
 from distribute.api import create_api
 from distribute.config import HlsConfig
 from distribute.hls.store import Store
+from distribute.relay.api import add_relay_routes
 from distribute.whep.config import WebRtcConfig
 from distribute.whep.http import whep_router
 from distribute.whep.server import WhepServer
@@ -290,6 +291,7 @@ def node_routes() -> tuple[FastAPI, list[BaseRoute]]:
         ingest_stats=lambda tenant, stream: None,
         kick=lambda tenant, stream: False,
     )
+    add_relay_routes(api, lambda: [], "")
     whip = WhipServer(WhipConfig(), _NoSink(), IngestMetrics(registry)).router
     whep = whep_router(WhepServer(WebRtcConfig(), registry))
     return api, [*api.routes, *whip.routes, *whep.routes]

@@ -27,4 +27,13 @@ def add_relay_routes(
             )
         return {"relays": relays()}
 
-    app.add_api_route("/v1/relays", list_relays, methods=["GET"])
+    app.add_api_route(
+        "/v1/relays",
+        list_relays,
+        methods=["GET"],
+        summary="The streams this node relays",
+        description="Each relayed stream with its upstream, the renditions pulled and how far, "
+        "the bytes pulled and its idle time (operator bearer token, `ingest.operator_token`).",
+        tags=["relay"],
+        responses={401: {"description": "No operator bearer token, or a wrong one."}},
+    )
