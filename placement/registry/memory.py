@@ -17,6 +17,9 @@ from placement.errors import UnknownNode
 from placement.model import Load, Node, NodeState, Session, SessionState, check_node_id, stream_key
 from placement.registry import NodeChanges
 
+# The decision log is one more capped list beside the journals (audit, policy).
+DECISIONS = "decisions"
+
 
 class InProcessRegistry:
     name = "memory"
@@ -27,7 +30,7 @@ class InProcessRegistry:
         self._streams: dict[str, str] = {}
         self._policies: dict[int, str] = {}
         self._active: int | None = None
-        self._log: deque[str] = deque()
+        # Capped lists, newest first: the decision log and the journals (JSON).
         self._journals: dict[str, deque[str]] = {}
         # Change log for incremental snapshots: node -> counter value of its last
         # change, kept in change order (oldest first).
@@ -207,13 +210,10 @@ class InProcessRegistry:
         return self._active
 
     async def log_decisions(self, entries: Sequence[dict[str, Any]], keep: int) -> None:
-        for e in entries:
-            self._log.appendleft(json.dumps(e))
-        while len(self._log) > keep:
-            self._log.pop()
+        await self.append_journal(DECISIONS, entries, keep)
 
     async def recent_decisions(self, limit: int) -> list[dict[str, Any]]:
-        return [json.loads(e) for e in list(self._log)[:limit]]
+        return await self.journal(DECISIONS, limit)
 
     async def append_journal(self, name: str, entries: Sequence[dict[str, Any]], keep: int) -> None:
         log = self._journals.setdefault(name, deque())

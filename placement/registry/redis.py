@@ -592,9 +592,21 @@ class RedisRegistry:
         return int(v) if v is not None else None
 
     async def log_decisions(self, entries: Sequence[dict[str, Any]], keep: int) -> None:
+        await self._push_capped(f"{{{self._p}:log}}:decisions", entries, keep)
+
+    async def recent_decisions(self, limit: int) -> list[dict[str, Any]]:
+        return await self._newest(f"{{{self._p}:log}}:decisions", limit)
+
+    async def append_journal(self, name: str, entries: Sequence[dict[str, Any]], keep: int) -> None:
+        await self._push_capped(f"{{{self._p}:log}}:j:{name}", entries, keep)
+
+    async def journal(self, name: str, limit: int) -> list[dict[str, Any]]:
+        return await self._newest(f"{{{self._p}:log}}:j:{name}", limit)
+
+    async def _push_capped(self, key: str, entries: Sequence[dict[str, Any]], keep: int) -> None:
+        """Push ``entries`` (JSON) onto the list ``key``, keeping its newest ``keep``."""
         if not entries:
             return
-        key = f"{{{self._p}:log}}:decisions"
         with unavailable():
             # MULTI on one key (one slot): the trim must follow the push, on a cluster too.
             pipe = self._r.pipeline(transaction=True)
@@ -602,25 +614,9 @@ class RedisRegistry:
             pipe.ltrim(key, 0, max(0, keep - 1))
             await pipe.execute()
 
-    async def recent_decisions(self, limit: int) -> list[dict[str, Any]]:
+    async def _newest(self, key: str, limit: int) -> list[dict[str, Any]]:
         with unavailable():
-            raw = await self._r.lrange(f"{{{self._p}:log}}:decisions", 0, limit - 1)
-        return [json.loads(r) for r in raw]
-
-    async def append_journal(self, name: str, entries: Sequence[dict[str, Any]], keep: int) -> None:
-        if not entries:
-            return
-        key = f"{{{self._p}:log}}:j:{name}"
-        with unavailable():
-            # As the decision log: push and trim in one MULTI on one key (one slot).
-            pipe = self._r.pipeline(transaction=True)
-            pipe.lpush(key, *[json.dumps(e) for e in entries])
-            pipe.ltrim(key, 0, max(0, keep - 1))
-            await pipe.execute()
-
-    async def journal(self, name: str, limit: int) -> list[dict[str, Any]]:
-        with unavailable():
-            raw = await self._r.lrange(f"{{{self._p}:log}}:j:{name}", 0, limit - 1)
+            raw = await self._r.lrange(key, 0, limit - 1)
         return [json.loads(r) for r in raw]
 
     async def ping(self) -> None:
