@@ -82,20 +82,34 @@ class Publisher(threading.Thread):
         self.join(15)
 
 
-def wait_playlist(http: str, stream: str, timeout: float) -> None:
+def wait_playlist(
+    http: str, stream: str, timeout: float, *, every: bool = False, parts: int = 0
+) -> None:
+    """Until the stream's last variant (``every``: each variant) lists 3 segments and
+    at least ``parts`` LL-HLS parts. Asking is what starts a relay's pull of a variant."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
             r = httpx.get(f"{http}/live/{stream}/index.m3u8", timeout=5)
             if r.status_code == 200 and "#EXT-X-STREAM-INF" in r.text:
-                uri = [x for x in r.text.splitlines() if x and not x.startswith("#")][-1]
-                media = httpx.get(f"{http}/live/{stream}/{uri}", timeout=5)
-                if media.status_code == 200 and media.text.count("#EXTINF") >= 3:
+                uris = [x for x in r.text.splitlines() if x and not x.startswith("#")]
+                media = [
+                    httpx.get(f"{http}/live/{stream}/{uri}", timeout=5)
+                    for uri in (uris if every else uris[-1:])
+                ]
+                if all(
+                    m.status_code == 200
+                    and m.text.count("#EXTINF") >= 3
+                    and m.text.count("#EXT-X-PART:") >= parts
+                    for m in media
+                ):
                     return
         except httpx.HTTPError:
             pass
-        time.sleep(0.5)
-    raise RuntimeError(f"no playlist with 3 segments for live/{stream} within {timeout:.0f} s")
+        time.sleep(0.25)
+    raise RuntimeError(
+        f"no playlist with 3 segments and {parts} parts for live/{stream} within {timeout:.0f} s"
+    )
 
 
 def transcode_lag(http: str) -> float | None:
