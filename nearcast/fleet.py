@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import httpx
 import yaml
 
 from nearcast.config import Config, ConfigError
@@ -719,6 +718,8 @@ def _mint(keys: Mapping[str, str], spec: NodeSpec, host: str) -> str:
 
 
 def _wait_placement(url: str, proc: Proc, deadline: float) -> None:
+    import httpx  # here, not at import: `nearcast` starts without it
+
     last = "no answer yet"
     while time.monotonic() < deadline:
         if not alive(proc):
@@ -764,6 +765,8 @@ def _wait_nodes(state: FleetState, deadline: float) -> None:
 
 def registered(state: FleetState, timeout: float = 5.0) -> dict[str, dict[str, Any]]:
     """Placement's view of the nodes (GET /v1/nodes), by id."""
+    import httpx  # here, not at import: `nearcast` starts without it
+
     r = httpx.get(
         f"{state.placement_url}/v1/nodes",
         headers={"Authorization": f"Bearer {state.operator_token}"},
@@ -774,6 +777,8 @@ def registered(state: FleetState, timeout: float = 5.0) -> dict[str, dict[str, A
 
 
 def _wait_registered(state: FleetState, deadline: float) -> None:
+    import httpx  # here, not at import: `nearcast` starts without it
+
     missing = [n.id for n in state.nodes]
     last = ""
     while True:
@@ -845,6 +850,8 @@ def down(
 
 def status(state: FleetState) -> tuple[bool, str]:
     """Whether every process runs and every node is registered, and a report of it."""
+    import httpx  # here, not at import: `nearcast` starts without it
+
     try:
         known: dict[str, dict[str, Any]] | None = registered(state)
         note = ""

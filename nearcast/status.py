@@ -19,10 +19,10 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 TOKEN_ENV = "NEARCAST_OPERATOR_TOKEN"
@@ -45,6 +45,8 @@ class Reader:
     """GETs of one base URL, with the operator token when there is one."""
 
     def __init__(self, url: str, token: str, timeout: float) -> None:
+        import httpx  # here, not at import: the other `nearcast` commands start without it
+
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.client = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
@@ -54,6 +56,8 @@ class Reader:
         self.client.close()
 
     def get(self, path: str, params: dict[str, Any] | None = None) -> httpx.Response:
+        import httpx
+
         try:
             return self.client.get(path, params=params)
         except httpx.TimeoutException:
@@ -180,6 +184,8 @@ def _viewers(reader: Reader) -> dict[str, float] | None:
     r = reader.get("/metrics")
     if r.status_code != 200:
         return None
+    from prometheus_client.parser import text_string_to_metric_families
+
     wanted = {"webrtc_sessions": "webrtc", "hls_held_requests": "hls_held"}
     out: dict[str, float] = {}
     for family in text_string_to_metric_families(r.text):
