@@ -1,6 +1,6 @@
 """Glass-to-glass latency: HLS (2 s segments), LL-HLS and WHEP on one machine over loopback.
 
-Run: ``python -m bench.latency [--duration S] [--source FILE]``
+Run: ``python -m bench.latency [--duration S] [--source FILE] [--players shaka]``
 
 For each delivery mode a ``nearcast node`` runs with the default ladder (the
 shipped ``nearcast.yml``; LL-HLS additionally with ``hls.segment_format: fmp4``
@@ -229,7 +229,17 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated: ts (HLS and WHEP), llhls (probe and players on a warmed"
         " node), first (each player as the first viewer of a fresh node)",
     )
+    parser.add_argument(
+        "--players",
+        default=",".join(players.PLAYERS),
+        help="comma-separated real players for llhls and first (default: all of "
+        f"{', '.join(players.PLAYERS)})",
+    )
     args = parser.parse_args(argv)
+    chosen = [p for p in args.players.split(",") if p]
+    unknown = [p for p in chosen if p not in players.PLAYERS]
+    if unknown:
+        parser.error(f"unknown player {unknown[0]!r}: one of {', '.join(players.PLAYERS)}")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
     workdir = Path(args.workdir)
@@ -241,15 +251,13 @@ def main(argv: list[str] | None = None) -> int:
         results.update(measure("ts", TS_ENV, ["hls", "whep"], args.source, args.duration, workdir))
     if "llhls" in modes:  # LL-HLS needs CMAF.
         try:
-            ll = measure(
-                "llhls", LL_ENV, ["llhls", *players.PLAYERS], args.source, args.duration, workdir
-            )
+            ll = measure("llhls", LL_ENV, ["llhls", *chosen], args.source, args.duration, workdir)
             results["llhls"] = ll.pop("llhls")
             played.update(ll)
         except RuntimeError as exc:
             results["llhls"] = {"protocol": "llhls", "error": str(exc)}
     if "first" in modes:
-        for p in players.PLAYERS:
+        for p in chosen:
             try:
                 played[f"{p}_first"] = first_viewer(p, LL_ENV, args.source, args.duration, workdir)
             except RuntimeError as exc:

@@ -13,15 +13,20 @@ emits, through callbacks:
 - at each segment boundary (an IDR on the forced grid), the
   :class:`~media.segments.SegmentFrame`: the concatenation of its parts.
 
-Timing: the fMP4 timeline is the worker's media timeline plus
-:data:`TIMELINE_OFFSET` seconds, on every track alike. x264's B-frame reorder
-delay gives the first frames a DTS before the first PTS; the offset keeps every
-decode time non-negative and every composition offset positive, which all
-players read the same way (FFmpeg's mov demuxer shifts video by the largest
-negative offset, which would put it out of sync with audio). Decode times
-are the presentation times in decode order, :data:`REORDER_FRAMES` early,
-whatever the encoder's own delay, so decode and presentation spans agree and
-an encoder reopened with another B-frame setting continues seamlessly. Part boundaries
+Timing: the fMP4 timeline is the worker's media timeline shifted by one
+offset, on every track alike. Decode times are the presentation times in
+decode order, :data:`REORDER_FRAMES` early, whatever the encoder's own delay,
+so decode and presentation spans agree and an encoder reopened with another
+B-frame setting continues seamlessly. x264's B-frame reorder delay gives the
+first frames a DTS before the first PTS; the offset keeps every decode time
+non-negative and every composition offset positive, which all players read
+the same way (FFmpeg's mov demuxer shifts video by the largest negative
+offset, which would put it out of sync with audio). With an ``origin`` (the
+worker's rungs) the offset makes a keyframe at the origin decode at 0, so a
+stream's first part has a ``tfdt`` of 0, as its playlist's timeline starts
+at 0: Shaka Player sets its per-append timestamp offset to the difference,
+and a negative one drops parts not cut on a keyframe (shaka-player#10589).
+Without one (the node's :class:`TapPackager`) it is :data:`TIMELINE_OFFSET`. Part boundaries
 lie on a grid of ``part_ticks`` from the segment's first decode time, so no
 part is longer than the part target (RFC 8216bis §4.4.4.9); only a segment's
 last part may be shorter.
@@ -50,7 +55,8 @@ from media.segments import LEAD_PARTS, InitFrame, PartFrame, SegmentFrame, split
 VIDEO_TRACK = 1
 AUDIO_TRACK = 2
 _NAL_AUD, _NAL_SPS, _NAL_PPS, _NAL_IDR = 9, 7, 8, 5
-# Seconds added to every timestamp in the fMP4 output (see the module docstring).
+# Seconds added to every timestamp in the fMP4 output without an origin (see the module
+# docstring).
 TIMELINE_OFFSET = 1
 # Frames of B-frame reorder delay the decode timeline allows for (x264 uses at most 2).
 REORDER_FRAMES = 3
@@ -117,8 +123,13 @@ class CmafPackager:
         on_segment: Callable[[SegmentFrame], None],
         timescale: int = 90000,
         min_duration: float = 0.0,
+        origin: int | None = None,
     ) -> None:
-        """``part_ticks`` 0 makes one fragment per segment and no parts (plain fMP4 HLS)."""
+        """``part_ticks`` 0 makes one fragment per segment and no parts (plain fMP4 HLS).
+
+        ``origin`` (ticks of the media timeline): where the fMP4 timeline starts, a
+        keyframe there decoded at 0; None adds :data:`TIMELINE_OFFSET` instead.
+        """
         if frame_ticks <= 0:
             raise ValueError(f"frame duration {frame_ticks} must be positive")
         self.rendition = rendition
@@ -136,13 +147,16 @@ class CmafPackager:
         self._params: tuple[tuple[bytes, ...], tuple[bytes, ...]] | None = None
         self._codecs = "avc1.640028"
         self._sequence = 0
-        self._offset = TIMELINE_OFFSET * timescale
         # Decode times are presentation times in decode order, REORDER_FRAMES
         # early: the same for every encoder, so a reopened x264 with another
         # B-frame delay (overload's faster preset) continues without a gap.
         self._reorder_allowance = REORDER_FRAMES * frame_ticks
         self._reorder = 0  # the current encoder's pts - dts at its IDR
-        self._audio_offset = TIMELINE_OFFSET * audio.sample_rate if audio else 0
+        self._offset = (
+            TIMELINE_OFFSET * timescale if origin is None else self._reorder_allowance - origin
+        )
+        # The same shift in samples (within half a sample: A/V sync is kept).
+        self._audio_offset = round(self._offset * audio.sample_rate / timescale) if audio else 0
         self._seg_pts = 0  # presentation time of the segment's IDR
         self._last_decode: int | None = None
         self._seg_open = False
@@ -326,7 +340,12 @@ class CmafPackager:
     def _audio_run(self, until: int) -> TrackRun:
         assert self._audio is not None
         floor = self._audio_floor or 0
-        while self._audio_q and self._audio_q[0][0] + self._audio.frame_samples <= floor:
+        # Audio that ends before the first picture, or would start before the fMP4
+        # timeline (a frame overlapping a first picture at its origin), is dropped.
+        while self._audio_q and (
+            self._audio_q[0][0] + self._audio.frame_samples <= floor
+            or self._audio_q[0][0] + self._audio_offset < 0
+        ):
             self._audio_q.popleft()
         taken: list[tuple[int, bytes]] = []
         while self._audio_q and self._audio_q[0][0] < until:

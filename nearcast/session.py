@@ -55,6 +55,8 @@ class _StoreSink:
         self._tap_off = spec is None or not spec.tap or not stream.fmp4
 
     def on_renditions(self, info: dict[str, Any]) -> None:
+        if info.get("timeline_origin_ms") is not None:
+            self.stream.timeline_origin_ms = int(info["timeline_origin_ms"])
         self.stream.set_renditions(info)
 
     def on_segment(self, segment: SegmentFrame) -> None:
@@ -305,6 +307,8 @@ class StreamSession:
                 and self.node.recorder is not None
                 and self.node.recorder.mode(self.key.tenant) is not None
             ),
+            # A publisher back within the grace period continues the stream's timeline.
+            timeline_origin_ms=self.stream.timeline_origin_ms,
         )
 
     def disconnect(self, reason: str) -> None:

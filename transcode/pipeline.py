@@ -104,11 +104,13 @@ class Pipeline:
             audio = self._audio.format
         if any(r.codec == "copy" for r in rungs) and self._avc is None:
             raise ValueError("only H.264 with a sequence header can be passed through as 'copy'")
+        first = int(frame.pts or 0)
+        origin = self._timeline_origin(first)
         self._rungs = [
-            SourceRung(r, self.spec, audio, self.out, self._avc)  # type: ignore[arg-type]
+            SourceRung(r, self.spec, audio, self.out, self._avc, origin)  # type: ignore[arg-type]
             if r.codec == "copy"
             else RungEncoder(
-                r, self.spec, audio, self.out, int(frame.pts or 0), self._timeline.max_gap_ms
+                r, self.spec, audio, self.out, first, self._timeline.max_gap_ms, origin
             )
             for r in rungs
         ]
@@ -131,6 +133,7 @@ class Pipeline:
                 {
                     "source": {"width": frame.width, "height": frame.height, "fps": fps},
                     "audio": bool(audio_rate),
+                    "timeline_origin_ms": origin,
                     "renditions": [
                         {
                             "name": r.name,
@@ -155,6 +158,26 @@ class Pipeline:
             fps,
             ", ".join(f"{r.name} {r.width}x{r.height}" for r in rungs),
         )
+
+    def _timeline_origin(self, first_ms: int) -> int:
+        """Where the stream's fMP4 timeline starts: at the stream's first picture, so its
+        first part has a ``tfdt`` of 0, like its playlist's timeline (see
+        :mod:`containers.cmaf`), and where the stream's earlier run put it, so a restarted
+        worker continues that timeline. A publisher back with a clock that starts before it
+        starts a new one (after the discontinuity its run begins with)."""
+        origin = self.spec.timeline_origin_ms
+        if origin is None:
+            return first_ms
+        if first_ms < origin:
+            log.info(
+                "[%s] first picture at %d ms, before the timeline's origin at %d ms; "
+                "starting the fMP4 timeline again",
+                self.spec.stream,
+                first_ms,
+                origin,
+            )
+            return first_ms
+        return origin
 
     def _estimate_fps(self) -> float:
         d = sorted(

@@ -87,6 +87,7 @@ def spec_to_json(spec: Spec) -> dict[str, Any]:
         "tap": spec.tap,
         "record_fmp4": spec.record_fmp4,
         "resume_ms": spec.resume_ms,
+        "timeline_origin_ms": spec.timeline_origin_ms,
     }
 
 
@@ -122,6 +123,7 @@ class Transcoder:
         self._gop_bytes = 0
         # Media time (ms) every rendition has delivered up to, for the restarted worker.
         self._delivered: dict[str, int] = {}
+        self._timeline_origin = spec.timeline_origin_ms
         self._need_keyframe = False
         self._state = WorkerState.STARTING
         self._finishing = False
@@ -266,6 +268,8 @@ class Transcoder:
             start = spec_to_json(self.spec)
             if self.restarts and self._delivered:
                 start["resume_ms"] = min(self._delivered.values())
+            if self._timeline_origin is not None:
+                start["timeline_origin_ms"] = self._timeline_origin
             stdin.write(encode_json(FrameType.START, start))
             for cfg in self._configs.values():
                 stdin.write(cfg)
@@ -328,7 +332,11 @@ class Transcoder:
                     self._delivered_to(segment.rendition, segment.start + segment.duration)
                     self.sink.on_segment(segment)
                 elif ftype is FrameType.RENDITIONS:
-                    self.sink.on_renditions(json.loads(payload))
+                    info = json.loads(payload)
+                    if info.get("timeline_origin_ms") is not None:
+                        # A restarted worker continues this run's fMP4 timeline.
+                        self._timeline_origin = int(info["timeline_origin_ms"])
+                    self.sink.on_renditions(info)
                 elif ftype is FrameType.STATS:
                     self.sink.on_stats(json.loads(payload))
                 elif ftype is FrameType.FATAL:

@@ -55,7 +55,11 @@ class RungEncoder:
         out: Output,
         origin_ms: int,
         max_gap_ms: int = 5_000,
+        timeline_origin_ms: int | None = None,
     ) -> None:
+        """``origin_ms``: this run's first picture, where the rung's grid starts;
+        ``timeline_origin_ms``: where the stream's fMP4 timeline starts (see
+        :class:`~transcode.packaging.Segmenter`)."""
         self.rung = rung
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=4)
         self.frames_out = 0
@@ -126,7 +130,7 @@ class RungEncoder:
             )
         self._enc = enc
         self._preset = rung.preset
-        self._seg = Segmenter(rung, spec, audio, out, self.fps)
+        self._seg = Segmenter(rung, spec, audio, out, self.fps, origin_ms=timeline_origin_ms)
         self.thread = threading.Thread(target=self._run, name=f"rung-{rung.name}", daemon=True)
 
     def _open(self, codec: str, rung: Rung) -> av.VideoCodecContext:
@@ -260,7 +264,13 @@ class SourceRung:
     """
 
     def __init__(
-        self, rung: Rung, spec: Spec, audio: AudioFormat | None, out: Output, avc: AvcConfig
+        self,
+        rung: Rung,
+        spec: Spec,
+        audio: AudioFormat | None,
+        out: Output,
+        avc: AvcConfig,
+        timeline_origin_ms: int | None = None,
     ) -> None:
         self.rung = rung
         self.codec = "copy"
@@ -280,6 +290,7 @@ class SourceRung:
             out,
             exact_rate(rung.fps or 30.0),
             min_duration=spec.segment_duration * 0.9,
+            origin_ms=timeline_origin_ms,
         )
         self._warned_bframes = False
         self.thread = threading.Thread(target=self._run, name=f"rung-{rung.name}", daemon=True)

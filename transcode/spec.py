@@ -39,6 +39,10 @@ class Spec:
     # The node replays the source from its last keyframe; pictures before this are
     # decoded (they are references) but not encoded again, so viewers see no repeat.
     resume_ms: int = 0
+    # Media time (ms) where the stream's fMP4 timeline starts, from the RENDITIONS frame of
+    # its first run: later runs (a restart, a publisher back within the grace period)
+    # continue that timeline. None: this run's first picture starts it.
+    timeline_origin_ms: int | None = None
 
     def __post_init__(self) -> None:
         if self.segment_format not in ("ts", "fmp4"):
@@ -61,6 +65,9 @@ class Spec:
             segment_format=str(obj.get("segment_format", "ts")),
             part_duration=float(obj.get("part_duration", 0.0)),
             resume_ms=int(obj.get("resume_ms", 0)),
+            timeline_origin_ms=(
+                None if obj.get("timeline_origin_ms") is None else int(obj["timeline_origin_ms"])
+            ),
             tap=str(obj.get("tap", "")),
             record_fmp4=bool(obj.get("record_fmp4", False)),
         )

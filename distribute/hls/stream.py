@@ -76,6 +76,9 @@ class LiveStream:
         # Called with every complete (non-gap) segment as it is stored (recording).
         self.on_complete: Callable[[RenditionTrack, Segment], None] | None = None
         self.fmp4 = config.segment_format == "fmp4"
+        # The worker media time (ms) where this stream's fMP4 timeline starts, set by its
+        # first run: a later run (the publisher back) continues the timeline from it.
+        self.timeline_origin_ms: int | None = None
         self.low_latency = config.low_latency
         self.part_target = math.ceil(config.part_duration * 1000) / 1000
 

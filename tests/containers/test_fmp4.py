@@ -291,6 +291,45 @@ def test_each_part_decodes_after_the_init(packaged: dict[str, list]) -> None:
     assert abs(first - independent[2].start) < 1e-6
 
 
+@pytest.mark.parametrize("origin_ms", [0, 67, 5_000])
+def test_an_origin_starts_the_fmp4_timeline_at_zero(origin_ms: int) -> None:
+    """A stream whose media time starts at ``origin_ms``: its first part has a tfdt of 0, as
+    its playlist's timeline starts at 0 (shaka-player#10589), and audio keeps its sync."""
+    video, audio, asc = _encode(1.0)
+    origin = origin_ms * 90
+    parts: list[PartFrame] = []
+    inits: list[InitFrame] = []
+    pk = CmafPackager(
+        "t",
+        width=W,
+        height=H,
+        frame_ticks=3000,
+        audio=AudioFormat(48000, 2, asc or audio_specific_config(48000, 2)),
+        part_ticks=9 * 3000,
+        on_init=inits.append,
+        on_part=parts.append,
+        on_segment=lambda _: None,
+        origin=origin,
+    )
+    ai = 0
+    for p in video:
+        while ai < len(audio) and audio[ai].pts * 90000 // 48000 <= p.dts + 15000:
+            pk.audio(bytes(audio[ai]), audio[ai].pts + origin_ms * 48)
+            ai += 1
+        pk.video(split_annexb(bytes(p)), p.pts + origin, p.dts + origin, p.is_keyframe, 0)
+    pk.flush()
+    (frag,) = parse_fragments(parts[0].data)
+    v, a = frag.runs
+    allowance = 3 * 3000  # REORDER_FRAMES frames: the first picture's composition offset
+    assert v.base_decode_time == 0 and v.samples[0].cts == allowance
+    assert a.base_decode_time == allowance * 48000 // 90000  # with the first picture
+    assert abs(parts[0].start - origin_ms / 1000) < 1e-9  # the worker's own media time
+    data = inits[0].data + b"".join(p.data for p in parts)
+    with av.open(io.BytesIO(data), format="mp4") as c:
+        got = sorted(round(f.pts * f.time_base * 90000) for f in c.decode(video=0))
+    assert got == sorted(p.pts + allowance for p in video)
+
+
 def test_debian_ffprobe_reads_concatenated_file(packaged: dict[str, list], tmp_path: Path) -> None:
     path = tmp_path / "all.mp4"
     path.write_bytes(packaged["init"][0].data + b"".join(s.data for s in packaged["segment"]))

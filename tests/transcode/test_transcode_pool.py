@@ -110,6 +110,9 @@ async def test_worker_killed_is_restarted_within_two_seconds() -> None:
     # no media is listed twice, and none is missing.
     first = sink.segments[count]
     assert abs(first.start - delivered) < 0.1, (first.start, delivered)
+    # ...and it continues the stream's fMP4 timeline from the first run's origin.
+    origins = [r["timeline_origin_ms"] for r in sink.renditions]
+    assert len(origins) == 2 and origins[1] == origins[0] is not None, origins
     await feeder
     await t.finish(20)
     assert len(sink.segments) > count, "the restarted worker produced segments"

@@ -208,6 +208,56 @@ def test_fmp4_output_decodes_at_a_constant_frame_rate(cmaf: list[tuple[FrameType
         assert all(b - a == Fraction(1, 30) for a, b in zip(pts, pts[1:], strict=False))
 
 
+def test_fmp4_timeline_starts_at_the_streams_first_picture(
+    cmaf: list[tuple[FrameType, bytes]],
+) -> None:
+    """Every rendition's first part has a tfdt of 0, as the playlist's timeline starts at
+    0 (shaka-player#10589); RENDITIONS names the origin for a restarted worker."""
+    (info,) = [json.loads(p) for t, p in cmaf if t is FrameType.RENDITIONS]
+    for name in ("360p", "240p"):
+        first = next(
+            f for t, p in cmaf if t is FrameType.PART and (f := decode_part(p)).rendition == name
+        )
+        assert parse_fragments(first.data)[0].runs[0].base_decode_time == 0
+        assert info["timeline_origin_ms"] == round(first.start * 1000)
+
+
+def _first_part(origin_ms: int | None) -> tuple[int, dict[str, object], PartFrame]:
+    """A short LL-HLS run with ``timeline_origin_ms``: its first part's video tfdt, its
+    RENDITIONS frame, and the part."""
+    buf = io.BytesIO()
+    spec = Spec(
+        stream="t/origin",
+        ladder=LADDER[1:2],
+        x264_threads=1,
+        segment_format="fmp4",
+        part_duration=0.333,
+        timeline_origin_ms=origin_ms,
+    )
+    pipeline = Pipeline(spec, Output(buf))
+    for n, p in enumerate(file_packets(SMALL)):
+        pipeline.feed(p)
+        if n > 60:
+            break
+    pipeline.finish()
+    frames = FrameReader().feed(buf.getvalue())
+    (info,) = [json.loads(p) for t, p in frames if t is FrameType.RENDITIONS]
+    part = next(decode_part(p) for t, p in frames if t is FrameType.PART)
+    return parse_fragments(part.data)[0].runs[0].base_decode_time, info, part
+
+
+def test_a_later_run_continues_the_streams_fmp4_timeline() -> None:
+    """A restarted worker (or the publisher back) keeps the stream's origin; a clock that
+    starts before it starts the timeline again."""
+    tfdt, info, part = _first_part(None)
+    first = info["timeline_origin_ms"]
+    assert tfdt == 0 and isinstance(first, int)
+    tfdt, info, _ = _first_part(first - 500)
+    assert (tfdt, info["timeline_origin_ms"]) == (500 * 90, first - 500)
+    tfdt, info, _ = _first_part(first + 500)
+    assert (tfdt, info["timeline_origin_ms"]) == (0, first)
+
+
 def test_tap_sends_low_delay_annexb_h264_and_opus(cmaf: list[tuple[FrameType, bytes]]) -> None:
     taps = [decode_packet(p)[0] for t, p in cmaf if t is FrameType.TAP]
     video = [m for m in taps if m.kind == "video"]
