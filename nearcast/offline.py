@@ -22,6 +22,7 @@ import av
 from distribute.hls.playlist import SegmentRef, VariantRef, master_playlist, media_playlist
 from ingest.file import file_packets
 from media.segments import SegmentFrame
+from transcode import collector
 from transcode.pipeline import Pipeline
 from transcode.protocol import FrameReader, FrameType, decode_init, decode_segment
 from transcode.spec import Spec
@@ -172,6 +173,7 @@ def _main(args: argparse.Namespace) -> int:
         x264_threads=config.transcode.x264_threads,
         segment_format=args.format or config.hls.segment_format,
     )
+    collector.tune()
     try:
         result = transcode_file(args.input, Path(args.out), spec, progress=not args.quiet)
     except (OSError, ValueError, av.error.FFmpegError) as exc:

@@ -31,6 +31,7 @@ from typing import BinaryIO
 import av
 
 from media.logrecords import ContextFilter, JsonFormatter
+from transcode import collector
 from transcode.output import Output
 from transcode.pipeline import Pipeline
 from transcode.protocol import (
@@ -124,6 +125,7 @@ def main() -> int:
         if os.environ.get("NEARCAST_WORKER_LOG_FORMAT") == "json":
             handler.setFormatter(JsonFormatter())
     av.logging.set_level(av.logging.ERROR)
+    collector.tune()
     try:
         return run(sys.stdin.buffer, sys.stdout.buffer)
     except (BrokenPipeError, KeyboardInterrupt):
