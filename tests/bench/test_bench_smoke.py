@@ -78,6 +78,21 @@ def test_placement_bench_prints_its_table_and_figures() -> None:
     assert row["redis_live"]["snapshots"] >= 2 and row["redis_live"]["refresh_read_max"] > 0
 
 
+def test_admission_bench_reports_each_class_rungs_and_whether_they_keep_up() -> None:
+    """Two classes on a node that calibrates first: each one's renditions, what was left
+    out, and the segments each rendition listed against the live rate."""
+    lines, f = run_bench(
+        "bench.admission", "--publishers", "2", "--settle", "6", "--seconds", "4", timeout=180
+    )
+    assert f["publishers"] == 2 and f["capacity_units"] > 0 and f["ports_open_seconds"] > 0
+    assert [row["stream"] for row in f["streams"]] == ["class1", "class2"]
+    for row in f["streams"]:
+        assert row["renditions"] and set(row["rungs"]) == set(row["renditions"]), row
+        for rung in row["rungs"].values():
+            assert rung["expected"] > 0 and rung["segments"] >= 0, row
+    assert lines[-2].startswith("every class transcoded:")
+
+
 def test_capacity_bench_measures_both_sides_the_same_way() -> None:
     """One stream each side, no overload run: both get the publisher's stamped input and
     are measured from their playlists (lag, exact segment counts, start-up, every rung)."""
