@@ -58,7 +58,7 @@ def admit(
             kept = by_cost[dropped:]
             units = ladder_units(kept)
             if units <= free - keep_free + EPSILON:
-                return _admission(ladder, by_cost[:dropped], units, free, add_source)
+                return _admission(ladder, by_cost[:dropped], units, free, add_source, keep_free)
     return None
 
 
@@ -68,14 +68,21 @@ def _admission(
     units: float,
     free: float,
     add_source: bool,
+    reserve: float = 0.0,
 ) -> Admission:
     if not dropped:
         return Admission(list(ladder), units, [])
+    # With a reserve, say so: otherwise "0.70 were free" reads as room for a 0.59 rung.
+    kept_back = (
+        f", and {reserve:.2f} stay free for the next class (transcode.admission_reserve)"
+        if reserve > 0
+        else ""
+    )
     left_out = [
         (
             r.name,
             f"{r.name} needs {ladder_units([r]):.2f} transcode units; "
-            f"{free:.2f} were free and the rungs kept use {units:.2f}",
+            f"{free:.2f} were free and the rungs kept use {units:.2f}{kept_back}",
         )
         for r in dropped
     ]

@@ -57,9 +57,12 @@ def test_the_reserve_leaves_room_for_the_next_class() -> None:
     # 0.5 free: 480p+360p would leave 0.1, under the reserve; 360p alone leaves 0.35.
     second = admit(LADDER, 0.9 - first.units, reserve=0.3)
     assert second is not None and names(second.ladder) == ["source", "360p"]
+    # The reason names the reserve, which is what kept 480p out.
+    assert "0.30 stay free for the next class" in dict(second.left_out)["480p"]
     # 0.35 free: nothing keeps the reserve, so the reserve is given up for 360p.
     third = admit(LADDER, 0.9 - first.units - second.units, reserve=0.3)
     assert third is not None and names(third.ladder) == ["source", "360p"]
+    assert "stay free" not in dict(third.left_out)["480p"]
 
 
 def test_three_classes_on_two_cores_all_get_a_ladder() -> None:
