@@ -41,16 +41,15 @@ class Segmenter:
         out: Output,
         fps: Fraction,
         min_duration: float = 0.0,
-        origin_ms: int | None = None,
     ) -> None:
-        """``origin_ms``: the media time where the stream's fMP4 timeline starts (see
-        :class:`~containers.cmaf.CmafPackager`)."""
         self.cmaf: CmafPackager | None = None
         self.ts: TsSegmenter | None = None
         # CMAF for the recorder beside MPEG-TS for viewers: the same encoded
         # packets, packaged twice, so recordings are fMP4 whatever viewers get.
         self.record: CmafPackager | None = None
         frame_ticks = max(1, round(TICKS_PER_SECOND / fps))
+        # Where the stream's fMP4 timeline starts (see :class:`~containers.cmaf.CmafPackager`).
+        origin_ms = spec.timeline_origin_ms
         origin = None if origin_ms is None else origin_ms * TICKS_PER_SECOND // 1000
 
         def cmaf(part_ticks: int, init: FrameType, seg: FrameType) -> CmafPackager:

@@ -106,12 +106,12 @@ class Pipeline:
             raise ValueError("only H.264 with a sequence header can be passed through as 'copy'")
         first = int(frame.pts or 0)
         origin = self._timeline_origin(first)
+        # The rungs' packagers read it from the spec.
+        self.spec = dataclasses.replace(self.spec, timeline_origin_ms=origin)
         self._rungs = [
-            SourceRung(r, self.spec, audio, self.out, self._avc, origin)  # type: ignore[arg-type]
+            SourceRung(r, self.spec, audio, self.out, self._avc)  # type: ignore[arg-type]
             if r.codec == "copy"
-            else RungEncoder(
-                r, self.spec, audio, self.out, first, self._timeline.max_gap_ms, origin
-            )
+            else RungEncoder(r, self.spec, audio, self.out, first, self._timeline.max_gap_ms)
             for r in rungs
         ]
         self._encoders = [r for r in self._rungs if isinstance(r, RungEncoder)]

@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any, Protocol
 
 from media import MediaPacket, StreamKey
@@ -123,7 +123,6 @@ class Transcoder:
         self._gop_bytes = 0
         # Media time (ms) every rendition has delivered up to, for the restarted worker.
         self._delivered: dict[str, int] = {}
-        self._timeline_origin = spec.timeline_origin_ms
         self._need_keyframe = False
         self._state = WorkerState.STARTING
         self._finishing = False
@@ -268,8 +267,6 @@ class Transcoder:
             start = spec_to_json(self.spec)
             if self.restarts and self._delivered:
                 start["resume_ms"] = min(self._delivered.values())
-            if self._timeline_origin is not None:
-                start["timeline_origin_ms"] = self._timeline_origin
             stdin.write(encode_json(FrameType.START, start))
             for cfg in self._configs.values():
                 stdin.write(cfg)
@@ -335,7 +332,8 @@ class Transcoder:
                     info = json.loads(payload)
                     if info.get("timeline_origin_ms") is not None:
                         # A restarted worker continues this run's fMP4 timeline.
-                        self._timeline_origin = int(info["timeline_origin_ms"])
+                        origin = int(info["timeline_origin_ms"])
+                        self.spec = replace(self.spec, timeline_origin_ms=origin)
                     self.sink.on_renditions(info)
                 elif ftype is FrameType.STATS:
                     self.sink.on_stats(json.loads(payload))

@@ -55,11 +55,8 @@ class RungEncoder:
         out: Output,
         origin_ms: int,
         max_gap_ms: int = 5_000,
-        timeline_origin_ms: int | None = None,
     ) -> None:
-        """``origin_ms``: this run's first picture, where the rung's grid starts;
-        ``timeline_origin_ms``: where the stream's fMP4 timeline starts (see
-        :class:`~transcode.packaging.Segmenter`)."""
+        """``origin_ms``: this run's first picture, where the rung's grid starts."""
         self.rung = rung
         self.queue: queue.Queue[Any] = queue.Queue(maxsize=4)
         self.frames_out = 0
@@ -130,7 +127,7 @@ class RungEncoder:
             )
         self._enc = enc
         self._preset = rung.preset
-        self._seg = Segmenter(rung, spec, audio, out, self.fps, origin_ms=timeline_origin_ms)
+        self._seg = Segmenter(rung, spec, audio, out, self.fps)
         self.thread = threading.Thread(target=self._run, name=f"rung-{rung.name}", daemon=True)
 
     def _open(self, codec: str, rung: Rung) -> av.VideoCodecContext:
@@ -264,13 +261,7 @@ class SourceRung:
     """
 
     def __init__(
-        self,
-        rung: Rung,
-        spec: Spec,
-        audio: AudioFormat | None,
-        out: Output,
-        avc: AvcConfig,
-        timeline_origin_ms: int | None = None,
+        self, rung: Rung, spec: Spec, audio: AudioFormat | None, out: Output, avc: AvcConfig
     ) -> None:
         self.rung = rung
         self.codec = "copy"
@@ -290,7 +281,6 @@ class SourceRung:
             out,
             exact_rate(rung.fps or 30.0),
             min_duration=spec.segment_duration * 0.9,
-            origin_ms=timeline_origin_ms,
         )
         self._warned_bframes = False
         self.thread = threading.Thread(target=self._run, name=f"rung-{rung.name}", daemon=True)
