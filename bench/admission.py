@@ -30,45 +30,36 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
-from bench.fanout import SAMPLE, start_publish
+from prometheus_client.parser import text_string_to_metric_families
+
+from bench.fanout import SAMPLE, fetch, start_publish
+from nearcast.media_playlist import parse_media_playlist
 
 TENANT = "live"
-
-
-def get(port: int, path: str) -> bytes:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as r:
-        return bytes(r.read())
 
 
 def listed(port: int, stream: str) -> dict[str, tuple[int, float]]:
     """Per rendition of ``stream``: (media sequence number after its newest segment,
     target duration)."""
     out: dict[str, tuple[int, float]] = {}
-    master = get(port, f"/{TENANT}/{stream}/index.m3u8").decode()
+    master = fetch(port, f"/{TENANT}/{stream}/index.m3u8").decode()
     for uri in (x for x in master.splitlines() if x and not x.startswith("#")):
-        text = get(port, f"/{TENANT}/{stream}/{uri}").decode()
-        seq, target = 0, 0.0
-        for line in text.splitlines():
-            if line.startswith("#EXT-X-MEDIA-SEQUENCE:"):
-                seq = int(line.split(":", 1)[1])
-            elif line.startswith("#EXT-X-TARGETDURATION:"):
-                target = float(line.split(":", 1)[1])
-        out[uri.split("/")[0]] = (seq + text.count("#EXTINF"), target)
+        pl = parse_media_playlist(fetch(port, f"/{TENANT}/{stream}/{uri}").decode())
+        out[uri.split("/")[0]] = (pl.next_msn, pl.target)
     return out
 
 
-def metric(text: str, name: str) -> dict[str, float]:
-    """Samples of one metric family from Prometheus text, by their label string."""
-    found: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith(name) and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            found[key[len(name) :]] = float(value)
-    return found
+def samples(text: str, name: str) -> dict[str, float]:
+    """The samples called ``name`` in Prometheus text, by their labels."""
+    return {
+        ",".join(f'{k}="{v}"' for k, v in sample.labels.items()): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    }
 
 
 def measure(publishers: int, settle: float, seconds: float) -> dict[str, Any]:
@@ -88,7 +79,7 @@ def measure(publishers: int, settle: float, seconds: float) -> dict[str, Any]:
         time.sleep(settle)
         streams = {
             s["stream"]: s
-            for s in json.loads(get(node.http_port, "/v1/streams"))["streams"]
+            for s in json.loads(fetch(node.http_port, "/v1/streams"))["streams"]
             if s["stream"] in names
         }
         before = {name: listed(node.http_port, name) for name in names}
@@ -96,7 +87,7 @@ def measure(publishers: int, settle: float, seconds: float) -> dict[str, Any]:
         time.sleep(seconds)
         after = {name: listed(node.http_port, name) for name in names}
         window = time.monotonic() - t0
-        metrics = get(node.http_port, "/metrics").decode()
+        metrics = fetch(node.http_port, "/metrics").decode()
     finally:
         stop.set()
         for t in threads:
@@ -126,15 +117,15 @@ def measure(publishers: int, settle: float, seconds: float) -> dict[str, Any]:
                 "keeps_up": bool(rungs) and all(r["keeps_up"] for r in rungs.values()),
             }
         )
-    capacity = metric(metrics, "transcode_capacity_units")
-    degradations = metric(metrics, "transcode_degradations_total")
+    capacity = samples(metrics, "transcode_capacity_units")
+    degradations = samples(metrics, "transcode_degradations_total")
     return {
         "publishers": publishers,
         "ports_open_seconds": round(ports_open, 2),
         "capacity_units": next(iter(capacity.values()), None),
         "window_seconds": round(window, 2),
         "streams": rows,
-        "degradations": {k.strip("{}"): v for k, v in degradations.items()},
+        "degradations": degradations,
         "all_transcoded": all(any(r != "source" for r in row["renditions"]) for row in rows),
         "all_keep_up": all(row["keeps_up"] for row in rows),
     }

@@ -217,10 +217,12 @@ def _encode(seconds: float, bframes: int = 3) -> tuple[list[av.Packet], list[av.
     return video, audio, bytes(aenc.extradata or b"")
 
 
-@pytest.fixture(scope="module")
-def packaged() -> dict[str, list]:
-    video, audio, asc = _encode(4.0)
+def _package(seconds: float, origin_ms: int | None = None) -> dict[str, list]:
+    """``seconds`` of encoded media through a packager with 0.3 s parts, its media time
+    starting at ``origin_ms`` (0 without one): init, parts, segments and the video."""
+    video, audio, asc = _encode(seconds)
     out: dict[str, list] = {"init": [], "part": [], "segment": [], "video": video}
+    shift = origin_ms or 0
     pk = CmafPackager(
         "t",
         width=W,
@@ -231,17 +233,23 @@ def packaged() -> dict[str, list]:
         on_init=out["init"].append,
         on_part=out["part"].append,
         on_segment=out["segment"].append,
+        origin=None if origin_ms is None else origin_ms * 90,
     )
     ai = 0
     for p in video:
         # Audio reaches the packager ahead of the (delayed) encoded video, as in the worker.
         while ai < len(audio) and audio[ai].pts * 90000 // 48000 <= p.dts + 15000:
-            pk.audio(bytes(audio[ai]), audio[ai].pts)
+            pk.audio(bytes(audio[ai]), audio[ai].pts + shift * 48)
             ai += 1
         idx = p.pts // 90000 if p.is_keyframe else None
-        pk.video(split_annexb(bytes(p)), p.pts, p.dts, p.is_keyframe, idx)
+        pk.video(split_annexb(bytes(p)), p.pts + shift * 90, p.dts + shift * 90, p.is_keyframe, idx)
     pk.flush()
     return out
+
+
+@pytest.fixture(scope="module")
+def packaged() -> dict[str, list]:
+    return _package(4.0)
 
 
 def test_parts_respect_the_target_and_tile_segments(packaged: dict[str, list]) -> None:
@@ -295,29 +303,8 @@ def test_each_part_decodes_after_the_init(packaged: dict[str, list]) -> None:
 def test_an_origin_starts_the_fmp4_timeline_at_zero(origin_ms: int) -> None:
     """A stream whose media time starts at ``origin_ms``: its first part has a tfdt of 0, as
     its playlist's timeline starts at 0 (shaka-player#10589), and audio keeps its sync."""
-    video, audio, asc = _encode(1.0)
-    origin = origin_ms * 90
-    parts: list[PartFrame] = []
-    inits: list[InitFrame] = []
-    pk = CmafPackager(
-        "t",
-        width=W,
-        height=H,
-        frame_ticks=3000,
-        audio=AudioFormat(48000, 2, asc or audio_specific_config(48000, 2)),
-        part_ticks=9 * 3000,
-        on_init=inits.append,
-        on_part=parts.append,
-        on_segment=lambda _: None,
-        origin=origin,
-    )
-    ai = 0
-    for p in video:
-        while ai < len(audio) and audio[ai].pts * 90000 // 48000 <= p.dts + 15000:
-            pk.audio(bytes(audio[ai]), audio[ai].pts + origin_ms * 48)
-            ai += 1
-        pk.video(split_annexb(bytes(p)), p.pts + origin, p.dts + origin, p.is_keyframe, 0)
-    pk.flush()
+    out = _package(1.0, origin_ms)
+    video, parts, inits = out["video"], out["part"], out["init"]
     (frag,) = parse_fragments(parts[0].data)
     v, a = frag.runs
     allowance = 3 * 3000  # REORDER_FRAMES frames: the first picture's composition offset

@@ -222,10 +222,21 @@ def test_fmp4_timeline_starts_at_the_streams_first_picture(
         assert info["timeline_origin_ms"] == round(first.start * 1000)
 
 
+def _run(spec: Spec, packets: int) -> list[tuple[FrameType, bytes]]:
+    """The frames a pipeline writes for the first ``packets`` + 1 packets of the small clip."""
+    buf = io.BytesIO()
+    pipeline = Pipeline(spec, Output(buf))
+    for n, p in enumerate(file_packets(SMALL)):
+        pipeline.feed(p)
+        if n >= packets:
+            break
+    pipeline.finish()
+    return FrameReader().feed(buf.getvalue())
+
+
 def _first_part(origin_ms: int | None) -> tuple[int, dict[str, object], PartFrame]:
     """A short LL-HLS run with ``timeline_origin_ms``: its first part's video tfdt, its
     RENDITIONS frame, and the part."""
-    buf = io.BytesIO()
     spec = Spec(
         stream="t/origin",
         ladder=LADDER[1:2],
@@ -234,13 +245,7 @@ def _first_part(origin_ms: int | None) -> tuple[int, dict[str, object], PartFram
         part_duration=0.333,
         timeline_origin_ms=origin_ms,
     )
-    pipeline = Pipeline(spec, Output(buf))
-    for n, p in enumerate(file_packets(SMALL)):
-        pipeline.feed(p)
-        if n > 60:
-            break
-    pipeline.finish()
-    frames = FrameReader().feed(buf.getvalue())
+    frames = _run(spec, 61)
     (info,) = [json.loads(p) for t, p in frames if t is FrameType.RENDITIONS]
     part = next(decode_part(p) for t, p in frames if t is FrameType.PART)
     return parse_fragments(part.data)[0].runs[0].base_decode_time, info, part
@@ -291,23 +296,15 @@ def test_tap_sends_low_delay_annexb_h264_and_opus(cmaf: list[tuple[FrameType, by
 
 
 def test_plain_fmp4_sends_init_and_whole_segments_only() -> None:
-    buf = io.BytesIO()
     spec = Spec(stream="t/f", ladder=LADDER[1:2], x264_threads=1, segment_format="fmp4")
-    pipeline = Pipeline(spec, Output(buf))
-    for n, p in enumerate(file_packets(SMALL)):
-        pipeline.feed(p)
-        if n > 200:
-            break
-    pipeline.finish()
+    frames = _run(spec, 201)
     kinds = [
         t
-        for t, _ in FrameReader().feed(buf.getvalue())
+        for t, _ in frames
         if t in (FrameType.INIT, FrameType.PART, FrameType.SEGMENT, FrameType.TAP)
     ]
     assert kinds[0] is FrameType.INIT and FrameType.PART not in kinds and FrameType.TAP not in kinds
-    segs = [
-        decode_segment(p) for t, p in FrameReader().feed(buf.getvalue()) if t is FrameType.SEGMENT
-    ]
+    segs = [decode_segment(p) for t, p in frames if t is FrameType.SEGMENT]
     for s in segs:
         assert len(parse_fragments(s.data)) == 1, "one moof per segment without parts"
 
