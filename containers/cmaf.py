@@ -26,7 +26,13 @@ worker's rungs) the offset makes a keyframe at the origin decode at 0, so a
 stream's first part has a ``tfdt`` of 0, as its playlist's timeline starts
 at 0: Shaka Player sets its per-append timestamp offset to the difference,
 and a negative one drops parts not cut on a keyframe (shaka-player#10589).
-Without one (the node's :class:`TapPackager`) it is :data:`TIMELINE_OFFSET`. Part boundaries
+Its init segment then carries an edit list that takes the reorder allowance
+off video presentation (audio is placed to match): players map a part's
+``tfdt`` to the start its playlist gives it, and without the edit its first
+picture would show one allowance (0.1 s) later, a hole at the start of the
+buffer as large as hls.js's ``maxBufferHole``. Without an origin (the node's
+:class:`TapPackager`, read by relays) the offset is :data:`TIMELINE_OFFSET`
+and there is no edit. Part boundaries
 lie on a grid of ``part_ticks`` from the segment's first decode time, so no
 part is longer than the part target (RFC 8216bis §4.4.4.9); only a segment's
 last part may be shorter.
@@ -155,8 +161,15 @@ class CmafPackager:
         self._offset = (
             TIMELINE_OFFSET * timescale if origin is None else self._reorder_allowance - origin
         )
-        # The same shift in samples (within half a sample: A/V sync is kept).
-        self._audio_offset = round(self._offset * audio.sample_rate / timescale) if audio else 0
+        # With an origin, the init segment's edit list takes the reorder allowance off
+        # every video presentation time: a keyframe shows at its decode time, where
+        # players (hls.js, Shaka Player) put the start its playlist gives its part,
+        # so the buffer starts with no hole before the first picture.
+        self._edit = self._reorder_allowance if origin is not None else 0
+        # Audio on the same presentation timeline, in samples (within half a sample).
+        self._audio_offset = (
+            round((self._offset - self._edit) * audio.sample_rate / timescale) if audio else 0
+        )
         self._seg_pts = 0  # presentation time of the segment's IDR
         self._last_decode: int | None = None
         self._seg_open = False
@@ -277,7 +290,7 @@ class CmafPackager:
         assert self._params is not None
         sps, pps = self._params
         tracks: list[Track] = [
-            VideoTrack(VIDEO_TRACK, self.timescale, self._width, self._height, sps, pps)
+            VideoTrack(VIDEO_TRACK, self.timescale, self._width, self._height, sps, pps, self._edit)
         ]
         if self._audio is not None:
             tracks.append(self._audio.track(AUDIO_TRACK))

@@ -148,7 +148,13 @@ def audio_specific_config(sample_rate: int, channels: int, object_type: int = 2)
 
 @dataclass(frozen=True, slots=True)
 class VideoTrack:
-    """An H.264 track: its size and parameter sets (the ``avcC``)."""
+    """An H.264 track: its size and parameter sets (the ``avcC``).
+
+    ``edit_offset`` (ticks): the composition offset of the first picture, which
+    an edit list (``elst`` media_time, as Shaka Packager and FFmpeg write for
+    B-frames) takes off every presentation time, so that picture shows at its
+    decode time (ISO/IEC 14496-12 §8.6.6).
+    """
 
     track_id: int
     timescale: int
@@ -156,6 +162,7 @@ class VideoTrack:
     height: int
     sps: tuple[bytes, ...]
     pps: tuple[bytes, ...]
+    edit_offset: int = 0
 
     @property
     def codec_string(self) -> str:
@@ -314,7 +321,18 @@ def _trak(track: Track) -> bytes:
         full_box(b"stco", 0, 0, bytes(4)),
     )
     minf = box(b"minf", media_header, dinf, stbl)
-    return box(b"trak", tkhd, box(b"mdia", mdhd, hdlr, minf))
+    edts = b""
+    if isinstance(track, VideoTrack) and track.edit_offset:
+        if not 0 < track.edit_offset < 1 << 31:
+            raise ValueError(
+                f"track {track.track_id}: edit offset {track.edit_offset} is out of range"
+            )
+        # One edit: the whole media (duration 0, unknown in a fragmented file) from
+        # media_time on, at rate 1.
+        edts = box(
+            b"edts", full_box(b"elst", 0, 0, struct.pack(">IIihh", 1, 0, track.edit_offset, 1, 0))
+        )
+    return box(b"trak", tkhd, edts, box(b"mdia", mdhd, hdlr, minf))
 
 
 def init_segment(tracks: Sequence[Track]) -> bytes:

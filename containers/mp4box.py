@@ -98,6 +98,25 @@ class ParsedTrack:
     height: int = 0
     channels: int = 0
     sample_rate: int = 0
+    edit_offset: int = 0  # media time (ticks) where the edit list starts presentation
+
+
+def _edit_offset(trak: Box) -> int:
+    """The media time of the first edit that is not empty (``elst``), else 0."""
+    elst = trak.find(b"edts", b"elst")
+    if elst is None:
+        return 0
+    version, _, p = _full(elst, "elst", 4)
+    count = struct.unpack_from(">I", p)[0]
+    entry = ">QqI" if version == 1 else ">IiI"
+    size = struct.calcsize(entry)
+    if len(p) < 4 + count * size:
+        raise ValueError("elst is truncated")
+    for i in range(count):
+        _, media_time, _ = struct.unpack_from(entry, p, 4 + i * size)
+        if media_time >= 0:
+            return int(media_time)
+    return 0
 
 
 def _esds_config(payload: bytes) -> bytes:
@@ -167,7 +186,18 @@ def parse_init(data: bytes) -> list[ParsedTrack]:
             avcc = next((b for b in sub if b.kind == b"avcC"), None)
             if avcc is None:
                 raise ValueError("avc1 has no avcC")
-            tracks.append(ParsedTrack(track_id, handler, timescale, "avc1", avcc.payload, w, hgt))
+            tracks.append(
+                ParsedTrack(
+                    track_id,
+                    handler,
+                    timescale,
+                    "avc1",
+                    avcc.payload,
+                    w,
+                    hgt,
+                    edit_offset=_edit_offset(trak),
+                )
+            )
         elif entry.kind == b"mp4a":
             if len(p) < 28:
                 raise ValueError("mp4a sample entry is truncated")

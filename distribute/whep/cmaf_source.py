@@ -103,6 +103,7 @@ class _Video:
     timescale: int
     length_size: int
     params: bytes  # SPS and PPS, Annex B
+    edit: int = 0  # the edit list's media time: taken off every presentation time
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,7 +200,7 @@ class CmafDemuxer:
                         length_size, params = _avcc(t.config)
                     except ValueError as exc:
                         raise ValueError(f"{self.name}: bad init segment: {exc}") from None
-                    video = _Video(t.track_id, t.timescale, length_size, params)
+                    video = _Video(t.track_id, t.timescale, length_size, params, t.edit_offset)
             elif t.handler == "soun":
                 if t.codec != "Opus":
                     raise ValueError(
@@ -246,8 +247,8 @@ class CmafDemuxer:
                             # In-band parameter sets on every IDR, as the tap has them:
                             # a viewer that joins there can decode.
                             payload = video.params + payload
-                        pts = _ms(decode + s.cts, video.timescale) - offset
-                        dts = min(pts, _ms(decode + shift, video.timescale) - offset)
+                        pts = _ms(decode + s.cts - video.edit, video.timescale) - offset
+                        dts = min(pts, _ms(decode + shift - video.edit, video.timescale) - offset)
                         vout.append(MediaPacket("video", "h264", pts, dts, payload, key))
                         decode += s.duration
                 elif audio is not None and run.track_id == audio.track_id:
