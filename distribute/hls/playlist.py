@@ -71,9 +71,26 @@ def program_date_time(t: float) -> str:
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
 
 
+def part_duration(seconds: float) -> str:
+    """A part's DURATION (or the PART-TARGET), five decimals rounded up: a part written
+    this way is never longer than the part target written this way.
+
+    Rounded up rather than to the nearest so that, where the duration has no exact
+    decimal (seven frames at 30 fps: 0.233333 s), a player that adds the durations up
+    runs ahead of the media's own timestamps by a few microseconds a part, never
+    behind. Shaka Player 5.2 calls abort() before an append whose offset (playlist
+    time minus ``tfdt``) differs from the one it set by 1 ms or more, and it sets a
+    negative offset (any viewer who joins once the stream's first segment has left the
+    playlist) 1 ms high (a workaround for old Edge): the difference is then 1 ms plus
+    the drift, so a drift behind aborts on every part, and Chromium drops each part up
+    to the next keyframe (shaka-player#10589, fixed upstream, not in 5.2.12).
+    """
+    return f"{math.ceil(seconds * 1e5 - 1e-6) / 1e5:.5f}"
+
+
 def _part_line(p: PartRef) -> str:
     indep = ",INDEPENDENT=YES" if p.independent else ""
-    return f'#EXT-X-PART:DURATION={p.duration:.5f},URI="{p.uri}"{indep}'
+    return f'#EXT-X-PART:DURATION={part_duration(p.duration)},URI="{p.uri}"{indep}'
 
 
 def media_playlist(
@@ -106,7 +123,7 @@ def media_playlist(
             "#EXT-X-SERVER-CONTROL:CAN-BLOCK-RELOAD=YES,"
             f"CAN-SKIP-UNTIL={can_skip_until(target):.1f},PART-HOLD-BACK={ll.part_hold_back:.3f}"
         )
-        lines.append(f"#EXT-X-PART-INF:PART-TARGET={ll.part_target:.5f}")
+        lines.append(f"#EXT-X-PART-INF:PART-TARGET={part_duration(ll.part_target)}")
     lines.append(f"#EXT-X-MEDIA-SEQUENCE:{msn0 - (ll.skipped if ll else 0)}")
     if discontinuity_sequence:
         # §4.4.3.3: needed once segments carrying a discontinuity tag slide out.

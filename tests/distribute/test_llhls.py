@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import m3u8
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from servehelp import INFO
 
 from distribute.config import HlsConfig
+from distribute.hls.playlist import part_duration
 from distribute.hls.store import Store, first_sequence
 from distribute.hls.stream import LiveStream
 from media import StreamKey
@@ -82,10 +85,32 @@ def test_playlist_starts_from_parts_before_the_first_segment_is_complete() -> No
     pl = m3u8.loads(text)
     assert not [seg for seg in pl.segments if seg.uri]  # no complete segment yet
     assert '#EXT-X-MAP:URI="init-1.mp4"' in text
-    assert '#EXT-X-PART:DURATION=0.33333,URI="0.0.m4s",INDEPENDENT=YES' in text
+    # Ten frames at 30 fps, rounded up (part_duration).
+    assert '#EXT-X-PART:DURATION=0.33334,URI="0.0.m4s",INDEPENDENT=YES' in text
     assert pl.preload_hint.uri == "0.2.m4s" and pl.preload_hint.hint_type == "PART"
     assert "#EXT-X-PROGRAM-DATE-TIME:" in text
     check_rules(pl)
+
+
+def test_part_durations_are_rounded_up_so_players_sum_ahead_of_the_media() -> None:
+    """Seven frames at 30 fps is 0.233333 s: written 0.23334, so Shaka Player's sum of
+    part durations runs ahead of the tfdt and never reaches its 1 ms abort() threshold
+    (shaka-player#10589); a duration with an exact decimal is written as it is."""
+    assert part_duration(7 * 3000 / 90000) == "0.23334"
+    assert part_duration(0.25) == "0.25000" and part_duration(0.24) == "0.24000"
+    assert part_duration(6 / 25) == "0.24000" and part_duration(1.0) == "1.00000"
+
+
+@given(
+    st.floats(min_value=0.001, max_value=5.0, allow_nan=False),
+    st.floats(min_value=0.0, max_value=1.0, allow_nan=False),
+)
+def test_a_part_written_never_exceeds_its_target_written(target: float, share: float) -> None:
+    """§4.4.4.9: every part's DURATION is at most the PART-TARGET, both as written."""
+    duration = target * share
+    written = float(part_duration(duration))
+    assert written <= float(part_duration(target))
+    assert duration - 1e-9 <= written < duration + 1e-5
 
 
 def test_the_hint_names_the_next_segment_once_the_parts_fill_this_one() -> None:
