@@ -208,8 +208,12 @@ class _Connection:
         try:
             check(arg)
         except PublishRefused as exc:
-            self.session.fail_publish(stream_id, REFUSED, exc.description)
-            await self._flush()
+            # The client may have ended this publish in the same read, after the media
+            # (the core has let the stream go already): then there is no publish to fail,
+            # only the connection to close.
+            if stream_id in self.session.publishing:
+                self.session.fail_publish(stream_id, REFUSED, exc.description)
+                await self._flush()
             raise _Refused(exc.reason, exc.description) from None
 
     async def _publish(self, ev: rtmp.PublishRequested) -> None:

@@ -270,3 +270,29 @@ async def test_a_source_over_the_limit_is_refused_and_others_go_on() -> None:
         writer.close()
     finally:
         await server.stop()
+
+
+async def test_a_refused_source_whose_publish_ended_in_the_same_read_only_closes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Found by the fuzzing publisher: a header over the limits and a deleteStream in one
+    write. The core has ended the publish by the time the header is checked; the refusal
+    closes the connection and nothing fails (it used to raise in fail_publish)."""
+    registry = CollectorRegistry()
+    sink = _LimitingSink()
+    server = RtmpServer(RtmpConfig(listen="127.0.0.1:0"), sink, IngestMetrics(registry))
+    await server.start()
+    try:
+        reader, writer, chunks = await _publish(server.port, "uhd")
+        _, big = paramsets.h264(3840, 2160)
+        delete = chunks.write(Message(3, 0, 20, 0, amf0.encode("deleteStream", 4.0, None, 1.0)))
+        writer.write(_video(chunks, MediaPacket("video", "h264", 0, 0, big, config=True)) + delete)
+        await _statuses(reader)  # ends when the server closes the connection
+        value = registry.get_sample_value("ingest_rejected_total", {"reason": "source_too_large"})
+        assert value == 1
+        await _wait(lambda: sink.publications["uhd"].closed)
+        assert sink.publications["uhd"].packets == []
+        assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+        writer.close()
+    finally:
+        await server.stop()
