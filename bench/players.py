@@ -48,22 +48,14 @@ CHROMIUM_ARGS = [
 LIBRARIES = {"hlsjs": "/static/hls.min.js", "shaka": "/static/shaka-player.compiled.js"}
 # Player settings for low latency, the same as the node's own player pages. hls.js: its
 # target is the playlist's PART-HOLD-BACK (lowLatencyMode), and it plays up to 1.5x to
-# get back to it after a start on an independent part or a stall; and it starts where that
-# part starts (startOnSegmentBoundary) rather than seeking into it once it is buffered:
-# when its gap controller has already started playback at the buffer's start (a race
-# inside hls.js 1.7.4, one start in five on the test machine), that seek is a jump and a
-# 'waiting' event after the first frame. Shaka: lowLatencyMode
+# get back to it after a start on an independent part or a stall. Shaka: lowLatencyMode
 # (the default in 5.x) takes PART-HOLD-BACK as its presentation delay. Its caption
 # detection is off: with no CLOSED-CAPTIONS attribute in the master playlist Shaka probes
 # segments for CEA-608 captions and, on a playlist as short as a new stream's, picks the
 # segment still being built (parts only, no URI) and fails with "Cannot read properties
 # of undefined (reading 'match')". The node carries no captions.
 DEFAULT_CONFIG: dict[str, dict[str, Any]] = {
-    "hlsjs": {
-        "lowLatencyMode": True,
-        "maxLiveSyncPlaybackRate": 1.5,
-        "startOnSegmentBoundary": True,
-    },
+    "hlsjs": {"lowLatencyMode": True, "maxLiveSyncPlaybackRate": 1.5},
     "shaka": {
         "streaming": {"lowLatencyMode": True},
         "manifest": {"hls": {"disableClosedCaptionsDetection": True}},
