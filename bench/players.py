@@ -14,7 +14,11 @@ the URL to the first presented frame; the page first waits for the master
 playlist, so a viewer who arrives before the publisher is measured from the
 stream's appearance) and the stalls after the first frame (a ``waiting`` event,
 hls.js's ``bufferStalledError`` or Shaka's ``buffering`` event, counted once per
-episode until the next presented frame).
+episode until the next presented frame). A ``waiting`` event while the element
+seeks belongs to the seek (hls.js seeks to its start position once its first part
+is buffered, and its gap controller may have started playback before that): the
+seek is logged in ``jumps``, and counts as a stall only if no frame follows within
+250 ms, as QoE measures count rebuffering apart from seeks.
 
 The page is served on the node's own origin (Playwright answers one made-up
 path there), so the player fetches without CORS and the canvas stays readable.
@@ -76,7 +80,7 @@ const S = window.probe = {
   frames: 0, stamped: 0, latencies: [], stalls: 0, stallMs: 0, stalledAt: null,
   loadedAt: performance.timeOrigin, streamAt: null, playerAt: null, firstFrameAt: null,
   lastFrameAt: null, maxGapMs: 0, gaps: [], stallLog: [], width: 0, height: 0, errors: [],
-  fatal: null,
+  fatal: null, jumps: [], seekWaitAt: null,
 };
 
 // --- presented frames and stalls ---------------------------------------------------------
@@ -94,6 +98,16 @@ function onFrame(_now, meta) {
     S.stallMs += ms; S.stallLog.push([Math.round(S.stalledAt - S.firstFrameAt), Math.round(ms)]);
     S.stalledAt = null;
   }
+  if (S.seekWaitAt !== null) {
+    if (shown - S.seekWaitAt > GAP_MS) {
+      S.stalls++;
+      S.stallMs += shown - S.seekWaitAt;
+      const at = Math.round(S.seekWaitAt - S.firstFrameAt);
+      S.stallLog.push([at, Math.round(shown - S.seekWaitAt)]);
+      S.errors.push("stall: waiting after a seek");
+    }
+    S.seekWaitAt = null;
+  }
   S.frames++;
   S.width = meta.width; S.height = meta.height;
   const stamp = STAMP.read(video, meta.width, meta.height);
@@ -108,7 +122,18 @@ function stall(why) {
   S.stalledAt = wall();
   S.errors.push("stall: " + why);
 }
-video.addEventListener("waiting", () => stall("waiting"));
+// A seek the player makes itself (hls.js to its start position once the first part is in,
+// a nudge over a gap) fires 'waiting' while the element seeks: a jump, logged as one, and a
+// stall only if no frame follows within GAP_MS, as rebuffering is counted apart from seeks.
+video.addEventListener("waiting", () => {
+  if (!video.seeking) stall("waiting");
+  else if (S.firstFrameAt !== null && S.seekWaitAt === null) S.seekWaitAt = wall();
+});
+video.addEventListener("seeking", () => {
+  if (S.firstFrameAt !== null && S.jumps.length < 20) {
+    S.jumps.push([Math.round(wall() - S.firstFrameAt), +video.currentTime.toFixed(3)]);
+  }
+});
 
 // --- the players ---------------------------------------------------------------------------
 function startHlsjs() {
@@ -198,6 +223,8 @@ def summarize(state: dict[str, Any], player: str) -> dict[str, Any]:
         "stall_ms": round(float(state["stallMs"]), 1),
         # [ms after the first frame, ms long] of each stall that ended.
         "stall_log": state["stallLog"][:10],
+        # Seeks after the first frame: [ms after the first frame, to media time s].
+        "jumps": state["jumps"][:10],
         "max_frame_gap_ms": round(float(state["maxGapMs"]), 1),
         # Freezes over 250 ms: (last frame before, first frame after), wall-clock seconds.
         "freezes": [(a / 1000, b / 1000) for a, b in state["gaps"]],
