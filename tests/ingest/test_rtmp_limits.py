@@ -57,10 +57,10 @@ class Served:
         return value or 0.0
 
 
-async def _serve(**overrides: Any) -> Served:
+async def _serve(sink: Any = None, **overrides: Any) -> Served:
     registry = CollectorRegistry()
     config = RtmpConfig(listen="127.0.0.1:0", **overrides)
-    server = RtmpServer(config, _Sink(), IngestMetrics(registry))
+    server = RtmpServer(config, sink or _Sink(), IngestMetrics(registry))
     await server.start()
     return Served(server, registry)
 
@@ -208,6 +208,15 @@ class _LimitingSink:
         return pub
 
 
+@pytest.fixture
+async def limiting() -> AsyncIterator[tuple[Served, _LimitingSink]]:
+    """A server whose sink holds every source to 1920x1080 at 60 fps."""
+    sink = _LimitingSink()
+    served = await _serve(sink)
+    yield served, sink
+    await served.server.stop()
+
+
 async def _publish(port: int, name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Any]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     hello, chunks = _connected_client()
@@ -237,62 +246,51 @@ async def _statuses(reader: asyncio.StreamReader) -> list[dict[str, Any]]:
     return out
 
 
-async def test_a_source_over_the_limit_is_refused_and_others_go_on() -> None:
-    registry = CollectorRegistry()
-    sink = _LimitingSink()
-    server = RtmpServer(RtmpConfig(listen="127.0.0.1:0"), sink, IngestMetrics(registry))
-    await server.start()
-    try:
-        _, ok_writer, ok_chunks = await _publish(server.port, "class")
-        _, avcc = paramsets.h264(1280, 720)
-        ok_writer.write(_video(ok_chunks, MediaPacket("video", "h264", 0, 0, avcc, config=True)))
-        await _wait(lambda: "class" in sink.publications and sink.publications["class"].packets)
+async def test_a_source_over_the_limit_is_refused_and_others_go_on(
+    limiting: tuple[Served, _LimitingSink],
+) -> None:
+    served, sink = limiting
+    server = served.server
+    _, ok_writer, ok_chunks = await _publish(server.port, "class")
+    _, avcc = paramsets.h264(1280, 720)
+    ok_writer.write(_video(ok_chunks, MediaPacket("video", "h264", 0, 0, avcc, config=True)))
+    await _wait(lambda: "class" in sink.publications and sink.publications["class"].packets)
 
-        reader, writer, chunks = await _publish(server.port, "uhd")
-        _, big = paramsets.h264(3840, 2160)
-        writer.write(_video(chunks, MediaPacket("video", "h264", 0, 0, big, config=True)))
-        statuses = await _statuses(reader)  # ends when the server closes the connection
-        assert statuses[0]["code"] == "NetStream.Publish.Start"
-        assert statuses[-1]["level"] == "error"
-        assert statuses[-1]["code"] == "NetStream.Publish.Rejected"
-        assert "3840x2160 is larger than 1920x1080" in statuses[-1]["description"]
-        value = registry.get_sample_value("ingest_rejected_total", {"reason": "source_too_large"})
-        assert value == 1
-        await _wait(lambda: sink.publications["uhd"].closed)
-        assert sink.publications["uhd"].packets == []  # the 4K header never reached the node
+    reader, writer, chunks = await _publish(server.port, "uhd")
+    _, big = paramsets.h264(3840, 2160)
+    writer.write(_video(chunks, MediaPacket("video", "h264", 0, 0, big, config=True)))
+    statuses = await _statuses(reader)  # ends when the server closes the connection
+    assert statuses[0]["code"] == "NetStream.Publish.Start"
+    assert statuses[-1]["level"] == "error"
+    assert statuses[-1]["code"] == "NetStream.Publish.Rejected"
+    assert "3840x2160 is larger than 1920x1080" in statuses[-1]["description"]
+    assert served.rejected("source_too_large") == 1
+    await _wait(lambda: sink.publications["uhd"].closed)
+    assert sink.publications["uhd"].packets == []  # the 4K header never reached the node
 
-        # The other publisher goes on.
-        frame = MediaPacket("video", "h264", 40, 40, b"\x00\x00\x00\x02\x65\x88", keyframe=True)
-        ok_writer.write(_video(ok_chunks, frame))
-        await _wait(lambda: len(sink.publications["class"].packets) == 2)
-        assert not sink.publications["class"].closed
-        ok_writer.close()
-        writer.close()
-    finally:
-        await server.stop()
+    # The other publisher goes on.
+    frame = MediaPacket("video", "h264", 40, 40, b"\x00\x00\x00\x02\x65\x88", keyframe=True)
+    ok_writer.write(_video(ok_chunks, frame))
+    await _wait(lambda: len(sink.publications["class"].packets) == 2)
+    assert not sink.publications["class"].closed
+    ok_writer.close()
+    writer.close()
 
 
 async def test_a_refused_source_whose_publish_ended_in_the_same_read_only_closes(
-    caplog: pytest.LogCaptureFixture,
+    limiting: tuple[Served, _LimitingSink], caplog: pytest.LogCaptureFixture
 ) -> None:
     """Found by the fuzzing publisher: a header over the limits and a deleteStream in one
     write. The core has ended the publish by the time the header is checked; the refusal
     closes the connection and nothing fails (it used to raise in fail_publish)."""
-    registry = CollectorRegistry()
-    sink = _LimitingSink()
-    server = RtmpServer(RtmpConfig(listen="127.0.0.1:0"), sink, IngestMetrics(registry))
-    await server.start()
-    try:
-        reader, writer, chunks = await _publish(server.port, "uhd")
-        _, big = paramsets.h264(3840, 2160)
-        delete = chunks.write(Message(3, 0, 20, 0, amf0.encode("deleteStream", 4.0, None, 1.0)))
-        writer.write(_video(chunks, MediaPacket("video", "h264", 0, 0, big, config=True)) + delete)
-        await _statuses(reader)  # ends when the server closes the connection
-        value = registry.get_sample_value("ingest_rejected_total", {"reason": "source_too_large"})
-        assert value == 1
-        await _wait(lambda: sink.publications["uhd"].closed)
-        assert sink.publications["uhd"].packets == []
-        assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
-        writer.close()
-    finally:
-        await server.stop()
+    served, sink = limiting
+    reader, writer, chunks = await _publish(served.server.port, "uhd")
+    _, big = paramsets.h264(3840, 2160)
+    delete = chunks.write(Message(3, 0, 20, 0, amf0.encode("deleteStream", 4.0, None, 1.0)))
+    writer.write(_video(chunks, MediaPacket("video", "h264", 0, 0, big, config=True)) + delete)
+    await _statuses(reader)  # ends when the server closes the connection
+    assert served.rejected("source_too_large") == 1
+    await _wait(lambda: sink.publications["uhd"].closed)
+    assert sink.publications["uhd"].packets == []
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    writer.close()
