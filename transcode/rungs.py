@@ -31,7 +31,7 @@ from media.h264 import AvcConfig, split_nals, to_annexb
 from media.ratelog import RateLimitedLog
 from media.segments import LEAD_PARTS, splits_lead
 from transcode.cfr import FrameRateConverter, exact_rate
-from transcode.encoder import TICK, TICKS_PER_SECOND, open_video_encoder
+from transcode.encoder import TICK, TICKS_PER_SECOND, faster_x264, open_video_encoder
 from transcode.ladder import Rung
 from transcode.output import Output
 from transcode.packaging import Segmenter, frames_per_part, tap_video
@@ -175,7 +175,29 @@ class RungEncoder:
             self._reopen(want)
 
     def _reopen(self, preset: str) -> None:
-        self._enc = self._open(self.codec, dataclasses.replace(self.rung, preset=preset))
+        if preset == self.rung.preset or self.codec != "libx264":
+            self._enc = self._open(self.codec, dataclasses.replace(self.rung, preset=preset))
+        else:
+            # Overload's faster preset, with the rung's own parameter sets where x264
+            # can keep them: the same init segment goes on (transcode.encoder).
+            threads, gop = self._spec.x264_threads, self._gop_frames
+            name, params, kept = faster_x264(self.rung, preset, threads, gop, low_delay=self.tap)
+            log.info(
+                "[%s] %s: x264 preset %s%s, %s",
+                self._spec.stream,
+                self.rung.name,
+                name,
+                f" ({params})" if params else "",
+                "same parameter sets" if kept else "new parameter sets and init segment",
+            )
+            self._enc = open_video_encoder(
+                dataclasses.replace(self.rung, preset=name),
+                self.codec,
+                threads,
+                gop,
+                low_delay=self.tap,
+                x264_params=params,
+            )
         self._preset = preset
 
     def _scaled(self, frame: av.VideoFrame) -> av.VideoFrame:

@@ -16,6 +16,7 @@ import av
 import pytest
 from synth import interleave, video_packets
 
+import transcode.rungs
 from containers.cmaf import split_annexb
 from containers.mp4box import parse_fragments
 from ingest.file import file_packets
@@ -401,10 +402,12 @@ def test_worker_process_opens_every_rendition_with_its_init() -> None:
     assert first == {"360p": FrameType.INIT, "240p": FrameType.INIT}
 
 
-def test_faster_preset_mid_stream_sends_a_new_init_at_a_segment_boundary() -> None:
-    """Overload step 1 reopens x264; new parameter sets come with a new EXT-X-MAP."""
+def _switch_to_ultrafast(rendition: Rendition) -> tuple[int, list[bytes]]:
+    """Overload step 1 on ``rendition`` after 2.5 s of the small sample: the number of
+    init segments sent, and the segments, each checked to decode whole under the
+    init segment sent before it."""
     buf = io.BytesIO()
-    spec = Spec(stream="t/reinit", ladder=LADDER[1:2], x264_threads=1, segment_format="fmp4")
+    spec = Spec(stream="t/reinit", ladder=[rendition], x264_threads=1, segment_format="fmp4")
     pipeline = Pipeline(spec, Output(buf))
     for p in file_packets(SMALL):
         if p.dts > 2500 and pipeline._encoders:
@@ -413,6 +416,7 @@ def test_faster_preset_mid_stream_sends_a_new_init_at_a_segment_boundary() -> No
     pipeline.finish()
     init = b""
     inits = 0
+    segments = []
     for t, payload in FrameReader().feed(buf.getvalue()):
         if t is FrameType.INIT:
             init = decode_init(payload).data
@@ -422,6 +426,32 @@ def test_faster_preset_mid_stream_sends_a_new_init_at_a_segment_boundary() -> No
             with av.open(io.BytesIO(init + seg.data), format="mp4") as c:
                 frames = list(c.decode(video=0))
             assert abs(len(frames) - seg.duration * 30) <= 1, seg.index
+            segments.append(seg.data)
+    return inits, segments
+
+
+@pytest.mark.parametrize("tune", ["", "zerolatency"])
+def test_faster_preset_mid_stream_keeps_the_parameter_sets_and_the_init(tune: str) -> None:
+    """Overload step 1 reopens x264 at ultrafast speed with the rung's own SPS and PPS:
+    no new init segment, the playlist's CODECS stays true, players reconfigure nothing."""
+    inits, segments = _switch_to_ultrafast(dataclasses.replace(LADDER[1], tune=tune))
+    assert inits == 1
+    # x264 writes its options into the first picture after each open.
+    options = [
+        s[s.index(b"x264 - core") :].split(b"\x00")[0] for s in segments if b"x264 - core" in s
+    ]
+    assert len(options) == 2, options
+    assert b"subme=7" in options[0] or b"subme=2" in options[0]
+    assert b"subme=0" in options[1] and b"cabac=1" in options[1] and b"8x8dct=1" in options[1]
+
+
+def test_faster_preset_that_cannot_keep_the_parameter_sets_sends_a_new_init(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where no faster x264 keeps the rung's headers, the switch comes with new
+    parameter sets in a new init segment (a new EXT-X-MAP), at a segment boundary."""
+    monkeypatch.setattr(transcode.rungs, "faster_x264", lambda *a, **k: ("ultrafast", "", False))
+    inits, _ = _switch_to_ultrafast(LADDER[1])
     assert inits == 2
 
 
