@@ -23,6 +23,7 @@ from distribute.hls.playlist import SegmentRef, VariantRef, master_playlist, med
 from ingest.file import file_packets
 from media.segments import SegmentFrame
 from transcode import collector
+from transcode.output import Output
 from transcode.pipeline import Pipeline
 from transcode.protocol import FrameReader, FrameType, decode_init, decode_segment
 from transcode.spec import Spec
@@ -72,7 +73,10 @@ def transcode_file(source: str, out: Path, spec: Spec, progress: bool = False) -
     spec = dataclasses.replace(spec, live=False)
     ext = "m4s" if spec.segment_format == "fmp4" else "ts"
     sink = _DirWriter(out, ext)
-    pipeline = Pipeline(spec, sink)  # type: ignore[arg-type]
+    # The rung threads write at once: Output's lock keeps each frame whole, and the
+    # one reader of frames sees them one at a time (without it, a segment could be
+    # read twice and listed twice, shifting every later one in the playlist).
+    pipeline = Pipeline(spec, Output(sink))  # type: ignore[arg-type]
     total = 0.0
     with av.open(source) as probe:
         if probe.duration:

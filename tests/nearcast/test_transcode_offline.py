@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import av
 import m3u8
 import pytest
 
+import nearcast.offline as offline
 from containers.mp4box import parse_init
+from media.segments import SegmentFrame
+from transcode.output import Output
+from transcode.protocol import FrameType, encode_json, encode_segment
+from transcode.spec import Spec
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = str(ROOT / "samples" / "small-360p.mp4")
@@ -66,3 +72,51 @@ def test_unknown_profile_is_refused_with_the_known_ones(tmp_path: Path) -> None:
     res = _transcode("--profile", "nope", "--out", str(tmp_path))
     assert res.returncode == 2
     assert "unknown profile 'nope'" in res.stderr and "source_plus" in res.stderr, res.stderr
+
+
+class _ThreadedPipeline:
+    """Stands in for the worker's pipeline: four rung threads that write their
+    segment frames at the same time, as the real rungs do, to what it is given."""
+
+    RUNGS, SEGMENTS = 4, 200
+
+    def __init__(self, spec: Spec, out: Output) -> None:
+        self.out = out
+
+    def feed(self, packet: object) -> None:
+        pass
+
+    def finish(self) -> None:
+        names = [f"r{i}" for i in range(self.RUNGS)]
+        renditions = [{"name": n, "width": 64, "height": 36, "fps": 30.0} for n in names]
+        self.out.write(encode_json(FrameType.RENDITIONS, {"renditions": renditions}))
+
+        def rung(name: str) -> None:
+            for i in range(self.SEGMENTS):
+                seg = SegmentFrame(name, i, 2.0 * i, 2.0, "avc1.64001e", bytes(188 * (1 + i % 7)))
+                self.out.write(encode_segment(seg))
+
+        threads = [threading.Thread(target=rung, args=(n,)) for n in names]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+
+def test_segments_written_by_every_rung_thread_at_once_are_each_listed_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rungs' threads write concurrently; each segment must be read and listed
+    exactly once (a shared frame reader without a lock listed some twice, shifting
+    every later segment of the playlist by one)."""
+    monkeypatch.setattr(offline, "Pipeline", _ThreadedPipeline)
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # thread switches as often as the interpreter allows
+    try:
+        offline.transcode_file(SMALL, tmp_path, Spec(stream="t/t", ladder=[]))
+    finally:
+        sys.setswitchinterval(switch)
+    for i in range(_ThreadedPipeline.RUNGS):
+        media = m3u8.load(str(tmp_path / f"r{i}" / "index.m3u8"))
+        uris = [s.uri for s in media.segments]
+        assert uris == [f"{n}.ts" for n in range(_ThreadedPipeline.SEGMENTS)], f"r{i}"
