@@ -130,9 +130,14 @@ class RungEncoder:
         self._seg = Segmenter(rung, spec, audio, out, self.fps)
         self.thread = threading.Thread(target=self._run, name=f"rung-{rung.name}", daemon=True)
 
-    def _open(self, codec: str, rung: Rung) -> av.VideoCodecContext:
+    def _open(self, codec: str, rung: Rung, x264_params: str = "") -> av.VideoCodecContext:
         return open_video_encoder(
-            rung, codec, self._spec.x264_threads, self._gop_frames, low_delay=self.tap
+            rung,
+            codec,
+            self._spec.x264_threads,
+            self._gop_frames,
+            low_delay=self.tap,
+            x264_params=x264_params,
         )
 
     @property
@@ -190,14 +195,7 @@ class RungEncoder:
                 f" ({params})" if params else "",
                 "same parameter sets" if kept else "new parameter sets and init segment",
             )
-            self._enc = open_video_encoder(
-                dataclasses.replace(self.rung, preset=name),
-                self.codec,
-                threads,
-                gop,
-                low_delay=self.tap,
-                x264_params=params,
-            )
+            self._enc = self._open(self.codec, dataclasses.replace(self.rung, preset=name), params)
         self._preset = preset
 
     def _scaled(self, frame: av.VideoFrame) -> av.VideoFrame:
