@@ -7,7 +7,10 @@ so segment ``n`` covers the same time range in all of them (RFC 8216bis §6.2.4
 requires that for switching without a glitch).
 
 Each segment gets its own MPEG-TS muxer, so it begins with PAT/PMT and can be
-decoded on its own (RFC 8216bis §3.3).
+decoded on its own (RFC 8216bis §3.3). Its continuity counters are then rewritten
+to carry on from the previous segment's (:func:`continue_counters`), as one muxer
+writing the whole stream would have left them (FFmpeg's HLS muxer, nginx-rtmp): a
+player that feeds segments into one demuxer sees no discontinuity at each boundary.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from fractions import Fraction
 from typing import Any
 
 import av
+import numpy as np
 
 from media.segments import SegmentFrame
 
@@ -65,6 +69,43 @@ def h264_codec_string(annexb: bytes) -> str | None:
     return None
 
 
+TS_PACKET = 188
+
+
+def continue_counters(data: bytes, last: dict[int, int]) -> bytes:
+    """``data`` (whole 188-byte TS packets) with each PID's continuity counters shifted
+    to follow ``last[pid]``, the counter of that PID's last packet in the previous
+    segment; ``last`` is updated to this segment's.
+
+    ISO 13818-1 §2.4.3.3: the counter goes up by one per packet with a payload and
+    stays put on an adaptation-field-only packet. A shift by a constant per PID keeps
+    whatever order the muxer wrote within the segment. Data that is not whole TS
+    packets is returned unchanged (and ``last`` too).
+    """
+    n = len(data) // TS_PACKET
+    if not n or len(data) != n * TS_PACKET:
+        return data
+    packets = np.frombuffer(data, dtype=np.uint8).reshape(n, TS_PACKET)
+    if not (packets[:, 0] == 0x47).all():
+        return data
+    packets = packets.copy()
+    pids = ((packets[:, 1].astype(np.uint16) & 0x1F) << 8) | packets[:, 2]
+    flags = packets[:, 3]
+    for pid in np.unique(pids).tolist():
+        rows = np.flatnonzero(pids == pid)
+        first = int(flags[rows[0]])
+        before = last.get(pid)
+        if before is not None:
+            # What the first packet's counter would be after ``before``.
+            want = (before + 1) & 0x0F if first & 0x10 else before
+            shift = (want - first) & 0x0F
+            if shift:
+                counters = (flags[rows] + shift) & 0x0F
+                flags[rows] = (flags[rows] & 0xF0) | counters
+        last[pid] = int(flags[rows[-1]]) & 0x0F
+    return packets.tobytes()
+
+
 class TsSegmenter:
     def __init__(
         self,
@@ -95,6 +136,8 @@ class TsSegmenter:
         self._last_video_end = 0.0
         self._index = 0
         self._codecs = "avc1.640028"
+        # Each PID's last continuity counter, carried from segment to segment.
+        self._counters: dict[int, int] = {}
         self.segments = 0
 
     # -- segment lifecycle -------------------------------------------------
@@ -118,7 +161,7 @@ class TsSegmenter:
         if self._mux is None or self._buf is None:
             return
         self._mux.close()
-        data = self._buf.getvalue()
+        data = continue_counters(self._buf.getvalue(), self._counters)
         self._on_segment(
             SegmentFrame(
                 rendition=self.rendition,
