@@ -93,7 +93,11 @@ def test_counters_of_consecutive_segments_run_on_as_from_one_muxer(
 def test_bytes_that_are_not_whole_ts_packets_come_back_unchanged(data: bytes) -> None:
     last = {0: 7}
     out = continue_counters(data, last)
-    if data and len(data) % TS_PACKET == 0 and all(data[i] == 0x47 for i in range(0, len(data), TS_PACKET)):
+    if (
+        data
+        and len(data) % TS_PACKET == 0
+        and all(data[i] == 0x47 for i in range(0, len(data), TS_PACKET))
+    ):
         assert len(out) == len(data)
     else:
         assert out == data
@@ -134,7 +138,9 @@ def test_segments_from_the_segmenter_decode_alone_and_have_no_counter_break_betw
             seg.video(p)
         # 1/30 s of audio per frame, in 1024-sample AAC frames.
         while pts < (i + 1) * 1600:
-            af = av.AudioFrame.from_ndarray(np.zeros((2, 1024), np.float32), format="fltp", layout="stereo")
+            af = av.AudioFrame.from_ndarray(
+                np.zeros((2, 1024), np.float32), format="fltp", layout="stereo"
+            )
             af.sample_rate = 48000
             af.pts = pts
             af.time_base = Fraction(1, 48000)
