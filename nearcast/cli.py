@@ -3,19 +3,37 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
+import importlib
 import logging
 import signal
 import sys
 import time
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from media.names import stream_name_problem
-from nearcast import fleet, logs, offline, placement_cli, probe, publish, status
+from nearcast import logs
 from nearcast.config import Config, ConfigError, load
 
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
 log = logging.getLogger("nearcast")
+
+# The module that registers each subcommand, in help order. A command line naming one
+# imports that module alone: `nearcast transcode` does not pay for the fleet's, the
+# placement service's or the publisher's imports before its first frame.
+COMMANDS = {
+    "publish": "nearcast.publish",
+    "probe": "nearcast.probe",
+    "transcode": "nearcast.offline",
+    "placement": "nearcast.placement_cli",
+    "node-credential": "nearcast.placement_cli",
+    "simulate": "nearcast.placement_cli",
+    "fleet": "nearcast.fleet",
+    "status": "nearcast.status",
+}
 
 
 def setup_logging(level: str, log_format: str = "text", node_id: str = "") -> None:
@@ -23,6 +41,8 @@ def setup_logging(level: str, log_format: str = "text", node_id: str = "") -> No
 
 
 async def run_node(config: Config) -> int:
+    import asyncio
+
     from nearcast.node import Node
 
     node = Node(config)
@@ -64,6 +84,8 @@ def _node(args: argparse.Namespace) -> int:
         import uvloop
 
         return uvloop.run(run_node(config))
+    import asyncio
+
     return asyncio.run(run_node(config))
 
 
@@ -203,7 +225,9 @@ def _register_token(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.set_defaults(func=_token)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with ``command`` (a key of COMMANDS), only what that
+    command needs: its own module's subcommands, and no other module imported."""
     parser = argparse.ArgumentParser(
         prog="nearcast",
         description="nearcast: an edge node for live video. RTMP in, one transcode per "
@@ -223,18 +247,25 @@ def build_parser() -> argparse.ArgumentParser:
         "which equal the shipped nearcast.yml); NEARCAST_* variables override any key",
     )
     p.set_defaults(func=_node)
-    publish.register(sub)
-    probe.register(sub)
-    offline.register(sub)
-    placement_cli.register(sub)
-    fleet.register(sub)
-    status.register(sub)
+    modules: Iterable[str] = dict.fromkeys(COMMANDS.values())
+    if command is not None:
+        modules = (COMMANDS[command],)
+    for name in modules:
+        importlib.import_module(name).register(sub)
     _register_token(sub)
     return parser
 
 
+def _command(argv: list[str]) -> str | None:
+    """The subcommand ``argv`` names, when it is one that COMMANDS maps: the first
+    argument, as nearcast takes no option before its subcommand except --help."""
+    return argv[0] if argv and argv[0] in COMMANDS else None
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(_command(argv))
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
