@@ -53,7 +53,18 @@ LIBRARIES = {"hlsjs": "/static/hls.min.js", "shaka": "/static/shaka-player.compi
 # Player settings for low latency, the same as the node's own player pages. hls.js: its
 # target is the playlist's PART-HOLD-BACK (lowLatencyMode), and it plays up to 1.5x to
 # get back to it after a start on an independent part or a stall. Shaka: lowLatencyMode
-# (the default in 5.x) takes PART-HOLD-BACK as its presentation delay. Its caption
+# (the default in 5.x) takes PART-HOLD-BACK as its presentation delay, and it counts the
+# preload-hinted part into its live edge, so its seek range ends PART-HOLD-BACK less one
+# part behind the newest part. Shaka fixes its start there before it fetches from the
+# last independent part before it, and then plays at 1x: the fetch and decode up to the
+# start point (0-2 s of media, one GOP) would stay in its latency for the session.
+# liveSync measures latency from the seek range's end; its default band (0.5 +- 0.5 s)
+# holds that offset and never changes the rate. A target of one part with a 0.1 s band,
+# at up to 1.5x like hls.js, catches up to PART-HOLD-BACK behind the newest part. Never
+# slower than 1x: Shaka's live edge is the first playlist's end advanced by the wall
+# clock, less any growth of the longest segment since, so on a stream seconds old (a
+# short first segment) it falls back by up to a segment, and slowing down to follow it
+# would add that to the latency. Its caption
 # detection is off: with no CLOSED-CAPTIONS attribute in the master playlist Shaka probes
 # segments for CEA-608 captions and, on a playlist as short as a new stream's, picks the
 # segment still being built (parts only, no URI) and fails with "Cannot read properties
@@ -61,7 +72,16 @@ LIBRARIES = {"hlsjs": "/static/hls.min.js", "shaka": "/static/shaka-player.compi
 DEFAULT_CONFIG: dict[str, dict[str, Any]] = {
     "hlsjs": {"lowLatencyMode": True, "maxLiveSyncPlaybackRate": 1.5},
     "shaka": {
-        "streaming": {"lowLatencyMode": True},
+        "streaming": {
+            "lowLatencyMode": True,
+            "liveSync": {
+                "enabled": True,
+                "targetLatency": 0.25,
+                "targetLatencyTolerance": 0.1,
+                "maxPlaybackRate": 1.5,
+                "minPlaybackRate": 1.0,
+            },
+        },
         "manifest": {"hls": {"disableClosedCaptionsDetection": True}},
     },
 }
