@@ -64,6 +64,20 @@ def test_fanout_bench_prints_its_table_and_figures(token: bool) -> None:
     assert set(figures["targets"]) >= {"segment_bytes_ratio>=0.95", "part_rps_ratio>=0.8"}
 
 
+def test_serve_floor_bench_measures_both_sends_against_nginx() -> None:
+    require_binary("wrk")
+    if not Path(NGINX).exists():
+        pytest.fail("nginx is not installed; `make test` installs it (Debian package nginx-light)")
+    lines, figures = run_bench(
+        "bench.serve_floor", "--sizes", "1213,37000", "--seconds", "1", "--rounds", "1"
+    )
+    rows = figures["floor_over_nginx"]
+    assert set(rows) == {"1213/copy", "1213/sendfile", "37000/copy", "37000/sendfile"}
+    for row in rows.values():
+        assert row["ratio"] > 0 and len(row["rounds"]) == 1, row
+    assert len(lines) == 5
+
+
 def test_placement_bench_prints_its_table_and_figures() -> None:
     lines, figures = run_bench(
         "bench.placement",
