@@ -56,7 +56,7 @@ from containers.fmp4 import (
     init_segment,
 )
 from media import MediaPacket
-from media.segments import LEAD_PARTS, InitFrame, PartFrame, SegmentFrame, splits_lead
+from media.segments import InitFrame, PartFrame, SegmentFrame, splits_lead
 
 VIDEO_TRACK = 1
 AUDIO_TRACK = 2
@@ -420,6 +420,7 @@ class TapPackager:
         segment_duration: float,
         part_duration: float,
         grid: bool,
+        lead_parts: int = 0,
         on_init: Callable[[InitFrame], None],
         on_part: Callable[[PartFrame], None] | None,
         on_segment: Callable[[SegmentFrame], None],
@@ -430,14 +431,14 @@ class TapPackager:
         part_ticks = 0
         self._frame_ms = 1000 / fps
         # Where the worker forces an IDR inside a run's first segment (rungs.py): the
-        # end of the LL-HLS lead, LEAD_PARTS parts in.
+        # end of the LL-HLS lead, lead_parts parts in (hls.lead_parts; 0: no lead).
         self._lead_ms: float | None = None
         if part_duration > 0:
             # Whole frames, never more than the part target (RFC 8216bis §4.4.4.9).
             per_part = max(1, math.floor(part_duration * fps + 1e-6))
             part_ticks = per_part * nominal
-            if splits_lead(segment_duration, part_duration):
-                self._lead_ms = LEAD_PARTS * per_part * self._frame_ms
+            if splits_lead(segment_duration, part_duration, lead_parts):
+                self._lead_ms = lead_parts * per_part * self._frame_ms
         self._segment_ms = segment_duration * 1000
         self._grid = grid
         self._index = -1

@@ -71,6 +71,9 @@ class HlsConfig:
     segment_format: str = "fmp4"
     low_latency: bool = True
     part_duration: float = 0.25
+    # Parts in the lead of each run's first segment, listed as a media segment of its own
+    # so that players start from parts sooner; 0 (the default): no lead.
+    lead_parts: int = 0
     # tenant -> "ts", "fmp4" or "llhls" (fMP4 with low latency): that tenant's streams
     # are delivered so, whatever segment_format and low_latency say for the others.
     tenants: dict[str, str] = field(default_factory=dict)
@@ -86,6 +89,7 @@ class HlsConfig:
         )
         check(0.2 <= self.part_duration <= 1.0, "part_duration", "must be between 0.2 and 1.0")
         check(0.5 <= self.segment_duration <= 10, "segment_duration", "must be between 0.5 and 10")
+        check(0 <= self.lead_parts <= 10, "lead_parts", "must be between 0 and 10")
         check(3 <= self.window <= 100, "window", "must be between 3 and 100")
         check(self.max_segment_bytes >= 65536, "max_segment_bytes", "must be at least 65536")
         check(self.grace_period >= 0, "grace_period", "must not be negative")

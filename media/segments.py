@@ -10,18 +10,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# LL-HLS start-up: the first segment of every worker run is listed as two media
-# segments, a lead of this many parts (about PART-HOLD-BACK) and the rest, so that
-# players start from parts about a second after the publisher. The worker starts the
-# rest with a keyframe, so a player that starts there by time alone (Shaka) decodes
-# from its first part.
-LEAD_PARTS = 3
 
+def splits_lead(segment_duration: float, part_duration: float, lead_parts: int) -> bool:
+    """Whether a run's first segment is split into a lead of ``lead_parts`` parts and
+    the rest (``hls.lead_parts``): LL-HLS parts, a lead asked for, and a segment with
+    more parts than the lead.
 
-def splits_lead(segment_duration: float, part_duration: float) -> bool:
-    """Whether a run's first segment is split into a lead and the rest: LL-HLS parts,
-    and a segment with more parts than the lead."""
-    return 0 < part_duration and segment_duration > (LEAD_PARTS + 0.5) * part_duration
+    The lead is listed as a media segment of its own, so that players start from parts
+    about a second after the publisher; the worker starts the rest with a keyframe, so
+    a player that starts there by time alone decodes from its first part. It is off by
+    default: Shaka Player (5.2) takes its live edge from the first playlist's longest
+    segment, and a lead shorter than the segments after it left that edge behind the
+    parts it had fetched (see ``hls.lead_parts`` in nearcast.yml).
+    """
+    return (
+        lead_parts > 0
+        and 0 < part_duration
+        and segment_duration > (lead_parts + 0.5) * part_duration
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -188,6 +188,7 @@ class _StoreSink:
             segment_duration=hls.segment_duration,
             part_duration=hls.part_duration if hls.low_latency else 0.0,
             grid=rung.codec != "copy",
+            lead_parts=hls.lead_parts,
             on_init=self.stream.add_init,
             on_part=self.on_part,
             on_segment=self._tap_segment,
@@ -301,6 +302,7 @@ class StreamSession:
             degrade_lag=cfg.transcode.degrade_lag,
             segment_format=hls.segment_format,
             part_duration=hls.part_duration if hls.low_latency else 0.0,
+            lead_parts=hls.lead_parts,
             tap=(tap_rendition(cfg.webrtc.rendition, ladder) if cfg.webrtc.enabled else ""),
             record_fmp4=(
                 hls.segment_format == "ts"

@@ -29,7 +29,7 @@ from containers.cmaf import AudioFormat, split_annexb
 from media import MediaPacket
 from media.h264 import AvcConfig, split_nals, to_annexb
 from media.ratelog import RateLimitedLog
-from media.segments import LEAD_PARTS, splits_lead
+from media.segments import splits_lead
 from transcode.cfr import FrameRateConverter, exact_rate
 from transcode.encoder import TICK, TICKS_PER_SECOND, faster_x264, open_video_encoder
 from transcode.ladder import Rung
@@ -84,12 +84,13 @@ class RungEncoder:
         # Segment n spans grid slots [n * fps * seg, (n + 1) * fps * seg).
         self._slots_per_segment = self.fps * Fraction(round(spec.segment_duration * 1000), 1000)
         self._gop_frames = max(1, round(self._slots_per_segment))
-        # LL-HLS: the store lists the run's first segment as a lead of LEAD_PARTS parts
-        # and the rest; a keyframe where the rest starts lets a player that picks its
-        # start by time alone begin there (slots from the run's first frame; None: none).
+        # LL-HLS with hls.lead_parts: the store lists the run's first segment as a lead
+        # of that many parts and the rest; a keyframe where the rest starts lets a player
+        # that picks its start by time alone begin there (slots from the run's first
+        # frame; None: none).
         self._lead_keyframe: int | None = (
-            LEAD_PARTS * frames_per_part(spec.part_duration, self.fps)
-            if splits_lead(spec.segment_duration, spec.part_duration)
+            spec.lead_parts * frames_per_part(spec.part_duration, self.fps)
+            if splits_lead(spec.segment_duration, spec.part_duration, spec.lead_parts)
             else None
         )
         self._run_first_slot: int | None = None

@@ -29,6 +29,8 @@ class Spec:
     segment_format: str = "ts"
     # LL-HLS part target in seconds; 0 sends no PART frames. Only with "fmp4".
     part_duration: float = 0.0
+    # LL-HLS: parts in the lead of each run's first segment (hls.lead_parts); 0: no lead.
+    lead_parts: int = 0
     # Rendition whose encoded H.264 packets, plus the stream's audio as Opus,
     # are sent as TAP frames for WebRTC viewers; empty sends none.
     tap: str = ""
@@ -64,6 +66,7 @@ class Spec:
             recover_after=float(obj.get("recover_after", 10.0)),
             segment_format=str(obj.get("segment_format", "ts")),
             part_duration=float(obj.get("part_duration", 0.0)),
+            lead_parts=int(obj.get("lead_parts", 0)),
             resume_ms=int(obj.get("resume_ms", 0)),
             timeline_origin_ms=(
                 None if obj.get("timeline_origin_ms") is None else int(obj["timeline_origin_ms"])

@@ -26,7 +26,7 @@ from distribute.hls.render import PART_SEGMENTS, render_master, render_media, re
 from distribute.hls.track import Part, RenditionTrack, Segment
 from media import StreamKey
 from media.ratelog import RateLimitedLog
-from media.segments import LEAD_PARTS, InitFrame, PartFrame, SegmentFrame, splits_lead
+from media.segments import InitFrame, PartFrame, SegmentFrame, splits_lead
 
 log = logging.getLogger(__name__)
 # What can repeat for every part of a stream is logged once, then summed up now and then.
@@ -67,7 +67,7 @@ class LiveStream:
         self.degradation = 0
         self.dropped_segments = 0
         # LL-HLS start-up: the first worker segment of every run is listed as two
-        # media segments, a short lead of LEAD_PARTS parts (about PART-HOLD-BACK)
+        # media segments, a short lead of hls.lead_parts parts (about PART-HOLD-BACK)
         # and the rest, so that players (hls.js needs one EXTINF) start from parts
         # about one second after the publisher, not after a whole segment.
         self._split = False
@@ -105,7 +105,9 @@ class LiveStream:
         # Only when a segment has more parts than the lead (segment >= ~4 parts).
         cfg = self.config
         self._split = (
-            lead and self.low_latency and splits_lead(cfg.segment_duration, cfg.part_duration)
+            lead
+            and self.low_latency
+            and splits_lead(cfg.segment_duration, cfg.part_duration, cfg.lead_parts)
         )
         self._lead_whole = False
         self._anchor = None
@@ -213,9 +215,9 @@ class LiveStream:
             return self._base + index + (0 if self._lead_whole else 1), part
         if part is None:  # the whole first segment: what follows its lead
             return self._base + 1, None
-        if part < LEAD_PARTS:
+        if part < self.config.lead_parts:
             return self._base, part
-        return self._base + 1, part - LEAD_PARTS
+        return self._base + 1, part - self.config.lead_parts
 
     def add_part(self, frame: PartFrame) -> Part | None:
         """An LL-HLS part is complete: list it and wake the requests waiting for it."""
@@ -270,7 +272,7 @@ class LiveStream:
             self.part_target = math.ceil(frame.duration * 1000) / 1000
             for t in self.renditions.values():
                 t.invalidate()
-        if self._split and msn == self._base and frame.part == LEAD_PARTS - 1:
+        if self._split and msn == self._base and frame.part == self.config.lead_parts - 1:
             lead = track.building
             self._complete(
                 track,
@@ -445,7 +447,7 @@ class LiveStream:
         segment (a request held for it a little longer, never a 404)."""
         duration = self.config.segment_duration
         if self._split and msn == self._base:
-            return 0.0  # the lead: completed by the store after LEAD_PARTS parts
+            return 0.0  # the lead: completed by the store after hls.lead_parts parts
         if self._split and msn == self._base + 1:
             lead = track.by_msn.get(self._base)
             return duration - lead.duration if lead is not None and not self._lead_whole else 0.0

@@ -20,6 +20,9 @@ PART_DUR = 2.0 / PARTS
 
 
 def ll_stream(window: int = 6, **kw: object) -> LiveStream:
+    """An LL-HLS stream whose runs start with a 3-part lead (hls.lead_parts), unless
+    ``kw`` says otherwise."""
+    kw.setdefault("lead_parts", 3)
     cfg = HlsConfig(
         window=window, segment_format="fmp4", low_latency=True, part_duration=0.334, **kw
     )
@@ -223,7 +226,7 @@ def test_a_reused_stream_name_never_reuses_a_segment_url() -> None:
     """Segments are served immutable: a stream opened again (publisher back after the
     grace period, or a node restarted) numbers its segments and inits past every URL
     an earlier stream of the same name served."""
-    cfg = HlsConfig(segment_format="fmp4", low_latency=True, part_duration=0.334)
+    cfg = HlsConfig(segment_format="fmp4", low_latency=True, part_duration=0.334, lead_parts=3)
     t0 = 1_790_000_000.0
     first = Store(cfg).open(StreamKey("live", "class"), now=t0)
     assert 0 < first_sequence(t0) == first._next_msn < 2**31  # half seconds since 2024
@@ -359,7 +362,11 @@ def test_short_first_segment_is_not_split_twice() -> None:
 
 def test_no_split_when_segments_are_only_a_few_parts() -> None:
     cfg = HlsConfig(
-        segment_format="fmp4", low_latency=True, segment_duration=1.0, part_duration=0.334
+        segment_format="fmp4",
+        low_latency=True,
+        segment_duration=1.0,
+        part_duration=0.334,
+        lead_parts=3,
     )
     s = LiveStream(StreamKey("live", "short"), cfg, now=0.0)
     s.begin_generation()

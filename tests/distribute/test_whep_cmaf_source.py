@@ -52,7 +52,9 @@ class Packaged:
     segments: list[SegmentFrame] = field(default_factory=list)
 
 
-def package(packets: list[MediaPacket], *, part: float = 0.2, grid: bool = True) -> Packaged:
+def package(
+    packets: list[MediaPacket], *, part: float = 0.2, grid: bool = True, lead_parts: int = 0
+) -> Packaged:
     out = Packaged()
     tap = TapPackager(
         "webrtc",
@@ -63,6 +65,7 @@ def package(packets: list[MediaPacket], *, part: float = 0.2, grid: bool = True)
         segment_duration=1.0,
         part_duration=part,
         grid=grid,
+        lead_parts=lead_parts,
         on_init=out.inits.append,
         on_part=out.parts.append,
         on_segment=out.segments.append,
@@ -471,14 +474,15 @@ def test_reads_what_ffmpeg_packages_as_cmaf(tap: list[MediaPacket]) -> None:
 
 
 def test_an_idr_inside_a_segment_starts_a_part_not_a_segment(tap: list[MediaPacket]) -> None:
-    # The worker forces an IDR where a run's LL-HLS lead ends (3 parts into segment 0),
-    # here more than half a 1 s segment in: it must still not cut the segment.
+    # The worker forces an IDR where a run's LL-HLS lead ends (hls.lead_parts, 3 parts
+    # into segment 0), here more than half a 1 s segment in: it must still not cut the
+    # segment.
     lead_end = 600
     marked = [
         dataclasses.replace(p, keyframe=True) if p.kind == "video" and p.pts == lead_end else p
         for p in tap
     ]
-    out = package(marked)
+    out = package(marked, lead_parts=3)
     assert [s.index for s in out.segments] == [0, 1, 2]
     first = [p for p in out.parts if p.index == 0]
     assert [p.independent for p in first] == [True, False, False, True, False]

@@ -58,7 +58,7 @@ def sink_for(
 ) -> tuple[_StoreSink, LiveStream, FakeWhep]:
     whep = FakeWhep()
     node = SimpleNamespace(whep=whep, recorder=recorder, tmetrics=TranscodeMetrics(None))
-    stream = LiveStream(KEY, hls or HlsConfig(segment_duration=1.0), now=0.0)
+    stream = LiveStream(KEY, hls or HlsConfig(segment_duration=1.0, lead_parts=3), now=0.0)
     stream.begin_generation()
     sink = _StoreSink(cast(Node, node), stream, Spec(stream=str(KEY), ladder=ladder, tap=tap))
     sink.on_renditions(info)

@@ -67,9 +67,14 @@ async def _static(scope: dict[str, Any], receive: Any, send: Any) -> None:
 PAGES: dict[str, bytes] = {}
 
 
-# The LL-HLS settings the store/HTTP tests serve bench.cmaf's 1/3 s parts with.
+# The LL-HLS settings the store/HTTP tests serve bench.cmaf's 1/3 s parts with, with a
+# 3-part lead at the start of each run (hls.lead_parts, off in a node by default).
 LL_HLS = HlsConfig(
-    segment_format="fmp4", low_latency=True, part_duration=0.334, segment_duration=2.0
+    segment_format="fmp4",
+    low_latency=True,
+    part_duration=0.334,
+    segment_duration=2.0,
+    lead_parts=3,
 )
 
 

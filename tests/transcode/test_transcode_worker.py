@@ -20,7 +20,7 @@ import transcode.rungs
 from containers.cmaf import split_annexb
 from containers.mp4box import parse_fragments
 from ingest.file import file_packets
-from media.segments import LEAD_PARTS, InitFrame, PartFrame, SegmentFrame
+from media.segments import InitFrame, PartFrame, SegmentFrame
 from transcode.config import Rendition
 from transcode.output import Output
 from transcode.pipeline import Pipeline
@@ -43,6 +43,9 @@ LADDER = [
     Rendition("240p", 426, 240, 400_000),
     Rendition("720p", 1280, 720, 2_800_000),  # larger than the source: must be dropped
 ]
+
+# The LL-HLS lead the cmaf fixture asks for (hls.lead_parts).
+LEAD_PARTS = 3
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +144,7 @@ def cmaf() -> list[tuple[FrameType, bytes]]:
         x264_threads=1,
         segment_format="fmp4",
         part_duration=0.333,
+        lead_parts=LEAD_PARTS,
         tap="240p",
     )
     pipeline = Pipeline(spec, Output(buf))
@@ -176,7 +180,7 @@ def test_fmp4_init_comes_first_and_parts_tile_segments(cmaf: list[tuple[FrameTyp
             # RFC 8216bis §4.4.4.9: no part longer than the part target.
             assert all(p.duration <= 0.333 for p in sp)
             # Keyframes start every segment and, in a run's first segment, the part
-            # after the lead the store lists on its own (media.segments.LEAD_PARTS).
+            # after the lead the store lists on its own (Spec.lead_parts).
             starts = {0, LEAD_PARTS} if s.index == 0 else {0}
             assert {p.part for p in sp if p.independent} == starts, s.index
             assert abs(sp[0].start - s.start) < 1e-9
