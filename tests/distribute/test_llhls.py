@@ -181,6 +181,25 @@ def test_first_segment_lead_lets_players_start_after_three_parts() -> None:
     check_rules(parse(s))
 
 
+def test_by_default_a_run_starts_with_a_whole_segment_so_shaka_keeps_its_live_edge() -> None:
+    """hls.lead_parts is 0 by default: no segment shorter than the ones after it, whose
+    growth would move Shaka Player's live edge back behind the parts it has fetched."""
+    assert HlsConfig().lead_parts == 0
+    s = ll_stream(lead_parts=0)
+    for p in range(3):
+        feed_part(s, "360p", 0, p)
+    pl = parse(s)
+    assert not [seg for seg in pl.segments if seg.uri]  # three parts are not a segment
+    assert [p.uri for p in pl.segments[-1].parts] == ["0.0.m4s", "0.1.m4s", "0.2.m4s"]
+    assert pl.preload_hint.uri == "0.3.m4s"
+    for i in range(3):
+        feed_segment(s, "360p", i)
+    pl = parse(s)
+    check_rules(pl)
+    assert [seg.uri for seg in pl.segments if seg.uri] == ["0.m4s", "1.m4s", "2.m4s"]
+    assert [seg.duration for seg in pl.segments if seg.uri] == pytest.approx([2.0, 2.0, 2.0])
+
+
 def test_delta_update_skips_old_segments() -> None:
     s = ll_stream(window=12)
     for i in range(12):
