@@ -162,9 +162,11 @@ def measure(
     return out
 
 
-def play(player: str, url: str, duration: float) -> dict[str, Any]:
+def play(
+    player: str, url: str, duration: float, config: dict[str, Any] | None = None
+) -> dict[str, Any]:
     try:
-        r = players.measure(player, url, duration)
+        r = players.measure(player, url, duration, config=config)
     except players.PlayerError as exc:
         r = {"player": player, "error": str(exc)}
     log.info("%s: %s", player, r)
@@ -172,15 +174,21 @@ def play(player: str, url: str, duration: float) -> dict[str, Any]:
 
 
 def first_viewer(
-    player: str, env: dict[str, str], source: str, duration: float, workdir: Path
+    player: str,
+    env: dict[str, str],
+    source: str,
+    duration: float,
+    workdir: Path,
+    config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``player`` opened the moment a fresh node is up and the publisher starts: its
-    startup includes the node's first segment (the page waits for the master playlist)."""
+    startup includes the node's first segment (the page waits for the master playlist).
+    ``config`` replaces the player's configuration (:func:`bench.players.measure`)."""
     node = Node(workdir / f"node-first-{player}.log", env)
     pub = Publisher(source, f"{node.live}/bench")
     pub.start()
     try:
-        r = play(player, f"{node.http}/live/bench/index.m3u8", duration)
+        r = play(player, f"{node.http}/live/bench/index.m3u8", duration, config)
         if pub.error is not None:
             raise RuntimeError(f"publisher failed: {pub.error}")
     finally:
