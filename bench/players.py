@@ -62,9 +62,9 @@ LIBRARIES = {"hlsjs": "/static/hls.min.js", "shaka": "/static/shaka-player.compi
 # holds that offset and never changes the rate. A target of one part with a 0.1 s band,
 # at up to 1.5x like hls.js, catches up to PART-HOLD-BACK behind the newest part. Never
 # slower than 1x: Shaka's live edge is the first playlist's end advanced by the wall
-# clock, less any growth of the longest segment since, so on a stream seconds old (a
-# short first segment) it falls back by up to a segment, and slowing down to follow it
-# would add that to the latency. Its caption
+# clock, less any growth of the longest segment since, so on a stream seconds old (parts
+# and a first segment shorter than the rest, as with hls.lead_parts) it falls back by up
+# to a segment, and slowing down to follow it would add that to the latency. Its caption
 # detection is off: with no CLOSED-CAPTIONS attribute in the master playlist Shaka probes
 # segments for CEA-608 captions and, on a playlist as short as a new stream's, picks the
 # segment still being built (parts only, no URI) and fails with "Cannot read properties

@@ -203,8 +203,9 @@ class MediaApp:
         )
 
     def _hold_first(self, stream: LiveStream, track: RenditionTrack) -> Hold:
-        """Before the run's first (short, lead) segment exists, hold a playlist request
-        until it does: players such as hls.js reject a playlist without an EXTINF."""
+        """Before the run's first segment exists (a whole one, or the lead with
+        hls.lead_parts), hold a playlist request until it does: players such as hls.js
+        reject a playlist without an EXTINF."""
 
         def ready() -> bool:
             return track.last_msn >= 0 or stream.ended
@@ -541,7 +542,7 @@ class MediaApp:
                     return
                 blocking = True
         if stream.low_latency and not blocking and track.last_msn < 0 and not stream.ended:
-            # Hold until the run's short first segment exists (see _hold_first).
+            # Hold until the run's first segment exists (see _hold_first).
             await self._wait(stream, track, lambda: track.last_msn >= 0)
         body = track.playlist_skip if skip else track.playlist
         if not body:
