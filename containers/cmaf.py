@@ -56,7 +56,7 @@ from containers.fmp4 import (
     init_segment,
 )
 from media import MediaPacket
-from media.segments import InitFrame, PartFrame, SegmentFrame, splits_lead
+from media.segments import InitFrame, PartFrame, SegmentFrame, lead_parts
 
 VIDEO_TRACK = 1
 AUDIO_TRACK = 2
@@ -420,7 +420,7 @@ class TapPackager:
         segment_duration: float,
         part_duration: float,
         grid: bool,
-        lead_parts: int = 0,
+        lead: int = 0,
         on_init: Callable[[InitFrame], None],
         on_part: Callable[[PartFrame], None] | None,
         on_segment: Callable[[SegmentFrame], None],
@@ -431,14 +431,15 @@ class TapPackager:
         part_ticks = 0
         self._frame_ms = 1000 / fps
         # Where the worker forces an IDR inside a run's first segment (rungs.py): the
-        # end of the LL-HLS lead, lead_parts parts in (hls.lead_parts; 0: no lead).
+        # end of the LL-HLS lead, ``lead`` parts in (hls.lead_parts; 0: no lead).
         self._lead_ms: float | None = None
         if part_duration > 0:
             # Whole frames, never more than the part target (RFC 8216bis §4.4.4.9).
             per_part = max(1, math.floor(part_duration * fps + 1e-6))
             part_ticks = per_part * nominal
-            if splits_lead(segment_duration, part_duration, lead_parts):
-                self._lead_ms = lead_parts * per_part * self._frame_ms
+            count = lead_parts(segment_duration, part_duration, lead)
+            if count:
+                self._lead_ms = count * per_part * self._frame_ms
         self._segment_ms = segment_duration * 1000
         self._grid = grid
         self._index = -1

@@ -11,10 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-def splits_lead(segment_duration: float, part_duration: float, lead_parts: int) -> bool:
-    """Whether a run's first segment is split into a lead of ``lead_parts`` parts and
-    the rest (``hls.lead_parts``): LL-HLS parts, a lead asked for, and a segment with
-    more parts than the lead.
+def lead_parts(segment_duration: float, part_duration: float, asked: int) -> int:
+    """How many parts lead a run's first segment (``hls.lead_parts``), 0 for no lead:
+    the ``asked`` count where there are LL-HLS parts and a segment has more parts than
+    the lead, else 0.
 
     The lead is listed as a media segment of its own, so that players start from parts
     about a second after the publisher; the worker starts the rest with a keyframe, so
@@ -23,11 +23,9 @@ def splits_lead(segment_duration: float, part_duration: float, lead_parts: int) 
     segment, and a lead shorter than the segments after it left that edge behind the
     parts it had fetched (see ``hls.lead_parts`` in nearcast.yml).
     """
-    return (
-        lead_parts > 0
-        and 0 < part_duration
-        and segment_duration > (lead_parts + 0.5) * part_duration
-    )
+    if asked > 0 and 0 < part_duration and segment_duration > (asked + 0.5) * part_duration:
+        return asked
+    return 0
 
 
 @dataclass(frozen=True, slots=True)

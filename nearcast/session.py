@@ -188,7 +188,7 @@ class _StoreSink:
             segment_duration=hls.segment_duration,
             part_duration=hls.part_duration if hls.low_latency else 0.0,
             grid=rung.codec != "copy",
-            lead_parts=hls.lead_parts,
+            lead=hls.lead_parts,
             on_init=self.stream.add_init,
             on_part=self.on_part,
             on_segment=self._tap_segment,

@@ -29,7 +29,7 @@ from containers.cmaf import AudioFormat, split_annexb
 from media import MediaPacket
 from media.h264 import AvcConfig, split_nals, to_annexb
 from media.ratelog import RateLimitedLog
-from media.segments import splits_lead
+from media.segments import lead_parts
 from transcode.cfr import FrameRateConverter, exact_rate
 from transcode.encoder import TICK, TICKS_PER_SECOND, faster_x264, open_video_encoder
 from transcode.ladder import Rung
@@ -88,10 +88,9 @@ class RungEncoder:
         # of that many parts and the rest; a keyframe where the rest starts lets a player
         # that picks its start by time alone begin there (slots from the run's first
         # frame; None: none).
+        lead = lead_parts(spec.segment_duration, spec.part_duration, spec.lead_parts)
         self._lead_keyframe: int | None = (
-            spec.lead_parts * frames_per_part(spec.part_duration, self.fps)
-            if splits_lead(spec.segment_duration, spec.part_duration, spec.lead_parts)
-            else None
+            lead * frames_per_part(spec.part_duration, self.fps) if lead else None
         )
         self._run_first_slot: int | None = None
         self._cfr = FrameRateConverter(

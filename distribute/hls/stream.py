@@ -26,7 +26,7 @@ from distribute.hls.render import PART_SEGMENTS, render_master, render_media, re
 from distribute.hls.track import Part, RenditionTrack, Segment
 from media import StreamKey
 from media.ratelog import RateLimitedLog
-from media.segments import InitFrame, PartFrame, SegmentFrame, splits_lead
+from media.segments import InitFrame, PartFrame, SegmentFrame, lead_parts
 
 log = logging.getLogger(__name__)
 # What can repeat for every part of a stream is logged once, then summed up now and then.
@@ -70,7 +70,7 @@ class LiveStream:
         # media segments, a short lead of hls.lead_parts parts (about PART-HOLD-BACK)
         # and the rest, so that players (hls.js needs one EXTINF) start from parts
         # about one second after the publisher, not after a whole segment.
-        self._split = False
+        self._lead = 0  # parts in this run's lead; 0: the run has no lead
         # The run's first segment had no more parts than the lead: nothing to split.
         self._lead_whole = False
         # Called with every complete (non-gap) segment as it is stored (recording).
@@ -104,10 +104,10 @@ class LiveStream:
         self._base = self._next_msn
         # Only when a segment has more parts than the lead (segment >= ~4 parts).
         cfg = self.config
-        self._split = (
-            lead
-            and self.low_latency
-            and splits_lead(cfg.segment_duration, cfg.part_duration, cfg.lead_parts)
+        self._lead = (
+            lead_parts(cfg.segment_duration, cfg.part_duration, cfg.lead_parts)
+            if lead and self.low_latency
+            else 0
         )
         self._lead_whole = False
         self._anchor = None
@@ -209,15 +209,15 @@ class LiveStream:
 
     def _msn(self, index: int, part: int | None) -> tuple[int, int | None]:
         """The media sequence number (and part index) of a worker segment (part)."""
-        if not self._split:
+        if not self._lead:
             return self._base + index, part
         if index > 0:
             return self._base + index + (0 if self._lead_whole else 1), part
         if part is None:  # the whole first segment: what follows its lead
             return self._base + 1, None
-        if part < self.config.lead_parts:
+        if part < self._lead:
             return self._base, part
-        return self._base + 1, part - self.config.lead_parts
+        return self._base + 1, part - self._lead
 
     def add_part(self, frame: PartFrame) -> Part | None:
         """An LL-HLS part is complete: list it and wake the requests waiting for it."""
@@ -272,7 +272,7 @@ class LiveStream:
             self.part_target = math.ceil(frame.duration * 1000) / 1000
             for t in self.renditions.values():
                 t.invalidate()
-        if self._split and msn == self._base and frame.part == self.config.lead_parts - 1:
+        if self._lead and msn == self._base and frame.part == self._lead - 1:
             lead = track.building
             self._complete(
                 track,
@@ -304,7 +304,7 @@ class LiveStream:
             return None
         msn, _ = self._msn(seg.index, None)
         data, duration, start = seg.data, seg.duration, seg.start
-        if self._split and seg.index == 0:
+        if self._lead and seg.index == 0:
             lead = track.by_msn.get(self._base)
             if lead is not None and not lead.gap:
                 # The segment is the concatenation of its parts: drop the lead's bytes.
@@ -354,7 +354,7 @@ class LiveStream:
             # The run's first segment carries the discontinuity (the remainder of a
             # first segment, when its lead never came, is that first segment).
             first = msn == self._base or (
-                self._split and msn == self._base + 1 and self._base not in track.by_msn
+                self._lead > 0 and msn == self._base + 1 and self._base not in track.by_msn
             )
             disc = self._pending_discontinuity and first
             program_time = self._program_time(start, duration)
@@ -446,9 +446,9 @@ class LiveStream:
         then go on past the expected end, listed as they come, under a hint of the next
         segment (a request held for it a little longer, never a 404)."""
         duration = self.config.segment_duration
-        if self._split and msn == self._base:
+        if self._lead and msn == self._base:
             return 0.0  # the lead: completed by the store after hls.lead_parts parts
-        if self._split and msn == self._base + 1:
+        if self._lead and msn == self._base + 1:
             lead = track.by_msn.get(self._base)
             return duration - lead.duration if lead is not None and not self._lead_whole else 0.0
         return duration

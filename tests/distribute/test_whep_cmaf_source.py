@@ -65,7 +65,7 @@ def package(
         segment_duration=1.0,
         part_duration=part,
         grid=grid,
-        lead_parts=lead_parts,
+        lead=lead_parts,
         on_init=out.inits.append,
         on_part=out.parts.append,
         on_segment=out.segments.append,
