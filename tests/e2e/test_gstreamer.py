@@ -11,6 +11,7 @@ independent of FFmpeg, hls.js and Shaka Player.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Callable, Iterator
 
@@ -30,9 +31,15 @@ def gst(
     """Run ``gst-launch-1.0 -e PIPELINE`` to its end of stream, within ``timeout``.
 
     Past it, the failure names the streams playbin3 selected, the last buffering levels,
-    and what ``diagnose`` says of the server (its playlist and log), so a timeout tells
-    which side stopped."""
+    the end of GStreamer's own HLS log (what its demuxer fetched and decided), and what
+    ``diagnose`` says of the server (its playlist and log), so a timeout tells which side
+    stopped."""
     exe = require_binary("gst-launch-1.0")
+    env = {
+        **os.environ,
+        "GST_DEBUG": os.environ.get("GST_DEBUG", "hlsdemux2:5,adaptivedemux2:4"),
+        "GST_DEBUG_NO_COLOR": "1",
+    }
     try:
         return subprocess.run(
             [exe, "-e", "-m", *pipeline],
@@ -40,6 +47,7 @@ def gst(
             text=True,
             timeout=timeout,
             check=False,
+            env=env,
         )
     except subprocess.TimeoutExpired as exc:
         out = exc.stdout.decode(errors="replace") if isinstance(exc.stdout, bytes) else ""
@@ -47,10 +55,12 @@ def gst(
         selected = [line[:300] for line in lines if "streams-selected" in line][-3:]
         eos = [line[:200] for line in lines if "eos" in line.lower()][-5:]
         levels = [line.strip() for line in lines if line.startswith("buffering...")][-20:]
+        err = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else ""
+        demux = "\n".join(line[:300] for line in err.splitlines()[-60:])
         pytest.fail(
             f"gst-launch-1.0 {' '.join(pipeline)} ran past {timeout:g} s\n"
             f"selected: {selected}\nend of stream: {eos}\nbuffering: {levels}\n"
-            f"{diagnose()}"
+            f"GStreamer's HLS log, its end:\n{demux}\n{diagnose()}"
         )
 
 
