@@ -22,7 +22,6 @@ from fractions import Fraction
 from typing import Any
 
 import av
-import numpy as np
 
 from media.segments import SegmentFrame
 
@@ -70,40 +69,49 @@ def h264_codec_string(annexb: bytes) -> str | None:
 
 
 TS_PACKET = 188
+SYNC = b"\x47"
 
 
-def continue_counters(data: bytes, last: dict[int, int]) -> bytes:
-    """``data`` (whole 188-byte TS packets) with each PID's continuity counters shifted
-    to follow ``last[pid]``, the counter of that PID's last packet in the previous
-    segment; ``last`` is updated to this segment's.
+def continue_counters(buf: bytearray | memoryview, last: dict[int, int]) -> None:
+    """Shift each PID's continuity counters in ``buf`` (whole 188-byte TS packets, written
+    in place) to follow ``last[pid]``, the counter of that PID's last packet in the
+    previous segment; ``last`` is updated to this segment's.
 
     ISO 13818-1 §2.4.3.3: the counter goes up by one per packet with a payload and
     stays put on an adaptation-field-only packet. A shift by a constant per PID keeps
-    whatever order the muxer wrote within the segment. Data that is not whole TS
-    packets is returned unchanged (and ``last`` too).
+    whatever order the muxer wrote within the segment. A buffer that is not whole TS
+    packets is left unchanged (and ``last`` too). In place, on the muxer's own buffer:
+    a segment is copied once, when it is taken out of that buffer, not once more here.
     """
-    n = len(data) // TS_PACKET
-    if not n or len(data) != n * TS_PACKET:
-        return data
-    packets = np.frombuffer(data, dtype=np.uint8).reshape(n, TS_PACKET)
-    if not (packets[:, 0] == 0x47).all():
-        return data
-    packets = packets.copy()
-    pids = ((packets[:, 1].astype(np.uint16) & 0x1F) << 8) | packets[:, 2]
-    flags = packets[:, 3]
-    for pid in np.unique(pids).tolist():
-        rows = np.flatnonzero(pids == pid)
-        first = int(flags[rows[0]])
+    n = len(buf) // TS_PACKET
+    if not n or len(buf) != n * TS_PACKET or bytes(buf[0::TS_PACKET]) != SYNC * n:
+        return
+    flags = bytearray(buf[3::TS_PACKET])
+    # Each PID's packets (row numbers), in order.
+    rows: dict[int, list[int]] = {}
+    for row, (hi, lo) in enumerate(zip(buf[1::TS_PACKET], buf[2::TS_PACKET], strict=True)):
+        pid = ((hi & 0x1F) << 8) | lo
+        got = rows.get(pid)
+        if got is None:
+            rows[pid] = [row]
+        else:
+            got.append(row)
+    changed = False
+    for pid, where in rows.items():
+        first = flags[where[0]]
         before = last.get(pid)
         if before is not None:
             # What the first packet's counter would be after ``before``.
             want = (before + 1) & 0x0F if first & 0x10 else before
             shift = (want - first) & 0x0F
             if shift:
-                counters = (flags[rows] + shift) & 0x0F
-                flags[rows] = (flags[rows] & 0xF0) | counters
-        last[pid] = int(flags[rows[-1]]) & 0x0F
-    return packets.tobytes()
+                changed = True
+                for row in where:
+                    f = flags[row]
+                    flags[row] = (f & 0xF0) | ((f + shift) & 0x0F)
+        last[pid] = flags[where[-1]] & 0x0F
+    if changed:
+        buf[3::TS_PACKET] = flags
 
 
 class TsSegmenter:
@@ -161,7 +169,12 @@ class TsSegmenter:
         if self._mux is None or self._buf is None:
             return
         self._mux.close()
-        data = continue_counters(self._buf.getvalue(), self._counters)
+        view = self._buf.getbuffer()
+        try:
+            continue_counters(view, self._counters)
+        finally:
+            view.release()
+        data = self._buf.getvalue()
         self._on_segment(
             SegmentFrame(
                 rendition=self.rendition,

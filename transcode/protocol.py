@@ -69,8 +69,8 @@ def encode_packet(
     head = PACKET_HEADER.pack(
         0 if packet.kind == "video" else 1, flags, packet.pts, packet.dts, arrival, len(codec)
     )
-    body = head + codec + packet.data
-    return HEADER.pack(ftype, len(body)) + body
+    size = len(head) + len(codec) + len(packet.data)
+    return b"".join((HEADER.pack(ftype, size), head, codec, packet.data))
 
 
 def decode_packet(payload: bytes) -> tuple[MediaPacket, float]:
@@ -94,7 +94,9 @@ def decode_packet(payload: bytes) -> tuple[MediaPacket, float]:
 
 def _encode_meta(ftype: FrameType, meta: dict[str, Any], data: bytes) -> bytes:
     raw = json.dumps(meta, separators=(",", ":")).encode()
-    return encode_frame(ftype, struct.pack(">I", len(raw)) + raw + data)
+    # One copy of the media, into the frame: segments are hundreds of KB.
+    size = 4 + len(raw) + len(data)
+    return b"".join((HEADER.pack(ftype, size), struct.pack(">I", len(raw)), raw, data))
 
 
 def _parse_meta(payload: bytes, what: str) -> tuple[dict[str, Any], bytes]:
@@ -187,6 +189,8 @@ class FrameReader:
                 kind = FrameType(ftype)
             except ValueError:
                 raise FramingError(f"unknown frame type {ftype}") from None
-            out.append((kind, bytes(self._buf[HEADER.size : end])))
+            # One copy of the payload (a bytearray slice would be a second).
+            with memoryview(self._buf) as view:
+                out.append((kind, bytes(view[HEADER.size : end])))
             del self._buf[:end]
         return out
