@@ -53,8 +53,10 @@ class FramingError(ValueError):
     """The byte stream between node and worker is corrupt."""
 
 
-def encode_frame(ftype: FrameType, payload: bytes) -> bytes:
-    return HEADER.pack(ftype, len(payload)) + payload
+def encode_frame(ftype: FrameType, *pieces: bytes) -> bytes:
+    """A frame whose payload is ``pieces`` end to end: each copied once, into the frame
+    (a segment's media is hundreds of KB)."""
+    return b"".join((HEADER.pack(ftype, sum(map(len, pieces))), *pieces))
 
 
 def encode_json(ftype: FrameType, obj: Any) -> bytes:
@@ -69,8 +71,7 @@ def encode_packet(
     head = PACKET_HEADER.pack(
         0 if packet.kind == "video" else 1, flags, packet.pts, packet.dts, arrival, len(codec)
     )
-    size = len(head) + len(codec) + len(packet.data)
-    return b"".join((HEADER.pack(ftype, size), head, codec, packet.data))
+    return encode_frame(ftype, head, codec, packet.data)
 
 
 def decode_packet(payload: bytes) -> tuple[MediaPacket, float]:
@@ -94,9 +95,7 @@ def decode_packet(payload: bytes) -> tuple[MediaPacket, float]:
 
 def _encode_meta(ftype: FrameType, meta: dict[str, Any], data: bytes) -> bytes:
     raw = json.dumps(meta, separators=(",", ":")).encode()
-    # One copy of the media, into the frame: segments are hundreds of KB.
-    size = 4 + len(raw) + len(data)
-    return b"".join((HEADER.pack(ftype, size), struct.pack(">I", len(raw)), raw, data))
+    return encode_frame(ftype, struct.pack(">I", len(raw)), raw, data)
 
 
 def _parse_meta(payload: bytes, what: str) -> tuple[dict[str, Any], bytes]:
