@@ -101,6 +101,58 @@ class Hold:
     missing: bytes = b"the hinted part was not produced\n"
 
 
+class Memo:
+    """A 200 that :meth:`MediaApp.fast` gave, kept by the fast path for the same request
+    bytes: :meth:`MediaApp.replay` answers it again while ``owner.attr`` (or
+    ``owner[index]``) is still ``item``, without parsing or looking anything up."""
+
+    __slots__ = (
+        "kind",
+        "block",
+        "body",
+        "stream",
+        "key",
+        "ended",
+        "rendition",
+        "owner",
+        "attr",
+        "index",
+        "item",
+        "viewer",
+        "stored",
+        "count",
+        "wire",
+        "wired",
+    )
+
+    def __init__(
+        self,
+        kind: str,
+        block: bytes,
+        body: bytes,
+        stream: LiveStream,
+        rendition: str | None,
+        owner: object,
+        attr: str | None,
+        index: object,
+        item: object,
+    ) -> None:
+        self.kind, self.block, self.body = kind, block, body
+        self.stream, self.ended = stream, stream.ended
+        self.key = (stream.key.tenant, stream.key.stream)
+        self.rendition = rendition
+        self.owner, self.attr, self.index, self.item = owner, attr, index, item
+        # A media playlist's viewer-estimate key, less the client address.
+        self.viewer: tuple[bytes, bytes, bytes] | None = None
+        # A part still kept: when it was stored, for the part-delivery histogram.
+        self.stored = 0.0
+        self.count = (kind, 200)
+        # The response's bytes as the fast path last sent them (its head, or head and
+        # body when the body is small), and the Date header source they were made with.
+        self.wire = b""
+        self.wired: object = None
+
+
 def _query(qs: bytes) -> dict[bytes, bytes]:
     out: dict[bytes, bytes] = {}
     for item in qs.split(b"&"):
@@ -272,13 +324,19 @@ class MediaApp:
         return hold
 
     def fast(
-        self, url: bytes, headers: Headers, client: tuple[str, int] | None = None
+        self,
+        url: bytes,
+        headers: Headers,
+        client: tuple[str, int] | None = None,
+        memo: list[Memo] | None = None,
     ) -> tuple[bytes, bytes] | Hold | None:
         """A GET without a Range: (header block, body) of a 200 when it can be answered
         now, a :class:`Hold` when it is a blocking reload or preload-hinted part that
         must wait. None sends the request down the ASGI path, which handles
         everything (ranges, errors, HEAD, OPTIONS) the same way. ``client`` (address,
-        port) feeds the viewer estimate."""
+        port) feeds the viewer estimate. With ``memo``, a 200 that :meth:`replay` can
+        give again appends its :class:`Memo` there (not for a guarded tenant: its
+        tokens expire)."""
         path, _, qs = url.partition(b"?")
         if b"%" in path or not path.isascii():
             # Percent-encoded or raw non-ASCII bytes: uvicorn decodes or refuses them (400).
@@ -305,11 +363,14 @@ class MediaApp:
             if self.relay is not None:
                 self.relay.touch(stream, None)
             body = stream.master
+            block = self._b_ended if stream.ended else self._b_live
             if token is not None:
                 body = tokens.signed(body, token)  # type: ignore[union-attr]
+            elif memo is not None:
+                memo.append(Memo("master", block, body, stream, None, stream, "master", None, body))
             self.metrics.count("master", 200)
             self.metrics.sent += len(body)
-            return (self._b_ended if stream.ended else self._b_live), body
+            return block, body
         if n != 5 or parts[3] == b"vod":
             return None
         stream = self.store.get(parts[1].decode(), parts[2].decode())
@@ -321,10 +382,16 @@ class MediaApp:
         if self.relay is not None and not self.relay.touch(stream, track.name):
             return None
         file = parts[4]
-        block: bytes
+        # What the answer is, for a memo: owner.attr, or owner[key], is item.
+        owner: object
+        attr: str | None = None
+        key: object = None
+        item: object
+        viewer: tuple[bytes, bytes, bytes] | None = None
+        stored = 0.0
         if file == b"index.m3u8":
             kind = "playlist"
-            self._saw(client, headers, parts, stream.low_latency)
+            viewer = self._saw(client, headers, parts, stream.low_latency)
             if qs:
                 if not stream.low_latency:
                     body = track.playlist
@@ -351,6 +418,8 @@ class MediaApp:
                         block = self._b_ended if stream.ended else self._b_ll
                     skip = q.get(b"_HLS_skip") in (b"YES", b"v2")
                     body = track.playlist_skip if skip else track.playlist
+                    if skip:
+                        attr = "playlist_skip"
             else:
                 if stream.low_latency and track.last_msn < 0 and not stream.ended:
                     hold = self._hold_first(stream, track)
@@ -362,6 +431,8 @@ class MediaApp:
                     block = self._b_ll if stream.low_latency else self._b_live
             if not body:
                 return None
+            owner, item = track, body
+            attr = attr or "playlist"
             if token is not None:
                 body = tokens.signed(body, token)  # type: ignore[union-attr]
         elif file.endswith(b".m4s"):
@@ -376,34 +447,81 @@ class MediaApp:
                 if got is None:
                     return self._hold_part(stream, track, msn, index)
                 kind, body, block = "part", got[0], self._b_part
-                if got[1]:
-                    self._part_plain(monotonic() - got[1])
+                stored = got[1]
+                if stored:
+                    self._part_plain(monotonic() - stored)
+                    owner, key, item = track.parts, (msn, index), track.parts[msn, index]
+                else:
+                    owner, key, item = track.by_msn, msn, track.by_msn[msn]
             else:
                 seg = track.by_msn.get(msn)
                 if seg is None or seg.gap:
                     return None
                 kind, body, block = "segment", seg.data, self._b_m4s
+                owner, key, item = track.by_msn, msn, seg
         elif file.endswith(b".ts"):
             try:
-                seg = track.by_msn.get(int(file[:-3]))
+                msn = int(file[:-3])
             except ValueError:
                 return None
+            seg = track.by_msn.get(msn)
             if seg is None or seg.gap:
                 return None
             kind, body, block = "segment", seg.data, self._b_ts
+            owner, key, item = track.by_msn, msn, seg
         elif file.startswith(b"init-") and file.endswith(b".mp4"):
             try:
-                init = track.inits.get(int(file[5:-4]))
+                n = int(file[5:-4])
             except ValueError:
                 return None
+            init = track.inits.get(n)
             if init is None:
                 return None
             kind, body, block = "init", init, self._b_init
+            owner, key, item = track.inits, n, init
         else:
             return None
+        if memo is not None and token is None:
+            kept = Memo(kind, block, body, stream, track.name, owner, attr, key, item)
+            kept.viewer, kept.stored = viewer, stored
+            memo.append(kept)
         self.metrics.count(kind, 200)
         self.metrics.sent += len(body)
         return block, body
+
+    def replay(self, memo: Memo, client: tuple[str, int] | None) -> bool:
+        """Is what :meth:`fast` answered when it made ``memo`` still the answer? The
+        stream is still the store's and has not ended or restarted since, the playlist,
+        part, segment or init segment answered is still the one held, and the tenant
+        still needs no token. Then this request has :meth:`fast`'s side effects (request
+        counts, the viewer estimate, the part-delivery histogram, the relay's use), and
+        the caller sends ``memo.block`` and ``memo.body``. False: :meth:`fast` decides
+        again."""
+        stream = memo.stream
+        if (
+            stream.ended is not memo.ended
+            or self.store.streams.get(memo.key) is not stream
+            or (self.tokens is not None and self.tokens.guarded(memo.key[0]))
+        ):
+            return False
+        owner = memo.owner
+        if memo.attr is not None:
+            if getattr(owner, memo.attr) is not memo.item:
+                return False
+        elif owner.get(memo.index) is not memo.item:  # type: ignore[attr-defined]
+            return False
+        if self.relay is not None and not self.relay.touch(stream, memo.rendition):
+            return False
+        viewer = memo.viewer
+        if viewer is not None:
+            self._saw_viewer((client[0] if client else "", *viewer), stream.low_latency)
+        elif memo.stored:
+            self._part_plain(monotonic() - memo.stored)
+        metrics = self.metrics
+        counts, key = metrics.counts, memo.count
+        counts[key] = counts.get(key, 0) + 1
+        metrics.sent += len(memo.body)
+        return True
 
     def _saw(
         self,
@@ -411,14 +529,16 @@ class MediaApp:
         headers: Headers,
         parts: list[bytes],
         low_latency: bool,
-    ) -> None:
-        """A media playlist request: one more sighting for the viewer estimate."""
+    ) -> tuple[bytes, bytes, bytes]:
+        """A media playlist request: one more sighting for the viewer estimate. Returns
+        the sighting's key less the client's address."""
         ua = b""
         for k, v in headers:
             if k == b"user-agent":
                 ua = v
                 break
         self._saw_viewer((client[0] if client else "", ua, parts[1], parts[2]), low_latency)
+        return ua, parts[1], parts[2]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
