@@ -18,6 +18,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Started from a process's main thread, the node is exec'ed from this stub, which first
+# asks the kernel for SIGTERM when its parent dies (PR_SET_PDEATHSIG survives exec):
+# a benchmark or test run that dies without stop() leaves no node behind. Not from
+# another thread: the signal follows the thread that started the child, not the process.
+_WITH_PARENT = """\
+import ctypes, os, signal, sys
+ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)
+os.execv(sys.executable, [sys.executable, "-m", "nearcast", "node"])
+"""
+
 
 class NodeSubprocess:
     """``python -m nearcast node`` on free loopback ports, stopped with SIGTERM.
@@ -39,8 +51,11 @@ class NodeSubprocess:
         }
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        argv = [sys.executable, "-m", "nearcast", "node"]
+        if sys.platform == "linux" and threading.current_thread() is threading.main_thread():
+            argv = [sys.executable, "-c", _WITH_PARENT, str(os.getpid())]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nearcast", "node"],
+            argv,
             stdout=subprocess.PIPE,
             stderr=self._log,
             env=full,
