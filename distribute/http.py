@@ -450,9 +450,13 @@ class MediaApp:
                 stored = got[1]
                 if stored:
                     self._part_plain(monotonic() - stored)
-                    owner, key, item = track.parts, (msn, index), track.parts[msn, index]
-                else:
-                    owner, key, item = track.by_msn, msn, track.by_msn[msn]
+                if memo is not None:
+                    # The part while it is kept, else the segment it is a slice of.
+                    item = track.parts.get((msn, index))
+                    if item is not None:
+                        owner, key = track.parts, (msn, index)
+                    else:
+                        owner, key, item = track.by_msn, msn, track.by_msn.get(msn)
             else:
                 seg = track.by_msn.get(msn)
                 if seg is None or seg.gap:
