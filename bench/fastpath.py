@@ -13,8 +13,10 @@ in it. Each kind of request is timed over ``--requests`` requests, best of
 ``--rounds`` rounds (``time.process_time``: CPU, not wall time), two ways: the
 same request bytes again and again, which the protocol answers from its memo
 without parsing them, and bytes it has not seen (a header that differs per
-request), which it parses, looks up and remembers. The last line printed is one
-JSON object: microseconds of CPU per request, by kind, for both.
+request), which it parses, looks up and remembers. Then 1000 connections each hold
+a blocking playlist reload for the next part, the part lands, and the CPU of
+answering them all is timed, per viewer: the LL-HLS fan-out, which the memo does
+not touch. The last line printed is one JSON object with every figure.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ INFO = {
     ],
 }
 SEGMENTS = 4
+# Viewers held in a blocking playlist reload when a part lands (the "held" figure).
+HELD = 1000
 
 
 class _Transport:
@@ -175,8 +179,52 @@ def run(requests: int, rounds: int) -> dict[str, dict[str, float]]:
                 best = min(best, time.process_time() - t0)
             out[mode][kind] = round(best / requests * 1e6, 3)
     proto.connection_lost(None)
+    out["held"] = _held(proto_cls, config, loop, store, rounds)
     loop.close()
     return out
+
+
+def _held(
+    proto_cls: Any,
+    config: uvicorn.Config,
+    loop: asyncio.AbstractEventLoop,
+    store: Store,
+    rounds: int,
+) -> dict[str, float]:
+    """CPU per viewer when a part lands and :data:`HELD` viewers, each holding a blocking
+    playlist reload for it on its own connection, are answered."""
+    from uvicorn.server import ServerState
+
+    s = store.get("live", "s")
+    assert s is not None
+    track = s.renditions["360p"]
+    c = cmaf()
+    best = float("inf")
+    state = ServerState()
+    for _ in range(rounds):
+        msn, part = track.last_part
+        nxt = part + 1
+        frags = c.segments[msn % len(c.segments)]
+        if nxt >= len(frags):
+            msn, nxt = msn + 1, 0  # not reached here: bench.cmaf segments have enough parts
+        viewers = []
+        request = _request(f"/live/s/360p/index.m3u8?_HLS_msn={msn}&_HLS_part={nxt}")
+        for _ in range(HELD):
+            v = proto_cls(config=config, server_state=state, app_state={}, _loop=loop)
+            v.connection_made(_Transport())
+            v.data_received(request)
+            viewers.append(v)
+        assert len(track.waiters) >= HELD, "the reloads were not held"
+        f = frags[nxt % len(frags)]
+        frame = PartFrame("360p", msn, nxt, f.start, f.duration, f.independent, f.data)
+        t0 = time.process_time()
+        s.add_part(frame)
+        best = min(best, time.process_time() - t0)
+        answered = sum(1 for v in viewers if v.transport.written)
+        assert answered == HELD, f"{answered} of {HELD} held viewers answered"
+        for v in viewers:
+            v.connection_lost(None)
+    return {"playlist_per_viewer": round(best / HELD * 1e6, 3)}
 
 
 def main() -> None:
@@ -188,7 +236,17 @@ def main() -> None:
     for kind, us in result["again"].items():
         first = result["first"][kind]
         print(f"{kind:>24}: {us:.2f} us CPU per request again, {first:.2f} us the first time")
-    print(json.dumps({"us_per_request": result["again"], "us_per_first_request": result["first"]}))
+    held = result["held"]["playlist_per_viewer"]
+    print(f"{'held reload, part lands':>24}: {held:.2f} us CPU per viewer ({HELD} viewers)")
+    print(
+        json.dumps(
+            {
+                "us_per_request": result["again"],
+                "us_per_first_request": result["first"],
+                "us_per_held_viewer": result["held"],
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

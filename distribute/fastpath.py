@@ -519,9 +519,8 @@ def media_protocol(
             ):
                 kept: list[Memo] | None = None
                 if whole:
-                    if raw in seen:  # asked before: worth a memo
-                        if whole_request(raw, self.headers):
-                            kept = []
+                    if raw in seen:  # asked before: worth a memo, if answered now
+                        kept = []
                     else:  # most requests a player makes once are never asked again
                         if len(seen) >= MEMO_ENTRIES:
                             seen.clear()
@@ -532,7 +531,7 @@ def media_protocol(
                     log.exception("media fast path failed; answering through ASGI")
                     hit = None
                 if type(hit) is tuple:
-                    if kept:
+                    if kept and whole_request(raw, self.headers):
                         self._remember(raw, kept[0])
                     self._write(STATUS_200, hit[0], hit[1], False)
                     self.cycle = _ANSWERED  # type: ignore[assignment]

@@ -1,5 +1,6 @@
 """``python -m bench.fastpath`` keeps its contract (a table, then one JSON object as the
-last line) and every request it times is answered by the fast path. Tiny settings: the
+last line), every request it times is answered by the fast path, and every held viewer
+is answered when its part lands. Tiny settings: the
 harness, not the figures."""
 
 from __future__ import annotations
@@ -26,3 +27,4 @@ def test_fastpath_bench_prints_cpu_per_request_for_each_kind() -> None:
         figures = result[mode]
         assert set(figures) == {"playlist", "blocking_playlist_ready", "part", "segment"}
         assert all(us > 0 for us in figures.values()), figures
+    assert result["us_per_held_viewer"]["playlist_per_viewer"] > 0
