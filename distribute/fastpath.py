@@ -93,6 +93,15 @@ MEMO_ENTRIES = 4096
 MEMO_HEAD_BYTES = 4096
 MEMO_BODY_BYTES = 64 * 1024 * 1024
 _BODY_HEADERS = (b"content-length", b"transfer-encoding")
+# One write (one send syscall) per response: a body up to this size is copied behind
+# the head, a larger one (a part is tens of KiB) goes out as one vectored write,
+# without a copy of the body in user space.
+SMALL_BODY = 16384
+
+
+def _head(status: bytes, date: bytes, block: bytes, body: bytes) -> bytes:
+    """A response's status line and headers, for a body sent with a Content-Length."""
+    return b"".join((status, date, block, b"content-length: %d\r\n\r\n" % len(body)))
 
 
 def whole_request(raw: bytes, headers: list[tuple[bytes, bytes]]) -> bool:
@@ -349,7 +358,7 @@ def media_protocol(
                 or self.pipeline
                 or self.flow.write_paused
                 or self.transport.is_closing()
-                or (limit and (len(self.connections) >= limit or len(self.tasks) >= limit))
+                or self._busy()
             ):
                 return False
             try:
@@ -361,26 +370,13 @@ def media_protocol(
                 memos.pop(data, None)
                 return False
             self._head_since = 0.0
-            defaults = self.server_state.default_headers
             body = memo.body
-            if memo.wired is not defaults:
+            if memo.wired is not self.server_state.default_headers:
                 # uvicorn renews its Date header once a second: the response's bytes with it.
-                cls = type(self)
-                if defaults is not cls._date_src:
-                    cls._date_src = defaults
-                    cls._date_block = header_lines(defaults)
-                head = b"".join(
-                    (
-                        STATUS_200,
-                        cls._date_block,
-                        memo.block,
-                        b"content-length: %d\r\n\r\n" % len(body),
-                    )
-                )
-                memo.wire = head + body if len(body) <= 16384 else head
-                memo.wired = defaults
-            # As _write does: one write of head and a small body, a vectored one otherwise.
-            if len(body) <= 16384:
+                head = _head(STATUS_200, self._date(), memo.block, body)
+                memo.wire = head + body if len(body) <= SMALL_BODY else head
+                memo.wired = self.server_state.default_headers
+            if len(body) <= SMALL_BODY:
                 self.transport.write(memo.wire)
             else:
                 self.transport.writelines((memo.wire, body))
@@ -493,7 +489,7 @@ def media_protocol(
             self._head_since = 0.0
             self._head_bytes = 0
             # uvicorn's own check (limit_concurrency), made before the fast path too.
-            if limit and (len(self.connections) >= limit or len(self.tasks) >= limit):
+            if self._busy():
                 self._refuse(STATUS_503, busy, "concurrency")
                 raise _Refused
             parser = self.parser
@@ -542,26 +538,28 @@ def media_protocol(
                     return
             self._asgi()
 
-        def _write(self, status: bytes, block: bytes, body: bytes, chunked: bool) -> None:
+        def _busy(self) -> bool:
+            """uvicorn's ``limit_concurrency`` check: connections or requests at the limit."""
+            return bool(limit) and (len(self.connections) >= limit or len(self.tasks) >= limit)
+
+        def _date(self) -> bytes:
+            """uvicorn's Date and Server headers as header lines, made once per second."""
             defaults = self.server_state.default_headers
             cls = type(self)
             if defaults is not cls._date_src:
                 cls._date_src = defaults
                 cls._date_block = header_lines(defaults)
+            return cls._date_block
+
+        def _write(self, status: bytes, block: bytes, body: bytes, chunked: bool) -> None:
+            date = self._date()
             if chunked:
                 # Sent the moment it exists, as it is produced: chunked transfer.
-                head = b"".join(
-                    (status, cls._date_block, block, b"transfer-encoding: chunked\r\n\r\n")
-                )
+                head = b"".join((status, date, block, b"transfer-encoding: chunked\r\n\r\n"))
                 self.transport.writelines((head, b"%x\r\n" % len(body), body, b"\r\n0\r\n\r\n"))
                 return
-            head = b"".join(
-                (status, cls._date_block, block, b"content-length: %d\r\n\r\n" % len(body))
-            )
-            # One write (one send syscall) per response: small bodies are copied
-            # behind the head, larger ones (a part is tens of KiB) go out as one
-            # vectored write, without a copy of the body in user space.
-            if len(body) <= 16384:
+            head = _head(status, date, block, body)
+            if len(body) <= SMALL_BODY:
                 self.transport.write(head + body)
             else:
                 self.transport.writelines((head, body))

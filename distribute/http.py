@@ -104,19 +104,19 @@ class Hold:
 class Memo:
     """A 200 that :meth:`MediaApp.fast` gave, kept by the fast path for the same request
     bytes: :meth:`MediaApp.replay` answers it again while ``owner.attr`` (or
-    ``owner[index]``) is still ``item``, without parsing or looking anything up."""
+    ``owner[key]``) is still ``item``, without parsing or looking anything up."""
 
     __slots__ = (
         "kind",
         "block",
         "body",
         "stream",
-        "key",
+        "stream_key",
         "ended",
         "rendition",
         "owner",
         "attr",
-        "index",
+        "key",
         "item",
         "viewer",
         "stored",
@@ -134,18 +134,21 @@ class Memo:
         rendition: str | None,
         owner: object,
         attr: str | None,
-        index: object,
+        key: object,
         item: object,
+        viewer: tuple[bytes, bytes, bytes] | None = None,
+        stored: float = 0.0,
     ) -> None:
         self.kind, self.block, self.body = kind, block, body
         self.stream, self.ended = stream, stream.ended
-        self.key = (stream.key.tenant, stream.key.stream)
+        # The stream's key in Store.streams, made once.
+        self.stream_key = (stream.key.tenant, stream.key.stream)
         self.rendition = rendition
-        self.owner, self.attr, self.index, self.item = owner, attr, index, item
+        self.owner, self.attr, self.key, self.item = owner, attr, key, item
         # A media playlist's viewer-estimate key, less the client address.
-        self.viewer: tuple[bytes, bytes, bytes] | None = None
+        self.viewer = viewer
         # A part still kept: when it was stored, for the part-delivery histogram.
-        self.stored = 0.0
+        self.stored = stored
         self.count = (kind, 200)
         # The response's bytes as the fast path last sent them (its head, or head and
         # body when the body is small), and the Date header source they were made with.
@@ -486,9 +489,9 @@ class MediaApp:
         else:
             return None
         if memo is not None and token is None:
-            kept = Memo(kind, block, body, stream, track.name, owner, attr, key, item)
-            kept.viewer, kept.stored = viewer, stored
-            memo.append(kept)
+            memo.append(
+                Memo(kind, block, body, stream, track.name, owner, attr, key, item, viewer, stored)
+            )
         self.metrics.count(kind, 200)
         self.metrics.sent += len(body)
         return block, body
@@ -504,15 +507,15 @@ class MediaApp:
         stream = memo.stream
         if (
             stream.ended is not memo.ended
-            or self.store.streams.get(memo.key) is not stream
-            or (self.tokens is not None and self.tokens.guarded(memo.key[0]))
+            or self.store.streams.get(memo.stream_key) is not stream  # the store's own key
+            or (self.tokens is not None and self.tokens.guarded(memo.stream_key[0]))
         ):
             return False
         owner = memo.owner
         if memo.attr is not None:
             if getattr(owner, memo.attr) is not memo.item:
                 return False
-        elif owner.get(memo.index) is not memo.item:  # type: ignore[attr-defined]
+        elif owner.get(memo.key) is not memo.item:  # type: ignore[attr-defined]
             return False
         if self.relay is not None and not self.relay.touch(stream, memo.rendition):
             return False

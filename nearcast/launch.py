@@ -23,10 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # a benchmark or test run that dies without stop() leaves no node behind. Not from
 # another thread: the signal follows the thread that started the child, not the process.
 _WITH_PARENT = """\
-import ctypes, os, signal, sys
-ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)
-if os.getppid() != int(sys.argv[1]):
-    sys.exit(1)
+import os, signal, sys
+from transcode.lifetime import die_with_parent
+die_with_parent(signal.SIGTERM, int(sys.argv[1]))
 os.execv(sys.executable, [sys.executable, "-m", "nearcast", "node"])
 """
 

@@ -18,7 +18,6 @@ FATAL and DONE out. The work itself is :class:`~transcode.pipeline.Pipeline`
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import logging
 import os
@@ -32,6 +31,7 @@ import av
 
 from media.logrecords import ContextFilter, JsonFormatter
 from transcode import collector
+from transcode.lifetime import die_with_parent
 from transcode.output import Output
 from transcode.pipeline import Pipeline
 from transcode.protocol import (
@@ -84,9 +84,6 @@ def run(stdin: BinaryIO, stdout: BinaryIO) -> int:
     return 0
 
 
-_PR_SET_PDEATHSIG = 1
-
-
 def confine() -> None:
     """The worker's first act: die with the node, and be the one the kernel kills.
 
@@ -98,14 +95,10 @@ def confine() -> None:
       the node that serves every other class.
     - ``RLIMIT_AS``: a generous backstop against a runaway decoder.
     """
-    parent = int(os.environ.get(ENV_PARENT) or 0)
+    die_with_parent(signal.SIGKILL, int(os.environ.get(ENV_PARENT) or 0))
     if sys.platform == "linux":
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         with contextlib.suppress(OSError):
             Path("/proc/self/oom_score_adj").write_text("1000")
-    if parent and os.getppid() != parent:
-        os._exit(1)
     limit_mb = int(os.environ.get(ENV_MEMORY) or 0)
     if limit_mb > 0:
         limit = limit_mb * 1024 * 1024

@@ -21,6 +21,7 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from nodeutil import wait_for
+from rawhttp import Responses
 from servehelp import LL_HLS, MediaServer, feed_init, feed_part, feed_segment
 
 from distribute.access import TokenCheck
@@ -53,55 +54,49 @@ def server() -> Iterator[Server]:
     s.media.stop()
 
 
-def connect(server: Server) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", server.media.port), timeout=5)
-    sock.settimeout(5)
-    return sock
+class Client:
+    """A keep-alive connection to the server, read one response at a time."""
+
+    def __init__(self, server: Server) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", server.media.port), timeout=5)
+        self.sock.settimeout(5)
+        self.responses = Responses(self.sock)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def sendall(self, data: bytes) -> None:
+        self.sock.sendall(data)
 
 
-def response(sock: socket.socket) -> tuple[int, dict[bytes, bytes], bytes]:
-    """One response: status, headers (names lower-case), body (Content-Length or chunked)."""
-    got = b""
-    while b"\r\n\r\n" not in got:
-        chunk = sock.recv(65536)
-        assert chunk, f"closed after {got!r}"
-        got += chunk
-    head, _, rest = got.partition(b"\r\n\r\n")
+def connect(server: Server) -> Client:
+    return Client(server)
+
+
+def response(client: Client) -> tuple[int, dict[bytes, bytes], bytes]:
+    """One response: status, headers (names lower-case), body."""
+    head, body = client.responses.read()
     lines = head.split(b"\r\n")
-    status = int(lines[0].split()[1])
     headers = {}
     for line in lines[1:]:
         k, _, v = line.partition(b":")
         headers[k.strip().lower()] = v.strip()
-    length = int(headers.get(b"content-length", b"-1"))
-    if length < 0:  # chunked: read to the last chunk
-        while not rest.endswith(b"0\r\n\r\n"):
-            rest += sock.recv(65536)
-        body, data = b"", rest
-        while True:
-            size_line, _, data = data.partition(b"\r\n")
-            size = int(size_line, 16)
-            if not size:
-                break
-            body, data = body + data[:size], data[size + 2 :]
-        return status, headers, body
-    while len(rest) < length:
-        chunk = sock.recv(65536)
-        assert chunk, "closed mid-body"
-        rest += chunk
-    return status, headers, rest[:length]
+    return int(lines[0].split()[1]), headers, body
 
 
 def get(path: str, ua: bytes = b"memo-test") -> bytes:
     return b"GET %s HTTP/1.1\r\nHost: node\r\nUser-Agent: %s\r\n\r\n" % (path.encode(), ua)
 
 
-def ask(sock: socket.socket, request: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
+def ask(sock: Client, request: bytes) -> tuple[int, dict[bytes, bytes], bytes]:
     sock.sendall(request)
     return response(sock)
 
 
-def remembered(server: Server, sock: socket.socket, request: bytes) -> bytes:
+def remembered(server: Server, sock: Client, request: bytes) -> bytes:
     """Ask ``request`` until the memo holds it (the second time); the body answered."""
     body = b""
     for _ in range(2):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from nodeutil import NodeProcess, wait_for
+from rawhttp import read_response
 from servehelp import MediaServer
 
 from distribute.config import HlsConfig, HttpConfig
@@ -60,22 +61,6 @@ def read_all(s: socket.socket) -> bytes:
     except ConnectionResetError:
         pass
     return got
-
-
-def read_response(s: socket.socket) -> bytes:
-    """One response with a Content-Length: its head and body, whatever reads it takes."""
-    got = b""
-    while b"\r\n\r\n" not in got:
-        chunk = s.recv(65536)
-        assert chunk, f"closed after {got!r}"
-        got += chunk
-    head, _, body = got.partition(b"\r\n\r\n")
-    length = int(re.findall(rb"content-length: (\d+)", head)[0])
-    while len(body) < length:
-        chunk = s.recv(65536)
-        assert chunk, f"closed after {got!r}"
-        body += chunk
-    return head + b"\r\n\r\n" + body
 
 
 def exchange(node: NodeProcess, request: bytes) -> bytes:
