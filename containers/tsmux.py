@@ -135,7 +135,9 @@ class TsSegmenter:
         # Transcoded rungs only have keyframes on the grid; a passed-through
         # source may have them more often, and must not make short segments.
         self._min_duration = min_duration
-        self._pending_audio: deque[av.Packet[Any]] = deque()
+        # ADTS-framed AAC packets waiting for the video they sit under, each with its
+        # time in seconds (worked out once: Fraction arithmetic is dear per packet).
+        self._pending_audio: deque[tuple[float, av.Packet[Any]]] = deque()
         self._buf: io.BytesIO | None = None
         self._mux: av.container.OutputContainer | None = None
         self._vstream: av.stream.Stream | None = None
@@ -195,8 +197,8 @@ class TsSegmenter:
     def _mux_audio_until(self, t: float | None) -> None:
         assert self._mux is not None
         while self._pending_audio:
-            pkt = self._pending_audio[0]
-            if t is not None and pkt.pts is not None and float(pkt.pts * pkt.time_base) >= t:
+            at, pkt = self._pending_audio[0]
+            if t is not None and at >= t:
                 break
             self._pending_audio.popleft()
             if self._astream is not None:
@@ -207,8 +209,11 @@ class TsSegmenter:
         """Mux one video packet; a keyframe may start segment ``index`` (the grid's number)."""
         if packet.pts is None or packet.dts is None:
             return
+        # Seconds as float(Fraction) gives them (int / int rounds correctly), without
+        # building a Fraction per timestamp.
         tb = packet.time_base
-        t = float(packet.pts * tb)
+        num, den = tb.numerator, tb.denominator
+        t = packet.pts * num / den
         if packet.is_keyframe and (self._mux is None or t - self._start >= self._min_duration):
             if self._mux is not None:
                 self._mux_audio_until(t)
@@ -222,11 +227,11 @@ class TsSegmenter:
             self._open(t)
         if self._mux is None:
             return  # nothing before the first keyframe can be decoded
-        self._mux_audio_until(float(packet.dts * tb))
+        self._mux_audio_until(packet.dts * num / den)
         assert self._vstream is not None
         packet.stream = self._vstream
         self._mux.mux_one(packet)
-        dur = float(packet.duration * tb) if packet.duration else 0.0
+        dur = packet.duration * num / den if packet.duration else 0.0
         self._last_video_end = max(self._last_video_end, t + dur)
 
     def audio(self, packet: av.Packet[Any], object_type: int = 2) -> None:
@@ -236,9 +241,9 @@ class TsSegmenter:
         framed = av.Packet(data + bytes(packet))
         framed.pts = packet.pts
         framed.dts = packet.dts
-        framed.time_base = packet.time_base
+        framed.time_base = tb = packet.time_base
         framed.duration = packet.duration
-        self._pending_audio.append(framed)
+        self._pending_audio.append((packet.pts * tb.numerator / tb.denominator, framed))
         # Keep memory bounded if video stalls: audio older than a few segments
         # can never be placed and is dropped.
         while len(self._pending_audio) > 2000:

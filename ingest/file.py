@@ -22,21 +22,31 @@ def file_packets(path: str) -> Iterator[MediaPacket]:
         if v is None:
             raise ValueError(f"{path}: no video stream")
         streams = [s for s in (v, a) if s is not None]
+        # Per stream: its kind, codec name and time base as integers (a packet's
+        # Fraction arithmetic costs more than the rest of its conversion).
+        info: dict[int, tuple[Literal["video", "audio"], str, int, int]] = {}
         for s in streams:
             kind: Literal["video", "audio"] = "video" if s is v else "audio"
-            extradata = s.codec_context.extradata
-            if extradata:
-                yield MediaPacket(kind, s.codec_context.name, 0, 0, bytes(extradata), config=True)
+            ctx = s.codec_context
+            tb = s.time_base
+            assert tb is not None
+            info[s.index] = (kind, ctx.name, tb.numerator * 1000, tb.denominator)
+            if ctx.extradata:
+                yield MediaPacket(kind, ctx.name, 0, 0, bytes(ctx.extradata), config=True)
         for pkt in src.demux(streams):
             if pkt.size == 0 or pkt.pts is None or pkt.dts is None:
                 continue
-            tb = pkt.time_base
-            pkind: Literal["video", "audio"] = "video" if pkt.stream is v else "audio"
+            pkind, codec, num, den = info[pkt.stream_index]
             yield MediaPacket(
                 pkind,
-                pkt.stream.codec_context.name,
-                int(pkt.pts * tb * 1000),
-                int(pkt.dts * tb * 1000),
+                codec,
+                _ms(pkt.pts * num, den),
+                _ms(pkt.dts * num, den),
                 bytes(pkt),
                 pkt.is_keyframe,
             )
+
+
+def _ms(ticks: int, den: int) -> int:
+    """``int(Fraction(ticks, den))``: rounded toward zero, as before."""
+    return ticks // den if ticks >= 0 else -(-ticks // den)
