@@ -1,6 +1,7 @@
 """Fan-out benchmark: the shipped ``nearcast node`` against nginx, and LL-HLS viewers.
 
-Run: ``python -m bench.fanout [--seconds S] [--viewers N] [--connections C] [--token]``
+Run: ``python -m bench.fanout [--seconds S] [--viewers N] [--connections C] [--token]
+[--no-load] [--noise-floor]``
 
 In one run, on the same machine:
 
@@ -13,6 +14,9 @@ In one run, on the same machine:
    temporary config on a free port.
 3. ``wrk`` loads each with the same threads/connections/duration, rounds alternating;
    requests/s, MB/s and the nearcast/nginx ratio are printed. This is **serving alone**.
+   With ``--noise-floor`` every round loads nginx a second time and reports that run's
+   rate over the first: the same server against itself, how far the machine alone moves
+   a ratio.
 4. A second publish of the lecture gets the node's default ABR ladder. Once it lists
    segments, step 3 runs again: **serving under transcode load**, nginx under the very
    same load (``--no-load`` skips it).
@@ -406,7 +410,10 @@ def load_rounds(
             file = f"{label}-r{round_}-{kind}"
             (snap / file).write_bytes(body)
             pair: dict[str, dict[str, float]] = {}
-            for who, port, pid in (("nearcast", nc_port, nc_pid), ("nginx", ng_port, ng_pid)):
+            servers = [("nearcast", nc_port, nc_pid), ("nginx", ng_port, ng_pid)]
+            if args.noise_floor:
+                servers.append(("nginx-again", ng_port, ng_pid))
+            for who, port, pid in servers:
                 path = nc_path if who == "nearcast" else f"{BASE}/{file}"
                 cpu0 = cpu_seconds(pid)
                 r = wrk(
@@ -421,6 +428,13 @@ def load_rounds(
                 if who == "nearcast" and kind != "playlist" and fetch(port, path) != body:
                     raise RuntimeError(f"{kind}: {path} changed during the round")
             pairs.append(pair)
+        # nginx against itself, round by round, in the order they ran: how far the
+        # machine alone moves a ratio.
+        again = [
+            p["nginx-again"]["rps"] / max(1e-9, p["nginx"]["rps"])
+            for p in pairs
+            if "nginx-again" in p
+        ]
         pairs.sort(key=lambda p: p["nearcast"]["rps"] / max(1e-9, p["nginx"]["rps"]))
         mid = pairs[(len(pairs) - 1) // 2]  # the lower median for an even count
         nc, ng = mid["nearcast"], mid["nginx"]
@@ -439,6 +453,11 @@ def load_rounds(
             "nearcast_cpu_us": round(nc["cpu_us"], 1),
             "nginx_cpu_us": round(ng["cpu_us"], 1),
         }
+        if again:
+            results[kind]["noise_floor"] = {
+                "round_ratios": [round(r, 3) for r in again],
+                "median": round(statistics.median(again), 3),
+            }
     return results
 
 
@@ -455,6 +474,10 @@ def print_table(label: str, results: dict[str, dict[str, Any]]) -> None:
             f" {r['nearcast_cpu_us']:>10.1f}/{r['nginx_cpu_us']:<9.1f}"
             f" rounds {r['round_ratios']}, {r['body_bytes']} B"
         )
+        if "noise_floor" in r:
+            nf = r["noise_floor"]
+            line = f"nginx against itself: rounds {nf['round_ratios']}, median {nf['median']}"
+            print(f"{'':<10} {line}")
 
 
 def main() -> None:
@@ -470,6 +493,11 @@ def main() -> None:
     )
     ap.add_argument(
         "--no-load", action="store_true", help="skip the run under a transcoding ladder"
+    )
+    ap.add_argument(
+        "--noise-floor",
+        action="store_true",
+        help="load nginx twice per round and report its ratio to itself",
     )
     args = ap.parse_args()
     global QUERY

@@ -1,6 +1,7 @@
 """Transcode benchmark: nearcast's ladder against the FFmpeg CLI doing the same ladder.
 
-Run: ``python -m bench.transcode [--pairs N] [--seconds S] [--clips lecture,noise]``
+Run: ``python -m bench.transcode [--pairs N] [--seconds S] [--clips lecture,noise]
+[--noise-floor]``
 
 Two clips of at least 20 s of 720p30 H.264/AAC with 2 s closed GOPs: the sample
 lecture looped, and a high-detail synthetic clip (FFmpeg's ``testsrc2`` under
@@ -17,6 +18,10 @@ scaling, one AAC encode shared by every rung (FFmpeg: an audio-only stream in
 one ``agroup``), MPEG-TS (or fMP4) HLS segments. Each side's renditions are
 scored (PSNR against the source scaled to the rung's size, FFmpeg's ``psnr``
 filter) so that a faster side cannot be a worse one.
+
+With ``--noise-floor`` each pair runs the FFmpeg CLI a second time, and that run's
+ratio to the first, the same command against itself, shows how far the machine alone
+moves a ratio.
 
 The last line printed is one JSON object with every figure.
 """
@@ -232,15 +237,25 @@ def side_figures(runs: list[tuple[float, float]], media: float) -> dict[str, flo
 
 
 def bench_clip(
-    ffmpeg: str, src: Path, work: Path, pairs: int, fmt: str, ladder: list[Rendition]
+    ffmpeg: str,
+    src: Path,
+    work: Path,
+    pairs: int,
+    fmt: str,
+    ladder: list[Rendition],
+    floor: bool = False,
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """Every pair's times, the medians and ratios, x264 options and PSNR of one clip."""
+    """Every pair's times, the medians and ratios, x264 options and PSNR of one clip.
+
+    ``floor``: each pair runs the FFmpeg CLI a second time, and its ratio to the first
+    (the same command against itself) is this machine's noise floor for the ratios."""
     seg = load(environ={}).hls.segment_duration
     media = media_seconds(src)
-    runs: dict[str, list[tuple[float, float]]] = {"nearcast": [], "ffmpeg": []}
+    names = ("nearcast", "ffmpeg", "ffmpeg-again") if floor else ("nearcast", "ffmpeg")
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     kept: dict[str, Path] = {}
     for i in range(pairs):
-        for name in ("nearcast", "ffmpeg"):
+        for name in names:
             out = work / f"{src.stem}-{name}-{i}"
             out.mkdir()
             if name == "nearcast":
@@ -249,7 +264,7 @@ def bench_clip(
             else:
                 runs[name].append(run_timed(ffmpeg_ladder_cmd(ffmpeg, src, out, seg, ladder, fmt)))
             # The first pair's output is the one checked; the others only cost time.
-            if i == 0:
+            if i == 0 and name != "ffmpeg-again":
                 kept[name] = out
             else:
                 shutil.rmtree(out)
@@ -296,6 +311,16 @@ def bench_clip(
         "psnr_seconds": round(compared, 3),
         "psnr": quality,
     }
+    if floor:
+        again = [
+            {"ratio_wall": round(aw / fw, 3), "ratio_cpu": round(ac / fc, 3)}
+            for (aw, ac), (fw, fc) in zip(runs["ffmpeg-again"], runs["ffmpeg"], strict=True)
+        ]
+        figures["noise_floor"] = {
+            "pairs": again,
+            "ratio_wall": round(median(p["ratio_wall"] for p in again), 3),
+            "ratio_cpu": round(median(p["ratio_cpu"] for p in again), 3),
+        }
     return figures, builds
 
 
@@ -334,6 +359,13 @@ def print_clip(name: str, f: dict[str, Any]) -> None:
             f"  {rung:6} x264 options {same}; PSNR nearcast {q['nearcast_db']:.3f} dB, "
             f"ffmpeg {q['ffmpeg_db']:.3f} dB, difference {q['difference_db']:+.3f} dB"
         )
+    if "noise_floor" in f:
+        nf = f["noise_floor"]
+        each = ", ".join(f"{p['ratio_wall']:.3f}/{p['ratio_cpu']:.3f}" for p in nf["pairs"])
+        print(
+            f"  noise floor, the FFmpeg CLI against itself (wall/cpu): pairs {each}; "
+            f"median {nf['ratio_wall']:.3f}/{nf['ratio_cpu']:.3f}"
+        )
     for rung, row in f["x264_options"].items():
         if not row["identical"]:
             print(f"  {rung} nearcast: {row['nearcast']}\n  {rung} ffmpeg:   {row['ffmpeg']}")
@@ -362,6 +394,11 @@ def main() -> int:
     )
     ap.add_argument("--input", help="720p30 H.264/AAC file instead of the sample lecture")
     ap.add_argument("--format", choices=("ts", "fmp4"), default="ts", help="segments (ts)")
+    ap.add_argument(
+        "--noise-floor",
+        action="store_true",
+        help="run the FFmpeg CLI twice per pair and report its ratio to itself",
+    )
     args = ap.parse_args()
     clips = [c for c in args.clips.split(",") if c]
     if not clips or any(c not in CLIPS for c in clips):
@@ -383,7 +420,9 @@ def main() -> int:
                 make_lecture(ffmpeg, src, args.seconds, Path(args.input or SAMPLE))
             else:
                 make_noise(ffmpeg, src, args.seconds)
-            results[clip], builds = bench_clip(ffmpeg, src, work, args.pairs, args.format, ladder)
+            results[clip], builds = bench_clip(
+                ffmpeg, src, work, args.pairs, args.format, ladder, args.noise_floor
+            )
     boot = startup(args.format)
     print(f"ladder {', '.join(r.name for r in ladder)}, {args.format} segments; medians of pairs")
     for clip, f in results.items():

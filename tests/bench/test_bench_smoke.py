@@ -46,7 +46,7 @@ def test_fanout_bench_prints_its_table_and_figures(token: bool) -> None:
         "--viewer-seconds",
         "3",
         # The token changes how requests are served, not the transcode beside them.
-        *(["--token", "--no-load"] if token else []),
+        *(["--token", "--no-load", "--noise-floor"] if token else []),
         timeout=300,
     )
     assert figures["token"] is token
@@ -59,6 +59,12 @@ def test_fanout_bench_prints_its_table_and_figures(token: bool) -> None:
             row = rows[kind]
             assert row["nearcast_rps"] > 0 and row["nginx_rps"] > 0, row
             assert row["body_bytes"] > 0 and len(row["round_ratios"]) == 1, row
+            # nginx against itself, asked for with the token run only.
+            if token:
+                assert len(row["noise_floor"]["round_ratios"]) == 1, row
+                assert row["noise_floor"]["median"] > 0, row
+            else:
+                assert "noise_floor" not in row, row
     assert figures["llhls"]["viewers"] == 20 and figures["llhls"]["viewer_errors"] == 0
     assert figures["llhls"]["held_max"] == 20
     assert set(figures["targets"]) >= {"segment_bytes_ratio>=0.95", "part_rps_ratio>=0.8"}
@@ -140,7 +146,15 @@ def test_capacity_bench_measures_both_sides_the_same_way() -> None:
 def test_transcode_bench_prints_every_pair_and_checks_like_for_like() -> None:
     require_binary("ffmpeg")
     lines, figures = run_bench(
-        "bench.transcode", "--seconds", "4", "--pairs", "1", "--clips", "lecture,noise", timeout=300
+        "bench.transcode",
+        "--seconds",
+        "4",
+        "--pairs",
+        "1",
+        "--clips",
+        "lecture,noise",
+        "--noise-floor",
+        timeout=300,
     )
     assert lines[0].startswith("ladder 720p, 480p, 360p")
     assert figures["pairs"] == 1 and figures["format"] == "ts"
@@ -150,6 +164,9 @@ def test_transcode_bench_prints_every_pair_and_checks_like_for_like() -> None:
         for side in ("nearcast", "ffmpeg"):
             assert pair[side]["wall_seconds"] > 0 and pair[side]["cpu_seconds"] > 0, pair
             assert clip[side]["cpu_seconds"] == pair[side]["cpu_seconds"]
+        # The FFmpeg CLI run twice per pair: its ratio to itself.
+        (again,) = clip["noise_floor"]["pairs"]
+        assert again["ratio_cpu"] > 0 and clip["noise_floor"]["ratio_cpu"] == again["ratio_cpu"]
         # Like for like, whatever the machine: the same x264 options on every rung,
         # read back from both outputs, and every rung scored on both sides.
         for rung in ("720p", "480p", "360p"):
