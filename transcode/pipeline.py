@@ -80,7 +80,7 @@ class Pipeline:
                     )
         # One decoding thread (slice threads where the source has several slices),
         # never frame threads: the rungs' encoders keep every core busy, so frame
-        # threads add no speed, only CPU (9-18% more per decoded picture of a 720p
+        # threads add no speed, only CPU (7-18% more per decoded picture of a 720p
         # source) and (threads - 1) pictures of latency. One core decodes 720p30 at
         # 8-18x real time.
         dec.thread_type = "SLICE"
