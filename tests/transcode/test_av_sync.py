@@ -104,3 +104,36 @@ def test_audio_and_video_stay_within_one_frame_over_ten_minutes() -> None:
     )
     # And no drift: the last events are no further apart than the first.
     assert abs(np.mean(offsets[-10:]) - np.mean(offsets[:10])) < 0.005
+
+
+def test_audio_starts_with_the_first_picture_outside_ll_hls() -> None:
+    """The ladder opens on the first decoded picture, and audio before that is dropped.
+    The decoder holds back no picture (no frame threads), so a stream's first audio is
+    kept: its first AAC packet starts no later than its first picture (AAC's priming
+    puts it one frame before)."""
+    vcfg, video = video_packets(((frame_ms(n), False) for n in range(2 * FPS)), FPS)
+    acfg, audio = audio_packets(2, [], 0, RATE)
+    buf = io.BytesIO()
+    spec = Spec(
+        stream="t/start",
+        ladder=[Rendition("36p", 64, 36, 100_000, preset="ultrafast")],
+        audio=AudioProfile(bitrate=64_000, sample_rate=48_000, channels=1),
+        x264_threads=1,
+        live=False,
+        segment_format="ts",
+    )
+    assert spec.part_duration == 0  # not LL-HLS
+    pipeline = Pipeline(spec, Output(buf))
+    for p in interleave(vcfg, video, acfg, audio):
+        pipeline.feed(p)
+    pipeline.finish()
+    frames = FrameReader().feed(buf.getvalue())
+    data = b"".join(decode_segment(p).data for t, p in frames if t is FrameType.SEGMENT)
+    first: dict[str, float] = {}
+    with av.open(io.BytesIO(data), format="mpegts") as c:
+        for pkt in c.demux():
+            kind = pkt.stream.type
+            if pkt.pts is not None and kind not in first:
+                first[kind] = float(pkt.pts * pkt.time_base)
+    assert set(first) == {"video", "audio"}, first
+    assert first["audio"] <= first["video"], first
