@@ -201,7 +201,7 @@ def player_rows(results: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str
     """The players' table and figures, each judged against PLAYER_TARGETS."""
     lines = [
         f"{'player':<14}{'p50 ms':>8}{'p95 ms':>8}{'startup ms':>12}{'stalls':>8}"
-        f"{'frames':>8}  {'size':<10}met"
+        f"{'frames':>8}  {'size':<10}{'met':<5}edge gap ms"
     ]
     figures: dict[str, Any] = {}
     for name, r in results.items():
@@ -218,7 +218,8 @@ def player_rows(results: dict[str, dict[str, Any]]) -> tuple[list[str], dict[str
         )
         lines.append(
             f"{name:<14}{r['p50_ms']!s:>8}{r['p95_ms']!s:>8}{r['startup_ms']!s:>12}"
-            f"{r['stalls']:>8}{r['stamped']:>8}  {r['resolution']:<10}{'yes' if met else 'no'}"
+            f"{r['stalls']:>8}{r['stamped']:>8}  {r['resolution']:<10}{'yes' if met else 'no':<5}"
+            f"{r.get('edge_gap_p50_ms')!s}"
         )
         figures[name] = {**r, "target_met": met}
     return lines, figures

@@ -100,8 +100,19 @@ const S = window.probe = {
   frames: 0, stamped: 0, latencies: [], stalls: 0, stallMs: 0, stalledAt: null,
   loadedAt: performance.timeOrigin, streamAt: null, playerAt: null, firstFrameAt: null,
   lastFrameAt: null, maxGapMs: 0, gaps: [], stallLog: [], width: 0, height: 0, errors: [],
-  fatal: null, jumps: [], seekWaitAt: null,
+  fatal: null, jumps: [], seekWaitAt: null, edgeGaps: [], edgeAt: 0,
 };
+
+// The player's own distance from what it takes as the live edge, in ms: hls.js's
+// `latency`, Shaka's seek range end less the playhead. Glass to glass less this is how
+// far that edge is behind the publisher.
+function edgeGap() {
+  const p = window.player;
+  if (!p) return null;
+  if (PLAYER === "hlsjs") return p.latency > 0 ? p.latency * 1000 : null;
+  const end = p.seekRange().end;
+  return Number.isFinite(end) ? (end - video.currentTime) * 1000 : null;
+}
 
 // --- presented frames and stalls ---------------------------------------------------------
 function onFrame(_now, meta) {
@@ -132,6 +143,10 @@ function onFrame(_now, meta) {
   S.width = meta.width; S.height = meta.height;
   const stamp = STAMP.read(video, meta.width, meta.height);
   if (stamp !== null) { S.stamped++; S.latencies.push(shown - stamp); }
+  if (shown - S.edgeAt >= 250) {
+    const gap = edgeGap();
+    if (gap !== null) { S.edgeAt = shown; S.edgeGaps.push(gap); }
+  }
   video.requestVideoFrameCallback(onFrame);
 }
 video.requestVideoFrameCallback(onFrame);
@@ -226,6 +241,8 @@ def summarize(state: dict[str, Any], player: str) -> dict[str, Any]:
     """The figures of one run from the page's ``window.probe``."""
     lat = sorted(float(x) for x in state["latencies"])
     half = sorted(float(x) for x in state["latencies"][len(state["latencies"]) // 2 :])
+    edge = state.get("edgeGaps") or []
+    gaps = sorted(float(x) for x in edge[len(edge) // 2 :])
     first, at = state["firstFrameAt"], state["playerAt"]
     return {
         "player": player,
@@ -235,6 +252,10 @@ def summarize(state: dict[str, Any], player: str) -> dict[str, Any]:
         "p95_ms": round(percentile(lat, 0.95), 1) if lat else None,
         # After the player has caught up (the second half of the run).
         "settled_p50_ms": round(percentile(half, 0.5), 1) if half else None,
+        # The player's own distance from its live edge (hls.js's latency, Shaka's seek
+        # range end less the playhead), p50 over the second half of the run; glass to
+        # glass less it is how far behind the publisher the player takes the edge to be.
+        "edge_gap_p50_ms": round(percentile(gaps, 0.5), 1) if gaps else None,
         "startup_ms": round(first - at, 1) if first is not None and at is not None else None,
         "stream_wait_ms": round(state["streamAt"] - state["loadedAt"], 1)
         if state["streamAt"] is not None

@@ -197,6 +197,8 @@ def test_latency_bench_reports_real_players_beside_the_probe() -> None:
         assert "error" not in r, (name, r)
         assert r["stamped"] > 0 and r["p50_ms"] > 0 and r["startup_ms"] > 0, (name, r)
         assert isinstance(r["stalls"], int) and isinstance(r["target_met"], bool), (name, r)
+        # The player's own distance from its live edge, read from the player itself.
+        assert isinstance(r["edge_gap_p50_ms"], float), (name, r)
     assert figures["player_targets"] == {"p50_ms": 1500, "startup_ms": 1500, "stalls": 0}
 
 
