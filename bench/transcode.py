@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -105,18 +106,15 @@ def make_noise(ffmpeg: str, dst: Path, seconds: float) -> None:
     )
 
 
-# The packages the nearcast command imports from this tree.
-PACKAGES = ("nearcast", "ingest", "transcode", "distribute", "placement", "containers", "media")
-PACKAGES += ("tokens", "settings")
-
-
 def compile_bytecode(cache: Path) -> None:
     """Compile nearcast's modules into ``cache`` once, before any timed run, as installing
     the package does (pip writes every module's bytecode at install). Without it, a run
     from a checkout where bytecode is not written compiles them all again at every start
-    (40-50 ms of CPU)."""
+    (40-50 ms of CPU). The packages are those ``pyproject.toml`` ships."""
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        include = tomllib.load(f)["tool"]["setuptools"]["packages"]["find"]["include"]
     env = dict(os.environ, PYTHONPYCACHEPREFIX=str(cache))
-    dirs = [str(ROOT / name) for name in PACKAGES]
+    dirs = [str(ROOT / name.rstrip("*")) for name in include]
     subprocess.run([sys.executable, "-m", "compileall", "-q", *dirs], env=env, check=True)
 
 

@@ -15,6 +15,7 @@ import av
 import numpy as np
 from synth import audio_packets, interleave, video_packets
 
+from media import MediaPacket
 from transcode.config import AudioProfile, Rendition
 from transcode.output import Output
 from transcode.pipeline import Pipeline
@@ -32,6 +33,28 @@ def frame_ms(n: int) -> int:
     return round(n * 1000 / FPS)
 
 
+def transcode(stream: str, segment_format: str, packets: list[MediaPacket]) -> bytes:
+    """``packets`` through the worker's pipeline (one 36p rung, mono AAC, not LL-HLS):
+    the rendition's init segment, if any, and its segments, joined."""
+    buf = io.BytesIO()
+    spec = Spec(
+        stream=stream,
+        ladder=[Rendition("36p", 64, 36, 100_000, preset="ultrafast")],
+        audio=AudioProfile(bitrate=64_000, sample_rate=48_000, channels=1),
+        x264_threads=1,
+        live=False,
+        segment_format=segment_format,
+    )
+    assert spec.part_duration == 0  # not LL-HLS
+    pipeline = Pipeline(spec, Output(buf))
+    for p in packets:
+        pipeline.feed(p)
+    pipeline.finish()
+    frames = FrameReader().feed(buf.getvalue())
+    init = b"".join(decode_init(p).data for t, p in frames if t is FrameType.INIT)
+    return init + b"".join(decode_segment(p).data for t, p in frames if t is FrameType.SEGMENT)
+
+
 def test_audio_and_video_stay_within_one_frame_over_ten_minutes() -> None:
     n_frames = SECONDS * FPS
     events = list(range(15, n_frames - FPS, PERIOD))
@@ -42,22 +65,7 @@ def test_audio_and_video_stay_within_one_frame_over_ten_minutes() -> None:
     acfg, audio = audio_packets(
         SECONDS, [frame_ms(e) * RATE // 1000 for e in events], RATE // 10, RATE
     )
-    buf = io.BytesIO()
-    spec = Spec(
-        stream="t/avsync",
-        ladder=[Rendition("36p", 64, 36, 100_000, preset="ultrafast")],
-        audio=AudioProfile(bitrate=64_000, sample_rate=48_000, channels=1),
-        x264_threads=1,
-        live=False,
-        segment_format="fmp4",
-    )
-    pipeline = Pipeline(spec, Output(buf))
-    for p in interleave(vcfg, video, acfg, audio):
-        pipeline.feed(p)
-    pipeline.finish()
-    frames = FrameReader().feed(buf.getvalue())
-    init = next(decode_init(p) for t, p in frames if t is FrameType.INIT)
-    data = init.data + b"".join(decode_segment(p).data for t, p in frames if t is FrameType.SEGMENT)
+    data = transcode("t/avsync", "fmp4", interleave(vcfg, video, acfg, audio))
 
     vts: list[float] = []
     luma: list[float] = []
@@ -113,22 +121,7 @@ def test_audio_starts_with_the_first_picture_outside_ll_hls() -> None:
     puts it one frame before)."""
     vcfg, video = video_packets(((frame_ms(n), False) for n in range(2 * FPS)), FPS)
     acfg, audio = audio_packets(2, [], 0, RATE)
-    buf = io.BytesIO()
-    spec = Spec(
-        stream="t/start",
-        ladder=[Rendition("36p", 64, 36, 100_000, preset="ultrafast")],
-        audio=AudioProfile(bitrate=64_000, sample_rate=48_000, channels=1),
-        x264_threads=1,
-        live=False,
-        segment_format="ts",
-    )
-    assert spec.part_duration == 0  # not LL-HLS
-    pipeline = Pipeline(spec, Output(buf))
-    for p in interleave(vcfg, video, acfg, audio):
-        pipeline.feed(p)
-    pipeline.finish()
-    frames = FrameReader().feed(buf.getvalue())
-    data = b"".join(decode_segment(p).data for t, p in frames if t is FrameType.SEGMENT)
+    data = transcode("t/start", "ts", interleave(vcfg, video, acfg, audio))
     first: dict[str, float] = {}
     with av.open(io.BytesIO(data), format="mpegts") as c:
         for pkt in c.demux():
