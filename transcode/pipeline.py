@@ -35,6 +35,8 @@ from transcode.spec import Spec
 log = logging.getLogger("transcode.worker")
 
 MS = Fraction(1, 1000)
+# How the source is decoded: see Pipeline._open_video (bench.decode measures it).
+DECODE_THREADS = "SLICE"
 
 
 class Pipeline:
@@ -80,10 +82,10 @@ class Pipeline:
                     )
         # One decoding thread (slice threads where the source has several slices),
         # never frame threads: the rungs' encoders keep every core busy, so frame
-        # threads add no speed, only CPU (7-18% more per decoded picture of a 720p
-        # source) and (threads - 1) pictures of latency. One core decodes 720p30 at
-        # 8-18x real time.
-        dec.thread_type = "SLICE"
+        # threads add no speed, only CPU (`python -m bench.decode`: 20% more on a
+        # one-slice 720p source, none on the sample lecture) and (threads - 1)
+        # pictures of latency. One core decodes 720p30 at 8-18x real time.
+        dec.thread_type = DECODE_THREADS
         self._vdec = dec
 
     def _open_audio(self, pkt: MediaPacket) -> None:

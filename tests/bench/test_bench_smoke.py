@@ -143,6 +143,21 @@ def test_capacity_bench_measures_both_sides_the_same_way() -> None:
     assert runs["ffmpeg"]["per_stream"][0]["judged"] == ["720p", "480p", "360p"]
 
 
+def test_decode_bench_times_the_pipelines_decoder_against_frame_threads() -> None:
+    require_binary("ffmpeg")
+    lines, figures = run_bench(
+        "bench.decode", "--seconds", "2", "--runs", "1", "--clips", "lecture,noise", timeout=120
+    )
+    assert lines[0].startswith("decode, nearcast (SLICE) against frame threads (AUTO)")
+    assert figures["runs"] == 1 and set(figures["clips"]) == {"lecture", "noise"}
+    for clip in figures["clips"].values():
+        assert clip["pictures"] >= 50, clip
+        for side in ("nearcast", "frame_threads"):
+            (cpu,) = clip[side]["cpu_seconds"]
+            assert cpu > 0 and clip[side]["median_cpu_seconds"] == cpu, clip
+        assert clip["ratio_cpu"] > 0 and clip["ratio_wall"] > 0, clip
+
+
 def test_transcode_bench_prints_every_pair_and_checks_like_for_like() -> None:
     require_binary("ffmpeg")
     lines, figures = run_bench(
